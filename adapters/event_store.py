@@ -1,0 +1,168 @@
+"""The event store: eventsourcing's recorders, with our pydantic events serialised by orjson.
+
+One stream per tenant (originator id = uuid5 of the tenant id); the stream version is the event's
+`seq`. Datetimes and UUIDs round-trip typed because pydantic validates the stored JSON back into
+the event class named by the stored topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, cast
+from uuid import UUID, uuid5
+
+import orjson
+from eventsourcing.application import Application
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    MapperDeserialisationError,
+    PersistenceError,
+    StoredEvent,
+)
+from eventsourcing.utils import get_topic, resolve_topic
+
+from adapters.errors import ConcurrencyConflict, StoreError
+from domain.events import DomainEvent
+from domain.state import TenantState, evolve
+
+TENANT_NAMESPACE = UUID("5c1f3a52-8a53-4a8e-9f5e-3c9b2f0e6d11")
+
+
+def stream_id(tenant: str) -> UUID:
+    return uuid5(TENANT_NAMESPACE, tenant)
+
+
+@dataclass(frozen=True)
+class EventEnvelope:
+    """An event as the library stores it: our event plus its stream id and version."""
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+    event: DomainEvent
+
+
+class PydanticMapper(Mapper[UUID]):
+    """Maps EventEnvelope <-> StoredEvent with orjson; pydantic restores the types."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        envelope: EventEnvelope = domain_event
+        state = orjson.dumps(envelope.event.model_dump(by_alias=True))
+        if self.compressor:
+            state = self.compressor.compress(state)
+        if self.cipher:
+            state = self.cipher.encrypt(state)
+        return StoredEvent(originator_id=envelope.originator_id,
+                           originator_version=envelope.originator_version,
+                           topic=get_topic(type(envelope.event)), state=state)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        state = stored_event.state
+        try:
+            if self.cipher:
+                state = self.cipher.decrypt(state)
+            if self.compressor:
+                state = self.compressor.decompress(state)
+            cls: type[DomainEvent] = resolve_topic(stored_event.topic)
+            event = cls.model_validate_json(state)
+        except Exception as exc:
+            raise MapperDeserialisationError(
+                f"cannot decode event {stored_event.topic} "
+                f"v{stored_event.originator_version}: {exc}"
+            ) from exc
+        originator = stored_event.originator_id
+        return EventEnvelope(originator if isinstance(originator, UUID) else UUID(originator),
+                             stored_event.originator_version, event.occurred_at, event)
+
+
+class CrmSyncApplication(Application[UUID]):
+    name = "crmsync"
+    env: ClassVar[dict[str, str]] = {"MAPPER_TOPIC": get_topic(PydanticMapper)}
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event read from the application log: its global position and its tenant sequence."""
+
+    position: int
+    seq: int
+    event: DomainEvent
+
+
+class EventStore:
+    """Port over the eventsourcing application: append to a tenant stream, read streams and log."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        try:
+            self.app = CrmSyncApplication(env=env)
+        except PersistenceError as exc:
+            raise StoreError(f"cannot open the event store: {exc}") from exc
+        self._states: dict[str, TenantState] = {}
+
+    @classmethod
+    def in_memory(cls) -> EventStore:
+        return cls({"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+    @classmethod
+    def sqlite(cls, path: str) -> EventStore:
+        return cls({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+                    "SQLITE_LOCK_TIMEOUT": "10"})
+
+    def close(self) -> None:
+        self.app.close()
+
+    # -- tenant streams ----------------------------------------------------------------------
+    def tenant_events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
+        try:
+            for envelope in self.app.events.get(stream_id(tenant), gt=after or None):
+                yield envelope.originator_version, envelope.event
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc
+
+    def state(self, tenant: str) -> TenantState:
+        """The tenant's current state (cached, fast-forwarded from the store)."""
+        state = self._states.get(tenant) or TenantState(tenant)
+        for seq, event in self.tenant_events(tenant, after=state.seq):
+            evolve(state, event, seq)
+        self._states[tenant] = state
+        return state
+
+    def append(self, state: TenantState, events: Sequence[DomainEvent]) -> None:
+        """Append events after `state.seq` in one transaction, then fold them into `state`."""
+        if not events:
+            return
+        stream = stream_id(state.tenant)
+        envelopes = [EventEnvelope(stream, state.seq + i, e.occurred_at, e)
+                     for i, e in enumerate(events, 1)]
+        try:
+            self.app.save(*envelopes)
+        except IntegrityError as exc:
+            self._states.pop(state.tenant, None)
+            raise ConcurrencyConflict(f"tenant {state.tenant!r} changed concurrently") from exc
+        except PersistenceError as exc:
+            self._states.pop(state.tenant, None)
+            raise StoreError(f"cannot append to tenant {state.tenant!r}: {exc}") from exc
+        for envelope in envelopes:
+            evolve(state, envelope.event, envelope.originator_version)
+
+    # -- the application log (all tenants, in recording order) ----------------------------------
+    def max_position(self) -> int:
+        try:
+            return self.app.recorder.max_notification_id() or 0
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read the event log: {exc}") from exc
+
+    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
+        try:
+            notifications = self.app.recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False)
+            out = []
+            for n in notifications:
+                envelope = cast(EventEnvelope, self.app.mapper.to_domain_event(n))
+                out.append(LoggedEvent(n.id, envelope.originator_version, envelope.event))
+            return out
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read the event log: {exc}") from exc

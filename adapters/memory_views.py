@@ -1,0 +1,47 @@
+"""In-memory view store: the fake for unit tests and scratch rebuilds. Same contract as SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from projections.ports import Changes, checksum, encode_doc
+from projections.rows import PROJECTIONS, Rows
+
+
+class MemoryViews:
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[tuple[str, str], dict[str, bytes]]] = {
+            p: {} for p in PROJECTIONS}
+        self._positions: dict[str, int] = {}
+
+    def positions(self) -> dict[str, int]:
+        return {p: self._positions.get(p, 0) for p in PROJECTIONS}
+
+    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
+        for projection, keyed in changes.items():
+            table = self._rows[projection]
+            for (tenant, key), rows in keyed.items():
+                if rows:
+                    table[(tenant, key)] = {rk: encode_doc(doc) for rk, doc in rows.items()}
+                else:
+                    table.pop((tenant, key), None)
+        self._positions.update(positions)
+
+    def rows(self, projection: str, tenant: str, key: str) -> Rows:
+        stored = self._rows[projection].get((tenant, key), {})
+        return {rk: orjson.loads(doc) for rk, doc in stored.items()}
+
+    def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
+        return {key: self.rows(projection, tenant, key)
+                for (t, key) in sorted(self._rows[projection])
+                if t == tenant and key.startswith(prefix)}
+
+    def reset(self, projection: str) -> None:
+        self._rows[projection] = {}
+        self._positions[projection] = 0
+
+    def checksum(self, projection: str) -> str:
+        return checksum((t, k, rk, doc) for (t, k), rows in self._rows[projection].items()
+                        for rk, doc in rows.items())

@@ -1,0 +1,127 @@
+"""SQLite view store: one table per projection plus a tracking table, in the event store's file.
+
+Rows and tracking positions of a batch are written in one transaction. Rebuilds write into
+`view_<name>__new` and swap it in; `verify` builds `view_<name>__verify` and compares checksums.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+
+import orjson
+
+from adapters.errors import StoreError
+from projections.ports import Changes, checksum, encode_doc
+from projections.rows import PROJECTIONS, Rows
+
+
+class SqliteViews:
+    def __init__(self, path: str, suffix: str = "") -> None:
+        self.suffix = suffix
+        try:
+            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS view_tracking (projection TEXT "
+                              "PRIMARY KEY, position INTEGER NOT NULL)")
+            for p in PROJECTIONS:
+                self.conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._table(p)} (tenant TEXT NOT NULL, "
+                    "key TEXT NOT NULL, row_key TEXT NOT NULL, doc BLOB NOT NULL, "
+                    "PRIMARY KEY (tenant, key, row_key)) WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open views in {path}: {exc}") from exc
+
+    def _table(self, projection: str) -> str:
+        if projection not in PROJECTIONS:
+            raise StoreError(f"unknown projection {projection!r}")
+        return f"view_{projection}{self.suffix}"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def positions(self) -> dict[str, int]:
+        try:
+            found = dict(self.conn.execute("SELECT projection, position FROM view_tracking"))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read view positions: {exc}") from exc
+        return {p: int(found.get(p + self.suffix, 0)) for p in PROJECTIONS}
+
+    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for projection, keyed in changes.items():
+                    table = self._table(projection)
+                    for (tenant, key), rows in keyed.items():
+                        self.conn.execute(f"DELETE FROM {table} WHERE tenant=? AND key=?",
+                                          (tenant, key))
+                        self.conn.executemany(
+                            f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
+                            [(tenant, key, rk, encode_doc(doc)) for rk, doc in rows.items()])
+                self.conn.executemany(
+                    "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
+                    "DO UPDATE SET position=excluded.position",
+                    [(p + self.suffix, pos) for p, pos in positions.items()])
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write views: {exc}") from exc
+
+    def rows(self, projection: str, tenant: str, key: str) -> Rows:
+        cur = self.conn.execute(f"SELECT row_key, doc FROM {self._table(projection)} "
+                                "WHERE tenant=? AND key=?", (tenant, key))
+        return {rk: orjson.loads(doc) for rk, doc in cur}
+
+    def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
+        out: dict[str, Rows] = {}
+        cur = self.conn.execute(
+            f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
+            "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
+        for key, rk, doc in cur:
+            out.setdefault(key, {})[rk] = orjson.loads(doc)
+        return out
+
+    def reset(self, projection: str) -> None:
+        table = self._table(projection)
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(f"DELETE FROM {table}")
+        self.conn.execute("DELETE FROM view_tracking WHERE projection=?",
+                          (projection + self.suffix,))
+        self.conn.execute("COMMIT")
+
+    def checksum(self, projection: str) -> str:
+        cur = self.conn.execute(f"SELECT tenant, key, row_key, doc FROM {self._table(projection)}")
+        return checksum(cur)
+
+    def drop(self) -> None:
+        """Drop this store's tables (scratch stores only)."""
+        if not self.suffix:
+            raise StoreError("refusing to drop the live views")
+        self.conn.execute("BEGIN IMMEDIATE")
+        for p in PROJECTIONS:
+            self.conn.execute(f"DROP TABLE IF EXISTS {self._table(p)}")
+            self.conn.execute("DELETE FROM view_tracking WHERE projection=?", (p + self.suffix,))
+        self.conn.execute("COMMIT")
+
+    def swap_into_live(self, projection: str) -> None:
+        """Replace the live table of `projection` by this scratch store's, atomically."""
+        if not self.suffix:
+            raise StoreError("swap needs a scratch store")
+        live, new = f"view_{projection}", self._table(projection)
+        position = self.positions()[projection]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(f"DROP TABLE {live}")
+            self.conn.execute(f"ALTER TABLE {new} RENAME TO {live}")
+            self.conn.execute("INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
+                              "DO UPDATE SET position=excluded.position", (projection, position))
+            self.conn.execute("DELETE FROM view_tracking WHERE projection=?",
+                              (projection + self.suffix,))
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")

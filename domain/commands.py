@@ -1,0 +1,390 @@
+"""The public command vocabulary of SPEC §6, parsed and validated with pydantic.
+
+Every command is one JSON object with `cmd` and `tenant`, optional `at`, `actor` and `command_id`.
+Unknown commands, unknown fields and wrong types are rejected here, before any rule runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from domain.errors import Rejection
+from domain.events import (
+    Attachment,
+    CustomerStatus,
+    Level,
+    MailMessage,
+    Provider,
+    RecordType,
+    Role,
+    Stage,
+)
+
+__all__ = ["COMMANDS", "Attachment", "Command", "MailMessage", "parse_command"]
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    cmd: str
+    tenant: str = Field(min_length=1)
+    at: datetime | None = None
+    actor: str | None = None
+    command_id: str | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+
+class ScopeAll(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    mode: Literal["all"]
+
+
+class ScopeLabels(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    mode: Literal["labels"]
+    labels: list[str] = Field(min_length=1)
+
+
+class OAuthCredentials(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    access_token: str
+    refresh_token: str | None = None
+    expires_at: datetime | None = None
+
+
+class ImapCredentials(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    user: str
+    password: str
+    tls: bool = True
+
+
+class AddUser(Command):
+    cmd: Literal["AddUser"]
+    user: str = Field(min_length=1)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    role: Role
+    manager: str | None = None
+
+
+class ChangeUserManager(Command):
+    cmd: Literal["ChangeUserManager"]
+    user: str
+    manager: str | None
+
+
+class DeactivateUser(Command):
+    cmd: Literal["DeactivateUser"]
+    user: str
+
+
+class ReactivateUser(Command):
+    cmd: Literal["ReactivateUser"]
+    user: str
+
+
+class DeleteUser(Command):
+    cmd: Literal["DeleteUser"]
+    user: str
+    reassign_to: str | None = None
+
+
+class ConfigureTenant(Command):
+    cmd: Literal["ConfigureTenant"]
+    bcc_address: str | None = None
+    sending_domain: str | None = None
+    attachment_policy: Literal["drop_attachment", "skip_message"] | None = None
+    attachment_max_bytes: int | None = Field(default=None, gt=0)
+    allowed_attachment_types: list[str] | None = None
+    mass_delete_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
+class ConnectMailbox(Command):
+    cmd: Literal["ConnectMailbox"]
+    mailbox: str = Field(min_length=1)
+    user: str
+    provider: Provider
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    scope: Annotated[ScopeAll | ScopeLabels, Field(discriminator="mode")] | None = None
+    backfill_days: int = Field(default=30, gt=0)
+    credentials: OAuthCredentials | ImapCredentials | None = None
+
+
+class ChangeMailboxAddress(Command):
+    cmd: Literal["ChangeMailboxAddress"]
+    mailbox: str
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class DisconnectMailbox(Command):
+    cmd: Literal["DisconnectMailbox"]
+    mailbox: str
+
+
+class ReconnectMailbox(Command):
+    cmd: Literal["ReconnectMailbox"]
+    mailbox: str
+
+
+class ReportMailboxGone(Command):
+    cmd: Literal["ReportMailboxGone"]
+    mailbox: str
+
+
+class SyncMessage(Command):
+    cmd: Literal["SyncMessage"]
+    mailbox: str
+    message: MailMessage
+
+
+class UpdateMessage(Command):
+    cmd: Literal["UpdateMessage"]
+    mailbox: str
+    id: str
+    labels: list[str] | None = None
+    read: bool | None = None
+    delivery_status: str | None = None
+
+
+class DeleteMessageAtProvider(Command):
+    cmd: Literal["DeleteMessageAtProvider"]
+    mailbox: str
+    id: str
+
+
+class ConfirmMailboxDeletions(Command):
+    cmd: Literal["ConfirmMailboxDeletions"]
+    mailbox: str
+    apply: bool
+
+
+class SendEmail(Command):
+    cmd: Literal["SendEmail"]
+    user: str
+    mailbox: str
+    kind: Literal["single", "bulk", "workflow"]
+    from_: str | None = Field(default=None, alias="from")
+    to: list[str] = Field(min_length=1)
+    cc: list[str] = []
+    subject: str
+    body: str
+    thread: str | None = None
+
+
+class CreateLead(Command):
+    cmd: Literal["CreateLead"]
+    record: str = Field(min_length=1)
+    owner: str
+    name: str
+    emails: list[str]
+
+
+class CreateContact(Command):
+    cmd: Literal["CreateContact"]
+    record: str = Field(min_length=1)
+    owner: str
+    name: str
+    kind: Literal["person", "company"]
+    emails: list[str]
+    customer_status: CustomerStatus | None = None
+
+
+class UpdateContact(Command):
+    cmd: Literal["UpdateContact"]
+    record: str
+    fields: dict[str, Any] = Field(min_length=1)
+
+
+class CreateDeal(Command):
+    cmd: Literal["CreateDeal"]
+    record: str = Field(min_length=1)
+    owner: str
+    name: str
+    contacts: list[str]
+    stage: Stage
+
+
+class ChangeDealStage(Command):
+    cmd: Literal["ChangeDealStage"]
+    record: str
+    stage: Stage
+
+
+class LinkDealContact(Command):
+    cmd: Literal["LinkDealContact"]
+    deal: str
+    contact: str
+
+
+class UnlinkDealContact(Command):
+    cmd: Literal["UnlinkDealContact"]
+    deal: str
+    contact: str
+
+
+class ChangeOwner(Command):
+    cmd: Literal["ChangeOwner"]
+    record: str
+    owner: str
+
+
+class AddCollaborator(Command):
+    cmd: Literal["AddCollaborator"]
+    record: str
+    user: str
+
+
+class RemoveCollaborator(Command):
+    cmd: Literal["RemoveCollaborator"]
+    record: str
+    user: str
+
+
+class LinkThread(Command):
+    cmd: Literal["LinkThread"]
+    user: str
+    thread: str
+    record: str
+
+
+class UnlinkThread(Command):
+    cmd: Literal["UnlinkThread"]
+    user: str
+    thread: str
+    record: str
+
+
+class SetGlobalVisibility(Command):
+    cmd: Literal["SetGlobalVisibility"]
+    user: str
+    record_type: RecordType
+    level: Level
+
+
+class ShareAddress(Command):
+    cmd: Literal["ShareAddress"]
+    user: str
+    record: str
+    address: str
+
+
+class UnshareAddress(Command):
+    cmd: Literal["UnshareAddress"]
+    user: str
+    record: str
+    address: str
+    cascade: bool
+
+
+class MarkThreadShared(Command):
+    cmd: Literal["MarkThreadShared"]
+    user: str
+    threads: list[str] = Field(min_length=1)
+
+
+class MarkThreadPrivate(Command):
+    cmd: Literal["MarkThreadPrivate"]
+    user: str
+    threads: list[str] = Field(min_length=1)
+
+
+class ConnectContactSync(Command):
+    cmd: Literal["ConnectContactSync"]
+    user: str
+    provider: Literal["exchange"]
+    categories: list[str]
+
+
+class SyncExternalContact(Command):
+    cmd: Literal["SyncExternalContact"]
+    user: str
+    external_id: str
+    folder: Literal["private", "shared", "public"]
+    fields: dict[str, Any]
+    categories: list[str]
+    modified_at: datetime
+
+
+class DeleteExternalContact(Command):
+    cmd: Literal["DeleteExternalContact"]
+    user: str
+    external_id: str
+
+
+class RenameExternalCategory(Command):
+    cmd: Literal["RenameExternalCategory"]
+    user: str
+    old: str
+    new: str
+
+
+class MergeContacts(Command):
+    cmd: Literal["MergeContacts"]
+    survivor: str
+    merged: list[str] = Field(min_length=1)
+
+
+class UnmergeContact(Command):
+    cmd: Literal["UnmergeContact"]
+    record: str
+
+
+COMMANDS: dict[str, type[Command]] = {
+    cls.__name__: cls
+    for cls in (
+        AddUser, ChangeUserManager, DeactivateUser, ReactivateUser, DeleteUser, ConfigureTenant,
+        ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
+        ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
+        ConfirmMailboxDeletions, SendEmail, CreateLead, CreateContact, UpdateContact, CreateDeal,
+        ChangeDealStage, LinkDealContact, UnlinkDealContact, ChangeOwner, AddCollaborator,
+        RemoveCollaborator, LinkThread, UnlinkThread, SetGlobalVisibility, ShareAddress,
+        UnshareAddress, MarkThreadShared, MarkThreadPrivate, ConnectContactSync,
+        SyncExternalContact, DeleteExternalContact, RenameExternalCategory, MergeContacts,
+        UnmergeContact,
+    )
+}
+CONTACT_SYNC_COMMANDS = frozenset(
+    {"ConnectContactSync", "SyncExternalContact", "DeleteExternalContact",
+     "RenameExternalCategory", "MergeContacts", "UnmergeContact"}
+)
+
+
+def parse_command(raw: bytes | str | dict[str, Any]) -> Command:
+    """Parse one command (a JSON text or an already-decoded object).
+
+    Raises Rejection with the command name (or `?`), the offending field and a reason.
+    """
+    if isinstance(raw, dict):
+        obj: Any = raw
+        text = orjson.dumps(raw)
+    else:
+        text = raw.encode() if isinstance(raw, str) else raw
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise Rejection("?", "(line)", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Rejection("?", "(line)", "a command must be a JSON object")
+    name = obj.get("cmd")
+    if not isinstance(name, str):
+        raise Rejection("?", "cmd", "missing or not a string")
+    cls = COMMANDS.get(name)
+    if cls is None:
+        raise Rejection(name, "cmd", "unknown command")
+    try:
+        return cls.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(command)"
+        raise Rejection(name, field, err["msg"]) from None

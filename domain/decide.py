@@ -1,0 +1,90 @@
+"""decide(state, command) -> events: the whole command side as one pure function.
+
+A command either yields its events (possibly none: an idempotent no-op) or raises Rejection and
+changes nothing. Domain time (E4) must not run backwards within a tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from domain import commands as c
+from domain import events as ev
+from domain import lifecycle, mail, records
+from domain.context import Context
+from domain.errors import Rejection
+from domain.state import TenantState
+
+
+def _contact_sync(ctx: Context, cmd: c.Command) -> list[ev.DomainEvent]:
+    """SPEC §5 commands are accepted and recorded; their behaviour arrives with contact sync."""
+    payload = cmd.model_dump(mode="json", by_alias=True,
+                             exclude={"cmd", "tenant", "at", "actor", "command_id"})
+    return [ctx.event(ev.ContactSyncCommandRecorded, cmd=cmd.cmd, payload=payload)]
+
+
+HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
+    "AddUser": lifecycle.add_user,
+    "ChangeUserManager": lifecycle.change_manager,
+    "DeactivateUser": lifecycle.deactivate,
+    "ReactivateUser": lifecycle.reactivate,
+    "DeleteUser": lifecycle.delete,
+    "ConfigureTenant": lifecycle.configure_tenant,
+    "SetGlobalVisibility": lifecycle.set_global_visibility,
+    "ConnectMailbox": mail.connect,
+    "ChangeMailboxAddress": mail.change_address,
+    "DisconnectMailbox": mail.disconnect,
+    "ReconnectMailbox": mail.reconnect,
+    "ReportMailboxGone": mail.report_gone,
+    "SyncMessage": mail.sync_message,
+    "UpdateMessage": mail.update_message,
+    "DeleteMessageAtProvider": mail.delete_at_provider,
+    "ConfirmMailboxDeletions": mail.confirm_deletions,
+    "SendEmail": mail.send_email,
+    "LinkThread": mail.link_thread,
+    "UnlinkThread": mail.link_thread,
+    "MarkThreadShared": mail.mark_threads,
+    "MarkThreadPrivate": mail.mark_threads,
+    "CreateLead": records.create_lead,
+    "CreateContact": records.create_contact,
+    "UpdateContact": records.update_contact,
+    "CreateDeal": records.create_deal,
+    "ChangeDealStage": records.change_stage,
+    "LinkDealContact": records.link_deal_contact,
+    "UnlinkDealContact": records.unlink_deal_contact,
+    "ChangeOwner": records.change_owner,
+    "AddCollaborator": records.add_collaborator,
+    "RemoveCollaborator": records.remove_collaborator,
+    "ShareAddress": records.share_address,
+    "UnshareAddress": records.unshare_address,
+    **{name: _contact_sync for name in c.CONTACT_SYNC_COMMANDS},
+}
+assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
+
+
+def decide(state: TenantState, cmd: c.Command, *, now: datetime, correlation_id: str,
+           default_actor: str = "system:cli") -> list[ev.DomainEvent]:
+    """The events `cmd` produces on `state`. `now` is the caller's clock, used when `at` is absent.
+
+    Raises Rejection when the command breaks a rule.
+    """
+    if cmd.command_id is not None and cmd.command_id in state.applied_commands:
+        return []  # E5: already applied
+    occurred_at = cmd.at or now
+    if state.last_at is not None and occurred_at < state.last_at:
+        raise Rejection(cmd.cmd, "at", f"{occurred_at.isoformat()} is earlier than the tenant's "
+                        f"latest event ({state.last_at.isoformat()}); domain time cannot run back")
+    ctx = Context(state, cmd.cmd, cmd.actor or default_actor, occurred_at,
+                  cmd.command_id or correlation_id, cmd.command_id)
+    return HANDLERS[cmd.cmd](ctx, cmd)
+
+
+def rejection_event(state: TenantState, cmd_name: str, rejection: Rejection, *, now: datetime,
+                    correlation_id: str, actor: str) -> ev.CommandRejected:
+    """The audit record of a rejected command (E1). It changes no state but the audit trail."""
+    at = now if state.last_at is None or now >= state.last_at else state.last_at
+    return ev.CommandRejected(tenant=state.tenant, actor=actor, occurred_at=at,
+                              correlation_id=correlation_id, command_id=None, cmd=cmd_name,
+                              field=rejection.field, reason=rejection.reason)

@@ -1,0 +1,321 @@
+"""Domain events: immutable, past tense, one class per kind of change (SPEC E1, E2).
+
+Every event carries the envelope fields of E2 (tenant, actor, occurred_at, correlation_id) and the
+`command_id` of the command that caused it, so idempotency (E5) is a pure function of the log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["admin", "manager", "member"]
+RecordType = Literal["lead", "contact", "deal"]
+Level = Literal["not_visible", "visible", "visible_if_owner", "visible_if_owner_or_collaborator"]
+Provider = Literal["gmail", "outlook", "imap"]
+Stage = Literal["open", "won", "lost", "unqualified"]
+CustomerStatus = Literal["none", "current", "past"]
+AddressSetting = Literal["shared", "unshared", "default"]
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    size: int
+    content_type: str
+
+
+class MailMessage(BaseModel):
+    """One email as observed in one mailbox (the SyncMessage payload)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    id: str
+    message_id: str | None = None
+    thread_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] | None = None
+    from_: str = Field(alias="from")
+    to: list[str]
+    cc: list[str] = []
+    bcc: list[str] = []
+    subject: str
+    body: str = ""
+    sent_at: datetime
+    labels: list[str] = []
+    attachments: list[Attachment] = []
+    delivery_status: str | None = None
+    read: bool = False
+
+    def participants(self) -> set[str]:
+        return {a.lower() for a in [self.from_, *self.to, *self.cc, *self.bcc]}
+
+
+class DomainEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tenant: str
+    actor: str
+    occurred_at: datetime
+    correlation_id: str
+    command_id: str | None = None
+
+
+# --- tenant and users -------------------------------------------------------------------------
+
+
+class TenantConfigured(DomainEvent):
+    settings: dict[str, Any]
+
+
+class UserAdded(DomainEvent):
+    user: str
+    email: str
+    role: Role
+    manager: str | None = None
+
+
+class UserManagerChanged(DomainEvent):
+    user: str
+    manager: str | None
+
+
+class UserDeactivated(DomainEvent):
+    user: str
+
+
+class UserReactivated(DomainEvent):
+    user: str
+
+
+class UserDeleted(DomainEvent):
+    user: str
+    reassigned_to: str | None = None
+
+
+class GlobalVisibilitySet(DomainEvent):
+    user: str
+    record_type: RecordType
+    level: Level
+
+
+# --- mailboxes --------------------------------------------------------------------------------
+
+
+class MailboxConnected(DomainEvent):
+    mailbox: str
+    user: str
+    provider: Provider
+    address: str
+    scope: dict[str, Any]
+    backfill_days: int
+    credentials_set: bool
+
+
+class MailboxAddressChanged(DomainEvent):
+    mailbox: str
+    address: str
+
+
+class MailboxDisconnected(DomainEvent):
+    mailbox: str
+
+
+class MailboxReconnected(DomainEvent):
+    mailbox: str
+
+
+class MailboxReportedGone(DomainEvent):
+    mailbox: str
+
+
+class CredentialsRemoved(DomainEvent):
+    mailbox: str
+
+
+class MessageSynced(DomainEvent):
+    mailbox: str
+    thread: str
+    message: MailMessage
+    crm_initiated: bool = False
+
+
+class MessageUpdated(DomainEvent):
+    mailbox: str
+    id: str
+    labels: list[str] | None = None
+    read: bool | None = None
+    delivery_status: str | None = None
+
+
+class MessageDeletedAtProvider(DomainEvent):
+    mailbox: str
+    id: str
+
+
+class MessageDeletionHeld(DomainEvent):
+    """L5: a deletion that the mass-deletion guard did not apply; the mailbox is now suspect."""
+
+    mailbox: str
+    id: str
+    reason: str
+
+
+class MailboxDeletionsConfirmed(DomainEvent):
+    mailbox: str
+    applied: bool
+    ids: list[str]
+
+
+class MessageSkipped(DomainEvent):
+    mailbox: str
+    id: str
+    reason: str
+
+
+class AttachmentRejected(DomainEvent):
+    mailbox: str
+    id: str
+    attachment: str
+    reason: str
+
+
+class EmailSent(DomainEvent):
+    """A CRM-initiated email (S7, S11): recorded here, delivered by the outbox worker."""
+
+    user: str
+    mailbox: str
+    kind: Literal["single", "bulk", "workflow"]
+    thread: str
+    message: MailMessage
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+class LeadCreated(DomainEvent):
+    record: str
+    owner: str
+    name: str
+    emails: list[str]
+
+
+class ContactCreated(DomainEvent):
+    record: str
+    owner: str
+    name: str
+    kind: Literal["person", "company"]
+    emails: list[str]
+    customer_status: CustomerStatus = "none"
+    via: Literal["command", "smart_bcc"] = "command"
+
+
+class ContactUpdated(DomainEvent):
+    record: str
+    fields: dict[str, Any]
+
+
+class DealCreated(DomainEvent):
+    record: str
+    owner: str
+    name: str
+    contacts: list[str]
+    stage: Stage
+
+
+class DealStageChanged(DomainEvent):
+    record: str
+    stage: Stage
+
+
+class DealContactLinked(DomainEvent):
+    deal: str
+    contact: str
+
+
+class DealContactUnlinked(DomainEvent):
+    deal: str
+    contact: str
+
+
+class RecordOwnerChanged(DomainEvent):
+    record: str
+    owner: str
+    previous_owner: str
+
+
+class CollaboratorAdded(DomainEvent):
+    record: str
+    user: str
+
+
+class CollaboratorRemoved(DomainEvent):
+    record: str
+    user: str
+
+
+# --- visibility -------------------------------------------------------------------------------
+
+
+class ThreadLinked(DomainEvent):
+    user: str
+    thread: str
+    record: str
+
+
+class ThreadUnlinked(DomainEvent):
+    user: str
+    thread: str
+    record: str
+
+
+class AddressSettingChanged(DomainEvent):
+    """ShareAddress / UnshareAddress and their cascades (V2, V4-V6).
+
+    `setting` is `shared`, `unshared`, or `default` (pinned "no manual setting", used when an
+    uncascaded unshare must keep a deal's effective visibility, V6). `cause` says which command
+    or cascade produced it.
+    """
+
+    user: str
+    record: str
+    address: str
+    setting: AddressSetting
+    cause: Literal["share", "unshare", "cascade", "pin"]
+
+
+class ThreadMarked(DomainEvent):
+    """MarkThreadShared / MarkThreadPrivate (V1)."""
+
+    user: str
+    threads: list[str]
+    shared: bool
+
+
+# --- audit of input -------------------------------------------------------------------------
+
+
+class CommandRejected(DomainEvent):
+    cmd: str
+    field: str
+    reason: str
+
+
+class ContactSyncCommandRecorded(DomainEvent):
+    """Contact-sync commands (SPEC §5) are recorded; their behaviour arrives with contact sync."""
+
+    cmd: str
+    payload: dict[str, Any]
+
+
+EVENT_TYPES: tuple[type[DomainEvent], ...] = (
+    TenantConfigured, UserAdded, UserManagerChanged, UserDeactivated, UserReactivated,
+    UserDeleted, GlobalVisibilitySet, MailboxConnected, MailboxAddressChanged,
+    MailboxDisconnected, MailboxReconnected, MailboxReportedGone, CredentialsRemoved,
+    MessageSynced, MessageUpdated, MessageDeletedAtProvider, MessageDeletionHeld,
+    MailboxDeletionsConfirmed, MessageSkipped, AttachmentRejected, EmailSent, LeadCreated,
+    ContactCreated, ContactUpdated, DealCreated, DealStageChanged, DealContactLinked,
+    DealContactUnlinked, RecordOwnerChanged, CollaboratorAdded, CollaboratorRemoved,
+    ThreadLinked, ThreadUnlinked, AddressSettingChanged, ThreadMarked, CommandRejected,
+    ContactSyncCommandRecorded,
+)

@@ -1,0 +1,445 @@
+"""Tenant state: the fold of a tenant's events (pure). Both the command side and projections use it.
+
+`evolve(state, event, seq)` applies one event; `seq` is the event's position in the tenant's
+stream, used to name the event that decided a rule (SPEC V11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain import events as ev
+
+DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx",
+                         "txt")
+
+
+@dataclass(frozen=True)
+class EventRef:
+    """Names the event that set a piece of state, for explanations (V11)."""
+
+    seq: int
+    type: str
+    occurred_at: datetime
+    actor: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "type": self.type, "occurred_at": self.occurred_at.isoformat(),
+                "actor": self.actor}
+
+
+@dataclass
+class TenantSettings:
+    bcc_address: str | None = None
+    sending_domain: str | None = None
+    attachment_policy: str = "drop_attachment"
+    attachment_max_bytes: int = 3 * 1024 * 1024
+    allowed_attachment_types: tuple[str, ...] = DEFAULT_ALLOWED_TYPES
+    mass_delete_threshold: float = 0.5
+
+
+@dataclass
+class User:
+    id: str
+    email: str
+    role: str
+    manager: str | None
+    status: str = "active"
+    levels: dict[str, tuple[str, EventRef]] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass
+class Record:
+    id: str
+    type: str  # lead | contact | deal
+    owner: str
+    name: str
+    emails: list[str] = field(default_factory=list)  # lowercased; deals: empty (see contacts)
+    contacts: list[str] = field(default_factory=list)  # deals only
+    collaborators: set[str] = field(default_factory=set)
+    kind: str | None = None
+    stage: str | None = None
+    customer_status: str = "none"
+    fields: dict[str, Any] = field(default_factory=dict)
+    # (user, address) -> (shared | unshared | default, event)
+    settings: dict[tuple[str, str], tuple[str, EventRef]] = field(default_factory=dict)
+    owner_ref: EventRef | None = None
+
+
+@dataclass
+class Mailbox:
+    id: str
+    user: str
+    provider: str
+    address: str
+    scope: dict[str, Any]
+    backfill_days: int
+    status: str = "connected"  # connected | disconnected | gone
+    credentials_set: bool = False
+    pending_deletions: list[str] = field(default_factory=list)
+    address_since: int = 0  # seq of the last address change (S9)
+    synced: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    last_error: str | None = None
+    last_sync_at: datetime | None = None
+
+    @property
+    def suspect(self) -> bool:
+        return bool(self.pending_deletions)
+
+
+@dataclass
+class Message:
+    mailbox: str
+    id: str
+    thread: str
+    rfc_id: str | None
+    from_: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    subject: str
+    body: str
+    sent_at: datetime
+    labels: list[str]
+    read: bool
+    delivery_status: str | None
+    attachments: list[dict[str, Any]]
+    deleted: bool = False
+
+    def participants(self) -> set[str]:
+        return {a.lower() for a in [self.from_, *self.to, *self.cc, *self.bcc]}
+
+
+@dataclass
+class Thread:
+    id: str
+    mailbox: str
+    created_seq: int
+    messages: list[str] = field(default_factory=list)  # provider message ids, in arrival order
+    flag: tuple[bool, EventRef] | None = None  # V1: (shared?, event)
+    manual: dict[str, tuple[bool, EventRef]] = field(default_factory=dict)  # record -> linked?
+    crm_initiated: bool = False
+
+
+@dataclass
+class TenantState:
+    tenant: str
+    seq: int = 0
+    last_at: datetime | None = None
+    settings: TenantSettings = field(default_factory=TenantSettings)
+    users: dict[str, User] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
+    threads: dict[str, Thread] = field(default_factory=dict)
+    messages: dict[tuple[str, str], Message] = field(default_factory=dict)
+    rfc_index: dict[tuple[str, str], str] = field(default_factory=dict)  # (mailbox, rfc) -> thread
+    address_records: dict[str, set[str]] = field(default_factory=dict)  # lead/contact addresses
+    address_threads: dict[str, set[str]] = field(default_factory=dict)  # participant -> threads
+    deals_of_contact: dict[str, set[str]] = field(default_factory=dict)
+    user_addresses: set[str] = field(default_factory=set)
+    applied_commands: set[str] = field(default_factory=set)
+
+    # -- helpers used by rules ------------------------------------------------------------
+    def thread_owner(self, thread: Thread) -> str:
+        return self.mailboxes[thread.mailbox].user
+
+    def live_messages(self, thread: Thread) -> list[Message]:
+        msgs = (self.messages[(thread.mailbox, m)] for m in thread.messages)
+        return [m for m in msgs if not m.deleted]
+
+    def record_addresses(self, record: Record) -> set[str]:
+        if record.type == "deal":
+            out: set[str] = set()
+            for c in record.contacts:
+                if c in self.records:
+                    out.update(self.records[c].emails)
+            return out
+        return set(record.emails)
+
+
+def _ref(event: ev.DomainEvent, seq: int) -> EventRef:
+    return EventRef(seq, type(event).__name__, event.occurred_at, event.actor)
+
+
+def _index_record(s: TenantState, rec: Record, add: bool) -> None:
+    if rec.type == "deal":
+        for c in rec.contacts:
+            deals = s.deals_of_contact.setdefault(c, set())
+            (deals.add if add else deals.discard)(rec.id)
+        return
+    for a in rec.emails:
+        recs = s.address_records.setdefault(a, set())
+        (recs.add if add else recs.discard)(rec.id)
+
+
+def _lower(addresses: list[str]) -> list[str]:
+    return sorted({a.lower() for a in addresses})
+
+
+# --- per-event folds ------------------------------------------------------------------------
+
+
+def _tenant_configured(s: TenantState, e: ev.TenantConfigured, seq: int) -> None:
+    for key, given in e.settings.items():
+        value = given
+        if key == "allowed_attachment_types":
+            value = tuple(v.lower().lstrip(".") for v in given)
+        elif key == "bcc_address" and given is not None:
+            value = given.lower()
+        setattr(s.settings, key, value)
+
+
+def _user_added(s: TenantState, e: ev.UserAdded, seq: int) -> None:
+    s.users[e.user] = User(e.user, e.email.lower(), e.role, e.manager)
+    s.user_addresses.add(e.email.lower())
+
+
+def _manager_changed(s: TenantState, e: ev.UserManagerChanged, seq: int) -> None:
+    s.users[e.user].manager = e.manager
+
+
+def _status(status: str) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        s.users[e.user].status = status
+
+    return fold
+
+
+def _level_set(s: TenantState, e: ev.GlobalVisibilitySet, seq: int) -> None:
+    s.users[e.user].levels[e.record_type] = (e.level, _ref(e, seq))
+
+
+def _mailbox_connected(s: TenantState, e: ev.MailboxConnected, seq: int) -> None:
+    s.mailboxes[e.mailbox] = Mailbox(e.mailbox, e.user, e.provider, e.address.lower(), e.scope,
+                                     e.backfill_days, credentials_set=e.credentials_set,
+                                     address_since=seq)
+    s.user_addresses.add(e.address.lower())
+
+
+def _mailbox_address_changed(s: TenantState, e: ev.MailboxAddressChanged, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.address = e.address.lower()
+    mbx.address_since = seq
+    s.user_addresses.add(mbx.address)
+
+
+def _mailbox_status(status: str) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        s.mailboxes[e.mailbox].status = status
+
+    return fold
+
+
+def _credentials_removed(s: TenantState, e: ev.CredentialsRemoved, seq: int) -> None:
+    s.mailboxes[e.mailbox].credentials_set = False
+
+
+def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessage, seq: int,
+                 crm_initiated: bool) -> None:
+    thread = s.threads.get(thread_id)
+    if thread is None:
+        thread = s.threads[thread_id] = Thread(thread_id, mailbox, seq, crm_initiated=crm_initiated)
+    thread.messages.append(msg.id)
+    s.messages[(mailbox, msg.id)] = Message(
+        mailbox, msg.id, thread_id, msg.message_id, msg.from_.lower(), _lower(msg.to),
+        _lower(msg.cc), _lower(msg.bcc), msg.subject, msg.body, msg.sent_at, list(msg.labels),
+        msg.read, msg.delivery_status, [a.model_dump() for a in msg.attachments])
+    if msg.message_id:
+        s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
+    for a in msg.participants():
+        s.address_threads.setdefault(a, set()).add(thread_id)
+
+
+def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
+    _add_message(s, e.mailbox, e.thread, e.message, seq, e.crm_initiated)
+    mbx = s.mailboxes[e.mailbox]
+    mbx.synced += 1
+    mbx.last_sync_at = e.occurred_at
+
+
+def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
+    _add_message(s, e.mailbox, e.thread, e.message, seq, crm_initiated=True)
+
+
+def _message_updated(s: TenantState, e: ev.MessageUpdated, seq: int) -> None:
+    msg = s.messages[(e.mailbox, e.id)]
+    if e.labels is not None:
+        msg.labels = list(e.labels)
+    if e.read is not None:
+        msg.read = e.read
+    if e.delivery_status is not None:
+        msg.delivery_status = e.delivery_status
+
+
+def _message_deleted(s: TenantState, e: ev.MessageDeletedAtProvider, seq: int) -> None:
+    s.messages[(e.mailbox, e.id)].deleted = True
+
+
+def _deletion_held(s: TenantState, e: ev.MessageDeletionHeld, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.pending_deletions.append(e.id)
+    mbx.last_error = e.reason
+
+
+def _deletions_confirmed(s: TenantState, e: ev.MailboxDeletionsConfirmed, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    if e.applied:
+        for mid in e.ids:
+            s.messages[(e.mailbox, mid)].deleted = True
+    mbx.pending_deletions = []
+
+
+def _message_skipped(s: TenantState, e: ev.MessageSkipped, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.skipped += 1
+    mbx.last_error = e.reason
+
+
+def _attachment_rejected(s: TenantState, e: ev.AttachmentRejected, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.rejected += 1
+    mbx.last_error = e.reason
+
+
+def _lead_created(s: TenantState, e: ev.LeadCreated, seq: int) -> None:
+    rec = Record(e.record, "lead", e.owner, e.name, _lower(e.emails), owner_ref=_ref(e, seq))
+    s.records[e.record] = rec
+    _index_record(s, rec, True)
+
+
+def _contact_created(s: TenantState, e: ev.ContactCreated, seq: int) -> None:
+    rec = Record(e.record, "contact", e.owner, e.name, _lower(e.emails), kind=e.kind,
+                 customer_status=e.customer_status, owner_ref=_ref(e, seq))
+    s.records[e.record] = rec
+    _index_record(s, rec, True)
+
+
+def _contact_updated(s: TenantState, e: ev.ContactUpdated, seq: int) -> None:
+    rec = s.records[e.record]
+    _index_record(s, rec, False)
+    for key, value in e.fields.items():
+        if key == "emails":
+            rec.emails = _lower(value)
+        elif key == "name":
+            rec.name = value
+        elif key == "customer_status":
+            rec.customer_status = value
+        else:
+            rec.fields[key] = value
+    _index_record(s, rec, True)
+
+
+def _deal_created(s: TenantState, e: ev.DealCreated, seq: int) -> None:
+    rec = Record(e.record, "deal", e.owner, e.name, contacts=list(dict.fromkeys(e.contacts)),
+                 stage=e.stage, owner_ref=_ref(e, seq))
+    s.records[e.record] = rec
+    _index_record(s, rec, True)
+
+
+def _deal_stage(s: TenantState, e: ev.DealStageChanged, seq: int) -> None:
+    s.records[e.record].stage = e.stage
+
+
+def _deal_contact_linked(s: TenantState, e: ev.DealContactLinked, seq: int) -> None:
+    s.records[e.deal].contacts.append(e.contact)
+    s.deals_of_contact.setdefault(e.contact, set()).add(e.deal)
+
+
+def _deal_contact_unlinked(s: TenantState, e: ev.DealContactUnlinked, seq: int) -> None:
+    s.records[e.deal].contacts.remove(e.contact)
+    s.deals_of_contact.get(e.contact, set()).discard(e.deal)
+
+
+def _owner_changed(s: TenantState, e: ev.RecordOwnerChanged, seq: int) -> None:
+    rec = s.records[e.record]
+    rec.owner = e.owner
+    rec.owner_ref = _ref(e, seq)
+
+
+def _collaborator(add: bool) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        collaborators = s.records[e.record].collaborators
+        (collaborators.add if add else collaborators.discard)(e.user)
+
+    return fold
+
+
+def _thread_link(linked: bool) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        s.threads[e.thread].manual[e.record] = (linked, _ref(e, seq))
+
+    return fold
+
+
+def _address_setting(s: TenantState, e: ev.AddressSettingChanged, seq: int) -> None:
+    s.records[e.record].settings[(e.user, e.address.lower())] = (e.setting, _ref(e, seq))
+
+
+def _thread_marked(s: TenantState, e: ev.ThreadMarked, seq: int) -> None:
+    for t in e.threads:
+        s.threads[t].flag = (e.shared, _ref(e, seq))
+
+
+def _no_state(s: TenantState, e: Any, seq: int) -> None:
+    """Audit-only events (rejections, recorded contact-sync commands)."""
+
+
+FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
+    ev.TenantConfigured: _tenant_configured,
+    ev.UserAdded: _user_added,
+    ev.UserManagerChanged: _manager_changed,
+    ev.UserDeactivated: _status("deactivated"),
+    ev.UserReactivated: _status("active"),
+    ev.UserDeleted: _status("deleted"),
+    ev.GlobalVisibilitySet: _level_set,
+    ev.MailboxConnected: _mailbox_connected,
+    ev.MailboxAddressChanged: _mailbox_address_changed,
+    ev.MailboxDisconnected: _mailbox_status("disconnected"),
+    ev.MailboxReconnected: _mailbox_status("connected"),
+    ev.MailboxReportedGone: _mailbox_status("gone"),
+    ev.CredentialsRemoved: _credentials_removed,
+    ev.MessageSynced: _message_synced,
+    ev.EmailSent: _email_sent,
+    ev.MessageUpdated: _message_updated,
+    ev.MessageDeletedAtProvider: _message_deleted,
+    ev.MessageDeletionHeld: _deletion_held,
+    ev.MailboxDeletionsConfirmed: _deletions_confirmed,
+    ev.MessageSkipped: _message_skipped,
+    ev.AttachmentRejected: _attachment_rejected,
+    ev.LeadCreated: _lead_created,
+    ev.ContactCreated: _contact_created,
+    ev.ContactUpdated: _contact_updated,
+    ev.DealCreated: _deal_created,
+    ev.DealStageChanged: _deal_stage,
+    ev.DealContactLinked: _deal_contact_linked,
+    ev.DealContactUnlinked: _deal_contact_unlinked,
+    ev.RecordOwnerChanged: _owner_changed,
+    ev.CollaboratorAdded: _collaborator(True),
+    ev.CollaboratorRemoved: _collaborator(False),
+    ev.ThreadLinked: _thread_link(True),
+    ev.ThreadUnlinked: _thread_link(False),
+    ev.AddressSettingChanged: _address_setting,
+    ev.ThreadMarked: _thread_marked,
+    ev.CommandRejected: _no_state,
+    ev.ContactSyncCommandRecorded: _no_state,
+}
+assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
+
+
+def evolve(state: TenantState, event: ev.DomainEvent, seq: int) -> TenantState:
+    """Apply one event in place and return the state. `seq` must be state.seq + 1."""
+    FOLDS[type(event)](state, event, seq)
+    state.seq = seq
+    state.last_at = event.occurred_at
+    if event.command_id is not None:
+        state.applied_commands.add(event.command_id)
+    return state

@@ -1,0 +1,1 @@
+"""Projections (CQRS read models): pure functions from events to view rows, plus the queries."""

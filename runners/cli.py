@@ -1,0 +1,174 @@
+"""The `crmsync` command line (the contract of issue #2).
+
+Exit codes: 0 success; 1 some commands were rejected (apply) or views differ (verify);
+2 usage error; 3 not found (V12); 4 store failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from adapters.errors import StoreError
+from domain.errors import NotFound
+from projections.rows import PROJECTIONS
+from runners.engine import Engine
+from runners.logs import configure_logging
+
+EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
+
+
+def _at(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset, e.g. {text}Z")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crmsync", description=__doc__)
+    parser.add_argument("--db", default=os.environ.get("CRMSYNC_DB", "./crmsync.db"),
+                        help="SQLite file for events and views (env CRMSYNC_DB)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    apply = sub.add_parser("apply", help="apply JSON Lines commands from FILE or - (stdin)")
+    apply.add_argument("file")
+
+    query = sub.add_parser("query", help="read a projection")
+    kinds = query.add_subparsers(dest="kind", required=True)
+
+    def q(name: str, help_: str) -> argparse.ArgumentParser:
+        p = kinds.add_parser(name, help=help_)
+        p.add_argument("--tenant", required=True)
+        p.add_argument("--viewer", required=True)
+        p.add_argument("--at", type=_at, help="answer as of this domain time (ISO-8601)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    q("timeline", "threads the viewer sees on a record").add_argument("--record", required=True)
+    q("mailbox", "the viewer's own threads").add_argument("--label")
+    q("thread", "one thread's messages").add_argument("--thread", required=True)
+    explain = q("explain", "why a thread is visible or not")
+    explain.add_argument("--thread", required=True)
+    explain.add_argument("--record")
+    q("records", "records the viewer may access").add_argument("--email")
+    q("status", "mailbox sync status").add_argument("--mailbox")
+
+    sub.add_parser("demo", help="tell the built-in story in a temporary database")
+    rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
+    rebuild.add_argument("--projection", choices=sorted(PROJECTIONS))
+    sub.add_parser("verify", help="rebuild into scratch tables and compare checksums")
+    return parser
+
+
+def _progress(label: str) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A rich progress bar on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(label, total=None)
+    bar.start()
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update, bar.stop
+
+
+def _print(value: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        sys.stdout.write(orjson.dumps(item).decode() + "\n")
+    if not items:
+        sys.stdout.write("(nothing)\n")
+
+
+def _query(engine: Engine, args: argparse.Namespace) -> Any:
+    common = (args.tenant, args.viewer)
+    if args.kind == "timeline":
+        return engine.query_timeline(*common, args.record, at=args.at)
+    if args.kind == "mailbox":
+        return engine.query_mailbox(*common, args.label, at=args.at)
+    if args.kind == "thread":
+        return engine.query_thread(*common, args.thread, at=args.at)
+    if args.kind == "explain":
+        return engine.query_explain(*common, args.thread, args.record, at=args.at)
+    if args.kind == "records":
+        return engine.query_records(*common, args.email, at=args.at)
+    return engine.query_status(*common, args.mailbox, at=args.at)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from runners.demo import run_demo
+
+        return run_demo(sys.stdout)
+    engine = Engine.open_sqlite(args.db)
+    try:
+        if args.command == "apply":
+            if args.file == "-":
+                lines: Sequence[bytes] = sys.stdin.buffer.read().splitlines()
+            else:
+                try:
+                    with open(args.file, "rb") as fh:
+                        lines = fh.read().splitlines()
+                except OSError as exc:
+                    sys.stderr.write(f"crmsync: cannot read {args.file}: {exc.strerror}\n")
+                    return EXIT_USAGE
+            report = engine.apply_lines(lines)
+            for number, cmd, field, reason in report.rejected:
+                sys.stderr.write(f"line {number}: {cmd}: {field}: {reason}\n")
+            sys.stdout.write(report.summary() + "\n")
+            return EXIT_REJECTED if report.rejected else 0
+        if args.command == "query":
+            try:
+                _print(_query(engine, args), args.json)
+            except NotFound:
+                sys.stderr.write("not found\n")
+                return EXIT_NOT_FOUND
+            return 0
+        progress, done = _progress(args.command)
+        try:
+            if args.command == "rebuild":
+                engine.rebuild(args.projection, progress)
+                sys.stdout.write(f"rebuilt {args.projection or 'all projections'} up to position "
+                                 f"{engine.store.max_position()}\n")
+                return 0
+            results = engine.verify(progress)
+        finally:
+            done()
+        bad = [name for name, (live, rebuilt) in results.items() if live != rebuilt]
+        for name, (live, rebuilt) in results.items():
+            mark = "ok" if live == rebuilt else "DIFFERS"
+            sys.stdout.write(f"{name:12} {mark:8} live {live[:16]} rebuilt {rebuilt[:16]}\n")
+        return 1 if bad else 0
+    finally:
+        engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return run(args)
+    except StoreError as exc:
+        sys.stderr.write(f"crmsync: {exc}\n")
+        return EXIT_STORE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The embedded engine: event store + views + projector, composed from a configuration.
+
+`Engine` applies commands (each on its own transaction, rejections recorded when the tenant
+exists), keeps the views caught up, and answers queries live or as of a past domain time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from adapters.errors import ConcurrencyConflict
+from adapters.event_store import EventStore
+from adapters.memory_views import MemoryViews
+from adapters.sqlite_views import SqliteViews
+from domain.commands import Command, parse_command
+from domain.decide import decide, rejection_event
+from domain.errors import Rejection
+from domain.events import DomainEvent
+from domain.state import TenantState, evolve
+from projections import queries
+from projections.ports import ViewReader, ViewStore
+from projections.projector import Projector, StateReader, catch_up
+from projections.rows import PROJECTIONS
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ApplyReport:
+    applied: int = 0
+    unchanged: int = 0  # accepted, nothing to do (duplicate command_id, same value again)
+    rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.applied} applied, {self.unchanged} unchanged, "
+                f"{len(self.rejected)} rejected")
+
+
+class Engine:
+    def __init__(self, store: EventStore, views: ViewStore, path: str | None = None) -> None:
+        self.store = store
+        self.views = views
+        self.path = path
+        self.projector = Projector()
+
+    @classmethod
+    def open_in_memory(cls) -> Engine:
+        return cls(EventStore.in_memory(), MemoryViews())
+
+    @classmethod
+    def open_sqlite(cls, path: str) -> Engine:
+        return cls(EventStore.sqlite(path), SqliteViews(path), path)
+
+    def close(self) -> None:
+        if isinstance(self.views, SqliteViews):
+            self.views.close()
+        self.store.close()
+
+    # -- commands -------------------------------------------------------------------------------
+    def execute(self, command: Command, *, now: datetime, correlation_id: str) -> list[DomainEvent]:
+        """Decide and append one command; retried on a concurrent append. Raises Rejection."""
+        for _ in range(5):
+            state = self.store.state(command.tenant)
+            events = decide(state, command, now=now, correlation_id=correlation_id)
+            try:
+                self.store.append(state, events)
+                return events
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(f"tenant {command.tenant!r}: too many concurrent writers")
+
+    def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str) -> None:
+        tenant = raw.get("tenant") if isinstance(raw, dict) else None
+        if not isinstance(tenant, str):
+            return
+        state = self.store.state(tenant)
+        if state.seq == 0:
+            return  # no such tenant: nothing to attach the record to
+        actor = raw.get("actor") if isinstance(raw.get("actor"), str) else "system:cli"
+        at = now
+        if isinstance(raw.get("at"), str):
+            try:
+                parsed = datetime.fromisoformat(raw["at"])
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None:
+                at = parsed
+        event = rejection_event(state, rejection.cmd, rejection, now=at, correlation_id=corr,
+                                actor=actor)
+        with contextlib.suppress(ConcurrencyConflict):  # best effort: the caller was told
+            self.store.append(state, [event])
+
+    def apply_lines(self, lines: Iterable[str | bytes], now: datetime | None = None
+                    ) -> ApplyReport:
+        """Apply JSON Lines commands in order, each on its own (blank lines are skipped)."""
+        report = ApplyReport()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            at = now or datetime.now(UTC)
+            corr = f"cmd:{uuid.uuid4()}"
+            try:
+                command = parse_command(line)
+                events = self.execute(command, now=at, correlation_id=corr)
+            except Rejection as rejection:
+                report.rejected.append((number, rejection.cmd, rejection.field, rejection.reason))
+                try:
+                    raw = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raw = None
+                self._record_rejection(raw, rejection, at, corr)
+                continue
+            if events:
+                report.applied += 1
+            else:
+                report.unchanged += 1
+        self.catch_up()
+        return report
+
+    # -- projections ----------------------------------------------------------------------------
+    def catch_up(self, progress: Progress | None = None) -> int:
+        return catch_up(self.store, self.views, self.projector, progress=progress)
+
+    def rebuild(self, projection: str | None = None, progress: Progress | None = None) -> None:
+        """Rebuild projections from the log: into new tables swapped in (SQLite), or in place."""
+        names = [projection] if projection else list(PROJECTIONS)
+        if self.path is not None:
+            scratch = SqliteViews(self.path, suffix="__new")
+            try:
+                for name in names:
+                    scratch.reset(name)
+                catch_up(self.store, scratch, Projector(names), progress=progress)
+                for name in names:
+                    scratch.swap_into_live(name)
+            finally:
+                scratch.drop()
+                scratch.close()
+        else:
+            for name in names:
+                self.views.reset(name)
+            catch_up(self.store, self.views, Projector(names), progress=progress)
+        self.projector = Projector()
+
+    def verify(self, progress: Progress | None = None) -> dict[str, tuple[str, str]]:
+        """Rebuild every projection into scratch views; return {name: (live, rebuilt) checksum}."""
+        self.catch_up()
+        scratch: ViewStore
+        if self.path is not None:
+            scratch = SqliteViews(self.path, suffix="__verify")
+            for name in PROJECTIONS:
+                scratch.reset(name)
+        else:
+            scratch = MemoryViews()
+        try:
+            catch_up(self.store, scratch, Projector(), progress=progress)
+            return {name: (self.views.checksum(name), scratch.checksum(name))
+                    for name in PROJECTIONS}
+        finally:
+            if isinstance(scratch, SqliteViews):
+                scratch.drop()
+                scratch.close()
+
+    # -- queries --------------------------------------------------------------------------------
+    def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
+        """Live views (caught up first), or the tenant's state replayed up to domain time `at`."""
+        if at is None:
+            self.catch_up()
+            return self.views
+        state = TenantState(tenant)
+        for seq, event in self.store.tenant_events(tenant):
+            if event.occurred_at > at:
+                break
+            evolve(state, event, seq)
+        return StateReader({tenant: state})
+
+    def query_timeline(self, tenant: str, viewer: str, record: str, at: datetime | None = None
+                       ) -> list[dict[str, Any]]:
+        return queries.timeline(self.reader(tenant, at), tenant, viewer, record)
+
+    def query_mailbox(self, tenant: str, viewer: str, label: str | None = None,
+                      at: datetime | None = None) -> list[dict[str, Any]]:
+        return queries.mailbox(self.reader(tenant, at), tenant, viewer, label)
+
+    def query_thread(self, tenant: str, viewer: str, thread: str, at: datetime | None = None
+                     ) -> dict[str, Any]:
+        return queries.thread(self.reader(tenant, at), tenant, viewer, thread)
+
+    def query_explain(self, tenant: str, viewer: str, thread: str, record: str | None = None,
+                      at: datetime | None = None) -> dict[str, Any]:
+        return queries.explain(self.reader(tenant, at), tenant, viewer, thread, record)
+
+    def query_records(self, tenant: str, viewer: str, email: str | None = None,
+                      at: datetime | None = None) -> list[dict[str, Any]]:
+        return queries.records(self.reader(tenant, at), tenant, viewer, email)
+
+    def query_status(self, tenant: str, viewer: str, mailbox: str | None = None,
+                     at: datetime | None = None) -> list[dict[str, Any]]:
+        return queries.sync_status(self.reader(tenant, at), tenant, viewer, mailbox)
