@@ -117,7 +117,8 @@ class EventStore:
     # -- tenant streams ----------------------------------------------------------------------
     def tenant_events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
         try:
-            for envelope in self.app.events.get(stream_id(tenant), gt=after or None):
+            for item in self.app.events.get(stream_id(tenant), gt=after or None):
+                envelope = cast(EventEnvelope, item)
                 yield envelope.originator_version, envelope.event
         except PersistenceError as exc:
             raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc

@@ -137,8 +137,9 @@ def shared(s: TenantState, thread: Thread, record: Record) -> tuple[bool, Step]:
                 return outcome, Step("V2", outcome, f"{owner_id} {wanted} {address} on "
                                      f"{record.id} ({setting[1].type})", setting[1])
     owner = s.users[owner_id]
-    level_ref: tuple[str, EventRef | None] = ("not_visible", record.owner_ref)
-    level, ref = owner.levels.get(record.type, level_ref)
+    found = owner.levels.get(record.type)
+    level = found[0] if found is not None else "not_visible"
+    ref = found[1] if found is not None else record.owner_ref
     if level == "visible":
         outcome = True
     elif level == "visible_if_owner":
