@@ -139,7 +139,7 @@ def shared(s: TenantState, thread: Thread, record: Record) -> tuple[bool, Step]:
     owner = s.users[owner_id]
     found = owner.levels.get(record.type)
     level = found[0] if found is not None else "not_visible"
-    ref = found[1] if found is not None else record.owner_ref
+    level_ref = found[1] if found is not None else record.owner_ref
     if level == "visible":
         outcome = True
     elif level == "visible_if_owner":
@@ -149,7 +149,7 @@ def shared(s: TenantState, thread: Thread, record: Record) -> tuple[bool, Step]:
     else:
         outcome = False
     return outcome, Step("V3", outcome, f"{owner_id}'s global level for {record.type}s is {level}"
-                         f" (record owner {record.owner})", ref)
+                         f" (record owner {record.owner})", level_ref)
 
 
 def record_view(s: TenantState, viewer: str, thread: Thread, record: Record
