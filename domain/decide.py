@@ -73,12 +73,20 @@ def decide(state: TenantState, cmd: c.Command, *, now: datetime, correlation_id:
     if cmd.command_id is not None and cmd.command_id in state.applied_commands:
         return []  # E5: already applied
     occurred_at = cmd.at or now
-    if state.last_at is not None and occurred_at < state.last_at:
-        raise Rejection(cmd.cmd, "at", f"{occurred_at.isoformat()} is earlier than the tenant's "
-                        f"latest event ({state.last_at.isoformat()}); domain time cannot run back")
     ctx = Context(state, cmd.cmd, cmd.actor or default_actor, occurred_at,
                   cmd.command_id or correlation_id, cmd.command_id)
-    return HANDLERS[cmd.cmd](ctx, cmd)
+    events = HANDLERS[cmd.cmd](ctx, cmd)
+    if not events and cmd.command_id is not None:
+        at = occurred_at if state.last_at is None else max(occurred_at, state.last_at)
+        return [ev.CommandHadNoEffect(tenant=state.tenant, actor=ctx.actor, occurred_at=at,
+                                      correlation_id=ctx.correlation_id,
+                                      command_id=cmd.command_id, cmd=cmd.cmd)]
+    if events and state.last_at is not None and occurred_at < state.last_at:
+        # A command with effects must not be dated before the tenant's latest event (E4); a
+        # no-op (e.g. a re-applied command) stays a harmless no-op.
+        raise Rejection(cmd.cmd, "at", f"{occurred_at.isoformat()} is earlier than the tenant's "
+                        f"latest event ({state.last_at.isoformat()}); domain time cannot run back")
+    return events
 
 
 def rejection_event(state: TenantState, cmd_name: str, rejection: Rejection, *, now: datetime,

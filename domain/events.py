@@ -301,6 +301,13 @@ class CommandRejected(DomainEvent):
     reason: str
 
 
+class CommandHadNoEffect(DomainEvent):
+    """A command with a `command_id` that changed nothing: remembered so that a re-application
+    stays a no-op whatever happened since (E5)."""
+
+    cmd: str
+
+
 class ContactSyncCommandRecorded(DomainEvent):
     """Contact-sync commands (SPEC §5) are recorded; their behaviour arrives with contact sync."""
 
@@ -317,5 +324,5 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ContactCreated, ContactUpdated, DealCreated, DealStageChanged, DealContactLinked,
     DealContactUnlinked, RecordOwnerChanged, CollaboratorAdded, CollaboratorRemoved,
     ThreadLinked, ThreadUnlinked, AddressSettingChanged, ThreadMarked, CommandRejected,
-    ContactSyncCommandRecorded,
+    CommandHadNoEffect, ContactSyncCommandRecorded,
 )

@@ -82,6 +82,16 @@ def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str
     return f"{mailbox}:crmsync-{msg.id}"
 
 
+def replies_to_crm_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> bool:
+    """S7: a reply to CRM-sent mail is part of a CRM-initiated conversation even when the provider
+    files it under its own thread id (Gmail/Graph give one for every message)."""
+    for rfc in [msg.in_reply_to, *(msg.references or [])]:
+        found = state.rfc_index.get((mailbox, rfc)) if rfc else None
+        if found is not None and state.threads[found].crm_initiated:
+            return True
+    return False
+
+
 def attachment_problem(state: TenantState, att: ev.Attachment) -> str | None:
     """S8: the reason an attachment is not allowed, or None."""
     settings = state.settings
@@ -124,7 +134,8 @@ def sync_message(ctx: Context, cmd: c.SyncMessage) -> list[ev.DomainEvent]:
     reason = skip_reason(s, mbx)
     thread_id = resolve_thread(s, cmd.mailbox, msg)
     thread = s.threads.get(thread_id)
-    crm_thread = thread is not None and thread.crm_initiated
+    crm_thread = (thread is not None and thread.crm_initiated) \
+        or replies_to_crm_thread(s, cmd.mailbox, msg)
     if reason is None and thread is not None and thread.created_seq < mbx.address_since \
             and not crm_thread:
         reason = "thread_of_old_address"  # S9

@@ -430,6 +430,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.AddressSettingChanged: _address_setting,
     ev.ThreadMarked: _thread_marked,
     ev.CommandRejected: _no_state,
+    ev.CommandHadNoEffect: _no_state,
     ev.ContactSyncCommandRecorded: _no_state,
 }
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"

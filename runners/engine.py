@@ -22,7 +22,7 @@ from adapters.sqlite_views import SqliteViews
 from domain.commands import Command, parse_command
 from domain.decide import decide, rejection_event
 from domain.errors import Rejection
-from domain.events import DomainEvent
+from domain.events import CommandHadNoEffect, DomainEvent
 from domain.state import TenantState, evolve
 from projections import queries
 from projections.ports import ViewReader, ViewStore
@@ -117,7 +117,7 @@ class Engine:
                     raw = None
                 self._record_rejection(raw, rejection, at, corr)
                 continue
-            if events:
+            if any(not isinstance(e, CommandHadNoEffect) for e in events):
                 report.applied += 1
             else:
                 report.unchanged += 1

@@ -101,7 +101,7 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             if draw(st.integers(0, 9)) == 0:
                 chosen.append("c-unknown")
             emit("CreateDeal", record=rid, owner=owner, name=rid, contacts=chosen, stage="open")
-            deal_contacts[rid] = chosen
+            deal_contacts[rid] = list(chosen)
         else:
             mails = draw(
                 st.lists(st.sampled_from(record_pool), min_size=1, max_size=2, unique=True)
@@ -203,6 +203,31 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         synced.append({"mailbox": mb, "message": msg})
         emit("SyncMessage", mailbox=mb, message=msg)
 
+    def copy_to_other() -> None:
+        """The same RFC message observed in a second mailbox (two colleagues on one thread)."""
+        sources = [s for s in synced if s["message"].get("message_id")]
+        if not sources:
+            sync()
+            return
+        source = draw(st.sampled_from(sources))
+        mid = source["message"]["message_id"]
+        targets = [mb for mb in mailboxes if mid not in rfc_in[mb]]
+        if not targets:
+            sync()
+            return
+        mb = draw(st.sampled_from(targets))
+        counter["msg"] += 1
+        msg = copy.deepcopy(source["message"])
+        msg["id"] = f"x{counter['msg']}"
+        msg["read"] = draw(st.booleans())
+        if draw(st.booleans()):
+            msg["subject"] = f"subject {counter['msg']}"
+        rfc_in[mb].add(mid)
+        thread_id = msg.get("thread_id")
+        threads.append(f"{mb}:{thread_id}" if thread_id else f"{mb}:crmsync-{msg['id']}")
+        synced.append({"mailbox": mb, "message": msg})
+        emit("SyncMessage", mailbox=mb, message=msg)
+
     def link() -> None:
         t, u = some_thread()
         emit(
@@ -243,12 +268,19 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
                 cascade=draw(st.booleans()),
             )
 
+    deactivated: list[str] = []
+
     def lifecycle() -> None:
         kind = draw(st.integers(0, 9))
         if kind <= 2:
-            emit("DeactivateUser", user=some_user())
+            user = some_user()
+            deactivated.append(user)
+            emit("DeactivateUser", user=user)
         elif kind <= 5:
-            emit("ReactivateUser", user=some_user())
+            user = draw(st.sampled_from(deactivated)) if deactivated and kind < 5 else some_user()
+            if user in deactivated:
+                deactivated.remove(user)
+            emit("ReactivateUser", user=user)
         elif kind <= 7:
             manager = draw(st.one_of(st.none(), st.sampled_from(users)))
             emit("ChangeUserManager", user=some_user(), manager=manager)
@@ -276,8 +308,18 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         else:
             emit("RemoveCollaborator", record=some_record(), user=some_user())
 
-    ops = [sync] * 6 + [link, mark, level, level, address_setting, address_setting, address_setting]
-    ops += [lifecycle, record_change, record_change]
+    ops = [sync] * 5 + [
+        copy_to_other,
+        copy_to_other,
+        link,
+        mark,
+        level,
+        level,
+        address_setting,
+        address_setting,
+        address_setting,
+    ]
+    ops += [lifecycle, lifecycle, record_change, record_change]
     for _ in range(draw(st.integers(5, 25))):
         draw(st.sampled_from(ops))()
 

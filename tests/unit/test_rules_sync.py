@@ -209,6 +209,18 @@ def test_s7_crm_initiated_thread_bypasses_label_scope() -> None:
     assert kinds(other) == ["MessageSkipped"]
 
 
+def test_s7_reply_filed_under_a_provider_thread_id_still_bypasses_scope() -> None:
+    state = labelled_office()
+    sent = run(state, send())
+    rfc = sent[0].message.message_id  # type: ignore[attr-defined]
+    reply = run(state, msg("mb-ann", "g2", CUSTOMER, [ANN], thread_id="GT", labels=["INBOX"],
+                           references=["<older@x>", rfc]))
+    assert kinds(reply) == ["MessageSynced"]
+    assert state.threads["mb-ann:GT"].crm_initiated
+    later = run(state, msg("mb-ann", "g3", ANN, [CUSTOMER], thread_id="GT", labels=["SENT"]))
+    assert kinds(later) == ["MessageSynced"]
+
+
 def test_s7_send_email_through_someone_elses_mailbox_rejected() -> None:
     state = apply([*office(), mailbox("mb-bob", "bob")])
     assert rejection(state, send(mailbox="mb-bob")).field == "mailbox"
