@@ -95,7 +95,9 @@ class SqliteViews:
 
     def checksum(self, projection: str) -> str:
         cur = self.conn.execute(f"SELECT tenant, key, row_key, doc FROM {self._table(projection)}")
-        return checksum(cur)
+        # a document edited by hand may come back as text: checksum whatever is stored
+        return checksum((t, k, rk, doc if isinstance(doc, bytes) else str(doc).encode())
+                        for t, k, rk, doc in cur)
 
     def drop(self) -> None:
         """Drop this store's tables (scratch stores only)."""

@@ -270,6 +270,18 @@ def test_l5_suspect_mailbox_holds_every_further_deletion() -> None:
     assert state.mailboxes["mb-ann"].pending_deletions == ["m1", "m2"]
 
 
+def test_l5_suspect_mailbox_holds_even_deletions_under_the_threshold() -> None:
+    state = shared_office(delete("m1"))  # 1 of 1 stored: held, mailbox suspect
+    assert state.mailboxes["mb-ann"].suspect
+    run(state, later_mail("m2"))  # new mail still syncs
+    run(state, later_mail("m3"))
+    run(state, later_mail("m4"))
+    events = run(state, delete("m2"))  # 1 of 4 would pass the threshold on its own
+    assert kinds(events) == ["MessageDeletionHeld"]
+    assert "mailbox_suspect" in events[0].reason  # type: ignore[attr-defined]
+    assert not state.messages[("mb-ann", "m2")].deleted
+
+
 def test_l5_confirm_mailbox_deletions_apply() -> None:
     state = four_messages({"cmd": "ConfigureTenant", "mass_delete_threshold": 0.2})
     run(state, delete("m1"))
