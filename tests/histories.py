@@ -33,9 +33,7 @@ def history(seed: int, length: int = 120, tenant: str = "acme") -> list[dict[str
              "stage": "open"}]
     records = ["c0", "l0", "d0", "c1", "l1"]
     threads: list[str] = []
-    n = 0
-    for _ in range(length):
-        n += 1
+    for n in range(1, length + 1):
         kind = rng.choice(["mail"] * 6 + ["share", "unshare", "level", "owner", "collab",
                                           "mark", "link", "record", "lifecycle", "bad"])
         user = rng.choice(users)
