@@ -70,6 +70,8 @@ def decide(state: TenantState, cmd: c.Command, *, now: datetime, correlation_id:
 
     Raises Rejection when the command breaks a rule.
     """
+    if cmd.tenant != state.tenant:
+        raise ValueError(f"command for tenant {cmd.tenant!r} decided on {state.tenant!r}'s state")
     if cmd.command_id is not None and cmd.command_id in state.applied_commands:
         return []  # E5: already applied
     occurred_at = cmd.at or now
