@@ -107,7 +107,6 @@ class Message:
     cc: list[str]
     bcc: list[str]
     subject: str
-    body: str
     sent_at: datetime
     labels: list[str]
     read: bool
@@ -128,6 +127,8 @@ class Thread:
     flag: tuple[bool, EventRef] | None = None  # V1: (shared?, event)
     manual: dict[str, tuple[bool, EventRef]] = field(default_factory=dict)  # record -> linked?
     crm_initiated: bool = False
+    # participant address -> number of live messages it takes part in
+    participants: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +146,8 @@ class TenantState:
     address_records: dict[str, set[str]] = field(default_factory=dict)  # lead/contact addresses
     address_threads: dict[str, set[str]] = field(default_factory=dict)  # participant -> threads
     deals_of_contact: dict[str, set[str]] = field(default_factory=dict)
+    manual_threads: dict[str, set[str]] = field(default_factory=dict)  # record -> threads
+    mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
     applied_commands: set[str] = field(default_factory=set)
 
@@ -248,15 +251,29 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     thread = s.threads.get(thread_id)
     if thread is None:
         thread = s.threads[thread_id] = Thread(thread_id, mailbox, seq, crm_initiated=crm_initiated)
+        s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
     thread.messages.append(msg.id)
-    s.messages[(mailbox, msg.id)] = Message(
+    message = s.messages[(mailbox, msg.id)] = Message(
         mailbox, msg.id, thread_id, msg.message_id, msg.from_.lower(), _lower(msg.to),
-        _lower(msg.cc), _lower(msg.bcc), msg.subject, msg.body, msg.sent_at, list(msg.labels),
+        _lower(msg.cc), _lower(msg.bcc), msg.subject, msg.sent_at, list(msg.labels),
         msg.read, msg.delivery_status, [a.model_dump() for a in msg.attachments])
     if msg.message_id:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
-    for a in msg.participants():
+    for a in message.participants():
+        thread.participants[a] = thread.participants.get(a, 0) + 1
         s.address_threads.setdefault(a, set()).add(thread_id)
+
+
+def _delete_message(s: TenantState, mailbox: str, message_id: str) -> None:
+    msg = s.messages[(mailbox, message_id)]
+    if msg.deleted:
+        return
+    msg.deleted = True
+    counts = s.threads[msg.thread].participants
+    for a in msg.participants():
+        counts[a] -= 1
+        if counts[a] == 0:
+            del counts[a]
 
 
 def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
@@ -281,7 +298,7 @@ def _message_updated(s: TenantState, e: ev.MessageUpdated, seq: int) -> None:
 
 
 def _message_deleted(s: TenantState, e: ev.MessageDeletedAtProvider, seq: int) -> None:
-    s.messages[(e.mailbox, e.id)].deleted = True
+    _delete_message(s, e.mailbox, e.id)
 
 
 def _deletion_held(s: TenantState, e: ev.MessageDeletionHeld, seq: int) -> None:
@@ -294,7 +311,7 @@ def _deletions_confirmed(s: TenantState, e: ev.MailboxDeletionsConfirmed, seq: i
     mbx = s.mailboxes[e.mailbox]
     if e.applied:
         for mid in e.ids:
-            s.messages[(e.mailbox, mid)].deleted = True
+            _delete_message(s, e.mailbox, mid)
     mbx.pending_deletions = []
 
 
@@ -376,6 +393,7 @@ def _collaborator(add: bool) -> Callable[[TenantState, Any, int], None]:
 def _thread_link(linked: bool) -> Callable[[TenantState, Any, int], None]:
     def fold(s: TenantState, e: Any, seq: int) -> None:
         s.threads[e.thread].manual[e.record] = (linked, _ref(e, seq))
+        s.manual_threads.setdefault(e.record, set()).add(e.thread)
 
     return fold
 

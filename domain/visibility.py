@@ -6,6 +6,7 @@ detail and the event that set the deciding state.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +70,8 @@ def access_reason(s: TenantState, viewer: str, record: Record) -> str | None:
 
 
 def participants(s: TenantState, thread: Thread) -> set[str]:
-    out: set[str] = set()
-    for m in s.live_messages(thread):
-        out |= m.participants()
-    return out
+    """Addresses taking part in any live message of the thread."""
+    return set(thread.participants)
 
 
 def links(s: TenantState, thread: Thread) -> dict[str, Step]:
@@ -140,16 +139,25 @@ def shared(s: TenantState, thread: Thread, record: Record) -> tuple[bool, Step]:
     found = owner.levels.get(record.type)
     level = found[0] if found is not None else "not_visible"
     level_ref = found[1] if found is not None else record.owner_ref
+    outcome = level_allows(level, owner_id, record.owner, record.collaborators)
+    return outcome, Step("V3", outcome, level_detail(owner_id, record.type, level, record.owner),
+                         level_ref)
+
+
+def level_allows(level: str, user: str, record_owner: str, collaborators: Collection[str]
+                 ) -> bool:
+    """V3: does `user`'s global level share their mail on a record with this owner?"""
     if level == "visible":
-        outcome = True
-    elif level == "visible_if_owner":
-        outcome = owner_id == record.owner
-    elif level == "visible_if_owner_or_collaborator":
-        outcome = owner_id == record.owner or owner_id in record.collaborators
-    else:
-        outcome = False
-    return outcome, Step("V3", outcome, f"{owner_id}'s global level for {record.type}s is {level}"
-                         f" (record owner {record.owner})", level_ref)
+        return True
+    if level == "visible_if_owner":
+        return user == record_owner
+    if level == "visible_if_owner_or_collaborator":
+        return user == record_owner or user in collaborators
+    return False
+
+
+def level_detail(user: str, record_type: str, level: str, record_owner: str) -> str:
+    return f"{user}'s global level for {record_type}s is {level} (record owner {record_owner})"
 
 
 def record_view(s: TenantState, viewer: str, thread: Thread, record: Record

@@ -8,12 +8,13 @@ written together; events a projection ignores still advance its position (SPEC E
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
-from projections.rows import PROJECTIONS, Rows, all_keys
+from projections.rows import PROJECTIONS, Rows, event_rows
 from projections.touched import touched
 
 
@@ -44,6 +45,7 @@ class Projector:
 
     def process(self, batch: Sequence[Logged], positions: dict[str, int]) -> Changes:
         dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
+        direct: dict[str, dict[str, Rows]] = {}  # tenant -> message rows written by events
         for item in batch:
             if item.position <= self.position:
                 continue
@@ -57,11 +59,20 @@ class Projector:
                 continue
             after = touched(state, event)
             for p in writing:
-                keys = dirty[p].setdefault(event.tenant, set())
-                keys |= before.keys(state, p) | after.keys(state, p)
-        return {p: {(tenant, key): PROJECTIONS[p](self.states[tenant], key)
-                    for tenant, keys in per_tenant.items() for key in sorted(keys)}
-                for p, per_tenant in dirty.items() if per_tenant}
+                if p == "message":
+                    direct.setdefault(event.tenant, {}).update(event_rows(state, event))
+                    continue
+                keys = before.get(p, set()) | after.get(p, set())
+                if keys:
+                    dirty[p].setdefault(event.tenant, set()).update(keys)
+        changes: Changes = {
+            p: {(tenant, key): PROJECTIONS[p](self.states[tenant], key)
+                for tenant, keys in per_tenant.items() for key in sorted(keys)}
+            for p, per_tenant in dirty.items() if per_tenant}
+        if direct:
+            changes["message"] = {(tenant, key): rows for tenant, keyed in direct.items()
+                                  for key, rows in keyed.items()}
+        return changes
 
 
 def catch_up(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: int = 1000,
@@ -86,24 +97,21 @@ def catch_up(log: EventLog, views: ViewStore, projector: Projector, *, batch_siz
     return read
 
 
-class StateReader:
-    """A ViewReader computed from tenant state on demand: answers `--at` queries by replay."""
+@dataclass(frozen=True)
+class _Replayed:
+    position: int
+    seq: int
+    event: DomainEvent
 
-    def __init__(self, states: dict[str, TenantState]) -> None:
-        self.states = states
 
-    def rows(self, projection: str, tenant: str, key: str) -> Rows:
-        state = self.states.get(tenant)
-        return PROJECTIONS[projection](state, key) if state is not None else {}
+class ReplayLog:
+    """An EventLog over events already in hand (one tenant's stream up to a domain time)."""
 
-    def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
-        state = self.states.get(tenant)
-        if state is None:
-            return {}
-        out = {}
-        for key in all_keys(state, projection):
-            if key.startswith(prefix):
-                rows = PROJECTIONS[projection](state, key)
-                if rows:
-                    out[key] = rows
-        return out
+    def __init__(self, events: Iterable[tuple[int, DomainEvent]]) -> None:
+        self.items = [_Replayed(i, seq, e) for i, (seq, e) in enumerate(events, 1)]
+
+    def max_position(self) -> int:
+        return len(self.items)
+
+    def read_log(self, after: int, limit: int) -> Sequence[Logged]:
+        return self.items[after:after + limit]

@@ -1,5 +1,7 @@
-"""The query side of SPEC §7, answered from view rows (live) or from replayed state (`--at`).
+"""The query side of SPEC §7, answered from view rows (live, or replayed for `at`).
 
+Access (V8) and the owner-dependent part of sharing (V3, V7) are evaluated here from the user and
+record rows, so that changes to owners, collaborators, levels and the hierarchy are O(1) in rows.
 Unknown, foreign-tenant and invisible ids raise NotFound (V12): an answer never says 'forbidden'.
 """
 
@@ -8,24 +10,80 @@ from __future__ import annotations
 from typing import Any
 
 from domain.errors import NotFound
-from domain.visibility import capabilities
+from domain.visibility import capabilities, level_allows, level_detail
 from projections.ports import ViewReader
-from projections.rows import Doc
+from projections.rows import SEP, Doc
 
 Answer = dict[str, Any]
 
 
-def _user(views: ViewReader, tenant: str, user: str) -> Doc | None:
-    return views.rows("directory", tenant, f"user:{user}").get(user)
+class Lookup:
+    """Reads user and record rows once per query."""
+
+    def __init__(self, views: ViewReader, tenant: str) -> None:
+        self.views = views
+        self.tenant = tenant
+        self._docs: dict[str, Doc | None] = {}
+
+    def _doc(self, key: str) -> Doc | None:
+        if key not in self._docs:
+            ident = key.partition(":")[2]
+            self._docs[key] = self.views.rows("directory", self.tenant, key).get(ident)
+        return self._docs[key]
+
+    def user(self, user: str) -> Doc | None:
+        return self._doc(f"user:{user}")
+
+    def record(self, record: str) -> Doc | None:
+        return self._doc(f"record:{record}")
+
+    def active(self, user: str) -> bool:
+        doc = self.user(user)
+        return doc is not None and doc["status"] == "active"
+
+    def access_reason(self, viewer: str, record: Doc) -> str | None:
+        """Why `viewer` is in access(R) (owner, collaborator, manager above, admin), or None."""
+        doc = self.user(viewer)
+        if doc is None or doc["status"] != "active":
+            return None
+        if viewer == record["owner"]:
+            return "owner of the record"
+        if viewer in record["collaborators"]:
+            return "collaborator on the record"
+        owner = self.user(record["owner"])
+        if owner is not None and viewer in owner["managers"]:
+            return f"manager above the record's owner {record['owner']}"
+        if doc["role"] == "admin":
+            return "admin of the tenant"
+        return None
+
+    def shared(self, basis: Doc, owner: str, record_id: str) -> tuple[bool, Answer]:
+        """shared(owner(T), T, R) from a stored basis; V3 is evaluated now (V7)."""
+        if basis["rule"] != "V3":
+            return basis["shared"], {**basis["step"], "record": record_id}
+        record = self.record(record_id)
+        owner_doc = self.user(owner)
+        if record is None or owner_doc is None:
+            return False, _step("V3", False, "unknown record or owner", record_id)
+        found = owner_doc["levels"].get(record["type"])
+        level = found["level"] if found else "not_visible"
+        outcome = level_allows(level, owner, record["owner"], record["collaborators"])
+        event = found["event"] if found else record["owner_event"]
+        detail = level_detail(owner, record["type"], level, record["owner"])
+        return outcome, _step("V3", outcome, detail, record_id, event)
+
+    def thread_shared(self, records: dict[str, Doc], owner: str) -> bool:
+        """The padlock outside a record: shared on at least one linked record."""
+        return any(self.shared(b, owner, r)[0] for r, b in records.items())
+
+    def owner_deleted(self, owner: str) -> bool:
+        doc = self.user(owner)
+        return doc is None or doc["status"] == "deleted"
 
 
-def _active(views: ViewReader, tenant: str, user: str) -> bool:
-    doc = _user(views, tenant, user)
-    return doc is not None and doc["status"] == "active"
-
-
-def _record(views: ViewReader, tenant: str, record: str) -> Doc | None:
-    return views.rows("directory", tenant, f"record:{record}").get(record)
+def _step(rule: str, outcome: bool, detail: str, record: str | None = None,
+          event: Any = None) -> Answer:
+    return {"rule": rule, "outcome": outcome, "detail": detail, "record": record, "event": event}
 
 
 def _sort(items: list[Answer]) -> list[Answer]:
@@ -36,11 +94,18 @@ def _sort(items: list[Answer]) -> list[Answer]:
 
 def timeline(views: ViewReader, tenant: str, viewer: str, record: str) -> list[Answer]:
     """Threads V sees on R (V8), newest activity first; each RFC message counted once."""
-    rec = _record(views, tenant, record)
-    if rec is None or viewer not in rec["access"]:
+    look = Lookup(views, tenant)
+    rec = look.record(record)
+    if rec is None or look.access_reason(viewer, rec) is None:
         raise NotFound()
-    visible = [r for r in views.rows("timeline", tenant, record).values()
-               if r["owner"] == viewer or r["shared"]]
+    visible = []
+    for rows in views.scan("timeline", tenant, record + SEP).values():
+        row = rows["t"]
+        if look.owner_deleted(row["owner"]):
+            continue
+        is_shared = look.shared(row["basis"], row["owner"], record)[0]
+        if row["owner"] == viewer or is_shared:
+            visible.append({**row, "shared": is_shared})
     # V8: a message held by several mailboxes shows once: in the viewer's own copy, else in the
     # copy with the smallest thread id.
     home: dict[str, str] = {}
@@ -70,65 +135,67 @@ def timeline(views: ViewReader, tenant: str, viewer: str, record: str) -> list[A
 def mailbox(views: ViewReader, tenant: str, viewer: str, label: str | None = None
             ) -> list[Answer]:
     """V9: the viewer's own threads; nobody else's, whatever their role."""
-    if not _active(views, tenant, viewer):
+    look = Lookup(views, tenant)
+    if not look.active(viewer):
         return []
     out = []
-    for row in views.rows("mailbox", tenant, viewer).values():
+    for rows in views.scan("mailbox", tenant, viewer + SEP).values():
+        row = rows["t"]
         if label is not None and label not in row["labels"]:
             continue
         out.append({"thread": row["thread"], "subject": row["subject"], "owner": row["owner"],
                     "mailbox": row["mailbox"], "messages": row["messages"],
-                    "last_activity": row["last_activity"], "shared": row["shared"],
+                    "last_activity": row["last_activity"],
+                    "shared": look.thread_shared(row["records"], viewer),
                     "capabilities": capabilities(True)})
     return _sort(out)
 
 
-def _sees(views: ViewReader, tenant: str, viewer: str, row: Doc) -> bool:
+def _sees(look: Lookup, viewer: str, row: Doc) -> bool:
     if row["owner"] == viewer:
         return True
-    for rid, is_shared in row["records"].items():
-        rec = _record(views, tenant, rid)
-        if is_shared and rec is not None and viewer in rec["access"]:
+    for rid, b in row["records"].items():
+        rec = look.record(rid)
+        if rec is not None and look.access_reason(viewer, rec) is not None \
+                and look.shared(b, row["owner"], rid)[0]:
             return True
     return False
 
 
 def thread(views: ViewReader, tenant: str, viewer: str, thread_id: str) -> Answer:
     """The messages V may see, with the fields V10 allows (`read` only for the owner)."""
-    row = views.rows("thread", tenant, thread_id).get(thread_id)
-    if row is None or not _active(views, tenant, viewer) or not _sees(views, tenant, viewer, row):
+    look = Lookup(views, tenant)
+    row = views.rows("thread", tenant, thread_id).get("t")
+    if row is None or not look.active(viewer) or not _sees(look, viewer, row):
         raise NotFound()
     is_owner = row["owner"] == viewer
-    fields = ("id", "from", "to", "cc", "subject", "body", "sent_at", "delivery_status")
+    contents = {rows["m"]["id"]: rows["m"]
+                for rows in views.scan("message", tenant, thread_id + SEP).values()}
     messages = []
-    for m in row["messages"]:
-        item = {f: m[f] for f in fields}
+    for state in row["messages"]:
+        item = {**contents[state["id"]], "delivery_status": state["delivery_status"]}
         if is_owner:
-            item["read"] = m["read"]
+            item["read"] = state["read"]
         messages.append(item)
     return {"thread": thread_id, "owner": row["owner"], "mailbox": row["mailbox"],
-            "shared": any(row["records"].values()), "capabilities": capabilities(is_owner),
-            "messages": messages}
+            "shared": look.thread_shared(row["records"], row["owner"]),
+            "capabilities": capabilities(is_owner), "messages": messages}
 
 
-def _step(rule: str, outcome: bool, detail: str, record: str | None = None,
-          event: Any = None) -> Answer:
-    return {"rule": rule, "outcome": outcome, "detail": detail, "record": record, "event": event}
-
-
-def _record_chain(views: ViewReader, tenant: str, viewer: str, row: Doc | None, record: str,
-                  owner: str) -> tuple[bool, list[Answer]]:
+def _record_chain(look: Lookup, viewer: str, row: Doc | None, record: str, owner: str
+                  ) -> tuple[bool, list[Answer]]:
     if row is None:
         return False, [_step("V8", False, f"thread is not linked to {record}", record)]
     steps = [{**row["link"], "record": record}]
-    rec = _record(views, tenant, record)
-    reason = rec["access"].get(viewer) if rec is not None else None
+    rec = look.record(record)
+    reason = look.access_reason(viewer, rec) if rec is not None else None
     if reason is None:
         return False, [*steps, _step("V8", False, f"{viewer} has no access to {record}", record)]
     steps.append(_step("V8", True, f"{viewer} has access to {record}: {reason}", record))
     if viewer == owner:
         return True, [*steps, _step("V8", True, f"{viewer} owns the thread", record)]
-    return row["shared"], [*steps, {**row["decided_by"], "record": record}]
+    outcome, step = look.shared(row["basis"], owner, record)
+    return outcome, [*steps, step]
 
 
 def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
@@ -138,22 +205,23 @@ def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
     A viewer who cannot see the thread gets 'not found' (V12), except an admin, who may audit why
     a thread of the tenant is hidden.
     """
-    user = _user(views, tenant, viewer)
+    look = Lookup(views, tenant)
+    user = look.user(viewer)
     rows = views.rows("explain", tenant, thread_id)
-    thread_row = views.rows("thread", tenant, thread_id).get(thread_id)
+    thread_row = views.rows("thread", tenant, thread_id).get("t")
     if user is None or user["status"] != "active" or thread_row is None:
         raise NotFound()
     owner = thread_row["owner"]
     if record is not None:
-        if _record(views, tenant, record) is None:
+        if look.record(record) is None:
             raise NotFound()
-        visible, rules = _record_chain(views, tenant, viewer, rows.get(record), record, owner)
+        visible, rules = _record_chain(look, viewer, rows.get(record), record, owner)
     elif viewer == owner:
         visible, rules = True, [_step("V9", True, f"{viewer} owns mailbox {thread_row['mailbox']}")]
     else:
         visible, rules = False, []
         for rid in sorted(rows):
-            ok, chain = _record_chain(views, tenant, viewer, rows[rid], rid, owner)
+            ok, chain = _record_chain(look, viewer, rows[rid], rid, owner)
             if ok:
                 visible, rules = True, chain
                 break
@@ -170,14 +238,15 @@ def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
 def records(views: ViewReader, tenant: str, viewer: str, email: str | None = None
             ) -> list[Answer]:
     """Records V may access (access(R)), optionally those with an address."""
-    if not _active(views, tenant, viewer):
+    look = Lookup(views, tenant)
+    if not look.active(viewer):
         return []
     out = []
     for rows in views.scan("directory", tenant, "record:").values():
         for doc in rows.values():
-            if viewer not in doc["access"]:
-                continue
             if email is not None and email.lower() not in doc["emails"]:
+                continue
+            if look.access_reason(viewer, doc) is None:
                 continue
             out.append({k: doc[k] for k in ("record", "type", "name", "owner", "emails")})
     return sorted(out, key=lambda r: r["record"])
@@ -186,7 +255,7 @@ def records(views: ViewReader, tenant: str, viewer: str, email: str | None = Non
 def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | None = None
                 ) -> list[Answer]:
     """Per mailbox status and counters, for the mailbox's owner and the tenant's admins."""
-    user = _user(views, tenant, viewer)
+    user = Lookup(views, tenant).user(viewer)
     if user is None or user["status"] != "active":
         raise NotFound()
     out = []

@@ -1,19 +1,29 @@
-"""The rows of each projection as pure functions of tenant state (SPEC E3).
+"""The rows of each projection (SPEC E3).
 
-A projection's rows are grouped by key (a record, a thread, a user, a mailbox); `rows(state, key)`
-returns the complete set of rows for that key, so a changed key is rewritten whole.
+Rows are grouped by key. Keys are small on purpose (a user, a record, a record-and-thread pair, a
+thread, a message, a mailbox) so that one event rewrites few rows: `rows(state, key)` returns the
+complete rows of a key as a pure function of tenant state. Decisions that depend on facts which
+change for many threads at once — the record's owner and collaborators, the thread owner's
+global level (V3, V7), the viewer's status and place in the hierarchy (V8) — are not copied into
+thread rows: the rows keep the *basis* of the decision and queries combine it with the user and
+record rows. That keeps owner changes, level changes and hierarchy changes O(1) in rows.
+
+Message bodies are never kept in tenant state: the `message` projection's rows come straight from
+the events that carry them (`event_rows`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+from domain import events as ev
 from domain.state import Message, TenantState, Thread
-from domain.visibility import access, access_reason, links, manager_chain, shared, shared_anywhere
+from domain.visibility import Step, links, manager_chain, shared
 
 Doc = dict[str, Any]
 Rows = dict[str, Doc]  # row key -> document
+SEP = "\x1f"  # joins the parts of a compound key
 
 
 def _iso(m: Message) -> str:
@@ -26,10 +36,27 @@ def ordered_messages(state: TenantState, thread: Thread) -> list[Message]:
     return sorted(live, key=lambda m: (m.sent_at, order[m.id]))
 
 
-def _visible_thread(state: TenantState, thread: Thread) -> bool:
-    """Threads of deleted users leave every view (L2); empty threads show nowhere."""
-    return state.users[state.thread_owner(thread)].status != "deleted" and bool(
-        state.live_messages(thread))
+def _live_thread(state: TenantState, thread_id: str) -> Thread | None:
+    """The thread if it shows anywhere: threads of deleted users leave every view (L2), empty
+    threads show nowhere."""
+    thread = state.threads.get(thread_id)
+    if thread is None or state.users[state.thread_owner(thread)].status == "deleted":
+        return None
+    return thread if any(not state.messages[(thread.mailbox, m)].deleted
+                         for m in thread.messages) else None
+
+
+def basis(state: TenantState, thread: Thread, record_id: str) -> Doc:
+    """What decides shared(owner(T), T, R): V1/V2 outcomes are stored; V3 depends on the owner's
+    level and the record's owner/collaborators, so only the rule is stored (read at query time)."""
+    outcome, step = shared(state, thread, state.records[record_id])
+    if step.rule == "V3":
+        return {"rule": "V3", "type": state.records[record_id].type}
+    return {"rule": step.rule, "shared": outcome, "step": step.as_json()}
+
+
+def _bases(state: TenantState, thread: Thread, linked: dict[str, Step]) -> dict[str, Doc]:
+    return {r: basis(state, thread, r) for r in sorted(linked)}
 
 
 def directory_rows(state: TenantState, key: str) -> Rows:
@@ -38,79 +65,66 @@ def directory_rows(state: TenantState, key: str) -> Rows:
         user = state.users.get(ident)
         if user is None:
             return {}
+        levels = {t: {"level": lv, "event": ref.as_json()} for t, (lv, ref) in user.levels.items()}
         return {ident: {"user": user.id, "email": user.email, "role": user.role,
                         "manager": user.manager, "status": user.status,
-                        "managers": manager_chain(state, user.id)}}
+                        "managers": manager_chain(state, user.id), "levels": levels}}
     record = state.records.get(ident)
     if record is None:
         return {}
-    reasons = {u: access_reason(state, u, record) for u in sorted(access(state, record))}
     return {ident: {"record": record.id, "type": record.type, "name": record.name,
                     "owner": record.owner, "emails": sorted(state.record_addresses(record)),
-                    "access": reasons}}
+                    "collaborators": sorted(record.collaborators),
+                    "owner_event": record.owner_ref.as_json() if record.owner_ref else None}}
 
 
 def timeline_rows(state: TenantState, key: str) -> Rows:
-    """Per record: each linked thread of a non-deleted owner, its padlock and its messages."""
-    record = state.records.get(key)
-    if record is None:
+    """Key `record SEP thread`: the thread as linked to the record, with its messages' ids."""
+    record_id, _, thread_id = key.partition(SEP)
+    thread = _live_thread(state, thread_id)
+    if thread is None or record_id not in links(state, thread):
         return {}
-    out: Rows = {}
-    for thread_id in sorted(threads_of_record(state, key)):
-        thread = state.threads[thread_id]
-        if not _visible_thread(state, thread) or key not in links(state, thread):
-            continue
-        msgs = ordered_messages(state, thread)
-        out[thread_id] = {"thread": thread_id, "mailbox": thread.mailbox,
-                          "owner": state.thread_owner(thread), "subject": msgs[0].subject,
-                          "shared": shared(state, thread, record)[0],
-                          "messages": [[m.rfc_id, _iso(m)] for m in msgs]}
-    return out
+    msgs = ordered_messages(state, thread)
+    return {"t": {"thread": thread_id, "mailbox": thread.mailbox,
+                  "owner": state.thread_owner(thread), "subject": msgs[0].subject,
+                  "basis": basis(state, thread, record_id),
+                  "messages": [[m.rfc_id, _iso(m)] for m in msgs]}}
 
 
 def mailbox_rows(state: TenantState, key: str) -> Rows:
-    """Per user: every thread of the user's mailboxes (V9)."""
-    user = state.users.get(key)
-    if user is None or user.status == "deleted":
+    """Key `user SEP thread`: a thread of the user's mailboxes (V9)."""
+    user_id, _, thread_id = key.partition(SEP)
+    thread = _live_thread(state, thread_id)
+    if thread is None or state.thread_owner(thread) != user_id:
         return {}
-    out: Rows = {}
-    for thread in state.threads.values():
-        if state.thread_owner(thread) != key or not _visible_thread(state, thread):
-            continue
-        msgs = ordered_messages(state, thread)
-        out[thread.id] = {"thread": thread.id, "mailbox": thread.mailbox, "owner": key,
-                          "subject": msgs[0].subject, "shared": shared_anywhere(state, thread),
-                          "messages": len(msgs), "last_activity": max(_iso(m) for m in msgs),
-                          "labels": sorted({label for m in msgs for label in m.labels})}
-    return out
+    msgs = ordered_messages(state, thread)
+    return {"t": {"thread": thread_id, "mailbox": thread.mailbox, "owner": user_id,
+                  "subject": msgs[0].subject, "messages": len(msgs),
+                  "last_activity": max(_iso(m) for m in msgs),
+                  "labels": sorted({label for m in msgs for label in m.labels}),
+                  "records": _bases(state, thread, links(state, thread))}}
 
 
 def thread_rows(state: TenantState, key: str) -> Rows:
-    """Per thread: its messages with every field, and the records it is shared on."""
-    thread = state.threads.get(key)
-    if thread is None or not _visible_thread(state, thread):
+    """Key `thread`: owner, linked records with their bases, and each message's changing state
+    (the content is in the `message` projection)."""
+    thread = _live_thread(state, key)
+    if thread is None:
         return {}
-    linked = links(state, thread)
-    msgs = [{"id": m.id, "from": m.from_, "to": m.to, "cc": m.cc, "subject": m.subject,
-             "body": m.body, "sent_at": _iso(m), "delivery_status": m.delivery_status,
-             "read": m.read, "labels": m.labels, "attachments": m.attachments}
-            for m in ordered_messages(state, thread)]
-    records = {r: shared(state, thread, state.records[r])[0] for r in sorted(linked)}
-    return {key: {"thread": key, "mailbox": thread.mailbox, "owner": state.thread_owner(thread),
-                  "records": records, "messages": msgs}}
+    msgs = [{"id": m.id, "read": m.read, "labels": m.labels,
+             "delivery_status": m.delivery_status} for m in ordered_messages(state, thread)]
+    return {"t": {"thread": key, "mailbox": thread.mailbox, "owner": state.thread_owner(thread),
+                  "records": _bases(state, thread, links(state, thread)), "messages": msgs}}
 
 
 def explain_rows(state: TenantState, key: str) -> Rows:
-    """Per thread and linked record: how it is linked and which rule decides the padlock (V11)."""
-    thread = state.threads.get(key)
-    if thread is None or not _visible_thread(state, thread):
+    """Key `thread`: per linked record, how it is linked and what decides its padlock (V11)."""
+    thread = _live_thread(state, key)
+    if thread is None:
         return {}
-    out: Rows = {}
-    for rid, link in sorted(links(state, thread).items()):
-        is_shared, step = shared(state, thread, state.records[rid])
-        out[rid] = {"record": rid, "owner": state.thread_owner(thread), "link": link.as_json(),
-                    "shared": is_shared, "decided_by": step.as_json()}
-    return out
+    return {rid: {"record": rid, "owner": state.thread_owner(thread), "link": link.as_json(),
+                  "basis": basis(state, thread, rid)}
+            for rid, link in sorted(links(state, thread).items())}
 
 
 def sync_status_rows(state: TenantState, key: str) -> Rows:
@@ -125,28 +139,34 @@ def sync_status_rows(state: TenantState, key: str) -> Rows:
                   "credentials_set": mbx.credentials_set, "scope": mbx.scope}}
 
 
-def threads_of_record(state: TenantState, record_id: str) -> set[str]:
-    """Candidate threads for a record: those with one of its addresses, or manually linked."""
-    record = state.records.get(record_id)
-    if record is None:
-        return set()
-    out: set[str] = set()
-    for address in state.record_addresses(record):
-        out |= state.address_threads.get(address, set())
-    out |= {t.id for t in state.threads.values() if record_id in t.manual}
-    return out
+def message_rows(state: TenantState, key: str) -> Rows:
+    """The `message` projection is written from events (`event_rows`); state has no bodies."""
+    raise AssertionError("message rows come from events")
 
 
-def all_keys(state: TenantState, projection: str) -> Iterable[str]:
-    if projection == "directory":
-        return [f"user:{u}" for u in state.users] + [f"record:{r}" for r in state.records]
-    if projection == "timeline":
-        return list(state.records)
-    if projection == "mailbox":
-        return list(state.users)
-    if projection in ("thread", "explain"):
-        return list(state.threads)
-    return list(state.mailboxes)
+def _content(msg: ev.MailMessage) -> Doc:
+    return {"id": msg.id, "from": msg.from_.lower(), "to": sorted({a.lower() for a in msg.to}),
+            "cc": sorted({a.lower() for a in msg.cc}), "subject": msg.subject, "body": msg.body,
+            "sent_at": msg.sent_at.isoformat()}
+
+
+def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
+    """Rows of the `message` projection an event writes ({} deletes), judged after the event."""
+    if isinstance(e, ev.MessageSynced | ev.EmailSent):
+        return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message)}}
+    if isinstance(e, ev.MessageDeletedAtProvider):
+        return {f"{state.messages[(e.mailbox, e.id)].thread}{SEP}{e.id}": {}}
+    if isinstance(e, ev.MailboxDeletionsConfirmed) and e.applied:
+        return {f"{state.messages[(e.mailbox, i)].thread}{SEP}{i}": {} for i in e.ids}
+    if isinstance(e, ev.UserDeleted):  # L2: every message of the user's mailboxes goes
+        out: dict[str, Rows] = {}
+        for mbx in state.mailboxes.values():
+            if mbx.user == e.user:
+                for tid in state.mailbox_threads.get(mbx.id, []):
+                    for mid in state.threads[tid].messages:
+                        out[f"{tid}{SEP}{mid}"] = {}
+        return out
+    return {}
 
 
 PROJECTIONS: dict[str, Callable[[TenantState, str], Rows]] = {
@@ -154,6 +174,7 @@ PROJECTIONS: dict[str, Callable[[TenantState, str], Rows]] = {
     "timeline": timeline_rows,
     "mailbox": mailbox_rows,
     "thread": thread_rows,
+    "message": message_rows,
     "explain": explain_rows,
     "sync_status": sync_status_rows,
 }

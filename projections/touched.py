@@ -1,93 +1,106 @@
-"""Which projection keys an event can change. Evaluated on the state before and after the event;
-the union of both is rewritten, so a key that stops matching is cleared too."""
+"""Which projection keys an event can change, judged on one state (the projector asks before and
+after the event and rewrites the union, so a key that stops matching is cleared too).
+
+Fan-out is bounded by what really changes: an owner, collaborator, stage, status or global-level
+change rewrites one row (queries combine it with each thread's stored basis); only events that
+change links or stored bases (addresses, shares, flags, mail) touch threads, and then only the
+threads involved.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 from domain import events as ev
 from domain.state import TenantState
 from domain.visibility import links
-from projections.rows import all_keys, threads_of_record
+from projections.rows import SEP
 
-# Events that can change who is active, who manages whom, global levels or which addresses are
-# internal: their effect reaches any record or thread of the tenant.
-TENANT_WIDE = (ev.UserAdded, ev.UserManagerChanged, ev.UserDeactivated, ev.UserReactivated,
-               ev.UserDeleted, ev.GlobalVisibilitySet, ev.MailboxConnected,
-               ev.MailboxAddressChanged)
+Keys = dict[str, set[str]]
+
 MAIL = (ev.MessageSynced, ev.EmailSent, ev.MessageUpdated, ev.MessageDeletedAtProvider,
         ev.MailboxDeletionsConfirmed)
-MAILBOX_ONLY = (ev.MailboxDisconnected, ev.MailboxReconnected, ev.MailboxReportedGone,
-                ev.CredentialsRemoved, ev.MessageSkipped, ev.AttachmentRejected,
-                ev.MessageDeletionHeld)
+RECORD_ONLY = (ev.RecordOwnerChanged, ev.CollaboratorAdded, ev.CollaboratorRemoved,
+               ev.DealStageChanged)
+USER_ONLY = (ev.UserDeactivated, ev.UserReactivated, ev.GlobalVisibilitySet)
 
 
-@dataclass
-class Touched:
-    everything: bool = False
-    records: set[str] = field(default_factory=set)
-    threads: set[str] = field(default_factory=set)
-    users: set[str] = field(default_factory=set)
-    mailboxes: set[str] = field(default_factory=set)
+def _threads_with(state: TenantState, addresses: Iterable[str]) -> set[str]:
+    out: set[str] = set()
+    for address in addresses:
+        out |= state.address_threads.get(address, set())
+    return out
 
-    def keys(self, state: TenantState, projection: str) -> set[str]:
-        if self.everything:
-            return set(all_keys(state, projection))
-        if projection == "directory":
-            return {f"user:{u}" for u in self.users} | {f"record:{r}" for r in self.records}
-        if projection == "timeline":
-            return set(self.records)
-        if projection == "mailbox":
-            return set(self.users)
-        if projection in ("thread", "explain"):
-            return set(self.threads)
-        return set(self.mailboxes)
+
+def _record_threads(state: TenantState, record_id: str) -> set[str]:
+    """Threads that may be linked to the record: by one of its addresses, or manually."""
+    record = state.records.get(record_id)
+    if record is None:
+        return set()
+    return (_threads_with(state, state.record_addresses(record))
+            | state.manual_threads.get(record_id, set()))
+
+
+def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
+    if isinstance(e, MAIL):
+        threads = {e.thread} if isinstance(e, ev.MessageSynced | ev.EmailSent) else set()
+        ids = e.ids if isinstance(e, ev.MailboxDeletionsConfirmed) else [getattr(e, "id", "")]
+        for mid in ids:
+            msg = state.messages.get((e.mailbox, mid))
+            if msg is not None:
+                threads.add(msg.thread)
+        return threads
+    if isinstance(e, ev.ThreadLinked | ev.ThreadUnlinked):
+        return {e.thread}
+    if isinstance(e, ev.ThreadMarked):
+        return set(e.threads)
+    if isinstance(e, ev.AddressSettingChanged):
+        return _threads_with(state, [e.address])
+    if isinstance(e, ev.UserAdded):
+        return _threads_with(state, [e.email])
+    if isinstance(e, ev.MailboxConnected | ev.MailboxAddressChanged):
+        return _threads_with(state, [e.address])
+    if isinstance(e, ev.UserDeleted):
+        return {t for m in state.mailboxes.values() if m.user == e.user
+                for t in state.mailbox_threads.get(m.id, [])}
+    if isinstance(e, ev.LeadCreated | ev.ContactCreated | ev.DealCreated | ev.ContactUpdated):
+        return _record_threads(state, e.record)
+    if isinstance(e, ev.DealContactLinked | ev.DealContactUnlinked):
+        return _record_threads(state, e.contact)
+    return set()
 
 
 def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
+    """Record rows of the directory: the record, and deals whose addresses follow a contact."""
     if isinstance(e, ev.DealContactLinked | ev.DealContactUnlinked):
-        return {e.deal, e.contact}
-    record = getattr(e, "record", None)
-    return {record} if isinstance(record, str) else set()
+        return {e.deal}
+    if isinstance(e, (*RECORD_ONLY, ev.LeadCreated, ev.ContactCreated, ev.DealCreated)):
+        return {e.record}
+    if isinstance(e, ev.ContactUpdated):
+        return {e.record} | state.deals_of_contact.get(e.record, set())
+    return set()
 
 
-def touched(state: TenantState, e: ev.DomainEvent) -> Touched:
-    """The keys `e` may change, judged on `state` (call before and after evolving)."""
-    t = Touched()
-    if isinstance(e, TENANT_WIDE):
-        t.everything = True
-        return t
+def touched(state: TenantState, e: ev.DomainEvent) -> Keys:
+    """The keys of each projection that `e` may change, judged on `state`."""
+    keys: Keys = {}
+    if isinstance(e, ev.UserManagerChanged):
+        keys["directory"] = {f"user:{u}" for u in state.users}  # chains below the user change
+    elif isinstance(e, (*USER_ONLY, ev.UserAdded, ev.UserDeleted)):
+        keys["directory"] = {f"user:{e.user}"}
+    records = _event_records(state, e)
+    if records:
+        keys.setdefault("directory", set()).update(f"record:{r}" for r in records)
     mailbox = getattr(e, "mailbox", None)
-    if isinstance(mailbox, str):
-        t.mailboxes.add(mailbox)
-        if isinstance(e, MAILBOX_ONLY):
-            return t
-    if isinstance(e, MAIL):
-        thread = getattr(e, "thread", None)
-        if isinstance(thread, str):
-            t.threads.add(thread)
-        ids = e.ids if isinstance(e, ev.MailboxDeletionsConfirmed) else [getattr(e, "id", None)]
-        for mid in ids:
-            msg = state.messages.get((str(mailbox), str(mid)))
-            if msg is not None:
-                t.threads.add(msg.thread)
-    elif isinstance(e, ev.ThreadLinked | ev.ThreadUnlinked):
-        t.threads.add(e.thread)
-        t.records.add(e.record)
-    elif isinstance(e, ev.ThreadMarked):
-        t.threads.update(e.threads)
-    else:
-        records = _event_records(state, e)
-        for rid in list(records):
-            records |= state.deals_of_contact.get(rid, set())
-        t.records |= records
-        for rid in records:
-            t.threads |= threads_of_record(state, rid)
-    for tid in t.threads:
+    if isinstance(mailbox, str) and not isinstance(e, ev.EmailSent):
+        keys["sync_status"] = {mailbox}
+    for tid in _event_threads(state, e):
         thread = state.threads.get(tid)
-        if thread is not None:
-            t.records |= set(links(state, thread))
-            t.users.add(state.thread_owner(thread))
-    if isinstance(e, ev.RecordOwnerChanged | ev.ContactCreated | ev.LeadCreated | ev.DealCreated):
-        t.users.add(e.owner)
-    return t
+        if thread is None:
+            continue
+        owner = state.thread_owner(thread)
+        keys.setdefault("timeline", set()).update(f"{r}{SEP}{tid}" for r in links(state, thread))
+        keys.setdefault("mailbox", set()).add(f"{owner}{SEP}{tid}")
+        keys.setdefault("thread", set()).add(tid)
+        keys.setdefault("explain", set()).add(tid)
+    return keys

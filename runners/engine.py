@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -23,13 +23,26 @@ from domain.commands import Command, parse_command
 from domain.decide import decide, rejection_event
 from domain.errors import Rejection
 from domain.events import CommandHadNoEffect, DomainEvent
-from domain.state import TenantState, evolve
+from domain.state import TenantState
 from projections import queries
 from projections.ports import ViewReader, ViewStore
-from projections.projector import Projector, StateReader, catch_up
+from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
 
 Progress = Callable[[int, int], None]
+
+
+class ScratchViews(ViewStore, Protocol):
+    """A view store in scratch tables (rebuild, verify) next to the live ones."""
+
+    def drop(self) -> None: ...
+
+    def swap_into_live(self, projection: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ScratchFactory = Callable[[str], ScratchViews]  # table suffix -> scratch store
 
 
 @dataclass
@@ -37,17 +50,37 @@ class ApplyReport:
     applied: int = 0
     unchanged: int = 0  # accepted, nothing to do (duplicate command_id, same value again)
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
+    # per non-blank line: (line number, "applied" | "unchanged" | "rejected"); event-log position
+    results: list[tuple[int, str]] = field(default_factory=list)
+    position: int = 0
 
     def summary(self) -> str:
         return (f"{self.applied} applied, {self.unchanged} unchanged, "
                 f"{len(self.rejected)} rejected")
 
 
+class Gate(Protocol):
+    """An authenticated caller (HTTP API): the one tenant it may touch, the actor its commands
+    and rejections are recorded under, and its permission check (raises Rejection)."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def actor(self) -> str: ...
+
+    def authorise(self, state: TenantState, command: Command) -> None: ...
+
+
 class Engine:
-    def __init__(self, store: EventStore, views: ViewStore, path: str | None = None) -> None:
+    def __init__(self, store: EventStore, views: ViewStore, path: str | None = None,
+                 scratch: ScratchFactory | None = None) -> None:
         self.store = store
         self.views = views
         self.path = path
+        if scratch is None and path is not None:
+            scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
+        self.scratch = scratch  # None: rebuild in place, verify in memory
         self.projector = Projector()
 
     @classmethod
@@ -59,15 +92,19 @@ class Engine:
         return cls(EventStore.sqlite(path), SqliteViews(path), path)
 
     def close(self) -> None:
-        if isinstance(self.views, SqliteViews):
-            self.views.close()
+        close = getattr(self.views, "close", None)
+        if callable(close):
+            close()
         self.store.close()
 
     # -- commands -------------------------------------------------------------------------------
-    def execute(self, command: Command, *, now: datetime, correlation_id: str) -> list[DomainEvent]:
+    def execute(self, command: Command, *, now: datetime, correlation_id: str,
+                gate: Gate | None = None) -> list[DomainEvent]:
         """Decide and append one command; retried on a concurrent append. Raises Rejection."""
         for _ in range(5):
             state = self.store.state(command.tenant)
+            if gate is not None:
+                gate.authorise(state, command)
             events = decide(state, command, now=now, correlation_id=correlation_id)
             try:
                 self.store.append(state, events)
@@ -76,14 +113,17 @@ class Engine:
                 continue
         raise ConcurrencyConflict(f"tenant {command.tenant!r}: too many concurrent writers")
 
-    def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str) -> None:
+    def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str,
+                          gate: Gate | None = None) -> None:
         tenant = raw.get("tenant") if isinstance(raw, dict) else None
-        if not isinstance(tenant, str):
+        if not isinstance(tenant, str) or (gate is not None and tenant != gate.tenant):
             return
         state = self.store.state(tenant)
         if state.seq == 0:
             return  # no such tenant: nothing to attach the record to
         actor = raw.get("actor") if isinstance(raw.get("actor"), str) else "system:cli"
+        if gate is not None:
+            actor = gate.actor
         at = now
         if isinstance(raw.get("at"), str):
             try:
@@ -97,9 +137,13 @@ class Engine:
         with contextlib.suppress(ConcurrencyConflict):  # best effort: the caller was told
             self.store.append(state, [event])
 
-    def apply_lines(self, lines: Iterable[str | bytes], now: datetime | None = None
-                    ) -> ApplyReport:
-        """Apply JSON Lines commands in order, each on its own (blank lines are skipped)."""
+    def apply_lines(self, lines: Iterable[str | bytes], now: datetime | None = None, *,
+                    gate: Gate | None = None) -> ApplyReport:
+        """Apply JSON Lines commands in order, each on its own (blank lines are skipped).
+
+        With a `gate`, commands of another tenant are rejected (and recorded nowhere), each
+        command runs as the gate's actor, and the gate authorises it on the tenant's state.
+        """
         report = ApplyReport()
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -108,20 +152,28 @@ class Engine:
             corr = f"cmd:{uuid.uuid4()}"
             try:
                 command = parse_command(line)
-                events = self.execute(command, now=at, correlation_id=corr)
+                if gate is not None:
+                    if command.tenant != gate.tenant:
+                        raise Rejection(command.cmd, "tenant", "not the tenant of your token")
+                    command = command.model_copy(update={"actor": gate.actor})
+                events = self.execute(command, now=at, correlation_id=corr, gate=gate)
             except Rejection as rejection:
                 report.rejected.append((number, rejection.cmd, rejection.field, rejection.reason))
+                report.results.append((number, "rejected"))
                 try:
                     raw = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     raw = None
-                self._record_rejection(raw, rejection, at, corr)
+                self._record_rejection(raw, rejection, at, corr, gate)
                 continue
             if any(not isinstance(e, CommandHadNoEffect) for e in events):
                 report.applied += 1
+                report.results.append((number, "applied"))
             else:
                 report.unchanged += 1
+                report.results.append((number, "unchanged"))
         self.catch_up()
+        report.position = self.store.max_position()
         return report
 
     # -- projections ----------------------------------------------------------------------------
@@ -129,10 +181,10 @@ class Engine:
         return catch_up(self.store, self.views, self.projector, progress=progress)
 
     def rebuild(self, projection: str | None = None, progress: Progress | None = None) -> None:
-        """Rebuild projections from the log: into new tables swapped in (SQLite), or in place."""
+        """Rebuild projections from the log: into new tables swapped in (SQL), or in place."""
         names = [projection] if projection else list(PROJECTIONS)
-        if self.path is not None:
-            scratch = SqliteViews(self.path, suffix="__new")
+        if self.scratch is not None:
+            scratch = self.scratch("__new")
             try:
                 for name in names:
                     scratch.reset(name)
@@ -151,21 +203,18 @@ class Engine:
     def verify(self, progress: Progress | None = None) -> dict[str, tuple[str, str]]:
         """Rebuild every projection into scratch views; return {name: (live, rebuilt) checksum}."""
         self.catch_up()
-        scratch: ViewStore
-        if self.path is not None:
-            scratch = SqliteViews(self.path, suffix="__verify")
+        tables = self.scratch("__verify") if self.scratch is not None else None
+        scratch: ViewStore = tables if tables is not None else MemoryViews()
+        try:
             for name in PROJECTIONS:
                 scratch.reset(name)
-        else:
-            scratch = MemoryViews()
-        try:
             catch_up(self.store, scratch, Projector(), progress=progress)
             return {name: (self.views.checksum(name), scratch.checksum(name))
                     for name in PROJECTIONS}
         finally:
-            if isinstance(scratch, SqliteViews):
-                scratch.drop()
-                scratch.close()
+            if tables is not None:
+                tables.drop()
+                tables.close()
 
     # -- queries --------------------------------------------------------------------------------
     def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
@@ -173,12 +222,14 @@ class Engine:
         if at is None:
             self.catch_up()
             return self.views
-        state = TenantState(tenant)
+        events = []
         for seq, event in self.store.tenant_events(tenant):
             if event.occurred_at > at:
                 break
-            evolve(state, event, seq)
-        return StateReader({tenant: state})
+            events.append((seq, event))
+        replayed = MemoryViews()  # the same projector as live, over the stream up to `at`
+        catch_up(ReplayLog(events), replayed, Projector(), batch_size=10_000)
+        return replayed
 
     def query_timeline(self, tenant: str, viewer: str, record: str, at: datetime | None = None
                        ) -> list[dict[str, Any]]:

@@ -194,7 +194,7 @@ def test_e3_rebuild_and_verify(db: Path) -> None:
     assert run(db, "rebuild").returncode == 0
     verified = run(db, "verify")
     assert verified.returncode == 0, verified.stdout
-    assert verified.stdout.count(" ok ") == 6
+    assert verified.stdout.count(" ok ") == 7
 
 
 def test_verify_fails_when_a_view_was_tampered_with(db: Path) -> None:
