@@ -18,6 +18,7 @@ import orjson
 from adapters.errors import StoreError
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
+from runners.config import open_engine
 from runners.engine import Engine
 from runners.logs import configure_logging
 
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crmsync", description=__doc__)
     parser.add_argument("--db", default=os.environ.get("CRMSYNC_DB", "./crmsync.db"),
                         help="SQLite file for events and views (env CRMSYNC_DB)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="PostgreSQL for events and views instead of SQLite, e.g. "
+                        "postgresql://user@host/db?options=-csearch_path%%3Dcrm "
+                        "(env CRMSYNC_POSTGRES_URL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     apply = sub.add_parser("apply", help="apply JSON Lines commands from FILE or - (stdin)")
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         from runners.demo import run_demo
 
         return run_demo(sys.stdout)
-    engine = Engine.open_sqlite(args.db)
+    engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "apply":
             if args.file == "-":

@@ -1,0 +1,83 @@
+"""Which stores an engine runs on: PostgreSQL when a URL is given, else the embedded SQLite file.
+
+The PostgreSQL URL comes from `--postgres`, else `$CRMSYNC_POSTGRES_URL`. Events (eventsourcing's
+recorder) and views (PostgresViews) land in the same schema: the `search_path` of the URL's
+`options=-csearch_path=X`, else the schema the server picks for the connection.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from adapters.errors import StoreError
+from adapters.event_store import EventStore
+from adapters.postgres_views import PostgresViews
+from runners.engine import Engine
+
+POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
+
+
+def search_path_schema(options: str) -> str | None:
+    """The first schema of a `-c search_path=...` in libpq `options`, if any."""
+    match = _SEARCH_PATH.search(options)
+    if match is None:
+        return None
+    value = re.sub(r"\\(.)", r"\1", match.group(1))
+    for entry in value.split(","):
+        name = entry.strip()
+        if name.startswith('"') and name.endswith('"') and len(name) > 1:
+            name = name[1:-1]
+        if name and name != "$user":
+            return name
+    return None
+
+
+def postgres_env(url: str, schema: str | None = None) -> dict[str, str]:
+    """eventsourcing's settings for a PostgreSQL URL (libpq URL or key=value conninfo).
+
+    libpq defaults apply to what the URL leaves out (PGHOST, PGPORT, PGUSER, PGPASSWORD, the
+    OS user). `schema` is used when the URL's options name none.
+    """
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except psycopg.Error as exc:
+        raise StoreError(f"not a PostgreSQL URL: {exc}") from exc
+    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": params.get("dbname") or os.environ.get("PGDATABASE") or user,
+        "POSTGRES_HOST": params.get("host") or os.environ.get("PGHOST") or "localhost",
+        "POSTGRES_PORT": params.get("port") or os.environ.get("PGPORT") or "5432",
+        "POSTGRES_USER": user,
+        "POSTGRES_PASSWORD": params.get("password") or os.environ.get("PGPASSWORD") or "",
+    }
+    if "connect_timeout" in params:
+        env["POSTGRES_CONNECT_TIMEOUT"] = params["connect_timeout"]
+    chosen = search_path_schema(params.get("options", "")) or schema
+    if chosen:
+        env["POSTGRES_SCHEMA"] = chosen
+    return env
+
+
+def open_postgres(url: str) -> Engine:
+    views = PostgresViews(url)  # creates the schema and view tables on first start
+    try:
+        store = EventStore(postgres_env(url, schema=views.schema))
+    except BaseException:
+        views.close()
+        raise
+    return Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix))
+
+
+def open_engine(db: str, postgres: str | None = None) -> Engine:
+    """PostgreSQL at `postgres`, else at $CRMSYNC_POSTGRES_URL, else the SQLite file `db`."""
+    url = postgres or os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        return open_postgres(url)
+    return Engine.open_sqlite(db)
