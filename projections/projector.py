@@ -14,8 +14,8 @@ from typing import Protocol
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
-from projections.rows import PROJECTIONS, Rows, event_rows
-from projections.touched import touched
+from projections.rows import PROJECTIONS, Cache, Rows, event_rows
+from projections.touched import Keys, thread_keys, touched
 
 
 class Logged(Protocol):
@@ -44,7 +44,13 @@ class Projector:
         self.position = 0
 
     def process(self, batch: Sequence[Logged], positions: dict[str, int]) -> Changes:
+        """Fold the batch; return the complete rows of every key it may have changed.
+
+        A thread's keys are taken when the batch first touches it (before the event) and again
+        at the end, so a record that stops being linked loses its row.
+        """
         dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
+        threads: dict[str, dict[str, Keys]] = {}  # tenant -> thread -> keys when first touched
         direct: dict[str, dict[str, Rows]] = {}  # tenant -> message rows written by events
         for item in batch:
             if item.position <= self.position:
@@ -52,26 +58,48 @@ class Projector:
             event = item.event
             state = self.states.setdefault(event.tenant, TenantState(event.tenant))
             writing = [p for p in self.names if item.position > positions.get(p, 0)]
-            before = touched(state, event) if writing else None
+            if not writing:
+                evolve(state, event, item.seq)
+                self.position = item.position
+                continue
+            seen = threads.setdefault(event.tenant, {})
+            keys, touched_threads = touched(state, event)
+            for tid in touched_threads:
+                if tid not in seen:
+                    seen[tid] = thread_keys(state, tid)
             evolve(state, event, item.seq)
             self.position = item.position
-            if before is None:
-                continue
-            after = touched(state, event)
+            after, touched_threads = touched(state, event)
+            for tid in touched_threads:
+                if tid not in seen:
+                    # found only after the event: the event added it or its links, so the keys
+                    # it has now include every key it had before
+                    seen[tid] = thread_keys(state, tid)
             for p in writing:
                 if p == "message":
                     direct.setdefault(event.tenant, {}).update(event_rows(state, event))
                     continue
-                keys = before.get(p, set()) | after.get(p, set())
-                if keys:
-                    dirty[p].setdefault(event.tenant, set()).update(keys)
-        changes: Changes = {
-            p: {(tenant, key): PROJECTIONS[p](self.states[tenant], key)
-                for tenant, keys in per_tenant.items() for key in sorted(keys)}
-            for p, per_tenant in dirty.items() if per_tenant}
-        if direct:
-            changes["message"] = {(tenant, key): rows for tenant, keyed in direct.items()
-                                  for key, rows in keyed.items()}
+                found = keys.get(p, set()) | after.get(p, set())
+                if found:
+                    dirty[p].setdefault(event.tenant, set()).update(found)
+        for tenant, seen in threads.items():
+            state = self.states[tenant]
+            for tid, first in seen.items():
+                now = thread_keys(state, tid)
+                for p in self.names:
+                    found = first.get(p, set()) | now.get(p, set())
+                    if found and p in dirty:
+                        dirty[p].setdefault(tenant, set()).update(found)
+        changes: Changes = {}
+        for tenant in {t for per in dirty.values() for t in per}:
+            state = self.states[tenant]
+            cache: Cache = {}
+            for p, per_tenant in dirty.items():
+                for key in sorted(per_tenant.get(tenant, ())):
+                    changes.setdefault(p, {})[(tenant, key)] = PROJECTIONS[p](state, key, cache)
+        for tenant, keyed in direct.items():
+            for key, rows in keyed.items():
+                changes.setdefault("message", {})[(tenant, key)] = rows
         return changes
 
 

@@ -15,6 +15,7 @@ the events that carry them (`event_rows`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from domain import events as ev
@@ -55,11 +56,7 @@ def basis(state: TenantState, thread: Thread, record_id: str) -> Doc:
     return {"rule": step.rule, "shared": outcome, "step": step.as_json()}
 
 
-def _bases(state: TenantState, thread: Thread, linked: dict[str, Step]) -> dict[str, Doc]:
-    return {r: basis(state, thread, r) for r in sorted(linked)}
-
-
-def directory_rows(state: TenantState, key: str) -> Rows:
+def directory_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     kind, _, ident = key.partition(":")
     if kind == "user":
         user = state.users.get(ident)
@@ -78,56 +75,82 @@ def directory_rows(state: TenantState, key: str) -> Rows:
                     "owner_event": record.owner_ref.as_json() if record.owner_ref else None}}
 
 
-def timeline_rows(state: TenantState, key: str) -> Rows:
+@dataclass
+class ThreadFacts:
+    """Everything the thread-derived rows need, computed once per thread per batch."""
+
+    thread: Thread
+    owner: str
+    messages: list[Message]
+    links: dict[str, Step]
+    bases: dict[str, Doc]
+
+
+Cache = dict[str, "ThreadFacts | None"]
+
+
+def thread_facts(state: TenantState, thread_id: str, cache: Cache) -> ThreadFacts | None:
+    if thread_id not in cache:
+        thread = _live_thread(state, thread_id)
+        if thread is None:
+            cache[thread_id] = None
+        else:
+            linked = links(state, thread)
+            cache[thread_id] = ThreadFacts(thread, state.thread_owner(thread),
+                                           ordered_messages(state, thread), linked,
+                                           {r: basis(state, thread, r) for r in sorted(linked)})
+    return cache[thread_id]
+
+
+def timeline_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """Key `record SEP thread`: the thread as linked to the record, with its messages' ids."""
     record_id, _, thread_id = key.partition(SEP)
-    thread = _live_thread(state, thread_id)
-    if thread is None or record_id not in links(state, thread):
+    facts = thread_facts(state, thread_id, cache)
+    if facts is None or record_id not in facts.links:
         return {}
-    msgs = ordered_messages(state, thread)
-    return {"t": {"thread": thread_id, "mailbox": thread.mailbox,
-                  "owner": state.thread_owner(thread), "subject": msgs[0].subject,
-                  "basis": basis(state, thread, record_id),
+    msgs = facts.messages
+    return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": facts.owner,
+                  "subject": msgs[0].subject, "basis": facts.bases[record_id],
                   "messages": [[m.rfc_id, _iso(m)] for m in msgs]}}
 
 
-def mailbox_rows(state: TenantState, key: str) -> Rows:
+def mailbox_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """Key `user SEP thread`: a thread of the user's mailboxes (V9)."""
     user_id, _, thread_id = key.partition(SEP)
-    thread = _live_thread(state, thread_id)
-    if thread is None or state.thread_owner(thread) != user_id:
+    facts = thread_facts(state, thread_id, cache)
+    if facts is None or facts.owner != user_id:
         return {}
-    msgs = ordered_messages(state, thread)
-    return {"t": {"thread": thread_id, "mailbox": thread.mailbox, "owner": user_id,
+    msgs = facts.messages
+    return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": user_id,
                   "subject": msgs[0].subject, "messages": len(msgs),
                   "last_activity": max(_iso(m) for m in msgs),
                   "labels": sorted({label for m in msgs for label in m.labels}),
-                  "records": _bases(state, thread, links(state, thread))}}
+                  "records": facts.bases}}
 
 
-def thread_rows(state: TenantState, key: str) -> Rows:
+def thread_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """Key `thread`: owner, linked records with their bases, and each message's changing state
     (the content is in the `message` projection)."""
-    thread = _live_thread(state, key)
-    if thread is None:
+    facts = thread_facts(state, key, cache)
+    if facts is None:
         return {}
     msgs = [{"id": m.id, "read": m.read, "labels": m.labels,
-             "delivery_status": m.delivery_status} for m in ordered_messages(state, thread)]
-    return {"t": {"thread": key, "mailbox": thread.mailbox, "owner": state.thread_owner(thread),
-                  "records": _bases(state, thread, links(state, thread)), "messages": msgs}}
+             "delivery_status": m.delivery_status} for m in facts.messages]
+    return {"t": {"thread": key, "mailbox": facts.thread.mailbox, "owner": facts.owner,
+                  "records": facts.bases, "messages": msgs}}
 
 
-def explain_rows(state: TenantState, key: str) -> Rows:
+def explain_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """Key `thread`: per linked record, how it is linked and what decides its padlock (V11)."""
-    thread = _live_thread(state, key)
-    if thread is None:
+    facts = thread_facts(state, key, cache)
+    if facts is None:
         return {}
-    return {rid: {"record": rid, "owner": state.thread_owner(thread), "link": link.as_json(),
-                  "basis": basis(state, thread, rid)}
-            for rid, link in sorted(links(state, thread).items())}
+    return {rid: {"record": rid, "owner": facts.owner, "link": link.as_json(),
+                  "basis": facts.bases[rid]}
+            for rid, link in sorted(facts.links.items())}
 
 
-def sync_status_rows(state: TenantState, key: str) -> Rows:
+def sync_status_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     mbx = state.mailboxes.get(key)
     if mbx is None:
         return {}
@@ -139,7 +162,7 @@ def sync_status_rows(state: TenantState, key: str) -> Rows:
                   "credentials_set": mbx.credentials_set, "scope": mbx.scope}}
 
 
-def message_rows(state: TenantState, key: str) -> Rows:
+def message_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """The `message` projection is written from events (`event_rows`); state has no bodies."""
     raise AssertionError("message rows come from events")
 
@@ -169,7 +192,7 @@ def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     return {}
 
 
-PROJECTIONS: dict[str, Callable[[TenantState, str], Rows]] = {
+PROJECTIONS: dict[str, Callable[[TenantState, str, Cache], Rows]] = {
     "directory": directory_rows,
     "timeline": timeline_rows,
     "mailbox": mailbox_rows,

@@ -81,8 +81,9 @@ def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
     return set()
 
 
-def touched(state: TenantState, e: ev.DomainEvent) -> Keys:
-    """The keys of each projection that `e` may change, judged on `state`."""
+def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
+    """The directory and sync-status keys `e` may change, and the threads whose rows it may
+    change, judged on `state`."""
     keys: Keys = {}
     if isinstance(e, ev.UserManagerChanged):
         keys["directory"] = {f"user:{u}" for u in state.users}  # chains below the user change
@@ -94,13 +95,15 @@ def touched(state: TenantState, e: ev.DomainEvent) -> Keys:
     mailbox = getattr(e, "mailbox", None)
     if isinstance(mailbox, str) and not isinstance(e, ev.EmailSent):
         keys["sync_status"] = {mailbox}
-    for tid in _event_threads(state, e):
-        thread = state.threads.get(tid)
-        if thread is None:
-            continue
-        owner = state.thread_owner(thread)
-        keys.setdefault("timeline", set()).update(f"{r}{SEP}{tid}" for r in links(state, thread))
-        keys.setdefault("mailbox", set()).add(f"{owner}{SEP}{tid}")
-        keys.setdefault("thread", set()).add(tid)
-        keys.setdefault("explain", set()).add(tid)
-    return keys
+    return keys, _event_threads(state, e)
+
+
+def thread_keys(state: TenantState, thread_id: str) -> Keys:
+    """Every key of the thread-derived projections that belongs to a thread now."""
+    thread = state.threads.get(thread_id)
+    if thread is None:
+        return {}
+    owner = state.thread_owner(thread)
+    return {"timeline": {f"{r}{SEP}{thread_id}" for r in links(state, thread)},
+            "mailbox": {f"{owner}{SEP}{thread_id}"}, "thread": {thread_id},
+            "explain": {thread_id}}

@@ -1,0 +1,67 @@
+"""Projection rebuild rate beside the raw rate of reading and decoding the same events.
+
+    python -m benchmarks.generate --postgres URL ...   # first
+    python -m benchmarks.rebuild --postgres URL [--projection NAME]
+
+Prints: events, raw read+decode events/s (select_notifications + our mapper), rebuild events/s
+(every projection into new tables, swapped in), and the peak resident memory of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+from runners.config import open_engine
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--postgres")
+    p.add_argument("--db", default="./bench.db")
+    p.add_argument("--projection")
+    p.add_argument("--batch", type=int, default=1000)
+    args = p.parse_args()
+    engine = open_engine(args.db, args.postgres)
+    total = engine.store.max_position()
+
+    started = time.perf_counter()
+    position = read = 0
+    while True:
+        batch = engine.store.read_log(position, args.batch)
+        if not batch:
+            break
+        read += len(batch)
+        position = batch[-1].position
+    raw = read / (time.perf_counter() - started)
+    sys.stdout.write(f"events in log:           {total}\n")
+    sys.stdout.write(f"raw read+decode:         {raw:,.0f} events/s\n")
+
+    peak = [rss_mb()]
+
+    def progress(done: int, target: int) -> None:
+        peak[0] = max(peak[0], rss_mb())
+
+    started = time.perf_counter()
+    engine.rebuild(args.projection, progress)
+    elapsed = time.perf_counter() - started
+    sys.stdout.write(f"rebuild ({args.projection or 'all projections'}): "
+                     f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, "
+                     f"{100 * total / elapsed / raw:.0f}% of raw)\n")
+    sys.stdout.write(f"peak RSS during rebuild:  {peak[0]:.0f} MB (sampled); process max "
+                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\n")
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
