@@ -54,12 +54,12 @@ class SqliteViews:
             try:
                 for projection, keyed in changes.items():
                     table = self._table(projection)
-                    for (tenant, key), rows in keyed.items():
-                        self.conn.execute(f"DELETE FROM {table} WHERE tenant=? AND key=?",
-                                          (tenant, key))
-                        self.conn.executemany(
-                            f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
-                            [(tenant, key, rk, encode_doc(doc)) for rk, doc in rows.items()])
+                    self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
+                                          list(keyed))
+                    self.conn.executemany(
+                        f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
+                        [(tenant, key, rk, encode_doc(doc))
+                         for (tenant, key), rows in keyed.items() for rk, doc in rows.items()])
                 self.conn.executemany(
                     "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
                     "DO UPDATE SET position=excluded.position",

@@ -44,7 +44,8 @@ def _record_threads(state: TenantState, record_id: str) -> set[str]:
 def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
     if isinstance(e, MAIL):
         threads = {e.thread} if isinstance(e, ev.MessageSynced | ev.EmailSent) else set()
-        ids = e.ids if isinstance(e, ev.MailboxDeletionsConfirmed) else [getattr(e, "id", "")]
+        ids = e.ids if isinstance(e, ev.MailboxDeletionsConfirmed) else (
+            [] if isinstance(e, ev.MessageSynced | ev.EmailSent) else [e.id])
         for mid in ids:
             msg = state.messages.get((e.mailbox, mid))
             if msg is not None:
@@ -92,9 +93,8 @@ def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
     records = _event_records(state, e)
     if records:
         keys.setdefault("directory", set()).update(f"record:{r}" for r in records)
-    mailbox = getattr(e, "mailbox", None)
-    if isinstance(mailbox, str) and not isinstance(e, ev.EmailSent):
-        keys["sync_status"] = {mailbox}
+    if "mailbox" in type(e).model_fields and not isinstance(e, ev.EmailSent):
+        keys["sync_status"] = {e.mailbox}  # type: ignore[attr-defined]
     return keys, _event_threads(state, e)
 
 
