@@ -1,0 +1,136 @@
+"""Who may issue which command (issue #3): a pure rule table over the tenant's state.
+
+A service token (the sync engine, provisioning) may issue any command of its tenant. A user token
+may issue only what that user may do in the CRM:
+
+- `admin`      — only admins: users, tenant configuration, operator decisions on mailboxes.
+- `service`    — provider-side input (what a mailbox or address book reports): service tokens only.
+- `self`       — the command's `user` field must be the caller: their own mail, settings, shares
+                 and links (admins included: nobody acts on another user's mail).
+- `mailbox`    — the caller's own mailbox (the `user` field or the mailbox's user), or an admin.
+- `access`     — any record named must be one the caller may access (access(R)).
+- `manage`     — the caller owns every record named, is a manager above its owner, or is admin.
+- `create`     — a new record owned by the caller, by someone the caller manages, or by anyone
+                 when the caller is an admin.
+
+Ids the caller may not see are refused with the same reason as unknown ids ("not found"), so a
+command cannot be used to probe for records, threads or mailboxes (V12). Commands from a user who
+is not an active user of the tenant are refused altogether.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.commands import Command
+from domain.errors import Rejection
+from domain.state import TenantState
+from domain.visibility import access, manager_chain
+
+RULES: dict[str, str] = {
+    "AddUser": "admin", "ChangeUserManager": "admin", "DeactivateUser": "admin",
+    "ReactivateUser": "admin", "DeleteUser": "admin", "ConfigureTenant": "admin",
+    "ConfirmMailboxDeletions": "admin",
+    "SyncMessage": "service", "UpdateMessage": "service", "DeleteMessageAtProvider": "service",
+    "ReportMailboxGone": "service", "SyncExternalContact": "service",
+    "DeleteExternalContact": "service", "RenameExternalCategory": "service",
+    "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
+    "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",
+    "SendEmail": "self", "LinkThread": "self", "UnlinkThread": "self",
+    "SetGlobalVisibility": "self", "ShareAddress": "self", "UnshareAddress": "self",
+    "MarkThreadShared": "self", "MarkThreadPrivate": "self", "ConnectContactSync": "self",
+    "CreateLead": "create", "CreateContact": "create", "CreateDeal": "create",
+    "UpdateContact": "access", "ChangeDealStage": "access", "LinkDealContact": "access",
+    "UnlinkDealContact": "access",
+    "ChangeOwner": "manage", "AddCollaborator": "manage", "RemoveCollaborator": "manage",
+    "MergeContacts": "manage", "UnmergeContact": "manage",
+}
+
+NOT_FOUND = "not found"
+
+
+def actor_of(user: str, service: bool) -> str:
+    """The actor recorded for a caller (E2): the user id, or `system:<service>`."""
+    return f"system:{user}" if service else user
+
+
+def _records_named(cmd: Command) -> list[tuple[str, str]]:
+    """(field, record id) of every record a command names (not the one it creates)."""
+    out: list[tuple[str, str]] = []
+    fields = ("deal", "contact", "survivor") if cmd.cmd.startswith("Create") else (
+        "record", "deal", "contact", "survivor")
+    for name in fields:
+        value = getattr(cmd, name, None)
+        if isinstance(value, str):
+            out.append((name, value))
+    for name in ("merged", "contacts"):
+        values: Any = getattr(cmd, name, None)
+        if isinstance(values, list):
+            out += [(f"{name}.{i}", r) for i, r in enumerate(values) if isinstance(r, str)]
+    return out
+
+
+def _threads_named(cmd: Command) -> list[tuple[str, str]]:
+    thread: Any = getattr(cmd, "thread", None)
+    threads: Any = getattr(cmd, "threads", None)
+    out = [("thread", thread)] if isinstance(thread, str) else []
+    if isinstance(threads, list):
+        out += [(f"threads.{i}", t) for i, t in enumerate(threads) if isinstance(t, str)]
+    return out
+
+
+def _manages(state: TenantState, user: str, owner: str) -> bool:
+    return user == owner or user in manager_chain(state, owner)
+
+
+def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> None:
+    """Raise Rejection(cmd, field, reason) unless the caller may issue `cmd` on `state`."""
+    if cmd.tenant != state.tenant:
+        raise Rejection(cmd.cmd, "tenant", "not the tenant of your token")
+    if service:
+        return
+    me = state.users.get(user)
+    if me is None or not me.active:
+        raise Rejection(cmd.cmd, "actor", f"{user!r} is not an active user of this tenant")
+    admin = me.role == "admin"
+    rule = RULES.get(cmd.cmd, "admin")
+    if rule == "service":
+        raise Rejection(cmd.cmd, "cmd", "provider-side input needs a service token")
+    if rule == "admin":
+        if not admin:
+            raise Rejection(cmd.cmd, "cmd", "only an admin may issue this command")
+        return
+    named_user = getattr(cmd, "user", None)
+    if rule == "self" and named_user != user:
+        raise Rejection(cmd.cmd, "user", "must be you: you may act only on your own mail")
+    if rule == "mailbox":
+        _check_mailbox(state, cmd, user, admin)
+    if rule == "create":
+        owner = getattr(cmd, "owner", user)
+        if not admin and not _manages(state, user, owner):
+            raise Rejection(cmd.cmd, "owner", "must be you or a user you manage")
+    if cmd.cmd == "SendEmail":
+        mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
+        if mailbox is None or mailbox.user != user:
+            raise Rejection(cmd.cmd, "mailbox", NOT_FOUND)
+    for field, thread_id in _threads_named(cmd):
+        thread = state.threads.get(thread_id)
+        if thread is None or state.thread_owner(thread) != user:
+            raise Rejection(cmd.cmd, field, NOT_FOUND)
+    for field, record_id in _records_named(cmd):
+        record = state.records.get(record_id)
+        if record is None or user not in access(state, record):
+            raise Rejection(cmd.cmd, field, NOT_FOUND)
+        if rule == "manage" and not admin and not _manages(state, user, record.owner):
+            raise Rejection(cmd.cmd, field, "only its owner, a manager above the owner or an "
+                                            "admin may change this record")
+
+
+def _check_mailbox(state: TenantState, cmd: Command, user: str, admin: bool) -> None:
+    if cmd.cmd == "ConnectMailbox":
+        if not admin and getattr(cmd, "user", None) != user:
+            raise Rejection(cmd.cmd, "user", "must be you: you may connect only your own mailbox")
+        return
+    mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
+    if mailbox is None or (not admin and mailbox.user != user):
+        raise Rejection(cmd.cmd, "mailbox", NOT_FOUND)
