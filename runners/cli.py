@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
     rebuild.add_argument("--projection", choices=sorted(PROJECTIONS))
     sub.add_parser("verify", help="rebuild into scratch tables and compare checksums")
+    serve = sub.add_parser("serve", help="serve the HTTP API (needs CRMSYNC_SECRET)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    token = sub.add_parser("token", help="print a bearer token for the HTTP API")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True, help="user id (service name with --service)")
+    token.add_argument("--service", action="store_true", help="a service token (any command)")
     return parser
 
 
@@ -122,8 +129,16 @@ def run(args: argparse.Namespace) -> int:
         from runners.demo import run_demo
 
         return run_demo(sys.stdout)
+    if args.command == "token":
+        from runners.serve import token
+
+        return token(args.tenant, args.user, args.service)
     engine = open_engine(args.db, args.postgres)
     try:
+        if args.command == "serve":
+            from runners.serve import serve
+
+            return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":
                 lines: Sequence[bytes] = sys.stdin.buffer.read().splitlines()

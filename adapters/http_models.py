@@ -1,0 +1,134 @@
+"""Response models of the HTTP API: the answers of SPEC §7 as a declared schema (/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Capabilities(_Model):
+    view: bool
+    delivery_status: bool
+    read_status: bool
+    reply: bool
+    forward: bool
+
+
+class ThreadSummary(_Model):
+    """A thread on a record timeline or the mailbox page."""
+
+    thread: str
+    subject: str
+    owner: str
+    mailbox: str
+    messages: int = Field(description="messages counted (each RFC message once, V8)")
+    last_activity: str = Field(description="ISO-8601 time of the newest counted message")
+    shared: bool = Field(description="the padlock (V11)")
+    capabilities: Capabilities
+
+
+class Message(_Model):
+    id: str
+    from_: str = Field(alias="from")
+    to: list[str]
+    cc: list[str]
+    subject: str
+    body: str
+    sent_at: str
+    delivery_status: str | None
+    read: bool | None = Field(default=None, description="only for the thread's owner (V10): "
+                                                        "absent, not null, for anyone else")
+
+
+class ThreadAnswer(_Model):
+    thread: str
+    owner: str
+    mailbox: str
+    shared: bool
+    capabilities: Capabilities
+    messages: list[Message]
+
+
+class EventRef(_Model):
+    seq: int
+    type: str
+    occurred_at: str
+    actor: str
+
+
+class RuleStep(_Model):
+    model_config = ConfigDict(extra="allow")
+    rule: str
+    outcome: bool
+    detail: str
+    record: str | None = None
+    event: EventRef | None = None
+
+
+class Explanation(_Model):
+    thread: str
+    viewer: str
+    record: str | None
+    visible: bool
+    rules: list[RuleStep]
+
+
+class RecordSummary(_Model):
+    record: str
+    type: str
+    name: str
+    owner: str
+    emails: list[str]
+
+
+class SyncStatus(_Model):
+    mailbox: str
+    user: str
+    provider: str
+    address: str
+    status: str
+    suspect: bool
+    held_deletions: list[str]
+    synced: int
+    skipped: int
+    rejected: int
+    last_error: str | None
+    last_sync_at: str | None
+    credentials_set: bool
+    scope: dict[str, Any]
+
+
+class LineResult(_Model):
+    line: int
+    result: Literal["applied", "unchanged", "rejected"]
+    cmd: str | None = None
+    field: str | None = None
+    reason: str | None = None
+
+
+class CommandsAnswer(_Model):
+    applied: int
+    unchanged: int
+    rejected: int
+    results: list[LineResult]
+    position: int = Field(description="event-log position after applying; pass it as "
+                                      "min_position to read your writes")
+
+
+class ErrorAnswer(_Model):
+    detail: str
+
+
+class FieldError(_Model):
+    field: str
+    reason: str
+
+
+class InvalidAnswer(_Model):
+    detail: str
+    errors: list[FieldError]
