@@ -39,6 +39,18 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+@contextmanager
+def startup_lock(url: str) -> Iterator[None]:
+    """Serialise first starts on one schema: eventsourcing's `CREATE … IF NOT EXISTS` races."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s || current_setting('search_path')))",
+                         ("crmsync.start:",))
+            yield  # closing the connection releases the lock
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot open PostgreSQL: {exc}") from exc
+
+
 class PostgresViews:
     def __init__(self, url: str, suffix: str = "") -> None:
         self.url = url

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from adapters.errors import StoreError
 from adapters.event_store import EventStore
-from adapters.postgres_views import PostgresViews
+from adapters.postgres_views import PostgresViews, startup_lock
 from runners.engine import Engine
 
 POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
@@ -66,12 +66,13 @@ def postgres_env(url: str, schema: str | None = None) -> dict[str, str]:
 
 
 def open_postgres(url: str) -> Engine:
-    views = PostgresViews(url)  # creates the schema and view tables on first start
-    try:
-        store = EventStore(postgres_env(url, schema=views.schema))
-    except BaseException:
-        views.close()
-        raise
+    with startup_lock(url):  # processes starting together create the tables one at a time
+        views = PostgresViews(url)  # creates the schema and view tables on first start
+        try:
+            store = EventStore(postgres_env(url, schema=views.schema))
+        except BaseException:
+            views.close()
+            raise
     return Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix))
 
 

@@ -6,6 +6,7 @@ every projection checksum must agree, and rebuild / verify work on PostgreSQL to
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -139,6 +140,24 @@ def test_events_and_views_share_the_urls_schema(postgres_url: str, tmp_path: Pat
     again = open_engine(str(tmp_path / "unused.db"), postgres_url)  # second start: idempotent
     assert again.store.max_position() > 5
     again.close()
+
+
+def test_engines_starting_together_on_a_fresh_schema_all_open(postgres_url: str,
+                                                              tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_engine(str(tmp_path / "unused.db"), postgres_url).close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
 
 
 def test_open_engine_reads_the_environment_and_falls_back_to_sqlite(
