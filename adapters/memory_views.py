@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 
 import orjson
 
@@ -12,6 +14,7 @@ from projections.rows import PROJECTIONS, Rows
 
 class MemoryViews:
     def __init__(self) -> None:
+        self._writer = threading.RLock()
         self._rows: dict[str, dict[tuple[str, str], dict[str, bytes]]] = {
             p: {} for p in PROJECTIONS}
         self._positions: dict[str, int] = {}
@@ -37,6 +40,9 @@ class MemoryViews:
         return {key: self.rows(projection, tenant, key)
                 for (t, key) in sorted(self._rows[projection])
                 if t == tenant and key.startswith(prefix)}
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        return self._writer  # type: ignore[return-value]
 
     def reset(self, projection: str) -> None:
         self._rows[projection] = {}

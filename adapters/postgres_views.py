@@ -57,6 +57,8 @@ class PostgresViews:
         self.suffix = suffix
         self._lock = threading.RLock()  # one connection: callers are serialised
         self._conn: psycopg.Connection[TupleRow] | None = None
+        self._writer = threading.RLock()
+        self._writer_conn: psycopg.Connection[TupleRow] | None = None
         with self._tx("create the view tables") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s || "
                         "current_setting('search_path')))", (_LOCK_KEY,))
@@ -90,6 +92,32 @@ class PostgresViews:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._writer:
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+                self._writer_conn = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One projector writes these views at a time, across processes: a session advisory
+        lock on a connection of its own (released if the process dies)."""
+        with self._writer:
+            try:
+                if self._writer_conn is None or self._writer_conn.closed \
+                        or self._writer_conn.broken:
+                    self._writer_conn = psycopg.connect(self.url, autocommit=True,
+                                                        connect_timeout=10)
+                key = f"crmsync.projector:{self.schema}:{self.suffix}"
+                self._writer_conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot take the projector lock: {exc}") from exc
+            try:
+                yield
+            finally:
+                try:
+                    self._writer_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+                except psycopg.Error:
+                    self._writer_conn.close()  # closing the session releases the lock
 
     @staticmethod
     def _ensure_schema(cur: psycopg.Cursor[TupleRow]) -> str:

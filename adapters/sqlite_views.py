@@ -6,8 +6,11 @@ Rows and tracking positions of a batch are written in one transaction. Rebuilds 
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import orjson
 
@@ -19,6 +22,8 @@ from projections.rows import PROJECTIONS, Rows
 class SqliteViews:
     def __init__(self, path: str, suffix: str = "") -> None:
         self.suffix = suffix
+        self._lock_path = f"{path}.projector{suffix}.lock"
+        self._thread_lock = threading.RLock()
         try:
             self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -40,6 +45,24 @@ class SqliteViews:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One projector writes these views at a time: a thread lock and a lock file (flock)."""
+        with self._thread_lock:
+            if self._lock_path.startswith(":memory:"):
+                yield
+                return
+            try:
+                fh = open(self._lock_path, "a")  # noqa: SIM115 - held across the yield
+            except OSError as exc:
+                raise StoreError(f"cannot open {self._lock_path}: {exc}") from exc
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
 
     def positions(self) -> dict[str, int]:
         try:

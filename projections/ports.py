@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import orjson
@@ -48,3 +49,8 @@ class ViewStore(ViewReader, Protocol):
         ...
 
     def checksum(self, projection: str) -> str: ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Held by a projector while it writes: one writer per view store at a time, across
+        threads and processes, so positions never go back."""
+        ...

@@ -43,6 +43,11 @@ class Projector:
         self.states: dict[str, TenantState] = {}
         self.position = 0
 
+    def reset(self) -> None:
+        """Forget everything folded so far (the next catch-up starts from the beginning)."""
+        self.states = {}
+        self.position = 0
+
     def process(self, batch: Sequence[Logged], positions: dict[str, int]) -> Changes:
         """Fold the batch; return the complete rows of every key it may have changed.
 
@@ -106,7 +111,16 @@ class Projector:
 def catch_up(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: int = 1000,
              progress: Callable[[int, int], None] | None = None) -> int:
     """Process every event not yet in the views. Returns the number of events read."""
+    with views.exclusive():
+        return _catch_up(log, views, projector, batch_size, progress)
+
+
+def _catch_up(log: EventLog, views: ViewStore, projector: Projector, batch_size: int,
+              progress: Callable[[int, int], None] | None) -> int:
     positions = views.positions()
+    if any(positions.get(p, 0) < projector.position for p in projector.names):
+        # the views went back (reset, swapped, restored): fold the log again from the start
+        projector.reset()
     target = log.max_position()
     read = 0
     while projector.position < target:

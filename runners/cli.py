@@ -18,7 +18,7 @@ import orjson
 from adapters.errors import StoreError
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.config import open_engine
+from runners.config import open_engine, open_waiter, postgres_url
 from runners.engine import Engine
 from runners.logs import configure_logging
 
@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
     rebuild.add_argument("--projection", choices=sorted(PROJECTIONS))
     sub.add_parser("verify", help="rebuild into scratch tables and compare checksums")
+    worker = sub.add_parser("run", help="run a worker process")
+    workers = worker.add_subparsers(dest="worker", required=True)
+    runner = workers.add_parser("projections", help="follow the event log, keep views current")
+    runner.add_argument("--projection", action="append", choices=sorted(PROJECTIONS),
+                        help="only this projection (repeatable; default: all)")
+    runner.add_argument("--batch-size", type=int, default=1000)
+    runner.add_argument("--poll", type=float, default=1.0,
+                        help="seconds between polls when no notification arrives")
+    lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
+    lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API (needs CRMSYNC_SECRET)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -135,9 +145,23 @@ def run(args: argparse.Namespace) -> int:
         return token(args.tenant, args.user, args.service)
     engine = open_engine(args.db, args.postgres)
     try:
+        if args.command == "run":
+            from runners.projection_runner import run_until_signalled
+
+            configure_logging("INFO", json=True)
+            run_until_signalled(engine, open_waiter(engine, args.postgres), args.projection,
+                                batch_size=args.batch_size, poll=args.poll)
+            return 0
+        if args.command == "lag":
+            from runners.projection_runner import lag
+
+            _print(lag(engine), args.json)
+            return 0
         if args.command == "serve":
             from runners.serve import serve
 
+            # with PostgreSQL, `crmsync run projections` processes keep the views current
+            engine.follow = postgres_url(args.postgres) is None
             return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":

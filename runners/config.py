@@ -16,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from adapters.errors import StoreError
 from adapters.event_store import EventStore
+from adapters.log_waiter import PollingWaiter, PostgresWaiter
 from adapters.postgres_views import PostgresViews, startup_lock
 from runners.engine import Engine
 
@@ -78,7 +79,21 @@ def open_postgres(url: str) -> Engine:
 
 def open_engine(db: str, postgres: str | None = None) -> Engine:
     """PostgreSQL at `postgres`, else at $CRMSYNC_POSTGRES_URL, else the SQLite file `db`."""
-    url = postgres or os.environ.get(POSTGRES_URL_ENV)
+    url = postgres_url(postgres)
     if url:
         return open_postgres(url)
     return Engine.open_sqlite(db)
+
+
+def postgres_url(postgres: str | None = None) -> str | None:
+    """The PostgreSQL URL in effect: the flag, else $CRMSYNC_POSTGRES_URL, else None."""
+    return postgres or os.environ.get(POSTGRES_URL_ENV) or None
+
+
+def open_waiter(engine: Engine, postgres: str | None = None) -> PollingWaiter | PostgresWaiter:
+    """How a runner waits for new events: LISTEN/NOTIFY on PostgreSQL, else polling."""
+    url = postgres_url(postgres)
+    channel = getattr(engine.store.app.recorder, "channel_name", None)
+    if url and isinstance(channel, str):
+        return PostgresWaiter(url, channel)
+    return PollingWaiter()

@@ -82,6 +82,9 @@ class Engine:
             scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
         self.scratch = scratch  # None: rebuild in place, verify in memory
         self.projector = Projector()
+        # Embedded: commands and queries bring the views up to date in this process. False when
+        # projection runners run as processes of their own (`crmsync run projections`).
+        self.follow = True
 
     @classmethod
     def open_in_memory(cls) -> Engine:
@@ -172,7 +175,8 @@ class Engine:
             else:
                 report.unchanged += 1
                 report.results.append((number, "unchanged"))
-        self.catch_up()
+        if self.follow:
+            self.catch_up()
         report.position = self.store.max_position()
         return report
 
@@ -188,17 +192,21 @@ class Engine:
             try:
                 for name in names:
                     scratch.reset(name)
-                catch_up(self.store, scratch, Projector(names), progress=progress)
-                for name in names:
-                    scratch.swap_into_live(name)
+                builder = Projector(names)
+                catch_up(self.store, scratch, builder, progress=progress)
+                with self.views.exclusive():  # no live writer between the last batch and swap
+                    catch_up(self.store, scratch, builder)
+                    for name in names:
+                        scratch.swap_into_live(name)
             finally:
                 scratch.drop()
                 scratch.close()
         else:
-            for name in names:
-                self.views.reset(name)
-            catch_up(self.store, self.views, Projector(names), progress=progress)
-        self.projector = Projector()
+            with self.views.exclusive():
+                for name in names:
+                    self.views.reset(name)
+                catch_up(self.store, self.views, Projector(names), progress=progress)
+        self.projector.reset()
 
     def verify(self, progress: Progress | None = None) -> dict[str, tuple[str, str]]:
         """Rebuild every projection into scratch views; return {name: (live, rebuilt) checksum}."""
@@ -220,7 +228,8 @@ class Engine:
     def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
         """Live views (caught up first), or the tenant's state replayed up to domain time `at`."""
         if at is None:
-            self.catch_up()
+            if self.follow:
+                self.catch_up()
             return self.views
         events = []
         for seq, event in self.store.tenant_events(tenant):

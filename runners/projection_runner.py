@@ -1,0 +1,75 @@
+"""`crmsync run projections`: a projection runner as a process of its own.
+
+It follows the event log — woken by NOTIFY on PostgreSQL, polling otherwise and whenever the
+notification connection is lost — writes each batch's rows together with the tracking positions,
+and logs its lag. Killed at any point, it resumes from the positions in the view store: a batch
+is either written whole with its positions or not at all, so nothing is skipped or applied twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, Protocol
+
+import structlog
+
+from projections.projector import Projector, catch_up
+from projections.rows import PROJECTIONS
+from runners.engine import Engine
+
+
+class Waiter(Protocol):
+    def wait(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def lag(engine: Engine) -> dict[str, dict[str, int]]:
+    """Each projection's tracking position and how many events it is behind the log."""
+    head = engine.store.max_position()
+    return {name: {"position": pos, "lag": max(0, head - pos)}
+            for name, pos in engine.views.positions().items()}
+
+
+def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
+        batch_size: int = 1000, poll: float = 1.0, stop: threading.Event | None = None,
+        report_every: float = 10.0) -> None:
+    log = structlog.get_logger("crmsync.projections")
+    stop = stop or threading.Event()
+    projector = Projector(names or list(PROJECTIONS))
+    last_report = 0.0
+    log.info("runner started", projections=projector.names, batch_size=batch_size)
+    while not stop.is_set():
+        started = time.monotonic()
+        read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
+        now = time.monotonic()
+        if read or now - last_report >= report_every:
+            behind = lag(engine)
+            log.info("caught up" if read else "idle", read=read, position=projector.position,
+                     seconds=round(now - started, 3),
+                     lag=max((v["lag"] for n, v in behind.items() if n in projector.names),
+                             default=0))
+            last_report = now
+        if not read:
+            waiter.wait(poll)
+    log.info("runner stopped", position=projector.position)
+
+
+def run_until_signalled(engine: Engine, waiter: Waiter, names: Sequence[str] | None,
+                        **options: Any) -> None:
+    """Run until SIGTERM or SIGINT; the current batch finishes or is rolled back."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    try:
+        run(engine, waiter, names, stop=stop, **options)
+    finally:
+        waiter.close()
