@@ -131,8 +131,9 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                     raise ApiError(503, f"projections are at position {reached}, not yet at "
                                    f"min_position {min_position} after {max_wait:g} s; retry",
                                    {"Retry-After": "1"})
-                with lock:
-                    engine.catch_up()
+                if engine.follow:  # embedded: project here; else the runner processes do
+                    with lock:
+                        engine.catch_up()
                 time.sleep(0.01)
         with lock:
             return query()

@@ -47,42 +47,55 @@ def _case(draw: Any, address: str) -> str:
 
 @st.composite
 def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
+    """Commands with explicit, increasing `at`, and 0-2 earlier cut points to query at.
+
+    Biased towards the interesting cases: few external addresses shared by records and mail,
+    manager chains with few admins, the same RFC message in two mailboxes, address settings
+    revisited on the same (user, record, address) or on the linked deal/contact.
+    """
     cmds: list[dict[str, Any]] = []
 
     def emit(cmd: str, **fields: Any) -> None:
         cmds.append({"cmd": cmd, "tenant": TENANT, **fields})
 
-    # --- users and mailboxes
+    def pick(options: list[Any]) -> Any:
+        return draw(st.sampled_from(options))
+
+    def chance(one_in: int) -> bool:
+        return draw(st.integers(0, one_in - 1)) == 0
+
+    # --- users (few admins, manager chains) and mailboxes
     users = [f"u{i}" for i in range(draw(st.integers(3, 5)))]
     for i, u in enumerate(users):
-        manager = draw(st.one_of(st.none(), st.sampled_from(users[:i]))) if i else None
         fields: dict[str, Any] = {"user": u, "email": f"{u}@corp.test"}
-        fields["role"] = draw(st.sampled_from(["admin", "manager", "member", "member"]))
-        if manager is not None:
-            fields["manager"] = manager
+        fields["role"] = pick(["admin", "manager"]) if i == 0 else pick(["manager", "member"])
+        if i == 1 and chance(4):
+            fields["role"] = "admin"
+        if i and not chance(4):
+            fields["manager"] = pick(users[:i])
         emit("AddUser", **fields)
     mailbox_owner: dict[str, str] = {}
-    mailbox_addresses = []
+    mailbox_address: dict[str, str] = {}
     for j in range(draw(st.integers(2, 3))):
-        owner = draw(st.sampled_from(users))
-        address = f"{owner}@corp.test" if draw(st.booleans()) else f"{owner}.mb{j}@corp.test"
-        mailbox_owner[f"mb{j}"] = owner
-        mailbox_addresses.append(address)
+        mb, owner = f"mb{j}", pick(users)
+        mailbox_owner[mb] = owner
+        mailbox_address[mb] = f"{owner}@corp.test" if chance(2) else f"{owner}.{mb}@corp.test"
         emit(
             "ConnectMailbox",
-            mailbox=f"mb{j}",
+            mailbox=mb,
             user=owner,
             provider="gmail",
-            address=address,
+            address=mailbox_address[mb],
             scope={"mode": "all"},
         )
     mailboxes = sorted(mailbox_owner)
-    internal = [f"{u}@corp.test" for u in users] + mailbox_addresses
-    record_pool = EXTERNAL + EXTERNAL + internal[:2]
-    all_addresses = EXTERNAL + STRANGERS + internal
+    owners = sorted(set(mailbox_owner.values()))
+    internal = [f"{u}@corp.test" for u in users] + sorted(mailbox_address.values())
+    record_pool = EXTERNAL * 4 + internal[:2]
+    mail_pool = EXTERNAL * 4 + STRANGERS + internal
 
     # --- records
-    records: dict[str, str] = {}  # id -> type
+    records: dict[str, str] = {}  # id -> type (as generated; may have been rejected)
     emails: dict[str, list[str]] = {}
     deal_contacts: dict[str, list[str]] = {}
     counter = {"record": 0, "msg": 0, "rfc": 0}
@@ -90,15 +103,15 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
     def create_record(kind: str) -> None:
         counter["record"] += 1
         rid = f"{kind[0]}{counter['record']}"
-        owner = draw(st.sampled_from(users))
+        owner = pick(owners) if chance(2) else pick(users)
         if kind == "deal":
             contacts = [r for r, k in records.items() if k == "contact"]
             chosen = (
-                draw(st.lists(st.sampled_from(contacts), max_size=2, unique=True))
+                draw(st.lists(st.sampled_from(contacts), min_size=1, max_size=2, unique=True))
                 if contacts
                 else []
             )
-            if draw(st.integers(0, 9)) == 0:
+            if chance(12):
                 chosen.append("c-unknown")
             emit("CreateDeal", record=rid, owner=owner, name=rid, contacts=chosen, stage="open")
             deal_contacts[rid] = list(chosen)
@@ -129,34 +142,33 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
     rfc_in: dict[str, set[str]] = {mb: set() for mb in mailboxes}
     rfc_all: list[str] = []
     threads: list[str] = []
+    deactivated: list[str] = []
+    settings_done: list[tuple[str, str, str]] = []
 
     def some_user() -> str:
-        return draw(st.sampled_from(users))
+        return pick(users)
 
     def some_record() -> str:
-        if not records or draw(st.integers(0, 14)) == 0:
+        if not records or chance(15):
             return "r-unknown"
-        return draw(st.sampled_from(sorted(records)))
+        return pick(sorted(records))
 
     def some_thread() -> tuple[str, str]:
-        if not threads or draw(st.integers(0, 14)) == 0:
+        if not threads or chance(15):
             return "mb0:nope", some_user()
-        t = draw(st.sampled_from(threads))
+        t = pick(threads)
         owner = mailbox_owner[t.split(":")[0]]
-        return t, owner if draw(st.integers(0, 5)) else some_user()
+        return t, owner if not chance(6) else some_user()
 
-    def record_address(rid: str) -> str:
-        known = emails.get(rid) or [
-            a for c in deal_contacts.get(rid, []) for a in emails.get(c, [])
-        ]
-        if known and draw(st.integers(0, 6)):
-            return _case(draw, draw(st.sampled_from(known)))
-        return draw(st.sampled_from(all_addresses))
+    def record_addresses(rid: str) -> list[str]:
+        if rid in emails:
+            return emails[rid]
+        return [a for c in deal_contacts.get(rid, []) for a in emails.get(c, [])]
 
     def sync() -> None:
-        mb = draw(st.sampled_from(mailboxes))
-        if synced and draw(st.integers(0, 6)) == 0:  # S14 redelivery
-            emit("SyncMessage", **copy.deepcopy(draw(st.sampled_from(synced))))
+        mb = pick(mailboxes)
+        if synced and chance(7):  # S14 redelivery
+            emit("SyncMessage", **copy.deepcopy(pick(synced)))
             return
         counter["msg"] += 1
         n = counter["msg"]
@@ -164,40 +176,41 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         choice = draw(st.integers(0, 4))
         others = sorted(set(rfc_all) - rfc_in[mb])
         if choice == 0 and others:
-            msg["message_id"] = draw(st.sampled_from(others))
+            msg["message_id"] = pick(others)
         elif choice <= 2:
             counter["rfc"] += 1
             msg["message_id"] = f"<r{counter['rfc']}@mail.test>"
             rfc_all.append(msg["message_id"])
         if "message_id" in msg:
             rfc_in[mb].add(msg["message_id"])
-        if draw(st.integers(0, 2)) == 0:
-            msg["thread_id"] = draw(st.sampled_from(PROVIDER_THREADS))
+        if chance(3):
+            msg["thread_id"] = pick(PROVIDER_THREADS)
             threads.append(f"{mb}:{msg['thread_id']}")
         else:
             threads.append(f"{mb}:crmsync-x{n}")
         ref_pool = [*rfc_all, "<ghost@mail.test>"]
-        if draw(st.integers(0, 2)) == 0:
-            msg["in_reply_to"] = draw(st.sampled_from(ref_pool))
-        if draw(st.integers(0, 2)) == 0:
+        if chance(3):
+            msg["in_reply_to"] = pick(ref_pool)
+        if chance(3):
             msg["references"] = draw(st.lists(st.sampled_from(ref_pool), min_size=1, max_size=3))
-        msg["from"] = _case(draw, draw(st.sampled_from(all_addresses)))
-        msg["to"] = [
-            _case(draw, a)
-            for a in draw(st.lists(st.sampled_from(all_addresses), min_size=1, max_size=2))
-        ]
-        if draw(st.booleans()):
+        outgoing = chance(2)
+        msg["from"] = _case(draw, mailbox_address[mb] if outgoing else pick(mail_pool))
+        to = draw(st.lists(st.sampled_from(mail_pool), min_size=1, max_size=2))
+        if not outgoing and not chance(4):
+            to.append(mailbox_address[mb])
+        msg["to"] = [_case(draw, a) for a in to]
+        if chance(2):
             msg["cc"] = [
-                _case(draw, a) for a in draw(st.lists(st.sampled_from(all_addresses), max_size=2))
+                _case(draw, a) for a in draw(st.lists(st.sampled_from(mail_pool), max_size=2))
             ]
-        if draw(st.integers(0, 3)) == 0:
-            msg["bcc"] = [draw(st.sampled_from(all_addresses))]
+        if chance(4):
+            msg["bcc"] = [pick(mail_pool)]
         msg["subject"] = f"subject {n}"
         msg["body"] = f"body {n}"
         msg["sent_at"] = iso(T0 - timedelta(hours=draw(st.integers(0, 30))))
         msg["labels"] = draw(st.lists(st.sampled_from(LABELS), max_size=2, unique=True))
         msg["read"] = draw(st.booleans())
-        status = draw(st.sampled_from([None, "delivered", "bounced"]))
+        status = pick([None, "delivered", "bounced"])
         if status is not None:
             msg["delivery_status"] = status
         synced.append({"mailbox": mb, "message": msg})
@@ -209,18 +222,18 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         if not sources:
             sync()
             return
-        source = draw(st.sampled_from(sources))
+        source = pick(sources)
         mid = source["message"]["message_id"]
         targets = [mb for mb in mailboxes if mid not in rfc_in[mb]]
         if not targets:
             sync()
             return
-        mb = draw(st.sampled_from(targets))
+        mb = pick(targets)
         counter["msg"] += 1
         msg = copy.deepcopy(source["message"])
         msg["id"] = f"x{counter['msg']}"
         msg["read"] = draw(st.booleans())
-        if draw(st.booleans()):
+        if chance(2):
             msg["subject"] = f"subject {counter['msg']}"
         rfc_in[mb].add(mid)
         thread_id = msg.get("thread_id")
@@ -230,45 +243,43 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
 
     def link() -> None:
         t, u = some_thread()
-        emit(
-            draw(st.sampled_from(["LinkThread", "UnlinkThread"])),
-            user=u,
-            thread=t,
-            record=some_record(),
-        )
+        emit(pick(["LinkThread", "UnlinkThread"]), user=u, thread=t, record=some_record())
 
     def mark() -> None:
         t, u = some_thread()
         ts = [t]
-        if threads and draw(st.booleans()):
-            ts.append(draw(st.sampled_from(threads)))
-        emit(draw(st.sampled_from(["MarkThreadShared", "MarkThreadPrivate"])), user=u, threads=ts)
+        if threads and chance(2):
+            ts.append(pick(threads))
+        emit(pick(["MarkThreadShared", "MarkThreadPrivate"]), user=u, threads=ts)
 
     def level() -> None:
-        user = draw(st.sampled_from([*sorted(set(mailbox_owner.values())), some_user()]))
         emit(
             "SetGlobalVisibility",
-            user=user,
-            record_type=draw(st.sampled_from(["lead", "contact", "deal"])),
-            level=draw(st.sampled_from(LEVELS)),
+            user=pick(owners) if not chance(4) else some_user(),
+            record_type=pick(["lead", "contact", "deal"]),
+            level=pick(LEVELS),
         )
 
     def address_setting() -> None:
-        user = draw(st.sampled_from([*sorted(set(mailbox_owner.values())), some_user()]))
-        rid = some_record()
-        address = record_address(rid)
-        if draw(st.booleans()):
+        if settings_done and chance(2):
+            user, rid, address = pick(settings_done)
+            if chance(2):  # the same address on the linked deal / contact
+                related = [d for d, cs in deal_contacts.items() if rid in cs]
+                related += deal_contacts.get(rid, [])
+                if related:
+                    rid = pick(related)
+        else:
+            user = pick(owners) if not chance(4) else some_user()
+            rid = some_record()
+            known = record_addresses(rid)
+            address = pick(known) if known and not chance(8) else pick(mail_pool)
+        settings_done.append((user, rid, address))
+        address = _case(draw, address)
+        if chance(2):
             emit("ShareAddress", user=user, record=rid, address=address)
         else:
-            emit(
-                "UnshareAddress",
-                user=user,
-                record=rid,
-                address=address,
-                cascade=draw(st.booleans()),
-            )
-
-    deactivated: list[str] = []
+            cascade = draw(st.booleans())
+            emit("UnshareAddress", user=user, record=rid, address=address, cascade=cascade)
 
     def lifecycle() -> None:
         kind = draw(st.integers(0, 9))
@@ -277,7 +288,7 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             deactivated.append(user)
             emit("DeactivateUser", user=user)
         elif kind <= 5:
-            user = draw(st.sampled_from(deactivated)) if deactivated and kind < 5 else some_user()
+            user = pick(deactivated) if deactivated and kind < 5 else some_user()
             if user in deactivated:
                 deactivated.remove(user)
             emit("ReactivateUser", user=user)
@@ -286,42 +297,32 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             emit("ChangeUserManager", user=some_user(), manager=manager)
         else:
             fields: dict[str, Any] = {"user": some_user()}
-            if draw(st.booleans()):
+            if not chance(3):
                 fields["reassign_to"] = some_user()
             emit("DeleteUser", **fields)
 
     def record_change() -> None:
         kind = draw(st.integers(0, 9))
         if kind <= 1:
-            create_record(draw(st.sampled_from(["lead", "contact", "deal"])))
+            create_record(pick(["lead", "contact", "deal"]))
         elif kind <= 3:
             deals = [r for r, k in records.items() if k == "deal"]
             contacts = [r for r, k in records.items() if k == "contact"]
             if deals and contacts:
-                d, c = draw(st.sampled_from(deals)), draw(st.sampled_from(contacts))
+                d, c = pick(deals), pick(contacts)
                 emit("LinkDealContact", deal=d, contact=c)
                 deal_contacts[d].append(c)
         elif kind <= 5:
             emit("ChangeOwner", record=some_record(), owner=some_user())
         elif kind <= 7:
-            emit("AddCollaborator", record=some_record(), user=some_user())
+            emit("AddCollaborator", record=some_record(), user=pick(owners + users))
         else:
             emit("RemoveCollaborator", record=some_record(), user=some_user())
 
-    ops = [sync] * 5 + [
-        copy_to_other,
-        copy_to_other,
-        link,
-        mark,
-        level,
-        level,
-        address_setting,
-        address_setting,
-        address_setting,
-    ]
-    ops += [lifecycle, lifecycle, record_change, record_change]
+    ops = [sync] * 5 + [copy_to_other] * 2 + [link, mark, level, level]
+    ops += [address_setting] * 4 + [lifecycle] * 2 + [record_change] * 2
     for _ in range(draw(st.integers(5, 25))):
-        draw(st.sampled_from(ops))()
+        pick(ops)()
 
     for i, c in enumerate(cmds):
         c["at"] = iso(T0 + timedelta(minutes=i))
