@@ -6,6 +6,7 @@ stream, used to name the event that decided a rule (SPEC V11).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,29 +97,31 @@ class Mailbox:
         return bool(self.pending_deletions)
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
+    """One message as the rules need it: no body, no attachments (they stay in the events),
+    addresses and labels interned, so a million messages fit in memory."""
+
     mailbox: str
     id: str
     thread: str
     rfc_id: str | None
     from_: str
-    to: list[str]
-    cc: list[str]
-    bcc: list[str]
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
     subject: str
     sent_at: datetime
-    labels: list[str]
+    labels: tuple[str, ...]
     read: bool
     delivery_status: str | None
-    attachments: list[dict[str, Any]]
     deleted: bool = False
 
     def participants(self) -> set[str]:
         return {a.lower() for a in [self.from_, *self.to, *self.cc, *self.bcc]}
 
 
-@dataclass
+@dataclass(slots=True)
 class Thread:
     id: str
     mailbox: str
@@ -188,6 +191,19 @@ def _lower(addresses: list[str]) -> list[str]:
     return sorted({a.lower() for a in addresses})
 
 
+def _addresses(addresses: list[str]) -> tuple[str, ...]:
+    return tuple(sorted({sys.intern(a.lower()) for a in addresses}))
+
+
+_LABELS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _labels(labels: list[str]) -> tuple[str, ...]:
+    """Label sets repeat: share one tuple per distinct set."""
+    key = tuple(labels)
+    return _LABELS.setdefault(key, key) if len(_LABELS) < 100_000 else key
+
+
 # --- per-event folds ------------------------------------------------------------------------
 
 
@@ -254,9 +270,9 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
         s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
     thread.messages.append(msg.id)
     message = s.messages[(mailbox, msg.id)] = Message(
-        mailbox, msg.id, thread_id, msg.message_id, msg.from_.lower(), _lower(msg.to),
-        _lower(msg.cc), _lower(msg.bcc), msg.subject, msg.sent_at, list(msg.labels),
-        msg.read, msg.delivery_status, [a.model_dump() for a in msg.attachments])
+        mailbox, msg.id, thread_id, msg.message_id, sys.intern(msg.from_.lower()),
+        _addresses(msg.to), _addresses(msg.cc), _addresses(msg.bcc), msg.subject, msg.sent_at,
+        _labels(msg.labels), msg.read, msg.delivery_status)
     if msg.message_id:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
     for a in message.participants():
@@ -290,7 +306,7 @@ def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
 def _message_updated(s: TenantState, e: ev.MessageUpdated, seq: int) -> None:
     msg = s.messages[(e.mailbox, e.id)]
     if e.labels is not None:
-        msg.labels = list(e.labels)
+        msg.labels = _labels(e.labels)
     if e.read is not None:
         msg.read = e.read
     if e.delivery_status is not None:
