@@ -153,6 +153,8 @@ class TenantState:
     mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
     applied_commands: set[str] = field(default_factory=set)
+    # the command side threads replies by Message-ID; projections never need that index
+    index_rfc: bool = True
 
     # -- helpers used by rules ------------------------------------------------------------
     def thread_owner(self, thread: Thread) -> str:
@@ -271,9 +273,9 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     thread.messages.append(msg.id)
     message = s.messages[(mailbox, msg.id)] = Message(
         mailbox, msg.id, thread_id, msg.message_id, sys.intern(msg.from_.lower()),
-        _addresses(msg.to), _addresses(msg.cc), _addresses(msg.bcc), msg.subject, msg.sent_at,
-        _labels(msg.labels), msg.read, msg.delivery_status)
-    if msg.message_id:
+        _addresses(msg.to), _addresses(msg.cc), _addresses(msg.bcc), sys.intern(msg.subject),
+        msg.sent_at, _labels(msg.labels), msg.read, msg.delivery_status)
+    if msg.message_id and s.index_rfc:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
     for a in message.participants():
         thread.participants[a] = thread.participants.get(a, 0) + 1

@@ -61,7 +61,7 @@ class Projector:
             if item.position <= self.position:
                 continue
             event = item.event
-            state = self.states.setdefault(event.tenant, TenantState(event.tenant))
+            state = self.states.setdefault(event.tenant, TenantState(event.tenant, index_rfc=False))
             writing = [p for p in self.names if item.position > positions.get(p, 0)]
             if not writing:
                 evolve(state, event, item.seq)

@@ -10,9 +10,12 @@ CRMSYNC_PROPERTY_EXAMPLES sets the number of histories (default 300).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import json
 import os
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +25,14 @@ from hypothesis import strategies as st
 
 from domain.errors import NotFound
 from runners.engine import Engine
+
+# On a failure hypothesis's pytest plugin imports libcst (to suggest a patch); under `-W error` a
+# mypy_extensions deprecation raised by that import turns the report into an INTERNALERROR that
+# hides the mismatch message. Import it once here, with that warning silenced.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):
+        importlib.import_module("hypothesis.extra._patching")
 
 TENANT = "acme"
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
@@ -296,7 +307,7 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             manager = draw(st.one_of(st.none(), st.sampled_from(users)))
             emit("ChangeUserManager", user=some_user(), manager=manager)
         else:
-            fields: dict[str, Any] = {"user": some_user()}
+            fields: dict[str, Any] = {"user": pick(owners) if not chance(3) else some_user()}
             if not chance(3):
                 fields["reassign_to"] = some_user()
             emit("DeleteUser", **fields)
@@ -312,15 +323,15 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
                 d, c = pick(deals), pick(contacts)
                 emit("LinkDealContact", deal=d, contact=c)
                 deal_contacts[d].append(c)
-        elif kind <= 5:
+        elif kind <= 4:
             emit("ChangeOwner", record=some_record(), owner=some_user())
         elif kind <= 7:
-            emit("AddCollaborator", record=some_record(), user=pick(owners + users))
+            emit("AddCollaborator", record=some_record(), user=pick(owners * 3 + users))
         else:
             emit("RemoveCollaborator", record=some_record(), user=some_user())
 
     ops = [sync] * 5 + [copy_to_other] * 2 + [link, mark, level, level]
-    ops += [address_setting] * 4 + [lifecycle] * 2 + [record_change] * 2
+    ops += [address_setting] * 4 + [lifecycle] * 3 + [record_change] * 3
     for _ in range(draw(st.integers(5, 25))):
         pick(ops)()
 
@@ -345,6 +356,7 @@ def _compare(
     records: list[str],
     threads: list[str],
     history: list[dict[str, Any]],
+    mailboxes: bool = True,
 ) -> None:
     def check(query: str, got: Any, want: Any) -> None:
         assert got == want, (
@@ -360,7 +372,7 @@ def _compare(
                 _answer(engine.query_timeline, TENANT, v, r, at=at),
                 _answer(ref.timeline, model, v, r),
             )
-        for label in [None, *LABELS]:
+        for label in [None, *LABELS] if mailboxes else []:
             check(
                 f"mailbox(viewer={v}, label={label})",
                 _answer(engine.query_mailbox, TENANT, v, label=label, at=at),
@@ -416,6 +428,13 @@ def test_v8_v9_v10_l1_l2_engine_matches_reference_model(
     users = sorted({c["user"] for c in cmds if c["cmd"] == "AddUser"})
     records = [*sorted({c["record"] for c in cmds if c["cmd"].startswith("Create")}), "r-unknown"]
     threads = [*sorted(model.threads), "mb0:nope"]
+    _compare(engine, model, None, ["u-ghost"], records, threads, cmds, mailboxes=False)
+    for r in records:  # V12: nothing crosses tenants
+        got = _answer(engine.query_timeline, "globex", users[0], r)
+        assert got == "NotFound", f"timeline(tenant=globex, record={r}): {got}"
+    for t in threads:
+        got = _answer(engine.query_thread, "globex", users[0], t)
+        assert got == "NotFound", f"thread(tenant=globex, thread={t}): {got}"
     _compare(engine, model, None, users, records, threads, cmds)
     for i, snap in snapshots.items():
         at = T0 + timedelta(minutes=i, seconds=30)
