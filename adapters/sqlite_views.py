@@ -24,6 +24,7 @@ class SqliteViews:
         self.suffix = suffix
         self._lock_path = f"{path}.projector{suffix}.lock"
         self._thread_lock = threading.RLock()
+        self._held = 0  # re-entrant: depth of exclusive() in this process
         try:
             self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -50,8 +51,12 @@ class SqliteViews:
     def exclusive(self) -> Iterator[None]:
         """One projector writes these views at a time: a thread lock and a lock file (flock)."""
         with self._thread_lock:
-            if self._lock_path.startswith(":memory:"):
-                yield
+            if self._lock_path.startswith(":memory:") or self._held:
+                self._held += 1
+                try:
+                    yield
+                finally:
+                    self._held -= 1
                 return
             try:
                 fh = open(self._lock_path, "a")  # noqa: SIM115 - held across the yield
@@ -59,8 +64,10 @@ class SqliteViews:
                 raise StoreError(f"cannot open {self._lock_path}: {exc}") from exc
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX)
+                self._held = 1
                 yield
             finally:
+                self._held = 0
                 fcntl.flock(fh, fcntl.LOCK_UN)
                 fh.close()
 

@@ -190,16 +190,17 @@ class Engine:
         if self.scratch is not None:
             scratch = self.scratch("__new")
             try:
-                for name in names:
-                    scratch.reset(name)
-                builder = Projector(names)
-                catch_up(self.store, scratch, builder, progress=progress)
-                with self.views.exclusive():  # no live writer between the last batch and swap
-                    catch_up(self.store, scratch, builder)
+                with scratch.exclusive():  # one rebuild at a time uses the scratch tables
                     for name in names:
-                        scratch.swap_into_live(name)
+                        scratch.reset(name)
+                    builder = Projector(names)
+                    catch_up(self.store, scratch, builder, progress=progress)
+                    with self.views.exclusive():  # no live writer between last batch and swap
+                        catch_up(self.store, scratch, builder)
+                        for name in names:
+                            scratch.swap_into_live(name)
+                        scratch.drop()
             finally:
-                scratch.drop()
                 scratch.close()
         else:
             with self.views.exclusive():
