@@ -99,26 +99,20 @@ class Mailbox:
 
 @dataclass(slots=True)
 class Message:
-    """One message as the rules need it: no body, no attachments (they stay in the events),
-    addresses and labels interned, so a million messages fit in memory."""
+    """One message as the rules need it: its participants (from, to, cc, bcc, lowercased and
+    interned), never the body or attachments (they stay in the events), so a million messages
+    fit in memory."""
 
-    mailbox: str
     id: str
     thread: str
     rfc_id: str | None
-    from_: str
-    to: tuple[str, ...]
-    cc: tuple[str, ...]
-    bcc: tuple[str, ...]
+    participants: tuple[str, ...]
     subject: str
     sent_at: datetime
     labels: tuple[str, ...]
     read: bool
     delivery_status: str | None
     deleted: bool = False
-
-    def participants(self) -> set[str]:
-        return {a.lower() for a in [self.from_, *self.to, *self.cc, *self.bcc]}
 
 
 @dataclass(slots=True)
@@ -272,12 +266,12 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
         s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
     thread.messages.append(msg.id)
     message = s.messages[(mailbox, msg.id)] = Message(
-        mailbox, msg.id, thread_id, msg.message_id, sys.intern(msg.from_.lower()),
-        _addresses(msg.to), _addresses(msg.cc), _addresses(msg.bcc), sys.intern(msg.subject),
-        msg.sent_at, _labels(msg.labels), msg.read, msg.delivery_status)
+        msg.id, thread_id, msg.message_id, _addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
+        sys.intern(msg.subject), msg.sent_at, _labels(msg.labels), msg.read,
+        msg.delivery_status)
     if msg.message_id and s.index_rfc:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
-    for a in message.participants():
+    for a in message.participants:
         thread.participants[a] = thread.participants.get(a, 0) + 1
         s.address_threads.setdefault(a, set()).add(thread_id)
 
@@ -288,7 +282,7 @@ def _delete_message(s: TenantState, mailbox: str, message_id: str) -> None:
         return
     msg.deleted = True
     counts = s.threads[msg.thread].participants
-    for a in msg.participants():
+    for a in msg.participants:
         counts[a] -= 1
         if counts[a] == 0:
             del counts[a]

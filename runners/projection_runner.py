@@ -19,7 +19,7 @@ import structlog
 
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
+from runners.engine import Engine, paused_gc
 
 
 class Waiter(Protocol):
@@ -45,7 +45,8 @@ def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
     log.info("runner started", projections=projector.names, batch_size=batch_size)
     while not stop.is_set():
         started = time.monotonic()
-        read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
+        with paused_gc():
+            read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
         now = time.monotonic()
         if read or now - last_report >= report_every:
             behind = lag(engine)
