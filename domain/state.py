@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from domain import events as ev
@@ -108,7 +108,7 @@ class Message:
     rfc_id: str | None
     participants: tuple[str, ...]
     subject: str
-    sent_at: datetime
+    sent_at: str  # ISO-8601 in UTC: sorts like the time, answers need no conversion
     labels: tuple[str, ...]
     read: bool
     delivery_status: str | None
@@ -185,6 +185,11 @@ def _index_record(s: TenantState, rec: Record, add: bool) -> None:
 
 def _lower(addresses: list[str]) -> list[str]:
     return sorted({a.lower() for a in addresses})
+
+
+def utc_iso(moment: datetime) -> str:
+    """The moment in UTC, ISO-8601 (`+00:00`); such strings sort chronologically."""
+    return moment.astimezone(UTC).isoformat()
 
 
 def _addresses(addresses: list[str]) -> tuple[str, ...]:
@@ -267,7 +272,7 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     thread.messages.append(msg.id)
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, _addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
-        sys.intern(msg.subject), msg.sent_at, _labels(msg.labels), msg.read,
+        sys.intern(msg.subject), utc_iso(msg.sent_at), _labels(msg.labels), msg.read,
         msg.delivery_status)
     if msg.message_id and s.index_rfc:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain import events as ev
-from domain.state import Message, TenantState, Thread
+from domain.state import Message, TenantState, Thread, utc_iso
 from domain.visibility import Step, links, manager_chain, shared
 
 Doc = dict[str, Any]
@@ -28,7 +28,7 @@ SEP = "\x1f"  # joins the parts of a compound key
 
 
 def _iso(m: Message) -> str:
-    return m.sent_at.isoformat()
+    return m.sent_at
 
 
 def ordered_messages(state: TenantState, thread: Thread) -> list[Message]:
@@ -170,7 +170,7 @@ def message_rows(state: TenantState, key: str, cache: Cache) -> Rows:
 def _content(msg: ev.MailMessage) -> Doc:
     return {"id": msg.id, "from": msg.from_.lower(), "to": sorted({a.lower() for a in msg.to}),
             "cc": sorted({a.lower() for a in msg.cc}), "subject": msg.subject, "body": msg.body,
-            "sent_at": msg.sent_at.isoformat()}
+            "sent_at": utc_iso(msg.sent_at)}
 
 
 def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
