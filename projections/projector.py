@@ -8,6 +8,7 @@ written together; events a projection ignores still advance its position (SPEC E
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -122,7 +123,20 @@ def _catch_up(log: EventLog, views: ViewStore, projector: Projector, batch_size:
         # the views went back (reset, swapped, restored): fold the log again from the start
         projector.reset()
     target = log.max_position()
+    if target - projector.position <= batch_size:
+        return _batches(log, views, projector, batch_size, progress, positions, target, None)
+    # Many batches: write batch N in a thread while batch N+1 is read and folded. Writes keep
+    # their order and each is one transaction with its positions; if one fails, the projector is
+    # ahead of the stored positions and the next catch-up starts it again from the beginning.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-writer") as writer:
+        return _batches(log, views, projector, batch_size, progress, positions, target, writer)
+
+
+def _batches(log: EventLog, views: ViewStore, projector: Projector, batch_size: int,
+             progress: Callable[[int, int], None] | None, positions: dict[str, int],
+             target: int, writer: ThreadPoolExecutor | None) -> int:
     read = 0
+    pending: Future[None] | None = None
     while projector.position < target:
         batch = log.read_log(projector.position, batch_size)
         if not batch:
@@ -131,11 +145,18 @@ def _catch_up(log: EventLog, views: ViewStore, projector: Projector, batch_size:
         last = batch[-1].position
         advanced = {p: last for p in projector.names if positions.get(p, 0) < last}
         if advanced:
-            views.write(changes, advanced)
+            if writer is None:
+                views.write(changes, advanced)
+            else:
+                if pending is not None:
+                    pending.result()  # re-raises the writer's failure
+                pending = writer.submit(views.write, changes, advanced)
             positions.update(advanced)
         read += len(batch)
         if progress is not None:
             progress(projector.position, target)
+    if pending is not None:
+        pending.result()
     return read
 
 

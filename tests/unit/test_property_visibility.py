@@ -144,7 +144,7 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         st.lists(st.sampled_from(["contact", "contact", "lead"]), min_size=2, max_size=4)
     ):
         create_record(kind)
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(1, 2))):
         create_record("deal")
     setup_len = len(cmds)
 
@@ -284,6 +284,9 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             rid = some_record()
             known = record_addresses(rid)
             address = pick(known) if known and not chance(8) else pick(mail_pool)
+        address_action(user, rid, address)
+
+    def address_action(user: str, rid: str, address: str) -> None:
         settings_done.append((user, rid, address))
         address = _case(draw, address)
         if chance(2):
@@ -291,6 +294,27 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
         else:
             cascade = draw(st.booleans())
             emit("UnshareAddress", user=user, record=rid, address=address, cascade=cascade)
+
+    def scenario() -> None:
+        """Two related commands that only matter together (V3 collaborator level, V5/V6)."""
+        user = pick(owners)
+        pairs = [
+            (d, c, a) for d, cs in deal_contacts.items() for c in cs for a in emails.get(c, [])
+        ]
+        if pairs and chance(2):
+            deal, contact, address = pick(pairs)
+            first, second = (deal, contact) if chance(2) else (contact, deal)
+            address_action(user, first, address)
+            address_action(user, second, address)
+        elif records:
+            rid = pick(sorted(records))
+            emit("AddCollaborator", record=rid, user=user)
+            emit(
+                "SetGlobalVisibility",
+                user=user,
+                record_type=records[rid],
+                level=pick(["visible_if_owner", "visible_if_owner_or_collaborator"]),
+            )
 
     def lifecycle() -> None:
         kind = draw(st.integers(0, 9))
@@ -331,7 +355,7 @@ def histories(draw: Any) -> tuple[list[dict[str, Any]], list[int]]:
             emit("RemoveCollaborator", record=some_record(), user=some_user())
 
     ops = [sync] * 5 + [copy_to_other] * 2 + [link, mark, level, level]
-    ops += [address_setting] * 4 + [lifecycle] * 3 + [record_change] * 3
+    ops += [address_setting] * 3 + [scenario] * 2 + [lifecycle] * 3 + [record_change] * 3
     for _ in range(draw(st.integers(5, 25))):
         pick(ops)()
 
