@@ -10,12 +10,9 @@ CRMSYNC_PROPERTY_EXAMPLES sets the number of histories (default 300).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import json
 import os
-import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,14 +22,6 @@ from hypothesis import strategies as st
 
 from domain.errors import NotFound
 from runners.engine import Engine
-
-# On a failure hypothesis's pytest plugin imports libcst (to suggest a patch); under `-W error` a
-# mypy_extensions deprecation raised by that import turns the report into an INTERNALERROR that
-# hides the mismatch message. Import it once here, with that warning silenced.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("hypothesis.extra._patching")
 
 TENANT = "acme"
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
