@@ -58,12 +58,17 @@ class Projector:
         dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
         threads: dict[str, dict[str, Keys]] = {}  # tenant -> thread -> keys when first touched
         direct: dict[str, dict[str, Rows]] = {}  # tenant -> message rows written by events
+        everyone = frozenset(self.names)
+        behind = max((positions.get(p, 0) for p in self.names), default=0)
         for item in batch:
             if item.position <= self.position:
                 continue
             event = item.event
-            state = self.states.setdefault(event.tenant, TenantState(event.tenant, index_rfc=False))
-            writing = [p for p in self.names if item.position > positions.get(p, 0)]
+            state = self.states.get(event.tenant)
+            if state is None:
+                state = self.states[event.tenant] = TenantState(event.tenant, index_rfc=False)
+            writing = everyone if item.position > behind else frozenset(
+                p for p in self.names if item.position > positions.get(p, 0))
             if not writing:
                 evolve(state, event, item.seq)
                 self.position = item.position
@@ -81,21 +86,19 @@ class Projector:
                     # found only after the event: the event added it or its links, so the keys
                     # it has now include every key it had before
                     seen[tid] = thread_keys(state, tid)
-            for p in writing:
-                if p == "message":
-                    direct.setdefault(event.tenant, {}).update(event_rows(state, event))
-                    continue
-                found = keys.get(p, set()) | after.get(p, set())
-                if found:
-                    dirty[p].setdefault(event.tenant, set()).update(found)
+            if "message" in writing:
+                direct.setdefault(event.tenant, {}).update(event_rows(state, event))
+            for found in (keys, after):
+                for p, ks in found.items():
+                    if p in writing:
+                        dirty[p].setdefault(event.tenant, set()).update(ks)
         for tenant, seen in threads.items():
             state = self.states[tenant]
             for tid, first in seen.items():
-                now = thread_keys(state, tid)
-                for p in self.names:
-                    found = first.get(p, set()) | now.get(p, set())
-                    if found and p in dirty:
-                        dirty[p].setdefault(tenant, set()).update(found)
+                for found in (first, thread_keys(state, tid)):
+                    for p, ks in found.items():
+                        if p in dirty and ks:
+                            dirty[p].setdefault(tenant, set()).update(ks)
         changes: Changes = {}
         for tenant in {t for per in dirty.values() for t in per}:
             state = self.states[tenant]

@@ -85,6 +85,11 @@ def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
 def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
     """The directory and sync-status keys `e` may change, and the threads whose rows it may
     change, judged on `state`."""
+    kind = type(e)
+    if kind is ev.MessageSynced:  # most events: one mailbox's counters and one thread
+        return {"sync_status": {e.mailbox}}, {e.thread}  # type: ignore[attr-defined]
+    if kind is ev.EmailSent:
+        return {}, {e.thread}  # type: ignore[attr-defined]
     keys: Keys = {}
     if isinstance(e, ev.UserManagerChanged):
         keys["directory"] = {f"user:{u}" for u in state.users}  # chains below the user change
