@@ -10,28 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from office import OFFICE
 
 pytestmark = pytest.mark.e2e
 
 CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
     sys.executable, "-m", "runners.cli"]
 
-SETUP = [
-    {"cmd": "AddUser", "user": "ada", "email": "ada@acme.test", "role": "admin"},
-    {"cmd": "AddUser", "user": "max", "email": "max@acme.test", "role": "manager"},
-    {"cmd": "AddUser", "user": "mia", "email": "mia@acme.test", "role": "member",
-     "manager": "max"},
-    {"cmd": "AddUser", "user": "ivy", "email": "ivy@acme.test", "role": "member"},
-    {"cmd": "ConnectMailbox", "mailbox": "mb", "user": "mia", "provider": "gmail",
-     "address": "mia@acme.test"},
-    {"cmd": "CreateLead", "record": "lead-1", "owner": "mia", "name": "Olga",
-     "emails": ["olga@x.test"]},
-    {"cmd": "SyncMessage", "mailbox": "mb", "message": {
-        "id": "m1", "thread_id": "t1", "from": "olga@x.test", "to": ["mia@acme.test"],
-        "subject": "Hello", "body": "hi", "sent_at": "2026-01-01T10:00:00Z", "read": True,
-        "delivery_status": "delivered"}},
-    {"cmd": "SetGlobalVisibility", "user": "mia", "record_type": "lead", "level": "visible"},
-]
+SETUP = OFFICE
 
 
 def run(db: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

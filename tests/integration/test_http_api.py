@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from office import OFFICE
 
 from adapters.event_store import EventStore
 from adapters.http_api import create_app
@@ -29,22 +30,7 @@ SECRET = b"test-secret-0123456789abcdef"
 MAX_WAIT = 0.5
 JSONL = {"content-type": "application/x-ndjson"}
 
-SETUP = [
-    {"cmd": "AddUser", "user": "ada", "email": "ada@acme.test", "role": "admin"},
-    {"cmd": "AddUser", "user": "max", "email": "max@acme.test", "role": "manager"},
-    {"cmd": "AddUser", "user": "mia", "email": "mia@acme.test", "role": "member",
-     "manager": "max"},
-    {"cmd": "AddUser", "user": "ivy", "email": "ivy@acme.test", "role": "member"},
-    {"cmd": "ConnectMailbox", "mailbox": "mb", "user": "mia", "provider": "gmail",
-     "address": "mia@acme.test"},
-    {"cmd": "CreateLead", "record": "lead-1", "owner": "mia", "name": "Olga",
-     "emails": ["olga@x.test"]},
-    {"cmd": "SyncMessage", "mailbox": "mb", "message": {
-        "id": "m1", "thread_id": "t1", "from": "olga@x.test", "to": ["mia@acme.test"],
-        "subject": "Hello", "body": "hi", "sent_at": "2026-01-01T10:00:00Z", "read": True,
-        "delivery_status": "delivered", "labels": ["INBOX"]}},
-    {"cmd": "SetGlobalVisibility", "user": "mia", "record_type": "lead", "level": "visible"},
-]
+SETUP = OFFICE
 OTHER = [
     {"cmd": "AddUser", "user": "oz", "email": "oz@other.test", "role": "admin"},
     {"cmd": "CreateLead", "record": "lead-x", "owner": "oz", "name": "X", "emails": ["x@x.test"]},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from office import OFFICE_USERS
 from unit.rulekit import apply
 
 from domain.commands import COMMANDS, parse_command
@@ -13,11 +14,7 @@ from domain.permissions import RULES, actor_of, authorise
 from domain.state import TenantState
 
 SETUP = [
-    {"cmd": "AddUser", "user": "ada", "email": "ada@acme.test", "role": "admin"},
-    {"cmd": "AddUser", "user": "max", "email": "max@acme.test", "role": "manager"},
-    {"cmd": "AddUser", "user": "mia", "email": "mia@acme.test", "role": "member",
-     "manager": "max"},
-    {"cmd": "AddUser", "user": "ivy", "email": "ivy@acme.test", "role": "member"},
+    *OFFICE_USERS,
     {"cmd": "AddUser", "user": "old", "email": "old@acme.test", "role": "admin"},
     {"cmd": "DeactivateUser", "user": "old"},
     {"cmd": "ConnectMailbox", "mailbox": "mb", "user": "mia", "provider": "gmail",
