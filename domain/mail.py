@@ -190,7 +190,7 @@ def delete_at_provider(ctx: Context, cmd: c.DeleteMessageAtProvider) -> list[ev.
         return [ctx.event(ev.MessageSkipped, mailbox=cmd.mailbox, id=cmd.id, reason=reason)]
     if cmd.id in mbx.pending_deletions:
         return []
-    stored = sum(1 for (m, _), msg in s.messages.items() if m == cmd.mailbox and not msg.deleted)
+    stored = mbx.stored
     if mbx.suspect:
         return [ctx.event(ev.MessageDeletionHeld, mailbox=cmd.mailbox, id=cmd.id,
                           reason="mailbox_suspect: deletions are held until confirmed")]

@@ -86,6 +86,7 @@ class Mailbox:
     credentials_set: bool = False
     pending_deletions: list[str] = field(default_factory=list)
     address_since: int = 0  # seq of the last address change (S9)
+    stored: int = 0  # live (not deleted) messages held for this mailbox, for the L5 guard
     synced: int = 0
     skipped: int = 0
     rejected: int = 0
@@ -270,6 +271,7 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
         thread = s.threads[thread_id] = Thread(thread_id, mailbox, seq, crm_initiated=crm_initiated)
         s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
     thread.messages.append(msg.id)
+    s.mailboxes[mailbox].stored += 1
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, _addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
         sys.intern(msg.subject), utc_iso(msg.sent_at), _labels(msg.labels), msg.read,
@@ -286,6 +288,7 @@ def _delete_message(s: TenantState, mailbox: str, message_id: str) -> None:
     if msg.deleted:
         return
     msg.deleted = True
+    s.mailboxes[mailbox].stored -= 1
     counts = s.threads[msg.thread].participants
     for a in msg.participants:
         counts[a] -= 1
