@@ -28,3 +28,8 @@ class MalformedWebhook(Exception):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class DeliveryStoreError(Exception):
+    """A webhook delivery could not be made durable (NATS JetStream or the SQLite inbox failed,
+    timed out or is unreachable). The provider gets 503 with Retry-After and delivers again."""

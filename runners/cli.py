@@ -80,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--batch-size", type=int, default=1000)
     runner.add_argument("--poll", type=float, default=1.0,
                         help="seconds between polls when no notification arrives")
+    hooks = workers.add_parser("webhooks", help="receive Gmail and Graph webhooks alone "
+                               "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
+    hooks.add_argument("--host", default="127.0.0.1")
+    hooks.add_argument("--port", type=int, default=8001)
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
-    serve = sub.add_parser("serve", help="serve the HTTP API (needs CRMSYNC_SECRET)")
+    serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
+                           "CRMSYNC_SECRET)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     token = sub.add_parser("token", help="print a bearer token for the HTTP API")
@@ -143,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         from runners.serve import token
 
         return token(args.tenant, args.user, args.service)
+    if args.command == "run" and args.worker == "webhooks":
+        from runners.serve import serve_webhooks
+
+        return serve_webhooks(args.db, args.host, args.port)
     engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run":

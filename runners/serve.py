@@ -1,4 +1,5 @@
-"""`crmsync serve` and `crmsync token`: the HTTP API runner and its token issuer.
+"""`crmsync serve` and `crmsync token`: the HTTP API runner and its token issuer; `serve` also
+receives webhooks, which `crmsync run webhooks` (`serve_webhooks`) serves alone.
 
 Both read the signing secret from CRMSYNC_SECRET; a missing or short secret is a clear start-up
 error (exit 2). Logs are structured JSON (structlog) on stderr, one line per request with its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -16,7 +18,11 @@ from adapters.tokens import check_secret, issue
 from runners.engine import Engine
 from runners.logs import configure_logging
 
+if TYPE_CHECKING:
+    from adapters.webhook_api import DeliveryInbox
+
 EXIT_USAGE = 2
+NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
 
 
 def _secret() -> bytes | None:
@@ -51,8 +57,48 @@ def serve(engine: Engine, host: str, port: int) -> int:
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     app = create_app(engine, secret, token_max_age=max_token_age())
+    from adapters.webhook_api import shared_client_state, webhook_router
+
+    app.include_router(webhook_router(webhook_inbox(engine.path),
+                                      shared_client_state(os.environ.get(GRAPH_CLIENT_STATE))))
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
                                                db=engine.path or "memory")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
+                log_level="warning")
+    return 0
+
+
+def webhook_inbox(db: str | None) -> DeliveryInbox:
+    """Where webhook deliveries go: JetStream when CRMSYNC_NATS_URL is set (stream and subject
+    prefix from CRMSYNC_NATS_STREAM / CRMSYNC_NATS_SUBJECT_PREFIX), else the SQLite inbox in
+    CRMSYNC_WEBHOOK_INBOX, else `<db without .db>.webhooks.db` beside the engine's file."""
+    url = os.environ.get(NATS_URL_ENV)
+    if url:
+        from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JetStreamInbox
+
+        return JetStreamInbox(url, stream=os.environ.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM),
+                              subject_prefix=os.environ.get("CRMSYNC_NATS_SUBJECT_PREFIX",
+                                                            DEFAULT_SUBJECT_PREFIX))
+    from adapters.sqlite_inbox import SqliteInbox
+
+    path = os.environ.get("CRMSYNC_WEBHOOK_INBOX")
+    if not path:
+        base = db or "crmsync.db"
+        path = (base[:-3] if base.endswith(".db") else base) + ".webhooks.db"
+    return SqliteInbox(path)
+
+
+def serve_webhooks(db: str, host: str, port: int) -> int:
+    """`crmsync run webhooks`: the webhook routes alone (no engine, no CRMSYNC_SECRET)."""
+    import uvicorn
+
+    from adapters.webhook_api import shared_client_state, webhook_app
+
+    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    inbox = webhook_inbox(db)
+    app = webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)))
+    structlog.get_logger("crmsync.serve").info("serving_webhooks", host=host, port=port,
+                                               inbox=type(inbox).__name__)
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
                 log_level="warning")
     return 0
