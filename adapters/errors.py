@@ -33,3 +33,39 @@ class MalformedWebhook(Exception):
 class DeliveryStoreError(Exception):
     """A webhook delivery could not be made durable (NATS JetStream or the SQLite inbox failed,
     timed out or is unreachable). The provider gets 503 with Retry-After and delivers again."""
+
+
+class ProviderError(Exception):
+    """A provider API call (Gmail, Microsoft Graph) failed: an unexpected status, an unreadable
+    response, the network. `provider` is `gmail` / `graph`, `status` the HTTP status when there
+    was one. The text names the request's path and the provider's error code and message, never
+    the access token, the query string (Graph links carry delta tokens) or any header."""
+
+    def __init__(self, provider: str, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{provider}: {reason}")
+        self.provider = provider
+        self.reason = reason
+        self.status = status
+
+
+class CursorExpired(ProviderError):
+    """The sync cursor is no longer valid (Gmail: 404 on history.list for an old startHistoryId;
+    Graph: 410 Gone or error code syncStateNotFound / resyncRequired on a delta link). Start a
+    new round: a fresh cursor, then a backfill to cover the gap."""
+
+
+class MailboxGone(ProviderError):
+    """The mailbox itself is not there (deleted or renamed account, no mailbox licence, mail not
+    enabled), as confirmed by a second request for the mailbox's root (Gmail users.getProfile,
+    Graph the mailbox's inbox folder). Stop syncing it until an operator acts."""
+
+
+class ProviderThrottled(ProviderError):
+    """The provider kept answering 429 / 503 after the client's bounded retries. `retry_after`
+    is the last wait the provider asked for (seconds): do not call again for this mailbox
+    sooner."""
+
+    def __init__(self, provider: str, reason: str, retry_after: float,
+                 status: int | None = None) -> None:
+        super().__init__(provider, reason, status)
+        self.retry_after = retry_after

@@ -1,0 +1,188 @@
+"""Microsoft Graph v1.0 mail client: the `ProviderClient` port over httpx (issue #4).
+
+Graph's message delta is per folder, so a client syncs one folder (`folder`, default `inbox`;
+the runners make one per folder they sync, each with its own cursor).
+
+- `changes_since(mailbox, cursor)`: `GET /users/{mailbox}/mailFolders/{folder}/messages/delta`
+  (`$select` of the fields a MailMessage needs), then the `@odata.nextLink` / `@odata.deltaLink`
+  it returns. The cursor is that link (opaque); `None` starts a new round, whose pages list the
+  whole folder. A delta item without the fields `graph_message_to_mail` needs (a `$select`ed or
+  trimmed page) is fetched with `GET /users/{mailbox}/messages/{id}`. `@removed` with reason
+  `deleted` → `deleted_ids`; `changed` (moved out of the folder) → `left_scope_ids`.
+- `backfill(mailbox, since, page_token)`: the folder's messages with
+  `receivedDateTime ge since`, `$orderby=receivedDateTime desc`, paged by `@odata.nextLink`.
+- `fetch_message(mailbox, id)`: the message with `internetMessageHeaders` (In-Reply-To,
+  References); `None` when it is gone.
+
+Requests ask for immutable ids (`Prefer: IdType="ImmutableId"`: a move keeps the id) and text
+bodies (`Prefer: outlook.body-content-type="text"`). The base URL must be https: the delta
+parser accepts only https links, and every link must lie under the base URL (else refused).
+
+Errors: 410 Gone, or error code `syncStateNotFound` / `resyncRequired` → `CursorExpired`. Error
+code `MailboxNotEnabledForRESTAPI` / `MailboxNotSupportedForRESTAPI` / `ErrorInvalidUser` →
+`MailboxGone`; any other 404 (e.g. `ErrorItemNotFound`, `ResourceNotFound`) is `MailboxGone` only
+if the mailbox's inbox folder is also 404 (else a missing message is `None`, a missing folder
+`ProviderError`). Throttling and the rest: see `adapters.provider_http`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from ssl import SSLContext
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
+from adapters.graph_payloads import graph_message_to_mail, parse_graph_delta
+from adapters.provider_client import BackfillPage, ChangePage, SkippedMessage
+from adapters.provider_http import ProviderHttp, error_info
+from domain.events import MailMessage
+
+DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
+SELECT = ("id,conversationId,internetMessageId,from,sender,toRecipients,ccRecipients,"
+          "bccRecipients,subject,body,sentDateTime,receivedDateTime,isRead,categories")
+CURSOR_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
+MAILBOX_CODES = frozenset({"mailboxnotenabledforrestapi", "mailboxnotsupportedforrestapi",
+                           "errorinvaliduser"})
+
+
+def _codes(response: httpx.Response) -> set[str]:
+    return {code.lower() for code in error_info(response).codes}
+
+
+def _complete(resource: dict[str, Any]) -> bool:
+    """Holds what graph_message_to_mail needs for a faithful MailMessage."""
+    return ("conversationId" in resource
+            and (resource.get("from") or resource.get("sender")) is not None
+            and (resource.get("sentDateTime") or resource.get("receivedDateTime")) is not None)
+
+
+class GraphClient:
+    def __init__(self, access_token: Callable[[], str], base_url: str = DEFAULT_GRAPH_API_URL,
+                 *, folder: str = "inbox", page_size: int = 50, timeout: float = 30.0,
+                 max_retries: int = 3, max_retry_wait: float = 60.0, backoff: float = 1.0,
+                 verify: SSLContext | bool = True) -> None:
+        if not base_url.startswith("https://"):
+            raise ValueError(f"graph: base URL must be https: {base_url!r}")
+        self._http = ProviderHttp("graph", base_url, access_token, timeout=timeout,
+                                  max_retries=max_retries, max_retry_wait=max_retry_wait,
+                                  backoff=backoff, verify=verify)
+        self.folder = folder
+        self.page_size = page_size
+        self._prefer = [("Prefer", f"odata.maxpagesize={page_size}"),
+                        ("Prefer", 'IdType="ImmutableId"'),
+                        ("Prefer", 'outlook.body-content-type="text"')]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _user(self, mailbox: str, *path: str) -> str:
+        parts = [quote(mailbox, safe="@"), *(quote(p, safe="=") for p in path)]
+        return self._http.url("users/" + "/".join(parts))
+
+    def _get(self, url: str, params: dict[str, str | int] | None = None) -> httpx.Response:
+        return self._http.get(url, params, self._prefer)
+
+    def _check_mailbox(self, mailbox: str, response: httpx.Response, what: str) -> None:
+        """Raise MailboxGone when `response` says, or the inbox folder confirms, the mailbox
+        is not there."""
+        if _codes(response) & MAILBOX_CODES:
+            raise MailboxGone("graph", self._http.failure(response, what).reason,
+                              response.status_code)
+        if response.status_code != 404:
+            return
+        probe = self._get(self._user(mailbox, "mailFolders", "inbox"), {"$select": "id"})
+        if probe.status_code == 404 or _codes(probe) & MAILBOX_CODES:
+            raise MailboxGone("graph", self._http.failure(probe, "inbox folder").reason,
+                              probe.status_code)
+
+    def changes_since(self, mailbox_address: str, cursor: str | None) -> ChangePage:
+        if cursor is None:
+            response = self._get(self._user(mailbox_address, "mailFolders", self.folder,
+                                            "messages", "delta"), {"$select": SELECT})
+        elif not self._http.owns(cursor):
+            raise ValueError("not a Graph cursor of this client's base URL")
+        else:
+            response = self._get(cursor)
+        if response.status_code == 410 or _codes(response) & CURSOR_CODES:
+            raise CursorExpired("graph", self._http.failure(response, "messages delta").reason,
+                                response.status_code)
+        if not response.is_success:
+            self._check_mailbox(mailbox_address, response, "messages delta")
+            raise self._http.failure(response, "messages delta")
+        try:
+            page = parse_graph_delta(response.content)
+        except MalformedWebhook as exc:
+            raise self._http.error(f"messages delta: unreadable response: {exc}") from None
+        link = page.next_link or page.delta_link or ""
+        if not self._http.owns(link):
+            raise self._http.error("messages delta: link outside the configured API base URL")
+        messages: list[MailMessage] = []
+        skipped: list[SkippedMessage] = []
+        deleted = [i for i in page.removed_ids if page.removed_reasons[i] == "deleted"]
+        for item in page.items:
+            try:
+                message = (graph_message_to_mail(item.resource) if _complete(item.resource)
+                           else self._message(mailbox_address, item.id, probe=False))
+            except MalformedWebhook as exc:
+                skipped.append(SkippedMessage(id=item.id, reason=str(exc)))
+                continue
+            if message is None:  # deleted since the page was made
+                deleted.append(item.id)
+            else:
+                messages.append(message)
+        return ChangePage(
+            messages=messages, deleted_ids=deleted, skipped=skipped,
+            left_scope_ids=[i for i in page.removed_ids if page.removed_reasons[i] != "deleted"],
+            new_cursor=link, more=page.next_link is not None)
+
+    def backfill(self, mailbox_address: str, since: datetime,
+                 page_token: str | None = None) -> BackfillPage:
+        if page_token is None:
+            when = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            response = self._get(
+                self._user(mailbox_address, "mailFolders", self.folder, "messages"),
+                {"$filter": f"receivedDateTime ge {when}", "$orderby": "receivedDateTime desc",
+                 "$top": self.page_size, "$select": SELECT})
+        elif not self._http.owns(page_token):
+            raise ValueError("not a Graph page token of this client's base URL")
+        else:
+            response = self._get(page_token)
+        if not response.is_success:
+            self._check_mailbox(mailbox_address, response, "messages list")
+            raise self._http.failure(response, "messages list")
+        listing = self._http.json(response, "messages list")
+        values = listing.get("value")
+        next_link = listing.get("@odata.nextLink")
+        if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+            raise self._http.error("messages list: value is not a list of messages")
+        if next_link is not None and not (isinstance(next_link, str)
+                                          and self._http.owns(next_link)):
+            raise self._http.error("messages list: nextLink outside the configured API base URL")
+        messages: list[MailMessage] = []
+        skipped: list[SkippedMessage] = []
+        for value in values:
+            try:
+                messages.append(graph_message_to_mail(value))
+            except MalformedWebhook as exc:
+                skipped.append(SkippedMessage(id=str(value.get("id")), reason=str(exc)))
+        return BackfillPage(messages=messages, skipped=skipped, next_page_token=next_link)
+
+    def fetch_message(self, mailbox_address: str, message_id: str) -> MailMessage | None:
+        """Raises MalformedWebhook when the message cannot become a MailMessage."""
+        return self._message(mailbox_address, message_id, probe=True)
+
+    def _message(self, mailbox: str, message_id: str, *, probe: bool) -> MailMessage | None:
+        response = self._get(self._user(mailbox, "messages", message_id),
+                             {"$select": SELECT + ",internetMessageHeaders"})
+        if response.status_code == 404:
+            if probe or _codes(response) & MAILBOX_CODES:
+                self._check_mailbox(mailbox, response, "message")
+            return None
+        if not response.is_success:
+            self._check_mailbox(mailbox, response, "message")
+            raise self._http.failure(response, "message")
+        return graph_message_to_mail(response.content)

@@ -1,0 +1,159 @@
+"""The HTTP core of the provider clients (Gmail, Microsoft Graph) over httpx.
+
+- Every request carries `Authorization: Bearer <token>`, the token asked of the caller's
+  callable each time (so a refreshed one is used at once). The token never appears in an
+  exception, a log line, or an error text the provider echoes (replaced by `[token]`).
+- Only URLs under the configured base URL are requested (Graph's links included) and redirects
+  are not followed: the token goes nowhere else.
+- 429 and 503 are retried at most `max_retries` times, waiting what `Retry-After` asks (seconds
+  or an HTTP date; without it `backoff * 2**attempt`); a wait longer than `max_retry_wait`, or
+  the retries exhausted, is `ProviderThrottled(retry_after)`. Network failures and timeouts are
+  `ProviderError` at once (the worker retries the round).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from ssl import SSLContext
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+
+from adapters.errors import MalformedWebhook, ProviderError, ProviderThrottled
+from adapters.webhooks import json_object
+
+RETRY_STATUSES = frozenset({429, 503})
+MAX_RESPONSE_BYTES = 64 << 20
+
+log = structlog.get_logger("crmsync.provider")
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A provider's error body: Graph `{"error": {"code", "message"}}`, Google
+    `{"error": {"code": 404, "status": "NOT_FOUND", "message", "errors": [{"reason"}]}}`.
+    `codes` holds every string code found (Graph code, Google status and reasons)."""
+
+    codes: frozenset[str]
+    message: str
+
+
+def retry_after(value: str | None, default: float) -> float:
+    """Seconds from a Retry-After header (delta-seconds, fractions tolerated, or an HTTP date)."""
+    if value is None:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_info(response: httpx.Response) -> ErrorInfo:
+    try:
+        body = response.json()
+    except ValueError:
+        return ErrorInfo(frozenset(), "")
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ErrorInfo(frozenset(), "")
+    codes = {v for v in (error.get("code"), error.get("status")) if isinstance(v, str)}
+    for detail in error.get("errors") or []:
+        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+            codes.add(detail["reason"])
+    inner = error.get("innerError") or error.get("innererror")
+    if isinstance(inner, dict) and isinstance(inner.get("code"), str):
+        codes.add(inner["code"])
+    message = error.get("message")
+    return ErrorInfo(frozenset(codes), message if isinstance(message, str) else "")
+
+
+class ProviderHttp:
+    def __init__(self, provider: str, base_url: str, access_token: Callable[[], str], *,
+                 timeout: float = 30.0, max_retries: int = 3, max_retry_wait: float = 60.0,
+                 backoff: float = 1.0, verify: SSLContext | bool = True) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"{provider}: base URL must be http(s): {base_url!r}")
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._token = access_token
+        self._used_tokens: set[str] = set()
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.backoff = backoff
+        self._client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def owns(self, url: str) -> bool:
+        return url.startswith(self.base_url + "/")
+
+    def error(self, reason: str, status: int | None = None) -> ProviderError:
+        return ProviderError(self.provider, self.scrub(reason), status)
+
+    def scrub(self, text: str) -> str:
+        for token in self._used_tokens:
+            if token:
+                text = text.replace(token, "[token]")
+        return text
+
+    def get(self, url: str, params: Mapping[str, str | int] | None = None,
+            headers: Iterable[tuple[str, str]] = ()) -> httpx.Response:
+        """The response once it is not 429/503 (any other status: the caller reads it)."""
+        if not self.owns(url):
+            raise self.error("refusing a URL outside the configured API base URL")
+        path = urlsplit(url).path
+        wait = self.backoff
+        status = 0
+        for attempt in range(self.max_retries + 1):
+            token = self._token()
+            self._used_tokens.add(token)
+            failure: str | None = None
+            try:
+                response = self._client.get(
+                    url, params=params,
+                    headers=[*headers, ("Accept", "application/json"),
+                             ("Authorization", f"Bearer {token}")])
+            except httpx.HTTPError as exc:  # raised below, outside this block: no __context__
+                failure = type(exc).__name__
+            if failure is not None:
+                raise self.error(f"GET {path}: {failure}")
+            status = response.status_code
+            if status not in RETRY_STATUSES:
+                return response
+            wait = retry_after(response.headers.get("Retry-After"), self.backoff * 2 ** attempt)
+            if attempt == self.max_retries or wait > self.max_retry_wait:
+                break
+            log.info("provider_retry", provider=self.provider, path=path, status=status,
+                     wait=wait, attempt=attempt + 1)
+            time.sleep(wait)
+        raise ProviderThrottled(self.provider, f"GET {path}: {status} after {attempt + 1} "
+                                f"attempt(s), retry after {wait:g}s", wait, status)
+
+    def failure(self, response: httpx.Response, what: str) -> ProviderError:
+        info = error_info(response)
+        code = ",".join(sorted(info.codes))
+        return self.error(f"{what}: {response.status_code} {code}: {info.message[:300]}".rstrip(
+            ": "), response.status_code)
+
+    def json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        try:
+            return json_object(response.content, max_bytes=MAX_RESPONSE_BYTES)
+        except MalformedWebhook as exc:
+            raise self.error(f"{what}: unreadable response: {exc}", response.status_code) from None
