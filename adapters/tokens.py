@@ -77,10 +77,12 @@ def verify(secret: bytes, token: str, *, max_age: int | None = None,
         raise InvalidToken("malformed token")
     signed = f"{parts[0]}.{parts[1]}"
     try:
-        given = _unb64(parts[2])
-        expected = _sign(secret, signed)
+        given = parts[2].encode("ascii")
+        expected = _b64(_sign(secret, signed)).encode("ascii")
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidToken("malformed token") from None
+    # compare the canonical text, not decoded bytes: base64 ignores the low bits of the last
+    # character, so several texts decode to the same signature
     if not hmac.compare_digest(given, expected):
         raise InvalidToken("bad signature")
     try:
