@@ -101,6 +101,10 @@ class SyncStatus(_Model):
     last_sync_at: str | None
     credentials_set: bool
     scope: dict[str, Any]
+    cursor: str | None
+    cursor_at: str | None
+    resync_since: str | None
+    resync_reason: str | None
 
 
 class LineResult(_Model):

@@ -163,6 +163,23 @@ class DeleteMessageAtProvider(Command):
     id: str
 
 
+class AdvanceMailboxCursor(Command):
+    """Sync workers (not in SPEC §6's public table): the provider cursor after a delivery."""
+
+    cmd: Literal["AdvanceMailboxCursor"]
+    mailbox: str
+    cursor: str = Field(min_length=1, max_length=8192)
+    delivery_id: str | None = None
+
+
+class ResyncMailbox(Command):
+    """Sync workers: the stored cursor cannot be used; resync the backfill window (S2, L3)."""
+
+    cmd: Literal["ResyncMailbox"]
+    mailbox: str
+    reason: Literal["cursor_expired", "reactivated", "reconnected", "first_sync"]
+
+
 class ConfirmMailboxDeletions(Command):
     cmd: Literal["ConfirmMailboxDeletions"]
     mailbox: str
@@ -346,6 +363,7 @@ COMMANDS: dict[str, type[Command]] = {
         AddUser, ChangeUserManager, DeactivateUser, ReactivateUser, DeleteUser, ConfigureTenant,
         ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
+        AdvanceMailboxCursor, ResyncMailbox,
         ConfirmMailboxDeletions, SendEmail, CreateLead, CreateContact, UpdateContact, CreateDeal,
         ChangeDealStage, LinkDealContact, UnlinkDealContact, ChangeOwner, AddCollaborator,
         RemoveCollaborator, LinkThread, UnlinkThread, SetGlobalVisibility, ShareAddress,

@@ -42,6 +42,8 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "UpdateMessage": mail.update_message,
     "DeleteMessageAtProvider": mail.delete_at_provider,
     "ConfirmMailboxDeletions": mail.confirm_deletions,
+    "AdvanceMailboxCursor": mail.advance_cursor,
+    "ResyncMailbox": mail.resync,
     "SendEmail": mail.send_email,
     "LinkThread": mail.link_thread,
     "UnlinkThread": mail.link_thread,

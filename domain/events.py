@@ -133,6 +133,31 @@ class CredentialsRemoved(DomainEvent):
     mailbox: str
 
 
+class MailboxCursorAdvanced(DomainEvent):
+    """The provider cursor (Gmail historyId, Graph deltaLink, IMAP UIDVALIDITY/UIDNEXT/MODSEQ)
+    after a delivery was synced."""
+
+    mailbox: str
+    cursor: str
+    delivery_id: str | None = None
+
+
+class DeliverySkipped(DomainEvent):
+    """L1/S10/L4: a provider delivery that was not synced; the cursor stays where it was."""
+
+    mailbox: str
+    delivery_id: str | None
+    reason: str
+
+
+class MailboxResyncStarted(DomainEvent):
+    """S2/L3: sync restarts from the backfill window, most recent first; nothing is deleted."""
+
+    mailbox: str
+    reason: str
+    since: datetime
+
+
 class MessageSynced(DomainEvent):
     mailbox: str
     thread: str
@@ -319,6 +344,7 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     TenantConfigured, UserAdded, UserManagerChanged, UserDeactivated, UserReactivated,
     UserDeleted, GlobalVisibilitySet, MailboxConnected, MailboxAddressChanged,
     MailboxDisconnected, MailboxReconnected, MailboxReportedGone, CredentialsRemoved,
+    MailboxCursorAdvanced, DeliverySkipped, MailboxResyncStarted,
     MessageSynced, MessageUpdated, MessageDeletedAtProvider, MessageDeletionHeld,
     MailboxDeletionsConfirmed, MessageSkipped, AttachmentRejected, EmailSent, LeadCreated,
     ContactCreated, ContactUpdated, DealCreated, DealStageChanged, DealContactLinked,

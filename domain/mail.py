@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from domain import commands as c
 from domain import events as ev
 from domain.context import Context
@@ -62,6 +64,32 @@ def skip_reason(state: TenantState, mbx: Mailbox) -> str | None:
     if mbx.status != "connected":
         return f"mailbox_{mbx.status}"
     return None
+
+
+def advance_cursor(ctx: Context, cmd: c.AdvanceMailboxCursor) -> list[ev.DomainEvent]:
+    """L1, S10, L4: a delivery for a deactivated or deleted user, or a mailbox that is not
+    connected, is recorded as skipped and the cursor does not move (so L3 can catch up)."""
+    mbx = ctx.mailbox(cmd.mailbox)
+    reason = skip_reason(ctx.state, mbx)
+    if reason is not None:
+        return [ctx.event(ev.DeliverySkipped, mailbox=cmd.mailbox, delivery_id=cmd.delivery_id,
+                          reason=reason)]
+    if mbx.cursor == cmd.cursor:
+        return []
+    return [ctx.event(ev.MailboxCursorAdvanced, mailbox=cmd.mailbox, cursor=cmd.cursor,
+                      delivery_id=cmd.delivery_id)]
+
+
+def resync(ctx: Context, cmd: c.ResyncMailbox) -> list[ev.DomainEvent]:
+    """S2/L3: the backfill window is `backfill_days` before now; only a connected mailbox of an
+    active user resyncs (a gone mailbox keeps its history untouched, L4)."""
+    mbx = ctx.mailbox(cmd.mailbox)
+    reason = skip_reason(ctx.state, mbx)
+    if reason is not None:
+        raise ctx.reject("mailbox", f"cannot resync: {reason}")
+    since = ctx.occurred_at - timedelta(days=mbx.backfill_days)
+    return [ctx.event(ev.MailboxResyncStarted, mailbox=cmd.mailbox, reason=cmd.reason,
+                      since=since)]
 
 
 def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str:

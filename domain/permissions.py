@@ -33,6 +33,7 @@ RULES: dict[str, str] = {
     "ConfirmMailboxDeletions": "admin",
     "SyncMessage": "service", "UpdateMessage": "service", "DeleteMessageAtProvider": "service",
     "ReportMailboxGone": "service", "SyncExternalContact": "service",
+    "AdvanceMailboxCursor": "service", "ResyncMailbox": "service",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",

@@ -92,6 +92,10 @@ class Mailbox:
     rejected: int = 0
     last_error: str | None = None
     last_sync_at: datetime | None = None
+    cursor: str | None = None
+    cursor_at: datetime | None = None
+    resync_since: datetime | None = None  # the window of the last resync (S2, L3)
+    resync_reason: str | None = None
 
     @property
     def suspect(self) -> bool:
@@ -258,6 +262,24 @@ def _mailbox_status(status: str) -> Callable[[TenantState, Any, int], None]:
         s.mailboxes[e.mailbox].status = status
 
     return fold
+
+
+def _cursor_advanced(s: TenantState, e: ev.MailboxCursorAdvanced, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.cursor = e.cursor
+    mbx.cursor_at = e.occurred_at
+
+
+def _delivery_skipped(s: TenantState, e: ev.DeliverySkipped, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.skipped += 1
+    mbx.last_error = e.reason
+
+
+def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.resync_since = e.since
+    mbx.resync_reason = e.reason
 
 
 def _credentials_removed(s: TenantState, e: ev.CredentialsRemoved, seq: int) -> None:
@@ -445,6 +467,9 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MailboxReconnected: _mailbox_status("connected"),
     ev.MailboxReportedGone: _mailbox_status("gone"),
     ev.CredentialsRemoved: _credentials_removed,
+    ev.MailboxCursorAdvanced: _cursor_advanced,
+    ev.DeliverySkipped: _delivery_skipped,
+    ev.MailboxResyncStarted: _resync_started,
     ev.MessageSynced: _message_synced,
     ev.EmailSent: _email_sent,
     ev.MessageUpdated: _message_updated,

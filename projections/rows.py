@@ -159,7 +159,11 @@ def sync_status_rows(state: TenantState, key: str, cache: Cache) -> Rows:
                   "held_deletions": list(mbx.pending_deletions), "synced": mbx.synced,
                   "skipped": mbx.skipped, "rejected": mbx.rejected, "last_error": mbx.last_error,
                   "last_sync_at": mbx.last_sync_at.isoformat() if mbx.last_sync_at else None,
-                  "credentials_set": mbx.credentials_set, "scope": mbx.scope}}
+                  "credentials_set": mbx.credentials_set, "scope": mbx.scope,
+                  "cursor": mbx.cursor,
+                  "cursor_at": mbx.cursor_at.isoformat() if mbx.cursor_at else None,
+                  "resync_since": mbx.resync_since.isoformat() if mbx.resync_since else None,
+                  "resync_reason": mbx.resync_reason}}
 
 
 def message_rows(state: TenantState, key: str, cache: Cache) -> Rows:
