@@ -69,3 +69,9 @@ class ProviderThrottled(ProviderError):
                  status: int | None = None) -> None:
         super().__init__(provider, reason, status)
         self.retry_after = retry_after
+
+
+class CredentialStoreError(StoreError):
+    """The mailbox credential store failed: no key configured, a wrong key, a ciphertext that
+    does not decrypt (altered, or moved to another mailbox), or the database. The message names
+    the mailbox and the key id, never a key, token, password or any plaintext."""

@@ -14,10 +14,12 @@ import re
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from adapters.credential_store import PostgresCredentialStore
 from adapters.errors import StoreError
 from adapters.event_store import EventStore
 from adapters.log_waiter import PollingWaiter, PostgresWaiter
 from adapters.postgres_views import PostgresViews, startup_lock
+from runners.credentials import erase_removed
 from runners.engine import Engine
 
 POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
@@ -71,18 +73,24 @@ def open_postgres(url: str) -> Engine:
         views = PostgresViews(url)  # creates the schema and view tables on first start
         try:
             store = EventStore(postgres_env(url, schema=views.schema))
+            credentials = PostgresCredentialStore(url)
         except BaseException:
             views.close()
             raise
-    return Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix))
+    return Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix),
+                  credentials=credentials)
 
 
 def open_engine(db: str, postgres: str | None = None) -> Engine:
     """PostgreSQL at `postgres`, else at $CRMSYNC_POSTGRES_URL, else the SQLite file `db`."""
     url = postgres_url(postgres)
-    if url:
-        return open_postgres(url)
-    return Engine.open_sqlite(db)
+    engine = open_postgres(url) if url else Engine.open_sqlite(db)
+    try:
+        erase_removed(engine)  # finish erasures a crash interrupted (credentials follow the log)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def postgres_url(postgres: str | None = None) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from adapters.credential_store import CredentialStore, SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict
 from adapters.event_store import EventStore
 from adapters.memory_views import MemoryViews
@@ -29,6 +30,7 @@ from projections import queries
 from projections.ports import ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
+from runners.credentials import after_append, check_ready
 
 Progress = Callable[[int, int], None]
 
@@ -88,9 +90,11 @@ class Gate(Protocol):
 
 class Engine:
     def __init__(self, store: EventStore, views: ViewStore, path: str | None = None,
-                 scratch: ScratchFactory | None = None) -> None:
+                 scratch: ScratchFactory | None = None,
+                 credentials: CredentialStore | None = None) -> None:
         self.store = store
         self.views = views
+        self.credentials = credentials  # None (in memory): ConnectMailbox credentials are dropped
         self.path = path
         if scratch is None and path is not None:
             scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
@@ -106,18 +110,26 @@ class Engine:
 
     @classmethod
     def open_sqlite(cls, path: str) -> Engine:
-        return cls(EventStore.sqlite(path), SqliteViews(path), path)
+        return cls(EventStore.sqlite(path), SqliteViews(path), path,
+                   credentials=SqliteCredentialStore(path))
 
     def close(self) -> None:
         close = getattr(self.views, "close", None)
         if callable(close):
             close()
+        if self.credentials is not None:
+            self.credentials.close()
         self.store.close()
 
     # -- commands -------------------------------------------------------------------------------
     def execute(self, command: Command, *, now: datetime, correlation_id: str,
                 gate: Gate | None = None) -> list[DomainEvent]:
-        """Decide and append one command; retried on a concurrent append. Raises Rejection."""
+        """Decide and append one command; retried on a concurrent append. Raises Rejection.
+
+        Then the credential store follows the events (`runners.credentials.after_append`); its
+        failure raises CredentialStoreError after the events were appended.
+        """
+        check_ready(self.credentials, command)
         for _ in range(5):
             state = self.store.state(command.tenant)
             if gate is not None:
@@ -125,9 +137,10 @@ class Engine:
             events = decide(state, command, now=now, correlation_id=correlation_id)
             try:
                 self.store.append(state, events)
-                return events
             except ConcurrencyConflict:
                 continue
+            after_append(self, command, state, events)
+            return events
         raise ConcurrencyConflict(f"tenant {command.tenant!r}: too many concurrent writers")
 
     def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str,

@@ -1,0 +1,309 @@
+"""Mailbox credentials, encrypted at rest (SPEC §6 `credentials`): never in an event.
+
+One table `mailbox_credentials(tenant, mailbox, nonce, ciphertext, key_id, updated_at)` in the
+engine's store — the SQLite file, or the PostgreSQL schema of the URL. Each value is the JSON of
+the credentials sealed with AES-256-GCM (`cryptography`), a fresh 96-bit nonce per write, and the
+associated data `["crmsync.credentials.v1", tenant, mailbox]`: a row copied to another mailbox
+does not decrypt. `key_id` names the key (a hash of it, not the key) so a wrong key is reported as
+such. A second table `mailbox_credentials_erasure` keeps how far `erase_removed` has read the log.
+
+The key is `$CRMSYNC_CREDENTIALS_KEY` (32 bytes, base64). Without it, the embedded SQLite store
+uses a key file beside the database (`<db>.credentials-key`, created 0600 on the first write);
+the PostgreSQL store refuses to store credentials. Library errors become CredentialStoreError;
+no secret (key, token, password, plaintext) is ever logged or put in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg.rows import TupleRow
+
+from adapters.errors import CredentialStoreError
+
+KEY_ENV = "CRMSYNC_CREDENTIALS_KEY"
+KEY_FILE_SUFFIX = ".credentials-key"
+_AAD_VERSION = "crmsync.credentials.v1"
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS mailbox_credentials (tenant TEXT NOT NULL, mailbox TEXT NOT NULL, "
+    "nonce {blob} NOT NULL, ciphertext {blob} NOT NULL, key_id TEXT NOT NULL, "
+    "updated_at TEXT NOT NULL, PRIMARY KEY (tenant, mailbox))",
+    "CREATE TABLE IF NOT EXISTS mailbox_credentials_erasure (id INTEGER PRIMARY KEY "
+    "CHECK (id = 1), position BIGINT NOT NULL)",
+)
+
+
+class CredentialStore(Protocol):
+    """Port: the credentials of one mailbox, as the JSON object ConnectMailbox carried."""
+
+    def ready(self) -> None:
+        """Raise CredentialStoreError unless `put` can work (a key is available)."""
+
+    def put(self, tenant: str, mailbox: str, credentials: dict[str, Any]) -> None: ...
+
+    def get(self, tenant: str, mailbox: str) -> dict[str, Any] | None: ...
+
+    def erase(self, tenant: str, mailbox: str) -> None:
+        """Idempotent; needs no key."""
+
+    def is_empty(self) -> bool: ...
+
+    def erasure_position(self) -> int:
+        """How far `erase_removed` has read the event log."""
+
+    def advance_erasure(self, position: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def parse_key(text: str, source: str) -> bytes:
+    """A 32-byte key from base64 (standard or URL-safe); the message never shows the value."""
+    raw = text.strip()
+    try:
+        key = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4),
+                               validate=True)
+    except (binascii.Error, ValueError):
+        raise CredentialStoreError(f"{source} is not base64 (expected 32 bytes)") from None
+    if len(key) != 32:
+        raise CredentialStoreError(f"{source} must decode to 32 bytes, not {len(key)}")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    return "k1-" + hashlib.sha256(b"crmsync.credentials.key-id\0" + key).hexdigest()[:16]
+
+
+def _aad(tenant: str, mailbox: str) -> bytes:
+    return orjson.dumps([_AAD_VERSION, tenant, mailbox])
+
+
+class _SqlCredentialStore(ABC):
+    """The shared implementation; subclasses run SQL (written with `?` placeholders)."""
+
+    backend = ""
+
+    def __init__(self) -> None:
+        self._key: bytes | None = None
+
+    # -- the backend ---------------------------------------------------------------------------
+    @abstractmethod
+    def _run(self, doing: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction; rows for a SELECT. Errors: StoreError."""
+
+    @abstractmethod
+    def _load_key(self, create: bool) -> bytes | None:
+        """The key when none is in the environment (None: there is none and `create` is off)."""
+
+    def close(self) -> None:
+        return None
+
+    # -- the key --------------------------------------------------------------------------------
+    def _current_key(self, create: bool) -> bytes | None:
+        if self._key is None:
+            env = os.environ.get(KEY_ENV)
+            self._key = parse_key(env, KEY_ENV) if env else self._load_key(create)
+        return self._key
+
+    def ready(self) -> None:
+        self._current_key(create=True)
+
+    # -- the port -------------------------------------------------------------------------------
+    def put(self, tenant: str, mailbox: str, credentials: dict[str, Any]) -> None:
+        key = self._current_key(create=True)
+        assert key is not None  # _load_key(create=True) returns a key or raises
+        nonce = os.urandom(12)
+        try:
+            sealed = AESGCM(key).encrypt(nonce, orjson.dumps(credentials), _aad(tenant, mailbox))
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            raise CredentialStoreError(f"cannot encrypt the credentials of mailbox {mailbox!r}"
+                                       ) from None
+        self._run(f"store the credentials of mailbox {mailbox!r}",
+                  "INSERT INTO mailbox_credentials (tenant, mailbox, nonce, ciphertext, key_id, "
+                  "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, mailbox) DO UPDATE "
+                  "SET nonce = excluded.nonce, ciphertext = excluded.ciphertext, "
+                  "key_id = excluded.key_id, updated_at = excluded.updated_at",
+                  (tenant, mailbox, nonce, sealed, key_id(key), datetime.now(UTC).isoformat()))
+
+    def get(self, tenant: str, mailbox: str) -> dict[str, Any] | None:
+        rows = self._run(f"read the credentials of mailbox {mailbox!r}",
+                         "SELECT nonce, ciphertext, key_id FROM mailbox_credentials "
+                         "WHERE tenant = ? AND mailbox = ?", (tenant, mailbox))
+        if not rows:
+            return None
+        nonce, sealed, stored_id = bytes(rows[0][0]), bytes(rows[0][1]), str(rows[0][2])
+        key = self._current_key(create=False)
+        if key is None:
+            raise CredentialStoreError(f"the credentials of mailbox {mailbox!r} are encrypted, "
+                                       f"but no key is configured ({KEY_ENV})")
+        if stored_id != key_id(key):
+            raise CredentialStoreError(f"the credentials of mailbox {mailbox!r} were encrypted "
+                                       f"with key {stored_id}, not the configured key "
+                                       f"{key_id(key)}")
+        try:
+            plain = AESGCM(key).decrypt(nonce, sealed, _aad(tenant, mailbox))
+            value = orjson.loads(plain)
+        except (InvalidTag, ValueError, orjson.JSONDecodeError):
+            raise CredentialStoreError(f"the credentials of mailbox {mailbox!r} do not decrypt "
+                                       "(wrong key, or a row altered or moved)") from None
+        if not isinstance(value, dict):
+            raise CredentialStoreError(f"the credentials of mailbox {mailbox!r} are not an object")
+        return value
+
+    def erase(self, tenant: str, mailbox: str) -> None:
+        self._run(f"erase the credentials of mailbox {mailbox!r}",
+                  "DELETE FROM mailbox_credentials WHERE tenant = ? AND mailbox = ?",
+                  (tenant, mailbox))
+
+    def is_empty(self) -> bool:
+        return not self._run("read the credential store",
+                             "SELECT 1 FROM mailbox_credentials LIMIT 1")
+
+    def erasure_position(self) -> int:
+        rows = self._run("read the erasure position",
+                         "SELECT position FROM mailbox_credentials_erasure WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def advance_erasure(self, position: int) -> None:
+        self._run("record the erasure position",
+                  "INSERT INTO mailbox_credentials_erasure (id, position) VALUES (1, ?) "
+                  "ON CONFLICT (id) DO UPDATE SET position = CASE WHEN excluded.position > "
+                  "mailbox_credentials_erasure.position THEN excluded.position "
+                  "ELSE mailbox_credentials_erasure.position END", (position,))
+
+
+class SqliteCredentialStore(_SqlCredentialStore):
+    """In the engine's SQLite file; the key from the environment, else the key file beside it."""
+
+    backend = "SQLite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.key_path = f"{path}{KEY_FILE_SUFFIX}"
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                         check_same_thread=False)
+            for statement in _TABLES:
+                self._conn.execute(statement.format(blob="BLOB"))
+        except sqlite3.Error as exc:
+            raise CredentialStoreError(f"cannot open the credential store (SQLite): {exc}"
+                                       ) from exc
+
+    def _run(self, doing: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, tuple(params)).fetchall())
+            except sqlite3.Error as exc:
+                raise CredentialStoreError(f"cannot {doing} (SQLite): {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _load_key(self, create: bool) -> bytes | None:
+        try:
+            return self._read_key_file()
+        except FileNotFoundError:
+            if not create:
+                return None
+        key = os.urandom(32)
+        tmp = f"{self.key_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(base64.b64encode(key).decode() + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, self.key_path)  # atomic, and never over another process's key
+            except FileExistsError:
+                return self._read_key_file()
+            return key
+        except OSError as exc:
+            raise CredentialStoreError(f"cannot create the key file {self.key_path}: "
+                                       f"{exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _read_key_file(self) -> bytes:
+        try:
+            with open(self.key_path, encoding="ascii") as key_file:
+                mode = os.fstat(key_file.fileno()).st_mode
+                text = key_file.read()
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not ASCII"
+            raise CredentialStoreError(f"cannot read the key file {self.key_path}: {reason}"
+                                       ) from None
+        if mode & 0o077:
+            raise CredentialStoreError(f"the key file {self.key_path} is readable by others "
+                                       f"(mode {mode & 0o777:o}); chmod 600 it")
+        return parse_key(text, f"the key file {self.key_path}")
+
+
+class PostgresCredentialStore(_SqlCredentialStore):
+    """In the URL's schema; stores credentials only with $CRMSYNC_CREDENTIALS_KEY set."""
+
+    backend = "PostgreSQL"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        for statement in _TABLES:
+            self._run("create the credential tables", statement.format(blob="bytea"))
+
+    def _connect(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        return self._conn
+
+    def _run(self, doing: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                with self._cursor() as cur:
+                    cur.execute(sql.replace("?", "%s"), tuple(params))
+                    return list(cur.fetchall()) if cur.description is not None else []
+            except psycopg.Error as exc:
+                raise CredentialStoreError(f"cannot {doing} (PostgreSQL): {exc}") from None
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor[TupleRow]]:
+        conn = self._connect()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _load_key(self, create: bool) -> bytes | None:
+        if create:
+            raise CredentialStoreError(f"cannot store mailbox credentials: {KEY_ENV} is not set "
+                                       "(32 random bytes, base64; e.g. `openssl rand -base64 "
+                                       "32`); with PostgreSQL no key is generated")
+        return None
