@@ -6,8 +6,6 @@ No mocks: requests go over TCP with httpx; commands are applied through POST /v1
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from loopback import Server
 from office import OFFICE
 
 from adapters.event_store import EventStore
@@ -42,31 +40,6 @@ def jsonl(tenant: str, commands: list[dict[str, Any]], minute: int) -> str:
                    + "\n" for i, c in enumerate(commands))
 
 
-class Server:
-    """uvicorn serving `app` in a thread on a socket bound to a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None,
-                                lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 def token(user: str, tenant: str = "acme", service: bool = False, **kw: Any) -> dict[str, str]:

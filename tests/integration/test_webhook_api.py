@@ -8,8 +8,6 @@ import base64
 import json
 import socket
 import sqlite3
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,8 @@ from typing import Any
 import httpx
 import nats
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from loopback import Server
 from structlog.testing import capture_logs
 
 from adapters.http_api import create_app
@@ -34,32 +32,6 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "webhooks"
 CLIENT_STATE = "s3cret-client-state-value"
 
 
-class Server:
-    """uvicorn serving `app` in a thread on a free loopback port, lifespan on (so the inbox is
-    closed in the server's own event loop)."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None,
-                                lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 class Stream:
@@ -107,6 +79,11 @@ class Stream:
         asyncio.run(delete())
 
 
+def serve(app: Any) -> Server:
+    """The webhook app with lifespan on: the inbox is closed in the server's own loop."""
+    return Server(app, lifespan=True)
+
+
 @pytest.fixture
 def stream(nats_url: str) -> Iterator[Stream]:
     created = Stream(nats_url)
@@ -117,7 +94,7 @@ def stream(nats_url: str) -> Iterator[Stream]:
 @pytest.fixture
 def hooks(stream: Stream) -> Iterator[httpx.Client]:
     app = webhook_app(stream.inbox(), shared_client_state(CLIENT_STATE))
-    with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
 
 
@@ -270,7 +247,7 @@ def test_malformed_graph_batches_are_400_naming_the_field_and_publish_nothing(
 def test_without_a_configured_client_state_every_notification_is_rejected(
         stream: Stream) -> None:
     app = webhook_app(stream.inbox(), shared_client_state(None))
-    with Server(app) as server, httpx.Client(base_url=server.url) as client:
+    with serve(app) as server, httpx.Client(base_url=server.url) as client:
         assert client.post("/webhooks/graph", json={"value": [change(1)]}).status_code == 202
     assert stream.messages() == []
 
@@ -280,7 +257,7 @@ def test_an_unreachable_nats_is_503_with_retry_after() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     inbox = JetStreamInbox(f"nats://127.0.0.1:{port}", timeout=1)
-    with Server(webhook_app(inbox, shared_client_state(CLIENT_STATE))) as server, \
+    with serve(webhook_app(inbox, shared_client_state(CLIENT_STATE))) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
         answer = client.post("/webhooks/gmail", json=gmail_push())
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
@@ -298,7 +275,7 @@ def test_unknown_routes_and_methods_are_json_errors(hooks: httpx.Client) -> None
 def test_without_nats_the_sqlite_inbox_stores_one_row_per_delivery(tmp_path: Path) -> None:
     path = tmp_path / "crmsync.webhooks.db"
     app = webhook_app(SqliteInbox(str(path)), shared_client_state(CLIENT_STATE))
-    with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         for _ in range(2):
             assert client.post("/webhooks/gmail", json=gmail_push()).status_code == 202
             batch = {"value": [change(1), change(2), change(3, clientState="forged")]}
@@ -319,7 +296,7 @@ def test_serve_answers_webhooks_beside_the_query_api(tmp_path: Path) -> None:
     app.include_router(webhook_router(SqliteInbox(str(tmp_path / "crmsync.webhooks.db")),
                                       shared_client_state(CLIENT_STATE)))
     try:
-        with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
             answer = client.post("/webhooks/gmail", json=gmail_push())  # no token needed
             assert answer.status_code == 202 and "x-request-id" in answer.headers
             assert client.get("/v1/mailbox").status_code == 401  # the API still needs one
@@ -352,7 +329,7 @@ def test_no_input_answers_500(tmp_path: Path) -> None:
               | near_gmail.map(lambda v: json.dumps(v).encode())
               | near_graph.map(lambda v: json.dumps(v).encode()))
     app = webhook_app(SqliteInbox(str(tmp_path / "fuzz.db")), shared_client_state(CLIENT_STATE))
-    with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with serve(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
 
         @settings(max_examples=150, deadline=None)
         @given(path=st.sampled_from(["/webhooks/gmail", "/webhooks/graph"]), body=bodies)
