@@ -270,12 +270,6 @@ def _cursor_advanced(s: TenantState, e: ev.MailboxCursorAdvanced, seq: int) -> N
     mbx.cursor_at = e.occurred_at
 
 
-def _delivery_skipped(s: TenantState, e: ev.DeliverySkipped, seq: int) -> None:
-    mbx = s.mailboxes[e.mailbox]
-    mbx.skipped += 1
-    mbx.last_error = e.reason
-
-
 def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     mbx.resync_since = e.since
@@ -357,7 +351,7 @@ def _deletions_confirmed(s: TenantState, e: ev.MailboxDeletionsConfirmed, seq: i
     mbx.pending_deletions = []
 
 
-def _message_skipped(s: TenantState, e: ev.MessageSkipped, seq: int) -> None:
+def _skipped(s: TenantState, e: ev.MessageSkipped | ev.DeliverySkipped, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     mbx.skipped += 1
     mbx.last_error = e.reason
@@ -468,7 +462,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MailboxReportedGone: _mailbox_status("gone"),
     ev.CredentialsRemoved: _credentials_removed,
     ev.MailboxCursorAdvanced: _cursor_advanced,
-    ev.DeliverySkipped: _delivery_skipped,
+    ev.DeliverySkipped: _skipped,
     ev.MailboxResyncStarted: _resync_started,
     ev.MessageSynced: _message_synced,
     ev.EmailSent: _email_sent,
@@ -476,7 +470,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MessageDeletedAtProvider: _message_deleted,
     ev.MessageDeletionHeld: _deletion_held,
     ev.MailboxDeletionsConfirmed: _deletions_confirmed,
-    ev.MessageSkipped: _message_skipped,
+    ev.MessageSkipped: _skipped,
     ev.AttachmentRejected: _attachment_rejected,
     ev.LeadCreated: _lead_created,
     ev.ContactCreated: _contact_created,

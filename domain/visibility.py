@@ -56,15 +56,26 @@ def access(s: TenantState, record: Record) -> set[str]:
 def access_reason(s: TenantState, viewer: str, record: Record) -> str | None:
     """Why `viewer` is in access(R), or None."""
     user = s.users.get(viewer)
-    if user is None or not user.active:
+    if user is None:
         return None
-    if viewer == record.owner:
+    return access_reason_of(viewer, user.role, user.status, record.owner, record.collaborators,
+                            manager_chain(s, record.owner))
+
+
+def access_reason_of(viewer: str, role: str, status: str, owner: str,
+                     collaborators: Collection[str], managers_of_owner: Collection[str]
+                     ) -> str | None:
+    """access(R) (V8) from plain facts, shared by the rules and the queries over view rows:
+    owner, collaborator, manager above the owner, admin; active users only."""
+    if status != "active":
+        return None
+    if viewer == owner:
         return "owner of the record"
-    if viewer in record.collaborators:
+    if viewer in collaborators:
         return "collaborator on the record"
-    if viewer in manager_chain(s, record.owner):
-        return f"manager above the record's owner {record.owner}"
-    if user.role == "admin":
+    if viewer in managers_of_owner:
+        return f"manager above the record's owner {owner}"
+    if role == "admin":
         return "admin of the tenant"
     return None
 
@@ -197,8 +208,3 @@ def thread_visible(s: TenantState, viewer: str, thread: Thread) -> bool:
     if s.users[owner_id].status == "deleted":
         return False
     return any(record_view(s, viewer, thread, s.records[rid])[0] for rid in links(s, thread))
-
-
-def shared_anywhere(s: TenantState, thread: Thread) -> bool:
-    """The padlock outside a record: shared on at least one linked record."""
-    return any(shared(s, thread, s.records[r])[0] for r in links(s, thread))

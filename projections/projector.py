@@ -15,7 +15,7 @@ from typing import Protocol
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
-from projections.rows import PROJECTIONS, Cache, Rows, event_rows
+from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, event_rows
 from projections.touched import Keys, thread_keys, touched
 
 
@@ -105,7 +105,7 @@ class Projector:
             cache: Cache = {}
             for p, per_tenant in dirty.items():
                 for key in sorted(per_tenant.get(tenant, ())):
-                    changes.setdefault(p, {})[(tenant, key)] = PROJECTIONS[p](state, key, cache)
+                    changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key, cache)
         for tenant, keyed in direct.items():
             for key, rows in keyed.items():
                 changes.setdefault("message", {})[(tenant, key)] = rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.errors import NotFound
-from domain.visibility import capabilities, level_allows, level_detail
+from domain.visibility import access_reason_of, capabilities, level_allows, level_detail
 from projections.ports import ViewReader
 from projections.rows import SEP, Doc
 
@@ -44,18 +44,11 @@ class Lookup:
     def access_reason(self, viewer: str, record: Doc) -> str | None:
         """Why `viewer` is in access(R) (owner, collaborator, manager above, admin), or None."""
         doc = self.user(viewer)
-        if doc is None or doc["status"] != "active":
+        if doc is None:
             return None
-        if viewer == record["owner"]:
-            return "owner of the record"
-        if viewer in record["collaborators"]:
-            return "collaborator on the record"
         owner = self.user(record["owner"])
-        if owner is not None and viewer in owner["managers"]:
-            return f"manager above the record's owner {record['owner']}"
-        if doc["role"] == "admin":
-            return "admin of the tenant"
-        return None
+        return access_reason_of(viewer, doc["role"], doc["status"], record["owner"],
+                                record["collaborators"], owner["managers"] if owner else ())
 
     def shared(self, basis: Doc, owner: str, record_id: str) -> tuple[bool, Answer]:
         """shared(owner(T), T, R) from a stored basis; V3 is evaluated now (V7)."""

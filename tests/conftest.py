@@ -13,15 +13,10 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
+from services import missing
 
 POSTGRES_URL = os.environ.get("CRMSYNC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 NATS_URL = os.environ.get("CRMSYNC_NATS_URL", "nats://127.0.0.1:4222")
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CRMSYNC_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"required service unavailable: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def postgres_url() -> Iterator[str]:
         with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
     except psycopg.Error as exc:
-        _missing(f"PostgreSQL at {POSTGRES_URL}: {exc}")
+        missing(f"PostgreSQL at {POSTGRES_URL}: {exc}")
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -58,5 +53,5 @@ def nats_url() -> str:
         with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=3):
             pass
     except OSError as exc:
-        _missing(f"NATS at {NATS_URL}: {exc}")
+        missing(f"NATS at {NATS_URL}: {exc}")
     return NATS_URL

@@ -22,15 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from services import missing
 
 DOVECOT = Path("/usr/sbin/dovecot")
-
-
-def missing(reason: str) -> None:
-    if os.environ.get("CRMSYNC_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"required service unavailable: {reason}")
-    pytest.skip(reason)
 
 
 def ensure_dovecot() -> None:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import os
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import imapclient  # type: ignore[import-untyped]
 import pytest
-from dovecot import DovecotServer, ensure_dovecot, missing
+from dovecot import DovecotServer, ensure_dovecot
+from services import corpus_file
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError
 from adapters.imap_client import (
@@ -30,6 +29,7 @@ from adapters.imap_client import (
     provider_id,
 )
 from adapters.mime import parse_message
+from benchmarks.corpus import split_mbox
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,8 @@ _FROM_LINE = re.compile(rb"^From .*\d\d \d\d\d\d$")
 _folders = itertools.count(1)
 
 
-def _shared_corpora() -> Path:
-    env = os.environ.get("CRMSYNC_SHARED")
-    base = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    return base / "corpora"
-
-
 def _corpus_file(*parts: str) -> bytes:
-    path = _shared_corpora().joinpath(*parts)
-    if not path.is_file():
-        missing(f"shared corpus file {path} not found (set CRMSYNC_SHARED)")
-    return path.read_bytes()
+    return corpus_file(*parts).read_bytes()
 
 
 def _crlf(raw: bytes) -> bytes:
@@ -57,16 +48,8 @@ def _crlf(raw: bytes) -> bytes:
 
 def _fedora(count: int) -> list[bytes]:
     """The first `count` messages of the fedora-devel 2010-01 mbox (From_ lines dropped)."""
-    messages: list[list[bytes]] = []
-    for line in gzip.decompress(_corpus_file("fedora-devel-2010-01", "2010-January.txt.gz")
-                                ).split(b"\n"):
-        if _FROM_LINE.match(line):
-            if len(messages) == count:
-                break
-            messages.append([])
-        elif messages:
-            messages[-1].append(line)
-    return [_crlf(b"\n".join(lines)) for lines in messages]
+    mbox = gzip.decompress(_corpus_file("fedora-devel-2010-01", "2010-January.txt.gz"))
+    return [_crlf(raw) for raw in split_mbox(mbox)[:count]]
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,11 @@ repository). Without it these tests skip, or fail under CRMSYNC_REQUIRE_SERVICES
 
 from __future__ import annotations
 
-import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for benchmarks/
+from services import missing
 
 from adapters.errors import UnparseableMessage
 from adapters.mime import parse_message
@@ -26,10 +23,7 @@ pytestmark = pytest.mark.integration
 def corpora() -> Path:
     shared = shared_dir()
     if shared is None:
-        reason = "shared/corpora not found (set CRMSYNC_SHARED)"
-        if os.environ.get("CRMSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"required corpus unavailable: {reason}")
-        pytest.skip(reason)
+        missing("shared/corpora not found (set CRMSYNC_SHARED)")
     return shared / "corpora"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from services import corpus_file, missing
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError, ProviderThrottled
 from adapters.gmail_client import GmailClient
@@ -35,19 +35,8 @@ pytestmark = pytest.mark.integration
 TOKEN = "ya29.secret-access-token-value"
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CRMSYNC_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def corpus(name: str) -> dict[str, Any]:
-    env = os.environ.get("CRMSYNC_SHARED")
-    base = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    path = base / "corpora" / "webhooks" / name
-    if not path.is_file():
-        _missing(f"shared corpus file {path} not found (set CRMSYNC_SHARED)")
-    value: dict[str, Any] = json.loads(path.read_bytes())
+    value: dict[str, Any] = json.loads(corpus_file("webhooks", name).read_bytes())
     return value
 
 
@@ -109,7 +98,7 @@ class FakeProvider:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        _missing("the openssl command is needed to make a test certificate")
+        missing("the openssl command is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

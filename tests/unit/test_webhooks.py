@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from services import corpus_file
 
 from adapters.errors import MalformedWebhook
 from adapters.gmail_payloads import gmail_message_to_mail, parse_gmail_history
@@ -34,23 +34,8 @@ from adapters.webhooks import (
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
 
 
-def _shared_corpus() -> Path:
-    env = os.environ.get("CRMSYNC_SHARED")
-    base = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    return base / "corpora" / "webhooks"
-
-
-CORPUS = _shared_corpus()
-
-
 def corpus(name: str) -> bytes:
-    path = CORPUS / name
-    if not path.is_file():
-        reason = f"shared corpus file {path} not found (set CRMSYNC_SHARED)"
-        if os.environ.get("CRMSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)  # CI has the shared folder: its absence is an error there
-        pytest.skip(reason)
-    return path.read_bytes()
+    return corpus_file("webhooks", name).read_bytes()
 
 
 def dumps(value: Any) -> bytes:
