@@ -357,6 +357,19 @@ class UnmergeContact(Command):
     record: str
 
 
+class AcknowledgeExternalContactChange(Command):
+    """Contact-sync runner (not in SPEC §6's public table): the external book's answer to an
+    `ExternalContactChangeQueued` change. `external_id`: the external contact the change wrote
+    (set when the change created one). `ok` false: the provider refused it; `error` says why."""
+
+    cmd: Literal["AcknowledgeExternalContactChange"]
+    user: str
+    change_id: str = Field(min_length=1, max_length=200)
+    external_id: str | None = None
+    ok: bool = True
+    error: str | None = Field(default=None, max_length=2000)
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.__name__: cls
     for cls in (
@@ -369,7 +382,7 @@ COMMANDS: dict[str, type[Command]] = {
         RemoveCollaborator, LinkThread, UnlinkThread, SetGlobalVisibility, ShareAddress,
         UnshareAddress, MarkThreadShared, MarkThreadPrivate, ConnectContactSync,
         SyncExternalContact, DeleteExternalContact, RenameExternalCategory, MergeContacts,
-        UnmergeContact,
+        UnmergeContact, AcknowledgeExternalContactChange,
     )
 }
 CONTACT_SYNC_COMMANDS = frozenset(

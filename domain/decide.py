@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from domain import commands as c
+from domain import contacts, lifecycle, mail, records
 from domain import events as ev
-from domain import lifecycle, mail, records
 from domain.context import Context
 from domain.errors import Rejection
 from domain.state import TenantState
@@ -62,6 +62,7 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "ShareAddress": records.share_address,
     "UnshareAddress": records.unshare_address,
     **{name: _contact_sync for name in c.CONTACT_SYNC_COMMANDS},
+    "AcknowledgeExternalContactChange": contacts.acknowledge_change,
 }
 assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
 

@@ -340,6 +340,39 @@ class ContactSyncCommandRecorded(DomainEvent):
     payload: dict[str, Any]
 
 
+class ExternalContactChangeQueued(DomainEvent):
+    """Something a user's external address book must be told (C2, C3, C4, C6): the contact-sync
+    runner executes it against the provider and answers with AcknowledgeExternalContactChange.
+
+    - `upsert`: write `fields` and `categories` (the Base categories the contact must carry, C2)
+      to `external_id`, or create a new external contact when `external_id` is None.
+    - `revert_category_rename`: rename the external category `category_old` back to
+      `category_new` (C3).
+    - `remove`: the user may no longer access `record` (C6); take it out of their book.
+    """
+
+    change_id: str  # unique within the tenant
+    user: str
+    provider: Literal["exchange"] = "exchange"
+    operation: Literal["upsert", "revert_category_rename", "remove"]
+    record: str | None = None
+    external_id: str | None = None
+    fields: dict[str, Any] = {}
+    categories: list[str] = []
+    category_old: str | None = None
+    category_new: str | None = None
+
+
+class ExternalContactChangeAcknowledged(DomainEvent):
+    """The provider's answer to a queued change (see AcknowledgeExternalContactChange)."""
+
+    change_id: str
+    user: str
+    external_id: str | None = None
+    ok: bool = True
+    error: str | None = None
+
+
 EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     TenantConfigured, UserAdded, UserManagerChanged, UserDeactivated, UserReactivated,
     UserDeleted, GlobalVisibilitySet, MailboxConnected, MailboxAddressChanged,
@@ -350,5 +383,6 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ContactCreated, ContactUpdated, DealCreated, DealStageChanged, DealContactLinked,
     DealContactUnlinked, RecordOwnerChanged, CollaboratorAdded, CollaboratorRemoved,
     ThreadLinked, ThreadUnlinked, AddressSettingChanged, ThreadMarked, CommandRejected,
-    CommandHadNoEffect, ContactSyncCommandRecorded,
+    CommandHadNoEffect, ContactSyncCommandRecorded, ExternalContactChangeQueued,
+    ExternalContactChangeAcknowledged,
 )

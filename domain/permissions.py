@@ -34,6 +34,7 @@ RULES: dict[str, str] = {
     "SyncMessage": "service", "UpdateMessage": "service", "DeleteMessageAtProvider": "service",
     "ReportMailboxGone": "service", "SyncExternalContact": "service",
     "AdvanceMailboxCursor": "service", "ResyncMailbox": "service",
+    "AcknowledgeExternalContactChange": "service",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",
