@@ -7,7 +7,7 @@ written together; events a projection ignores still advance its position (SPEC E
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,7 +16,7 @@ from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
 from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, event_rows
-from projections.touched import Keys, thread_keys, touched
+from projections.touched import Keys, key_groups, thread_keys, touched
 
 
 class Logged(Protocol):
@@ -110,6 +110,92 @@ class Projector:
             for key, rows in keyed.items():
                 changes.setdefault("message", {})[(tenant, key)] = rows
         return changes
+
+
+    def fold(self, batch: Sequence[Logged]) -> dict[tuple[str, str], Rows]:
+        """Fold the batch without computing state rows (a build writes those once, at the end);
+        return the `message` rows its events write when that projection is built."""
+        direct: dict[tuple[str, str], Rows] = {}
+        messages = "message" in self.names
+        states = self.states
+        for item in batch:
+            if item.position <= self.position:
+                continue
+            event = item.event
+            state = states.get(event.tenant)
+            if state is None:
+                state = states[event.tenant] = TenantState(event.tenant, index_rfc=False)
+            evolve(state, event, item.seq)
+            self.position = item.position
+            if messages:
+                for key, rows in event_rows(state, event).items():
+                    direct[(event.tenant, key)] = rows
+        return direct
+
+    def final_changes(self, chunk: int = 5000) -> Iterator[Changes]:
+        """The rows of every key of the state-derived projections, from the folded states, in
+        chunks of about `chunk` keys."""
+        names = [p for p in self.names if p in STATE_ROWS]
+        changes: Changes = {}
+        count = 0
+        for tenant, state in self.states.items():
+            for group in key_groups(state):
+                cache: Cache = {}
+                for p in names:
+                    for key in group.get(p, ()):
+                        rows = STATE_ROWS[p](state, key, cache)
+                        if rows:
+                            changes.setdefault(p, {})[(tenant, key)] = rows
+                            count += 1
+                if count >= chunk:
+                    yield changes
+                    changes, count = {}, 0
+        if changes:
+            yield changes
+
+
+def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: int = 1000,
+          progress: Callable[[int, int], None] | None = None) -> int:
+    """Build `projector`'s projections into views that hold none of their rows (after `reset`).
+
+    Rows are a pure function of state (E3), so instead of rewriting every touched key batch by
+    batch, a build folds the whole log first (streaming the `message` rows, which come from
+    the events), then writes each key's rows once from the final state and sets the positions
+    last. Same rows as incremental processing; a build that fails leaves positions at 0, so the
+    views are reset and built again. The caller holds `views.exclusive()`. Returns the number
+    of events read.
+    """
+    positions = views.positions()
+    if any(positions.get(p, 0) for p in projector.names):
+        raise ValueError("a build needs views reset to position 0")
+    projector.reset()
+    target = log.max_position()
+    read = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-writer") as writer:
+        pending: Future[None] | None = None
+
+        def write(changes: Changes, advanced: dict[str, int]) -> None:
+            nonlocal pending
+            if pending is not None:
+                pending.result()  # re-raises the writer's failure
+            pending = writer.submit(views.write, changes, advanced)
+
+        while projector.position < target:
+            batch = log.read_log(projector.position, batch_size)
+            if not batch:
+                break
+            direct = projector.fold(batch)
+            if direct:
+                write({"message": direct}, {})
+            read += len(batch)
+            if progress is not None:
+                progress(projector.position, target)
+        for changes in projector.final_changes():
+            write(changes, {})
+        write({}, {p: projector.position for p in projector.names})
+        if pending is not None:
+            pending.result()
+    return read
 
 
 def catch_up(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: int = 1000,

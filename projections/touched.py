@@ -112,3 +112,14 @@ def thread_keys(state: TenantState, thread_id: str) -> Keys:
     return {"timeline": {f"{r}{SEP}{thread_id}" for r in links(state, thread)},
             "mailbox": {f"{owner}{SEP}{thread_id}"}, "thread": {thread_id},
             "explain": {thread_id}}
+
+
+def key_groups(state: TenantState) -> list[Keys]:
+    """Every key of every state-derived projection that may have rows now, in groups whose rows
+    share cached facts (one group per thread): what a build from the final state writes."""
+    groups: list[Keys] = [{
+        "directory": {f"user:{u}" for u in state.users} | {f"record:{r}" for r in state.records},
+        "sync_status": set(state.mailboxes),
+    }]
+    groups.extend(thread_keys(state, tid) for tid in state.threads)
+    return groups

@@ -28,7 +28,7 @@ from domain.events import CommandHadNoEffect, DomainEvent
 from domain.state import TenantState
 from projections import queries
 from projections.ports import ViewReader, ViewStore
-from projections.projector import Projector, ReplayLog, catch_up
+from projections.projector import Projector, ReplayLog, build, catch_up
 from projections.rows import PROJECTIONS
 from runners.credentials import after_append, check_ready
 
@@ -225,7 +225,7 @@ class Engine:
                     for name in names:
                         scratch.reset(name)
                     builder = Projector(names)
-                    catch_up(self.store, scratch, builder, progress=progress)
+                    build(self.store, scratch, builder, progress=progress)
                     with self.views.exclusive():  # no live writer between last batch and swap
                         catch_up(self.store, scratch, builder)
                         for name in names:
@@ -237,7 +237,7 @@ class Engine:
             with self.views.exclusive():
                 for name in names:
                     self.views.reset(name)
-                catch_up(self.store, self.views, Projector(names), progress=progress)
+                build(self.store, self.views, Projector(names), progress=progress)
         self.projector.reset()
 
     def verify(self, progress: Progress | None = None) -> dict[str, tuple[str, str]]:
@@ -248,7 +248,8 @@ class Engine:
         try:
             for name in PROJECTIONS:
                 scratch.reset(name)
-            catch_up(self.store, scratch, Projector(), progress=progress)
+            with scratch.exclusive():
+                build(self.store, scratch, Projector(), progress=progress)
             return {name: (self.views.checksum(name), scratch.checksum(name))
                     for name in PROJECTIONS}
         finally:

@@ -106,11 +106,16 @@ def test_runner_keeps_polling_when_its_notification_connection_is_lost(
         engine: Engine, postgres_url: str, tmp_path: Path) -> None:
     runner = start_runner(postgres_url, tmp_path, "--poll", "0.5")
     try:
-        time.sleep(1.5)
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            killed = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()").fetchall()
+        killed: list[object] = []
+
+        def kill_listener() -> bool:  # the runner may take a while to start on a busy machine
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                killed.extend(conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()").fetchall())
+            return bool(killed)
+
+        wait_until(kill_listener, timeout=20)
         assert killed, "the runner had a LISTEN connection"
         engine.apply_lines([orjson.dumps(c) for c in history(4, length=5)])
         head = engine.store.max_position()
