@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import threading
 import time
 
 from runners.config import open_engine
@@ -65,18 +66,30 @@ def main() -> None:
                      "(select_notifications + mapper)\n")
     sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s (EventStore.read_log)\n")
 
-    peak = [rss_mb()]
+    peak = {"fold": rss_mb(), "rows": 0.0}
+    phase = ["fold"]
+    done = threading.Event()
 
-    def progress(done: int, target: int) -> None:
-        peak[0] = max(peak[0], rss_mb())
+    def sample() -> None:  # every 0.1 s, whichever phase the rebuild is in
+        while not done.wait(0.1):
+            peak[phase[0]] = max(peak[phase[0]], rss_mb())
 
+    def progress(position: int, target: int) -> None:
+        if position >= target:
+            phase[0] = "rows"  # the log is folded: rows from the final state are written next
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
     engine.rebuild(args.projection, progress)
     elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
     sys.stdout.write(f"rebuild ({args.projection or 'all projections'}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, "
                      f"{100 * total / elapsed / raw:.0f}% of raw)\n")
-    sys.stdout.write(f"peak RSS during rebuild:  {peak[0]:.0f} MB (sampled); process max "
+    sys.stdout.write(f"peak RSS while folding:   {peak['fold']:.0f} MB; while writing rows from "
+                     f"the final state: {peak['rows']:.0f} MB; process max "
                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\n")
     engine.close()
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from domain import events as ev
+from domain.message_table import Message, MessageTable
 
 DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx",
                          "txt")
@@ -103,31 +104,13 @@ class Mailbox:
 
 
 @dataclass(slots=True)
-class Message:
-    """One message as the rules need it: its participants (from, to, cc, bcc, lowercased and
-    interned), never the body or attachments (they stay in the events), so a million messages
-    fit in memory."""
-
-    id: str
-    thread: str
-    rfc_id: str | None
-    participants: tuple[str, ...]
-    subject: str
-    sent_at: str  # ISO-8601 in UTC: sorts like the time, answers need no conversion
-    labels: tuple[str, ...]
-    read: bool
-    delivery_status: str | None
-    deleted: bool = False
-
-
-@dataclass(slots=True)
 class Thread:
     id: str
     mailbox: str
     created_seq: int
     messages: list[str] = field(default_factory=list)  # provider message ids, in arrival order
     flag: tuple[bool, EventRef] | None = None  # V1: (shared?, event)
-    manual: dict[str, tuple[bool, EventRef]] = field(default_factory=dict)  # record -> linked?
+    manual: dict[str, tuple[bool, EventRef]] | None = None  # record -> linked? (None: none)
     crm_initiated: bool = False
     # participant address -> number of live messages it takes part in
     participants: dict[str, int] = field(default_factory=dict)
@@ -143,10 +126,11 @@ class TenantState:
     records: dict[str, Record] = field(default_factory=dict)
     mailboxes: dict[str, Mailbox] = field(default_factory=dict)
     threads: dict[str, Thread] = field(default_factory=dict)
-    messages: dict[tuple[str, str], Message] = field(default_factory=dict)
+    messages: MessageTable = field(default_factory=MessageTable)
     rfc_index: dict[tuple[str, str], str] = field(default_factory=dict)  # (mailbox, rfc) -> thread
     address_records: dict[str, set[str]] = field(default_factory=dict)  # lead/contact addresses
-    address_threads: dict[str, set[str]] = field(default_factory=dict)  # participant -> threads
+    # participant -> threads; built on first use (`threads_with`), then kept up to date
+    address_threads: dict[str, set[str]] | None = None
     deals_of_contact: dict[str, set[str]] = field(default_factory=dict)
     manual_threads: dict[str, set[str]] = field(default_factory=dict)  # record -> threads
     mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
@@ -162,6 +146,17 @@ class TenantState:
     def live_messages(self, thread: Thread) -> list[Message]:
         msgs = (self.messages[(thread.mailbox, m)] for m in thread.messages)
         return [m for m in msgs if not m.deleted]
+
+    def threads_with(self, address: str) -> set[str]:
+        """Threads that have (or had) `address` among their participants. The index is built
+        from the threads on first use: the command side and a rebuild never need it."""
+        if self.address_threads is None:
+            index: dict[str, set[str]] = {}
+            for thread in self.threads.values():
+                for a in thread.participants:
+                    index.setdefault(a, set()).add(thread.id)
+            self.address_threads = index
+        return self.address_threads.get(address, set())
 
     def record_addresses(self, record: Record) -> set[str]:
         if record.type == "deal":
@@ -199,15 +194,6 @@ def utc_iso(moment: datetime) -> str:
 
 def _addresses(addresses: list[str]) -> tuple[str, ...]:
     return tuple(sorted({sys.intern(a.lower()) for a in addresses}))
-
-
-_LABELS: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _labels(labels: list[str]) -> tuple[str, ...]:
-    """Label sets repeat: share one tuple per distinct set."""
-    key = tuple(labels)
-    return _LABELS.setdefault(key, key) if len(_LABELS) < 100_000 else key
 
 
 # --- per-event folds ------------------------------------------------------------------------
@@ -290,20 +276,21 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     s.mailboxes[mailbox].stored += 1
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, _addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
-        sys.intern(msg.subject), utc_iso(msg.sent_at), _labels(msg.labels), msg.read,
-        msg.delivery_status)
+        msg.subject, utc_iso(msg.sent_at), tuple(msg.labels), msg.read, msg.delivery_status)
     if msg.message_id and s.index_rfc:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
     for a in message.participants:
         thread.participants[a] = thread.participants.get(a, 0) + 1
-        s.address_threads.setdefault(a, set()).add(thread_id)
+    if s.address_threads is not None:
+        for a in message.participants:
+            s.address_threads.setdefault(a, set()).add(thread_id)
 
 
 def _delete_message(s: TenantState, mailbox: str, message_id: str) -> None:
     msg = s.messages[(mailbox, message_id)]
     if msg.deleted:
         return
-    msg.deleted = True
+    s.messages[(mailbox, message_id)] = replace(msg, deleted=True)
     s.mailboxes[mailbox].stored -= 1
     counts = s.threads[msg.thread].participants
     for a in msg.participants:
@@ -325,12 +312,10 @@ def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
 
 def _message_updated(s: TenantState, e: ev.MessageUpdated, seq: int) -> None:
     msg = s.messages[(e.mailbox, e.id)]
-    if e.labels is not None:
-        msg.labels = _labels(e.labels)
-    if e.read is not None:
-        msg.read = e.read
-    if e.delivery_status is not None:
-        msg.delivery_status = e.delivery_status
+    s.messages[(e.mailbox, e.id)] = replace(
+        msg, labels=msg.labels if e.labels is None else tuple(e.labels),
+        read=msg.read if e.read is None else e.read,
+        delivery_status=msg.delivery_status if e.delivery_status is None else e.delivery_status)
 
 
 def _message_deleted(s: TenantState, e: ev.MessageDeletedAtProvider, seq: int) -> None:
@@ -428,7 +413,10 @@ def _collaborator(add: bool) -> Callable[[TenantState, Any, int], None]:
 
 def _thread_link(linked: bool) -> Callable[[TenantState, Any, int], None]:
     def fold(s: TenantState, e: Any, seq: int) -> None:
-        s.threads[e.thread].manual[e.record] = (linked, _ref(e, seq))
+        thread = s.threads[e.thread]
+        if thread.manual is None:
+            thread.manual = {}
+        thread.manual[e.record] = (linked, _ref(e, seq))
         s.manual_threads.setdefault(e.record, set()).add(e.thread)
 
     return fold

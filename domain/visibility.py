@@ -95,7 +95,7 @@ def links(s: TenantState, thread: Thread) -> dict[str, Step]:
             for deal in sorted(s.deals_of_contact.get(rid, ())):
                 found.setdefault(deal, Step("S4", True,
                                             f"deal linked to contact {rid} ({address})"))
-    for rid, (linked, ref) in sorted(thread.manual.items()):
+    for rid, (linked, ref) in sorted((thread.manual or {}).items()):
         if linked:
             found[rid] = Step("LinkThread", True, f"manually linked to {rid}", ref)
         else:

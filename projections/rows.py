@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain import events as ev
-from domain.state import Message, TenantState, Thread, utc_iso
+from domain.message_table import Message
+from domain.state import TenantState, Thread, utc_iso
 from domain.visibility import Step, links, manager_chain, shared
 
 Doc = dict[str, Any]

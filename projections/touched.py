@@ -9,7 +9,7 @@ threads involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from domain import events as ev
 from domain.state import TenantState
@@ -28,7 +28,7 @@ USER_ONLY = (ev.UserDeactivated, ev.UserReactivated, ev.GlobalVisibilitySet)
 def _threads_with(state: TenantState, addresses: Iterable[str]) -> set[str]:
     out: set[str] = set()
     for address in addresses:
-        out |= state.address_threads.get(address, set())
+        out |= state.threads_with(address)
     return out
 
 
@@ -114,12 +114,13 @@ def thread_keys(state: TenantState, thread_id: str) -> Keys:
             "explain": {thread_id}}
 
 
-def key_groups(state: TenantState) -> list[Keys]:
+def key_groups(state: TenantState) -> Iterator[Keys]:
     """Every key of every state-derived projection that may have rows now, in groups whose rows
-    share cached facts (one group per thread): what a build from the final state writes."""
-    groups: list[Keys] = [{
+    share cached facts (one group per thread): what a build from the final state writes.
+    A generator: a tenant's keys are never all held at once."""
+    yield {
         "directory": {f"user:{u}" for u in state.users} | {f"record:{r}" for r in state.records},
         "sync_status": set(state.mailboxes),
-    }]
-    groups.extend(thread_keys(state, tid) for tid in state.threads)
-    return groups
+    }
+    for tid in state.threads:
+        yield thread_keys(state, tid)

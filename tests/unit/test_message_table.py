@@ -1,0 +1,50 @@
+"""The packed message table gives back exactly what was stored (the projector's memory diet)."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError, replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.message_table import Message, MessageTable, pack, unpack
+
+texts = st.text(max_size=20)
+messages = st.builds(
+    Message, id=texts, thread=texts, rfc_id=st.none() | texts,
+    participants=st.lists(texts, max_size=4).map(tuple), subject=texts, sent_at=texts,
+    labels=st.lists(texts, max_size=3).map(tuple), read=st.booleans(),
+    delivery_status=st.none() | texts, deleted=st.booleans())
+
+
+@given(messages)
+def test_packing_round_trips_any_message(message: Message) -> None:
+    assert unpack(message.id, pack(message)) == message
+
+
+def test_table_is_a_mapping_by_mailbox_and_id() -> None:
+    table = MessageTable()
+    m1 = Message("m1", "mb:t1", "<a@x>", ("a@x", "b@y"), "Hello", "2025-01-01T00:00:00+00:00",
+                 ("INBOX",), False, None)
+    table[("mb", "m1")] = m1
+    table[("mb2", "m1")] = replace(m1, thread="mb2:t1")
+    assert len(table) == 2 and ("mb", "m1") in table and ("mb", "m2") not in table
+    assert table[("mb", "m1")] == m1 and table.get(("mb", "zz")) is None
+    assert set(table) == {("mb", "m1"), ("mb2", "m1")}
+    table[("mb", "m1")] = replace(m1, read=True)  # rewriting does not count twice
+    assert len(table) == 2 and table[("mb", "m1")].read
+    del table[("mb2", "m1")]
+    assert dict(table.items()) == {("mb", "m1"): replace(m1, read=True)}
+
+
+def test_a_message_read_from_the_table_cannot_be_changed_in_place() -> None:
+    table = MessageTable()
+    table[("mb", "m1")] = Message("m1", "mb:t", None, (), "", "", (), False, None)
+    with pytest.raises(FrozenInstanceError):
+        table[("mb", "m1")].read = True  # type: ignore[misc]
+
+
+def test_a_message_is_stored_under_its_own_id() -> None:
+    with pytest.raises(ValueError, match="stored under id"):
+        MessageTable()[("mb", "other")] = Message("m1", "mb:t", None, (), "", "", (), False, None)
