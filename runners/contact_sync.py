@@ -34,21 +34,34 @@ their queued changes are refused with the reason.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any, Protocol
 
 import orjson
 import structlog
 
-from adapters.contact_sync_store import ContactSyncStore
+from adapters.contact_sync_store import (
+    ContactSyncStore,
+    MemoryKeyValues,
+    PostgresKeyValues,
+    SqliteKeyValues,
+)
 from adapters.errors import CursorExpired, ProviderError, ProviderThrottled
 from adapters.graph_contact_payloads import ContactFolder, ExternalContact
-from adapters.graph_contacts import ContactsClient, GraphContactsClient
+from adapters.graph_contacts import (
+    DEFAULT_GRAPH_API_URL,
+    GRAPH_API_URL_ENV,
+    ContactsClient,
+    GraphContactsClient,
+)
 from domain.events import (
     ContactSyncCommandRecorded,
     DomainEvent,
@@ -257,6 +270,9 @@ class ContactSyncRunner:
         if not commands:
             return
         report = self.engine.apply_lines([orjson.dumps(c) for c in commands])
+        log.info("commands issued", tenant=commands[0]["tenant"], user=commands[0]["user"],
+                 applied=report.applied, unchanged=report.unchanged,
+                 rejected=len(report.rejected))
         for number, cmd, field, reason in report.rejected:
             log.info("command rejected", cmd=cmd, field=field, reason=reason,
                      external_id=commands[number - 1].get("external_id"))
@@ -385,3 +401,36 @@ def graph_clients(engine: Engine, base_url: str, **options: Any) -> ClientFactor
         return None if token is None else GraphContactsClient(token, base_url, **options)
 
     return factory
+
+
+def open_state(engine: Engine, postgres: str | None) -> ContactSyncStore:
+    """The runner's state beside the engine's: the PostgreSQL schema, else the SQLite file."""
+    if postgres:
+        return ContactSyncStore(PostgresKeyValues(postgres))
+    if engine.path is None:
+        return ContactSyncStore(MemoryKeyValues())
+    return ContactSyncStore(SqliteKeyValues(engine.path))
+
+
+def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interval: float,
+                 poll: float, once: bool) -> int:
+    """`crmsync run contacts`: until SIGTERM/SIGINT (or one pass with `once`)."""
+    base_url = os.environ.get(GRAPH_API_URL_ENV) or DEFAULT_GRAPH_API_URL
+    store = open_state(engine, postgres)
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    try:
+        runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url))
+        if once:
+            runner.run_once()
+        else:
+            runner.run(waiter, interval=interval, poll=poll, stop=stop)
+    finally:
+        waiter.close()
+        store.close()
+    return 0
