@@ -11,7 +11,8 @@ the runner issues — it is where the runner is:
 - `done/<change id>`: the provider's answer to a queued change, kept until it is acknowledged
   (a crash between the provider call and the acknowledgement does not call the provider twice).
 
-`put` writes several keys in one transaction. Library errors become `StoreError`.
+`put` writes several keys in one transaction; on PostgreSQL `try_lock` makes one runner per
+schema the one that executes changes. Library errors become `StoreError`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class KeyValues(Protocol):
     def put(self, tenant: str, items: Mapping[str, str | None]) -> None:
         """Set (None: delete) every key in one transaction."""
 
+    def try_lock(self) -> bool:
+        """Become the one runner of this store (held until `close`); False if another holds
+        it. Embedded stores (memory, SQLite) have one runner by construction: always True."""
+
     def close(self) -> None: ...
 
 
@@ -53,6 +58,9 @@ class MemoryKeyValues:
                 self.data.pop((tenant, key), None)
             else:
                 self.data[(tenant, key)] = value
+
+    def try_lock(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -98,6 +106,9 @@ class SqliteKeyValues:
             except sqlite3.Error as exc:
                 raise StoreError(f"contact sync state: {exc}") from None
 
+    def try_lock(self) -> bool:
+        return True
+
     def close(self) -> None:
         self._conn.close()
 
@@ -140,6 +151,17 @@ class PostgresKeyValues:
             except psycopg.Error as exc:
                 raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
 
+    def try_lock(self) -> bool:
+        """A session advisory lock per schema: one `run contacts` executes the changes."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended('crmsync.contacts.' || "
+                    "current_schema(), 0))").fetchone()
+            except psycopg.Error as exc:
+                raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
+        return bool(row and row[0])
+
     def close(self) -> None:
         self._conn.close()
 
@@ -156,6 +178,9 @@ class ContactSyncStore:
 
     def close(self) -> None:
         self.backend.close()
+
+    def try_lock(self) -> bool:
+        return self.backend.try_lock()
 
     def position(self) -> int:
         value = self.backend.get("", "position")

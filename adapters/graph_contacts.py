@@ -9,8 +9,9 @@ HTTP client over httpx (issue #5).
   it returns. The cursor is that link (opaque); None starts a new round, whose pages list the
   whole folder. `@removed` entries → `removed_ids`. 410 Gone or error code `syncStateNotFound` /
   `resyncRequired` → `CursorExpired` (start a new round).
-- `create_contact` (`POST /me/contacts`, or into a folder), `update_contact` (`PATCH
-  /me/contacts/{id}`; None when the contact is gone), `delete_contact` (`DELETE`, idempotent).
+- `get_contact` (`GET /me/contacts/{id}`; None when gone), `create_contact` (`POST
+  /me/contacts`, or into a folder), `update_contact` (`PATCH /me/contacts/{id}`; None when the
+  contact is gone), `delete_contact` (`DELETE`, idempotent).
 - `categories()` (`GET /me/outlook/masterCategories`), `create_category` (`POST`). Graph does
   not let a category's displayName change after it was created (only `color` is writable, see
   "Update outlookCategory"), so a rename is reverted by creating the Base category again.
@@ -59,6 +60,8 @@ class ContactsClient(Protocol):
     def folders(self) -> list[ContactFolder]: ...
 
     def contacts_delta(self, folder: str | None, cursor: str | None) -> ContactDeltaPage: ...
+
+    def get_contact(self, contact_id: str) -> ExternalContact | None: ...
 
     def create_contact(self, fields: Mapping[str, Any], categories: list[str],
                        folder: str | None = None) -> ExternalContact: ...
@@ -196,6 +199,13 @@ class GraphContactsClient:
     def _contact(self, response: httpx.Response, what: str) -> ExternalContact:
         contact: ExternalContact = self._read(parse_contact, response, what)
         return contact
+
+    def get_contact(self, contact_id: str) -> ExternalContact | None:
+        response = self._call("GET", self._me("contacts", contact_id), "contact",
+                              params={"$select": SELECT})
+        if response.status_code == 404:
+            return None
+        return self._contact(response, "contact")
 
     def create_contact(self, fields: Mapping[str, Any], categories: list[str],
                        folder: str | None = None) -> ExternalContact:

@@ -96,11 +96,16 @@ class Connection:
 
 
 def connection_of(event: DomainEvent) -> tuple[str, list[str]] | None:
-    """(user, selected categories) when `event` connects a user's contact sync."""
+    """(user, selected categories) when `event` connects a user's contact sync: the contact
+    domain's `ContactSyncConnected` (read by name, so this module builds without it), or, before
+    that domain exists, the recorded ConnectContactSync command."""
     if isinstance(event, ContactSyncCommandRecorded) and event.cmd == "ConnectContactSync":
-        categories = event.payload.get("categories") or []
-        return str(event.payload["user"]), [str(c) for c in categories]
-    return None
+        data: dict[str, Any] = event.payload
+    elif type(event).__name__ == "ContactSyncConnected":
+        data = event.model_dump()
+    else:
+        return None
+    return str(data["user"]), [str(c) for c in data.get("categories") or []]
 
 
 def _iso(value: datetime) -> str:
@@ -210,14 +215,16 @@ class ContactSyncRunner:
                     if change.external_id else None) or {}
         origin = previous.get("origin", "external")
         if change.operation == "remove":
-            if change.external_id is None:
-                return {"ok": True}, None
+            current = (client.get_contact(change.external_id)
+                       if change.external_id is not None else None)
+            if current is None:
+                return {"ok": True}, None  # not (or no longer) in the book
             if origin == "crm":
-                client.delete_contact(change.external_id)
-                return {"ok": True, "external_id": change.external_id}, (
-                    user, change.external_id, {**previous, "deleted": True, "by": "us"})
-            kept = [c for c in previous.get("categories", []) if c not in BASE_CATEGORIES]
-            written = client.update_contact(change.external_id, {}, kept)
+                client.delete_contact(current.id)
+                return {"ok": True, "external_id": current.id}, (
+                    user, current.id, {**previous, "deleted": True, "by": "us"})
+            kept = [c for c in current.categories if c not in BASE_CATEGORIES]
+            written = client.update_contact(current.id, {}, kept)
         elif change.external_id is None:
             written = client.create_contact(change.fields, change.categories)
             origin = "crm"
@@ -232,7 +239,7 @@ class ContactSyncRunner:
     @staticmethod
     def _seen(contact: ExternalContact, by: str, origin: str) -> dict[str, Any]:
         return {"fingerprint": contact.fingerprint(), "modified": _iso(contact.modified_at),
-                "by": by, "origin": origin, "categories": list(contact.categories)}
+                "by": by, "origin": origin}
 
     @contextmanager
     def _client(self, tenant: str, user: str) -> Iterator[ContactsClient | None]:
@@ -425,6 +432,13 @@ def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interv
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     try:
+        give_up = time.monotonic() + 15.0  # `once`: a runner that just stopped lets go soon
+        while not store.try_lock():
+            if stop.is_set() or (once and time.monotonic() > give_up):
+                log.warning("another contact-sync runner holds the lock")
+                return 0 if stop.is_set() else 1
+            log.info("waiting: another contact-sync runner holds the lock")
+            waiter.wait(min(poll, 1.0) if once else max(poll, 5.0))
         runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url))
         if once:
             runner.run_once()

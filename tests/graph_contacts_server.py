@@ -242,6 +242,12 @@ def graph_contacts_app(book: GraphBook, token: str = "graph-test-token") -> Fast
             return _error(404, "ErrorItemNotFound", "The specified object was not found.")
         return await create(request, folder)
 
+    @app.get("/v1.0/me/contacts/{contact_id}")
+    def get_contact(contact_id: str) -> JSONResponse:
+        if contact_id not in book.contacts:
+            return _error(404, "ErrorItemNotFound", "The specified object was not found.")
+        return JSONResponse(book.contacts[contact_id])
+
     @app.patch("/v1.0/me/contacts/{contact_id}")
     async def update(contact_id: str, request: Request) -> JSONResponse:
         if contact_id not in book.contacts:
@@ -315,6 +321,10 @@ class FakeContactsClient:
         else:
             page["@odata.deltaLink"] = f"delta|{key}|{upto_version}|0|-"
         return parse_contact_delta(page)
+
+    def get_contact(self, contact_id: str) -> ExternalContact | None:
+        resource = self.book.contacts.get(contact_id)
+        return None if resource is None else parse_contact(resource)
 
     def create_contact(self, fields: Mapping[str, Any], categories: list[str],
                        folder: str | None = None) -> ExternalContact:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def test_sql_state_survives_reopening(tmp_path: Path) -> None:
     again = ContactSyncStore(SqliteKeyValues(path))
     assert again.position() == 7 and again.cursor("acme", "mia", None) == "link"
     again.close()
+
+
+def test_one_runner_per_postgres_schema_holds_the_lock(postgres_url: str) -> None:
+    first = ContactSyncStore(PostgresKeyValues(postgres_url))
+    second = ContactSyncStore(PostgresKeyValues(postgres_url))
+    try:
+        assert first.try_lock()
+        assert not second.try_lock()
+        first.close()  # released with the session, once the server has ended it
+        deadline = time.monotonic() + 10
+        while not second.try_lock():
+            assert time.monotonic() < deadline, "the lock outlived its session"
+            time.sleep(0.05)
+    finally:
+        second.close()

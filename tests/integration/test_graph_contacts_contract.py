@@ -124,6 +124,7 @@ def test_create_update_delete_contact_round_trip_fields_and_categories(book_clie
     assert created.fields == {"name": "Grace Hopper", "emails": ["grace@navy.test"],
                               "business_phones": ["+1 202"], "company": "Navy"}
     assert created.categories == ["Base Person", "Base Current Customer"]
+    assert client.get_contact(created.id) == created
     updated = client.update_contact(created.id, {"name": "Grace B. Hopper"}, ["Base Person"])
     assert updated is not None and updated.id == created.id
     assert updated.fields["name"] == "Grace B. Hopper"
@@ -134,6 +135,7 @@ def test_create_update_delete_contact_round_trip_fields_and_categories(book_clie
     assert created.id not in book.contacts
     client.delete_contact(created.id)  # idempotent
     assert client.update_contact(created.id, {"name": "x"}, []) is None
+    assert client.get_contact(created.id) is None
 
 
 def test_create_contact_in_a_folder(book_client) -> None:

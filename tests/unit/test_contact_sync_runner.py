@@ -19,10 +19,11 @@ from adapters.graph_contact_payloads import ContactDeltaPage, ExternalContact
 from adapters.graph_contacts import ContactsClient
 from domain.events import (
     ContactSyncCommandRecorded,
+    DomainEvent,
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,
 )
-from runners.contact_sync import ContactSyncRunner
+from runners.contact_sync import ContactSyncRunner, connection_of
 from runners.engine import Engine
 
 _changes = itertools.count(1)
@@ -70,6 +71,10 @@ class Counting:
 
     def contacts_delta(self, folder: str | None, cursor: str | None) -> ContactDeltaPage:
         return self.inner.contacts_delta(folder, cursor)
+
+    def get_contact(self, contact_id: str) -> ExternalContact | None:
+        self._fail()
+        return self.inner.get_contact(contact_id)
 
     def create_contact(self, fields: Mapping[str, Any], categories: list[str],
                        folder: str | None = None) -> ExternalContact:
@@ -377,3 +382,18 @@ def test_l1_a_deactivated_user_is_not_pulled_until_reactivated(world: World) -> 
                                             "user": "mia"})])
     world.runner.run_once()
     assert len(world.recorded("SyncExternalContact")) == 1
+
+
+def test_connection_is_read_from_the_contact_domains_event_too() -> None:
+    class ContactSyncConnected(DomainEvent):  # the contact domain's event (issue #5)
+        user: str
+        provider: str = "exchange"
+        categories: list[str]
+
+    event = ContactSyncConnected(tenant="acme", actor="max", occurred_at=datetime.now(UTC),
+                                 correlation_id="c", user="mia", categories=["Clients"])
+    assert connection_of(event) == ("mia", ["Clients"])
+    other = ExternalContactChangeAcknowledged(tenant="acme", actor="max", correlation_id="c",
+                                              occurred_at=datetime.now(UTC), change_id="x",
+                                              user="mia")
+    assert connection_of(other) is None
