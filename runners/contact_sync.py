@@ -5,13 +5,14 @@ Two jobs, one process:
 - **Outbound.** It follows the event log (like `runners/projection_runner.py`) for
   `ExternalContactChangeQueued` and executes each change against the user's Graph address book:
   `upsert` → PATCH the external contact (POST a new one when `external_id` is None) with the
-  fields and categories; `revert_category_rename` → create the Base category again (Graph does
-  not let a category's name change, so the renamed one is left alone); `remove` → DELETE the
-  contact when the CRM created it, else PATCH it without its Base categories (the user's own
-  contact is not ours to delete, C5). Then it issues `AcknowledgeExternalContactChange` (ok with
-  the external id, or refused with the provider's reason after `attempts` tries). Its log
-  position and each change's answer are kept in `contact_sync_state`, so a restart neither
-  skips a change nor calls the provider twice for one.
+  fields and the Base categories (the contact's other categories are kept);
+  `revert_category_rename` → create the Base category again (Graph does not let a category's
+  name change, so the renamed one is left alone); `remove` → DELETE the contact when the CRM
+  created it, else PATCH it without its Base categories (the user's own contact is not ours to
+  delete, C5). Then it issues `AcknowledgeExternalContactChange` (ok with the external id, or
+  refused with the provider's reason after `attempts` tries). Its log position and each
+  change's answer are kept in `contact_sync_state`, so a restart neither skips a change nor
+  calls the provider twice for one.
 - **Inbound.** Every `interval` seconds, for each user with ConnectContactSync (folded from the
   log; deactivated and deleted users are left out, L1), it reads the master categories (a Base
   or selected category whose name changed → RenameExternalCategory, C3) and one delta round per
@@ -106,6 +107,18 @@ def connection_of(event: DomainEvent) -> tuple[str, list[str]] | None:
     else:
         return None
     return str(data["user"]), [str(c) for c in data.get("categories") or []]
+
+
+def _merge_categories(current: list[str], base: list[str]) -> list[str]:
+    """The contact's own (non-Base) categories, then the Base ones the CRM assigns."""
+    own = [c for c in current if c not in BASE_CATEGORIES]
+    return own + [c for c in base if c not in own]
+
+
+def _unseen(current: ExternalContact, seen: Mapping[str, Any]) -> bool:
+    """`current` holds a version the runner has neither pulled nor written."""
+    return bool(seen) and current.fingerprint() != seen.get("fingerprint") and (
+        _iso(current.modified_at) != seen.get("modified"))
 
 
 def _iso(value: datetime) -> str:
@@ -229,7 +242,17 @@ class ContactSyncRunner:
             written = client.create_contact(change.fields, change.categories)
             origin = "crm"
         else:
-            written = client.update_contact(change.external_id, change.fields, change.categories)
+            # `categories` are the Base categories the contact must carry (C2): the user's own
+            # categories on it stay, the Base ones are replaced.
+            current = client.get_contact(change.external_id)
+            written = None if current is None else client.update_contact(
+                current.id, change.fields, _merge_categories(current.categories,
+                                                             change.categories))
+            if written is not None and current is not None and _unseen(current, previous):
+                # An external edit the runner has not pulled yet is in the contact we wrote:
+                # keep the last seen version, so the next pull brings the contact in (C4 must
+                # not swallow it).
+                return {"ok": True, "external_id": written.id}, None
         if written is None:
             return {"ok": False, "error": f"external contact {change.external_id} no longer "
                     "exists (deleted externally; deletions are not synced, C5)"}, None

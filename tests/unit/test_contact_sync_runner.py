@@ -1,12 +1,14 @@
-"""The contact-sync runner (issue #5, SPEC §5) with the in-memory engine, the in-memory Graph fake
-and the in-memory runner state: inbound delta → commands, queued change → provider call →
-acknowledgement, echo suppression (C4), renames (C3), deletions (C5), 410, 429, retries."""
+"""The contact-sync runner (issue #5, SPEC §5) with a fake engine (a log to follow, the commands
+issued), the in-memory Graph fake and the in-memory runner state: inbound delta → commands,
+queued change → provider call → acknowledgement, echo suppression (C4), renames (C3), deletions
+(C5), 410, 429, retries."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -15,6 +17,7 @@ from graph_contacts_server import FakeContactsClient, GraphBook
 
 from adapters.contact_sync_store import ContactSyncStore, MemoryKeyValues
 from adapters.errors import ProviderError, ProviderThrottled
+from adapters.event_store import LoggedEvent
 from adapters.graph_contact_payloads import ContactDeltaPage, ExternalContact
 from adapters.graph_contacts import ContactsClient
 from domain.events import (
@@ -22,22 +25,48 @@ from domain.events import (
     DomainEvent,
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,
+    UserDeactivated,
+    UserReactivated,
 )
 from runners.contact_sync import ContactSyncRunner, connection_of
-from runners.engine import Engine
+from runners.engine import ApplyReport
 
 _changes = itertools.count(1)
+_at = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def setup_commands() -> list[dict[str, Any]]:
-    return [
-        {"cmd": "AddUser", "tenant": "acme", "user": "mia", "email": "mia@acme.test",
-         "role": "member"},
-        {"cmd": "AddUser", "tenant": "acme", "user": "max", "email": "max@acme.test",
-         "role": "manager"},
-        {"cmd": "ConnectContactSync", "tenant": "acme", "user": "mia", "provider": "exchange",
-         "categories": ["Clients"]},
-    ]
+class FakeLog:
+    """The engine's event log as the runner reads it (`read_log`)."""
+
+    def __init__(self) -> None:
+        self.events: list[LoggedEvent] = []
+
+    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
+        return [e for e in self.events if e.position > after][:limit]
+
+
+class FakeEngine:
+    """What the runner needs of the Engine: the log to follow and `apply_lines` for the
+    commands it issues (kept in `sent`). No domain behind it, so the runner's own decisions are
+    what the tests see, whatever the contact domain makes of the commands."""
+
+    def __init__(self) -> None:
+        self.store = FakeLog()
+        self.sent: list[dict[str, Any]] = []
+
+    def append(self, event: DomainEvent) -> None:
+        position = len(self.store.events) + 1
+        self.store.events.append(LoggedEvent(position, position, event))
+
+    def apply_lines(self, lines: Any, now: Any = None, **options: Any) -> ApplyReport:
+        commands = [orjson.loads(line) for line in lines]
+        self.sent.extend(commands)
+        return ApplyReport(applied=len(commands))
+
+
+def event(cls: type[DomainEvent], **fields: Any) -> DomainEvent:
+    return cls(tenant="acme", actor="system:test", occurred_at=_at, correlation_id="test",
+               **fields)
 
 
 class Clock:
@@ -107,24 +136,15 @@ class Counting:
 
 class World:
     def __init__(self) -> None:
-        self.engine = Engine.open_in_memory()
-        report = self.engine.apply_lines([orjson.dumps(c) for c in setup_commands()])
-        assert not report.rejected
+        self.engine = FakeEngine()
+        self.engine.append(event(ContactSyncCommandRecorded, cmd="ConnectContactSync", payload={
+            "user": "mia", "provider": "exchange", "categories": ["Clients"]}))
         self.book = GraphBook()
         self.client = Counting(FakeContactsClient(self.book))
         self.store = ContactSyncStore(MemoryKeyValues())
         self.clock = Clock()
         self.credentials = {"mia"}
-        self.sent: list[dict[str, Any]] = []  # every command the runner issued
-        issue = self.engine.apply_lines
-
-        def spy(lines: Any, now: Any = None, **options: Any) -> Any:
-            lines = list(lines)
-            self.sent.extend(orjson.loads(line) for line in lines)
-            return issue(lines, now, **options)
-
         self.runner = self.new_runner()
-        self.engine.apply_lines = spy  # type: ignore[method-assign]
 
     def new_runner(self) -> ContactSyncRunner:
         return ContactSyncRunner(
@@ -133,32 +153,25 @@ class World:
             sleep=self.clock.sleep, clock=self.clock, retry_wait=0.5)
 
     def issued(self, cmd: str) -> list[dict[str, Any]]:
-        return [c for c in self.sent if c["cmd"] == cmd]
+        """The commands `cmd` the runner issued, without their envelope (tenant, actor, id)."""
+        envelope = {"cmd", "tenant", "actor", "command_id"}
+        return [{k: v for k, v in c.items() if k not in envelope}
+                for c in self.engine.sent if c["cmd"] == cmd]
 
-    def recorded(self, cmd: str) -> list[dict[str, Any]]:
-        return [e.payload for _, e in self.engine.store.tenant_events("acme")
-                if isinstance(e, ContactSyncCommandRecorded) and e.cmd == cmd]
-
-    def acks(self) -> list[ExternalContactChangeAcknowledged]:
-        return [e for _, e in self.engine.store.tenant_events("acme")
-                if isinstance(e, ExternalContactChangeAcknowledged)]
+    def acks(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(**{"external_id": None, "error": None, **ack})
+                for ack in self.issued("AcknowledgeExternalContactChange")]
 
     def queue(self, **fields: Any) -> str:
-        """What the contact domain will emit; appended directly on this branch."""
-        state = self.engine.store.state("acme")
-        change_id = f"xc-{next(_changes)}"
-        event = ExternalContactChangeQueued(
-            tenant="acme", actor="system:test", occurred_at=datetime.now(UTC),
-            correlation_id=f"test:{change_id}", change_id=change_id, **fields)
-        self.engine.store.append(state, [event])
+        """What the contact domain emits for the runner."""
+        change_id = f"t-{next(_changes)}"
+        self.engine.append(event(ExternalContactChangeQueued, change_id=change_id, **fields))
         return change_id
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    w = World()
-    yield w
-    w.engine.close()
+    yield World()
 
 
 def contact(name: str, *categories: str, email: str | None = None) -> dict[str, Any]:
@@ -174,12 +187,12 @@ def test_c1_inbound_delta_round_becomes_sync_external_contact_for_selected_categ
     folder = world.book.add_folder("Suppliers")
     dan = world.book.put(contact("Dan", "Clients"), folder=folder)
     world.runner.run_once()
-    synced = {p["external_id"]: p for p in world.recorded("SyncExternalContact")}
+    synced = {p["external_id"]: p for p in world.issued("SyncExternalContact")}
     assert set(synced) == {ann["id"], base["id"], dan["id"]}
     assert synced[ann["id"]] == {
         "user": "mia", "external_id": ann["id"], "folder": "private",
         "fields": {"name": "Ann", "emails": ["ann@x.test"]}, "categories": ["Clients"],
-        "modified_at": "2026-01-01T00:01:00Z"}
+        "modified_at": "2026-01-01T00:01:00+00:00"}
     assert world.store.cursor("acme", "mia", None) is not None
     assert world.store.cursor("acme", "mia", folder) is not None
     world.runner.run_once()  # nothing changed: nothing sent again
@@ -192,7 +205,7 @@ def test_c4_external_edit_comes_in_once(world: World) -> None:
     world.book.put({"mobilePhone": "+1 555"}, contact_id=ann["id"])
     world.runner.run_once()
     world.runner.run_once()
-    synced = world.recorded("SyncExternalContact")
+    synced = world.issued("SyncExternalContact")
     assert [p["fields"].get("mobile_phone") for p in synced] == [None, "+1 555"]
 
 
@@ -212,6 +225,7 @@ def test_outbound_upsert_creates_then_patches_and_acknowledges_with_the_external
     world.runner.run_once()
     assert world.client.writes == ["create", f"update {ack.external_id}"]
     assert world.book.contacts[ack.external_id]["displayName"] == "Grace Hopper"
+    assert world.book.contacts[ack.external_id]["categories"] == ["Base Person"]
     assert [a.ok for a in world.acks()] == [True, True]
 
 
@@ -228,7 +242,7 @@ def test_c4_the_runners_own_write_is_not_synced_back(world: World) -> None:
     assert world.issued("SyncExternalContact") == []  # patched by us: no echo either
     world.book.put({"displayName": "Grace (Outlook)"}, contact_id=ack.external_id)
     world.runner.run_once()
-    [synced] = world.recorded("SyncExternalContact")  # a real external edit does come in
+    [synced] = world.issued("SyncExternalContact")  # a real external edit does come in
     assert synced["fields"]["name"] == "Grace (Outlook)"
 
 
@@ -241,7 +255,7 @@ def test_c5_external_deletion_is_reported_once_and_only_for_synced_contacts(
     world.book.remove(cat["id"])
     world.runner.run_once()
     world.runner.run_once()
-    assert world.recorded("DeleteExternalContact") == [{"user": "mia",
+    assert world.issued("DeleteExternalContact") == [{"user": "mia",
                                                         "external_id": ann["id"]}]
 
 
@@ -272,7 +286,7 @@ def test_c3_rename_of_a_base_category_is_reported_and_the_revert_recreates_it(
     world.book.rename_category(next(c for c in world.book.categories if c != person["id"]),
                                "Vacation")  # not a Base or selected category: not ours
     world.runner.run_once()
-    assert world.recorded("RenameExternalCategory") == [
+    assert world.issued("RenameExternalCategory") == [
         {"user": "mia", "old": "Base Person", "new": "People"}]
     change = world.queue(user="mia", operation="revert_category_rename",
                          category_old="People", category_new="Base Person")
@@ -281,7 +295,7 @@ def test_c3_rename_of_a_base_category_is_reported_and_the_revert_recreates_it(
     assert names == {"People": "preset3", "Base Person": "preset3", "Vacation": "preset0"}
     assert [(a.change_id, a.ok) for a in world.acks()] == [(change, True)]
     world.runner.run_once()
-    assert len(world.recorded("RenameExternalCategory")) == 1  # the revert is not a rename
+    assert len(world.issued("RenameExternalCategory")) == 1  # the revert is not a rename
 
 
 def test_410_expired_cursor_starts_a_full_round_without_resending_unchanged(
@@ -292,7 +306,7 @@ def test_410_expired_cursor_starts_a_full_round_without_resending_unchanged(
     world.book.put({"companyName": "Acme"}, contact_id=ann["id"])
     world.book.expire_tokens()
     world.runner.run_once()
-    synced = world.recorded("SyncExternalContact")
+    synced = world.issued("SyncExternalContact")
     assert len(synced) == 3
     assert len(world.issued("SyncExternalContact")) == 3  # Bob, unchanged, is not sent again
     assert synced[-1]["external_id"] == ann["id"]
@@ -303,13 +317,13 @@ def test_429_pauses_the_user_for_retry_after(world: World) -> None:
     world.book.put(contact("Ann", "Clients"))
     world.client.failures.append(ProviderThrottled("graph", "429", 30.0, 429))
     world.runner.run_once()
-    assert world.recorded("SyncExternalContact") == []
+    assert world.issued("SyncExternalContact") == []
     world.clock.now += 10
     world.runner.pull_all()  # still paused: not even asked
-    assert world.recorded("SyncExternalContact") == []
+    assert world.issued("SyncExternalContact") == []
     world.clock.now += 25
     world.runner.pull_all()
-    assert len(world.recorded("SyncExternalContact")) == 1
+    assert len(world.issued("SyncExternalContact")) == 1
 
 
 def test_refused_change_after_bounded_retries_is_acknowledged_with_the_reason(
@@ -348,7 +362,7 @@ def test_without_graph_credentials_the_change_is_refused_and_the_user_not_pulled
     world.runner.run_once()
     [ack] = world.acks()
     assert not ack.ok and "credentials" in (ack.error or "")
-    assert world.recorded("SyncExternalContact") == []
+    assert world.issued("SyncExternalContact") == []
 
 
 def test_restart_neither_repeats_a_provider_call_nor_an_acknowledgement(world: World) -> None:
@@ -374,14 +388,12 @@ def test_crash_between_provider_call_and_acknowledgement_acknowledges_without_ca
 
 def test_l1_a_deactivated_user_is_not_pulled_until_reactivated(world: World) -> None:
     world.book.put(contact("Ann", "Clients"))
-    world.engine.apply_lines([orjson.dumps({"cmd": "DeactivateUser", "tenant": "acme",
-                                            "user": "mia"})])
+    world.engine.append(event(UserDeactivated, user="mia"))
     world.runner.run_once()
-    assert world.recorded("SyncExternalContact") == []
-    world.engine.apply_lines([orjson.dumps({"cmd": "ReactivateUser", "tenant": "acme",
-                                            "user": "mia"})])
+    assert world.issued("SyncExternalContact") == []
+    world.engine.append(event(UserReactivated, user="mia"))
     world.runner.run_once()
-    assert len(world.recorded("SyncExternalContact")) == 1
+    assert len(world.issued("SyncExternalContact")) == 1
 
 
 def test_connection_is_read_from_the_contact_domains_event_too() -> None:
@@ -397,3 +409,37 @@ def test_connection_is_read_from_the_contact_domains_event_too() -> None:
                                               occurred_at=datetime.now(UTC), change_id="x",
                                               user="mia")
     assert connection_of(other) is None
+
+
+def test_c2_upsert_replaces_the_base_categories_and_keeps_the_users_own(world: World) -> None:
+    ann = world.book.put(contact("Ann", "Clients", "Base Lead", "VIP"))
+    world.queue(user="mia", operation="upsert", record="c-1", external_id=ann["id"],
+                fields={"name": "Ann"}, categories=["Base Person", "Base Current Customer"])
+    world.runner.follow_log()
+    assert world.book.contacts[ann["id"]]["categories"] == [
+        "Clients", "VIP", "Base Person", "Base Current Customer"]
+
+
+def test_upsert_of_an_externally_deleted_contact_is_refused_not_recreated(world: World) -> None:
+    ann = world.book.put(contact("Ann", "Clients"))
+    world.book.remove(ann["id"])
+    world.queue(user="mia", operation="upsert", record="c-1", external_id=ann["id"],
+                fields={"name": "Ann"}, categories=["Base Person"])
+    world.runner.follow_log()
+    [ack] = world.acks()
+    assert not ack.ok and "C5" in (ack.error or "")
+    assert world.book.contacts == {}
+
+
+def test_c4_an_external_edit_not_yet_pulled_survives_the_runners_write(world: World) -> None:
+    ann = world.book.put(contact("Ann", "Clients"))
+    world.runner.run_once()
+    world.book.put({"companyName": "Acme"}, contact_id=ann["id"])  # not pulled yet
+    world.queue(user="mia", operation="upsert", record="c-1", external_id=ann["id"],
+                fields={"name": "Ann"}, categories=["Base Person"])
+    world.runner.follow_log()
+    world.runner.pull_all()
+    synced = world.issued("SyncExternalContact")
+    assert len(synced) == 2  # the write did not swallow the external edit
+    assert synced[1]["fields"]["company"] == "Acme"
+    assert synced[1]["categories"] == ["Clients", "Base Person"]
