@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
     hooks.add_argument("--host", default="127.0.0.1")
     hooks.add_argument("--port", type=int, default=8001)
+    contacts = workers.add_parser("contacts", help="Exchange / Office 365 contact sync (Graph at "
+                                  "CRMSYNC_GRAPH_API_URL)")
+    contacts.add_argument("--interval", type=float, default=60.0,
+                          help="seconds between delta rounds of every connected book")
+    contacts.add_argument("--poll", type=float, default=1.0,
+                          help="seconds between polls of the event log for queued changes")
+    contacts.add_argument("--once", action="store_true", help="one pass, then exit")
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -154,6 +161,14 @@ def run(args: argparse.Namespace) -> int:
         return serve_webhooks(args.db, args.host, args.port)
     engine = open_engine(args.db, args.postgres)
     try:
+        if args.command == "run" and args.worker == "contacts":
+            from runners.contact_sync import run_contacts
+
+            configure_logging("INFO", json=True)
+            engine.follow = postgres_url(args.postgres) is None
+            return run_contacts(engine, postgres_url(args.postgres),
+                                open_waiter(engine, args.postgres), interval=args.interval,
+                                poll=args.poll, once=args.once)
         if args.command == "run":
             from runners.projection_runner import run_until_signalled
 
