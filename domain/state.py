@@ -140,6 +140,7 @@ class OutboundRequest:
     mailbox: str
     id: str  # the message (crm-N for a send)
     operation: str  # send | delete | read
+    seq: int  # the requesting event's position in the tenant's stream (the outbox reads it)
     read: bool | None = None
 
 
@@ -338,7 +339,7 @@ def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
     _add_message(s, e.mailbox, e.thread, e.message, seq, crm_initiated=True)
-    s.outbound[e.message.id] = OutboundRequest(e.mailbox, e.message.id, "send")
+    s.outbound[e.message.id] = OutboundRequest(e.mailbox, e.message.id, "send", seq)
     s.sent_provider_ids[(e.mailbox, e.message.id)] = None
 
 
@@ -465,12 +466,12 @@ def _thread_marked(s: TenantState, e: ev.ThreadMarked, seq: int) -> None:
 def _deletion_requested(s: TenantState, e: ev.MessageDeletionRequested, seq: int) -> None:
     _delete_message(s, e.mailbox, e.id)
     s.crm_deleted.add((e.mailbox, e.id))
-    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "delete")
+    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "delete", seq)
 
 
 def _read_requested(s: TenantState, e: ev.MessageReadRequested, seq: int) -> None:
     s.messages[(e.mailbox, e.id)].read = e.read
-    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "read", e.read)
+    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "read", seq, e.read)
 
 
 def _provider_ids(s: TenantState, mailbox: str, local: str, provider_id: str | None,

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--batch-size", type=int, default=1000)
     runner.add_argument("--poll", type=float, default=1.0,
                         help="seconds between polls when no notification arrives")
+    outbox = workers.add_parser("outbox", help="execute CRM-side mail changes (sends, "
+                                "deletions, read flags) at the providers")
+    outbox.add_argument("--max-attempts", type=int, default=5)
+    outbox.add_argument("--backoff", type=float, default=2.0,
+                        help="seconds before the first retry (doubled each time)")
+    outbox.add_argument("--poll", type=float, default=1.0,
+                        help="seconds between polls when no notification arrives")
     hooks = workers.add_parser("webhooks", help="receive Gmail and Graph webhooks alone "
                                "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
     hooks.add_argument("--host", default="127.0.0.1")
@@ -154,6 +161,19 @@ def run(args: argparse.Namespace) -> int:
         return serve_webhooks(args.db, args.host, args.port)
     engine = open_engine(args.db, args.postgres)
     try:
+        if args.command == "run" and args.worker == "outbox":
+            from runners import outbox
+
+            configure_logging("INFO", json=True)
+            tracking = outbox.open_tracking(args.db, postgres_url(args.postgres))
+            try:
+                worker = outbox.Outbox(engine, tracking, outbox.provider_clients(dict(os.environ)),
+                                       max_attempts=args.max_attempts, backoff=args.backoff)
+                outbox.run_until_signalled(worker, open_waiter(engine, args.postgres),
+                                           poll=args.poll)
+            finally:
+                tracking.close()
+            return 0
         if args.command == "run":
             from runners.projection_runner import run_until_signalled
 
