@@ -1,0 +1,121 @@
+"""`crmsync run outbox` as a process on PostgreSQL against a local Gmail API stand-in (S7, S12):
+CRM-sent mail is delivered and acknowledged, a provider failure is retried, a CRM deletion
+trashes the provider's copy, SIGTERM stops it cleanly, and its position is durable."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from outbound_servers import MAILBOX, TOKEN, GmailServer
+
+from adapters.credential_store import KEY_ENV
+from adapters.outbox_tracking import PostgresOutboxTracking
+from domain import events as ev
+from runners.config import open_engine
+from runners.engine import Engine
+
+pytestmark = pytest.mark.e2e
+
+CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
+    sys.executable, "-m", "runners.cli"]
+SEND = {"cmd": "SendEmail", "user": "mia", "mailbox": "mb-mia", "kind": "single",
+        "to": ["carla@customer.test"], "subject": "Offer", "body": "Hello Carla"}
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch) -> str:
+    value = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv(KEY_ENV, value)
+    return value
+
+
+@pytest.fixture
+def engine(postgres_url: str, key: str) -> Iterator[Engine]:
+    opened = open_engine("unused.db", postgres_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def gmail() -> Iterator[GmailServer]:
+    server = GmailServer()
+    yield server
+    server.close()
+
+
+def apply(engine: Engine, *commands: dict[str, Any]) -> None:
+    report = engine.apply_lines([orjson.dumps({"tenant": "acme", **c}) for c in commands],
+                                now=datetime.now(UTC))
+    assert not report.rejected, report.rejected
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def acks(engine: Engine) -> list[ev.OutboundMailAcknowledged]:
+    return [e for _, e in engine.store.tenant_events("acme")
+            if isinstance(e, ev.OutboundMailAcknowledged)]
+
+
+def test_s7_outbox_process_delivers_retries_and_trashes_on_postgres(
+        engine: Engine, postgres_url: str, gmail: GmailServer, key: str, tmp_path: Path) -> None:
+    apply(engine,
+          {"cmd": "AddUser", "user": "mia", "email": MAILBOX, "role": "member"},
+          {"cmd": "ConnectMailbox", "mailbox": "mb-mia", "user": "mia", "provider": "gmail",
+           "address": MAILBOX, "credentials": {"access_token": TOKEN}},
+          SEND)
+    log_path = tmp_path / "outbox.log"
+    env = {**os.environ, KEY_ENV: key, "CRMSYNC_GMAIL_API_URL": gmail.origin}
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [*CRMSYNC, "--postgres", postgres_url, "run", "outbox", "--poll", "0.2",
+             "--backoff", "0.1"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: len(acks(engine)) == 1)
+        [first] = acks(engine)
+        assert first.ok and first.provider_id in gmail.messages
+        assert gmail.messages[first.provider_id].message_id == f"<{first.id}.acme@crmsync.invalid>"
+        state = engine.store.state("acme")
+        assert state.messages[("mb-mia", first.id)].delivery_status == "sent"
+
+        # the provider fails once (500): retried after the backoff, sent once
+        gmail.failures = [(500, {}, {"error": {"code": 500, "message": "backend error"}})]
+        apply(engine, SEND)
+        wait_until(lambda: len(acks(engine)) == 2)
+        second = acks(engine)[1]
+        assert second.ok and second.attempts == 2
+        assert len(gmail.messages) == 2
+
+        # deleted in the CRM: trashed at the provider
+        apply(engine, {"cmd": "DeleteMessage", "user": "mia", "mailbox": "mb-mia",
+                       "id": first.id})
+        wait_until(lambda: len(acks(engine)) == 3)
+        assert gmail.messages[first.provider_id].trashed
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(30)
+    assert code == 0
+    output = log_path.read_text()
+    assert "outbox_acknowledged" in output and TOKEN not in output
+    tracking = PostgresOutboxTracking(postgres_url)
+    try:
+        assert tracking.position() == engine.store.max_position()
+    finally:
+        tracking.close()
