@@ -119,3 +119,31 @@ def test_s7_outbox_process_delivers_retries_and_trashes_on_postgres(
         assert tracking.position() == engine.store.max_position()
     finally:
         tracking.close()
+
+
+def test_s7_outbox_process_on_the_embedded_sqlite_file(gmail: GmailServer, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)  # embedded: the key file beside the database
+    monkeypatch.delenv("CRMSYNC_POSTGRES_URL", raising=False)
+    db = str(tmp_path / "crmsync.db")
+    engine = Engine.open_sqlite(db)
+    try:
+        apply(engine,
+              {"cmd": "AddUser", "user": "mia", "email": MAILBOX, "role": "member"},
+              {"cmd": "ConnectMailbox", "mailbox": "mb-mia", "user": "mia", "provider": "gmail",
+               "address": MAILBOX, "credentials": {"access_token": TOKEN}},
+              SEND)
+        env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, "CRMSYNC_POSTGRES_URL")}
+        worker = subprocess.Popen(
+            [*CRMSYNC, "--db", db, "run", "outbox", "--poll", "0.2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**env, "CRMSYNC_GMAIL_API_URL": gmail.origin})
+        try:
+            wait_until(lambda: len(acks(engine)) == 1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        [ack] = acks(engine)
+        assert ack.ok and ack.provider_id in gmail.messages
+    finally:
+        engine.close()
