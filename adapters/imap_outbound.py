@@ -82,6 +82,14 @@ class SmtpSubmission:
             raise ProviderError("imap", f"SMTP {where}: {type(exc).__name__}") from None
 
 
+def _message_id_of(item: dict[bytes, Any]) -> str | None:
+    for key, value in item.items():
+        if key.startswith(b"BODY[HEADER.FIELDS") and isinstance(value, bytes):
+            found = message_from_bytes(value).get("Message-ID")
+            return str(found).strip() if found is not None else None
+    return None
+
+
 class ImapOutbound:
     def __init__(self, account: ImapAccount, submit: Submit, *, sent_folder: str = "Sent"
                  ) -> None:
@@ -138,14 +146,18 @@ class ImapOutbound:
                 return None
         with self._selected(folder) as (client, conn, uidvalidity):
             uids = sorted(client._call(folder, lambda: conn.search(
-                ["HEADER", "Message-ID", rfc_message_id])))
+                ["HEADER", "Message-ID", rfc_message_id])))  # a substring match: check exactly
             if not uids:
                 return None
-            uid = int(uids[0])
-            item = client._call(folder, lambda: conn.fetch([uid], ["FLAGS", "BODY.PEEK[]"]))
-            data = item.get(uid, {})
-            if resubmit and UNSENT in data.get(b"FLAGS", ()):
-                raw = data.get(b"BODY[]", b"")
+            header = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"
+            items = client._call(folder, lambda: conn.fetch(uids, ["FLAGS", header]))
+            exact = [u for u in uids if _message_id_of(items.get(u, {})) == rfc_message_id]
+            if not exact:
+                return None
+            uid = int(exact[0])
+            if resubmit and UNSENT in items[uid].get(b"FLAGS", ()):
+                fetched = client._call(folder, lambda: conn.fetch([uid], ["BODY.PEEK[]"]))
+                raw = fetched.get(uid, {}).get(b"BODY[]", b"")
                 parsed = message_from_bytes(raw)
                 sender = getaddresses(parsed.get_all("From", []))
                 rcpts = [a for _, a in getaddresses(parsed.get_all("To", [])

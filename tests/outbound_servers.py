@@ -107,6 +107,10 @@ class GmailServer(HttpProvider):
 
     def __init__(self) -> None:
         self.messages: dict[str, Stored] = {}
+        # set `hold` to keep the answer to a send back (the message is stored at once): a client
+        # killed meanwhile never learns that the provider accepted it
+        self.hold: threading.Event | None = None
+        self.send_arrived = threading.Event()
         super().__init__()
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
@@ -124,6 +128,9 @@ class GmailServer(HttpProvider):
             pid = f"{next(ids):016x}"
             thread = data.get("threadId") or pid
             self.messages[pid] = Stored(raw, _message_id(raw), thread, read=True)
+            self.send_arrived.set()
+            if self.hold is not None:
+                self.hold.wait(30)
             return 200, {}, {"id": pid, "threadId": thread, "labelIds": ["SENT"]}
         if method == "GET" and rest == ["messages"]:
             wanted = query.get("q", "").removeprefix("rfc822msgid:")

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -147,3 +148,39 @@ def test_s7_outbox_process_on_the_embedded_sqlite_file(gmail: GmailServer, tmp_p
         assert ack.ok and ack.provider_id in gmail.messages
     finally:
         engine.close()
+
+
+def test_s7_worker_killed_after_the_provider_accepted_does_not_send_twice(
+        engine: Engine, postgres_url: str, gmail: GmailServer, key: str) -> None:
+    apply(engine,
+          {"cmd": "AddUser", "user": "mia", "email": MAILBOX, "role": "member"},
+          {"cmd": "ConnectMailbox", "mailbox": "mb-mia", "user": "mia", "provider": "gmail",
+           "address": MAILBOX, "credentials": {"access_token": TOKEN}},
+          SEND)
+    env = {**os.environ, KEY_ENV: key, "CRMSYNC_GMAIL_API_URL": gmail.origin}
+    command = [*CRMSYNC, "--postgres", postgres_url, "run", "outbox", "--poll", "0.2"]
+    gmail.hold = threading.Event()
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=env)
+    try:
+        assert gmail.send_arrived.wait(30), "the worker never sent"
+        first.send_signal(signal.SIGKILL)  # accepted by the provider, no ack in the log
+        first.wait(10)
+    finally:
+        first.kill()
+        gmail.hold.set()
+    assert len(gmail.messages) == 1 and acks(engine) == []
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=env)
+    try:
+        wait_until(lambda: len(acks(engine)) == 1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    [ack] = acks(engine)
+    [(provider_id, stored)] = gmail.messages.items()
+    assert ack.ok and ack.provider_id == provider_id
+    assert stored.message_id == f"<{ack.id}.acme@crmsync.invalid>"
+    sends = [path for method, path, _ in gmail.seen if method == "POST" and
+             path.endswith("/messages/send")]
+    assert len(sends) == 1  # the restarted worker found it by Message-ID
