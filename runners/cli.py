@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "CRMSYNC_SECRET)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--outbox", action="store_true",
+                       help="also run the outbox in this process (see `run outbox`)")
     token = sub.add_parser("token", help="print a bearer token for the HTTP API")
     token.add_argument("--tenant", required=True)
     token.add_argument("--user", required=True, help="user id (service name with --service)")
@@ -191,6 +193,14 @@ def run(args: argparse.Namespace) -> int:
 
             # with PostgreSQL, `crmsync run projections` processes keep the views current
             engine.follow = postgres_url(args.postgres) is None
+            if args.outbox:
+                from runners import outbox as outbox_runner
+
+                stop_outbox = outbox_runner.in_background(args.db, args.postgres)
+                try:
+                    return serve(engine, args.host, args.port)
+                finally:
+                    stop_outbox()
             return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":

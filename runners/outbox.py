@@ -331,3 +331,35 @@ def run_until_signalled(outbox: Outbox, waiter: Waiter, **options: Any) -> None:
         run(outbox, waiter, stop=stop, **options)
     finally:
         waiter.close()
+
+
+def in_background(db: str, postgres: str | None) -> Callable[[], None]:
+    """`crmsync serve --outbox`: the worker in a thread of the serving process, on an engine of
+    its own (the API's engine is used under the API's lock). Returns the function that stops it."""
+    import os
+
+    from runners.config import open_engine, open_waiter, postgres_url
+
+    engine = open_engine(db, postgres)
+    tracking = open_tracking(db, postgres_url(postgres))
+    worker = Outbox(engine, tracking, provider_clients(dict(os.environ)))
+    waiter = open_waiter(engine, postgres)
+    stop = threading.Event()
+
+    def main() -> None:
+        try:
+            run(worker, waiter, stop=stop)
+        except Exception:  # the API keeps serving; the failure is in the log
+            log.exception("outbox stopped by an error")
+
+    thread = threading.Thread(target=main, name="outbox", daemon=True)
+    thread.start()
+
+    def stop_it() -> None:
+        stop.set()
+        thread.join(30)
+        waiter.close()
+        tracking.close()
+        engine.close()
+
+    return stop_it

@@ -8,6 +8,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -184,3 +185,45 @@ def test_s7_worker_killed_after_the_provider_accepted_does_not_send_twice(
     sends = [path for method, path, _ in gmail.seen if method == "POST" and
              path.endswith("/messages/send")]
     assert len(sends) == 1  # the restarted worker found it by Message-ID
+
+
+def test_s7_serve_with_outbox_delivers_in_process(gmail: GmailServer, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("CRMSYNC_POSTGRES_URL", raising=False)
+    db = str(tmp_path / "crmsync.db")
+    engine = Engine.open_sqlite(db)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, "CRMSYNC_POSTGRES_URL")}
+    server = subprocess.Popen(
+        [*CRMSYNC, "--db", db, "serve", "--outbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**env, "CRMSYNC_GMAIL_API_URL": gmail.origin,
+             "CRMSYNC_SECRET": "outbox-e2e-secret-0123456789"})
+    try:
+        apply(engine,
+              {"cmd": "AddUser", "user": "mia", "email": MAILBOX, "role": "member"},
+              {"cmd": "ConnectMailbox", "mailbox": "mb-mia", "user": "mia", "provider": "gmail",
+               "address": MAILBOX, "credentials": {"access_token": TOKEN}},
+              SEND)
+        wait_until(lambda: len(acks(engine)) == 1)
+        wait_until(lambda: listening(port))  # and it serves
+        [ack] = acks(engine)
+        assert ack.ok and ack.provider_id in gmail.messages
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(30)
+        engine.close()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the outbox thread ends with the
+    # process, which is safe: a restarted outbox looks every send up before sending
+    assert code in (0, -signal.SIGTERM)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
