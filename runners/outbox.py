@@ -89,6 +89,7 @@ class Outbox:
         self.batch_size = batch_size
         self.clock = clock
         self.position = tracking.position()  # read up to here
+        self._saved = self.position
         self.tracked: dict[tuple[str, str], Tracked] = {}  # (tenant, request), in log order
 
     # -- following the log ---------------------------------------------------------------------
@@ -139,7 +140,10 @@ class Outbox:
             tried += 1
         if tried:
             self.read()
-        self.tracking.save(self.watermark())
+        mark = self.watermark()
+        if mark != self._saved:  # an idle worker does not write
+            self.tracking.save(mark)
+            self._saved = mark
         return tried
 
     def attempt(self, tenant: str, request: str) -> None:
