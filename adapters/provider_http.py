@@ -116,6 +116,14 @@ class ProviderHttp:
     def get(self, url: str, params: Mapping[str, str | int] | None = None,
             headers: Iterable[tuple[str, str]] = ()) -> httpx.Response:
         """The response once it is not 429/503 (any other status: the caller reads it)."""
+        return self.request("GET", url, params, headers)
+
+    def request(self, method: str, url: str, params: Mapping[str, str | int] | None = None,
+                headers: Iterable[tuple[str, str]] = (), *, json: Any = None,
+                content: bytes | None = None) -> httpx.Response:
+        """Any method (the outbox writes with POST, PATCH and DELETE), retried like `get`: a 429
+        or 503 means the provider did not act on the request."""
+        headers = list(headers)
         if not self.owns(url):
             raise self.error("refusing a URL outside the configured API base URL")
         path = urlsplit(url).path
@@ -126,14 +134,14 @@ class ProviderHttp:
             self._used_tokens.add(token)
             failure: str | None = None
             try:
-                response = self._client.get(
-                    url, params=params,
+                response = self._client.request(
+                    method, url, params=params, json=json, content=content,
                     headers=[*headers, ("Accept", "application/json"),
                              ("Authorization", f"Bearer {token}")])
             except httpx.HTTPError as exc:  # raised below, outside this block: no __context__
                 failure = type(exc).__name__
             if failure is not None:
-                raise self.error(f"GET {path}: {failure}")
+                raise self.error(f"{method} {path}: {failure}")
             status = response.status_code
             if status not in RETRY_STATUSES:
                 return response
@@ -143,7 +151,7 @@ class ProviderHttp:
             log.info("provider_retry", provider=self.provider, path=path, status=status,
                      wait=wait, attempt=attempt + 1)
             time.sleep(wait)
-        raise ProviderThrottled(self.provider, f"GET {path}: {status} after {attempt + 1} "
+        raise ProviderThrottled(self.provider, f"{method} {path}: {status} after {attempt + 1} "
                                 f"attempt(s), retry after {wait:g}s", wait, status)
 
     def failure(self, response: httpx.Response, what: str) -> ProviderError:

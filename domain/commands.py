@@ -370,6 +370,43 @@ class AcknowledgeExternalContactChange(Command):
     error: str | None = Field(default=None, max_length=2000)
 
 
+class DeleteMessage(Command):
+    """S12 from the CRM side (not in SPEC §6's table): the mailbox owner deletes a message; the
+    CRM copy goes at once and the outbox deletes (trashes) it at the provider."""
+
+    cmd: Literal["DeleteMessage"]
+    user: str
+    mailbox: str
+    id: str
+
+
+class MarkMessageRead(Command):
+    """S12 from the CRM side: the mailbox owner marks a message read or unread; the CRM copy
+    changes at once and the outbox sets the flag at the provider."""
+
+    cmd: Literal["MarkMessageRead"]
+    user: str
+    mailbox: str
+    id: str
+    read: bool = True
+
+
+class AcknowledgeOutboundMail(Command):
+    """Outbox worker (service only): the provider's answer to an outbound request (`request` is
+    the request id: `crm-N` for SendEmail, `out-N` otherwise). `provider_id` /
+    `provider_thread_id`: the provider's ids of a sent message. `ok` false: given up after
+    `attempts`; `error` says why."""
+
+    cmd: Literal["AcknowledgeOutboundMail"]
+    mailbox: str
+    request: str = Field(min_length=1, max_length=200)
+    ok: bool = True
+    provider_id: str | None = Field(default=None, min_length=1, max_length=1000)
+    provider_thread_id: str | None = Field(default=None, min_length=1, max_length=1000)
+    error: str | None = Field(default=None, max_length=2000)
+    attempts: int = Field(default=1, ge=1)
+
+
 COMMANDS: dict[str, type[Command]] = {
     cls.__name__: cls
     for cls in (
@@ -383,6 +420,7 @@ COMMANDS: dict[str, type[Command]] = {
         UnshareAddress, MarkThreadShared, MarkThreadPrivate, ConnectContactSync,
         SyncExternalContact, DeleteExternalContact, RenameExternalCategory, MergeContacts,
         UnmergeContact, AcknowledgeExternalContactChange,
+        DeleteMessage, MarkMessageRead, AcknowledgeOutboundMail,
     )
 }
 CONTACT_SYNC_COMMANDS = frozenset(

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import commands as c
-from domain import contacts, lifecycle, mail, records
+from domain import contacts, lifecycle, mail, outbox, records
 from domain import events as ev
 from domain.context import Context
 from domain.errors import Rejection
@@ -63,6 +63,9 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "UnshareAddress": records.unshare_address,
     **{name: _contact_sync for name in c.CONTACT_SYNC_COMMANDS},
     "AcknowledgeExternalContactChange": contacts.acknowledge_change,
+    "DeleteMessage": outbox.delete_message,
+    "MarkMessageRead": outbox.mark_read,
+    "AcknowledgeOutboundMail": outbox.acknowledge,
 }
 assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
 

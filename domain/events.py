@@ -373,6 +373,56 @@ class ExternalContactChangeAcknowledged(DomainEvent):
     error: str | None = None
 
 
+# --- outbox (S7, S12: CRM-side changes executed at the provider) ---------------------------------
+
+
+class MessageDeletionRequested(DomainEvent):
+    """The owner deleted a message in the CRM (S12): the CRM copy is gone at once (not subject
+    to the L5 guard, which is about provider-side deletions); `request` is for the outbox."""
+
+    mailbox: str
+    id: str
+    request: str
+
+
+class MessageReadRequested(DomainEvent):
+    """The owner marked a message read/unread in the CRM (S12): applied at once, then at the
+    provider by the outbox."""
+
+    mailbox: str
+    id: str
+    read: bool
+    request: str
+
+
+class OutboundMailAcknowledged(DomainEvent):
+    """The outbox's answer to an outbound request (EmailSent, MessageDeletionRequested,
+    MessageReadRequested). For a send: the message becomes `sent` (with the provider's ids) or
+    `failed`."""
+
+    mailbox: str
+    request: str
+    id: str
+    operation: Literal["send", "delete", "read"]
+    ok: bool
+    provider_id: str | None = None
+    provider_thread_id: str | None = None
+    error: str | None = None
+    attempts: int = 1
+
+
+class OutboundCopyMatched(DomainEvent):
+    """The provider's copy of a CRM-sent message arrived by sync (same provider id as the ack,
+    or the same RFC Message-ID): it is the `crm-N` message, not a second copy (S14)."""
+
+    mailbox: str
+    id: str
+    provider_id: str
+    provider_thread_id: str | None = None
+    labels: list[str] = []
+    read: bool | None = None
+
+
 EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     TenantConfigured, UserAdded, UserManagerChanged, UserDeactivated, UserReactivated,
     UserDeleted, GlobalVisibilitySet, MailboxConnected, MailboxAddressChanged,
@@ -384,5 +434,6 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     DealContactUnlinked, RecordOwnerChanged, CollaboratorAdded, CollaboratorRemoved,
     ThreadLinked, ThreadUnlinked, AddressSettingChanged, ThreadMarked, CommandRejected,
     CommandHadNoEffect, ContactSyncCommandRecorded, ExternalContactChangeQueued,
-    ExternalContactChangeAcknowledged,
+    ExternalContactChangeAcknowledged, MessageDeletionRequested, MessageReadRequested,
+    OutboundMailAcknowledged, OutboundCopyMatched,
 )

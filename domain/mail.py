@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from domain import commands as c
 from domain import events as ev
+from domain import outbox
 from domain.context import Context
 from domain.state import Mailbox, TenantState
 
@@ -98,7 +99,8 @@ def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str
     Only existing index entries are followed, so a reference loop cannot loop. Never by subject.
     """
     if msg.thread_id:
-        return f"{mailbox}:{msg.thread_id}"
+        given = f"{mailbox}:{msg.thread_id}"
+        return state.thread_aliases.get(given, given)  # a CRM thread's provider thread id
     candidates = [msg.in_reply_to] if msg.in_reply_to else []
     candidates += list(reversed(msg.references or []))
     for rfc in candidates:
@@ -159,6 +161,9 @@ def sync_message(ctx: Context, cmd: c.SyncMessage) -> list[ev.DomainEvent]:
     msg = cmd.message
     if (cmd.mailbox, msg.id) in s.messages:
         return []  # S14: the same provider message in one mailbox is one message
+    copy = outbox.provider_copy(ctx, cmd.mailbox, msg)
+    if copy is not None:
+        return copy  # the provider's copy of a CRM-sent message (S14)
     reason = skip_reason(s, mbx)
     thread_id = resolve_thread(s, cmd.mailbox, msg)
     thread = s.threads.get(thread_id)
@@ -198,6 +203,9 @@ def _known_message(ctx: Context, mailbox: str, message_id: str) -> None:
 
 def update_message(ctx: Context, cmd: c.UpdateMessage) -> list[ev.DomainEvent]:
     mbx = ctx.mailbox(cmd.mailbox)
+    cmd = cmd.model_copy(update={"id": outbox.local_id(ctx.state, cmd.mailbox, cmd.id)})
+    if (cmd.mailbox, cmd.id) in ctx.state.crm_deleted:
+        return []  # deleted in the CRM (S12): the provider's later news about it changes nothing
     _known_message(ctx, cmd.mailbox, cmd.id)
     if cmd.labels is None and cmd.read is None and cmd.delivery_status is None:
         raise ctx.reject("labels", "nothing to update: give labels, read or delivery_status")
@@ -212,6 +220,9 @@ def delete_at_provider(ctx: Context, cmd: c.DeleteMessageAtProvider) -> list[ev.
     """S12 under the L5 guard: a batch deleting more than the threshold is held, mailbox suspect."""
     s = ctx.state
     mbx = ctx.mailbox(cmd.mailbox)
+    cmd = cmd.model_copy(update={"id": outbox.local_id(s, cmd.mailbox, cmd.id)})
+    if (cmd.mailbox, cmd.id) in s.crm_deleted:
+        return []  # deleted in the CRM already (S12): not a deletion for the L5 guard
     _known_message(ctx, cmd.mailbox, cmd.id)
     reason = skip_reason(s, mbx)
     if reason is not None:

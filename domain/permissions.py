@@ -34,7 +34,8 @@ RULES: dict[str, str] = {
     "SyncMessage": "service", "UpdateMessage": "service", "DeleteMessageAtProvider": "service",
     "ReportMailboxGone": "service", "SyncExternalContact": "service",
     "AdvanceMailboxCursor": "service", "ResyncMailbox": "service",
-    "AcknowledgeExternalContactChange": "service",
+    "AcknowledgeExternalContactChange": "service", "AcknowledgeOutboundMail": "service",
+    "DeleteMessage": "self", "MarkMessageRead": "self",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",
@@ -111,7 +112,7 @@ def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> 
         owner = getattr(cmd, "owner", user)
         if not admin and not _manages(state, user, owner):
             raise Rejection(cmd.cmd, "owner", "must be you or a user you manage")
-    if cmd.cmd == "SendEmail":
+    if cmd.cmd in ("SendEmail", "DeleteMessage", "MarkMessageRead"):
         mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
         if mailbox is None or mailbox.user != user:
             raise Rejection(cmd.cmd, "mailbox", NOT_FOUND)

@@ -116,6 +116,17 @@ class Thread:
     participants: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """A CRM-side change the outbox has not yet had acknowledged (S7, S12)."""
+
+    mailbox: str
+    id: str  # the message (crm-N for a send)
+    operation: str  # send | delete | read
+    seq: int  # the requesting event's position in the tenant's stream (the outbox reads it)
+    read: bool | None = None
+
+
 @dataclass
 class TenantState:
     tenant: str
@@ -136,6 +147,13 @@ class TenantState:
     mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
     applied_commands: set[str] = field(default_factory=set)
+    # outbox (S7, S12): pending requests by id; CRM-sent messages -> provider id (None until
+    # known) and back; provider thread ids of CRM threads; messages the owner deleted in the CRM
+    outbound: dict[str, OutboundRequest] = field(default_factory=dict)
+    sent_provider_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    local_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    thread_aliases: dict[str, str] = field(default_factory=dict)
+    crm_deleted: set[tuple[str, str]] = field(default_factory=set)
     # the command side threads replies by Message-ID; projections never need that index
     index_rfc: bool = True
 
@@ -308,6 +326,8 @@ def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
     _add_message(s, e.mailbox, e.thread, e.message, seq, crm_initiated=True)
+    s.outbound[e.message.id] = OutboundRequest(e.mailbox, e.message.id, "send", seq)
+    s.sent_provider_ids[(e.mailbox, e.message.id)] = None
 
 
 def _message_updated(s: TenantState, e: ev.MessageUpdated, seq: int) -> None:
@@ -431,6 +451,47 @@ def _thread_marked(s: TenantState, e: ev.ThreadMarked, seq: int) -> None:
         s.threads[t].flag = (e.shared, _ref(e, seq))
 
 
+def _deletion_requested(s: TenantState, e: ev.MessageDeletionRequested, seq: int) -> None:
+    _delete_message(s, e.mailbox, e.id)
+    s.crm_deleted.add((e.mailbox, e.id))
+    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "delete", seq)
+
+
+def _read_requested(s: TenantState, e: ev.MessageReadRequested, seq: int) -> None:
+    key = (e.mailbox, e.id)
+    s.messages[key] = replace(s.messages[key], read=e.read)
+    s.outbound[e.request] = OutboundRequest(e.mailbox, e.id, "read", seq, e.read)
+
+
+def _provider_ids(s: TenantState, mailbox: str, local: str, provider_id: str | None,
+                  provider_thread_id: str | None) -> None:
+    if provider_id is not None:
+        s.sent_provider_ids[(mailbox, local)] = provider_id
+        s.local_ids[(mailbox, provider_id)] = local
+    if provider_thread_id is not None:
+        s.thread_aliases[f"{mailbox}:{provider_thread_id}"] = s.messages[(mailbox, local)].thread
+
+
+def _outbound_acknowledged(s: TenantState, e: ev.OutboundMailAcknowledged, seq: int) -> None:
+    s.outbound.pop(e.request, None)
+    if e.operation == "send":
+        key = (e.mailbox, e.id)
+        s.messages[key] = replace(s.messages[key], delivery_status="sent" if e.ok else "failed")
+        _provider_ids(s, e.mailbox, e.id, e.provider_id, e.provider_thread_id)
+    if not e.ok:
+        s.mailboxes[e.mailbox].last_error = f"outbox: {e.error}"
+
+
+def _copy_matched(s: TenantState, e: ev.OutboundCopyMatched, seq: int) -> None:
+    _provider_ids(s, e.mailbox, e.id, e.provider_id, e.provider_thread_id)
+    msg = s.messages[(e.mailbox, e.id)]
+    s.messages[(e.mailbox, e.id)] = replace(
+        msg,  # the provider has it: it was sent
+        delivery_status="sent" if msg.delivery_status == "queued" else msg.delivery_status,
+        labels=tuple(e.labels) if e.labels else msg.labels,
+        read=msg.read if e.read is None else e.read)
+
+
 def _no_state(s: TenantState, e: Any, seq: int) -> None:
     """Audit-only events (rejections, recorded contact-sync commands)."""
 
@@ -479,6 +540,10 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.ContactSyncCommandRecorded: _no_state,
     ev.ExternalContactChangeQueued: _no_state,
     ev.ExternalContactChangeAcknowledged: _no_state,
+    ev.MessageDeletionRequested: _deletion_requested,
+    ev.MessageReadRequested: _read_requested,
+    ev.OutboundMailAcknowledged: _outbound_acknowledged,
+    ev.OutboundCopyMatched: _copy_matched,
 }
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
 

@@ -177,7 +177,7 @@ def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     """Rows of the `message` projection an event writes ({} deletes), judged after the event."""
     if isinstance(e, ev.MessageSynced | ev.EmailSent):
         return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message)}}
-    if isinstance(e, ev.MessageDeletedAtProvider):
+    if isinstance(e, ev.MessageDeletedAtProvider | ev.MessageDeletionRequested):
         return {f"{state.messages[(e.mailbox, e.id)].thread}{SEP}{e.id}": {}}
     if isinstance(e, ev.MailboxDeletionsConfirmed) and e.applied:
         return {f"{state.messages[(e.mailbox, i)].thread}{SEP}{i}": {} for i in e.ids}

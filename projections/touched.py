@@ -19,7 +19,8 @@ from projections.rows import SEP
 Keys = dict[str, set[str]]
 
 MAIL = (ev.MessageSynced, ev.EmailSent, ev.MessageUpdated, ev.MessageDeletedAtProvider,
-        ev.MailboxDeletionsConfirmed)
+        ev.MailboxDeletionsConfirmed, ev.MessageDeletionRequested, ev.MessageReadRequested,
+        ev.OutboundMailAcknowledged, ev.OutboundCopyMatched)
 RECORD_ONLY = (ev.RecordOwnerChanged, ev.CollaboratorAdded, ev.CollaboratorRemoved,
                ev.DealStageChanged)
 USER_ONLY = (ev.UserDeactivated, ev.UserReactivated, ev.GlobalVisibilitySet)

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--batch-size", type=int, default=1000)
     runner.add_argument("--poll", type=float, default=1.0,
                         help="seconds between polls when no notification arrives")
+    outbox = workers.add_parser("outbox", help="execute CRM-side mail changes (sends, "
+                                "deletions, read flags) at the providers")
+    outbox.add_argument("--max-attempts", type=int, default=5)
+    outbox.add_argument("--backoff", type=float, default=2.0,
+                        help="seconds before the first retry (doubled each time)")
+    outbox.add_argument("--poll", type=float, default=1.0,
+                        help="seconds between polls when no notification arrives")
     hooks = workers.add_parser("webhooks", help="receive Gmail and Graph webhooks alone "
                                "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
     hooks.add_argument("--host", default="127.0.0.1")
@@ -97,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "CRMSYNC_SECRET)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--outbox", action="store_true",
+                       help="also run the outbox in this process (see `run outbox`)")
     token = sub.add_parser("token", help="print a bearer token for the HTTP API")
     token.add_argument("--tenant", required=True)
     token.add_argument("--user", required=True, help="user id (service name with --service)")
@@ -169,6 +178,19 @@ def run(args: argparse.Namespace) -> int:
             return run_contacts(engine, postgres_url(args.postgres),
                                 open_waiter(engine, args.postgres), interval=args.interval,
                                 poll=args.poll, once=args.once)
+        if args.command == "run" and args.worker == "outbox":
+            from runners import outbox
+
+            configure_logging("INFO", json=True)
+            tracking = outbox.open_tracking(args.db, postgres_url(args.postgres))
+            try:
+                worker = outbox.Outbox(engine, tracking, outbox.provider_clients(dict(os.environ)),
+                                       max_attempts=args.max_attempts, backoff=args.backoff)
+                outbox.run_until_signalled(worker, open_waiter(engine, args.postgres),
+                                           poll=args.poll)
+            finally:
+                tracking.close()
+            return 0
         if args.command == "run":
             from runners.projection_runner import run_until_signalled
 
@@ -186,6 +208,14 @@ def run(args: argparse.Namespace) -> int:
 
             # with PostgreSQL, `crmsync run projections` processes keep the views current
             engine.follow = postgres_url(args.postgres) is None
+            if args.outbox:
+                from runners import outbox as outbox_runner
+
+                stop_outbox = outbox_runner.in_background(args.db, args.postgres)
+                try:
+                    return serve(engine, args.host, args.port)
+                finally:
+                    stop_outbox()
             return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":
