@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import commands as c
-from domain import contacts, lifecycle, mail, records
+from domain import contacts, lifecycle, mail, records, sync_rules
 from domain import events as ev
 from domain.context import Context
 from domain.errors import Rejection
@@ -63,6 +63,7 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "UnshareAddress": records.unshare_address,
     **{name: _contact_sync for name in c.CONTACT_SYNC_COMMANDS},
     "AcknowledgeExternalContactChange": contacts.acknowledge_change,
+    **sync_rules.HANDLERS,
 }
 assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
 

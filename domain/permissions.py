@@ -35,6 +35,8 @@ RULES: dict[str, str] = {
     "ReportMailboxGone": "service", "SyncExternalContact": "service",
     "AdvanceMailboxCursor": "service", "ResyncMailbox": "service",
     "AcknowledgeExternalContactChange": "service",
+    "DeleteMessagesAtProvider": "service", "RecordDeadLetter": "service",
+    "RecordDeadLetterReplay": "admin",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",

@@ -491,6 +491,8 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.ContactSyncCommandRecorded: _no_state,
     ev.ExternalContactChangeQueued: _no_state,
     ev.ExternalContactChangeAcknowledged: _no_state,
+    ev.DeliveryDeadLettered: _no_state,
+    ev.DeadLetterReplayed: _no_state,
 }
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
 

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
     hooks.add_argument("--host", default="127.0.0.1")
     hooks.add_argument("--port", type=int, default=8001)
+    from runners.sync_runner import add_parsers as add_sync_parsers
+
+    add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -152,6 +155,11 @@ def run(args: argparse.Namespace) -> int:
         from runners.serve import serve_webhooks
 
         return serve_webhooks(args.db, args.host, args.port)
+    if (args.command == "run" and args.worker == "sync") or args.command == "deadletters":
+        from runners import sync_runner
+
+        return sync_runner.run_sync(args) if args.command == "run" else \
+            sync_runner.deadletters(args)
     engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run":
@@ -171,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
 
             # with PostgreSQL, `crmsync run projections` processes keep the views current
             engine.follow = postgres_url(args.postgres) is None
+            if engine.follow and engine.path is not None:
+                from runners.sync_runner import start_embedded
+
+                stop_sync = start_embedded(engine.path)  # embedded: sync in-process too
+                try:
+                    return serve(engine, args.host, args.port)
+                finally:
+                    stop_sync.set()
             return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":
