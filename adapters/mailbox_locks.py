@@ -35,7 +35,7 @@ class PostgresLocks:
 
     @contextmanager
     def hold(self, tenant: str, mailbox: str) -> Iterator[None]:
-        key = f"crmsync.sync:{tenant}\x00{mailbox}"
+        key = f"crmsync.sync:{len(tenant)}:{tenant}:{mailbox}"
         with self._guard:
             try:
                 conn = self._connection()

@@ -2,7 +2,8 @@
 and the in-process worker of an embedded `crmsync serve`.
 
 - Work queue: JetStream when `CRMSYNC_NATS_URL` is set (stream `CRMSYNC_NATS_STREAM`, subject
-  prefix `CRMSYNC_NATS_SUBJECT_PREFIX`, consumer `CRMSYNC_NATS_DURABLE`), else the SQLite webhook
+  prefix `CRMSYNC_NATS_SUBJECT_PREFIX`, consumer `CRMSYNC_NATS_DURABLE`, redelivery after
+  `CRMSYNC_NATS_ACK_WAIT` seconds without an ack, default 120), else the SQLite webhook
   inbox (`CRMSYNC_WEBHOOK_INBOX`, else `<db>.webhooks.db`, as `crmsync serve` writes it).
 - Mailbox locks: PostgreSQL advisory locks with PostgreSQL, else a lock file `<db>.sync.lock`.
 - Provider clients: `CRMSYNC_GMAIL_API_URL`, `CRMSYNC_GRAPH_API_URL` (`CRMSYNC_GRAPH_CA_FILE`: a
@@ -90,7 +91,8 @@ def open_queue(db: str) -> WorkQueue:
         return JetStreamWork(url, stream=os.environ.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM),
                              subject_prefix=os.environ.get("CRMSYNC_NATS_SUBJECT_PREFIX",
                                                            DEFAULT_SUBJECT_PREFIX),
-                             durable=os.environ.get("CRMSYNC_NATS_DURABLE", DEFAULT_DURABLE))
+                             durable=os.environ.get("CRMSYNC_NATS_DURABLE", DEFAULT_DURABLE),
+                             ack_wait=float(os.environ.get("CRMSYNC_NATS_ACK_WAIT", "120")))
     from adapters.sqlite_work import SqliteWork
 
     return SqliteWork(inbox_path(db))

@@ -461,6 +461,8 @@ def retry_delay(attempts: int, options: LoopOptions) -> float:
 async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
                   options: LoopOptions) -> str:
     """One delivery: handled and acked; or retried later; or dead-lettered (recorded, acked)."""
+    log.info("delivery_started", delivery_id=delivery.delivery_id, provider=delivery.provider,
+             attempts=delivery.attempts)
     try:
         outcome = worker.handle(delivery)
     except Exception as exc:
