@@ -16,25 +16,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
+# Light imports only: `runners.cli` builds its parser with `add_parsers` on every command, so
+# the provider clients and the worker are imported when a sync command runs.
+if TYPE_CHECKING:
+    import ssl
 
-from adapters.credential_store import CredentialStore
-from adapters.gmail_client import DEFAULT_GMAIL_API_URL, GmailClient
-from adapters.graph_client import DEFAULT_GRAPH_API_URL, GraphClient
-from adapters.imap_client import ImapAccount
-from adapters.mail_sources import ImapSource, MailSource, ProviderSource
-from adapters.mailbox_locks import FileLocks, PostgresLocks
-from adapters.work_queue import WorkQueue
-from domain.commands import RecordDeadLetterReplay
-from domain.state import Mailbox
-from runners.config import open_engine, postgres_url
-from runners.engine import Engine
-from runners.sync_worker import LoopOptions, MailboxLocks, SyncWorker, run, run_until_signalled
+    from adapters.credential_store import CredentialStore
+    from adapters.mail_sources import MailSource
+    from adapters.work_queue import WorkQueue
+    from domain.state import Mailbox
+    from runners.engine import Engine
+    from runners.sync_worker import LoopOptions, MailboxLocks, SyncWorker
 
 NATS_URL_ENV = "CRMSYNC_NATS_URL"
 
@@ -44,6 +40,11 @@ class ConfiguredSources:
 
     def __init__(self, credentials: CredentialStore | None, *, gmail_url: str | None = None,
                  graph_url: str | None = None, graph_ca: str | None = None) -> None:
+        import ssl
+
+        from adapters.gmail_client import DEFAULT_GMAIL_API_URL
+        from adapters.graph_client import DEFAULT_GRAPH_API_URL
+
         self.credentials = credentials
         self.gmail_url = gmail_url or os.environ.get("CRMSYNC_GMAIL_API_URL") or \
             DEFAULT_GMAIL_API_URL
@@ -54,6 +55,11 @@ class ConfiguredSources:
             ssl.create_default_context(cafile=ca) if ca else True
 
     def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
+        from adapters.gmail_client import GmailClient
+        from adapters.graph_client import GraphClient
+        from adapters.imap_client import ImapAccount
+        from adapters.mail_sources import ImapSource, ProviderSource
+
         if self.credentials is None:
             return None
         creds: dict[str, Any] | None = self.credentials.get(tenant, mailbox.id)
@@ -99,6 +105,9 @@ def open_queue(db: str) -> WorkQueue:
 
 
 def open_locks(db: str, postgres: str | None) -> MailboxLocks:
+    from adapters.mailbox_locks import FileLocks, PostgresLocks
+    from runners.config import postgres_url
+
     url = postgres_url(postgres)
     if url:
         return PostgresLocks(url)
@@ -106,11 +115,15 @@ def open_locks(db: str, postgres: str | None) -> MailboxLocks:
 
 
 def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int) -> SyncWorker:
+    from runners.sync_worker import SyncWorker
+
     return SyncWorker(engine, ConfiguredSources(engine.credentials),
                       open_locks(db, postgres), batch_size=batch_size)
 
 
 def options_of(args: argparse.Namespace) -> LoopOptions:
+    from runners.sync_worker import LoopOptions
+
     return LoopOptions(poll=args.poll, imap_interval=args.imap_interval,
                        max_attempts=args.max_attempts, backoff=args.backoff)
 
@@ -141,7 +154,9 @@ def add_parsers(sub: Any, workers: Any) -> None:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    from runners.config import open_engine
     from runners.logs import configure_logging
+    from runners.sync_worker import run_until_signalled
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     engine = open_engine(args.db, args.postgres)
@@ -155,6 +170,11 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def deadletters(args: argparse.Namespace) -> int:
+    import orjson
+
+    from domain.commands import RecordDeadLetterReplay
+    from runners.config import open_engine
+
     queue = open_queue(args.db)
 
     async def listing() -> list[Any]:
@@ -211,6 +231,9 @@ def deadletters(args: argparse.Namespace) -> int:
 def start_embedded(db: str) -> threading.Event:
     """An embedded `crmsync serve`: the sync worker in a thread of its own, on its own engine
     (SQLite file) and the SQLite inbox. Set the returned event to stop it."""
+    from runners.engine import Engine
+    from runners.sync_worker import LoopOptions, run
+
     stop = threading.Event()
 
     def main() -> None:

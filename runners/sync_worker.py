@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 import structlog
 
-from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
+from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook, ProviderThrottled
 from adapters.mail_sources import Changes, MailSource
 from adapters.work_queue import Delivery, WorkQueue
 from domain import commands as c
@@ -470,6 +470,8 @@ async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
         permanent = isinstance(exc, MalformedWebhook)
         if not permanent and delivery.attempts < options.max_attempts:
             delay = retry_delay(delivery.attempts, options)
+            if isinstance(exc, ProviderThrottled):  # the provider said how long to wait
+                delay = max(delay, min(exc.retry_after, options.max_backoff))
             log.warning("delivery_retry", delivery_id=delivery.delivery_id,
                         attempts=delivery.attempts, delay=delay, error=error)
             await queue.retry(delivery, delay)
@@ -497,14 +499,19 @@ async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
     last_poll = float("-inf")
     log.info("sync_worker_started", imap_interval=options.imap_interval)
     while not stop.is_set():
-        worker.catch_up()
-        if time.monotonic() - last_poll >= options.imap_interval:
-            worker.poll("imap")
-            last_poll = time.monotonic()
-        for delivery in await queue.fetch(options.fetch, options.poll):
-            await process(worker, queue, delivery, options)
-            if stop.is_set():
-                break
+        try:
+            worker.catch_up()
+            if time.monotonic() - last_poll >= options.imap_interval:
+                worker.poll("imap")
+                last_poll = time.monotonic()
+            for delivery in await queue.fetch(options.fetch, options.poll):
+                await process(worker, queue, delivery, options)
+                if stop.is_set():
+                    break
+        except Exception as exc:  # a store or queue outage: log, wait, go on
+            # Deliveries not acked come again; the cursor in the log says where sync stands.
+            log.error("sync_loop_failed", error=_describe(exc))
+            await asyncio.sleep(options.poll)
     log.info("sync_worker_stopped")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.errors import CursorExpired, MailboxGone, ProviderError
+from adapters.errors import CursorExpired, MailboxGone, ProviderError, ProviderThrottled
 from adapters.mail_sources import Changes, ResyncPage
 from adapters.work_queue import DeadLetter, Delivery
 from domain.events import MailMessage
@@ -39,6 +39,7 @@ class FakeMailbox:
     expired_below: int = 0
     gone: bool = False
     failures: int = 0  # the next N calls raise ProviderError
+    throttled: float | None = None  # every call raises ProviderThrottled(retry_after=this)
     page_size: int = 1000
     calls: list[str] = field(default_factory=list)
 
@@ -65,6 +66,8 @@ class FakeMailbox:
         if self.failures:
             self.failures -= 1
             raise ProviderError("gmail", "fake outage", 503)
+        if self.throttled is not None:
+            raise ProviderThrottled("gmail", "rate limited", self.throttled, 429)
         if self.gone:
             raise MailboxGone("gmail", "account deleted", 404)
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.errors import DeliveryStoreError
 from adapters.work_queue import Delivery
 from domain import events as ev
 from runners.engine import Engine
-from runners.sync_worker import LoopOptions, MailboxRef, SyncWorker, delivery_address, process
+from runners.sync_worker import (
+    LoopOptions,
+    MailboxRef,
+    SyncWorker,
+    delivery_address,
+    process,
+    run,
+)
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"
@@ -289,3 +298,54 @@ def test_batch_size_does_not_change_the_result(batch: int) -> None:
     sources.box(ADDRESS).add(*(message(i) for i in range(1, 8)))
     worker.handle(gmail_delivery(1))
     assert len(of(engine, ev.MessageSynced)) == 7
+
+
+class RecordingQueue(FakeWorkQueue):
+    """Remembers retry delays; its first fetch fails like a NATS outage."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+        self.outages = 1
+        self.stop = stop
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        self.delays.append(delay)
+        await super().retry(delivery, delay)
+
+    async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        if self.outages:
+            self.outages -= 1
+            raise DeliveryStoreError("NATS is down")
+        return await super().fetch(limit, timeout)
+
+    async def ack(self, delivery: Delivery) -> None:
+        await super().ack(delivery)
+        if self.stop is not None:
+            self.stop.set()
+
+
+def test_a_throttled_provider_is_not_asked_again_before_its_retry_after() -> None:
+    _, sources, worker = setup()
+    sources.box(ADDRESS).throttled = 42.0
+    queue = RecordingQueue()
+    queue.outages = 0
+    asyncio.run(queue.publish("gmail", "gmail:1", gmail_delivery(1).payload))
+
+    async def once() -> str:
+        (delivery,) = await queue.fetch(1, 0)
+        return await process(worker, queue, delivery, LoopOptions(backoff=0.5))
+
+    assert asyncio.run(once()) == "retry"
+    assert queue.delays == [42.0]
+
+
+def test_the_loop_survives_a_queue_outage_and_goes_on() -> None:
+    engine, sources, worker = setup()
+    sources.box(ADDRESS).add(message(1))
+    stop = threading.Event()
+    queue = RecordingQueue(stop)
+    asyncio.run(queue.publish("gmail", "gmail:1", gmail_delivery(1).payload))
+    asyncio.run(run(worker, queue, stop, LoopOptions(poll=0.05, imap_interval=3600)))
+    assert queue.acked == ["gmail:1"] and queue.outages == 0
+    assert [e.message.id for e in of(engine, ev.MessageSynced)] == ["m1"]
