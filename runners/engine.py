@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -155,7 +157,9 @@ class Engine:
         tenant = commands[0].tenant
         if any(cmd.tenant != tenant for cmd in commands):
             raise ValueError("a batch holds the commands of one tenant")
-        for _ in range(5):
+        for attempt in range(20):  # workers of two mailboxes of one tenant collide often
+            if attempt:
+                time.sleep(random.uniform(0, 0.02 * attempt))
             state = self.store.state(tenant)
             base = state.seq
             results: list[list[DomainEvent]] = []
