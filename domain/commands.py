@@ -180,6 +180,35 @@ class ResyncMailbox(Command):
     reason: Literal["cursor_expired", "reactivated", "reconnected", "first_sync"]
 
 
+class DeleteMessagesAtProvider(Command):
+    """Sync workers: the messages one provider page reports deleted, judged as one batch by the
+    L5 guard (more than the threshold of the mailbox's stored messages: all held)."""
+
+    cmd: Literal["DeleteMessagesAtProvider"]
+    mailbox: str
+    ids: list[str] = Field(min_length=1)
+
+
+class RecordDeadLetter(Command):
+    """Sync workers: a delivery given up after its maximum attempts (no payload, no secrets)."""
+
+    cmd: Literal["RecordDeadLetter"]
+    dead_letter_id: str = Field(min_length=1, max_length=200)
+    provider: str = Field(min_length=1, max_length=32)
+    delivery_id: str = Field(min_length=1, max_length=512)
+    mailbox: str | None = None
+    attempts: int = Field(ge=1)
+    error: str = Field(max_length=2000)
+
+
+class RecordDeadLetterReplay(Command):
+    """Operators (`crmsync deadletters replay`): a dead letter was sent to the work queue again."""
+
+    cmd: Literal["RecordDeadLetterReplay"]
+    dead_letter_id: str = Field(min_length=1, max_length=200)
+    delivery_id: str = Field(min_length=1, max_length=512)
+
+
 class ConfirmMailboxDeletions(Command):
     cmd: Literal["ConfirmMailboxDeletions"]
     mailbox: str
@@ -414,6 +443,7 @@ COMMANDS: dict[str, type[Command]] = {
         ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
         AdvanceMailboxCursor, ResyncMailbox,
+        DeleteMessagesAtProvider, RecordDeadLetter, RecordDeadLetterReplay,
         ConfirmMailboxDeletions, SendEmail, CreateLead, CreateContact, UpdateContact, CreateDeal,
         ChangeDealStage, LinkDealContact, UnlinkDealContact, ChangeOwner, AddCollaborator,
         RemoveCollaborator, LinkThread, UnlinkThread, SetGlobalVisibility, ShareAddress,

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import commands as c
-from domain import contacts, lifecycle, mail, outbox, records
+from domain import contacts, lifecycle, mail, outbox, records, sync_rules
 from domain import events as ev
 from domain.context import Context
 from domain.errors import Rejection
@@ -66,6 +66,7 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "DeleteMessage": outbox.delete_message,
     "MarkMessageRead": outbox.mark_read,
     "AcknowledgeOutboundMail": outbox.acknowledge,
+    **sync_rules.HANDLERS,
 }
 assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
 

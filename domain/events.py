@@ -158,6 +158,25 @@ class MailboxResyncStarted(DomainEvent):
     since: datetime
 
 
+class DeliveryDeadLettered(DomainEvent):
+    """A provider delivery given up after `attempts` tries; kept in the dead-letter queue under
+    `dead_letter_id` for replay. No payload, no credentials, no bodies."""
+
+    dead_letter_id: str
+    provider: str
+    delivery_id: str
+    mailbox_id: str | None = None  # not `mailbox`: the mailbox may be unknown
+    attempts: int
+    error: str
+
+
+class DeadLetterReplayed(DomainEvent):
+    """A dead letter was put back on the work queue."""
+
+    dead_letter_id: str
+    delivery_id: str
+
+
 class MessageSynced(DomainEvent):
     mailbox: str
     thread: str
@@ -437,3 +456,4 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ExternalContactChangeAcknowledged, MessageDeletionRequested, MessageReadRequested,
     OutboundMailAcknowledged, OutboundCopyMatched,
 )
+EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)

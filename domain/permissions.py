@@ -36,6 +36,8 @@ RULES: dict[str, str] = {
     "AdvanceMailboxCursor": "service", "ResyncMailbox": "service",
     "AcknowledgeExternalContactChange": "service", "AcknowledgeOutboundMail": "service",
     "DeleteMessage": "self", "MarkMessageRead": "self",
+    "DeleteMessagesAtProvider": "service", "RecordDeadLetter": "service",
+    "RecordDeadLetterReplay": "admin",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",

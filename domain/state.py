@@ -544,6 +544,8 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MessageReadRequested: _read_requested,
     ev.OutboundMailAcknowledged: _outbound_acknowledged,
     ev.OutboundCopyMatched: _copy_matched,
+    ev.DeliveryDeadLettered: _no_state,
+    ev.DeadLetterReplayed: _no_state,
 }
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
 

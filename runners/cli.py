@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     contacts.add_argument("--poll", type=float, default=1.0,
                           help="seconds between polls of the event log for queued changes")
     contacts.add_argument("--once", action="store_true", help="one pass, then exit")
+    from runners.sync_runner import add_parsers as add_sync_parsers
+
+    add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -168,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
         from runners.serve import serve_webhooks
 
         return serve_webhooks(args.db, args.host, args.port)
+    if (args.command == "run" and args.worker == "sync") or args.command == "deadletters":
+        from runners import sync_runner
+
+        return sync_runner.run_sync(args) if args.command == "run" else \
+            sync_runner.deadletters(args)
     engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run" and args.worker == "contacts":
@@ -208,14 +216,23 @@ def run(args: argparse.Namespace) -> int:
 
             # with PostgreSQL, `crmsync run projections` processes keep the views current
             engine.follow = postgres_url(args.postgres) is None
+            stop_sync = None
+            if engine.follow and engine.path is not None:
+                from runners.sync_runner import start_embedded
+
+                stop_sync = start_embedded(engine.path)  # embedded: sync in-process too
+            stop_outbox = None
             if args.outbox:
                 from runners import outbox as outbox_runner
 
                 stop_outbox = outbox_runner.in_background(args.db, args.postgres)
-                try:
-                    return serve(engine, args.host, args.port)
-                finally:
+            try:
+                return serve(engine, args.host, args.port)
+            finally:
+                if stop_outbox is not None:
                     stop_outbox()
+                if stop_sync is not None:
+                    stop_sync.set()
             return serve(engine, args.host, args.port)
         if args.command == "apply":
             if args.file == "-":

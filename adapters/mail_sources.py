@@ -1,0 +1,134 @@
+"""One shape for every provider, as the sync workers use them (issue #4).
+
+`MailSource.changes(address, cursor)` -> `Changes` (new or changed messages in their current
+state, flag updates, deletions, the cursor to store, whether more follows at once);
+`MailSource.resync(address, since)` -> pages of the backfill window (S2), most recent first, the
+last page carrying the cursor to continue from. Gmail and Graph wrap a `ProviderClient`; IMAP
+wraps `ImapClient` on one folder (INBOX). Errors are the `adapters.errors` types the clients
+raise (`CursorExpired`, `MailboxGone`, `ProviderError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from adapters.errors import CursorExpired
+from adapters.imap_client import ImapAccount, ImapClient, ImapCursor
+from adapters.provider_client import ProviderClient
+from domain.events import MailMessage
+
+
+@dataclass(frozen=True)
+class FlagUpdate:
+    """A known message whose flags changed (IMAP reports flags, not whole messages)."""
+
+    id: str
+    read: bool | None = None
+    labels: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Changes:
+    messages: list[MailMessage]
+    deleted_ids: list[str]
+    new_cursor: str
+    more: bool = False
+    updates: list[FlagUpdate] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider id, reason)
+
+
+@dataclass(frozen=True)
+class ResyncPage:
+    messages: list[MailMessage]
+    cursor: str | None = None  # set on the last page: continue with `changes` from here
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class MailSource(Protocol):
+    def changes(self, address: str, cursor: str) -> Changes: ...
+
+    def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]: ...
+
+    def close(self) -> None: ...
+
+
+class ProviderSource:
+    """Gmail or Graph behind the `ProviderClient` port.
+
+    Resync: Gmail takes its start cursor (the current historyId) *before* the backfill, so mail
+    arriving during the backfill comes with the next changes. Graph has no "now" cursor: the
+    backfill runs first, then a new delta round is drained to its deltaLink (its enumeration
+    includes anything that arrived meanwhile; its messages inside the window are synced too,
+    duplicates are one message by S14). Deletions in a resync are never reported (L3, L4)."""
+
+    def __init__(self, client: ProviderClient, *, cursor_first: bool) -> None:
+        self.client, self.cursor_first = client, cursor_first
+
+    def changes(self, address: str, cursor: str) -> Changes:
+        page = self.client.changes_since(address, cursor)
+        return Changes(messages=page.messages, deleted_ids=page.deleted_ids,
+                       new_cursor=page.new_cursor, more=page.more,
+                       skipped=[(s.id, s.reason) for s in page.skipped])
+
+    def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]:
+        start: str | None = None
+        if self.cursor_first:
+            start, pages = self._drain(address, since)
+            yield from pages
+        token: str | None = None
+        while True:
+            page = self.client.backfill(address, since, token)
+            yield ResyncPage(page.messages, skipped=[(s.id, s.reason) for s in page.skipped])
+            token = page.next_page_token
+            if token is None:
+                break
+        if start is None:
+            start, pages = self._drain(address, since)
+            yield from pages
+        yield ResyncPage([], cursor=start)
+
+    def _drain(self, address: str, since: datetime) -> tuple[str, list[ResyncPage]]:
+        pages: list[ResyncPage] = []
+        page = self.client.changes_since(address, None)
+        while True:
+            inside = [m for m in page.messages if m.sent_at >= since]
+            if inside:
+                pages.append(ResyncPage(inside))
+            if not page.more:
+                return page.new_cursor, pages
+            page = self.client.changes_since(address, page.new_cursor)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ImapSource:
+    """An IMAP account's INBOX (a connection per call: polls are minutes apart)."""
+
+    def __init__(self, account: ImapAccount, folder: str = "INBOX",
+                 connect: Callable[[ImapAccount], object] | None = None) -> None:
+        self.account, self.folder = account, folder
+
+    def changes(self, address: str, cursor: str) -> Changes:
+        try:
+            decoded = ImapCursor.decode(cursor)
+        except ValueError:
+            raise CursorExpired("imap", "the stored cursor is not an IMAP cursor") from None
+        with ImapClient.connect(self.account) as client:
+            found = client.changes_since(self.folder, decoded)
+        return Changes(messages=found.messages, deleted_ids=found.deleted,
+                       new_cursor=found.cursor.encode(),
+                       updates=[FlagUpdate(f.id, read=f.read) for f in found.flag_changes],
+                       skipped=[(r.id, r.reason) for r in found.rejections])
+
+    def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]:
+        with ImapClient.connect(self.account) as client:
+            found = client.backfill(self.folder, since)
+        yield ResyncPage(found.messages, cursor=found.cursor.encode(),
+                         skipped=[(r.id, r.reason) for r in found.rejections])
+
+    def close(self) -> None:
+        pass

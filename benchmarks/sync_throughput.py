@@ -1,0 +1,286 @@
+"""Sync throughput end to end: webhook HTTP -> JetStream -> 2 sync worker processes -> events in
+PostgreSQL -> projections, beside the raw eventsourcing PostgreSQL insert rate at the same batch
+size, measured in the same run.
+
+    python -m benchmarks.sync_throughput --postgres URL --nats nats://127.0.0.1:4222 \
+        [--messages 100000] [--mailboxes 8] [--tenants 4] [--batch 500]
+
+The provider is synthetic and in-process in each worker (no HTTP to a provider): a mailbox's
+messages 0..head-1 exist, `head` is a row per mailbox in `bench_heads` that this driver raises
+before each push. So the figure is the engine's (webhooks, queue, locks, decide, append,
+projection), not a provider's. Fresh schemas and streams are made and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import psycopg
+
+from adapters.event_store import EventEnvelope, EventStore, stream_id
+from adapters.mail_sources import Changes, ResyncPage
+from adapters.mailbox_locks import PostgresLocks
+from domain import events as ev
+from domain.state import Mailbox
+from runners.config import open_engine, postgres_env
+
+T0 = datetime.now(UTC) - timedelta(days=1)
+
+
+def message(address: str, i: int) -> ev.MailMessage:
+    local = address.split("@", 1)[0]
+    return ev.MailMessage.model_validate({
+        "id": f"{local}-{i}", "message_id": f"<{local}.{i}@bench.test>",
+        "thread_id": f"t{i // 4}", "from": f"client{i % 50}@ext.test", "to": [address],
+        "subject": f"Re: order {i // 4}", "body": "Hello, here is the update. " * 8,
+        "sent_at": (T0 + timedelta(seconds=i)).isoformat(), "labels": ["INBOX"]})
+
+
+class BenchSource:
+    def __init__(self, url: str, page: int) -> None:
+        self.url, self.page = url, page
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def changes(self, address: str, cursor: str) -> Changes:
+        row = self.conn.execute("SELECT head FROM bench_heads WHERE address = %s",
+                                (address,)).fetchone()
+        head = int(row[0]) if row else 0
+        start = int(cursor)
+        end = min(head, start + self.page)
+        return Changes(messages=[message(address, i) for i in range(start, end)],
+                       deleted_ids=[], new_cursor=str(end), more=end < head)
+
+    def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]:
+        yield ResyncPage([], cursor="0")
+
+    def close(self) -> None:
+        pass
+
+
+class BenchSources:
+    def __init__(self, url: str, page: int) -> None:
+        self.source = BenchSource(url, page)
+
+    def open(self, tenant: str, mailbox: Mailbox) -> BenchSource:
+        return self.source
+
+
+def worker_main(url: str, batch: int) -> None:
+    from runners.logs import configure_logging
+    from runners.sync_runner import open_queue
+    from runners.sync_worker import LoopOptions, SyncWorker, run_until_signalled
+
+    configure_logging("WARNING", json=True)
+    engine = open_engine("unused.db", url)
+    engine.follow = False
+    worker = SyncWorker(engine, BenchSources(url, batch), PostgresLocks(url), batch_size=batch)
+    run_until_signalled(worker, open_queue("unused.db"),
+                        LoopOptions(poll=0.2, imap_interval=1e9))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_schema(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+def raw_insert_rate(base: str, total: int, batch: int) -> float:
+    """eventsourcing's PostgreSQL event store (our mapper + its recorder, as the workers append):
+    the same MessageSynced events, built beforehand, `batch` per transaction."""
+    schema = f"bench_raw_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        env = postgres_env(with_schema(base, schema))
+        store = EventStore(env)
+        stream = stream_id("raw")
+        events = [ev.MessageSynced(tenant="raw", actor="system:sync", occurred_at=T0,
+                                   correlation_id="c", mailbox="m", thread=f"m:t{i // 4}",
+                                   message=message("raw@bench.test", i))
+                  for i in range(total)]
+        started = time.perf_counter()
+        for start in range(0, total, batch):
+            store.app.events.put([EventEnvelope(stream, start + k + 1, e.occurred_at, e)
+                                  for k, e in enumerate(events[start:start + batch])])
+        elapsed = time.perf_counter() - started
+        store.close()
+        return total / elapsed
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--postgres", default=os.environ.get("CRMSYNC_POSTGRES_URL"))
+    p.add_argument("--nats", default=os.environ.get("CRMSYNC_NATS_URL",
+                                                    "nats://127.0.0.1:4222"))
+    p.add_argument("--messages", type=int, default=100_000)
+    p.add_argument("--mailboxes", type=int, default=8)
+    p.add_argument("--tenants", type=int, default=4)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--round", type=int, default=1000, help="messages per mailbox per push")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker_main(args.postgres, args.batch)
+        return
+    if not args.postgres or args.messages > 1_000_000:
+        sys.exit("--postgres is required; at most 1,000,000 messages")
+    schema = f"bench_sync_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = with_schema(args.postgres, schema)
+    suffix = uuid.uuid4().hex[:8]
+    env = {**os.environ, "CRMSYNC_NATS_URL": args.nats, "CRMSYNC_NATS_STREAM": f"B{suffix}",
+           "CRMSYNC_NATS_SUBJECT_PREFIX": f"b{suffix}.hooks", "CRMSYNC_NATS_DURABLE": "bench",
+           "CRMSYNC_LOG_LEVEL": "WARNING", "PYTHONPATH": os.getcwd()}
+    procs: list[subprocess.Popen[bytes]] = []
+    engine = open_engine("unused.db", url)
+    engine.follow = False
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE bench_heads (address text PRIMARY KEY, head bigint)")
+        boxes = []
+        for t in range(args.tenants):
+            tenant = f"t{t}"
+            lines = [{"cmd": "AddUser", "user": "u", "email": f"u@{tenant}.test",
+                      "role": "member"}]
+            for m in range(t, args.mailboxes, args.tenants):
+                address = f"box{m}@{tenant}.test"
+                boxes.append((tenant, f"mbx{m}", address))
+                lines.append({"cmd": "ConnectMailbox", "mailbox": f"mbx{m}", "user": "u",
+                              "provider": "gmail", "address": address})
+            report = engine.apply_lines([json.dumps({"tenant": tenant, **x}) for x in lines])
+            assert not report.rejected, report.rejected
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _, _, address in boxes:
+                conn.execute("INSERT INTO bench_heads VALUES (%s, 0)", (address,))
+        port = free_port()
+        cmd = [sys.executable, "-m", "runners.cli"]
+        procs.append(subprocess.Popen([*cmd, "run", "webhooks", "--port", str(port)], env=env))
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.sync_throughput",
+                                           "--worker", "--postgres", url, "--batch",
+                                           str(args.batch)], env=env))
+        procs.append(subprocess.Popen([*cmd, "--postgres", url, "run", "projections",
+                                       "--poll", "0.2"], env=env,
+                                      stderr=subprocess.DEVNULL))
+
+        seen = {"position": 0}
+        latest: dict[str, str] = {}
+        reader = psycopg.connect(url, autocommit=True)
+
+        def cursors() -> list[str | None]:
+            """The stored cursors, read from the cursor events only (folding every event here
+            would take the CPU the workers need)."""
+            rows = reader.execute(
+                "SELECT notification_id, state FROM crmsync_events WHERE notification_id > %s "
+                "AND topic LIKE %s ORDER BY notification_id",
+                (seen["position"], "%MailboxCursorAdvanced")).fetchall()
+            for position, state in rows:
+                data = orjson.loads(state)
+                latest[data["mailbox"]] = data["cursor"]
+                seen["position"] = position
+            return [latest.get(m) for _, m, _ in boxes]
+
+        wait(lambda: all(c == "0" for c in cursors()), 120)
+        wait(lambda: _up(port), 60)
+        per_box = args.messages // len(boxes)
+        pushes = 0
+        started = time.perf_counter()
+        with psycopg.connect(url, autocommit=True) as conn, httpx.Client() as http:
+            head = 0
+            while head < per_box:
+                head = min(per_box, head + args.round)
+                conn.execute("UPDATE bench_heads SET head = %s", (head,))
+                for _, _, address in boxes:
+                    pushes += 1
+                    data = json.dumps({"emailAddress": address, "historyId": head}).encode()
+                    answer = http.post(f"http://127.0.0.1:{port}/webhooks/gmail", json={
+                        "message": {"data": base64.b64encode(data).decode(),
+                                    "messageId": f"{pushes}"},
+                        "subscription": "projects/p/subscriptions/bench"})
+                    assert answer.status_code == 202
+        posted = time.perf_counter() - started
+        wait(lambda: all(c == str(per_box) for c in cursors()), 3600, 0.2)
+        durable = time.perf_counter() - started
+        log_head = engine.store.max_position()
+        wait(lambda: min(engine.views.positions().values()) >= log_head, 3600, 0.5)
+        projected = time.perf_counter() - started
+        total = per_box * len(boxes)
+        reader.close()
+        raw = raw_insert_rate(args.postgres, total, args.batch)
+        print(f"messages: {total} in {len(boxes)} mailboxes of {args.tenants} tenants, "
+              f"{pushes} webhook pushes (posted in {posted:.1f} s), batch {args.batch}")
+        print(f"webhook -> events durable:  {total / durable:8.0f} msg/s ({durable:.1f} s)")
+        print(f"webhook -> projected:       {total / projected:8.0f} msg/s ({projected:.1f} s)")
+        print(f"raw eventsourcing insert:   {raw:8.0f} events/s (batch {args.batch})")
+        print(f"durable / raw:              {total / durable / raw:8.0%}")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        engine.close()
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        _drop_streams(args.nats, f"B{suffix}")
+
+
+def wait(condition: object, timeout: float, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out")
+        time.sleep(every)
+
+
+def _up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _drop_streams(url: str, stream: str) -> None:
+    import asyncio
+
+    import nats
+
+    async def drop() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        for name in (stream, f"{stream}_DEAD"):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(drop())
+
+
+if __name__ == "__main__":
+    main()

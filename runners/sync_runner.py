@@ -1,0 +1,256 @@
+"""Composition of the sync workers from configuration: `crmsync run sync`, `crmsync deadletters`,
+and the in-process worker of an embedded `crmsync serve`.
+
+- Work queue: JetStream when `CRMSYNC_NATS_URL` is set (stream `CRMSYNC_NATS_STREAM`, subject
+  prefix `CRMSYNC_NATS_SUBJECT_PREFIX`, consumer `CRMSYNC_NATS_DURABLE`, redelivery after
+  `CRMSYNC_NATS_ACK_WAIT` seconds without an ack, default 120), else the SQLite webhook
+  inbox (`CRMSYNC_WEBHOOK_INBOX`, else `<db>.webhooks.db`, as `crmsync serve` writes it).
+- Mailbox locks: PostgreSQL advisory locks with PostgreSQL, else a lock file `<db>.sync.lock`.
+- Provider clients: `CRMSYNC_GMAIL_API_URL`, `CRMSYNC_GRAPH_API_URL` (`CRMSYNC_GRAPH_CA_FILE`: a
+  private CA for it), credentials from the engine's credential store, read per sync and never
+  logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+# Light imports only: `runners.cli` builds its parser with `add_parsers` on every command, so
+# the provider clients and the worker are imported when a sync command runs.
+if TYPE_CHECKING:
+    import ssl
+
+    from adapters.credential_store import CredentialStore
+    from adapters.mail_sources import MailSource
+    from adapters.work_queue import WorkQueue
+    from domain.state import Mailbox
+    from runners.engine import Engine
+    from runners.sync_worker import LoopOptions, MailboxLocks, SyncWorker
+
+NATS_URL_ENV = "CRMSYNC_NATS_URL"
+
+
+class ConfiguredSources:
+    """Provider clients for a mailbox, from its stored credentials (None when there are none)."""
+
+    def __init__(self, credentials: CredentialStore | None, *, gmail_url: str | None = None,
+                 graph_url: str | None = None, graph_ca: str | None = None) -> None:
+        import ssl
+
+        from adapters.gmail_client import DEFAULT_GMAIL_API_URL
+        from adapters.graph_client import DEFAULT_GRAPH_API_URL
+
+        self.credentials = credentials
+        self.gmail_url = gmail_url or os.environ.get("CRMSYNC_GMAIL_API_URL") or \
+            DEFAULT_GMAIL_API_URL
+        self.graph_url = graph_url or os.environ.get("CRMSYNC_GRAPH_API_URL") or \
+            DEFAULT_GRAPH_API_URL
+        ca = graph_ca or os.environ.get("CRMSYNC_GRAPH_CA_FILE")
+        self.graph_verify: ssl.SSLContext | bool = \
+            ssl.create_default_context(cafile=ca) if ca else True
+
+    def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
+        from adapters.gmail_client import GmailClient
+        from adapters.graph_client import GraphClient
+        from adapters.imap_client import ImapAccount
+        from adapters.mail_sources import ImapSource, ProviderSource
+
+        if self.credentials is None:
+            return None
+        creds: dict[str, Any] | None = self.credentials.get(tenant, mailbox.id)
+        if creds is None:
+            return None
+        if mailbox.provider == "imap":
+            return ImapSource(ImapAccount(str(creds["host"]), int(creds["port"]),
+                                          str(creds["user"]), str(creds["password"]),
+                                          tls="ssl" if creds.get("tls", True) else "none"))
+        token = str(creds.get("access_token", ""))
+
+        def access_token() -> str:
+            return token
+
+        if mailbox.provider == "gmail":
+            return ProviderSource(GmailClient(access_token, self.gmail_url), cursor_first=True)
+        return ProviderSource(GraphClient(access_token, self.graph_url,
+                                          verify=self.graph_verify), cursor_first=False)
+
+
+def inbox_path(db: str) -> str:
+    """The SQLite webhook inbox `crmsync serve` writes (runners.serve.webhook_inbox)."""
+    path = os.environ.get("CRMSYNC_WEBHOOK_INBOX")
+    if path:
+        return path
+    return (db[:-3] if db.endswith(".db") else db) + ".webhooks.db"
+
+
+def open_queue(db: str) -> WorkQueue:
+    url = os.environ.get(NATS_URL_ENV)
+    if url:
+        from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
+        from adapters.jetstream_work import DEFAULT_DURABLE, JetStreamWork
+
+        return JetStreamWork(url, stream=os.environ.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM),
+                             subject_prefix=os.environ.get("CRMSYNC_NATS_SUBJECT_PREFIX",
+                                                           DEFAULT_SUBJECT_PREFIX),
+                             durable=os.environ.get("CRMSYNC_NATS_DURABLE", DEFAULT_DURABLE),
+                             ack_wait=float(os.environ.get("CRMSYNC_NATS_ACK_WAIT", "120")))
+    from adapters.sqlite_work import SqliteWork
+
+    return SqliteWork(inbox_path(db))
+
+
+def open_locks(db: str, postgres: str | None) -> MailboxLocks:
+    from adapters.mailbox_locks import FileLocks, PostgresLocks
+    from runners.config import postgres_url
+
+    url = postgres_url(postgres)
+    if url:
+        return PostgresLocks(url)
+    return FileLocks((db[:-3] if db.endswith(".db") else db) + ".sync.lock")
+
+
+def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int) -> SyncWorker:
+    from runners.sync_worker import SyncWorker
+
+    return SyncWorker(engine, ConfiguredSources(engine.credentials),
+                      open_locks(db, postgres), batch_size=batch_size)
+
+
+def options_of(args: argparse.Namespace) -> LoopOptions:
+    from runners.sync_worker import LoopOptions
+
+    return LoopOptions(poll=args.poll, imap_interval=args.imap_interval,
+                       max_attempts=args.max_attempts, backoff=args.backoff)
+
+
+def add_parsers(sub: Any, workers: Any) -> None:
+    """`crmsync run sync` and `crmsync deadletters` (called by runners.cli.build_parser)."""
+    sync = workers.add_parser("sync", help="sync mailboxes from webhook deliveries and IMAP "
+                              "polls (JetStream with CRMSYNC_NATS_URL, else the SQLite inbox)")
+    sync.add_argument("--batch-size", type=int, default=500,
+                      help="commands per event-store transaction")
+    sync.add_argument("--poll", type=float, default=1.0,
+                      help="seconds to wait for deliveries before looking at the log again")
+    sync.add_argument("--imap-interval", type=float,
+                      default=float(os.environ.get("CRMSYNC_IMAP_POLL_SECONDS", "60")),
+                      help="seconds between IMAP polls (env CRMSYNC_IMAP_POLL_SECONDS)")
+    sync.add_argument("--max-attempts", type=int, default=5,
+                      help="deliveries of one webhook before it is dead-lettered")
+    sync.add_argument("--backoff", type=float, default=2.0,
+                      help="first retry delay in seconds (doubles per attempt, at most 300)")
+    dead = sub.add_parser("deadletters", help="list or replay dead-lettered deliveries")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the dead letters in the queue")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    replay = actions.add_parser("replay", help="put dead letters back on the work queue")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="a dead letter id (see `deadletters list`)")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from runners.config import open_engine
+    from runners.logs import configure_logging
+    from runners.sync_worker import run_until_signalled
+
+    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    engine = open_engine(args.db, args.postgres)
+    worker = build_worker(engine, args.db, args.postgres, args.batch_size)
+    try:
+        run_until_signalled(worker, open_queue(args.db), options_of(args))
+    finally:
+        worker.locks.close()
+        engine.close()
+    return 0
+
+
+def deadletters(args: argparse.Namespace) -> int:
+    import orjson
+
+    from domain.commands import RecordDeadLetterReplay
+    from runners.config import open_engine
+
+    queue = open_queue(args.db)
+
+    async def listing() -> list[Any]:
+        try:
+            return [d.as_json() for d in await queue.dead_letters()]
+        finally:
+            await queue.close()
+
+    if args.action == "list":
+        found = asyncio.run(listing())
+        if args.json:
+            sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            for d in found:
+                sys.stdout.write(f"{d['id']}\t{d['provider']}\t{d['delivery_id']}\t"
+                                 f"{d['tenant'] or '-'}\t{d['mailbox'] or '-'}\t"
+                                 f"{d['attempts']}\t{d['error']}\n")
+            if not found:
+                sys.stdout.write("(nothing)\n")
+        return 0
+    engine = open_engine(args.db, args.postgres)
+
+    async def replay() -> tuple[list[Any], list[str]]:
+        try:
+            ids = [d.id for d in await queue.dead_letters()] if args.all else [args.id]
+            done, unknown = [], []
+            for ident in ids:
+                try:
+                    done.append(await queue.replay(ident))
+                except KeyError:
+                    unknown.append(ident)
+            return done, unknown
+        finally:
+            await queue.close()
+
+    try:
+        done, unknown = asyncio.run(replay())
+        from datetime import UTC, datetime
+
+        for dead in done:
+            if dead.tenant and engine.store.state(dead.tenant).seq:
+                engine.execute_batch([RecordDeadLetterReplay(
+                    cmd="RecordDeadLetterReplay", tenant=dead.tenant, actor="system:cli",
+                    dead_letter_id=dead.id, delivery_id=dead.delivery_id)],
+                    now=datetime.now(UTC), correlation_id=f"replay:{dead.id}")
+            sys.stdout.write(f"replayed {dead.id} ({dead.delivery_id})\n")
+        for ident in unknown:
+            sys.stderr.write(f"crmsync: no dead letter {ident!r}\n")
+        return 3 if unknown else 0
+    finally:
+        engine.close()
+
+
+def start_embedded(db: str) -> threading.Event:
+    """An embedded `crmsync serve`: the sync worker in a thread of its own, on its own engine
+    (SQLite file) and the SQLite inbox. Set the returned event to stop it."""
+    from runners.engine import Engine
+    from runners.sync_worker import LoopOptions, run
+
+    stop = threading.Event()
+
+    def main() -> None:
+        engine = Engine.open_sqlite(db)
+        worker = build_worker(engine, db, None, 500)
+
+        async def loop() -> None:
+            queue = open_queue(db)
+            try:
+                await run(worker, queue, stop, LoopOptions())
+            finally:
+                await queue.close()
+
+        try:
+            asyncio.run(loop())
+        finally:
+            engine.close()
+
+    threading.Thread(target=main, name="crmsync-sync", daemon=True).start()
+    return stop

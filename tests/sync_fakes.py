@@ -1,0 +1,184 @@
+"""Hand-written fakes for the sync workers: a provider mailbox with a history, the source factory,
+and an in-memory work queue (the same contract as the JetStream and SQLite adapters)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from adapters.errors import CursorExpired, MailboxGone, ProviderError, ProviderThrottled
+from adapters.mail_sources import Changes, ResyncPage
+from adapters.work_queue import DeadLetter, Delivery
+from domain.events import MailMessage
+from domain.state import Mailbox
+
+NOW = datetime.now(UTC)
+
+
+def message(i: int, *, days_ago: float = 1.0, thread: str | None = None,
+            labels: list[str] | None = None, read: bool = False,
+            in_reply_to: str | None = None) -> MailMessage:
+    return MailMessage.model_validate({
+        "id": f"m{i}", "message_id": f"<m{i}@ext.test>", "thread_id": thread,
+        "in_reply_to": in_reply_to, "from": f"sender{i}@ext.test", "to": ["mia@acme.test"],
+        "subject": f"message {i}", "body": f"body {i}",
+        "sent_at": (NOW - timedelta(days=days_ago)).isoformat(),
+        "labels": labels or ["INBOX"], "read": read})
+
+
+@dataclass
+class FakeMailbox:
+    """A provider mailbox: `history` of ("add", msg) / ("delete", id) / ("update", msg); the
+    cursor is the history length as text. Cursors below `expired_below` are expired."""
+
+    history: list[tuple[str, Any]] = field(default_factory=list)
+    expired_below: int = 0
+    gone: bool = False
+    failures: int = 0  # the next N calls raise ProviderError
+    throttled: float | None = None  # every call raises ProviderThrottled(retry_after=this)
+    page_size: int = 1000
+    calls: list[str] = field(default_factory=list)
+
+    def add(self, *messages: MailMessage) -> None:
+        self.history += [("add", m) for m in messages]
+
+    def delete(self, *ids: str) -> None:
+        self.history += [("delete", i) for i in ids]
+
+    def update(self, msg: MailMessage) -> None:
+        self.history.append(("update", msg))
+
+    def current(self) -> dict[str, MailMessage]:
+        live: dict[str, MailMessage] = {}
+        for kind, value in self.history:
+            if kind == "delete":
+                live.pop(value, None)
+            else:
+                live[value.id] = value
+        return live
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.failures:
+            self.failures -= 1
+            raise ProviderError("gmail", "fake outage", 503)
+        if self.throttled is not None:
+            raise ProviderThrottled("gmail", "rate limited", self.throttled, 429)
+        if self.gone:
+            raise MailboxGone("gmail", "account deleted", 404)
+
+
+class FakeSource:
+    def __init__(self, box: FakeMailbox) -> None:
+        self.box = box
+
+    def changes(self, address: str, cursor: str) -> Changes:
+        self.box._check("changes")
+        start = int(cursor)
+        if start < self.box.expired_below:
+            raise CursorExpired("gmail", "history id too old", 404)
+        end = min(len(self.box.history), start + self.box.page_size)
+        live = self.box.current()
+        added: dict[str, MailMessage] = {}
+        deleted: list[str] = []
+        for kind, value in self.box.history[start:end]:
+            if kind == "delete":
+                added.pop(value, None)
+                deleted.append(value)
+            elif value.id in live:
+                added[value.id] = live[value.id]
+        return Changes(messages=list(added.values()), deleted_ids=deleted, new_cursor=str(end),
+                       more=end < len(self.box.history))
+
+    def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]:
+        self.box._check("resync")
+        cursor = str(len(self.box.history))
+        inside = sorted((m for m in self.box.current().values() if m.sent_at >= since),
+                        key=lambda m: m.sent_at, reverse=True)
+        for start in range(0, len(inside), self.box.page_size):
+            yield ResyncPage(inside[start:start + self.box.page_size])
+        yield ResyncPage([], cursor=cursor)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSources:
+    """Mailbox address -> FakeMailbox; `without_credentials` lists addresses with none."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[str, FakeMailbox] = {}
+        self.without_credentials: set[str] = set()
+        self.opened: list[str] = []
+
+    def box(self, address: str) -> FakeMailbox:
+        return self.boxes.setdefault(address, FakeMailbox())
+
+    def open(self, tenant: str, mailbox: Mailbox) -> FakeSource | None:
+        self.opened.append(mailbox.address)
+        if mailbox.address in self.without_credentials:
+            return None
+        return FakeSource(self.box(mailbox.address))
+
+
+class FakeWorkQueue:
+    """In memory: deliveries due at a time, attempts counted, dead letters kept."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[str, bytes, int, float]] = {}  # id -> provider, payload,
+        # attempts so far, due (monotonic)
+        self.dead: dict[str, tuple[DeadLetter, bytes]] = {}
+        self.acked: list[str] = []
+
+    async def publish(self, provider: str, delivery_id: str, payload: bytes) -> None:
+        self.items.setdefault(delivery_id, (provider, payload, 0, 0.0))
+
+    async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            due = [(i, v) for i, v in self.items.items() if v[3] <= now][:limit]
+            if due or now >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        out = []
+        for delivery_id, (provider, payload, attempts, _) in due:
+            # in flight: not fetched again until acked or retried (or the ack wait passes)
+            self.items[delivery_id] = (provider, payload, attempts + 1, now + 3600)
+            out.append(Delivery(provider, delivery_id, payload, attempts + 1, delivery_id))
+        return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        self.items.pop(delivery.delivery_id, None)
+        self.acked.append(delivery.delivery_id)
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        provider, payload, attempts, _ = self.items[delivery.delivery_id]
+        self.items[delivery.delivery_id] = (provider, payload, attempts,
+                                            time.monotonic() + delay)
+
+    async def put_dead_letter(self, delivery: Delivery, *, tenant: str | None,
+                              mailbox: str | None, error: str) -> str:
+        for key, (dead, _) in self.dead.items():
+            if dead.delivery_id == delivery.delivery_id:
+                return key
+        key = str(len(self.dead) + 1)
+        self.dead[key] = (DeadLetter(key, delivery.provider, delivery.delivery_id, tenant,
+                                     mailbox, delivery.attempts, error,
+                                     datetime.now(UTC).isoformat()), delivery.payload)
+        return key
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return [d for d, _ in self.dead.values()]
+
+    async def replay(self, dead_letter_id: str) -> DeadLetter:
+        dead, payload = self.dead.pop(dead_letter_id)
+        self.items[dead.delivery_id] = (dead.provider, payload, 0, 0.0)
+        return dead
+
+    async def close(self) -> None:
+        pass
