@@ -19,7 +19,7 @@ DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf
                          "txt")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventRef:
     """Names the event that set a piece of state, for explanations (V11)."""
 
@@ -43,7 +43,7 @@ class TenantSettings:
     mass_delete_threshold: float = 0.5
 
 
-@dataclass
+@dataclass(slots=True)
 class User:
     id: str
     email: str
@@ -57,7 +57,7 @@ class User:
         return self.status == "active"
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     id: str
     type: str  # lead | contact | deal
@@ -75,7 +75,7 @@ class Record:
     owner_ref: EventRef | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Mailbox:
     id: str
     user: str

@@ -147,9 +147,9 @@ class Projector:
                         if rows:
                             changes.setdefault(p, {})[(tenant, key)] = rows
                             count += 1
-                if count >= chunk:
-                    yield changes
-                    changes, count = {}, 0
+                            if count >= chunk:  # a group can be large (every record)
+                                yield changes
+                                changes, count = {}, 0
         if changes:
             yield changes
 
