@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from domain import contact_state
 from domain import events as ev
 
 DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx",
@@ -152,6 +153,7 @@ class TenantState:
     mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
     applied_commands: set[str] = field(default_factory=set)
+    contacts: contact_state.ContactSync = field(default_factory=contact_state.ContactSync)
     # the command side threads replies by Message-ID; projections never need that index
     index_rfc: bool = True
 
@@ -492,6 +494,22 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.ExternalContactChangeQueued: _no_state,
     ev.ExternalContactChangeAcknowledged: _no_state,
 }
+
+
+def _then(first: Callable[[TenantState, Any, int], None],
+          second: Callable[[TenantState, Any, int], None]
+          ) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        first(s, e, seq)
+        second(s, e, seq)
+
+    return fold
+
+
+# contact sync and merge (SPEC §5): its own events, and provenance of contact values (C8)
+FOLDS.update(contact_state.FOLDS)
+for _kind, _after in contact_state.AFTER.items():
+    FOLDS[_kind] = _then(FOLDS[_kind], _after)
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
 
 
