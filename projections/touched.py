@@ -41,6 +41,32 @@ def _record_threads(state: TenantState, record_id: str) -> set[str]:
             | state.manual_threads.get(record_id, set()))
 
 
+def _contact_changes(state: TenantState, e: ev.DomainEvent) -> tuple[set[str], set[str]]:
+    """SPEC §5: the records whose values (name, addresses, fields) an event may change beyond
+    ContactCreated/ContactUpdated, and the `contact` rows it may change."""
+    cs = state.contacts
+    values: set[str] = set()
+    rows: set[str] = set()
+    if isinstance(e, ev.ContactCreated | ev.ContactUpdated | ev.ExternalContactSynced):
+        values = {e.record}
+    elif isinstance(e, ev.ContactsMerged):
+        values = {e.survivor, *e.merged}
+    elif isinstance(e, ev.ContactUnmerged):
+        values = {e.record, e.survivor}
+    elif isinstance(e, ev.ExternalContactDeleted | ev.ExternalContactChangeQueued):
+        rows = {e.record} if e.record and getattr(e, "operation", "remove") == "remove" else set()
+    elif isinstance(e, ev.ExternalContactChangeAcknowledged) and e.change_id in cs.pending:
+        rows = {cs.pending[e.change_id][1]}
+    for r in list(values):  # a contact's values flow into every contact it is merged into
+        up = r
+        while up in cs.merged_into:
+            up = cs.merged_into[up]
+            values.add(up)
+    if isinstance(e, ev.ContactCreated | ev.ContactUpdated):
+        return set(), values | rows
+    return values, values | rows
+
+
 def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
     if isinstance(e, MAIL):
         threads = {e.thread} if isinstance(e, ev.MessageSynced | ev.EmailSent) else set()
@@ -68,7 +94,8 @@ def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
         return _record_threads(state, e.record)
     if isinstance(e, ev.DealContactLinked | ev.DealContactUnlinked):
         return _record_threads(state, e.contact)
-    return set()
+    changed, _ = _contact_changes(state, e)
+    return set().union(*(_record_threads(state, r) for r in changed))
 
 
 def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
@@ -79,7 +106,8 @@ def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
         return {e.record}
     if isinstance(e, ev.ContactUpdated):
         return {e.record} | state.deals_of_contact.get(e.record, set())
-    return set()
+    changed, _ = _contact_changes(state, e)
+    return changed.union(*(state.deals_of_contact.get(r, set()) for r in changed))
 
 
 def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
@@ -100,6 +128,9 @@ def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
         keys.setdefault("directory", set()).update(f"record:{r}" for r in records)
     if "mailbox" in type(e).model_fields and not isinstance(e, ev.EmailSent):
         keys["sync_status"] = {e.mailbox}  # type: ignore[attr-defined]
+    contact_rows = _contact_changes(state, e)[1]
+    if contact_rows:
+        keys["contact"] = contact_rows
     return keys, _event_threads(state, e)
 
 
