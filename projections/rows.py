@@ -193,8 +193,9 @@ def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
 
 def contact_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     """Key `record`: a contact's merge state (C8-C10): whom it is merged into, the contacts
-    merged into it, its external links, every field's current value with its source and
-    modification time, the older values kept as custom fields, and every value ever seen."""
+    merged into it, its external links and theirs (active or detached), every field's current
+    value with its source and modification time, the older values kept as custom fields, and
+    every value ever seen."""
     record = state.records.get(key)
     if record is None or record.type != "contact":
         return {}
@@ -205,7 +206,8 @@ def contact_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     return {key: {
         "record": key, "merged_into": cs.merged_into.get(key),
         "merged": sorted(r for r in cs.subtree(key) if r != key),
-        "links": [cs.links[k].as_json() for k in sorted(cs.by_record.get(key, ()))],
+        "links": [cs.links[k].as_json() for k in sorted(
+            k for r in cs.subtree(key) for k in cs.by_record.get(r, ()))],
         "fields": {f: c.as_json() for f, c in sorted(cs.current.get(key, {}).items())},
         "kept": {n: {"field": c.field, **c.as_json()}
                  for n, c in sorted(cs.kept.get(key, {}).items())},

@@ -57,11 +57,12 @@ def _contact_changes(state: TenantState, e: ev.DomainEvent) -> tuple[set[str], s
         rows = {e.record} if e.record and getattr(e, "operation", "remove") == "remove" else set()
     elif isinstance(e, ev.ExternalContactChangeAcknowledged) and e.change_id in cs.pending:
         rows = {cs.pending[e.change_id][1]}
-    for r in list(values):  # a contact's values flow into every contact it is merged into
-        up = r
-        while up in cs.merged_into:
-            up = cs.merged_into[up]
-            values.add(up)
+    for found in (values, rows):  # a contact's values and links show in every contact it is
+        for r in list(found):     # merged into
+            up = r
+            while up in cs.merged_into:
+                up = cs.merged_into[up]
+                found.add(up)
     if isinstance(e, ev.ContactCreated | ev.ContactUpdated):
         return set(), values | rows
     return values, values | rows
