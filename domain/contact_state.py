@@ -204,7 +204,9 @@ def refresh(s: TenantState, record: str) -> None:
         rec = s.records.get(record)
         if rec is not None and rec.type == "contact":
             current, kept = resolve(cs.all_claims(record))
-            cs.current[record], cs.kept[record] = current, kept
+            cs.current[record] = current
+            if kept or record in cs.kept:
+                cs.kept[record] = kept
             _write(s, rec, current, kept)
         if record not in cs.merged_into:
             return
@@ -246,10 +248,13 @@ def _set_link_record(cs: ContactSync, link: Link, record: str) -> None:
 def _contact_created(s: TenantState, e: ev.ContactCreated, seq: int) -> None:
     if e.via == "contact_sync":
         return  # the ExternalContactSynced that follows brings the values and their origin
-    _claim(s, e.record, {"name": e.name, "emails": sorted({a.lower() for a in e.emails}),
-                         "customer_status": e.customer_status},
-           f"crm:{e.record}", iso(e.occurred_at), seq)
-    refresh(s, e.record)
+    at, origin = iso(e.occurred_at), f"crm:{e.record}"
+    claims = s.contacts.claims[e.record] = [
+        Claim("name", e.name, origin, at, seq, e.record),
+        Claim("emails", sorted({a.lower() for a in e.emails}), origin, at, seq, e.record),
+        Claim("customer_status", e.customer_status, origin, at, seq, e.record)]
+    # one origin, nothing merged: the claims are the current values, as the Record has them
+    s.contacts.current[e.record] = {c.field: c for c in claims}
 
 
 def _contact_updated(s: TenantState, e: ev.ContactUpdated, seq: int) -> None:

@@ -467,7 +467,7 @@ def _access_change(out: Outbound, record: Record, owner: str, collaborators: Ite
     s = out.ctx.state
     if not syncable(s, record):
         return
-    before = book_users(s, record.owner, record.collaborators)
+    before = book_users(s, record.owner, record.collaborators, active=out.active)
     after = book_users(s, owner, collaborators, manager_of, active=out.active)
     _push_record(out, record, after - before)
     for user in sorted(before - after):
@@ -588,7 +588,8 @@ def following(handler: Handler) -> Handler:
 
 FOLLOWED = ("CreateLead", "CreateContact", "UpdateContact", "CreateDeal", "ChangeDealStage",
             "LinkDealContact", "UnlinkDealContact", "ChangeOwner", "AddCollaborator",
-            "RemoveCollaborator", "ChangeUserManager", "ReactivateUser", "DeleteUser")
+            "RemoveCollaborator", "ChangeUserManager", "ReactivateUser", "DeleteUser",
+            "SyncMessage")  # SyncMessage: Smart BCC creates contacts (S6)
 
 
 def handlers(existing: dict[str, Handler]) -> dict[str, Handler]:

@@ -378,3 +378,30 @@ def test_c10_unmerging_a_never_merged_contact_is_rejected() -> None:
     assert "nothing to unmerge" in rejection(state, unmerge("c1")).reason
     run(state, unmerge("c2"))
     assert "nothing to unmerge" in rejection(state, unmerge("c2")).reason
+
+
+def test_c6_reassignment_on_delete_user_fills_new_books_not_the_deleted_one() -> None:
+    state = apply([user("top", "manager"), user("cy", manager="top"), connect("top"),
+                   connect("bob"), contact("c1", "bob", "a@x.test")], team())
+    events = run(state, {"cmd": "DeleteUser", "user": "bob", "reassign_to": "cy"})
+    assert [(c.user, c.operation, c.record) for c in queued(events)] == [("top", "upsert", "c1")]
+
+
+def test_c6_reactivated_user_gets_what_changed_meanwhile() -> None:
+    state = apply([contact("c1", "ann", "a@x.test")], team())
+    run(state, ack("ann", "xc-1", "a-c1"))
+    run(state, {"cmd": "DeactivateUser", "user": "ann"})
+    assert queued(run(state, update("c1", phone="+49 5"))) == []  # ann's book is paused
+    (change,) = queued(run(state, {"cmd": "ReactivateUser", "user": "ann"}))
+    assert (change.user, change.external_id, change.fields["phone"]) == ("ann", "a-c1", "+49 5")
+
+
+def test_c6_smart_bcc_contact_goes_to_the_senders_book() -> None:
+    state = apply([{"cmd": "ConfigureTenant", "bcc_address": "drop@acme.test"},
+                   {"cmd": "ConnectMailbox", "mailbox": "mb", "user": "ann", "provider": "gmail",
+                    "address": "ann@acme.test"}], team())
+    events = run(state, {"cmd": "SyncMessage", "mailbox": "mb", "message": {
+        "id": "m1", "from": "ann@acme.test", "to": ["new@cust.test"], "bcc": ["drop@acme.test"],
+        "subject": "hi", "sent_at": at(0)}})
+    assert [(c.user, c.fields.get("emails")) for c in queued(events)] == [
+        ("ann", ["new@cust.test"])]
