@@ -49,10 +49,12 @@ Step = tuple[str, Any]
 @st.composite
 def histories(draw: Any) -> list[Step]:
     """('ext', user, external id, fields, offset minutes) | ('crm', slot, fields) |
-    ('merge', survivor slot, merged slots) | ('unmerge', slot) | ('pair', survivor, merged)."""
+    ('merge', survivor slot, merged slots) | ('unmerge', slot) | ('pair', survivor, merged) |
+    ('delete', user, external id) | ('owner', slot, user)."""
     steps: list[Step] = []
     for _ in range(draw(st.integers(3, 18))):
-        kind = draw(st.sampled_from(["ext", "ext", "crm", "crm", "merge", "unmerge", "pair"]))
+        kind = draw(st.sampled_from(["ext", "ext", "crm", "crm", "merge", "unmerge", "pair",
+                                     "delete", "owner"]))
         fields = {f: None for f in draw(st.lists(st.sampled_from(FIELDS), min_size=1,
                                                  max_size=2, unique=True))}
         if kind == "ext":
@@ -65,6 +67,12 @@ def histories(draw: Any) -> list[Step]:
         elif kind in ("merge", "pair"):
             steps.append((kind, (draw(st.integers(0, 9)), draw(st.lists(
                 st.integers(0, 9), min_size=1, max_size=2, unique=True)))))
+        elif kind == "delete":
+            user = draw(st.sampled_from(sorted(BOOKS)))
+            steps.append(("delete", (user, draw(st.sampled_from(BOOKS[user])))))
+        elif kind == "owner":
+            steps.append(("owner", (draw(st.integers(0, 9)), draw(st.sampled_from(
+                ["ann", "bob", "boss"])))))
         else:
             steps.append(("unmerge", draw(st.integers(0, 9))))
     return steps
@@ -126,6 +134,10 @@ def _step(run: Run, step: Step) -> None:
         fields = {f: run.value(f) for f in names}
         if run.apply({"cmd": "UpdateContact", "record": pick(live, slot), "fields": fields}):
             run.sent += list(fields.values())
+    elif kind == "delete":  # C5: recorded, the link detached (rejected if unknown)
+        run.apply({"cmd": "DeleteExternalContact", "user": args[0], "external_id": args[1]})
+    elif kind == "owner":  # C6: books follow access (remove / upsert)
+        run.apply({"cmd": "ChangeOwner", "record": pick(contacts, args[0]), "owner": args[1]})
     elif kind == "unmerge":
         if merged_away:
             assert run.apply({"cmd": "UnmergeContact", "record": pick(merged_away, args)})

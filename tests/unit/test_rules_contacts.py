@@ -405,3 +405,21 @@ def test_c6_smart_bcc_contact_goes_to_the_senders_book() -> None:
         "subject": "hi", "sent_at": at(0)}})
     assert [(c.user, c.fields.get("emails")) for c in queued(events)] == [
         ("ann", ["new@cust.test"])]
+
+
+def test_c7_created_duplicate_is_removed_when_the_users_copy_matched_meanwhile() -> None:
+    state = apply([contact("c1", "ann", "carla@cust.test")], team())  # xc-1 creates it
+    run(state, external("ann", "x1", 9, name="Carla", emails=["carla@cust.test"]))
+    assert record_of(state, "ann", "x1") == "c1"
+    (change,) = queued(run(state, ack("ann", "xc-1", "x-dup")))
+    assert (change.operation, change.external_id) == ("remove", "x-dup")
+    assert ("ann", "x-dup") not in state.contacts.links
+    assert state.contacts.active_link("ann", "c1").external_id == "x1"  # type: ignore[union-attr]
+
+
+def test_c6_refused_creation_is_created_again_with_the_next_change() -> None:
+    state = apply([contact("c1", "ann", "a@x.test")], team())
+    run(state, {**ack("ann", "xc-1"), "ok": False, "error": "quota"})
+    (change,) = queued(run(state, update("c1", phone="+49 3")))
+    assert (change.operation, change.external_id, change.fields["phone"]) == (
+        "upsert", None, "+49 3")
