@@ -231,6 +231,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                                                                  at=when))
         return found[0]
 
+    @app.get("/v1/contacts/{record:path}/merge",
+             response_model=m.ContactMerge | m.MergedAway, response_model_exclude_unset=True)
+    def contact_merge(who: Who, record: str, at: At = None,
+                      min_position: MinPosition = None) -> dict[str, Any]:
+        when = _parse_at(at)
+        return answer(min_position, lambda: engine.query_contact(who.tenant, who.user, record,
+                                                                 at=when))
+
     # -- commands -------------------------------------------------------------------------------
     @app.post("/v1/commands", response_model=m.CommandsAnswer, openapi_extra=COMMANDS_BODY,
               responses={413: {"model": m.ErrorAnswer, "description": "body too large"},

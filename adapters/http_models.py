@@ -107,6 +107,48 @@ class SyncStatus(_Model):
     resync_reason: str | None
 
 
+class ContactValue(_Model):
+    """One value of a contact field with its provenance (C8)."""
+
+    value: Any
+    source: Literal["crm", "exchange"]
+    modified_at: str
+    record: str = Field(description="the contact the value was set on (merges keep it)")
+    user: str | None = Field(default=None, description="exchange: whose book")
+    external_id: str | None = None
+
+
+class KeptValue(ContactValue):
+    field: str = Field(description="the field whose older value this custom field keeps")
+
+
+class ExternalLink(_Model):
+    provider: str
+    external_id: str
+    user: str
+    status: Literal["active", "detached"]
+    reason: str | None
+    home: str
+    modified_at: str | None
+
+
+class ContactMerge(_Model):
+    """Contact merge state (SPEC §7, C8-C10)."""
+
+    record: str
+    survivor: str
+    merged: list[str]
+    links: list[ExternalLink]
+    fields: dict[str, ContactValue]
+    kept: dict[str, KeptValue] = Field(description="older values as custom fields "
+                                                   "`<field> (previous)`, numbered if taken")
+    values: dict[str, list[ContactValue]] = Field(description="every value ever seen")
+
+
+class MergedAway(_Model):
+    merged_into: str
+
+
 class LineResult(_Model):
     line: int
     result: Literal["applied", "unchanged", "rejected"]

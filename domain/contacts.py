@@ -1,22 +1,605 @@
 """Contact sync and merge (SPEC §5): the decisions about CRM contacts and users' external
 address books.
 
-The contact-sync runner executes `ExternalContactChangeQueued` changes against the provider and
-answers each with AcknowledgeExternalContactChange, recorded here as
-`ExternalContactChangeAcknowledged`.
+Inbound (C1, C5, C7, C8): SyncExternalContact imports or updates a CRM contact, matched by email
+(C7); field conflicts are settled by modification time with the older value kept (C8, derived in
+`domain.contact_state`). DeleteExternalContact is recorded, never applied (C5).
+
+Outbound (C2, C3, C4, C6): whenever what a user's book should hold for a record differs from
+what it is known to hold, an `ExternalContactChangeQueued` goes out. The book is known from what
+was written to it and what it reported (`ContactSync.known`), so a value that came from the book
+is not sent back to it (C4) unless the CRM's value won the conflict. Only users who connected
+contact sync get changes, for the leads and contacts in access(R) (C6, managers and admins
+included). The contact-sync runner executes the changes and answers each with
+AcknowledgeExternalContactChange, recorded as `ExternalContactChangeAcknowledged`.
+
+Merge (C9, C10): MergeContacts keeps one external link per user on the survivor (its own, else
+the most recently modified) and detaches the others; UnmergeContact restores the merged contact's
+links and values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from domain import commands as c
 from domain import events as ev
+from domain.contact_state import (
+    BASE_CATEGORIES,
+    CRM_ONLY,
+    Claim,
+    ContactSync,
+    Known,
+    categories_of,
+    iso,
+    payload,
+    resolve,
+)
 from domain.context import Context
+from domain.records import _emails
+from domain.state import Record, TenantState
+
+Handler = Callable[[Context, Any], list[ev.DomainEvent]]
+
+
+# --- the outbound queue ----------------------------------------------------------------------
+
+
+class Outbound:
+    """Collects the changes one command queues; `known` overrides what the command's own
+    events will change in `ContactSync.known` before they are folded."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cs: ContactSync = ctx.state.contacts
+        self.count = self.cs.changes
+        self.events: list[ev.DomainEvent] = []
+        self.known: dict[tuple[str, str], Known | None] = {}
+        self.links: dict[tuple[str, str], str | None] = {}  # (user, record) -> external id
+        self.active: dict[str, bool] = {}  # users whose status the command changes
+
+    def _known(self, user: str, record: str) -> Known | None:
+        key = (user, record)
+        return self.known[key] if key in self.known else self.cs.known.get(key)
+
+    def _link(self, user: str, record: str) -> str | None:
+        if (user, record) in self.links:
+            return self.links[(user, record)]
+        link = self.cs.active_link(user, record)
+        return link.external_id if link else None
+
+    def queue(self, user: str, operation: str, **fields: Any) -> None:
+        self.count += 1
+        self.events.append(self.ctx.event(ev.ExternalContactChangeQueued,
+                                          change_id=f"xc-{self.count}", user=user,
+                                          operation=operation, **fields))
+
+    def push(self, user: str, record: str, fields: dict[str, Any],
+             categories: tuple[str, ...]) -> None:
+        """Queue an upsert unless the user's book already holds exactly this (C4)."""
+        key = (user, record)
+        if key in self.cs.deleted or key in self.cs.creating:
+            return  # C5: deleted in the book; or being created: the ack sends what is missing
+        known = self._known(user, record)
+        if known is not None and known.fields == fields and known.categories == categories:
+            return
+        self.queue(user, "upsert", record=record, external_id=self._link(user, record),
+                   fields=fields, categories=list(categories))
+        self.known[key] = Known(fields, categories)
+
+    def remove(self, user: str, record: str) -> None:
+        """C6: the user lost access to `record`; take it out of their book (if it is there)."""
+        external_id = self._link(user, record)
+        if external_id is None and self._known(user, record) is None:
+            return
+        self.queue(user, "remove", record=record, external_id=external_id)
+        self.known[(user, record)] = None
+
+
+# --- who gets what -------------------------------------------------------------------------
+
+
+def _chain(s: TenantState, user: str, manager_of: dict[str, str | None] | None = None
+           ) -> list[str]:
+    over = manager_of or {}
+    out: list[str] = []
+    seen = {user}
+
+    def up(u: str) -> str | None:
+        if u in over:
+            return over[u]
+        return s.users[u].manager if u in s.users else None
+
+    current = up(user)
+    while current is not None and current not in seen and current in s.users:
+        out.append(current)
+        seen.add(current)
+        current = up(current)
+    return out
+
+
+def book_users(s: TenantState, owner: str, collaborators: Iterable[str],
+               manager_of: dict[str, str | None] | None = None,
+               connected: Iterable[str] | None = None,
+               active: dict[str, bool] | None = None) -> set[str]:
+    """C6: the connected, active users in access(R) for a record with this owner and these
+    collaborators (manager changes given by `manager_of`, status changes by `active`)."""
+    users = s.contacts.connected if connected is None else connected
+    if not users:
+        return set()
+    around = {owner, *collaborators, *_chain(s, owner, manager_of)}
+    status = active or {}
+    return {u for u in users if u in s.users and status.get(u, s.users[u].active)
+            and (u in around or s.users[u].role == "admin")}
+
+
+def syncable(s: TenantState, record: Record) -> bool:
+    """Leads and contacts go to external books (C2 `Base Lead`); merged-away contacts do not."""
+    return record.type in ("lead", "contact") and record.id not in s.contacts.merged_into
+
+
+def current_payload(s: TenantState, record: Record) -> dict[str, Any]:
+    if record.type == "lead":
+        return {"emails": list(record.emails), "name": record.name}
+    return payload(s.contacts.current.get(record.id, {}))
+
+
+def _push_record(out: Outbound, record: Record, users: Iterable[str],
+                 fields: dict[str, Any] | None = None,
+                 categories: tuple[str, ...] | None = None) -> None:
+    s = out.ctx.state
+    fields = current_payload(s, record) if fields is None else fields
+    cats = categories_of(s, record) if categories is None else categories
+    for user in sorted(users):
+        out.push(user, record.id, fields, cats)
+
+
+def _full_push(out: Outbound, user: str) -> None:
+    """Everything `user` may access, into their book (a new connection, a reactivation)."""
+    s = out.ctx.state
+    for record in s.records.values():
+        if syncable(s, record) and book_users(s, record.owner, record.collaborators,
+                                              connected=[user], active=out.active):
+            _push_record(out, record, [user])
+
+
+# --- C1: connecting -------------------------------------------------------------------------
+
+
+def connect(ctx: Context, cmd: c.ConnectContactSync) -> list[ev.DomainEvent]:
+    ctx.user(cmd.user, active=True)
+    categories = list(dict.fromkeys(cmd.categories))
+    for i, name in enumerate(categories):
+        if not name.strip():
+            raise ctx.reject(f"categories.{i}", "a category needs a name")
+    already = ctx.state.contacts.connected.get(cmd.user)
+    if already == categories:
+        return []
+    events: list[ev.DomainEvent] = [ctx.event(ev.ContactSyncConnected, user=cmd.user,
+                                              categories=categories)]
+    if already is None:
+        out = Outbound(ctx)
+        _full_push(out, cmd.user)
+        events += out.events
+    return events
+
+
+def _connected(ctx: Context, user: str) -> list[str]:
+    ctx.user(user, active=True)
+    categories = ctx.state.contacts.connected.get(user)
+    if categories is None:
+        raise ctx.reject("user", f"{user!r} has not connected contact sync (ConnectContactSync)")
+    return categories
+
+
+# --- C1, C7, C8: external contacts coming in -----------------------------------------------
+
+
+def _external_fields(ctx: Context, fields: dict[str, Any]) -> dict[str, Any]:
+    out = dict(fields)
+    for name in sorted(out):
+        if name in CRM_ONLY:
+            raise ctx.reject(f"fields.{name}", "is CRM state (expressed by the Base categories, "
+                                               "C2); it does not come from an external book")
+        if not name.strip():
+            raise ctx.reject("fields", "a field needs a name")
+    if "name" in out and not isinstance(out["name"], str):
+        raise ctx.reject("fields.name", "must be a string")
+    if "emails" in out:
+        out["emails"] = _emails(ctx, out["emails"], "fields.emails")
+    return out
+
+
+def _match(s: TenantState, user: str, emails: list[str]) -> str | None:
+    """C7: the contact (lowest id) with one of the addresses that `user` may access and that is
+    not yet linked for `user`."""
+    cs = s.contacts
+    found: set[str] = set()
+    for address in emails:
+        for rid in s.address_records.get(address, ()):
+            rec = s.records[rid]
+            if rec.type != "contact" or rid in cs.merged_into:
+                continue
+            if cs.active_link(user, rid) is not None:
+                continue
+            if book_users(s, rec.owner, rec.collaborators, connected=[user]):
+                found.add(rid)
+    return min(found) if found else None
+
+
+def _new_record_id(s: TenantState, user: str, external_id: str) -> str:
+    base = f"ext:{user}:{external_id}"
+    rid, n = base, 2
+    while rid in s.records:
+        rid, n = f"{base}#{n}", n + 1
+    return rid
+
+
+def sync_external(ctx: Context, cmd: c.SyncExternalContact) -> list[ev.DomainEvent]:
+    s = ctx.state
+    cs = s.contacts
+    imported = _connected(ctx, cmd.user)
+    if cmd.folder != "private":
+        raise ctx.reject("folder", f"only private folders sync (C1): a contact in a "
+                                   f"{cmd.folder} folder is not imported")
+    fields = _external_fields(ctx, cmd.fields)
+    link = cs.links.get((cmd.user, cmd.external_id))
+    events: list[ev.DomainEvent] = []
+    created = matched = False
+    if link is not None and link.status != "active":
+        raise ctx.reject("external_id", f"external contact {cmd.external_id!r} is detached from "
+                                        f"contact {link.record!r} ({link.reason}); it no "
+                                        "longer syncs")
+    if link is not None:
+        record_id = link.record
+    else:
+        wanted = set(imported) | set(BASE_CATEGORIES)
+        if not wanted & set(cmd.categories):
+            raise ctx.reject("categories", f"none of {sorted(cmd.categories)} is a category "
+                                           f"{cmd.user!r} imports ({sorted(imported)}) or a "
+                                           "Base category")
+        found = _match(s, cmd.user, fields.get("emails", []))
+        if found is not None:
+            record_id, matched = found, True
+        else:
+            record_id, created = _new_record_id(s, cmd.user, cmd.external_id), True
+            name = fields.get("name") or (fields.get("emails") or [cmd.external_id])[0]
+            kind = "company" if "Base Company" in cmd.categories else "person"
+            events.append(ctx.event(ev.ContactCreated, record=record_id, owner=cmd.user,
+                                    name=name, kind=kind, emails=fields.get("emails", []),
+                                    via="contact_sync"))
+    events.append(ctx.event(ev.ExternalContactSynced, user=cmd.user,
+                            external_id=cmd.external_id, record=record_id, fields=fields,
+                            categories=list(cmd.categories), modified_at=cmd.modified_at,
+                            created=created, matched=matched))
+    # C4/C6: what the books hold now; the sender's book holds what it just reported
+    origin = f"exchange:{cmd.user}:{cmd.external_id}"
+    new = [Claim(f, v, origin, iso(cmd.modified_at), s.seq + len(events), record_id)
+           for f, v in fields.items()]
+    out = Outbound(ctx)
+    before = None if created else cs.known.get((cmd.user, record_id))
+    out.known[(cmd.user, record_id)] = Known(
+        {**(before.fields if before else {}), **fields},
+        tuple(x for x in BASE_CATEGORIES if x in cmd.categories))
+    if created:
+        out.links[(cmd.user, record_id)] = cmd.external_id
+        current, _ = resolve(new)
+        kind = "Base Company" if "Base Company" in cmd.categories else "Base Person"
+        cats: tuple[str, ...] = (kind,)
+        users = book_users(s, cmd.user, ())
+    else:
+        record = s.records[record_id]
+        current, _ = resolve([*cs.all_claims(record_id), *new])
+        cats = categories_of(s, record)
+        users = book_users(s, record.owner, record.collaborators)
+        if matched:
+            out.links[(cmd.user, record_id)] = cmd.external_id
+    for user in sorted(users | {cmd.user}):
+        out.push(user, record_id, payload(current), cats)
+    return events + out.events
+
+
+# --- C5, C3 ---------------------------------------------------------------------------------
+
+
+def delete_external(ctx: Context, cmd: c.DeleteExternalContact) -> list[ev.DomainEvent]:
+    """C5: recorded, not applied: the CRM contact stays; the link is detached."""
+    _connected(ctx, cmd.user)
+    link = ctx.state.contacts.links.get((cmd.user, cmd.external_id))
+    if link is None:
+        raise ctx.reject("external_id", f"unknown external contact {cmd.external_id!r} in "
+                                        f"{cmd.user!r}'s book")
+    if link.reason == "deleted_externally":
+        return []
+    return [ctx.event(ev.ExternalContactDeleted, user=cmd.user, external_id=cmd.external_id,
+                      record=link.record)]
+
+
+def rename_category(ctx: Context, cmd: c.RenameExternalCategory) -> list[ev.DomainEvent]:
+    """C3: a Base category is renamed back (an outbound change); a renamed imported category
+    is imported under its new name."""
+    imported = _connected(ctx, cmd.user)
+    if cmd.old == cmd.new:
+        return []
+    base = cmd.old in BASE_CATEGORIES
+    if not base and cmd.old not in imported:
+        raise ctx.reject("old", f"unknown category {cmd.old!r}: neither a Base category nor "
+                                f"one {cmd.user!r} imports ({sorted(imported)})")
+    events: list[ev.DomainEvent] = [ctx.event(ev.ExternalCategoryRenamed, user=cmd.user,
+                                              old=cmd.old, new=cmd.new, base=base)]
+    if base:
+        out = Outbound(ctx)
+        out.queue(cmd.user, "revert_category_rename", category_old=cmd.new,
+                  category_new=cmd.old)
+        events += out.events
+    return events
+
+
+# --- C9, C10 --------------------------------------------------------------------------------
+
+
+def merge(ctx: Context, cmd: c.MergeContacts) -> list[ev.DomainEvent]:
+    s = ctx.state
+    cs = s.contacts
+    survivor = ctx.record(cmd.survivor, "survivor", type_="contact")
+    if survivor.id in cs.merged_into:
+        raise ctx.reject("survivor", f"contact {survivor.id!r} is merged into "
+                                     f"{cs.root(survivor.id)!r}")
+    merged: list[str] = []
+    for i, rid in enumerate(cmd.merged):
+        field = f"merged.{i}"
+        if rid == cmd.survivor:
+            raise ctx.reject(field, "a contact cannot be merged into itself")
+        ctx.record(rid, field, type_="contact")
+        if rid in cs.merged_into:
+            raise ctx.reject(field, f"contact {rid!r} is already merged into "
+                                    f"{cs.root(rid)!r}")
+        if rid in merged:
+            raise ctx.reject(field, f"contact {rid!r} is named twice")
+        merged.append(rid)
+    # C9, per user's book: the survivor's own link, else the most recently modified one
+    moved: list[list[str]] = []
+    detached: list[list[str]] = []
+    users = sorted({k[0] for r in [survivor.id, *merged] for k in cs.by_record.get(r, ())})
+    out = Outbound(ctx)
+    for user in users:
+        own = cs.active_link(user, survivor.id)
+        theirs = [link for r in merged
+                  for link in [cs.links[k] for k in sorted(cs.by_record.get(r, ()))]
+                  if link.user == user and link.status == "active"]
+        theirs.sort(key=lambda link: (link.modified_at, link.external_id), reverse=True)
+        if own is None and theirs:
+            keep = theirs.pop(0)
+            moved.append([user, keep.external_id, keep.record])
+            out.links[(user, survivor.id)] = keep.external_id
+            out.known[(user, survivor.id)] = cs.known.get((user, keep.record))
+        detached += [[user, link.external_id] for link in theirs]
+    events: list[ev.DomainEvent] = [ctx.event(ev.ContactsMerged, survivor=survivor.id,
+                                              merged=merged, moved=moved, detached=detached)]
+    claims = [cl for r in [survivor.id, *merged] for cl in cs.all_claims(r)]
+    current, _ = resolve(claims)
+    deals: set[str] = set()
+    for r in [survivor.id, *merged]:
+        for sub in cs.subtree(r):
+            deals |= s.deals_of_contact.get(sub, set())
+    status = current["customer_status"].value if "customer_status" in current else None
+    cats = categories_of(s, survivor, status=status, deals=deals)
+    _push_record(out, survivor, book_users(s, survivor.owner, survivor.collaborators),
+                 payload(current), cats)
+    return events + out.events
+
+
+def unmerge(ctx: Context, cmd: c.UnmergeContact) -> list[ev.DomainEvent]:
+    s = ctx.state
+    cs = s.contacts
+    record = ctx.record(cmd.record, type_="contact")
+    if record.id not in cs.merged_into:
+        raise ctx.reject("record", f"contact {record.id!r} is not merged into another contact; "
+                                   "there is nothing to unmerge")
+    survivor = s.records[cs.merged_into[record.id]]
+    restored = sorted([list(k) for k, link in cs.links.items()
+                       if link.merged_from and link.merged_from[-1] == record.id])
+    out = Outbound(ctx)
+    for user, external_id in restored:
+        link = cs.links[(user, external_id)]
+        out.links[(user, record.id)] = external_id
+        if link.status == "active":  # it moved to the survivor and comes back
+            out.links[(user, survivor.id)] = None
+            out.known[(user, record.id)] = cs.known.get((user, survivor.id))
+            out.known[(user, survivor.id)] = None
+    events: list[ev.DomainEvent] = [ctx.event(ev.ContactUnmerged, record=record.id,
+                                              survivor=survivor.id, restored=restored)]
+    gone = set(cs.subtree(record.id))
+    rest = [r for r in cs.subtree(survivor.id) if r not in gone]
+    for target, parts in ((survivor, rest), (record, sorted(gone))):
+        current, _ = resolve([cl for r in parts for cl in cs.claims.get(r, ())])
+        deals: set[str] = set()
+        for r in parts:
+            deals |= s.deals_of_contact.get(r, set())
+        status = current["customer_status"].value if "customer_status" in current else None
+        cats = categories_of(s, target, status=status, deals=deals)
+        _push_record(out, target, book_users(s, target.owner, target.collaborators),
+                     payload(current), cats)
+    return events + out.events
+
+
+# --- acknowledgements -----------------------------------------------------------------------
 
 
 def acknowledge_change(ctx: Context, cmd: c.AcknowledgeExternalContactChange
                        ) -> list[ev.DomainEvent]:
+    """An ack with `external_id` for a created contact links that external contact to the
+    record for that user; what changed meanwhile is sent to it at once. If the record was
+    linked meanwhile (C7 matched the user's own copy), the created duplicate is removed."""
     ctx.user(cmd.user)
     if not cmd.ok and not cmd.error:
         raise ctx.reject("error", "a refused change needs the provider's reason")
-    return [ctx.event(ev.ExternalContactChangeAcknowledged, change_id=cmd.change_id,
-                      user=cmd.user, external_id=cmd.external_id, ok=cmd.ok, error=cmd.error)]
+    events: list[ev.DomainEvent] = [
+        ctx.event(ev.ExternalContactChangeAcknowledged, change_id=cmd.change_id, user=cmd.user,
+                  external_id=cmd.external_id, ok=cmd.ok, error=cmd.error)]
+    s = ctx.state
+    key = s.contacts.pending.get(cmd.change_id)
+    if key is None or key[0] != cmd.user or not cmd.ok or cmd.external_id is None:
+        return events
+    user, record_id = key
+    if s.contacts.active_link(user, record_id) is not None:
+        # C7 matched an external contact to the record while this one was being created: the
+        # created one is a duplicate of the engine's own making; it leaves the book again
+        out = Outbound(ctx)
+        out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
+        return events + out.events
+    record = s.records.get(record_id)
+    if record is None or not syncable(s, record) or not book_users(
+            s, record.owner, record.collaborators, connected=[user]):
+        return events
+    out = Outbound(ctx)
+    out.links[key] = cmd.external_id
+    _push_record(out, record, [user])
+    return events + out.events
+
+
+# --- CRM changes that reach the books (C2, C6) ---------------------------------------------
+
+
+def _access_change(out: Outbound, record: Record, owner: str, collaborators: Iterable[str],
+                   manager_of: dict[str, str | None] | None = None) -> None:
+    s = out.ctx.state
+    if not syncable(s, record):
+        return
+    before = book_users(s, record.owner, record.collaborators, active=out.active)
+    after = book_users(s, owner, collaborators, manager_of, active=out.active)
+    _push_record(out, record, after - before)
+    for user in sorted(before - after):
+        out.remove(user, record.id)
+
+
+def _deal_contacts_changed(out: Outbound, contacts: dict[str, set[str]],
+                           stages: dict[str, str]) -> None:
+    """C2: categories of the given contacts with their deals (`contacts`) and deal stages."""
+    s = out.ctx.state
+    cs = s.contacts
+    for contact_id, deals in sorted(contacts.items()):
+        root = s.records[cs.root(contact_id)]
+        all_deals = set(deals)
+        for r in cs.subtree(root.id):
+            if r != contact_id:
+                all_deals |= s.deals_of_contact.get(r, set())
+        cats = categories_of(s, root, stages=stages, deals=all_deals)
+        _push_record(out, root, book_users(s, root.owner, root.collaborators), categories=cats)
+
+
+def _outbound(ctx: Context, e: ev.DomainEvent, out: Outbound) -> None:
+    s = ctx.state
+    cs = s.contacts
+    if isinstance(e, ev.ContactCreated | ev.LeadCreated):
+        kind = "contact" if isinstance(e, ev.ContactCreated) else "lead"
+        rec = Record(e.record, kind, e.owner, e.name, sorted({a.lower() for a in e.emails}),
+                     kind=getattr(e, "kind", None),
+                     customer_status=getattr(e, "customer_status", "none"))
+        if kind == "lead":
+            fields = {"emails": rec.emails, "name": rec.name}
+        else:
+            fields = payload(resolve([Claim("name", rec.name, "crm", "", 0, rec.id),
+                                      Claim("emails", rec.emails, "crm", "", 0, rec.id)])[0])
+        cats = categories_of(s, rec, deals=set())
+        for user in sorted(book_users(s, e.owner, ())):
+            out.push(user, e.record, fields, cats)
+    elif isinstance(e, ev.ContactUpdated):
+        rec = s.records[e.record]
+        new = [Claim(f, v, f"crm:{rec.id}", iso(e.occurred_at), s.seq + 1, rec.id)
+               for f, v in e.fields.items()]
+        current, _ = resolve([*cs.all_claims(rec.id), *new])
+        status = current["customer_status"].value if "customer_status" in current else None
+        _push_record(out, rec, book_users(s, rec.owner, rec.collaborators), payload(current),
+                     categories_of(s, rec, status=status))
+    elif isinstance(e, ev.RecordOwnerChanged):
+        rec = s.records[e.record]
+        _access_change(out, rec, e.owner, rec.collaborators)
+    elif isinstance(e, ev.CollaboratorAdded | ev.CollaboratorRemoved):
+        rec = s.records[e.record]
+        collaborators = set(rec.collaborators)
+        (collaborators.add if isinstance(e, ev.CollaboratorAdded) else collaborators.discard)(
+            e.user)
+        _access_change(out, rec, rec.owner, collaborators)
+    elif isinstance(e, ev.UserManagerChanged):
+        _manager_changed(out, e)
+    elif isinstance(e, ev.UserReactivated) and e.user in cs.connected:
+        out.active[e.user] = True
+        _full_push(out, e.user)
+    elif isinstance(e, ev.DealCreated):
+        _deal_contacts_changed(
+            out, {ct: s.deals_of_contact.get(ct, set()) | {e.record} for ct in e.contacts},
+            {e.record: e.stage})
+    elif isinstance(e, ev.DealStageChanged):
+        deal = s.records[e.record]
+        _deal_contacts_changed(
+            out, {ct: s.deals_of_contact.get(ct, set()) for ct in deal.contacts},
+            {e.record: e.stage})
+    elif isinstance(e, ev.DealContactLinked):
+        _deal_contacts_changed(out, {e.contact: s.deals_of_contact.get(e.contact, set())
+                                     | {e.deal}}, {})
+    elif isinstance(e, ev.DealContactUnlinked):
+        _deal_contacts_changed(out, {e.contact: s.deals_of_contact.get(e.contact, set())
+                                     - {e.deal}}, {})
+
+
+def _manager_changed(out: Outbound, e: ev.UserManagerChanged) -> None:
+    """Only the connected users whose place above `e.user` changes can gain or lose records, and
+    only records owned by `e.user` or someone below: one pass over the records."""
+    s = out.ctx.state
+    before = set(_chain(s, e.user))
+    after = set(_chain(s, e.user, {e.user: e.manager}))
+    moving = {u for u in before ^ after if u in s.contacts.connected}
+    if not moving:
+        return
+    below = {u for u in s.users if u == e.user or e.user in _chain(s, u)}
+    for record in s.records.values():
+        if record.owner in below and syncable(s, record):
+            was = book_users(s, record.owner, record.collaborators, connected=moving)
+            now = book_users(s, record.owner, record.collaborators, {e.user: e.manager},
+                             connected=moving)
+            _push_record(out, record, now - was)
+            for user in sorted(was - now):
+                out.remove(user, record.id)
+
+
+def following(handler: Handler) -> Handler:
+    """A CRM command whose events may change what users' books must hold: their changes follow
+    the events. Free when nobody connected contact sync."""
+
+    def decide(ctx: Context, cmd: Any) -> list[ev.DomainEvent]:
+        record = getattr(cmd, "record", None)
+        if cmd.cmd == "UpdateContact" and record in ctx.state.contacts.merged_into:
+            raise ctx.reject("record", f"contact {record!r} is merged into "
+                                       f"{ctx.state.contacts.root(record)!r}; update that one")
+        events = handler(ctx, cmd)
+        if not ctx.state.contacts.connected or not events:
+            return events
+        out = Outbound(ctx)
+        if cmd.cmd == "DeleteUser":  # a deleted user's book gets nothing more
+            out.active[cmd.user] = False
+        for e in events:
+            _outbound(ctx, e, out)
+        return events + out.events
+
+    return decide
+
+
+FOLLOWED = ("CreateLead", "CreateContact", "UpdateContact", "CreateDeal", "ChangeDealStage",
+            "LinkDealContact", "UnlinkDealContact", "ChangeOwner", "AddCollaborator",
+            "RemoveCollaborator", "ChangeUserManager", "ReactivateUser", "DeleteUser",
+            "SyncMessage")  # SyncMessage: Smart BCC creates contacts (S6)
+
+
+def handlers(existing: dict[str, Handler]) -> dict[str, Handler]:
+    """The contact-sync handlers, and the CRM handlers wrapped by `following`."""
+    return {
+        "ConnectContactSync": connect,
+        "SyncExternalContact": sync_external,
+        "DeleteExternalContact": delete_external,
+        "RenameExternalCategory": rename_category,
+        "MergeContacts": merge,
+        "UnmergeContact": unmerge,
+        **{name: following(existing[name]) for name in FOLLOWED},
+    }

@@ -17,14 +17,6 @@ from domain.context import Context
 from domain.errors import Rejection
 from domain.state import TenantState
 
-
-def _contact_sync(ctx: Context, cmd: c.Command) -> list[ev.DomainEvent]:
-    """SPEC §5 commands are accepted and recorded; their behaviour arrives with contact sync."""
-    payload = cmd.model_dump(mode="json", by_alias=True,
-                             exclude={"cmd", "tenant", "at", "actor", "command_id"})
-    return [ctx.event(ev.ContactSyncCommandRecorded, cmd=cmd.cmd, payload=payload)]
-
-
 HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "AddUser": lifecycle.add_user,
     "ChangeUserManager": lifecycle.change_manager,
@@ -61,13 +53,13 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "RemoveCollaborator": records.remove_collaborator,
     "ShareAddress": records.share_address,
     "UnshareAddress": records.unshare_address,
-    **{name: _contact_sync for name in c.CONTACT_SYNC_COMMANDS},
     "AcknowledgeExternalContactChange": contacts.acknowledge_change,
     "DeleteMessage": outbox.delete_message,
     "MarkMessageRead": outbox.mark_read,
     "AcknowledgeOutboundMail": outbox.acknowledge,
     **sync_rules.HANDLERS,
 }
+HANDLERS.update(contacts.handlers(HANDLERS))  # SPEC §5, and CRM changes that reach the books
 assert set(HANDLERS) == set(c.COMMANDS), "every command needs a handler"
 
 

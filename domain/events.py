@@ -251,7 +251,7 @@ class ContactCreated(DomainEvent):
     kind: Literal["person", "company"]
     emails: list[str]
     customer_status: CustomerStatus = "none"
-    via: Literal["command", "smart_bcc"] = "command"
+    via: Literal["command", "smart_bcc", "contact_sync"] = "command"
 
 
 class ContactUpdated(DomainEvent):
@@ -442,6 +442,73 @@ class OutboundCopyMatched(DomainEvent):
     read: bool | None = None
 
 
+# --- contact sync and merge (SPEC §5; rules in domain/contacts.py) ---------------------------
+
+
+class ContactSyncConnected(DomainEvent):
+    """C1: the user's external book syncs; `categories` are the external categories imported."""
+
+    user: str
+    provider: Literal["exchange"] = "exchange"
+    categories: list[str]
+
+
+class ExternalContactSynced(DomainEvent):
+    """C1, C7, C8: an external contact came in. `record` is the CRM contact it is linked to:
+    a new one (`created`), an existing one matched by email (`matched`), or the one it was
+    already linked to. `fields` are the external values, modified at `modified_at`; the
+    contact's current values follow by C8 (newest wins, older kept)."""
+
+    user: str
+    external_id: str
+    record: str
+    fields: dict[str, Any]
+    categories: list[str]
+    modified_at: datetime
+    created: bool = False
+    matched: bool = False
+
+
+class ExternalContactDeleted(DomainEvent):
+    """C5: a deletion in the external book, recorded and not applied: the CRM contact stays;
+    the link is detached so the book is not written to (or refilled) for that contact again."""
+
+    user: str
+    external_id: str
+    record: str
+
+
+class ExternalCategoryRenamed(DomainEvent):
+    """C3: a category rename observed in the user's book. `base`: a Base category (reverted by
+    a queued `revert_category_rename`); otherwise one of the user's imported categories, whose
+    new name is imported from then on."""
+
+    user: str
+    old: str
+    new: str
+    base: bool
+
+
+class ContactsMerged(DomainEvent):
+    """C9: `merged` contacts merged into `survivor`. `moved`: external links [user, external
+    id, from record] the survivor takes over (per user: its own, else the most recently
+    modified); `detached`: links [user, external id] no longer synced. Nothing is destroyed."""
+
+    survivor: str
+    merged: list[str]
+    moved: list[list[str]] = []
+    detached: list[list[str]] = []
+
+
+class ContactUnmerged(DomainEvent):
+    """C10: `record` is a contact of its own again, with its own links (`restored`: [user,
+    external id]) and its own field values."""
+
+    record: str
+    survivor: str
+    restored: list[list[str]] = []
+
+
 EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     TenantConfigured, UserAdded, UserManagerChanged, UserDeactivated, UserReactivated,
     UserDeleted, GlobalVisibilitySet, MailboxConnected, MailboxAddressChanged,
@@ -454,6 +521,7 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ThreadLinked, ThreadUnlinked, AddressSettingChanged, ThreadMarked, CommandRejected,
     CommandHadNoEffect, ContactSyncCommandRecorded, ExternalContactChangeQueued,
     ExternalContactChangeAcknowledged, MessageDeletionRequested, MessageReadRequested,
-    OutboundMailAcknowledged, OutboundCopyMatched,
+    OutboundMailAcknowledged, OutboundCopyMatched, ContactSyncConnected, ExternalContactSynced,
+    ExternalContactDeleted, ExternalCategoryRenamed, ContactsMerged, ContactUnmerged,
 )
 EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)

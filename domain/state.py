@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from domain import contact_state
 from domain import events as ev
 from domain.message_table import Message, MessageTable
 
@@ -154,6 +155,7 @@ class TenantState:
     local_ids: dict[tuple[str, str], str] = field(default_factory=dict)
     thread_aliases: dict[str, str] = field(default_factory=dict)
     crm_deleted: set[tuple[str, str]] = field(default_factory=set)
+    contacts: contact_state.ContactSync = field(default_factory=contact_state.ContactSync)
     # the command side threads replies by Message-ID; projections never need that index
     index_rfc: bool = True
 
@@ -547,6 +549,22 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.DeliveryDeadLettered: _no_state,
     ev.DeadLetterReplayed: _no_state,
 }
+
+
+def _then(first: Callable[[TenantState, Any, int], None],
+          second: Callable[[TenantState, Any, int], None]
+          ) -> Callable[[TenantState, Any, int], None]:
+    def fold(s: TenantState, e: Any, seq: int) -> None:
+        first(s, e, seq)
+        second(s, e, seq)
+
+    return fold
+
+
+# contact sync and merge (SPEC §5): its own events, and provenance of contact values (C8)
+FOLDS.update(contact_state.FOLDS)
+for _kind, _after in contact_state.AFTER.items():
+    FOLDS[_kind] = _then(FOLDS[_kind], _after)
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
 
 

@@ -16,7 +16,9 @@ from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
 from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, event_rows
-from projections.touched import Keys, key_groups, thread_keys, touched
+from projections.touched import GROUPED, Keys, key_groups, thread_keys, touched
+
+assert set(STATE_ROWS) <= GROUPED, "touched.key_groups must list every state-derived projection"
 
 
 class Logged(Protocol):

@@ -261,3 +261,27 @@ def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | N
         if not out:
             raise NotFound()
     return sorted(out, key=lambda d: d["mailbox"])
+
+
+def contact(views: ViewReader, tenant: str, viewer: str, record: str) -> Answer:
+    """Contact merge state (C8-C10) of a contact V may access (V12): survivor, merged ids,
+    external links, current values with provenance, kept older values and every value seen.
+    A merged-away contact answers only whom it is merged into (its surviving contact)."""
+    look = Lookup(views, tenant)
+    rec = look.record(record)
+    if rec is None or rec["type"] != "contact" or look.access_reason(viewer, rec) is None:
+        raise NotFound()
+    row = views.rows("contact", tenant, record).get(record)
+    if row is None:
+        raise NotFound()
+    if row["merged_into"] is not None:
+        survivor, seen = row["merged_into"], {record}
+        while survivor not in seen:
+            seen.add(survivor)
+            up = views.rows("contact", tenant, survivor).get(survivor)
+            if up is None or up["merged_into"] is None:
+                break
+            survivor = up["merged_into"]
+        return {"merged_into": survivor}
+    return {"record": record, "survivor": record, "merged": row["merged"], "links": row["links"],
+            "fields": row["fields"], "kept": row["kept"], "values": row["values"]}

@@ -192,6 +192,29 @@ def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     return {}
 
 
+def contact_rows(state: TenantState, key: str, cache: Cache) -> Rows:
+    """Key `record`: a contact's merge state (C8-C10): whom it is merged into, the contacts
+    merged into it, its external links and theirs (active or detached), every field's current
+    value with its source and modification time, the older values kept as custom fields, and
+    every value ever seen."""
+    record = state.records.get(key)
+    if record is None or record.type != "contact":
+        return {}
+    cs = state.contacts
+    values: dict[str, list[Doc]] = {}
+    for claim in sorted(cs.all_claims(key), key=lambda c: (c.field, c.order)):
+        values.setdefault(claim.field, []).append(claim.as_json())
+    return {key: {
+        "record": key, "merged_into": cs.merged_into.get(key),
+        "merged": sorted(r for r in cs.subtree(key) if r != key),
+        "links": [cs.links[k].as_json() for k in sorted(
+            k for r in cs.subtree(key) for k in cs.by_record.get(r, ()))],
+        "fields": {f: c.as_json() for f, c in sorted(cs.current.get(key, {}).items())},
+        "kept": {n: {"field": c.field, **c.as_json()}
+                 for n, c in sorted(cs.kept.get(key, {}).items())},
+        "values": values}}
+
+
 # Projections whose rows are a function of tenant state, by name.
 STATE_ROWS: dict[str, Callable[[TenantState, str, Cache], Rows]] = {
     "directory": directory_rows,
@@ -200,8 +223,9 @@ STATE_ROWS: dict[str, Callable[[TenantState, str, Cache], Rows]] = {
     "thread": thread_rows,
     "explain": explain_rows,
     "sync_status": sync_status_rows,
+    "contact": contact_rows,
 }
 # Every projection, in order: `message` is written straight from events (`event_rows`), because
 # message bodies never enter tenant state.
 PROJECTIONS: tuple[str, ...] = ("directory", "timeline", "mailbox", "thread", "message",
-                                "explain", "sync_status")
+                                "explain", "sync_status", "contact")

@@ -42,6 +42,33 @@ def _record_threads(state: TenantState, record_id: str) -> set[str]:
             | state.manual_threads.get(record_id, set()))
 
 
+def _contact_changes(state: TenantState, e: ev.DomainEvent) -> tuple[set[str], set[str]]:
+    """SPEC §5: the records whose values (name, addresses, fields) an event may change beyond
+    ContactCreated/ContactUpdated, and the `contact` rows it may change."""
+    cs = state.contacts
+    values: set[str] = set()
+    rows: set[str] = set()
+    if isinstance(e, ev.ContactCreated | ev.ContactUpdated | ev.ExternalContactSynced):
+        values = {e.record}
+    elif isinstance(e, ev.ContactsMerged):
+        values = {e.survivor, *e.merged}
+    elif isinstance(e, ev.ContactUnmerged):
+        values = {e.record, e.survivor}
+    elif isinstance(e, ev.ExternalContactDeleted | ev.ExternalContactChangeQueued):
+        rows = {e.record} if e.record and getattr(e, "operation", "remove") == "remove" else set()
+    elif isinstance(e, ev.ExternalContactChangeAcknowledged) and e.change_id in cs.pending:
+        rows = {cs.pending[e.change_id][1]}
+    for found in (values, rows):  # a contact's values and links show in every contact it is
+        for r in list(found):     # merged into
+            up = r
+            while up in cs.merged_into:
+                up = cs.merged_into[up]
+                found.add(up)
+    if isinstance(e, ev.ContactCreated | ev.ContactUpdated):
+        return set(), values | rows
+    return values, values | rows
+
+
 def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
     if isinstance(e, MAIL):
         threads = {e.thread} if isinstance(e, ev.MessageSynced | ev.EmailSent) else set()
@@ -69,7 +96,8 @@ def _event_threads(state: TenantState, e: ev.DomainEvent) -> set[str]:
         return _record_threads(state, e.record)
     if isinstance(e, ev.DealContactLinked | ev.DealContactUnlinked):
         return _record_threads(state, e.contact)
-    return set()
+    changed, _ = _contact_changes(state, e)
+    return set().union(*(_record_threads(state, r) for r in changed))
 
 
 def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
@@ -80,7 +108,8 @@ def _event_records(state: TenantState, e: ev.DomainEvent) -> set[str]:
         return {e.record}
     if isinstance(e, ev.ContactUpdated):
         return {e.record} | state.deals_of_contact.get(e.record, set())
-    return set()
+    changed, _ = _contact_changes(state, e)
+    return changed.union(*(state.deals_of_contact.get(r, set()) for r in changed))
 
 
 def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
@@ -101,6 +130,9 @@ def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
         keys.setdefault("directory", set()).update(f"record:{r}" for r in records)
     if "mailbox" in type(e).model_fields and not isinstance(e, ev.EmailSent):
         keys["sync_status"] = {e.mailbox}  # type: ignore[attr-defined]
+    contact_rows = _contact_changes(state, e)[1]
+    if contact_rows:
+        keys["contact"] = contact_rows
     return keys, _event_threads(state, e)
 
 
@@ -115,6 +147,12 @@ def thread_keys(state: TenantState, thread_id: str) -> Keys:
             "explain": {thread_id}}
 
 
+# The projections `key_groups` knows the keys of: a new state-derived projection must be added
+# there, or a rebuild would leave it empty (checked at import).
+GROUPED = frozenset({"directory", "sync_status", "contact", "timeline", "mailbox", "thread",
+                     "explain"})
+
+
 def key_groups(state: TenantState) -> Iterator[Keys]:
     """Every key of every state-derived projection that may have rows now, in groups whose rows
     share cached facts (one group per thread): what a build from the final state writes.
@@ -122,6 +160,7 @@ def key_groups(state: TenantState) -> Iterator[Keys]:
     yield {
         "directory": {f"user:{u}" for u in state.users} | {f"record:{r}" for r in state.records},
         "sync_status": set(state.mailboxes),
+        "contact": {r for r, record in state.records.items() if record.type == "contact"},
     }
     for tid in state.threads:
         yield thread_keys(state, tid)

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--record")
     q("records", "records the viewer may access").add_argument("--email")
     q("status", "mailbox sync status").add_argument("--mailbox")
+    q("contact", "a contact's merge state (C8-C10)").add_argument("--record", required=True)
 
     sub.add_parser("demo", help="tell the built-in story in a temporary database")
     rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
@@ -155,6 +156,8 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
         return engine.query_explain(*common, args.thread, args.record, at=args.at)
     if args.kind == "records":
         return engine.query_records(*common, args.email, at=args.at)
+    if args.kind == "contact":
+        return engine.query_contact(*common, args.record, at=args.at)
     return engine.query_status(*common, args.mailbox, at=args.at)
 
 

@@ -336,3 +336,7 @@ class Engine:
     def query_status(self, tenant: str, viewer: str, mailbox: str | None = None,
                      at: datetime | None = None) -> list[dict[str, Any]]:
         return queries.sync_status(self.reader(tenant, at), tenant, viewer, mailbox)
+
+    def query_contact(self, tenant: str, viewer: str, record: str, at: datetime | None = None
+                      ) -> dict[str, Any]:
+        return queries.contact(self.reader(tenant, at), tenant, viewer, record)
