@@ -178,6 +178,16 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (the receiver processes of --workers)."""
+    total = proc_cpu(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += proc_cpu(int(child))
+    return total
+
+
 def pid_of(name: str) -> int | None:
     """The first process whose command name is `name` (read only, to report its CPU)."""
     for entry in Path("/proc").iterdir():
@@ -249,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the SQLite inbox instead of JetStream")
     parser.add_argument("--port", type=int, default=0, help="receiver port (0: a free one)")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="receiver processes (`run webhooks --workers`)")
     parser.add_argument("--graph-share", type=float, default=0.0,
                         help="fraction of requests that are Graph change notifications")
     parser.add_argument("--log-level", default="INFO", help="receiver CRMSYNC_LOG_LEVEL "
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         cmd += ["-m", "cProfile", "-o", args.profile]
     cmd += ["-m", "runners.cli", "--db", str(Path(tmp.name) / "unused.db"),
-            "run", "webhooks", "--port", str(port)]
+            "run", "webhooks", "--port", str(port), "--workers", str(args.workers)]
     log_path = Path(tmp.name) / "receiver.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)
@@ -293,12 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         load0 = os.getloadavg()
         nats_pid = None if args.embedded else pid_of("nats-server")
         nats0 = proc_cpu(nats_pid) if nats_pid else 0.0
-        server0 = proc_cpu(proc.pid)
+        server0 = tree_cpu(proc.pid)
         wall0 = time.perf_counter()
         results, window, gen_cpu = asyncio.run(
             drive(port, requests, args.rate, warmup, args.connections, drain=30.0))
         wall = time.perf_counter() - wall0
-        server_cpu = proc_cpu(proc.pid) - server0
+        server_cpu = tree_cpu(proc.pid) - server0
         nats_cpu = proc_cpu(nats_pid) - nats0 if nats_pid else None
         load1 = os.getloadavg()
         counted = len(results.latencies)

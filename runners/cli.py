@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(JetStream with CRMSYNC_NATS_URL, else a SQLite inbox)")
     hooks.add_argument("--host", default="127.0.0.1")
     hooks.add_argument("--port", type=int, default=8001)
+    hooks.add_argument("--workers", type=int, default=1,
+                       help="receiver processes on the port (JetStream only; default 1)")
     contacts = workers.add_parser("contacts", help="Exchange / Office 365 contact sync (Graph at "
                                   "CRMSYNC_GRAPH_API_URL)")
     contacts.add_argument("--interval", type=float, default=60.0,
@@ -173,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "run" and args.worker == "webhooks":
         from runners.serve import serve_webhooks
 
-        return serve_webhooks(args.db, args.host, args.port)
+        return serve_webhooks(args.db, args.host, args.port, args.workers)
     if (args.command == "run" and args.worker == "sync") or args.command == "deadletters":
         from runners import sync_runner
 

@@ -19,10 +19,13 @@ from runners.engine import Engine
 from runners.logs import configure_logging
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from adapters.webhook_api import DeliveryInbox
 
 EXIT_USAGE = 2
 NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
+WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
 
 
 def _secret() -> bytes | None:
@@ -88,17 +91,33 @@ def webhook_inbox(db: str | None) -> DeliveryInbox:
     return SqliteInbox(path)
 
 
-def serve_webhooks(db: str, host: str, port: int) -> int:
-    """`crmsync run webhooks`: the webhook routes alone (no engine, no CRMSYNC_SECRET)."""
-    import uvicorn
-
+def webhooks_from_env() -> FastAPI:
+    """The webhook app of one receiver process, from the environment (uvicorn's factory for
+    `crmsync run webhooks --workers N`, which starts N processes on one port)."""
     from adapters.webhook_api import shared_client_state, webhook_app
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
-    inbox = webhook_inbox(db)
-    app = webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)))
-    structlog.get_logger("crmsync.serve").info("serving_webhooks", host=host, port=port,
-                                               inbox=type(inbox).__name__)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
-                log_level="warning")
+    inbox = webhook_inbox(os.environ.get(WEBHOOK_DB_ENV))
+    return webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)))
+
+
+def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
+    """`crmsync run webhooks`: the webhook routes alone (no engine, no CRMSYNC_SECRET).
+
+    With `workers` > 1, uvicorn runs that many receiver processes on the port, each with its own
+    NATS connection; JetStream's Nats-Msg-Id de-duplication makes them interchangeable. The
+    SQLite inbox takes one process (one writer)."""
+    import uvicorn
+
+    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    log = structlog.get_logger("crmsync.serve")
+    if workers < 1 or (workers > 1 and not os.environ.get(NATS_URL_ENV)):
+        sys.stderr.write("crmsync: --workers N > 1 needs CRMSYNC_NATS_URL (JetStream); the "
+                         "SQLite inbox takes one receiver process\n")
+        return EXIT_USAGE
+    os.environ[WEBHOOK_DB_ENV] = db  # read by every receiver process's factory
+    log.info("serving_webhooks", host=host, port=port, workers=workers,
+             inbox="JetStreamInbox" if os.environ.get(NATS_URL_ENV) else "SqliteInbox")
+    uvicorn.run("runners.serve:webhooks_from_env", factory=True, host=host, port=port,
+                workers=workers, access_log=False, log_config=None, log_level="warning")
     return 0
