@@ -6,7 +6,8 @@ mapping `(mailbox, provider message id) -> Message` that packs on write and unpa
 a `Message` read from it is a frozen copy, so a change is written back with
 `table[key] = dataclasses.replace(msg, ...)` and a forgotten write-back fails loudly.
 
-Packing: `\\x02` + the fields joined by `\\x1f` (lists by `\\x1e`) in UTF-8; a message whose text
+Packing: `\\x02` + the fields joined by `\\x1f` (lists by `\\x1e`) in UTF-8, a UTC time as
+`~<epoch seconds>[.<microseconds>]`; a message whose text
 contains either separator, or an empty label or address, is packed as a JSON array instead
 (first byte `[`).
 """
@@ -16,10 +17,37 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
 _TEXT, _FIELD, _ITEM = "\x02", "\x1f", "\x1e"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _compact_time(iso: str) -> str:
+    """`2025-01-01T00:00:01+00:00` -> `~1735689601` (microseconds as `~seconds.micro`), when
+    that gives the very same text back; anything else is kept as it is."""
+    if iso.startswith("~"):
+        return "~" + iso  # `~~…`: a text of its own that happens to start with `~`
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.utcoffset() != timedelta(0) or moment.isoformat() != iso:
+        return iso
+    delta = moment - _EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    return f"~{seconds}.{delta.microseconds}" if delta.microseconds else f"~{seconds}"
+
+
+def _full_time(text: str) -> str:
+    if not text.startswith("~"):
+        return text
+    if text.startswith("~~"):
+        return text[1:]
+    seconds, _, micro = text[1:].partition(".")
+    return (_EPOCH + timedelta(seconds=int(seconds), microseconds=int(micro or 0))).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +76,8 @@ def pack(m: Message) -> bytes:
     flags = ("1" if m.read else "0") + ("1" if m.deleted else "0") + (
         "0" if m.rfc_id is None else "1") + ("0" if m.delivery_status is None else "1")
     return _FIELD.join((_TEXT + m.thread, m.rfc_id or "", _ITEM.join(m.participants), m.subject,
-                        m.sent_at, _ITEM.join(m.labels), flags, m.delivery_status or "")
-                       ).encode()
+                        _compact_time(m.sent_at), _ITEM.join(m.labels), flags,
+                        m.delivery_status or "")).encode()
 
 
 def unpack(message_id: str, data: bytes) -> Message:
@@ -59,7 +87,7 @@ def unpack(message_id: str, data: bytes) -> Message:
                        read, status, deleted)
     thread, rfc, people, subject, sent, labels, flags, status = data.decode().split(_FIELD)
     return Message(message_id, thread[1:], rfc if flags[2] == "1" else None,
-                   tuple(people.split(_ITEM)) if people else (), subject, sent,
+                   tuple(people.split(_ITEM)) if people else (), subject, _full_time(sent),
                    tuple(labels.split(_ITEM)) if labels else (), flags[0] == "1",
                    status if flags[3] == "1" else None, flags[1] == "1")
 

@@ -48,3 +48,15 @@ def test_a_message_read_from_the_table_cannot_be_changed_in_place() -> None:
 def test_a_message_is_stored_under_its_own_id() -> None:
     with pytest.raises(ValueError, match="stored under id"):
         MessageTable()[("mb", "other")] = Message("m1", "mb:t", None, (), "", "", (), False, None)
+
+
+@pytest.mark.parametrize("sent_at", [
+    "2025-01-01T00:00:01+00:00", "2025-01-01T01:06:40.010000+00:00",
+    "1969-12-31T23:59:59.500000+00:00", "0001-01-01T00:00:00+00:00",
+    "9999-12-31T23:59:59.999999+00:00", "2025-01-01T00:00:01+02:00", "~123", "~~x", "~", ""])
+def test_utc_times_are_packed_short_and_come_back_as_the_same_text(sent_at: str) -> None:
+    message = Message("m1", "mb:t", None, (), "", sent_at, (), False, None)
+    packed = pack(message)
+    assert unpack("m1", packed).sent_at == sent_at
+    if sent_at.endswith("+00:00"):
+        assert sent_at.encode() not in packed  # stored as epoch seconds
