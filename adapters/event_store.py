@@ -7,14 +7,13 @@ the event class named by the stored topic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID, uuid5
 
 import orjson
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     IntegrityError,
@@ -23,10 +22,7 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic, resolve_topic
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
 from adapters.errors import ConcurrencyConflict, StoreError
 from domain.events import DomainEvent
@@ -105,8 +101,6 @@ class EventStore:
         except PersistenceError as exc:
             raise StoreError(f"cannot open the event store: {exc}") from exc
         self._states: dict[str, TenantState] = {}
-        self._classes: dict[str, type[DomainEvent]] = {}
-        self._postgres_log = self._postgres_reader()
 
     @classmethod
     def in_memory(cls) -> EventStore:
@@ -191,16 +185,6 @@ class EventStore:
 
     def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
         """Events after log position `after`, at most `limit`, in log order."""
-        if self._postgres_log is None:
-            return self._read_notifications(after, limit)
-        try:
-            rows = self._postgres_log(after, limit)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
-        return [LoggedEvent(position, version, self._decode(topic, state))
-                for position, version, topic, state in rows]
-
-    def _read_notifications(self, after: int, limit: int) -> list[LoggedEvent]:
         try:
             notifications = self.app.recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False)
@@ -211,35 +195,3 @@ class EventStore:
             return out
         except PersistenceError as exc:
             raise StoreError(f"cannot read the event log: {exc}") from exc
-
-    def _decode(self, topic: str, state: bytes) -> DomainEvent:
-        cls = self._classes.get(topic)
-        try:
-            if cls is None:
-                cls = self._classes[topic] = resolve_topic(topic)
-            return cls.model_validate_json(state)
-        except Exception as exc:
-            raise StoreError(f"cannot decode event {topic} from the log: {exc}") from exc
-
-    def _postgres_reader(self) -> Callable[[int, int], list[tuple[int, int, str, bytes]]] | None:
-        """The log as (position, seq, topic, state) tuples straight from PostgreSQL, bytea in
-        binary: about four times faster than `select_notifications`, which builds a
-        Notification (with a UUID) per row from dict rows with hex-decoded bytea. Used only
-        when the mapper neither compresses nor encrypts."""
-        recorder = self.app.recorder
-        mapper = self.app.mapper
-        if (not isinstance(recorder, PostgresApplicationRecorder) or mapper.cipher is not None
-                or mapper.compressor is not None):
-            return None
-        datastore = recorder.datastore
-        statement = SQL("SELECT notification_id, originator_version, topic, state FROM {}.{} "
-                        "WHERE notification_id > %s ORDER BY notification_id LIMIT %s").format(
-            Identifier(datastore.schema), Identifier(recorder.events_table_name))
-
-        def read(after: int, limit: int) -> list[tuple[int, int, str, bytes]]:
-            with datastore.get_connection() as conn, conn.cursor(binary=True,
-                                                                 row_factory=tuple_row) as cur:
-                cur.execute(statement, (after, limit), prepare=True)
-                return cur.fetchall()
-
-        return read

@@ -64,7 +64,8 @@ def main() -> None:
     sys.stdout.write(f"events in log:           {total}\n")
     sys.stdout.write(f"raw read+decode:         {raw:,.0f} events/s "
                      "(select_notifications + mapper)\n")
-    sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s (EventStore.read_log)\n")
+    sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s (EventStore.read_log, "
+                     "what the projector reads through)\n")
 
     peak = {"fold": rss_mb(), "rows": 0.0}
     phase = ["fold"]

@@ -134,7 +134,7 @@ class Projector:
                     direct[(event.tenant, key)] = rows
         return direct
 
-    def final_changes(self, chunk: int = 500) -> Iterator[Changes]:
+    def final_changes(self, chunk: int = 2000) -> Iterator[Changes]:
         """The rows of every key of the state-derived projections, from the folded states, in
         chunks of about `chunk` keys."""
         names = [p for p in self.names if p in STATE_ROWS]

@@ -50,6 +50,37 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim, where there is one: hands freed heap pages back to the system."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def call() -> None:
+        trim(0)
+
+    return call
+
+
+def trimming(progress: Progress | None, every: int = 50) -> Progress:
+    """`progress`, also returning freed memory to the system every `every` batches: a rebuild's
+    reader and writer threads churn through buffers that glibc would otherwise keep."""
+    trim = _malloc_trim()
+    calls = [0]
+
+    def report(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] % every == 0:
+            trim()
+        if progress is not None:
+            progress(done, total)
+
+    return report
+
+
 class ScratchViews(ViewStore, Protocol):
     """A view store in scratch tables (rebuild, verify) next to the live ones."""
 
@@ -254,7 +285,7 @@ class Engine:
     def rebuild(self, projection: str | None = None, progress: Progress | None = None) -> None:
         """Rebuild projections from the log: into new tables swapped in (SQL), or in place."""
         with paused_gc():
-            self._rebuild(projection, progress)
+            self._rebuild(projection, trimming(progress))
 
     def _rebuild(self, projection: str | None, progress: Progress | None) -> None:
         names = [projection] if projection else list(PROJECTIONS)
