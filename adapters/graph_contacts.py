@@ -23,8 +23,7 @@ loopback host (tests). Links outside the base URL are refused.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from ssl import SSLContext
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -45,7 +44,7 @@ from adapters.graph_contact_payloads import (
     parse_folder,
     parse_listing,
 )
-from adapters.provider_http import RETRY_STATUSES, ProviderHttp, error_info, log, retry_after
+from adapters.provider_http import ProviderHttp, error_info
 
 GRAPH_API_URL_ENV = "CRMSYNC_GRAPH_API_URL"
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
@@ -78,43 +77,6 @@ class ContactsClient(Protocol):
     def close(self) -> None: ...
 
 
-class _Http(ProviderHttp):
-    """ProviderHttp with writes: the same retry, scrubbing and base-URL rules for every
-    method. (ProviderHttp itself only reads; fold this into it when the outbox adds writes.)"""
-
-    def send(self, method: str, url: str, *, params: Mapping[str, str | int] | None = None,
-             body: Any = None, headers: Iterable[tuple[str, str]] = ()) -> httpx.Response:
-        if not self.owns(url):
-            raise self.error("refusing a URL outside the configured API base URL")
-        path = urlsplit(url).path
-        status = 0
-        wait = self.backoff
-        for attempt in range(self.max_retries + 1):
-            token = self._token()
-            self._used_tokens.add(token)
-            failure: str | None = None
-            try:
-                response = self._client.request(
-                    method, url, params=params, json=body,
-                    headers=[*headers, ("Accept", "application/json"),
-                             ("Authorization", f"Bearer {token}")])
-            except httpx.HTTPError as exc:  # raised below, outside this block: no __context__
-                failure = type(exc).__name__
-            if failure is not None:
-                raise self.error(f"{method} {path}: {failure}")
-            status = response.status_code
-            if status not in RETRY_STATUSES:
-                return response
-            wait = retry_after(response.headers.get("Retry-After"), self.backoff * 2 ** attempt)
-            if attempt == self.max_retries or wait > self.max_retry_wait:
-                break
-            log.info("provider_retry", provider=self.provider, path=path, status=status,
-                     wait=wait, attempt=attempt + 1)
-            time.sleep(wait)
-        raise ProviderThrottled(self.provider, f"{method} {path}: {status} after {attempt + 1} "
-                                f"attempt(s), retry after {wait:g}s", wait, status)
-
-
 def _codes(response: httpx.Response) -> set[str]:
     return {code.lower() for code in error_info(response).codes}
 
@@ -128,7 +90,7 @@ class GraphContactsClient:
         if split.scheme != "https" and not (split.scheme == "http"
                                             and split.hostname in LOOPBACK_HOSTS):
             raise ValueError(f"graph: base URL must be https: {base_url!r}")
-        self._http = _Http("graph", base_url, access_token, timeout=timeout,
+        self._http = ProviderHttp("graph", base_url, access_token, timeout=timeout,
                            max_retries=max_retries, max_retry_wait=max_retry_wait,
                            backoff=backoff, verify=verify)
         self._prefer = [("Prefer", f"odata.maxpagesize={page_size}"),
@@ -142,7 +104,7 @@ class GraphContactsClient:
 
     def _call(self, method: str, url: str, what: str, *, params: Mapping[str, str | int] | None
               = None, body: Any = None) -> httpx.Response:
-        return self._http.send(method, url, params=params, body=body, headers=self._prefer)
+        return self._http.request(method, url, params, self._prefer, json=body)
 
     def _ok(self, response: httpx.Response, what: str) -> httpx.Response:
         if not response.is_success:
