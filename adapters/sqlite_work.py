@@ -19,19 +19,13 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from adapters.errors import DeliveryStoreError
+from adapters.sqlite_inbox import SCHEMA as INBOX_SCHEMA
 from adapters.work_queue import DeadLetter, Delivery
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_inbox (
-    delivery_id  TEXT PRIMARY KEY,
-    provider     TEXT NOT NULL,
-    payload      BLOB NOT NULL,
-    received_at  TEXT NOT NULL,
-    status       TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processed')),
-    processed_at TEXT
-);
+# the inbox table is the receiver's (adapters/sqlite_inbox.py); these are the workers' own
+SCHEMA = INBOX_SCHEMA + """;
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     delivery_id TEXT PRIMARY KEY,
     attempts    INTEGER NOT NULL,

@@ -453,10 +453,6 @@ COMMANDS: dict[str, type[Command]] = {
         DeleteMessage, MarkMessageRead, AcknowledgeOutboundMail,
     )
 }
-CONTACT_SYNC_COMMANDS = frozenset(
-    {"ConnectContactSync", "SyncExternalContact", "DeleteExternalContact",
-     "RenameExternalCategory", "MergeContacts", "UnmergeContact"}
-)
 
 
 def parse_command(raw: bytes | str | dict[str, Any]) -> Command:

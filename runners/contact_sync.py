@@ -27,7 +27,7 @@ Two jobs, one process:
   is not turned into a command; nor is the `@removed` of a contact the runner itself deleted.
 
 Which users: `connection_of(event)` is the one place that reads a contact-sync connection from
-an event (today `ContactSyncCommandRecorded` of ConnectContactSync). Their Graph token: the
+an event (`ContactSyncConnected`, as the contact domain folds it). Their Graph token: the
 OAuth `access_token` stored for the user's connected `outlook` mailbox (the same Microsoft
 account), read from the credential store at every request; without one a user is not pulled and
 their queued changes are refused with the reason.
@@ -64,7 +64,7 @@ from adapters.graph_contacts import (
     GraphContactsClient,
 )
 from domain.events import (
-    ContactSyncCommandRecorded,
+    ContactSyncConnected,
     DomainEvent,
     ExternalContactChangeQueued,
     UserDeactivated,
@@ -97,16 +97,10 @@ class Connection:
 
 
 def connection_of(event: DomainEvent) -> tuple[str, list[str]] | None:
-    """(user, selected categories) when `event` connects a user's contact sync: the contact
-    domain's `ContactSyncConnected` (read by name, so this module builds without it), or, before
-    that domain exists, the recorded ConnectContactSync command."""
-    if isinstance(event, ContactSyncCommandRecorded) and event.cmd == "ConnectContactSync":
-        data: dict[str, Any] = event.payload
-    elif type(event).__name__ == "ContactSyncConnected":
-        data = event.model_dump()
-    else:
-        return None
-    return str(data["user"]), [str(c) for c in data.get("categories") or []]
+    """(user, selected categories) when `event` connects a user's contact sync (C1)."""
+    if isinstance(event, ContactSyncConnected):
+        return event.user, list(event.categories)
+    return None
 
 
 def _merge_categories(current: list[str], base: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ from adapters.event_store import LoggedEvent
 from adapters.graph_contact_payloads import ContactDeltaPage, ExternalContact
 from adapters.graph_contacts import ContactsClient
 from domain.events import (
-    ContactSyncCommandRecorded,
+    ContactSyncConnected,
     DomainEvent,
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,
@@ -137,8 +137,7 @@ class Counting:
 class World:
     def __init__(self) -> None:
         self.engine = FakeEngine()
-        self.engine.append(event(ContactSyncCommandRecorded, cmd="ConnectContactSync", payload={
-            "user": "mia", "provider": "exchange", "categories": ["Clients"]}))
+        self.engine.append(event(ContactSyncConnected, user="mia", categories=["Clients"]))
         self.book = GraphBook()
         self.client = Counting(FakeContactsClient(self.book))
         self.store = ContactSyncStore(MemoryKeyValues())
@@ -396,12 +395,7 @@ def test_l1_a_deactivated_user_is_not_pulled_until_reactivated(world: World) -> 
     assert len(world.issued("SyncExternalContact")) == 1
 
 
-def test_connection_is_read_from_the_contact_domains_event_too() -> None:
-    class ContactSyncConnected(DomainEvent):  # the contact domain's event (issue #5)
-        user: str
-        provider: str = "exchange"
-        categories: list[str]
-
+def test_connection_is_read_from_the_contact_domains_event() -> None:
     event = ContactSyncConnected(tenant="acme", actor="max", occurred_at=datetime.now(UTC),
                                  correlation_id="c", user="mia", categories=["Clients"])
     assert connection_of(event) == ("mia", ["Clients"])
