@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 import orjson
 
+from adapters.errors import StoreError
 from projections.ports import Changes, checksum, encode_doc
 from projections.rows import PROJECTIONS, Rows
 
@@ -22,7 +23,16 @@ class MemoryViews:
     def positions(self) -> dict[str, int]:
         return {p: self._positions.get(p, 0) for p in PROJECTIONS}
 
-    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
+    def write(self, changes: Changes, positions: Mapping[str, int], *,
+              fresh: bool = False) -> None:
+        if fresh:  # like the SQL stores' primary keys: nothing written when a row exists
+            for projection, keyed in changes.items():
+                table = self._rows[projection]
+                for tenant_key, rows in keyed.items():
+                    held = table.get(tenant_key, {})
+                    if any(rk in held for rk in rows):
+                        raise StoreError(f"cannot write views: {projection} row of "
+                                         f"{tenant_key[1]!r} exists (fresh write)")
         for projection, keyed in changes.items():
             table = self._rows[projection]
             for (tenant, key), rows in keyed.items():

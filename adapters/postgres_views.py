@@ -171,7 +171,8 @@ class PostgresViews:
             found = {p: int(pos) for p, pos in cur.fetchall()}
         return {p: found.get(p + self.suffix, 0) for p in PROJECTIONS}
 
-    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
+    def write(self, changes: Changes, positions: Mapping[str, int], *,
+              fresh: bool = False) -> None:
         with self._tx("write views") as cur:
             for projection, keyed in changes.items():
                 if not keyed:
@@ -179,9 +180,11 @@ class PostgresViews:
                 table = self._id(projection)
                 tenants = [tenant for tenant, _ in keyed]
                 keys = [key for _, key in keyed]
-                cur.execute(sql.SQL("DELETE FROM {} AS v USING unnest(%s::text[], %s::text[]) "
-                                    "AS d(tenant, key) WHERE v.tenant = d.tenant AND "
-                                    "v.key = d.key").format(table), (tenants, keys))
+                if not fresh:  # fresh: the primary key rejects a row that exists
+                    cur.execute(sql.SQL(
+                        "DELETE FROM {} AS v USING unnest(%s::text[], %s::text[]) AS d(tenant, "
+                        "key) WHERE v.tenant = d.tenant AND v.key = d.key").format(table),
+                        (tenants, keys))
                 with cur.copy(sql.SQL("COPY {} (tenant, key, row_key, doc) FROM STDIN")
                               .format(table)) as copy:
                     for (tenant, key), rows in keyed.items():

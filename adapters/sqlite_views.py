@@ -78,14 +78,16 @@ class SqliteViews:
             raise StoreError(f"cannot read view positions: {exc}") from exc
         return {p: int(found.get(p + self.suffix, 0)) for p in PROJECTIONS}
 
-    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
+    def write(self, changes: Changes, positions: Mapping[str, int], *,
+              fresh: bool = False) -> None:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for projection, keyed in changes.items():
                     table = self._table(projection)
-                    self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
-                                          list(keyed))
+                    if not fresh:  # fresh: the primary key rejects a row that exists
+                        self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
+                                              list(keyed))
                     self.conn.executemany(
                         f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
                         [(tenant, key, rk, encode_doc(doc))

@@ -40,8 +40,13 @@ class ViewStore(ViewReader, Protocol):
         """Tracking position of every projection (0 when never run)."""
         ...
 
-    def write(self, changes: Changes, positions: Mapping[str, int]) -> None:
-        """Replace the rows of each changed key and set the positions, in one transaction."""
+    def write(self, changes: Changes, positions: Mapping[str, int], *,
+              fresh: bool = False) -> None:
+        """Replace the rows of each changed key and set the positions, in one transaction.
+
+        `fresh`: the caller knows that none of the keys holds rows (a build writing each key
+        for the first time), so the store need not look for old rows to remove; a row that
+        exists already makes the write fail (StoreError) and changes nothing."""
         ...
 
     def reset(self, projection: str) -> None:

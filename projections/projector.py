@@ -15,7 +15,7 @@ from typing import Protocol
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.ports import Changes, ViewStore
-from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, event_rows
+from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, creates_message, event_rows
 from projections.touched import GROUPED, Keys, key_groups, thread_keys, touched
 
 assert set(STATE_ROWS) <= GROUPED, "touched.key_groups must list every state-derived projection"
@@ -114,10 +114,13 @@ class Projector:
         return changes
 
 
-    def fold(self, batch: Sequence[Logged]) -> dict[tuple[str, str], Rows]:
+    def fold(self, batch: Sequence[Logged]) -> tuple[dict[tuple[str, str], Rows],
+                                                     dict[tuple[str, str], Rows]]:
         """Fold the batch without computing state rows (a build writes those once, at the end);
-        return the `message` rows its events write when that projection is built."""
-        direct: dict[tuple[str, str], Rows] = {}
+        return the `message` rows its events write when that projection is built: those of keys
+        written for the first time since the log's start (no rows to replace), and the others."""
+        created: dict[tuple[str, str], Rows] = {}
+        changed: dict[tuple[str, str], Rows] = {}
         messages = "message" in self.names
         states = self.states
         for item in batch:
@@ -127,12 +130,17 @@ class Projector:
             state = states.get(event.tenant)
             if state is None:
                 state = states[event.tenant] = TenantState(event.tenant, index_rfc=False)
+            first = messages and creates_message(state, event)
             evolve(state, event, item.seq)
             self.position = item.position
             if messages:
                 for key, rows in event_rows(state, event).items():
-                    direct[(event.tenant, key)] = rows
-        return direct
+                    if first:
+                        created[(event.tenant, key)] = rows
+                    else:
+                        created.pop((event.tenant, key), None)
+                        changed[(event.tenant, key)] = rows
+        return created, changed
 
     def final_changes(self, chunk: int = 2000) -> Iterator[Changes]:
         """The rows of every key of the state-derived projections, from the folded states, in
@@ -176,24 +184,26 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-writer") as writer:
         pending: Future[None] | None = None
 
-        def write(changes: Changes, advanced: dict[str, int]) -> None:
+        def write(changes: Changes, advanced: dict[str, int], fresh: bool = False) -> None:
             nonlocal pending
             if pending is not None:
                 pending.result()  # re-raises the writer's failure
-            pending = writer.submit(views.write, changes, advanced)
+            pending = writer.submit(views.write, changes, advanced, fresh=fresh)
 
         while projector.position < target:
             batch = log.read_log(projector.position, batch_size)
             if not batch:
                 break
-            direct = projector.fold(batch)
-            if direct:
-                write({"message": direct}, {})
+            created, changed = projector.fold(batch)
+            if created:
+                write({"message": created}, {}, fresh=True)
+            if changed:
+                write({"message": changed}, {})
             read += len(batch)
             if progress is not None:
                 progress(projector.position, target)
-        for changes in projector.final_changes():
-            write(changes, {})
+        for changes in projector.final_changes():  # each key once, into empty tables
+            write(changes, {}, fresh=True)
         write({}, {p: projector.position for p in projector.names})
         if pending is not None:
             pending.result()

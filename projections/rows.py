@@ -173,6 +173,12 @@ def _content(msg: ev.MailMessage) -> Doc:
             "sent_at": utc_iso(msg.sent_at)}
 
 
+def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:
+    """The event (judged before it is folded) writes the first rows a `message` key ever has."""
+    return isinstance(e, ev.MessageSynced | ev.EmailSent) \
+        and (e.mailbox, e.message.id) not in state.messages
+
+
 def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     """Rows of the `message` projection an event writes ({} deletes), judged after the event."""
     if isinstance(e, ev.MessageSynced | ev.EmailSent):

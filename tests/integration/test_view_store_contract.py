@@ -47,6 +47,19 @@ def test_write_replaces_a_keys_rows_and_sets_positions_together(views: ViewStore
     assert views.positions()["timeline"] == 8
 
 
+def test_fresh_write_adds_rows_and_refuses_a_row_that_exists(views: ViewStore) -> None:
+    """A build writes each key once with `fresh` (no search for old rows); a row that exists
+    fails the whole write loudly instead of being duplicated or silently replaced."""
+    views.write({"timeline": {("t", "r1"): {"a": {"x": 1}}}}, {}, fresh=True)
+    assert views.rows("timeline", "t", "r1") == {"a": {"x": 1}}
+    with pytest.raises(StoreError):
+        views.write({"timeline": {("t", "r2"): {"a": {"x": 2}}, ("t", "r1"): {"a": {"x": 3}}}},
+                    {"timeline": 9}, fresh=True)
+    assert views.rows("timeline", "t", "r1") == {"a": {"x": 1}}
+    assert views.rows("timeline", "t", "r2") == {}
+    assert views.positions()["timeline"] == 0
+
+
 def test_e3_ignored_events_still_advance_the_position(views: ViewStore) -> None:
     views.write({}, {"sync_status": 42})
     assert views.positions()["sync_status"] == 42
