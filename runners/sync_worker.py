@@ -280,9 +280,20 @@ class PushSettings:
     gmail_topic: str | None = None
     graph_lifetime: timedelta = timedelta(minutes=4230)  # asked of Graph (its limit: 10,080)
 
+    def __post_init__(self) -> None:
+        from adapters.graph_client import MAX_MESSAGE_SUBSCRIPTION
+
+        if not timedelta(minutes=45) <= self.graph_lifetime <= MAX_MESSAGE_SUBSCRIPTION:
+            raise ValueError("graph_lifetime must lie between 45 minutes and Graph's limit for "
+                             f"messages ({MAX_MESSAGE_SUBSCRIPTION})")
+
     def __repr__(self) -> str:  # the clientState is a secret
         return (f"PushSettings(public_url={self.public_url!r}, gmail_topic={self.gmail_topic!r},"
                 f" graph_lifetime={self.graph_lifetime!r})")
+
+    @property
+    def providers(self) -> list[str]:
+        return [p for p in ("gmail", "outlook") if self.enabled(p)]
 
     def enabled(self, provider: str) -> bool:
         if provider == "outlook":
@@ -763,7 +774,8 @@ async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
     options = options or LoopOptions()
     last_poll = last_push = float("-inf")
     log.info("sync_worker_started", imap_interval=options.imap_interval,
-             push=repr(worker.push) if worker.push else None)
+             push_providers=worker.push.providers if worker.push else [],
+             public_url=worker.push.public_url if worker.push else None)
     while not stop.is_set():
         try:
             worker.catch_up()

@@ -303,3 +303,15 @@ def test_the_loop_runs_the_push_tick() -> None:
 
     asyncio.run(main())
     assert [e.reason for e in of(engine, ev.PushSubscriptionCreated)] == ["missing"]
+
+
+def test_push_settings_need_their_parts_and_stay_within_graphs_limit() -> None:
+    import pytest
+
+    only_url = PushSettings(public_url="https://crm.example")
+    assert only_url.providers == []  # Graph also needs the clientState the receiver checks
+    assert PushSettings(gmail_topic="projects/p/topics/t").providers == ["gmail"]
+    assert SETTINGS.providers == ["gmail", "outlook"]
+    assert "s3cret" not in repr(SETTINGS)
+    with pytest.raises(ValueError, match="Graph's limit"):
+        PushSettings(graph_lifetime=timedelta(days=8))
