@@ -75,3 +75,11 @@ class CredentialStoreError(StoreError):
     """The mailbox credential store failed: no key configured, a wrong key, a ciphertext that
     does not decrypt (altered, or moved to another mailbox), or the database. The message names
     the mailbox and the key id, never a key, token, password or any plaintext."""
+
+
+class CredentialsRejected(ProviderError):
+    """The provider refused the mailbox's credentials and they cannot be renewed here: the
+    access token was refused (401) even after a refresh, no refresh token is stored, or the
+    token endpoint refused the refresh token (`invalid_grant`: revoked, expired, password
+    changed). The mailbox must be reconnected with new credentials; retrying does not help.
+    The text never holds a token, a client secret or the token endpoint's request."""

@@ -8,6 +8,10 @@
 - `backfill(mailbox, since, page_token)`: users.messages.list with `q=after:<epoch s>`, most
   recent first as Gmail lists them, each message fetched `format=full`.
 - `fetch_message(mailbox, id)`: users.messages.get `format=full`; `None` when it is gone.
+- `watch(mailbox, topic, label_ids)` / `stop(mailbox)`: users.watch (push notifications to a
+  Cloud Pub/Sub topic, optionally only for changes of the given label ids:
+  `labelFilterBehavior: include`) and users.stop. The watch's `historyId` and `expiration` are
+  answered as a `PushSubscription` (no id: a Gmail mailbox has one watch).
 
 Errors: 404 on history.list is `CursorExpired` (Gmail's answer for a startHistoryId older than
 it keeps), unless users.getProfile for the mailbox also fails with 404 / 400: then `MailboxGone`.
@@ -18,15 +22,15 @@ change page). Throttling and the rest: see `adapters.provider_http`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
 
 from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
 from adapters.gmail_payloads import gmail_message_to_mail, parse_gmail_history
-from adapters.provider_client import BackfillPage, ChangePage, SkippedMessage
+from adapters.provider_client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
 from adapters.provider_http import ProviderHttp
 from domain.events import MailMessage
 
@@ -38,10 +42,11 @@ class GmailClient:
     def __init__(self, access_token: Callable[[], str], base_url: str = DEFAULT_GMAIL_API_URL, *,
                  page_size: int = 100, timeout: float = 30.0, max_retries: int = 3,
                  max_retry_wait: float = 60.0, backoff: float = 1.0,
-                 verify: SSLContext | bool = True) -> None:
+                 verify: SSLContext | bool = True,
+                 refresh: Callable[[], None] | None = None) -> None:
         self._http = ProviderHttp("gmail", base_url, access_token, timeout=timeout,
                                   max_retries=max_retries, max_retry_wait=max_retry_wait,
-                                  backoff=backoff, verify=verify)
+                                  backoff=backoff, verify=verify, refresh=refresh)
         self.page_size = page_size
 
     def close(self) -> None:
@@ -149,6 +154,44 @@ class GmailClient:
         token = listing.get("nextPageToken")
         return BackfillPage(messages=messages, skipped=skipped,
                             next_page_token=token if isinstance(token, str) and token else None)
+
+    def watch(self, mailbox_address: str, topic: str, label_ids: Sequence[str] = ()
+              ) -> PushSubscription:
+        """users.watch: Gmail publishes the mailbox's changes to `topic` (`projects/<p>/topics/
+        <t>`) until the answer's expiration (about 7 days; call again to extend). With
+        `label_ids`, only changes of messages carrying one of them are published."""
+        body: dict[str, object] = {"topicName": topic}
+        if label_ids:
+            body["labelIds"] = list(label_ids)
+            body["labelFilterBehavior"] = "include"
+        response = self._http.request("POST", self._user(mailbox_address, "watch"), json=body)
+        if response.status_code in MAILBOX_STATUSES:
+            gone = self._mailbox_gone(mailbox_address)
+            if gone is not None:
+                raise gone
+        if not response.is_success:
+            raise self._http.failure(response, "users.watch")
+        answer = self._http.json(response, "users.watch")
+        history_id, expiration = answer.get("historyId"), answer.get("expiration")
+        if not isinstance(history_id, (str, int)) or not str(history_id).isdigit():
+            raise self._http.error("users.watch: historyId missing or not decimal")
+        if not isinstance(expiration, (str, int)) or not str(expiration).isdigit():
+            raise self._http.error("users.watch: expiration missing or not epoch milliseconds")
+        resource = f"users/{mailbox_address} topic {topic}"
+        if label_ids:
+            resource += f" labels {','.join(label_ids)}"
+        return PushSubscription(id=None, resource=resource, history_id=int(history_id),
+                                expires_at=datetime.fromtimestamp(int(expiration) / 1000, UTC))
+
+    def stop(self, mailbox_address: str) -> None:
+        """users.stop: no more push notifications for the mailbox."""
+        response = self._http.request("POST", self._user(mailbox_address, "stop"))
+        if response.status_code in MAILBOX_STATUSES:
+            gone = self._mailbox_gone(mailbox_address)
+            if gone is not None:
+                raise gone
+        if not response.is_success:
+            raise self._http.failure(response, "users.stop")
 
     def fetch_message(self, mailbox_address: str, message_id: str) -> MailMessage | None:
         """Raises MalformedWebhook when the message cannot become a MailMessage."""

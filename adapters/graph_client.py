@@ -14,6 +14,13 @@ the runners make one per folder they sync, each with its own cursor).
 - `fetch_message(mailbox, id)`: the message with `internetMessageHeaders` (In-Reply-To,
   References); `None` when it is gone.
 
+- `create_subscription(mailbox, …)` / `renew_subscription(id, expires_at)` /
+  `delete_subscription(id)`: change notifications (`POST /subscriptions`, changeType
+  `created,updated,deleted`) on `/users/{mailbox}/messages` (or one folder's messages), with a
+  `notificationUrl`, a `lifecycleNotificationUrl` and the `clientState` the receiver checks.
+  Graph validates the notification URL during the POST (the receiver answers the handshake).
+  Renewing or deleting a subscription Graph no longer has answers None / False.
+
 Requests ask for immutable ids (`Prefer: IdType="ImmutableId"`: a move keeps the id) and text
 bodies (`Prefer: outlook.body-content-type="text"`). The base URL must be https: the delta
 parser accepts only https links, and every link must lie under the base URL (else refused).
@@ -28,7 +35,7 @@ if the mailbox's inbox folder is also 404 (else a missing message is `None`, a m
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
@@ -37,8 +44,9 @@ import httpx
 
 from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
 from adapters.graph_payloads import graph_message_to_mail, parse_graph_delta
-from adapters.provider_client import BackfillPage, ChangePage, SkippedMessage
+from adapters.provider_client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
 from adapters.provider_http import ProviderHttp, error_info
+from adapters.webhooks import timestamp
 from domain.events import MailMessage
 
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
@@ -47,6 +55,14 @@ SELECT = ("id,conversationId,internetMessageId,from,sender,toRecipients,ccRecipi
 CURSOR_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
 MAILBOX_CODES = frozenset({"mailboxnotenabledforrestapi", "mailboxnotsupportedforrestapi",
                            "errorinvaliduser"})
+# Graph's maximum subscription lifetime for Outlook messages: 10,080 minutes (under 7 days)
+MAX_MESSAGE_SUBSCRIPTION = timedelta(minutes=10_080)
+CHANGE_TYPES = "created,updated,deleted"
+
+
+def graph_time(value: datetime) -> str:
+    """UTC ISO-8601 with a `Z`, as Graph writes expirationDateTime."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _codes(response: httpx.Response) -> set[str]:
@@ -64,12 +80,13 @@ class GraphClient:
     def __init__(self, access_token: Callable[[], str], base_url: str = DEFAULT_GRAPH_API_URL,
                  *, folder: str = "inbox", page_size: int = 50, timeout: float = 30.0,
                  max_retries: int = 3, max_retry_wait: float = 60.0, backoff: float = 1.0,
-                 verify: SSLContext | bool = True) -> None:
+                 verify: SSLContext | bool = True,
+                 refresh: Callable[[], None] | None = None) -> None:
         if not base_url.startswith("https://"):
             raise ValueError(f"graph: base URL must be https: {base_url!r}")
         self._http = ProviderHttp("graph", base_url, access_token, timeout=timeout,
                                   max_retries=max_retries, max_retry_wait=max_retry_wait,
-                                  backoff=backoff, verify=verify)
+                                  backoff=backoff, verify=verify, refresh=refresh)
         self.folder = folder
         self.page_size = page_size
         self._prefer = [("Prefer", f"odata.maxpagesize={page_size}"),
@@ -186,3 +203,63 @@ class GraphClient:
             self._check_mailbox(mailbox, response, "message")
             raise self._http.failure(response, "message")
         return graph_message_to_mail(response.content)
+
+    # -- change notification subscriptions ---------------------------------------------------------
+    def subscription_resource(self, mailbox_address: str, folder: str | None = None) -> str:
+        """`/users/{mailbox}/messages`, or one folder's: `/users/{mailbox}/mailFolders('{folder}')
+        /messages`. By address, so a change notification's resource names the mailbox too."""
+        user = quote(mailbox_address, safe="@")
+        if folder is None:
+            return f"/users/{user}/messages"
+        return f"/users/{user}/mailFolders('{quote(folder, safe='')}')/messages"
+
+    def create_subscription(self, mailbox_address: str, *, notification_url: str,
+                            lifecycle_url: str, client_state: str, expires_at: datetime,
+                            folder: str | None = None) -> PushSubscription:
+        """POST /subscriptions. Graph sends a validation request to `notification_url` (and
+        `lifecycle_url`) before it answers; a refused handshake is a ProviderError (400)."""
+        body = {"changeType": CHANGE_TYPES, "notificationUrl": notification_url,
+                "lifecycleNotificationUrl": lifecycle_url,
+                "resource": self.subscription_resource(mailbox_address, folder),
+                "expirationDateTime": graph_time(expires_at), "clientState": client_state}
+        response = self._http.request("POST", self._http.url("subscriptions"), json=body)
+        if not response.is_success:
+            self._check_mailbox(mailbox_address, response, "subscriptions")
+            raise self._http.failure(response, "subscriptions")
+        return self._subscription(response, "subscriptions")
+
+    def renew_subscription(self, subscription_id: str, expires_at: datetime
+                           ) -> PushSubscription | None:
+        """PATCH /subscriptions/{id} with a new expirationDateTime; None when Graph no longer
+        has the subscription (404: expired or removed — create a new one)."""
+        response = self._http.request(
+            "PATCH", self._http.url(f"subscriptions/{quote(subscription_id, safe='')}"),
+            json={"expirationDateTime": graph_time(expires_at)})
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise self._http.failure(response, "subscription renewal")
+        return self._subscription(response, "subscription renewal")
+
+    def delete_subscription(self, subscription_id: str) -> bool:
+        """DELETE /subscriptions/{id}; False when Graph did not have it (already gone)."""
+        response = self._http.request(
+            "DELETE", self._http.url(f"subscriptions/{quote(subscription_id, safe='')}"))
+        if response.status_code == 404:
+            return False
+        if not response.is_success:
+            raise self._http.failure(response, "subscription deletion")
+        return True
+
+    def _subscription(self, response: httpx.Response, what: str) -> PushSubscription:
+        """The subscription Graph answered (its clientState is read past, never kept)."""
+        body = self._http.json(response, what)
+        ident, resource = body.get("id"), body.get("resource")
+        if not isinstance(ident, str) or not ident:
+            raise self._http.error(f"{what}: the answer has no subscription id")
+        try:
+            expires = timestamp(body.get("expirationDateTime"), "expirationDateTime")
+        except MalformedWebhook as exc:
+            raise self._http.error(f"{what}: unreadable response: {exc}") from None
+        return PushSubscription(id=ident, expires_at=expires,
+                                resource=resource if isinstance(resource, str) else "")

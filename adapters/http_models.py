@@ -105,6 +105,9 @@ class SyncStatus(_Model):
     cursor_at: str | None
     resync_since: str | None
     resync_reason: str | None
+    push: dict[str, Any] | None = Field(
+        default=None, description="the mailbox's push channel (Graph subscription id or Gmail "
+        "watch: resource, expires_at, created_at, renewed_at); null when there is none")
 
 
 class ContactValue(_Model):

@@ -6,6 +6,9 @@ state, flag updates, deletions, the cursor to store, whether more follows at onc
 last page carrying the cursor to continue from. Gmail and Graph wrap a `ProviderClient`; IMAP
 wraps `ImapClient` on one folder (INBOX). Errors are the `adapters.errors` types the clients
 raise (`CursorExpired`, `MailboxGone`, `ProviderError`).
+
+`MailSource.push` is the mailbox's push channel (`PushChannel`: subscribe, renew, unsubscribe)
+when the provider has one: a Graph subscription, a Gmail watch; IMAP has none (polled).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from datetime import datetime
 from typing import Protocol
 
 from adapters.errors import CursorExpired
+from adapters.gmail_client import GmailClient
+from adapters.graph_client import GraphClient
 from adapters.imap_client import ImapAccount, ImapClient, ImapCursor
-from adapters.provider_client import ProviderClient
+from adapters.provider_client import ProviderClient, PushSubscription
 from domain.events import MailMessage
 
 
@@ -47,7 +52,87 @@ class ResyncPage:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a provider is to send a mailbox's notifications, and until when it is asked to.
+    Graph: `notification_url` (also the lifecycle URL: the receiver reads both kinds) and the
+    `client_state` the receiver expects; Gmail: the Pub/Sub `topic` (Gmail sets its own expiry).
+    `labels`: the mailbox's S1 label scope (Gmail filters on them; Graph cannot)."""
+
+    expires_at: datetime
+    notification_url: str | None = None
+    client_state: str | None = None
+    topic: str | None = None
+    labels: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # the clientState is a secret
+        return f"PushTarget(expires_at={self.expires_at!r}, url={self.notification_url!r}, " \
+               f"topic={self.topic!r}, labels={self.labels!r})"
+
+
+class PushChannel(Protocol):
+    def subscribe(self, address: str, target: PushTarget) -> PushSubscription:
+        """A new subscription / watch."""
+        ...
+
+    def renew(self, address: str, subscription_id: str | None, target: PushTarget
+              ) -> PushSubscription | None:
+        """The subscription extended to `target.expires_at`; None when the provider no longer
+        has it (create a new one)."""
+        ...
+
+    def unsubscribe(self, address: str, subscription_id: str | None) -> bool:
+        """False when the provider did not have it any more."""
+        ...
+
+
+class GraphPush:
+    """Graph subscriptions on the mailbox's messages (`/users/{address}/messages`)."""
+
+    def __init__(self, client: GraphClient) -> None:
+        self.client = client
+
+    def subscribe(self, address: str, target: PushTarget) -> PushSubscription:
+        if not target.notification_url or not target.client_state:
+            raise ValueError("graph subscriptions need a notification URL and a clientState")
+        return self.client.create_subscription(
+            address, notification_url=target.notification_url,
+            lifecycle_url=target.notification_url, client_state=target.client_state,
+            expires_at=target.expires_at)
+
+    def renew(self, address: str, subscription_id: str | None, target: PushTarget
+              ) -> PushSubscription | None:
+        if subscription_id is None:
+            return None
+        return self.client.renew_subscription(subscription_id, target.expires_at)
+
+    def unsubscribe(self, address: str, subscription_id: str | None) -> bool:
+        return subscription_id is not None and self.client.delete_subscription(subscription_id)
+
+
+class GmailPush:
+    """The Gmail watch of a mailbox (renewing is watching again)."""
+
+    def __init__(self, client: GmailClient) -> None:
+        self.client = client
+
+    def subscribe(self, address: str, target: PushTarget) -> PushSubscription:
+        if not target.topic:
+            raise ValueError("a Gmail watch needs a Pub/Sub topic")
+        return self.client.watch(address, target.topic, target.labels)
+
+    def renew(self, address: str, subscription_id: str | None, target: PushTarget
+              ) -> PushSubscription | None:
+        return self.subscribe(address, target)
+
+    def unsubscribe(self, address: str, subscription_id: str | None) -> bool:
+        self.client.stop(address)
+        return True
+
+
 class MailSource(Protocol):
+    push: PushChannel | None
+
     def changes(self, address: str, cursor: str) -> Changes: ...
 
     def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]: ...
@@ -64,8 +149,9 @@ class ProviderSource:
     includes anything that arrived meanwhile; its messages inside the window are synced too,
     duplicates are one message by S14). Deletions in a resync are never reported (L3, L4)."""
 
-    def __init__(self, client: ProviderClient, *, cursor_first: bool) -> None:
-        self.client, self.cursor_first = client, cursor_first
+    def __init__(self, client: ProviderClient, *, cursor_first: bool,
+                 push: PushChannel | None = None) -> None:
+        self.client, self.cursor_first, self.push = client, cursor_first, push
 
     def changes(self, address: str, cursor: str) -> Changes:
         page = self.client.changes_since(address, cursor)
@@ -107,6 +193,8 @@ class ProviderSource:
 
 class ImapSource:
     """An IMAP account's INBOX (a connection per call: polls are minutes apart)."""
+
+    push: PushChannel | None = None  # IMAP is polled
 
     def __init__(self, account: ImapAccount, folder: str = "INBOX",
                  connect: Callable[[ImapAccount], object] | None = None) -> None:

@@ -55,6 +55,19 @@ class BackfillPage(BaseModel):
     next_page_token: str | None = None
 
 
+class PushSubscription(BaseModel):
+    """A mailbox's push channel as the provider confirmed it: a Microsoft Graph subscription
+    (`id`, its `resource`) or a Gmail watch (no id; `resource` names the mailbox, the Pub/Sub
+    topic and any label filter; `history_id` is the mailbox's history id when the watch
+    started). `expires_at`: when the provider stops sending unless it is renewed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str | None
+    resource: str
+    expires_at: datetime
+    history_id: int | None = None
+
+
 class ProviderClient(Protocol):
     def changes_since(self, mailbox_address: str, cursor: str | None) -> ChangePage: ...
 

@@ -9,6 +9,9 @@
   or an HTTP date; without it `backoff * 2**attempt`); a wait longer than `max_retry_wait`, or
   the retries exhausted, is `ProviderThrottled(retry_after)`. Network failures and timeouts are
   `ProviderError` at once (the worker retries the round).
+- 401: when the caller gave a `refresh` callable, it is asked once per request to renew the
+  access token (it raises `CredentialsRejected` when it cannot), and the request is sent once
+  more with the new token. A 401 that stands is `CredentialsRejected` (see `failure`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from adapters.errors import MalformedWebhook, ProviderError, ProviderThrottled
+from adapters.errors import CredentialsRejected, MalformedWebhook, ProviderError, ProviderThrottled
 from adapters.webhooks import json_object
 
 RETRY_STATUSES = frozenset({429, 503})
@@ -83,12 +86,14 @@ def error_info(response: httpx.Response) -> ErrorInfo:
 class ProviderHttp:
     def __init__(self, provider: str, base_url: str, access_token: Callable[[], str], *,
                  timeout: float = 30.0, max_retries: int = 3, max_retry_wait: float = 60.0,
-                 backoff: float = 1.0, verify: SSLContext | bool = True) -> None:
+                 backoff: float = 1.0, verify: SSLContext | bool = True,
+                 refresh: Callable[[], None] | None = None) -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"{provider}: base URL must be http(s): {base_url!r}")
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self._token = access_token
+        self._refresh = refresh
         self._used_tokens: set[str] = set()
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
@@ -129,7 +134,9 @@ class ProviderHttp:
         path = urlsplit(url).path
         wait = self.backoff
         status = 0
-        for attempt in range(self.max_retries + 1):
+        refreshed = self._refresh is None
+        attempt = 0
+        while True:
             token = self._token()
             self._used_tokens.add(token)
             failure: str | None = None
@@ -143,6 +150,14 @@ class ProviderHttp:
             if failure is not None:
                 raise self.error(f"{method} {path}: {failure}")
             status = response.status_code
+            if status == 401 and not refreshed and self._refresh is not None:
+                # The access token was refused: renew it once and send the request again (a
+                # refresh that cannot be done raises CredentialsRejected from the callable).
+                refreshed = True
+                response.close()
+                log.info("provider_token_refresh", provider=self.provider, path=path)
+                self._refresh()
+                continue
             if status not in RETRY_STATUSES:
                 return response
             wait = retry_after(response.headers.get("Retry-After"), self.backoff * 2 ** attempt)
@@ -151,14 +166,22 @@ class ProviderHttp:
             log.info("provider_retry", provider=self.provider, path=path, status=status,
                      wait=wait, attempt=attempt + 1)
             time.sleep(wait)
+            attempt += 1
         raise ProviderThrottled(self.provider, f"{method} {path}: {status} after {attempt + 1} "
                                 f"attempt(s), retry after {wait:g}s", wait, status)
 
     def failure(self, response: httpx.Response, what: str) -> ProviderError:
+        """The error for an unexpected answer; a 401 (the token refused, after any refresh) is
+        `CredentialsRejected`: the mailbox needs new credentials."""
         info = error_info(response)
         code = ",".join(sorted(info.codes))
-        return self.error(f"{what}: {response.status_code} {code}: {info.message[:300]}".rstrip(
-            ": "), response.status_code)
+        reason = self.scrub(f"{what}: {response.status_code} {code}: {info.message[:300]}"
+                            .rstrip(": "))
+        if response.status_code == 401:
+            return CredentialsRejected(
+                self.provider, f"{reason} (the access token was refused: reconnect the mailbox)",
+                401)
+        return ProviderError(self.provider, reason, response.status_code)
 
     def json(self, response: httpx.Response, what: str) -> dict[str, Any]:
         try:

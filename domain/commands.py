@@ -209,6 +209,33 @@ class RecordDeadLetterReplay(Command):
     delivery_id: str = Field(min_length=1, max_length=512)
 
 
+PushReason = Literal[
+    "missing", "expired", "expiring", "address_changed", "reauthorization_required",
+    "subscription_removed", "renewal_refused", "removed_by_provider"]
+
+
+class RecordPushSubscription(Command):
+    """Sync workers: the mailbox's push channel at the provider — a Microsoft Graph change
+    subscription (`subscription_id`) or a Gmail watch (no id) — was `created` (with its
+    `resource` and `expires_at`), `renewed` (a new `expires_at`) or `ended` (removed by the
+    provider). No secret (clientState, token) is part of it."""
+
+    cmd: Literal["RecordPushSubscription"]
+    mailbox: str
+    action: Literal["created", "renewed", "ended"]
+    subscription_id: str | None = Field(default=None, min_length=1, max_length=256)
+    resource: str | None = Field(default=None, min_length=1, max_length=2048)
+    expires_at: datetime | None = None
+    reason: PushReason
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+
 class ConfirmMailboxDeletions(Command):
     cmd: Literal["ConfirmMailboxDeletions"]
     mailbox: str
@@ -444,6 +471,7 @@ COMMANDS: dict[str, type[Command]] = {
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
         AdvanceMailboxCursor, ResyncMailbox,
         DeleteMessagesAtProvider, RecordDeadLetter, RecordDeadLetterReplay,
+        RecordPushSubscription,
         ConfirmMailboxDeletions, SendEmail, CreateLead, CreateContact, UpdateContact, CreateDeal,
         ChangeDealStage, LinkDealContact, UnlinkDealContact, ChangeOwner, AddCollaborator,
         RemoveCollaborator, LinkThread, UnlinkThread, SetGlobalVisibility, ShareAddress,

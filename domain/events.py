@@ -177,6 +177,40 @@ class DeadLetterReplayed(DomainEvent):
     delivery_id: str
 
 
+class PushSubscriptionCreated(DomainEvent):
+    """The mailbox's push channel was (re)created at the provider: a Microsoft Graph change
+    subscription (`subscription_id`) or a Gmail watch (no id), on `resource`, until
+    `expires_at`. `reason`: `missing` (the mailbox had none), `expired`, `address_changed`
+    (S9: the old one watches the old address), `subscription_removed` (Graph removed it:
+    lifecycle notification), `renewal_refused` (the provider no longer knew it). `replaces`:
+    the subscription it takes over from."""
+
+    mailbox: str
+    subscription_id: str | None
+    resource: str
+    expires_at: datetime
+    reason: str
+    replaces: str | None = None
+
+
+class PushSubscriptionRenewed(DomainEvent):
+    """The mailbox's push channel now runs until `expires_at` (`reason`: `expiring`, or Graph's
+    `reauthorization_required` lifecycle notification)."""
+
+    mailbox: str
+    subscription_id: str | None
+    expires_at: datetime
+    reason: str
+
+
+class PushSubscriptionEnded(DomainEvent):
+    """The mailbox's push channel is gone at the provider (`removed_by_provider`)."""
+
+    mailbox: str
+    subscription_id: str | None
+    reason: str
+
+
 class MessageSynced(DomainEvent):
     mailbox: str
     thread: str
@@ -525,3 +559,5 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ExternalContactDeleted, ExternalCategoryRenamed, ContactsMerged, ContactUnmerged,
 )
 EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)
+EVENT_TYPES += (PushSubscriptionCreated, PushSubscriptionRenewed,  # push channels (issue #4)
+                PushSubscriptionEnded)

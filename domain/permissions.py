@@ -37,7 +37,7 @@ RULES: dict[str, str] = {
     "AcknowledgeExternalContactChange": "service", "AcknowledgeOutboundMail": "service",
     "DeleteMessage": "self", "MarkMessageRead": "self",
     "DeleteMessagesAtProvider": "service", "RecordDeadLetter": "service",
-    "RecordDeadLetterReplay": "admin",
+    "RecordDeadLetterReplay": "admin", "RecordPushSubscription": "service",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",

@@ -76,6 +76,24 @@ class Record:
     owner_ref: EventRef | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Push:
+    """The mailbox's push channel at the provider (Graph subscription / Gmail watch), as the sync
+    workers recorded it; `address` is the mailbox address it was made for."""
+
+    subscription_id: str | None
+    resource: str
+    address: str
+    expires_at: datetime
+    created_at: datetime
+    renewed_at: datetime | None = None
+
+    @property
+    def issued_at(self) -> datetime:
+        """When its current lifetime began (created or last renewed)."""
+        return self.renewed_at or self.created_at
+
+
 @dataclass(slots=True)
 class Mailbox:
     id: str
@@ -98,6 +116,7 @@ class Mailbox:
     cursor_at: datetime | None = None
     resync_since: datetime | None = None  # the window of the last resync (S2, L3)
     resync_reason: str | None = None
+    push: Push | None = None
 
     @property
     def suspect(self) -> bool:
@@ -280,6 +299,21 @@ def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> Non
     mbx = s.mailboxes[e.mailbox]
     mbx.resync_since = e.since
     mbx.resync_reason = e.reason
+
+
+def _push_created(s: TenantState, e: ev.PushSubscriptionCreated, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.push = Push(e.subscription_id, e.resource, mbx.address, e.expires_at, e.occurred_at)
+
+
+def _push_renewed(s: TenantState, e: ev.PushSubscriptionRenewed, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    if mbx.push is not None:
+        mbx.push = replace(mbx.push, expires_at=e.expires_at, renewed_at=e.occurred_at)
+
+
+def _push_ended(s: TenantState, e: ev.PushSubscriptionEnded, seq: int) -> None:
+    s.mailboxes[e.mailbox].push = None
 
 
 def _credentials_removed(s: TenantState, e: ev.CredentialsRemoved, seq: int) -> None:
@@ -548,6 +582,9 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.OutboundCopyMatched: _copy_matched,
     ev.DeliveryDeadLettered: _no_state,
     ev.DeadLetterReplayed: _no_state,
+    ev.PushSubscriptionCreated: _push_created,
+    ev.PushSubscriptionRenewed: _push_renewed,
+    ev.PushSubscriptionEnded: _push_ended,
 }
 
 

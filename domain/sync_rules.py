@@ -1,5 +1,6 @@
 """Rules the sync workers need beyond SPEC §6's table (issue #4): a page's deletions judged as one
-batch by the L5 guard, and the audit records of dead letters."""
+batch by the L5 guard, the audit records of dead letters, and the bookkeeping of each mailbox's
+push channel (Graph subscription, Gmail watch)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,48 @@ def record_replay(ctx: Context, cmd: c.RecordDeadLetterReplay) -> list[ev.Domain
                       delivery_id=cmd.delivery_id)]
 
 
+def record_push(ctx: Context, cmd: c.RecordPushSubscription) -> list[ev.DomainEvent]:
+    """The mailbox's push channel, so that a lifecycle notification naming only its subscription
+    id finds its mailbox, and an auditor sees when push was (re)created. A channel is created or
+    renewed only for a mailbox that syncs (L1, S10, L4: none for a deactivated user's, a
+    disconnected or a gone mailbox); a renewal must name the current subscription. Recording
+    what is already recorded changes nothing; an end of a subscription that is not the current
+    one is nothing to record."""
+    mbx = ctx.mailbox(cmd.mailbox)
+    current = mbx.push
+    if cmd.action == "ended":
+        if current is None or current.subscription_id != cmd.subscription_id:
+            return []
+        return [ctx.event(ev.PushSubscriptionEnded, mailbox=cmd.mailbox,
+                          subscription_id=cmd.subscription_id, reason=cmd.reason)]
+    if cmd.expires_at is None:
+        raise ctx.reject("expires_at", f"required when the subscription is {cmd.action}")
+    reason = skip_reason(ctx.state, mbx)
+    if reason is not None:
+        raise ctx.reject("mailbox", f"no push subscription: {reason}")
+    if cmd.action == "renewed":
+        if current is None or current.subscription_id != cmd.subscription_id:
+            raise ctx.reject("subscription_id", "not the mailbox's current push subscription")
+        if current.expires_at == cmd.expires_at:
+            return []
+        return [ctx.event(ev.PushSubscriptionRenewed, mailbox=cmd.mailbox,
+                          subscription_id=cmd.subscription_id, expires_at=cmd.expires_at,
+                          reason=cmd.reason)]
+    if cmd.resource is None:
+        raise ctx.reject("resource", "required when the subscription is created")
+    if current is not None and (current.subscription_id, current.expires_at,
+                                current.resource) == (cmd.subscription_id, cmd.expires_at,
+                                                      cmd.resource):
+        return []
+    return [ctx.event(ev.PushSubscriptionCreated, mailbox=cmd.mailbox,
+                      subscription_id=cmd.subscription_id, resource=cmd.resource,
+                      expires_at=cmd.expires_at, reason=cmd.reason,
+                      replaces=current.subscription_id if current else None)]
+
+
 HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "DeleteMessagesAtProvider": delete_batch,
     "RecordDeadLetter": record_dead_letter,
     "RecordDeadLetterReplay": record_replay,
+    "RecordPushSubscription": record_push,
 }

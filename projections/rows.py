@@ -20,7 +20,7 @@ from typing import Any
 
 from domain import events as ev
 from domain.message_table import Message
-from domain.state import TenantState, Thread, utc_iso
+from domain.state import Push, TenantState, Thread, utc_iso
 from domain.visibility import Step, links, manager_chain, shared
 
 Doc = dict[str, Any]
@@ -164,7 +164,15 @@ def sync_status_rows(state: TenantState, key: str, cache: Cache) -> Rows:
                   "cursor": mbx.cursor,
                   "cursor_at": mbx.cursor_at.isoformat() if mbx.cursor_at else None,
                   "resync_since": mbx.resync_since.isoformat() if mbx.resync_since else None,
-                  "resync_reason": mbx.resync_reason}}
+                  "resync_reason": mbx.resync_reason, "push": _push(mbx.push)}}
+
+
+def _push(push: Push | None) -> Doc | None:
+    if push is None:
+        return None
+    return {"subscription_id": push.subscription_id, "resource": push.resource,
+            "expires_at": utc_iso(push.expires_at), "created_at": utc_iso(push.created_at),
+            "renewed_at": utc_iso(push.renewed_at) if push.renewed_at else None}
 
 
 def _content(msg: ev.MailMessage) -> Doc:

@@ -9,6 +9,15 @@ and the in-process worker of an embedded `crmsync serve`.
 - Provider clients: `CRMSYNC_GMAIL_API_URL`, `CRMSYNC_GRAPH_API_URL` (`CRMSYNC_GRAPH_CA_FILE`: a
   private CA for it), credentials from the engine's credential store, read per sync and never
   logged.
+- OAuth token refresh on a provider's 401: the refresh-token grant at `CRMSYNC_GOOGLE_TOKEN_URL` /
+  `CRMSYNC_MICROSOFT_TOKEN_URL` (defaults: the real endpoints) with `CRMSYNC_GOOGLE_CLIENT_ID`
+  + `CRMSYNC_GOOGLE_CLIENT_SECRET` / `CRMSYNC_MICROSOFT_CLIENT_ID` +
+  `CRMSYNC_MICROSOFT_CLIENT_SECRET` (+ optional `CRMSYNC_MICROSOFT_TOKEN_SCOPE`); the new token
+  is written back to the credential store. Without a client id there is no refresh.
+- Push channels: `--public-url` / `CRMSYNC_PUBLIC_URL` (the webhook receiver as providers reach
+  it; Graph notifications go to `<url>/webhooks/graph`) with `CRMSYNC_GRAPH_CLIENT_STATE`, and
+  `--gmail-topic` / `CRMSYNC_GMAIL_TOPIC` (the Pub/Sub topic Gmail publishes to); checked every
+  `--push-interval` seconds (`CRMSYNC_PUSH_INTERVAL`, default 300).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 # Light imports only: `runners.cli` builds its parser with `add_parsers` on every command, so
@@ -27,19 +37,63 @@ if TYPE_CHECKING:
 
     from adapters.credential_store import CredentialStore
     from adapters.mail_sources import MailSource
+    from adapters.oauth import TokenEndpoint
     from adapters.work_queue import WorkQueue
     from domain.state import Mailbox
     from runners.engine import Engine
-    from runners.sync_worker import LoopOptions, MailboxLocks, SyncWorker
+    from runners.sync_worker import LoopOptions, MailboxLocks, PushSettings, SyncWorker
 
 NATS_URL_ENV = "CRMSYNC_NATS_URL"
+# provider -> (token URL variable, client id variable, client secret variable)
+TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
+                       "CRMSYNC_GOOGLE_CLIENT_SECRET"),
+             "outlook": ("CRMSYNC_MICROSOFT_TOKEN_URL", "CRMSYNC_MICROSOFT_CLIENT_ID",
+                         "CRMSYNC_MICROSOFT_CLIENT_SECRET")}
+
+
+def token_endpoints(env: dict[str, str] | None = None) -> dict[str, TokenEndpoint]:
+    """The OAuth token endpoints of the providers whose client id is configured."""
+    from adapters.oauth import (
+        DEFAULT_GOOGLE_TOKEN_URL,
+        DEFAULT_MICROSOFT_TOKEN_URL,
+        TokenEndpoint,
+    )
+
+    env = dict(os.environ) if env is None else env
+    defaults = {"gmail": DEFAULT_GOOGLE_TOKEN_URL, "outlook": DEFAULT_MICROSOFT_TOKEN_URL}
+    out: dict[str, TokenEndpoint] = {}
+    for provider, (url_var, id_var, secret_var) in TOKEN_ENV.items():
+        client_id = env.get(id_var)
+        if not client_id:
+            continue
+        out[provider] = TokenEndpoint(
+            "graph" if provider == "outlook" else provider,
+            env.get(url_var) or defaults[provider], client_id, env.get(secret_var) or None,
+            scope=env.get("CRMSYNC_MICROSOFT_TOKEN_SCOPE") if provider == "outlook" else None)
+    return out
+
+
+def push_settings(public_url: str | None = None, gmail_topic: str | None = None
+                  ) -> PushSettings | None:
+    """Push channels from flags and the environment; None when no provider is configured."""
+    from runners.sync_worker import PushSettings
+
+    settings = PushSettings(
+        public_url=public_url or os.environ.get("CRMSYNC_PUBLIC_URL") or None,
+        client_state=os.environ.get("CRMSYNC_GRAPH_CLIENT_STATE") or None,
+        gmail_topic=gmail_topic or os.environ.get("CRMSYNC_GMAIL_TOPIC") or None)
+    if not (settings.enabled("gmail") or settings.enabled("outlook")):
+        return None
+    return settings
 
 
 class ConfiguredSources:
     """Provider clients for a mailbox, from its stored credentials (None when there are none)."""
 
     def __init__(self, credentials: CredentialStore | None, *, gmail_url: str | None = None,
-                 graph_url: str | None = None, graph_ca: str | None = None) -> None:
+                 graph_url: str | None = None, graph_ca: str | None = None,
+                 tokens: dict[str, TokenEndpoint] | None = None,
+                 still_set: Callable[[str, str], bool] | None = None) -> None:
         import ssl
 
         from adapters.gmail_client import DEFAULT_GMAIL_API_URL
@@ -53,12 +107,15 @@ class ConfiguredSources:
         ca = graph_ca or os.environ.get("CRMSYNC_GRAPH_CA_FILE")
         self.graph_verify: ssl.SSLContext | bool = \
             ssl.create_default_context(cafile=ca) if ca else True
+        self.tokens = token_endpoints() if tokens is None else tokens
+        self.still_set = still_set
 
     def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
         from adapters.gmail_client import GmailClient
         from adapters.graph_client import GraphClient
         from adapters.imap_client import ImapAccount
-        from adapters.mail_sources import ImapSource, ProviderSource
+        from adapters.mail_sources import GmailPush, GraphPush, ImapSource, ProviderSource
+        from adapters.oauth import StoredOAuthToken
 
         if self.credentials is None:
             return None
@@ -69,15 +126,17 @@ class ConfiguredSources:
             return ImapSource(ImapAccount(str(creds["host"]), int(creds["port"]),
                                           str(creds["user"]), str(creds["password"]),
                                           tls="ssl" if creds.get("tls", True) else "none"))
-        token = str(creds.get("access_token", ""))
-
-        def access_token() -> str:
-            return token
-
+        still_set = self.still_set
+        token = StoredOAuthToken(
+            self.credentials, tenant, mailbox.id, creds, self.tokens.get(mailbox.provider),
+            provider="gmail" if mailbox.provider == "gmail" else "graph",
+            still_set=(lambda: still_set(tenant, mailbox.id)) if still_set else lambda: True)
         if mailbox.provider == "gmail":
-            return ProviderSource(GmailClient(access_token, self.gmail_url), cursor_first=True)
-        return ProviderSource(GraphClient(access_token, self.graph_url,
-                                          verify=self.graph_verify), cursor_first=False)
+            gmail = GmailClient(token, self.gmail_url, refresh=token.refresh)
+            return ProviderSource(gmail, cursor_first=True, push=GmailPush(gmail))
+        graph = GraphClient(token, self.graph_url, verify=self.graph_verify,
+                            refresh=token.refresh)
+        return ProviderSource(graph, cursor_first=False, push=GraphPush(graph))
 
 
 def inbox_path(db: str) -> str:
@@ -114,18 +173,25 @@ def open_locks(db: str, postgres: str | None) -> MailboxLocks:
     return FileLocks((db[:-3] if db.endswith(".db") else db) + ".sync.lock")
 
 
-def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int) -> SyncWorker:
+def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
+                 push: PushSettings | None = None) -> SyncWorker:
     from runners.sync_worker import SyncWorker
 
-    return SyncWorker(engine, ConfiguredSources(engine.credentials),
-                      open_locks(db, postgres), batch_size=batch_size)
+    def still_set(tenant: str, mailbox: str) -> bool:
+        """Does the log still say the mailbox has credentials (no DisconnectMailbox since)?"""
+        found = engine.store.state(tenant).mailboxes.get(mailbox)
+        return found is not None and found.credentials_set
+
+    return SyncWorker(engine, ConfiguredSources(engine.credentials, still_set=still_set),
+                      open_locks(db, postgres), batch_size=batch_size, push=push)
 
 
 def options_of(args: argparse.Namespace) -> LoopOptions:
     from runners.sync_worker import LoopOptions
 
     return LoopOptions(poll=args.poll, imap_interval=args.imap_interval,
-                       max_attempts=args.max_attempts, backoff=args.backoff)
+                       max_attempts=args.max_attempts, backoff=args.backoff,
+                       push_interval=args.push_interval)
 
 
 def add_parsers(sub: Any, workers: Any) -> None:
@@ -143,6 +209,17 @@ def add_parsers(sub: Any, workers: Any) -> None:
                       help="deliveries of one webhook before it is dead-lettered")
     sync.add_argument("--backoff", type=float, default=2.0,
                       help="first retry delay in seconds (doubles per attempt, at most 300)")
+    sync.add_argument("--public-url", default=None,
+                      help="the webhook receiver's public base URL; Graph subscriptions send to "
+                      "<url>/webhooks/graph (env CRMSYNC_PUBLIC_URL; needs "
+                      "CRMSYNC_GRAPH_CLIENT_STATE)")
+    sync.add_argument("--gmail-topic", default=None,
+                      help="Cloud Pub/Sub topic for Gmail watches, projects/P/topics/T "
+                      "(env CRMSYNC_GMAIL_TOPIC)")
+    sync.add_argument("--push-interval", type=float,
+                      default=float(os.environ.get("CRMSYNC_PUSH_INTERVAL", "300")),
+                      help="seconds between checks that create and renew push subscriptions "
+                      "(env CRMSYNC_PUSH_INTERVAL)")
     dead = sub.add_parser("deadletters", help="list or replay dead-lettered deliveries")
     actions = dead.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="the dead letters in the queue")
@@ -160,7 +237,8 @@ def run_sync(args: argparse.Namespace) -> int:
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     engine = open_engine(args.db, args.postgres)
-    worker = build_worker(engine, args.db, args.postgres, args.batch_size)
+    worker = build_worker(engine, args.db, args.postgres, args.batch_size,
+                          push_settings(args.public_url, args.gmail_topic))
     try:
         run_until_signalled(worker, open_queue(args.db), options_of(args))
     finally:
@@ -238,12 +316,13 @@ def start_embedded(db: str) -> threading.Event:
 
     def main() -> None:
         engine = Engine.open_sqlite(db)
-        worker = build_worker(engine, db, None, 500)
+        worker = build_worker(engine, db, None, 500, push_settings())
 
         async def loop() -> None:
             queue = open_queue(db)
             try:
-                await run(worker, queue, stop, LoopOptions())
+                await run(worker, queue, stop, LoopOptions(push_interval=float(
+                    os.environ.get("CRMSYNC_PUSH_INTERVAL", "300"))))
             finally:
                 await queue.close()
 

@@ -16,6 +16,17 @@ already appended are one message by S14.
 - The worker follows the event log: MailboxConnected (first sync), UserReactivated and
   MailboxReconnected (catch-up from the cursor, L3/S10) queue a sync of those mailboxes.
 - IMAP has no webhooks: IMAP mailboxes are polled every `imap_interval` seconds.
+- Push channels (when configured, `PushSettings`): every `push_interval` the worker creates a
+  Graph subscription / Gmail watch for a syncing mailbox that has none (or whose one expired or
+  watches an old address), and renews one past half its lifetime; each is recorded as an event
+  (RecordPushSubscription). After a (re)creation the mailbox catches up from its cursor (what
+  arrived without a channel). Graph lifecycle notifications name only their subscription id and
+  are routed by it: `missed` -> catch-up from the cursor, `reauthorizationRequired` -> renewal,
+  `subscriptionRemoved` -> a new subscription and a catch-up. Change notifications are routed by
+  subscription id too, else by the address in their resource.
+- A provider 401 renews the OAuth token once (the source's token callable, see
+  `adapters.oauth`); credentials that cannot be renewed (`CredentialsRejected`) fail the delivery
+  at once (dead-lettered with the reason: reconnect the mailbox), without retries.
 - Failures are retried with backoff; after `max_attempts` the delivery goes to the dead-letter
   queue and a `DeliveryDeadLettered` event is recorded (when its tenant is known).
 """
@@ -30,19 +41,25 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import orjson
 import structlog
 
-from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook, ProviderThrottled
-from adapters.mail_sources import Changes, MailSource
+from adapters.errors import (
+    CredentialsRejected,
+    CursorExpired,
+    MailboxGone,
+    MalformedWebhook,
+    ProviderThrottled,
+)
+from adapters.mail_sources import Changes, MailSource, PushTarget
 from adapters.work_queue import Delivery, WorkQueue
 from domain import commands as c
 from domain import events as ev
 from domain.mail import skip_reason
-from domain.state import Mailbox, TenantState
+from domain.state import Mailbox, Push, TenantState
 from runners.engine import Engine
 
 log = structlog.get_logger("crmsync.sync")
@@ -114,9 +131,15 @@ class Directory:
     position: int = 0
     mailboxes: dict[MailboxRef, _Known] = field(default_factory=dict)
     pending: set[MailboxRef] = field(default_factory=set)
+    # every Graph subscription id ever recorded -> its mailbox (lifecycle notifications of a
+    # replaced subscription still find the mailbox; the worker compares with the current one)
+    subscriptions: dict[str, MailboxRef] = field(default_factory=dict)
 
     def fold(self, tenant: str, e: ev.DomainEvent) -> None:
-        if isinstance(e, ev.MailboxConnected):
+        if isinstance(e, ev.PushSubscriptionCreated):
+            if e.subscription_id is not None:
+                self.subscriptions[e.subscription_id] = MailboxRef(tenant, e.mailbox)
+        elif isinstance(e, ev.MailboxConnected):
             ref = MailboxRef(tenant, e.mailbox)
             self.mailboxes[ref] = _Known(e.provider, e.address.lower(), e.user)
             self.pending.add(ref)
@@ -163,17 +186,45 @@ class Unroutable(Exception):
     """The delivery names no mailbox we sync (acknowledged with a log line, not retried)."""
 
 
-def delivery_address(provider: str, payload: bytes) -> str | None:
-    """The mailbox address a stored delivery names (Gmail `emailAddress`; Graph: the user
-    segment of the notification's `resource`, `Users/{address}/Messages/{id}` — subscriptions
-    are created on `/users/{address}/...`). None for Graph lifecycle notifications. Raises
-    MalformedWebhook when the stored payload is not what the receiver stored."""
+def _stored(payload: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise MalformedWebhook("body", "stored delivery is not JSON") from None
     if not isinstance(data, dict):
         raise MalformedWebhook("body", "stored delivery is not an object")
+    return data
+
+
+def delivery_subscription(provider: str, payload: bytes) -> str | None:
+    """The Graph subscription id a stored delivery names (None for Gmail)."""
+    if provider != "graph":
+        return None
+    value = _stored(payload).get("subscription_id")
+    return value if isinstance(value, str) and value else None
+
+
+def delivery_lifecycle(provider: str, payload: bytes) -> tuple[str, str] | None:
+    """(subscription id, lifecycle event) of a stored Graph lifecycle notification, else None."""
+    if provider != "graph":
+        return None
+    data = _stored(payload)
+    if data.get("kind") != "lifecycle":
+        return None
+    subscription, event = data.get("subscription_id"), data.get("lifecycle_event")
+    if not isinstance(subscription, str) or not subscription:
+        raise MalformedWebhook("subscription_id", "missing")
+    if event not in ("missed", "reauthorizationRequired", "subscriptionRemoved"):
+        raise MalformedWebhook("lifecycle_event", f"unknown event {str(event)[:40]!r}")
+    return subscription, str(event)
+
+
+def delivery_address(provider: str, payload: bytes) -> str | None:
+    """The mailbox address a stored delivery names (Gmail `emailAddress`; Graph: the user
+    segment of the notification's `resource`, `Users/{address}/Messages/{id}` — subscriptions
+    are created on `/users/{address}/...`). None for Graph lifecycle notifications. Raises
+    MalformedWebhook when the stored payload is not what the receiver stored."""
+    data = _stored(payload)
     if provider == "gmail":
         address = data.get("email_address")
         if not isinstance(address, str) or "@" not in address:
@@ -203,15 +254,94 @@ class Outcome:
     resynced: bool = False
     gone: bool = False
     note: str | None = None
+    push: str | None = None  # created | renewed | ended (the last push channel change)
+
+    def add(self, other: Outcome) -> None:
+        self.mailboxes += [r for r in other.mailboxes if r not in self.mailboxes]
+        self.events += other.events
+        self.synced += other.synced
+        self.skipped_delivery |= other.skipped_delivery
+        self.resynced |= other.resynced
+        self.gone |= other.gone
+        self.note = other.note or self.note
+        self.push = other.push or self.push
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """Where providers are to send notifications (from configuration). Graph needs the public
+    base URL of the webhook receiver (notifications and lifecycle notifications go to
+    `<public_url>/webhooks/graph`) and the clientState the receiver checks; Gmail needs the
+    Cloud Pub/Sub topic (whose push subscription points at `<public_url>/webhooks/gmail`). A
+    provider without its part gets no push channels (its mailboxes sync on catch-up only)."""
+
+    public_url: str | None = None
+    client_state: str | None = None
+    gmail_topic: str | None = None
+    graph_lifetime: timedelta = timedelta(minutes=4230)  # asked of Graph (its limit: 10,080)
+
+    def __post_init__(self) -> None:
+        from adapters.graph_client import MAX_MESSAGE_SUBSCRIPTION
+
+        if not timedelta(minutes=45) <= self.graph_lifetime <= MAX_MESSAGE_SUBSCRIPTION:
+            raise ValueError("graph_lifetime must lie between 45 minutes and Graph's limit for "
+                             f"messages ({MAX_MESSAGE_SUBSCRIPTION})")
+
+    def __repr__(self) -> str:  # the clientState is a secret
+        return (f"PushSettings(public_url={self.public_url!r}, gmail_topic={self.gmail_topic!r},"
+                f" graph_lifetime={self.graph_lifetime!r})")
+
+    @property
+    def providers(self) -> list[str]:
+        return [p for p in ("gmail", "outlook") if self.enabled(p)]
+
+    def enabled(self, provider: str) -> bool:
+        if provider == "outlook":
+            return bool(self.public_url and self.client_state)
+        return provider == "gmail" and bool(self.gmail_topic)
+
+    def target(self, mbx: Mailbox, now: datetime) -> PushTarget:
+        labels = tuple(mbx.scope.get("labels") or ()) if mbx.scope.get("mode") == "labels" \
+            else ()
+        url = f"{self.public_url.rstrip('/')}/webhooks/graph" if self.public_url else None
+        return PushTarget(expires_at=now + self.graph_lifetime, notification_url=url,
+                          client_state=self.client_state, topic=self.gmail_topic, labels=labels)
+
+
+def push_due(state: TenantState, mbx: Mailbox, now: datetime) -> str | None:
+    """Why the mailbox's push channel needs work now, if it does: `missing`, `expired`,
+    `address_changed` (S9: it watches the old address) — a new one; `expiring` (past half its
+    lifetime) — a renewal. None for mailboxes that do not sync (L1, S10, L4)."""
+    if skip_reason(state, mbx) is not None:
+        return None
+    push: Push | None = mbx.push
+    if push is None:
+        return "missing"
+    if push.expires_at <= now:
+        return "expired"
+    if push.address != mbx.address:
+        return "address_changed"
+    if now >= push.issued_at + (push.expires_at - push.issued_at) / 2:
+        return "expiring"
+    return None
+
+
+def _cursor_covers(cursor: str | None, history_id: int | None) -> bool:
+    """A Gmail cursor (a history id at a round's end) at or past the watch's start history id:
+    nothing happened in between, no catch-up needed."""
+    return cursor is not None and cursor.isdigit() and history_id is not None \
+        and int(cursor) >= history_id
 
 
 class SyncWorker:
     def __init__(self, engine: Engine, sources: SourceFactory, locks: MailboxLocks | None = None,
                  *, batch_size: int = 500,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 push: PushSettings | None = None) -> None:
         self.engine, self.sources = engine, sources
         self.locks: MailboxLocks = locks or ThreadLocks()
         self.batch_size, self.clock = batch_size, clock
+        self.push = push
         self.directory = Directory()
         self.retry_pending: dict[MailboxRef, float] = {}
 
@@ -222,35 +352,58 @@ class SyncWorker:
         provider = DELIVERY_PROVIDERS.get(delivery.provider)
         if provider is None:
             raise MalformedWebhook("provider", f"unknown provider {delivery.provider!r}")
-        try:
-            address = delivery_address(delivery.provider, delivery.payload)
-        except Unroutable as exc:
-            log.warning("delivery_unroutable", delivery_id=delivery.delivery_id, reason=str(exc))
-            return Outcome(note="unroutable")
-        if address is None:
-            log.info("delivery_lifecycle_ignored", delivery_id=delivery.delivery_id)
-            return Outcome(note="lifecycle")
-        refs = self.directory.route(provider, address)
+        lifecycle = delivery_lifecycle(delivery.provider, delivery.payload)
+        if lifecycle is not None:
+            return self.lifecycle(delivery, *lifecycle)
+        subscription = delivery_subscription(delivery.provider, delivery.payload)
+        if subscription in self.directory.subscriptions:
+            refs = [self.directory.subscriptions[subscription]]
+        else:
+            try:
+                address = delivery_address(delivery.provider, delivery.payload)
+            except Unroutable as exc:
+                log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
+                            reason=str(exc))
+                return Outcome(note="unroutable")
+            refs = self.directory.route(provider, address) if address else []
         if not refs:
             log.warning("delivery_unknown_mailbox", provider=delivery.provider,
                         delivery_id=delivery.delivery_id)
             return Outcome(note="unknown_mailbox")
         total = Outcome()
         for ref in refs:
-            one = self.sync_mailbox(ref, delivery.delivery_id)
-            total.mailboxes.append(ref)
-            total.events += one.events
-            total.synced += one.synced
-            total.skipped_delivery |= one.skipped_delivery
-            total.resynced |= one.resynced
-            total.gone |= one.gone
-            total.note = one.note or total.note
+            total.add(self.sync_mailbox(ref, delivery.delivery_id))
         return total
+
+    def lifecycle(self, delivery: Delivery, subscription: str, event: str) -> Outcome:
+        """A Graph lifecycle notification, routed by its subscription id: `missed` -> catch up
+        from the cursor; `reauthorizationRequired` -> renew; `subscriptionRemoved` -> record
+        the end, create a new subscription and catch up. An unknown subscription id is logged
+        and acknowledged like an unknown mailbox."""
+        ref = self.directory.subscriptions.get(subscription)
+        if ref is None:
+            log.warning("delivery_unknown_subscription", provider=delivery.provider,
+                        delivery_id=delivery.delivery_id, subscription_id=subscription,
+                        lifecycle_event=event)
+            return Outcome(note="unknown_subscription")
+        log.info("delivery_lifecycle", delivery_id=delivery.delivery_id, tenant=ref.tenant,
+                 mailbox=ref.mailbox, subscription_id=subscription, lifecycle_event=event)
+        if event == "missed":
+            out = self.sync_mailbox(ref, delivery.delivery_id)
+            out.note = out.note or "missed"
+            return out
+        trigger = "reauthorization_required" if event == "reauthorizationRequired" \
+            else "subscription_removed"
+        return self.push_mailbox(ref, trigger, subscription=subscription,
+                                 delivery_id=delivery.delivery_id)
 
     def route_of(self, delivery: Delivery) -> MailboxRef | None:
         """The first mailbox a delivery names, if any (for dead-letter records)."""
         provider = DELIVERY_PROVIDERS.get(delivery.provider)
         try:
+            subscription = delivery_subscription(delivery.provider, delivery.payload)
+            if subscription in self.directory.subscriptions:
+                return self.directory.subscriptions[subscription]
             address = delivery_address(delivery.provider, delivery.payload)
         except (MalformedWebhook, Unroutable):
             return None
@@ -273,8 +426,129 @@ class SyncWorker:
             except Exception as exc:
                 log.warning("catch_up_failed", tenant=ref.tenant, mailbox=ref.mailbox,
                             error=_describe(exc))
-                self.retry_pending[ref] = now + 30.0
+                # credentials that were refused wait for a reconnection, not 30 s
+                later = 900.0 if isinstance(exc, CredentialsRejected) else 30.0
+                self.retry_pending[ref] = now + later
         return out
+
+    # -- push channels ----------------------------------------------------------------------------
+    def maintain_push(self) -> list[Outcome]:
+        """The periodic tick: every syncing mailbox of a configured provider gets a push channel
+        if it has none (or it expired, or watches an old address), and one past half its
+        lifetime is renewed. A failure is logged and tried again at the next tick."""
+        if self.push is None:
+            return []
+        self.directory.follow(self.engine)
+        now = self.clock()
+        states: dict[str, TenantState] = {}
+        out = []
+        for ref, known in sorted(self.directory.mailboxes.items(),
+                                 key=lambda item: (item[0].tenant, item[0].mailbox)):
+            if not self.push.enabled(known.provider):
+                continue
+            if ref.tenant not in states:
+                states[ref.tenant] = self.engine.store.state(ref.tenant)
+            mbx = states[ref.tenant].mailboxes.get(ref.mailbox)
+            if mbx is None or not mbx.credentials_set or \
+                    push_due(states[ref.tenant], mbx, now) is None:
+                continue
+            try:
+                out.append(self.push_mailbox(ref, None))
+            except Exception as exc:
+                log.warning("push_failed", tenant=ref.tenant, mailbox=ref.mailbox,
+                            error=_describe(exc))
+        return out
+
+    def push_mailbox(self, ref: MailboxRef, trigger: str | None, *,
+                     subscription: str | None = None, delivery_id: str | None = None
+                     ) -> Outcome:
+        """Create or renew the mailbox's push channel under its lock and record it. `trigger`
+        None: whatever `push_due` says now; `reauthorization_required` / `subscription_removed`:
+        a lifecycle notification of `subscription` (ignored unless it is the current one). A
+        channel created for a mailbox that has a cursor is followed by a catch-up sync."""
+        out = Outcome(mailboxes=[ref])
+        catch_up = False
+        with self.locks.hold(ref.tenant, ref.mailbox):
+            state = self.engine.store.state(ref.tenant)
+            mbx = state.mailboxes.get(ref.mailbox)
+            if mbx is None:
+                return out
+            now = self.clock()
+            current = mbx.push
+            if trigger is None:
+                trigger = push_due(state, mbx, now)
+                if trigger is None:
+                    return out  # another worker did it meanwhile
+            elif current is None or current.subscription_id != subscription:
+                log.info("push_stale_subscription", tenant=ref.tenant, mailbox=ref.mailbox,
+                         subscription_id=subscription)
+                out.note = "stale_subscription"
+                return out
+            if trigger == "subscription_removed":
+                out.events += self._apply(ref.tenant, [_cmd(
+                    c.RecordPushSubscription, ref, action="ended", subscription_id=subscription,
+                    reason="removed_by_provider")])
+                out.push, current = "ended", None
+            paused = skip_reason(state, mbx)
+            if paused is not None:
+                out.note = f"push_paused: {paused}"
+                return out
+            if self.push is None or not self.push.enabled(mbx.provider):
+                out.note = "push_not_configured"
+                return out
+            source = self.sources.open(ref.tenant, mbx)
+            if source is None:
+                log.warning("credentials_missing", tenant=ref.tenant, mailbox=ref.mailbox)
+                out.note = "credentials_missing"
+                return out
+            try:
+                catch_up = self._push_channel(ref, mbx, source, trigger, current, now, out)
+            except MailboxGone as exc:
+                log.warning("mailbox_gone", tenant=ref.tenant, mailbox=ref.mailbox,
+                            reason=exc.reason)
+                out.events += self._apply(ref.tenant, [_cmd(c.ReportMailboxGone, ref)])
+                out.gone = True
+            finally:
+                source.close()
+        if catch_up:  # what arrived while the mailbox had no channel
+            out.add(self.sync_mailbox(ref, delivery_id))
+        return out
+
+    def _push_channel(self, ref: MailboxRef, mbx: Mailbox, source: MailSource, trigger: str,
+                      current: Push | None, now: datetime, out: Outcome) -> bool:
+        """Talk to the provider and record the outcome; True when a catch-up should follow."""
+        channel = source.push
+        if channel is None or self.push is None:
+            return False
+        target = self.push.target(mbx, now)
+        if current is not None and trigger in ("expiring", "reauthorization_required"):
+            renewed = channel.renew(mbx.address, current.subscription_id, target)
+            if renewed is not None:
+                out.events += self._apply(ref.tenant, [_cmd(
+                    c.RecordPushSubscription, ref, action="renewed", reason=trigger,
+                    subscription_id=renewed.id, expires_at=renewed.expires_at)])
+                out.push = "renewed"
+                log.info("push_renewed", tenant=ref.tenant, mailbox=ref.mailbox,
+                         subscription_id=renewed.id, expires_at=renewed.expires_at.isoformat(),
+                         reason=trigger)
+                return False
+            trigger = "renewal_refused"
+        created = channel.subscribe(mbx.address, target)
+        out.events += self._apply(ref.tenant, [_cmd(
+            c.RecordPushSubscription, ref, action="created", reason=trigger,
+            subscription_id=created.id, resource=created.resource[:2048] or "-",
+            expires_at=created.expires_at)])
+        out.push = "created"
+        log.info("push_created", tenant=ref.tenant, mailbox=ref.mailbox,
+                 subscription_id=created.id, expires_at=created.expires_at.isoformat(),
+                 reason=trigger)
+        if current is not None and trigger == "address_changed" and current.expires_at > now:
+            try:  # the old channel watches the old address: stop it (best effort)
+                channel.unsubscribe(current.address, current.subscription_id)
+            except Exception as exc:
+                log.warning("push_unsubscribe_failed", tenant=ref.tenant, mailbox=ref.mailbox,
+                            subscription_id=current.subscription_id, error=_describe(exc))
+        return mbx.cursor is not None and not _cursor_covers(mbx.cursor, created.history_id)
 
     def poll(self, provider: str = "imap") -> list[Outcome]:
         """Sync every mailbox of `provider` (IMAP: there are no webhooks)."""
@@ -449,6 +723,7 @@ class LoopOptions:
     fetch: int = 20
     poll: float = 1.0  # seconds to wait for deliveries before looking at the log again
     imap_interval: float = 60.0
+    push_interval: float = 300.0  # seconds between push-channel ticks (create, renew)
     max_attempts: int = 5
     backoff: float = 2.0  # retry n waits backoff * 2^(n-1) seconds, at most max_backoff
     max_backoff: float = 300.0
@@ -467,7 +742,8 @@ async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
         outcome = worker.handle(delivery)
     except Exception as exc:
         error = _describe(exc)
-        permanent = isinstance(exc, MalformedWebhook)
+        # unreadable input, and credentials only a reconnection can fix: no retries
+        permanent = isinstance(exc, MalformedWebhook | CredentialsRejected)
         if not permanent and delivery.attempts < options.max_attempts:
             delay = retry_delay(delivery.attempts, options)
             if isinstance(exc, ProviderThrottled):  # the provider said how long to wait
@@ -496,14 +772,20 @@ async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
 async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
               options: LoopOptions | None = None) -> None:
     options = options or LoopOptions()
-    last_poll = float("-inf")
-    log.info("sync_worker_started", imap_interval=options.imap_interval)
+    last_poll = last_push = float("-inf")
+    log.info("sync_worker_started", imap_interval=options.imap_interval,
+             push_providers=worker.push.providers if worker.push else [],
+             public_url=worker.push.public_url if worker.push else None)
     while not stop.is_set():
         try:
             worker.catch_up()
             if time.monotonic() - last_poll >= options.imap_interval:
                 worker.poll("imap")
                 last_poll = time.monotonic()
+            if worker.push is not None and \
+                    time.monotonic() - last_push >= options.push_interval:
+                worker.maintain_push()
+                last_push = time.monotonic()
             for delivery in await queue.fetch(options.fetch, options.poll):
                 await process(worker, queue, delivery, options)
                 if stop.is_set():

@@ -1,5 +1,6 @@
 """A local Gmail API for the sync-runner tests: users.getProfile, users.history.list,
-users.messages.list/get (format=full) for one mailbox, over plain HTTP on loopback."""
+users.messages.list/get (format=full), users.watch and users.stop for one mailbox, over plain
+HTTP on loopback; optionally only some access tokens are valid (401 for the others)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def b64url(data: bytes) -> str:
 
 
 class FakeGmail:
-    """users.getProfile, users.history.list, users.messages.list/get (format=full) for one
-    mailbox, from corpus messages; `gone` answers 404 to everything (account deleted)."""
+    """users.getProfile, users.history.list, users.messages.list/get (format=full), users.watch
+    and users.stop for one mailbox, from corpus messages; `gone` answers 404 to everything
+    (account deleted). `valid_tokens` (when set): other bearer tokens get 401 UNAUTHENTICATED.
+    `watches` keeps every watch request's body; `tokens_seen` every bearer token used."""
 
     def __init__(self, raws: list[bytes]) -> None:
         self.corpus = iter(raws)
@@ -35,19 +38,38 @@ class FakeGmail:
         self.delay = 0.0  # seconds per messages.get (to make a delivery take a while)
         self.lock = threading.Lock()
         self.count = 0
+        self.valid_tokens: set[str] | None = None
+        self.tokens_seen: list[str] = []
+        self.watches: list[dict[str, Any]] = []
+        self.stopped = 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 split = urlsplit(self.path)
-                status, body = fake.route(unquote(split.path),
-                                          {k: v[0] for k, v in parse_qs(split.query).items()})
-                raw = json.dumps(body).encode()
+                length = int(self.headers.get("Content-Length") or 0)
+                body_in = self.rfile.read(length) if length else b""
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                fake.tokens_seen.append(token)
+                if fake.valid_tokens is not None and token not in fake.valid_tokens:
+                    status, body = 401, {"error": {
+                        "code": 401, "status": "UNAUTHENTICATED",
+                        "message": "Request had invalid authentication credentials."}}
+                elif self.command == "POST":
+                    status, body = fake.post(unquote(split.path),
+                                             json.loads(body_in) if body_in else {})
+                else:
+                    status, body = fake.route(unquote(split.path),
+                                              {k: v[0] for k, v in parse_qs(split.query).items()})
+                raw = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
+
+            def do_POST(self) -> None:
+                self.do_GET()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -127,6 +149,23 @@ class FakeGmail:
             return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
         time.sleep(self.delay)
         return 200, found
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """users.watch (expiration 7 days from now) and users.stop (204)."""
+        user = f"/gmail/v1/users/{GMAIL}"
+        if self.gone or not path.startswith(user):
+            return 404, {"error": {"code": 404, "message": "Requested entity was not found.",
+                                   "status": "NOT_FOUND"}}
+        with self.lock:
+            if path == f"{user}/watch":
+                self.watches.append(body)
+                expiration = datetime.now(UTC) + timedelta(days=7)
+                return 200, {"historyId": str(self.history_id),
+                             "expiration": str(int(expiration.timestamp() * 1000))}
+            if path == f"{user}/stop":
+                self.stopped += 1
+                return 204, None
+        return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
 
     def close(self) -> None:
         self.server.shutdown()

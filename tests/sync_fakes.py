@@ -1,5 +1,6 @@
-"""Hand-written fakes for the sync workers: a provider mailbox with a history, the source factory,
-and an in-memory work queue (the same contract as the JetStream and SQLite adapters)."""
+"""Hand-written fakes for the sync workers: a provider mailbox with a history and its push channel
+(Graph-like subscriptions or a Gmail-like watch), the source factory, and an in-memory work queue
+(the same contract as the JetStream and SQLite adapters)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.errors import CursorExpired, MailboxGone, ProviderError, ProviderThrottled
-from adapters.mail_sources import Changes, ResyncPage
+from adapters.errors import (
+    CredentialsRejected,
+    CursorExpired,
+    MailboxGone,
+    ProviderError,
+    ProviderThrottled,
+)
+from adapters.mail_sources import Changes, PushTarget, ResyncPage
+from adapters.provider_client import PushSubscription
 from adapters.work_queue import DeadLetter, Delivery
 from domain.events import MailMessage
 from domain.state import Mailbox
@@ -31,6 +39,53 @@ def message(i: int, *, days_ago: float = 1.0, thread: str | None = None,
 
 
 @dataclass
+class FakePush:
+    """The provider's side of push: Graph-like subscriptions (ids `sub-N`, the expiry asked for)
+    or, with `gmail`, a watch (no id, 7 days from `now`, the history length as its history id).
+    `dropped`: ids the provider forgot (a renewal answers None)."""
+
+    box: FakeMailbox
+    gmail: bool = False
+    live: dict[str, PushTarget] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str, str | None]] = field(default_factory=list)
+    targets: list[PushTarget] = field(default_factory=list)
+    now: datetime = NOW
+    made: int = 0
+
+    def subscribe(self, address: str, target: PushTarget) -> PushSubscription:
+        self.box._check("subscribe")
+        self.made += 1
+        ident = None if self.gmail else f"sub-{self.made}"
+        self.calls.append(("subscribe", address, ident))
+        self.targets.append(target)
+        self.live[ident or address] = target
+        if self.gmail:
+            return PushSubscription(id=None, resource=f"users/{address} topic {target.topic}",
+                                    expires_at=self.now + timedelta(days=7),
+                                    history_id=len(self.box.history))
+        return PushSubscription(id=ident, resource=f"/users/{address}/messages",
+                                expires_at=target.expires_at)
+
+    def renew(self, address: str, subscription_id: str | None, target: PushTarget
+              ) -> PushSubscription | None:
+        self.box._check("renew")
+        self.calls.append(("renew", address, subscription_id))
+        if self.gmail:
+            return self.subscribe(address, target)
+        if subscription_id is None or subscription_id in self.dropped \
+                or subscription_id not in self.live:
+            return None
+        self.live[subscription_id] = target
+        return PushSubscription(id=subscription_id, resource=f"/users/{address}/messages",
+                                expires_at=target.expires_at)
+
+    def unsubscribe(self, address: str, subscription_id: str | None) -> bool:
+        self.calls.append(("unsubscribe", address, subscription_id))
+        return self.live.pop(subscription_id or address, None) is not None
+
+
+@dataclass
 class FakeMailbox:
     """A provider mailbox: `history` of ("add", msg) / ("delete", id) / ("update", msg); the
     cursor is the history length as text. Cursors below `expired_below` are expired."""
@@ -40,6 +95,7 @@ class FakeMailbox:
     gone: bool = False
     failures: int = 0  # the next N calls raise ProviderError
     throttled: float | None = None  # every call raises ProviderThrottled(retry_after=this)
+    rejected: bool = False  # every call raises CredentialsRejected (refresh token revoked)
     page_size: int = 1000
     calls: list[str] = field(default_factory=list)
 
@@ -68,13 +124,18 @@ class FakeMailbox:
             raise ProviderError("gmail", "fake outage", 503)
         if self.throttled is not None:
             raise ProviderThrottled("gmail", "rate limited", self.throttled, 429)
+        if self.rejected:
+            raise CredentialsRejected("gmail", "token refresh: 400 invalid_grant: Token has been "
+                                      "expired or revoked. (the refresh token was refused: "
+                                      "reconnect the mailbox)", 400)
         if self.gone:
             raise MailboxGone("gmail", "account deleted", 404)
 
 
 class FakeSource:
-    def __init__(self, box: FakeMailbox) -> None:
+    def __init__(self, box: FakeMailbox, push: FakePush | None = None) -> None:
         self.box = box
+        self.push = push
 
     def changes(self, address: str, cursor: str) -> Changes:
         self.box._check("changes")
@@ -112,17 +173,24 @@ class FakeSources:
 
     def __init__(self) -> None:
         self.boxes: dict[str, FakeMailbox] = {}
+        self.pushes: dict[str, FakePush] = {}  # address -> its push channel
         self.without_credentials: set[str] = set()
         self.opened: list[str] = []
 
     def box(self, address: str) -> FakeMailbox:
         return self.boxes.setdefault(address, FakeMailbox())
 
+    def push(self, address: str, *, gmail: bool = False) -> FakePush:
+        if address not in self.pushes:
+            self.pushes[address] = FakePush(self.box(address), gmail=gmail)
+        return self.pushes[address]
+
     def open(self, tenant: str, mailbox: Mailbox) -> FakeSource | None:
         self.opened.append(mailbox.address)
         if mailbox.address in self.without_credentials:
             return None
-        return FakeSource(self.box(mailbox.address))
+        return FakeSource(self.box(mailbox.address),
+                          self.push(mailbox.address, gmail=mailbox.provider == "gmail"))
 
 
 class FakeWorkQueue:

@@ -26,7 +26,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from services import corpus_file, missing
 
-from adapters.errors import CursorExpired, MailboxGone, ProviderError, ProviderThrottled
+from adapters.errors import (
+    CredentialsRejected,
+    CursorExpired,
+    MailboxGone,
+    ProviderError,
+    ProviderThrottled,
+)
 from adapters.gmail_client import GmailClient
 from adapters.graph_client import GraphClient
 
@@ -46,14 +52,20 @@ Reply = tuple[int, dict[str, str], Any]  # status, headers, JSON body (None: emp
 
 
 class Request:
-    def __init__(self, path: str, query: dict[str, list[str]], headers: Any) -> None:
+    def __init__(self, path: str, query: dict[str, list[str]], headers: Any,
+                 method: str = "GET", body: bytes = b"") -> None:
         self.path, self.query = path, {k: v[0] for k, v in query.items()}
         self.headers = dict(headers.items())
         self.prefer = headers.get_all("Prefer") or []
+        self.method, self.body = method, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class FakeProvider:
-    """Answers every GET with `self.route(request)`; keeps the requests it saw."""
+    """Answers every request (GET, POST, PATCH, DELETE) with `self.route(request)`; keeps the
+    requests it saw."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Request] = []
@@ -63,7 +75,9 @@ class FakeProvider:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 split = urlsplit(self.path)
-                request = Request(unquote(split.path), parse_qs(split.query), self.headers)
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(unquote(split.path), parse_qs(split.query), self.headers,
+                                  self.command, self.rfile.read(length) if length else b"")
                 provider.requests.append(request)
                 status, headers, body = provider.route(request)
                 raw = b"" if body is None else json.dumps(body).encode()
@@ -73,6 +87,15 @@ class FakeProvider:
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
+
+            def do_POST(self) -> None:
+                self.do_GET()
+
+            def do_PATCH(self) -> None:
+                self.do_GET()
+
+            def do_DELETE(self) -> None:
+                self.do_GET()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -517,3 +540,165 @@ def test_graph_backfill_and_foreign_links(graph: tuple[FakeProvider, GraphClient
     with pytest.raises(ValueError):
         client.changes_since(MAILBOX, "https://evil.test/v1.0/me/messages/delta")
     assert len(server.requests) == count + 1
+
+
+# --- push channels and token refresh ----------------------------------------------------------
+
+CLIENT_STATE = "client-state-S3CRET-value"
+
+
+def graph_subscription(body: dict[str, Any], ident: str = "7f105c7d-2dc5-4530-97cd") -> Reply:
+    """Graph's answer: the subscription, with the clientState echoed as Graph does."""
+    return 201, {}, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions"
+                     "/$entity", "id": ident, "resource": body["resource"],
+                     "applicationId": "24d3b144-21ae-4080-943f-7067b395b913",
+                     "changeType": body["changeType"], "clientState": body["clientState"],
+                     "notificationUrl": body["notificationUrl"],
+                     "lifecycleNotificationUrl": body["lifecycleNotificationUrl"],
+                     "expirationDateTime": "2026-03-04T11:00:00.1234567Z",
+                     "creatorId": "8ee44408-0679-472c-bc2a-692812af3437"}
+
+
+def test_graph_subscription_is_created_renewed_and_deleted(
+        graph: tuple[FakeProvider, GraphClient]) -> None:
+    server, client = graph
+    live: dict[str, dict[str, Any]] = {}
+
+    def route(request: Request) -> Reply:
+        if request.method == "POST" and request.path == "/v1.0/subscriptions":
+            body = request.json()
+            live["sub-1"] = body
+            return graph_subscription(body, "sub-1")
+        if request.path.startswith("/v1.0/subscriptions/"):
+            ident = request.path.rsplit("/", 1)[1]
+            if ident not in live:
+                return error(404, "ResourceNotFound", "The object was not found.")
+            if request.method == "PATCH":
+                live[ident]["expirationDateTime"] = request.json()["expirationDateTime"]
+                return 200, {}, {"id": ident, "resource": live[ident]["resource"],
+                                 "expirationDateTime": request.json()["expirationDateTime"],
+                                 "clientState": CLIENT_STATE}
+            if request.method == "DELETE":
+                del live[ident]
+                return 204, {}, None
+        return error(400, "BadRequest", f"unexpected {request.method} {request.path}")
+
+    server.route = route
+    created = client.create_subscription(
+        MAILBOX, notification_url="https://crm.example/webhooks/graph",
+        lifecycle_url="https://crm.example/webhooks/graph", client_state=CLIENT_STATE,
+        expires_at=datetime(2026, 3, 4, 11, 0, tzinfo=UTC))
+    sent = server.requests[-1].json()
+    assert sent == {"changeType": "created,updated,deleted",
+                    "notificationUrl": "https://crm.example/webhooks/graph",
+                    "lifecycleNotificationUrl": "https://crm.example/webhooks/graph",
+                    "resource": f"/users/{MAILBOX}/messages",
+                    "expirationDateTime": "2026-03-04T11:00:00.000Z",
+                    "clientState": CLIENT_STATE}
+    assert server.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert created.id == "sub-1" and created.resource == f"/users/{MAILBOX}/messages"
+    assert created.expires_at == datetime(2026, 3, 4, 11, 0, 0, 123456, tzinfo=UTC)
+    assert CLIENT_STATE not in repr(created)  # the echoed clientState is not kept
+    renewed = client.renew_subscription("sub-1", datetime(2026, 3, 6, 9, 30, tzinfo=UTC))
+    assert renewed is not None and renewed.expires_at == datetime(2026, 3, 6, 9, 30, tzinfo=UTC)
+    assert server.requests[-1].method == "PATCH"
+    assert server.requests[-1].json() == {"expirationDateTime": "2026-03-06T09:30:00.000Z"}
+    assert client.delete_subscription("sub-1") is True
+    assert client.delete_subscription("sub-1") is False  # already gone
+    assert client.renew_subscription("sub-1", datetime(2026, 3, 7, tzinfo=UTC)) is None
+    folder = client.subscription_resource(MAILBOX, "inbox")
+    assert folder == f"/users/{MAILBOX}/mailFolders('inbox')/messages"
+
+
+def test_graph_subscription_refusals_are_provider_errors_without_secrets(
+        graph: tuple[FakeProvider, GraphClient]) -> None:
+    server, client = graph
+    server.route = lambda r: error(400, "InvalidRequest", "Subscription validation request "
+                                   f"failed. Notification endpoint must respond with 200 OK "
+                                   f"({CLIENT_STATE})")
+    with pytest.raises(ProviderError) as info:
+        client.create_subscription(
+            MAILBOX, notification_url="https://crm.example/webhooks/graph",
+            lifecycle_url="https://crm.example/webhooks/graph", client_state=CLIENT_STATE,
+            expires_at=datetime(2026, 3, 4, tzinfo=UTC))
+    assert info.value.status == 400 and "validation request failed" in str(info.value)
+    assert_no_token(info.value)
+    server.route = lambda r: error(404, "MailboxNotEnabledForRESTAPI", "REST API is not yet "
+                                   "supported for this mailbox.")
+    with pytest.raises(MailboxGone):
+        client.create_subscription(
+            MAILBOX, notification_url="https://crm.example/webhooks/graph",
+            lifecycle_url="https://crm.example/webhooks/graph", client_state=CLIENT_STATE,
+            expires_at=datetime(2026, 3, 4, tzinfo=UTC))
+
+
+def test_gmail_watch_with_label_filter_and_stop(gmail: tuple[FakeProvider, GmailClient]) -> None:
+    server, client = gmail
+
+    def route(request: Request) -> Reply:
+        if request.method == "POST" and request.path == f"{USER}/watch":
+            return 200, {}, {"historyId": "1234", "expiration": "1772449200000"}
+        if request.method == "POST" and request.path == f"{USER}/stop":
+            return 204, {}, None
+        return google_error(400, "badRequest", "unexpected")
+
+    server.route = route
+    watch = client.watch(MAILBOX, "projects/crm/topics/gmail", ["Label_7", "INBOX"])
+    assert server.requests[-1].json() == {"topicName": "projects/crm/topics/gmail",
+                                          "labelIds": ["Label_7", "INBOX"],
+                                          "labelFilterBehavior": "include"}
+    assert watch.id is None and watch.history_id == 1234
+    assert watch.expires_at == datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+    assert "projects/crm/topics/gmail" in watch.resource and "Label_7" in watch.resource
+    client.watch(MAILBOX, "projects/crm/topics/gmail")
+    assert server.requests[-1].json() == {"topicName": "projects/crm/topics/gmail"}
+    client.stop(MAILBOX)
+    assert (server.requests[-1].method, server.requests[-1].path) == ("POST", f"{USER}/stop")
+    server.route = lambda r: (google_error(403, "forbidden", "Error sending test message to "
+                                           "Cloud PubSub: User not authorized")
+                              if r.path.endswith("/watch") else gmail_messages(r) or
+                              google_error(404, "notFound", "nope"))
+    with pytest.raises(ProviderError, match="not authorized") as info:
+        client.watch(MAILBOX, "projects/crm/topics/gmail")
+    assert type(info.value) is ProviderError and info.value.status == 403
+
+
+def test_a_401_refreshes_the_token_once_and_retries_the_call() -> None:
+    tokens = ["ya29.expired-token", "ya29.fresh-token"]
+    refreshed: list[str] = []
+
+    def current() -> str:
+        return tokens[0]
+
+    def refresh() -> None:
+        refreshed.append(tokens.pop(0))
+
+    with FakeProvider() as server:
+        def route(request: Request) -> Reply:
+            if request.headers["Authorization"] != "Bearer ya29.fresh-token":
+                return google_error(401, "authError", "Request had invalid authentication "
+                                    "credentials: ya29.expired-token")
+            reply = gmail_messages(request)
+            assert reply is not None
+            return reply
+
+        server.route = route
+        client = GmailClient(current, server.origin, refresh=refresh)
+        assert client.fetch_message(MAILBOX, "m1") is not None
+        assert refreshed == ["ya29.expired-token"]
+        assert [r.headers["Authorization"] for r in server.requests] == [
+            "Bearer ya29.expired-token", "Bearer ya29.fresh-token"]
+        # a 401 that stands after the one refresh: CredentialsRejected, no token in the text
+        tokens[:] = ["ya29.still-refused", "ya29.also-refused"]
+        with pytest.raises(CredentialsRejected) as info:
+            client.fetch_message(MAILBOX, "m1")
+        assert len(refreshed) == 2 and info.value.status == 401
+        assert "reconnect" in str(info.value) and "ya29." not in str(info.value)
+        # without a refresh callable a 401 is CredentialsRejected at once
+        plain = GmailClient(lambda: "ya29.expired-token", server.origin)
+        count = len(server.requests)
+        with pytest.raises(CredentialsRejected):
+            plain.fetch_message(MAILBOX, "m1")
+        assert len(server.requests) == count + 1
+        client.close()
+        plain.close()
