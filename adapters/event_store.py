@@ -7,7 +7,8 @@ the event class named by the stored topic.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, cast
@@ -22,7 +23,7 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
 from domain.events import DomainEvent
@@ -76,6 +77,14 @@ class PydanticMapper(Mapper[UUID]):
         originator = stored_event.originator_id
         return EventEnvelope(originator if isinstance(originator, UUID) else UUID(originator),
                              stored_event.originator_version, event.occurred_at, event)
+
+
+@functools.lru_cache(maxsize=256)
+def _event_class(topic: str) -> type[DomainEvent]:
+    kind = resolve_topic(topic)
+    if not (isinstance(kind, type) and issubclass(kind, DomainEvent)):
+        raise TopicError(f"{topic!r} is not an event class")
+    return kind
 
 
 class CrmSyncApplication(Application[UUID]):
@@ -180,6 +189,35 @@ class EventStore:
     def max_position(self) -> int:
         try:
             return self.app.recorder.max_notification_id() or 0
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read the event log: {exc}") from exc
+
+    def read_log_kept(self, after: int, limit: int,
+                      keep: Callable[[type[DomainEvent], bytes], bool]
+                      ) -> tuple[list[LoggedEvent], int]:
+        """Like `read_log`, decoding only the events `keep(event class, stored JSON)` accepts
+        (all of them when stored events are compressed or encrypted); also returns the last
+        position read (`after` when there was nothing)."""
+        mapper = self.app.mapper
+        plain = not (mapper.cipher or mapper.compressor)
+        try:
+            notifications = self.app.recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False)
+            out = []
+            for n in notifications:
+                if plain:
+                    try:
+                        kind = _event_class(n.topic)
+                        wanted = keep(kind, n.state)
+                    except (orjson.JSONDecodeError, TopicError) as exc:
+                        raise MapperDeserialisationError(
+                            f"cannot decode event {n.topic} v{n.originator_version}: {exc}"
+                        ) from exc
+                    if not wanted:
+                        continue
+                envelope = cast(EventEnvelope, mapper.to_domain_event(n))
+                out.append(LoggedEvent(n.id, envelope.originator_version, envelope.event))
+            return out, notifications[-1].id if notifications else after
         except PersistenceError as exc:
             raise StoreError(f"cannot read the event log: {exc}") from exc
 

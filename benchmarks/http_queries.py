@@ -31,6 +31,15 @@ from adapters.tokens import issue
 from runners.config import open_engine
 
 
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) / 1024 for line in fh
+                         if line.startswith("VmRSS:")), 0.0)
+    except OSError:
+        return 0.0
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -86,6 +95,8 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"timed out waiting: {runner_log}")
                 time.sleep(1)
+            sys.stdout.write(f"projection runner after folding the log on start: RSS "
+                             f"{rss_mb(runner.pid):.0f} MB; server: {rss_mb(server.pid):.0f} MB\n")
             records = engine.views.scan("directory", args.tenant, "record:")
             users = {k[5:]: rows[k[5:]] for k, rows in
                      engine.views.scan("directory", args.tenant, "user:").items()}

@@ -12,6 +12,7 @@ events/s (every projection into new tables, swapped in) and its peak resident me
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -33,17 +34,38 @@ def rss_mb(pid: int | None = None) -> float:
     return 0.0
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (from /proc/*/stat)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
 def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
-    """`crmsync rebuild` as its own process, as an operator runs it: its wall time and its peak
-    resident memory, sampled every 0.1 s from /proc."""
+    """`crmsync rebuild` as its own process, as an operator runs it: its wall time and the peak
+    resident memory of each of its processes (the coordinator and its part processes) and of
+    all of them together, sampled every 0.1 s from /proc."""
     command = [sys.executable, "-m", "runners.cli"]
     command += ["--postgres", args.postgres] if args.postgres else ["--db", args.db]
     command += ["rebuild"] + (["--projection", args.projection] if args.projection else [])
+    command += ["--parts", str(args.parts)] if args.parts else []
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    peak = 0.0
+    peak, peak_total, seen = 0.0, 0.0, 1
     while proc.poll() is None:
-        peak = max(peak, rss_mb(proc.pid))
+        tree = [proc.pid, *children(proc.pid)]
+        seen = max(seen, len(tree))
+        sizes = [rss_mb(pid) for pid in tree]
+        peak, peak_total = max(peak, *sizes), max(peak_total, sum(sizes))
         time.sleep(0.1)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -51,13 +73,15 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     sys.stdout.write(f"rebuild (`crmsync rebuild`, {args.projection or 'all projections'}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, process start "
                      f"included; {100 * total / elapsed / raw:.0f}% of raw)\n")
-    sys.stdout.write(f"peak RSS of the rebuild process: {peak:.0f} MB (sampled every 0.1 s)\n")
+    sys.stdout.write(f"peak RSS of one rebuild process: {peak:.0f} MB; of all {seen} together: "
+                     f"{peak_total:.0f} MB (sampled every 0.1 s)\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--postgres")
     p.add_argument("--db", default="./bench.db")
+    p.add_argument("--parts", type=int, help="`crmsync rebuild --parts N` (default: its own)")
     p.add_argument("--projection")
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--in-process", action="store_true",

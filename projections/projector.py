@@ -14,6 +14,7 @@ from typing import Protocol
 
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
+from projections.partition import Partition
 from projections.ports import Changes, ViewStore
 from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, creates_message, event_rows
 from projections.touched import GROUPED, Keys, key_groups, thread_keys, touched
@@ -41,8 +42,10 @@ class EventLog(Protocol):
 class Projector:
     """Folds events into tenant states and collects which keys of which projection changed."""
 
-    def __init__(self, names: Iterable[str] = PROJECTIONS) -> None:
+    def __init__(self, names: Iterable[str] = PROJECTIONS,
+                 partition: Partition | None = None) -> None:
         self.names = list(names)
+        self.partition = partition  # one part of a build partitioned by mailbox, else all
         self.states: dict[str, TenantState] = {}
         self.position = 0
 
@@ -65,10 +68,14 @@ class Projector:
         for item in batch:
             if item.position <= self.position:
                 continue
-            event = item.event
-            state = self.states.get(event.tenant)
+            state = self.states.get(item.event.tenant)
             if state is None:
-                state = self.states[event.tenant] = TenantState(event.tenant, index_rfc=False)
+                state = self.states[item.event.tenant] = TenantState(item.event.tenant,
+                                                                      index_rfc=False)
+            event = self._admit(state, item.event)
+            if event is None:
+                self.position = item.position
+                continue
             writing = everyone if item.position > behind else frozenset(
                 p for p in self.names if item.position > positions.get(p, 0))
             if not writing:
@@ -107,12 +114,17 @@ class Projector:
             cache: Cache = {}
             for p, per_tenant in dirty.items():
                 for key in sorted(per_tenant.get(tenant, ())):
-                    changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key, cache)
+                    if self.partition is None or self.partition.owns_key(p, key):
+                        changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key,
+                                                                                 cache)
         for tenant, keyed in direct.items():
             for key, rows in keyed.items():
                 changes.setdefault("message", {})[(tenant, key)] = rows
         return changes
 
+
+    def _admit(self, state: TenantState, event: DomainEvent) -> DomainEvent | None:
+        return event if self.partition is None else self.partition.admit(state, event)
 
     def fold(self, batch: Sequence[Logged]) -> tuple[dict[tuple[str, str], Rows],
                                                      dict[tuple[str, str], Rows]]:
@@ -126,10 +138,14 @@ class Projector:
         for item in batch:
             if item.position <= self.position:
                 continue
-            event = item.event
-            state = states.get(event.tenant)
+            state = states.get(item.event.tenant)
             if state is None:
-                state = states[event.tenant] = TenantState(event.tenant, index_rfc=False)
+                state = states[item.event.tenant] = TenantState(item.event.tenant,
+                                                                 index_rfc=False)
+            event = self._admit(state, item.event)
+            if event is None:
+                self.position = item.position
+                continue
             first = messages and creates_message(state, event)
             evolve(state, event, item.seq)
             self.position = item.position
@@ -146,6 +162,7 @@ class Projector:
         """The rows of every key of the state-derived projections, from the folded states, in
         chunks of about `chunk` keys."""
         names = [p for p in self.names if p in STATE_ROWS]
+        part = self.partition
         changes: Changes = {}
         count = 0
         for tenant, state in self.states.items():
@@ -153,6 +170,8 @@ class Projector:
                 cache: Cache = {}
                 for p in names:
                     for key in group.get(p, ()):
+                        if part is not None and not part.owns_key(p, key):
+                            continue
                         rows = STATE_ROWS[p](state, key, cache)
                         if rows:
                             changes.setdefault(p, {})[(tenant, key)] = rows
@@ -164,8 +183,23 @@ class Projector:
             yield changes
 
 
+def _read(log: EventLog, projector: Projector, batch_size: int) -> tuple[Sequence[Logged], int]:
+    """The next batch for `projector` and the last position read. A part of a partitioned
+    build reads through the log's filter before decoding when it has one (`read_log_kept`);
+    otherwise `Partition.admit` drops the other parts' events after decoding."""
+    after = projector.position
+    kept = getattr(log, "read_log_kept", None) if projector.partition is not None else None
+    if kept is not None:
+        assert projector.partition is not None
+        batch, last = kept(after, batch_size, projector.partition.keeps)
+        return batch, last
+    batch = log.read_log(after, batch_size)
+    return batch, batch[-1].position if batch else after
+
+
 def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: int = 1000,
-          progress: Callable[[int, int], None] | None = None) -> int:
+          progress: Callable[[int, int], None] | None = None, target: int | None = None,
+          set_positions: bool = True) -> int:
     """Build `projector`'s projections into views that hold none of their rows (after `reset`).
 
     Rows are a pure function of state (E3), so instead of rewriting every touched key batch by
@@ -174,12 +208,16 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
     last. Same rows as incremental processing; a build that fails leaves positions at 0, so the
     views are reset and built again. The caller holds `views.exclusive()`. Returns the number
     of events read.
+
+    A part of a partitioned build (`projector.partition`) builds up to the `target` position
+    all parts share and leaves the positions to its coordinator (`set_positions=False`).
     """
     positions = views.positions()
     if any(positions.get(p, 0) for p in projector.names):
         raise ValueError("a build needs views reset to position 0")
     projector.reset()
-    target = log.max_position()
+    if target is None:
+        target = log.max_position()
     read = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-writer") as writer:
         pending: Future[None] | None = None
@@ -191,10 +229,11 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
             pending = writer.submit(views.write, changes, advanced, fresh=fresh)
 
         while projector.position < target:
-            batch = log.read_log(projector.position, batch_size)
-            if not batch:
+            batch, last = _read(log, projector, min(batch_size, target - projector.position))
+            if last <= projector.position:
                 break
             created, changed = projector.fold(batch)
+            projector.position = last
             if created:
                 write({"message": created}, {}, fresh=True)
             if changed:
@@ -204,9 +243,28 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
                 progress(projector.position, target)
         for changes in projector.final_changes():  # each key once, into empty tables
             write(changes, {}, fresh=True)
-        write({}, {p: projector.position for p in projector.names})
+        if set_positions:
+            write({}, {p: projector.position for p in projector.names})
         if pending is not None:
             pending.result()
+    return read
+
+
+def extend(log: EventLog, views: ViewStore, projector: Projector, end: int, *,
+           batch_size: int = 1000) -> int:
+    """Process the events after the projector's position up to `end` into `views`, leaving
+    the positions alone: a part of a partitioned build catching up before its coordinator
+    sets the positions and swaps the tables in. Returns the number of events read."""
+    read = 0
+    while projector.position < end:
+        batch, last = _read(log, projector, min(batch_size, end - projector.position))
+        if last <= projector.position:
+            break
+        changes = projector.process(batch, {p: projector.position for p in projector.names})
+        projector.position = last
+        if changes:
+            views.write(changes, {})
+        read += len(batch)
     return read
 
 

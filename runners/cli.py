@@ -23,6 +23,7 @@ from runners.engine import Engine
 from runners.logs import configure_logging
 
 EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
+REBUILD_PARTS_ENV = "CRMSYNC_REBUILD_PARTS"
 
 
 def _at(text: str) -> datetime:
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="tell the built-in story in a temporary database")
     rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
     rebuild.add_argument("--projection", choices=sorted(PROJECTIONS))
+    rebuild.add_argument("--parts", type=_parts, default=None, metavar="N",
+                         help="PostgreSQL: build in N processes partitioned by mailbox (default "
+                              "$CRMSYNC_REBUILD_PARTS, else the number of CPUs, at most 4)")
     sub.add_parser("verify", help="rebuild into scratch tables and compare checksums")
     worker = sub.add_parser("run", help="run a worker process")
     workers = worker.add_subparsers(dest="worker", required=True)
@@ -264,7 +268,12 @@ def run(args: argparse.Namespace) -> int:
         progress, done = _progress(args.command)
         try:
             if args.command == "rebuild":
-                engine.rebuild(args.projection, progress)
+                try:
+                    parts = _rebuild_parts(args.parts)
+                except ValueError as exc:
+                    sys.stderr.write(f"crmsync: {exc}\n")
+                    return EXIT_USAGE
+                engine.rebuild(args.projection, progress, parts=parts)
                 sys.stdout.write(f"rebuilt {args.projection or 'all projections'} up to position "
                                  f"{engine.store.max_position()}\n")
                 return 0
@@ -278,6 +287,28 @@ def run(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     finally:
         engine.close()
+
+
+def _parts(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("between 1 and 64")
+    return value
+
+
+def _rebuild_parts(given: int | None) -> int:
+    if given is not None:
+        return given
+    configured = os.environ.get(REBUILD_PARTS_ENV)
+    if configured:
+        try:
+            return _parts(configured)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"${REBUILD_PARTS_ENV}: {exc}") from None
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

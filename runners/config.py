@@ -20,7 +20,8 @@ from adapters.event_store import EventStore
 from adapters.log_waiter import PollingWaiter, PostgresWaiter
 from adapters.postgres_views import PostgresViews, startup_lock
 from runners.credentials import erase_removed
-from runners.engine import Engine
+from runners.engine import Engine, Progress
+from runners.rebuild import rebuild_in_parts
 
 POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
@@ -77,8 +78,15 @@ def open_postgres(url: str) -> Engine:
         except BaseException:
             views.close()
             raise
-    return Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix),
-                  credentials=credentials)
+    engine = Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix),
+                    credentials=credentials)
+    store_env = postgres_env(url, schema=views.schema)
+
+    def in_parts(names: list[str], parts: int, progress: Progress | None) -> None:
+        rebuild_in_parts(engine, url, store_env, names, parts, progress)
+
+    engine.rebuild_in_parts = in_parts
+    return engine
 
 
 def open_engine(db: str, postgres: str | None = None) -> Engine:

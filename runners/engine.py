@@ -132,6 +132,8 @@ class Engine:
         if scratch is None and path is not None:
             scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
         self.scratch = scratch  # None: rebuild in place, verify in memory
+        # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
+        self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
         self.projector = Projector()
         # Embedded: commands and queries bring the views up to date in this process. False when
         # projection runners run as processes of their own (`crmsync run projections`).
@@ -282,8 +284,16 @@ class Engine:
     def catch_up(self, progress: Progress | None = None) -> int:
         return catch_up(self.store, self.views, self.projector, progress=progress)
 
-    def rebuild(self, projection: str | None = None, progress: Progress | None = None) -> None:
-        """Rebuild projections from the log: into new tables swapped in (SQL), or in place."""
+    def rebuild(self, projection: str | None = None, progress: Progress | None = None,
+                parts: int = 1) -> None:
+        """Rebuild projections from the log: into new tables swapped in (SQL), or in place.
+        `parts` > 1: in that many processes, partitioned by mailbox, where the store allows it
+        (PostgreSQL, see runners.rebuild); else in this process."""
+        if parts > 1 and self.rebuild_in_parts is not None:
+            names = [projection] if projection else list(PROJECTIONS)
+            self.rebuild_in_parts(names, parts, progress)
+            self.projector.reset()
+            return
         with paused_gc():
             self._rebuild(projection, trimming(progress))
 
