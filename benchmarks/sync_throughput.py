@@ -92,6 +92,36 @@ def worker_main(url: str, batch: int) -> None:
                         LoopOptions(poll=0.2, imap_interval=1e9))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(name: str) -> float:
+    """CPU time of every process whose command name is `name` (postgres backends, nats)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() != name:
+                        continue
+            except OSError:
+                continue
+            total += cpu_seconds(int(entry))
+    return total
+
+
+def cpu_snapshot(procs: list[subprocess.Popen[bytes]]) -> list[float]:
+    return [cpu_seconds(p.pid) for p in procs] + [cpu_of("postgres"), cpu_of("nats-server"),
+                                                  time.process_time()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,7 +209,10 @@ def main() -> None:
         cmd = [sys.executable, "-m", "runners.cli"]
         procs.append(subprocess.Popen([*cmd, "run", "webhooks", "--port", str(port)], env=env))
         for _ in range(2):
-            procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.sync_throughput",
+            profile = (["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE_DIR']}/worker-"
+                        f"{len(procs)}.prof"] if os.environ.get("BENCH_PROFILE_DIR") else [])
+            procs.append(subprocess.Popen([sys.executable, *profile, "-m",
+                                           "benchmarks.sync_throughput",
                                            "--worker", "--postgres", url, "--batch",
                                            str(args.batch)], env=env))
         procs.append(subprocess.Popen([*cmd, "--postgres", url, "run", "projections",
@@ -207,6 +240,7 @@ def main() -> None:
         wait(lambda: _up(port), 60)
         per_box = args.messages // len(boxes)
         pushes = 0
+        cpu_before = cpu_snapshot(procs)
         started = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn, httpx.Client() as http:
             head = 0
@@ -224,6 +258,7 @@ def main() -> None:
         posted = time.perf_counter() - started
         wait(lambda: all(c == str(per_box) for c in cursors()), 3600, 0.2)
         durable = time.perf_counter() - started
+        cpu_used = [b - a for a, b in zip(cpu_before, cpu_snapshot(procs), strict=True)]
         log_head = engine.store.max_position()
         wait(lambda: min(engine.views.positions().values()) >= log_head, 3600, 0.5)
         projected = time.perf_counter() - started
@@ -236,6 +271,9 @@ def main() -> None:
         print(f"webhook -> projected:       {total / projected:8.0f} msg/s ({projected:.1f} s)")
         print(f"raw eventsourcing insert:   {raw:8.0f} events/s (batch {args.batch})")
         print(f"durable / raw:              {total / durable / raw:8.0%}")
+        names = ["webhooks", "worker 1", "worker 2", "projections", "postgres", "nats", "driver"]
+        print(f"CPU seconds until durable ({durable:.1f} s wall x {os.cpu_count()} CPUs): "
+              + ", ".join(f"{n} {c:.1f}" for n, c in zip(names, cpu_used, strict=True)))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
