@@ -132,8 +132,9 @@ class Thread:
     flag: tuple[bool, EventRef] | None = None  # V1: (shared?, event)
     manual: dict[str, tuple[bool, EventRef]] | None = None  # record -> linked? (None: none)
     crm_initiated: bool = False
-    # participant address -> number of live messages it takes part in
-    participants: dict[str, int] = field(default_factory=dict)
+    # the distinct addresses of its live messages (a tuple: a dict of counts per thread cost
+    # ~110 bytes more for each of hundreds of thousands of threads; deletions recount)
+    participants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,24 +334,34 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
         msg.subject, utc_iso(msg.sent_at), tuple(msg.labels), msg.read, msg.delivery_status)
     if msg.message_id and s.index_rfc:
         s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
-    for a in message.participants:
-        thread.participants[a] = thread.participants.get(a, 0) + 1
+    have = thread.participants
+    new = tuple(a for a in message.participants if a not in have)
+    if new:
+        thread.participants = have + new
     if s.address_threads is not None:
         for a in message.participants:
             s.address_threads.setdefault(a, set()).add(thread_id)
 
 
-def _delete_message(s: TenantState, mailbox: str, message_id: str) -> None:
+def _delete_message(s: TenantState, mailbox: str, message_id: str, recount: bool = True
+                    ) -> str | None:
+    """Mark the message deleted; returns its thread (None: it was already deleted). The
+    thread's participants are recounted unless the caller recounts once for many deletions."""
     msg = s.messages[(mailbox, message_id)]
     if msg.deleted:
-        return
+        return None
     s.messages[(mailbox, message_id)] = replace(msg, deleted=True)
     s.mailboxes[mailbox].stored -= 1
-    counts = s.threads[msg.thread].participants
-    for a in msg.participants:
-        counts[a] -= 1
-        if counts[a] == 0:
-            del counts[a]
+    if recount:
+        _recount(s, s.threads[msg.thread])
+    return msg.thread
+
+
+def _recount(s: TenantState, thread: Thread) -> None:
+    seen: dict[str, None] = {}
+    for msg in s.live_messages(thread):
+        seen.update(dict.fromkeys(msg.participants))
+    thread.participants = tuple(seen)
 
 
 def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
@@ -387,8 +398,9 @@ def _deletion_held(s: TenantState, e: ev.MessageDeletionHeld, seq: int) -> None:
 def _deletions_confirmed(s: TenantState, e: ev.MailboxDeletionsConfirmed, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     if e.applied:
-        for mid in e.ids:
-            _delete_message(s, e.mailbox, mid)
+        threads = {_delete_message(s, e.mailbox, mid, recount=False) for mid in e.ids}
+        for tid in sorted(t for t in threads if t is not None):
+            _recount(s, s.threads[tid])
     mbx.pending_deletions = []
 
 
