@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             configure_logging("INFO", json=True)
             tracking = outbox.open_tracking(args.db, postgres_url(args.postgres))
             try:
-                worker = outbox.Outbox(engine, tracking, outbox.provider_clients(dict(os.environ)),
+                worker = outbox.Outbox(engine, tracking, outbox.configured_clients(engine),
                                        max_attempts=args.max_attempts, backoff=args.backoff)
                 outbox.run_until_signalled(worker, open_waiter(engine, args.postgres),
                                            poll=args.poll)

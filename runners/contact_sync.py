@@ -55,7 +55,12 @@ from adapters.contact_sync_store import (
     PostgresKeyValues,
     SqliteKeyValues,
 )
-from adapters.errors import CursorExpired, ProviderError, ProviderThrottled
+from adapters.errors import (
+    CredentialsRejected,
+    CursorExpired,
+    ProviderError,
+    ProviderThrottled,
+)
 from adapters.graph_contact_payloads import ContactFolder, ExternalContact
 from adapters.graph_contacts import (
     DEFAULT_GRAPH_API_URL,
@@ -63,6 +68,7 @@ from adapters.graph_contacts import (
     ContactsClient,
     GraphContactsClient,
 )
+from adapters.oauth import StoredOAuthToken, TokenEndpoint
 from domain.events import (
     ContactSyncConnected,
     DomainEvent,
@@ -72,6 +78,7 @@ from domain.events import (
     UserReactivated,
 )
 from runners.engine import Engine
+from runners.sync_runner import token_endpoints
 
 BASE_CATEGORIES = ("Base Person", "Base Company", "Base Lead", "Base Current Prospect",
                    "Base Lost Prospect", "Base Current Customer", "Base Past Customer")
@@ -393,9 +400,30 @@ class ContactSyncRunner:
         log.info("contact sync stopped", position=self.executed)
 
 
-def graph_clients(engine: Engine, base_url: str, **options: Any) -> ClientFactory:
+def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint] | None = None,
+                  **options: Any) -> ClientFactory:
     """Graph clients whose token is the OAuth access token stored for the user's connected
-    `outlook` mailbox (read at every request, so a refreshed token is used at once)."""
+    `outlook` mailbox (read at every request, so a refreshed token is used at once). A 401
+    renews it once with the stored refresh token at `tokens["outlook"]` and writes it back,
+    as the sync workers do."""
+    endpoint = (tokens or {}).get("outlook")
+
+    def refresher(tenant: str, mailbox: str) -> Callable[[], None]:
+        def refresh() -> None:
+            store = engine.credentials
+            stored = store.get(tenant, mailbox) if store is not None else None
+            if store is None or stored is None:
+                raise CredentialsRejected("graph", "the access token was refused and the "
+                                          "mailbox's credentials were removed")
+
+            def still_set() -> bool:
+                found = engine.store.state(tenant).mailboxes.get(mailbox)
+                return found is not None and found.credentials_set
+
+            StoredOAuthToken(store, tenant, mailbox, stored, endpoint, provider="graph",
+                             still_set=still_set).refresh()
+
+        return refresh
 
     def reader(tenant: str, mailbox: str) -> Callable[[], str]:
         def token() -> str:
@@ -407,7 +435,7 @@ def graph_clients(engine: Engine, base_url: str, **options: Any) -> ClientFactor
 
         return token
 
-    def token_of(tenant: str, user: str) -> Callable[[], str] | None:
+    def token_of(tenant: str, user: str) -> tuple[Callable[[], str], str] | None:
         if engine.credentials is None:
             return None
         state = engine.store.state(tenant)
@@ -417,12 +445,15 @@ def graph_clients(engine: Engine, base_url: str, **options: Any) -> ClientFactor
         for mailbox in sorted(mailboxes, key=lambda m: m.id):
             stored = engine.credentials.get(tenant, mailbox.id)
             if stored and isinstance(stored.get("access_token"), str):
-                return reader(tenant, mailbox.id)
+                return reader(tenant, mailbox.id), mailbox.id
         return None
 
     def factory(tenant: str, user: str) -> ContactsClient | None:
-        token = token_of(tenant, user)
-        return None if token is None else GraphContactsClient(token, base_url, **options)
+        found = token_of(tenant, user)
+        if found is None:
+            return None
+        token, mailbox = found
+        return GraphContactsClient(token, base_url, refresh=refresher(tenant, mailbox), **options)
 
     return factory
 
@@ -456,7 +487,8 @@ def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interv
                 return 0 if stop.is_set() else 1
             log.info("waiting: another contact-sync runner holds the lock")
             waiter.wait(min(poll, 1.0) if once else max(poll, 5.0))
-        runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url))
+        runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url,
+                                                                 token_endpoints()))
         if once:
             runner.run_once()
         else:

@@ -21,6 +21,7 @@ Credentials come from the credential store and are handed to the client factory 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -43,9 +44,14 @@ from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
 from runners.engine import Engine
 
+if TYPE_CHECKING:
+    from adapters.credential_store import CredentialStore
+    from adapters.oauth import TokenEndpoint
+
 log = structlog.get_logger("crmsync.outbox")
 
-ClientFactory = Callable[[Mailbox, "dict[str, Any] | None"], OutboundClient]
+# (tenant, mailbox, its stored credentials) -> a client for it
+ClientFactory = Callable[[str, Mailbox, "dict[str, Any] | None"], OutboundClient]
 
 
 class Waiter(Protocol):
@@ -204,7 +210,7 @@ class Outbox:
         credentials = None
         if self.engine.credentials is not None:
             credentials = self.engine.credentials.get(state.tenant, mbx.id)
-        client = self.clients(mbx, credentials)
+        client = self.clients(state.tenant, mbx, credentials)
         try:
             yield client
         finally:
@@ -269,19 +275,27 @@ def _provider_thread(state: TenantState, thread_id: str, mailbox: str) -> str | 
     return None
 
 
-def provider_clients(env: dict[str, str]) -> ClientFactory:
+def provider_clients(env: dict[str, str], store: CredentialStore | None = None,
+                     still_set: Callable[[str, str], bool] | None = None,
+                     tokens: dict[str, TokenEndpoint] | None = None) -> ClientFactory:
     """The real adapters, configured from the environment: `CRMSYNC_GMAIL_API_URL`,
     `CRMSYNC_GRAPH_API_URL` (base URLs, for tests and sovereign clouds), `CRMSYNC_SMTP_PORT`
     (587 STARTTLS by default; IMAP mailboxes submit over SMTP at their IMAP host with the same
-    user and password). Without stored credentials a mailbox cannot be written to."""
+    user and password). Without stored credentials a mailbox cannot be written to.
+
+    With the credential `store`, a provider's 401 renews the OAuth token once with the stored
+    refresh token at `tokens[provider]` (the sync workers' `token_endpoints`) and writes it
+    back, as the sync workers do; `still_set(tenant, mailbox)` keeps a refresh from outliving
+    a disconnection."""
     from adapters.gmail_client import DEFAULT_GMAIL_API_URL
     from adapters.gmail_outbound import GmailOutbound
     from adapters.graph_client import DEFAULT_GRAPH_API_URL
     from adapters.graph_outbound import GraphOutbound
     from adapters.imap_client import ImapAccount
     from adapters.imap_outbound import ImapOutbound, SmtpSubmission
+    from adapters.oauth import StoredOAuthToken
 
-    def make(mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
+    def make(tenant: str, mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
         if not credentials:
             raise ProviderError(mbx.provider, "credentials missing: reconnect the mailbox")
         if mbx.provider == "imap":
@@ -293,14 +307,37 @@ def provider_clients(env: dict[str, str]) -> ClientFactory:
                                   account.user, account.password,
                                   tls="starttls" if tls else "none")
             return ImapOutbound(account, smtp, sent_folder=env.get("CRMSYNC_IMAP_SENT", "Sent"))
-        token = str(credentials.get("access_token", ""))
-        if mbx.provider == "gmail":
-            return GmailOutbound(lambda: token,
-                                 env.get("CRMSYNC_GMAIL_API_URL", DEFAULT_GMAIL_API_URL))
-        return GraphOutbound(lambda: token, env.get("CRMSYNC_GRAPH_API_URL",
-                                                    DEFAULT_GRAPH_API_URL))
+        kind = "gmail" if mbx.provider == "gmail" else "graph"
+        token: Callable[[], str]
+        refresh: Callable[[], None] | None = None
+        if store is None:
+            text = str(credentials.get("access_token", ""))
+            token = lambda: text  # noqa: E731
+        else:
+            stored = StoredOAuthToken(
+                store, tenant, mbx.id, credentials, (tokens or {}).get(mbx.provider),
+                provider=kind,
+                still_set=(lambda: still_set(tenant, mbx.id)) if still_set else lambda: True)
+            token, refresh = stored, stored.refresh
+        if kind == "gmail":
+            return GmailOutbound(token, env.get("CRMSYNC_GMAIL_API_URL", DEFAULT_GMAIL_API_URL),
+                                 refresh=refresh)
+        return GraphOutbound(token, env.get("CRMSYNC_GRAPH_API_URL", DEFAULT_GRAPH_API_URL),
+                             refresh=refresh)
 
     return make
+
+
+def configured_clients(engine: Engine) -> ClientFactory:
+    """`provider_clients` as the runners use it: with the engine's credential store, the token
+    endpoints from the environment, and the log's word on whether credentials are still set."""
+    from runners.sync_runner import token_endpoints
+
+    def still_set(tenant: str, mailbox: str) -> bool:
+        found = engine.store.state(tenant).mailboxes.get(mailbox)
+        return found is not None and found.credentials_set
+
+    return provider_clients(dict(os.environ), engine.credentials, still_set, token_endpoints())
 
 
 def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
@@ -340,13 +377,11 @@ def run_until_signalled(outbox: Outbox, waiter: Waiter, **options: Any) -> None:
 def in_background(db: str, postgres: str | None) -> Callable[[], None]:
     """`crmsync serve --outbox`: the worker in a thread of the serving process, on an engine of
     its own (the API's engine is used under the API's lock). Returns the function that stops it."""
-    import os
-
     from runners.config import open_engine, open_waiter, postgres_url
 
     engine = open_engine(db, postgres)
     tracking = open_tracking(db, postgres_url(postgres))
-    worker = Outbox(engine, tracking, provider_clients(dict(os.environ)))
+    worker = Outbox(engine, tracking, configured_clients(engine))
     waiter = open_waiter(engine, postgres)
     stop = threading.Event()
 

@@ -62,7 +62,7 @@ def engine(db: str) -> Iterator[Engine]:
 
 def outbox(engine: Engine, db: str, fake: MemoryOutbound, clock: Clock | None = None,
            **options: Any) -> Outbox:
-    def clients(mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
+    def clients(tenant: str, mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
         assert mbx.address == ADDRESS
         return fake
 
@@ -166,7 +166,7 @@ def test_s7_crash_between_send_and_ack_does_not_send_twice(engine: Engine, db: s
     fake = MemoryOutbound()
     apply(engine, SEND)
     dying = Outbox(cast(Engine, CrashOnAck(engine)), SqliteOutboxTracking(db),
-                   lambda mbx, creds: fake, clock=Clock())
+                   lambda tenant, mbx, creds: fake, clock=Clock())
     with pytest.raises(Crash):
         dying.round()
     assert len(fake.sends) == 1 and acks(engine) == []

@@ -200,3 +200,93 @@ def test_token_endpoints_come_from_the_environment() -> None:
     assert found["outlook"].url == "https://login.example/t/token"
     assert found["outlook"].provider == "graph" and "secret" not in repr(found["gmail"])
     assert token_endpoints({}) == {}  # no client id: no refresh
+
+
+def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: FakeTokenEndpoint) -> None:
+    """S7 through the outbox worker: the stored access token has expired (401); the worker
+    renews it with the stored refresh token, writes it back and sends, in one attempt."""
+    from outbound_servers import MAILBOX, TOKEN, GmailServer
+
+    from adapters.outbox_tracking import SqliteOutboxTracking
+    from runners.outbox import Outbox, provider_clients
+
+    class ExpiringGmail(GmailServer):
+        def handle(self, method: str, path: str, query: dict[str, str],
+                   headers: dict[str, str], body: bytes) -> Any:
+            if headers.get("Authorization") == f"Bearer {OLD_TOKEN}":
+                return 401, {}, {"error": {"code": 401, "status": "UNAUTHENTICATED"}}
+            return super().handle(method, path, query, {**headers, "Authorization":
+                                  f"Bearer {TOKEN}"} if headers.get("Authorization") ==
+                                  f"Bearer {fresh[0]}" else headers, body)
+
+    fresh: list[str] = []
+    endpoint.on_issue = fresh.append
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    db = str(tmp_path / "crm.db")
+    engine = Engine.open_sqlite(db)
+    server = ExpiringGmail()
+    try:
+        report = engine.apply_lines([orjson.dumps({"tenant": "acme", **c}) for c in [
+            {"cmd": "AddUser", "user": "mia", "email": MAILBOX, "role": "member"},
+            {"cmd": "ConnectMailbox", "mailbox": "mia-gmail", "user": "mia",
+             "provider": "gmail", "address": MAILBOX,
+             "credentials": {"access_token": OLD_TOKEN, "refresh_token": REFRESH}},
+            {"cmd": "SendEmail", "user": "mia", "mailbox": "mia-gmail", "kind": "single",
+             "to": ["carla@customer.test"], "subject": "Offer", "body": "Hello Carla"}]],
+            now=datetime.now(UTC))
+        assert not report.rejected, report.rejected
+        tokens = {"gmail": TokenEndpoint("gmail", endpoint.url, "crm-client", "client-S3CRET")}
+        clients = provider_clients({"CRMSYNC_GMAIL_API_URL": server.origin}, engine.credentials,
+                                   lambda tenant, mailbox: True, tokens)
+        worker = Outbox(engine, SqliteOutboxTracking(db), clients)
+        assert worker.round() == 1
+        assert len(server.messages) == 1  # sent, at the first attempt
+        assert fresh == ["ya29.fresh-1"]
+        assert engine.credentials is not None
+        stored = engine.credentials.get("acme", "mia-gmail")
+        assert stored is not None and stored["access_token"] == "ya29.fresh-1"
+        assert stored["refresh_token"] == REFRESH
+        state = engine.store.state("acme")
+        assert [m.delivery_status for m in state.messages.values()] == ["sent"]
+    finally:
+        server.close()
+        engine.close()
+
+
+def test_contact_sync_refreshes_a_refused_graph_token_and_stores_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: FakeTokenEndpoint) -> None:
+    """The Exchange contact sync reads the user's Outlook mailbox token: a 401 renews it with
+    the stored refresh token (written back) and the call succeeds."""
+    from graph_contacts_server import GraphBook, graph_contacts_app
+    from loopback import Server
+
+    from runners.contact_sync import graph_clients
+
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    engine = Engine.open_sqlite(str(tmp_path / "crm.db"))
+    book = GraphBook()
+    book.put({"displayName": "Ada Lovelace",
+              "emailAddresses": [{"name": "Ada", "address": "ada@example.com"}]})
+    try:
+        report = engine.apply_lines([orjson.dumps({"tenant": "acme", **c}) for c in [
+            {"cmd": "AddUser", "user": "mia", "email": "mia@acme.test", "role": "member"},
+            {"cmd": "ConnectMailbox", "mailbox": "mia-outlook", "user": "mia",
+             "provider": "outlook", "address": "mia@acme.test",
+             "credentials": {"access_token": OLD_TOKEN, "refresh_token": REFRESH}}]])
+        assert not report.rejected, report.rejected
+        with Server(graph_contacts_app(book, "ya29.fresh-1")) as server:
+            tokens = {"outlook": TokenEndpoint("graph", endpoint.url, "crm-client",
+                                               "client-S3CRET")}
+            client = graph_clients(engine, server.url + "/v1.0", tokens, backoff=0.01)(
+                "acme", "mia")
+            assert client is not None
+            page = client.contacts_delta(None, None)
+            client.close()
+        assert len(page.contacts) == 1 and "Ada Lovelace" in str(page.contacts[0].fields)
+        assert engine.credentials is not None
+        stored = engine.credentials.get("acme", "mia-outlook")
+        assert stored is not None and stored["access_token"] == "ya29.fresh-1"
+        assert len(endpoint.requests) == 1
+    finally:
+        engine.close()
