@@ -55,7 +55,7 @@ def test_l3_single_folder_cursor_of_earlier_versions_is_inboxs() -> None:
     "https://graph.microsoft.com/v1.0/users/x/messages/delta?$deltatoken=abc",
 ])
 def test_bad_cursor_is_a_value_error_and_expires_the_imap_cursor(text: str) -> None:
-    with pytest.raises(ValueError, match="^not an IMAP cursor"):
+    with pytest.raises(ValueError, match=r"^not an IMAP cursor"):
         decode_folder_cursors(text)
     source = ImapSource(ImapAccount("127.0.0.1", 1, "u", "p", tls="none", timeout=1))
     with pytest.raises(CursorExpired, match="not an IMAP cursor"):  # before any connection
