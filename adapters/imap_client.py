@@ -9,7 +9,14 @@ credentials the caller gives; they are never logged and never appear in an excep
   changes, deleted ids and the next cursor. A UIDVALIDITY change raises `CursorExpired` (the
   caller resyncs the backfill window, L3). `cursor=None` reads the whole folder.
 * `backfill(folder, since)` -> messages whose INTERNALDATE is at or after `since`, most recent
-  first, and the cursor to continue from (S2).
+  first, and the cursor to continue from (S2). For a backfill across folders in one order:
+  `dated_since(folder, since)` (the candidates with their INTERNALDATE, no bodies) and
+  `fetch_messages(folder, uidvalidity, uids)`.
+* `folders()` -> the account's folders as LIST gives them (name, hierarchy delimiter,
+  attributes such as `\\Noselect`, `\\Junk`, `\\Trash`).
+* `encode_folder_cursors` / `decode_folder_cursors`: a mailbox's cursor, one `ImapCursor` per
+  folder as a compact JSON map (`{"f":{"INBOX":{...},"Sent":{...}}}`); the single-folder cursor
+  of earlier versions is read as INBOX's.
 
 Flag changes: with CONDSTORE, `UID SEARCH MODSEQ` since the cursor's HIGHESTMODSEQ (only the
 messages that changed); without it, the current read state of every known message (idempotent).
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,24 +86,44 @@ class ImapCursor:
     uids: str = ""
 
     def encode(self) -> str:
-        return json.dumps({"v": self.uidvalidity, "n": self.uidnext, "m": self.highestmodseq,
-                           "u": self.uids}, separators=(",", ":"))
+        return json.dumps(self.as_data(), separators=(",", ":"))
+
+    def as_data(self) -> dict[str, Any]:
+        return {"v": self.uidvalidity, "n": self.uidnext, "m": self.highestmodseq,
+                "u": self.uids}
 
     @classmethod
     def decode(cls, text: str) -> ImapCursor:
         try:
             data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not an IMAP cursor: {exc}") from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: Any) -> ImapCursor:
+        try:
             modseq = data["m"]
             cursor = cls(uidvalidity=int(data["v"]), uidnext=int(data["n"]),
                          highestmodseq=None if modseq is None else int(modseq),
                          uids=str(data["u"]))
             parse_uid_set(cursor.uids)
         except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"not an IMAP cursor: {exc}") from None
+            raise ValueError(f"not an IMAP cursor: {exc!r}") from None
         return cursor
 
     def uid_set(self) -> set[int]:
         return parse_uid_set(self.uids)
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """One LIST entry: the folder's name (decoded from modified UTF-7), its hierarchy delimiter
+    (None: a flat namespace) and its attributes, lower-cased (`\\noselect`, `\\junk`, ...)."""
+
+    name: str
+    delimiter: str | None
+    flags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,38 @@ def provider_id(folder: str, uidvalidity: int, uid: int) -> str:
     return f"{folder}/{uidvalidity}/{uid}"
 
 
+# -- a mailbox's cursor: one per folder ------------------------------------------------------------
+INBOX = "INBOX"
+
+
+def encode_folder_cursors(cursors: Mapping[str, ImapCursor]) -> str:
+    """`{"f":{folder: cursor, ...}}`, folders sorted, no spaces."""
+    return json.dumps({"f": {name: cursors[name].as_data() for name in sorted(cursors)}},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_folder_cursors(text: str) -> dict[str, ImapCursor]:
+    """The folder -> cursor map of `encode_folder_cursors`; a bare `ImapCursor` (the INBOX-only
+    cursor of earlier versions) is INBOX's. Anything else: `ValueError("not an IMAP cursor: …")`."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not an IMAP cursor: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not an IMAP cursor: not a JSON object")
+    if "f" not in data:  # the single-folder cursor (INBOX) of earlier versions
+        return {INBOX: ImapCursor.from_data(data)}
+    folders = data["f"]
+    if len(data) != 1 or not isinstance(folders, dict):
+        raise ValueError('not an IMAP cursor: expected {"f": {folder: cursor}}')
+    out: dict[str, ImapCursor] = {}
+    for name, cursor in folders.items():
+        if not name:
+            raise ValueError("not an IMAP cursor: a folder without a name")
+        out[name] = ImapCursor.from_data(cursor)
+    return out
+
+
 # -- the client ------------------------------------------------------------------------------------
 class ImapClient:
     """One logged-in IMAP connection. Use `ImapClient.connect(account)` as a context manager."""
@@ -167,6 +226,17 @@ class ImapClient:
                 conn.logout()
             except Exception:  # already gone: just drop the socket
                 _close(conn)
+
+    # -- folders -----------------------------------------------------------------------------------
+    def folders(self) -> list[FolderInfo]:
+        """Every folder LIST shows (`LIST "" "*"`), in the server's order."""
+        listed = self._call("*", self._conn.list_folders)
+        out: list[FolderInfo] = []
+        for flags, delimiter, name in listed:
+            out.append(FolderInfo(
+                name=_text(name), delimiter=_text(delimiter) if delimiter else None,
+                flags=frozenset(_text(f).lower() for f in flags)))
+        return out
 
     # -- state -------------------------------------------------------------------------------------
     def state(self, folder: str) -> FolderState:
@@ -239,7 +309,28 @@ class ImapClient:
         with self._selected(folder) as state:
             return self._backfill(folder, state, since)
 
-    def _backfill(self, folder: str, state: FolderState, since: datetime) -> ImapChanges:
+    def dated_since(self, folder: str, since: datetime
+                    ) -> tuple[FolderState, list[tuple[datetime, int]]]:
+        """The folder's state and its messages that arrived at or after `since`, as
+        (INTERNALDATE, UID), most recent first; no bodies are read."""
+        if since.tzinfo is None:
+            raise ValueError("since must be timezone-aware")
+        with self._selected(folder) as state:
+            dates = self._dates_since(folder, since)
+        return state, sorted(((when, uid) for uid, when in dates.items()), reverse=True)
+
+    def fetch_messages(self, folder: str, uidvalidity: int, uids: Sequence[int]
+                       ) -> tuple[list[MailMessage], list[Rejection], set[int]]:
+        """Fetch and parse `uids` of `folder` in that order: (messages, rejections, the UIDs
+        parsed). A folder whose UIDVALIDITY is no longer `uidvalidity` raises `CursorExpired`."""
+        with self._selected(folder) as state:
+            if state.uidvalidity != uidvalidity:
+                raise CursorExpired("imap", f"UIDVALIDITY of {folder!r} changed from "
+                                    f"{uidvalidity} to {state.uidvalidity}; resync the "
+                                    "backfill window")
+            return self._fetch_messages(folder, uidvalidity, uids)
+
+    def _dates_since(self, folder: str, since: datetime) -> dict[int, datetime]:
         # SEARCH SINCE compares dates only, in the server's zone: a day early, then exactly
         candidates = self._search(folder, ["SINCE", (since - timedelta(days=1)).date()])
         dates: dict[int, datetime] = {}
@@ -251,6 +342,10 @@ class ImapClient:
                     when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
                     if when >= since:
                         dates[uid] = when
+        return dates
+
+    def _backfill(self, folder: str, state: FolderState, since: datetime) -> ImapChanges:
+        dates = self._dates_since(folder, since)
         order = sorted(dates, key=lambda u: (dates[u], u), reverse=True)
         messages, rejections, parsed = self._fetch_messages(folder, state.uidvalidity, order)
         uidnext = max([state.uidnext, *(u + 1 for u in order)])
@@ -393,5 +488,6 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i:i + size]
 
 
-__all__ = ["FlagChange", "FolderState", "ImapAccount", "ImapChanges", "ImapClient", "ImapCursor",
-           "Rejection", "format_uid_set", "parse_uid_set", "provider_id"]
+__all__ = ["INBOX", "FlagChange", "FolderInfo", "FolderState", "ImapAccount", "ImapChanges",
+           "ImapClient", "ImapCursor", "Rejection", "decode_folder_cursors",
+           "encode_folder_cursors", "format_uid_set", "parse_uid_set", "provider_id"]

@@ -168,7 +168,8 @@ class AdvanceMailboxCursor(Command):
 
     cmd: Literal["AdvanceMailboxCursor"]
     mailbox: str
-    cursor: str = Field(min_length=1, max_length=8192)
+    # IMAP: one cursor per folder, each with its UID set (`adapters.imap_client`)
+    cursor: str = Field(min_length=1, max_length=65536)
     delivery_id: str | None = None
 
 

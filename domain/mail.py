@@ -94,14 +94,17 @@ def resync(ctx: Context, cmd: c.ResyncMailbox) -> list[ev.DomainEvent]:
 
 
 def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str:
-    """S13: provider thread id; else References/In-Reply-To within this mailbox; else a new one.
+    """S13: provider thread id; else the thread of another copy of this RFC message in this
+    mailbox (the same mail in two IMAP folders, or moved between them: a new provider id); else
+    References/In-Reply-To within this mailbox; else a new one.
 
     Only existing index entries are followed, so a reference loop cannot loop. Never by subject.
     """
     if msg.thread_id:
         given = f"{mailbox}:{msg.thread_id}"
         return state.thread_aliases.get(given, given)  # a CRM thread's provider thread id
-    candidates = [msg.in_reply_to] if msg.in_reply_to else []
+    candidates = [msg.message_id] if msg.message_id else []
+    candidates += [msg.in_reply_to] if msg.in_reply_to else []
     candidates += list(reversed(msg.references or []))
     for rfc in candidates:
         if rfc is None:

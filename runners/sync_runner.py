@@ -114,7 +114,13 @@ class ConfiguredSources:
         from adapters.gmail_client import GmailClient
         from adapters.graph_client import GraphClient
         from adapters.imap_client import ImapAccount
-        from adapters.mail_sources import GmailPush, GraphPush, ImapSource, ProviderSource
+        from adapters.mail_sources import (
+            GmailPush,
+            GraphPush,
+            ImapSource,
+            ProviderSource,
+            scope_folders,
+        )
         from adapters.oauth import StoredOAuthToken
 
         if self.credentials is None:
@@ -125,7 +131,9 @@ class ConfiguredSources:
         if mailbox.provider == "imap":
             return ImapSource(ImapAccount(str(creds["host"]), int(creds["port"]),
                                           str(creds["user"]), str(creds["password"]),
-                                          tls="ssl" if creds.get("tls", True) else "none"))
+                                          tls="ssl" if creds.get("tls", True) else "none"),
+                              folders=scope_folders(mailbox.scope),
+                              backfill_days=mailbox.backfill_days)
         still_set = self.still_set
         token = StoredOAuthToken(
             self.credentials, tenant, mailbox.id, creds, self.tokens.get(mailbox.provider),

@@ -58,7 +58,10 @@ def _free_port() -> int:
 class DovecotServer:
     """One private Dovecot; `add_user` before logging in; `stop()` ends it and removes the files."""
 
-    def __init__(self) -> None:
+    def __init__(self, special_use: dict[str, str] | None = None) -> None:
+        """`special_use`: folder name -> RFC 6154 attribute (`\\Junk`, ...) announced in LIST
+        (with SPECIAL-USE); without it no folder is flagged and the capability is absent."""
+        self.special_use = dict(special_use or {})
         self.root = Path(tempfile.mkdtemp(prefix="crmsync-dovecot-"))
         self.root.chmod(0o755)  # the mail processes run as the `dovecot` user when we are root
         self.host = "127.0.0.1"
@@ -75,9 +78,16 @@ class DovecotServer:
         with self._passwd.open("a") as fh:
             fh.write(f"{user}:{{PLAIN}}{password}\n")
 
+    def _namespace(self) -> str:
+        if not self.special_use:
+            return ""
+        boxes = "".join(f'  mailbox "{name}" {{\n    special_use = {use}\n  }}\n'
+                        for name, use in self.special_use.items())
+        return f"namespace inbox {{\n  inbox = yes\n{boxes}}}\n"
+
     def _config(self) -> str:
         r = self.root
-        return f"""
+        return self._namespace() + f"""
 protocols = imap
 listen = 127.0.0.1
 base_dir = {r}/run

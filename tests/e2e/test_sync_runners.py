@@ -3,7 +3,8 @@
 NATS JetStream, against a private Dovecot (IMAP, polled) and a local Gmail API server, both
 holding real messages from the shared fedora-devel corpus.
 
-It shows: mailboxes sync (Gmail backfill after MailboxConnected, IMAP by polling); a redelivered
+It shows: mailboxes sync (Gmail backfill after MailboxConnected, IMAP by polling, every folder
+but Junk); a redelivered
 webhook changes nothing; a worker SIGKILLed in the middle of a delivery's batches loses and
 duplicates nothing; a deactivated user's deliveries are recorded as skipped and caught up on
 reactivation (L1, L3); a mailbox deleted at the provider becomes `gone` on reactivation and keeps
@@ -123,11 +124,15 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
     engine.follow = False  # the projection runner writes the views
     hooks = f"http://127.0.0.1:{hooks_port}/webhooks/gmail"
 
-    # IMAP: 30 real messages in Dovecot before the mailbox is connected
+    # IMAP: 30 real messages in Dovecot before the mailbox is connected, two of them filed in
+    # Sent and a folder of the user's (S1: all folders), and one in Junk (never synced)
     admin = imapclient.IMAPClient(dovecot.host, port=dovecot.port, ssl=False, timeout=10)
     admin.login(IMAP_USER, IMAP_PASSWORD)
-    for raw in raws[200:230]:
-        admin.append("INBOX", raw, msg_time=parse_message(raw, "seed").sent_at)
+    for name in ("Sent", "Projects", "Junk"):
+        admin.create_folder(name)
+    for folder, raw in [*(("INBOX", r) for r in raws[200:228]), ("Sent", raws[228]),
+                        ("Projects", raws[229]), ("Junk", raws[232])]:
+        admin.append(folder, raw, msg_time=parse_message(raw, "seed").sent_at)
 
     def apply(*commands: dict[str, Any]) -> None:
         report = engine.apply_lines([json.dumps({"tenant": TENANT, **c}) for c in commands])
@@ -181,8 +186,10 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
                    60, "gmail backfill")
         wait_until(lambda: len(synced_ids("mia-imap")) == 30 and mailbox("mia-imap").cursor,
                    60, "imap first sync")
-        admin.append("INBOX", raws[230], msg_time=parse_message(raws[230], "x").sent_at)
+        assert {i.split("/")[0] for i in synced_ids("mia-imap")} == {"INBOX", "Sent", "Projects"}
+        admin.append("Projects", raws[230], msg_time=parse_message(raws[230], "x").sent_at)
         wait_until(lambda: len(synced_ids("mia-imap")) == 31, 30, "imap poll")
+        assert synced_ids("mia-imap")[-1].startswith("Projects/")
         gmail.add(5)
         first = push()
         wait_until(lambda: len(synced_ids("mia-gmail")) == 45, 30, "webhook sync")

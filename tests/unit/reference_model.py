@@ -482,6 +482,8 @@ def sync_message(m: Model, c: dict[str, Any], engine_ok: bool) -> str:
     else:
         thread = f"{c['mailbox']}:crmsync-{msg['id']}"
         refs = []
+        if msg.get("message_id"):  # another copy of this RFC message (decisions: IMAP folders)
+            refs.append(msg["message_id"])
         if msg.get("in_reply_to"):
             refs.append(msg["in_reply_to"])
         refs.extend(reversed(msg.get("references") or []))

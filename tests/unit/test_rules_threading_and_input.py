@@ -89,6 +89,22 @@ def test_s13_provider_thread_id_wins_over_references() -> None:
     assert thread_ids(state, "m1", "m2") == ["mb-ann:crmsync-m1", "mb-ann:G"]
 
 
+def test_s13_another_copy_of_the_same_rfc_message_joins_its_thread() -> None:
+    """An IMAP message moved between folders (or in INBOX and Sent) comes again under a new
+    provider id: that copy, and a root message has no References, joins the first copy's
+    thread instead of opening one of its own; its reply, still in the old folder, stays too."""
+    state = apply([msg("mb-ann", "INBOX/7/1", CUSTOMER, [ANN], message_id="<root@x>"),
+                   msg("mb-ann", "INBOX/7/2", ANN, [CUSTOMER], message_id="<reply@x>",
+                       in_reply_to="<root@x>"),
+                   msg("mb-ann", "Clients/9/1", CUSTOMER, [ANN], message_id="<root@x>")],
+                  base())
+    first, reply, moved = thread_ids(state, "INBOX/7/1", "INBOX/7/2", "Clients/9/1")
+    assert first == reply == moved == "mb-ann:crmsync-INBOX/7/1"
+    assert state.threads[first].messages == ["INBOX/7/1", "INBOX/7/2", "Clients/9/1"]
+    run(state, msg("mb-bob", "b1", CUSTOMER, ["bob@acme.test"], message_id="<root@x>"))
+    assert thread_of(state, "mb-bob", "b1").id == "mb-bob:crmsync-b1"  # per mailbox only
+
+
 def test_s13_threads_never_cross_mailboxes() -> None:
     state = apply([msg("mb-bob", "b1", CUSTOMER, ["bob@acme.test"], message_id="<a@x>",
                        thread_id="T")], base())
