@@ -207,6 +207,15 @@ def decode_folder_cursors(text: str) -> dict[str, ImapCursor]:
     return out
 
 
+def is_single_folder_cursor(text: str) -> bool:
+    """A cursor of the INBOX-only sync of earlier versions (`decode_folder_cursors` reads it)?"""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "f" not in data
+
+
 # -- the client ------------------------------------------------------------------------------------
 class ImapClient:
     """One logged-in IMAP connection. Use `ImapClient.connect(account)` as a context manager."""

@@ -31,6 +31,7 @@ from adapters.imap_client import (
     decode_folder_cursors,
     encode_folder_cursors,
     format_uid_set,
+    is_single_folder_cursor,
 )
 from adapters.provider_client import ProviderClient, PushSubscription
 from domain.events import MailMessage
@@ -251,8 +252,11 @@ class ImapSource:
 
     The cursor is one `ImapCursor` per folder (`encode_folder_cursors`; the INBOX-only cursor of
     earlier versions is read as INBOX's). `changes` LISTs the folders each time: a folder in the
-    cursor continues from its cursor, a folder new to it (created, or in the scope since) is
-    backfilled within the S2 window (`backfill_days` before now), a folder that is gone or out
+    cursor continues from its cursor; a folder new to it was created (or came into scope) after
+    the last sync, so it is read whole: mail the user moved into it keeps its history however
+    old it is (L3, L4; its old copies are reported deleted in the same page). Only next to an
+    INBOX-only cursor of earlier versions are the other folders backfilled within the S2 window
+    (`backfill_days` before now), as on a first sync. A folder that is gone or out
     of scope drops out of the cursor and nothing of it is reported deleted (L4). A new
     UIDVALIDITY in any folder (or a cursor that cannot be read) -> `CursorExpired`: the caller
     resyncs the mailbox. All folders come as one page, so a message moved between two synced
@@ -278,6 +282,8 @@ class ImapSource:
         except ValueError:
             raise CursorExpired("imap", "the stored cursor is not an IMAP cursor") from None
         since = self.clock() - timedelta(days=self.backfill_days)
+        if not is_single_folder_cursor(cursor):
+            since = datetime(1970, 1, 1, tzinfo=UTC)  # a new folder is read whole
         cursors: dict[str, ImapCursor] = {}
         messages: list[MailMessage] = []
         deleted: list[str] = []
