@@ -208,8 +208,11 @@ class ProviderSource:
 JUNK_NAMES = frozenset({"junk", "junk e-mail", "junk email", "junk-e-mail", "spam", "bulk mail"})
 TRASH_NAMES = frozenset({"trash", "deleted items", "deleted messages", "papierkorb",
                          "gelöschte elemente", "gelöschte objekte"})
+# Drafts are not mail anyone exchanged (and unsent text must not reach other viewers); `\All`
+# and `\Flagged` are virtual folders that hold copies of mail in the real ones.
+DRAFT_NAMES = frozenset({"drafts", "draft", "entwürfe", "brouillons"})
 _UNSELECTABLE = frozenset({"\\noselect", "\\nonexistent"})
-_SPECIAL_LEFT_OUT = frozenset({"\\junk", "\\trash"})
+_SPECIAL_LEFT_OUT = frozenset({"\\junk", "\\trash", "\\drafts", "\\all", "\\flagged"})
 
 
 def scope_folders(scope: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -224,14 +227,15 @@ def _is_junk_or_trash(folder: FolderInfo) -> bool:
         return True
     parts = folder.name.split(folder.delimiter) if folder.delimiter else [folder.name]
     top = len(parts) == 1 or (len(parts) == 2 and parts[0].upper() == INBOX)
-    return top and parts[-1].casefold() in JUNK_NAMES | TRASH_NAMES
+    return top and parts[-1].casefold() in JUNK_NAMES | TRASH_NAMES | DRAFT_NAMES
 
 
 def folders_in_scope(listing: Sequence[FolderInfo], selected: Sequence[str] | None
                      ) -> list[str]:
     """The folders to sync, INBOX first, then by name. `selected` None (scope "all"): every
-    selectable folder except Junk and Trash (flagged `\\Junk`/`\\Trash`, or named like them
-    at the top level or below INBOX) and the folders below those; else the selected folders
+    selectable folder except Junk, Trash and Drafts (flagged `\\Junk`/`\\Trash`/`\\Drafts`,
+    or named like them at the top level or below INBOX), the virtual `\\All` and `\\Flagged`,
+    and the folders below those; else the selected folders
     that exist and are selectable (exact names: they are also the messages' labels)."""
     selectable = [f for f in listing if not f.flags & _UNSELECTABLE]
     if selected is not None:

@@ -70,13 +70,16 @@ LISTING = [
     folder("Papierkorb"), folder("Clients", "\\Noselect", "\\HasChildren"),
     folder("Clients.Acme"), folder("Gone", "\\NonExistent"),
     folder("Projects.Trash"),  # a user's own subfolder: not the account's trash
-    folder("Drafts", "\\Drafts"),
+    folder("Drafts", "\\Drafts"), folder("Entwürfe"), folder("All Mail", "\\All"),
+    folder("Starred", "\\Flagged"),
 ]
 
 
-def test_s1_scope_all_is_every_selectable_folder_but_junk_and_trash() -> None:
+def test_s1_scope_all_is_every_selectable_folder_but_junk_trash_drafts_and_virtual() -> None:
+    """Drafts are unsent text (never another viewer's to read); `\\All`/`\\Flagged` hold
+    copies of mail in the real folders."""
     assert folders_in_scope(LISTING, None) == [
-        "INBOX", "Archive", "Archive.2024", "Clients.Acme", "Drafts", "Projects.Trash", "Sent"]
+        "INBOX", "Archive", "Archive.2024", "Clients.Acme", "Projects.Trash", "Sent"]
 
 
 def test_s1_junk_and_trash_by_name_when_nothing_is_flagged() -> None:
