@@ -356,6 +356,14 @@ class SyncWorker:
         self.directory = Directory()
         self.retry_pending: dict[MailboxRef, float] = {}
 
+    def _source(self, ref: MailboxRef, mbx: Mailbox, out: Outcome) -> MailSource | None:
+        """The mailbox's provider source; None (noted, logged) when its credentials are missing."""
+        source = self.sources.open(ref.tenant, mbx)
+        if source is None:
+            log.warning("credentials_missing", tenant=ref.tenant, mailbox=ref.mailbox)
+            out.note = "credentials_missing"
+        return source
+
     # -- deliveries -------------------------------------------------------------------------------
     def handle(self, delivery: Delivery) -> Outcome:
         """Process one delivery; raises on a failure worth retrying (provider, store)."""
@@ -507,10 +515,8 @@ class SyncWorker:
             if self.push is None or not self.push.enabled(mbx.provider):
                 out.note = "push_not_configured"
                 return out
-            source = self.sources.open(ref.tenant, mbx)
+            source = self._source(ref, mbx, out)
             if source is None:
-                log.warning("credentials_missing", tenant=ref.tenant, mailbox=ref.mailbox)
-                out.note = "credentials_missing"
                 return out
             try:
                 catch_up = self._push_channel(ref, mbx, source, trigger, current, now, out)
@@ -590,10 +596,8 @@ class SyncWorker:
                         delivery_id=delivery_id)])
                     out.skipped_delivery = True
                 return out
-            source = self.sources.open(ref.tenant, mbx)
+            source = self._source(ref, mbx, out)
             if source is None:
-                log.warning("credentials_missing", tenant=ref.tenant, mailbox=ref.mailbox)
-                out.note = "credentials_missing"
                 return out
             try:
                 if mbx.cursor is None:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from office import OFFICE
+from processes import CRMSYNC
 
 from projections.rows import PROJECTIONS
 
 pytestmark = pytest.mark.e2e
-
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
 
 SETUP = OFFICE
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ import orjson
 import pytest
 from graph_contacts_server import GraphBook, graph_contacts_app
 from loopback import Server
+from processes import CRMSYNC
 
 from adapters.credential_store import KEY_ENV
 from domain.events import (
@@ -31,8 +30,6 @@ from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
 
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
 TOKEN = "eyJ0eXAiOi.graph-access-token.e2e"
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from outbound_servers import MAILBOX, TOKEN, GmailServer
+from processes import CRMSYNC
 
 from adapters.credential_store import KEY_ENV
 from adapters.outbox_tracking import PostgresOutboxTracking
@@ -30,8 +29,6 @@ from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
 
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
 SEND = {"cmd": "SendEmail", "user": "mia", "mailbox": "mb-mia", "kind": "single",
         "to": ["carla@customer.test"], "subject": "Offer", "body": "Hello Carla"}
 

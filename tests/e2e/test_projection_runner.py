@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +15,12 @@ import orjson
 import psycopg
 import pytest
 from histories import history
+from processes import CRMSYNC
 
 from runners.config import open_engine
 from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
-
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
-
 
 @pytest.fixture
 def engine(postgres_url: str) -> Iterator[Engine]:

@@ -7,13 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,29 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from gmail_fake import GMAIL, FakeGmail
+from processes import CRMSYNC, free_port, wait_until
 
 from domain import events as ev
 from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
-
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout} s: {what}")
-        time.sleep(0.1)
-
 
 def raw_messages(count: int) -> list[bytes]:
     return [(f"From: sender{i}@ext.test\r\nTo: {GMAIL}\r\nSubject: hello {i}\r\n"

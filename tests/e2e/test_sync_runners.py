@@ -17,11 +17,8 @@ import gzip
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +31,7 @@ import imapclient
 import pytest
 from dovecot import DovecotServer, ensure_dovecot
 from gmail_fake import GMAIL, FakeGmail
+from processes import CRMSYNC, free_port
 from services import corpus_file
 
 from adapters.mime import parse_message
@@ -44,8 +42,6 @@ from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
 
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
 TENANT, IMAP_USER, IMAP_PASSWORD = "acme", "mia", "imap-Secret-123"
 
 
@@ -57,12 +53,6 @@ def fedora(count: int) -> list[bytes]:
 
 
 # --- processes --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Runners:
     def __init__(self, tmp: Path, env: dict[str, str], postgres: str) -> None:
         self.tmp, self.env, self.postgres = tmp, env, postgres

@@ -8,11 +8,8 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,12 +18,9 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from processes import CRMSYNC, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
-
-
 ENVELOPE = Path(__file__).parent.parent / "fixtures" / "webhooks" / "gmail-push-envelope.json"
 
 
@@ -36,12 +30,6 @@ def gmail_push(message_id: str) -> dict[str, Any]:
     envelope["message"]["data"] = base64.b64encode(json.dumps(
         {"emailAddress": "user@example.com", "historyId": "1234567890"}).encode()).decode()
     return envelope
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stored_ids(url: str, stream: str) -> list[str]:
