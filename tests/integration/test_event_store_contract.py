@@ -82,3 +82,33 @@ def test_concurrent_append_to_one_tenant_is_a_conflict_and_appends_nothing(
         store.append(stale, [_user("t", "bob"), _user("t", "cid")])
     assert [e.user for _, e in store.tenant_events("t")] == ["ann"]  # type: ignore[attr-defined]
     assert store.state("t").seq == 1
+
+
+def test_a_tenants_stream_is_read_in_pages_that_join_exactly(store: EventStore) -> None:
+    for i in range(7):
+        store.append(store.state("a"), [_user("a", f"u{i}")])
+        store.append(store.state("b"), [_user("b", f"v{i}")])
+    for page in (1, 3, 7, 100):
+        read = list(store.tenant_events("a", page=page))
+        assert [seq for seq, _ in read] == list(range(1, 8))
+        assert [e.user for _, e in read] == [f"u{i}" for i in range(7)]  # type: ignore[attr-defined]
+    assert [seq for seq, _ in store.tenant_events("a", after=5, page=1)] == [6, 7]
+    assert list(store.tenant_events("a", after=7, page=3)) == []
+
+
+def test_the_log_read_before_decoding_keeps_what_the_filter_accepts(store: EventStore) -> None:
+    connected = ev.MailboxConnected(tenant="a", actor="ann", occurred_at=AT, correlation_id="c",
+                                    mailbox="mb", user="ann", provider="imap",
+                                    address="ann@x.test", scope={"mode": "all"},
+                                    backfill_days=30, credentials_set=True)
+    store.append(store.state("a"), [_user("a", "ann"), connected])
+    for i in range(3):
+        message = _message("a")
+        store.append(store.state("a"), [message.model_copy(update={
+            "message": message.message.model_copy(update={"id": f"m{i}"})})])
+    kept, last = store.read_log_kept(0, 4, lambda kind, data: kind is not ev.MessageSynced)
+    assert last == 4 and [e.position for e in kept] == [1, 2]
+    kept, last = store.read_log_kept(last, 100, lambda kind, data: b'"m2"' in data)
+    assert last == 5 and [e.position for e in kept] == [5]
+    assert isinstance(kept[0].event, ev.MessageSynced) and kept[0].event.message.id == "m2"
+    assert store.read_log_kept(5, 10, lambda kind, data: True) == ([], 5)
