@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 from uuid import UUID, uuid5
 
 import orjson
+import structlog
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     IntegrityError,
@@ -26,9 +27,11 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
+from adapters.snapshots import Snapshots
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 
+log = structlog.get_logger("crmsync.store")
 TENANT_PAGE = 5000  # events per read of a tenant's stream
 TENANT_NAMESPACE = UUID("5c1f3a52-8a53-4a8e-9f5e-3c9b2f0e6d11")
 
@@ -111,6 +114,7 @@ class EventStore:
         except PersistenceError as exc:
             raise StoreError(f"cannot open the event store: {exc}") from exc
         self._states: dict[str, TenantState] = {}
+        self.snapshots: Snapshots | None = None  # set by the composition root (runners)
 
     @classmethod
     def in_memory(cls) -> EventStore:
@@ -123,6 +127,8 @@ class EventStore:
 
     def close(self) -> None:
         self.app.close()
+        if self.snapshots is not None:
+            self.snapshots.close()
 
     # -- tenant streams ----------------------------------------------------------------------
     def tenant_events(self, tenant: str, after: int = 0, page: int = TENANT_PAGE
@@ -144,11 +150,35 @@ class EventStore:
             after = found[-1].originator_version
 
     def state(self, tenant: str) -> TenantState:
-        """The tenant's current state (cached, fast-forwarded from the store)."""
-        state = self._states.get(tenant) or TenantState(tenant)
+        """The tenant's current state (cached, fast-forwarded from the store). Not cached yet:
+        from its snapshot when there is a good one (`self.snapshots`), and a load that folded
+        many events leaves a new snapshot for the next process."""
+        state = self._states.get(tenant)
+        if state is None:
+            state = self._restore(tenant) or TenantState(tenant)
+        folded = 0
         for seq, event in self.tenant_events(tenant, after=state.seq):
             evolve(state, event, seq)
+            folded += 1
         self._states[tenant] = state
+        if self.snapshots is not None and folded >= self.snapshots.every:
+            try:
+                size = self.snapshots.take(state)
+                log.info("snapshot_taken", tenant=tenant, seq=state.seq, bytes=size)
+            except StoreError as exc:  # a cache: the log stays the truth
+                log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
+        return state
+
+    def _restore(self, tenant: str) -> TenantState | None:
+        if self.snapshots is None:
+            return None
+        try:
+            state = self.snapshots.restore(tenant)
+        except StoreError as exc:
+            log.warning("snapshot_not_read", tenant=tenant, error=str(exc))
+            return None
+        if state is not None:
+            log.info("snapshot_restored", tenant=tenant, seq=state.seq)
         return state
 
     def append(self, state: TenantState, events: Sequence[DomainEvent]) -> None:

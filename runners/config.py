@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Mapping
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -19,11 +20,21 @@ from adapters.errors import StoreError
 from adapters.event_store import EventStore
 from adapters.log_waiter import PollingWaiter, PostgresWaiter
 from adapters.postgres_views import PostgresViews, startup_lock
+from adapters.snapshots import (
+    PostgresSnapshotRows,
+    SnapshotRows,
+    Snapshots,
+    SqliteSnapshotRows,
+)
 from runners.credentials import erase_removed
 from runners.engine import Engine, Progress
 from runners.rebuild import rebuild_in_parts
 
 POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
+SECRET_ENV = "CRMSYNC_SECRET"
+SNAPSHOT_KEY_ENV = "CRMSYNC_SNAPSHOT_KEY"
+SNAPSHOTS_ENV = "CRMSYNC_SNAPSHOTS"
+SNAPSHOT_EVERY_ENV = "CRMSYNC_SNAPSHOT_EVERY"
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
 
 
@@ -89,11 +100,37 @@ def open_postgres(url: str) -> Engine:
     return engine
 
 
+def snapshot_key(env: Mapping[str, str] | None = None) -> bytes | None:
+    """The key that signs tenant snapshots: $CRMSYNC_SNAPSHOT_KEY, else $CRMSYNC_SECRET (the
+    token secret); None (no snapshots) without one or with $CRMSYNC_SNAPSHOTS=off."""
+    env = os.environ if env is None else env
+    if env.get(SNAPSHOTS_ENV, "").lower() in ("off", "0", "false", "no"):
+        return None
+    text = env.get(SNAPSHOT_KEY_ENV) or env.get(SECRET_ENV)
+    return text.encode() if text and len(text.encode()) >= 16 else None
+
+
+def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
+    """Tenant snapshots beside the events (adapters.snapshots), when a key is configured."""
+    key = snapshot_key()
+    if key is None:
+        return
+    rows: SnapshotRows
+    if url:
+        with startup_lock(url):
+            rows = PostgresSnapshotRows(url)
+    else:
+        rows = SqliteSnapshotRows(db)
+    engine.store.snapshots = Snapshots(rows, key, every=int(
+        os.environ.get(SNAPSHOT_EVERY_ENV) or 10_000))
+
+
 def open_engine(db: str, postgres: str | None = None) -> Engine:
     """PostgreSQL at `postgres`, else at $CRMSYNC_POSTGRES_URL, else the SQLite file `db`."""
     url = postgres_url(postgres)
     engine = open_postgres(url) if url else Engine.open_sqlite(db)
     try:
+        attach_snapshots(engine, url, db)
         erase_removed(engine)  # finish erasures a crash interrupted (credentials follow the log)
     except BaseException:
         engine.close()
