@@ -27,6 +27,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
+from adapters.gc_pause import paused_gc
 from adapters.snapshots import Snapshots
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
@@ -157,9 +158,10 @@ class EventStore:
         if state is None:
             state = self._restore(tenant) or TenantState(tenant)
         folded = 0
-        for seq, event in self.tenant_events(tenant, after=state.seq):
-            evolve(state, event, seq)
-            folded += 1
+        with paused_gc():
+            for seq, event in self.tenant_events(tenant, after=state.seq):
+                evolve(state, event, seq)
+                folded += 1
         self._states[tenant] = state
         if self.snapshots is not None and folded >= self.snapshots.every:
             try:

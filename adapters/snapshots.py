@@ -16,7 +16,6 @@ events, PostgreSQL in the URL's schema. Errors are `StoreError`.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import hmac
 import pickle
@@ -32,6 +31,7 @@ import psycopg
 
 import domain
 from adapters.errors import StoreError
+from adapters.gc_pause import paused_gc
 from domain.state import TenantState
 
 _TABLE = ("CREATE TABLE IF NOT EXISTS tenant_snapshots (tenant TEXT PRIMARY KEY, version TEXT "
@@ -69,18 +69,6 @@ class _Compressing:
         return b"".join(self.parts)
 
 
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Millions of objects made at once would start the cyclic collector over and over."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _mac(key: bytes, tenant: str, version: str, seq: int, blob: bytes) -> bytes:
     head = f"{tenant}\0{version}\0{seq}\0".encode()
     return hmac.new(key, head + blob, hashlib.sha256).digest()
@@ -113,7 +101,7 @@ class Snapshots:
                 mac, _mac(self.key, tenant, version, seq, blob)):
             return None
         try:
-            with _no_cyclic_gc():
+            with paused_gc():
                 state = pickle.loads(zlib.decompress(blob))  # signed by our key: ours
         except Exception:  # a snapshot is a cache: unreadable means fold from the log
             return None
@@ -124,7 +112,7 @@ class Snapshots:
     def take(self, state: TenantState) -> int:
         """Store a snapshot of `state` (replacing an older one); returns its size in bytes."""
         out = _Compressing()
-        with _no_cyclic_gc():
+        with paused_gc():
             pickle.dump(state, out, protocol=5)
         blob = out.result()
         version = code_version()

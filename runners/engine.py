@@ -7,11 +7,10 @@ exists), keeps the views caught up, and answers queries live or as of a past dom
 from __future__ import annotations
 
 import contextlib
-import gc
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ import orjson
 from adapters.credential_store import CredentialStore, SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict
 from adapters.event_store import EventStore
+from adapters.gc_pause import paused_gc
 from adapters.memory_views import MemoryViews
 from adapters.sqlite_views import SqliteViews
 from domain.commands import Command, parse_command
@@ -35,19 +35,6 @@ from projections.rows import PROJECTIONS
 from runners.credentials import after_append, check_ready
 
 Progress = Callable[[int, int], None]
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """Folding millions of events makes millions of long-lived objects without cycles; the cyclic
-    collector would rescan them over and over. Reference counting still frees everything."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _malloc_trim() -> Callable[[], None]:

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from adapters.gc_pause import paused_gc
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.engine import Engine, paused_gc
+from runners.engine import Engine
 
 
 class Waiter(Protocol):

@@ -33,10 +33,11 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
                count: int, target: int, batch_size: int, conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
     from adapters.event_store import EventStore
+    from adapters.gc_pause import paused_gc
     from adapters.postgres_views import PostgresViews, startup_lock
     from projections.partition import Partition
     from projections.projector import Projector, build, extend
-    from runners.engine import paused_gc, trimming
+    from runners.engine import trimming
 
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time
