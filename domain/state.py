@@ -227,9 +227,18 @@ def _lower(addresses: list[str]) -> list[str]:
     return sorted({a.lower() for a in addresses})
 
 
+_LAST_ISO: list[tuple[datetime | None, str]] = [(None, "")]
+
+
 def utc_iso(moment: datetime) -> str:
-    """The moment in UTC, ISO-8601 (`+00:00`); such strings sort chronologically."""
-    return moment.astimezone(UTC).isoformat()
+    """The moment in UTC, ISO-8601 (`+00:00`); such strings sort chronologically. The last
+    answer is kept: a message's time is asked for twice in a row (its state, then its row)."""
+    last = _LAST_ISO[0]  # one tuple, read and replaced whole: safe between threads
+    if last[0] is moment:
+        return last[1]
+    text = moment.astimezone(UTC).isoformat()
+    _LAST_ISO[0] = (moment, text)
+    return text
 
 
 def _addresses(addresses: list[str]) -> tuple[str, ...]:

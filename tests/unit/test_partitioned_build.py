@@ -94,3 +94,18 @@ def test_a_thread_mark_is_narrowed_to_the_parts_threads() -> None:
 def test_a_part_that_does_not_exist_is_refused() -> None:
     with pytest.raises(ValueError, match="does not exist"):
         Partition(2, 2)
+
+
+def test_the_mailbox_is_read_from_stored_json_as_orjson_reads_it() -> None:
+    from projections.partition import MAILBOX_MAIL, _stored_mailbox
+
+    plain = (str, str | None)
+    for kind in MAILBOX_MAIL:  # what lets the first marker be the event's own field
+        names = list(kind.model_fields)
+        before = names[:names.index("mailbox")]
+        assert all(kind.model_fields[n].annotation in (*plain, datetime) for n in before), kind
+    for box in ["mb1", 'mb"q', "mb\\\\x", "mailbox-ü-☃", "a\u2028b", ""]:
+        data = orjson.dumps({"tenant": 't"mailbox":"x', "command_id": None, "mailbox": box,
+                             "message": {"mailbox": "other"}})
+        assert _stored_mailbox(data) == box == orjson.loads(data)["mailbox"]
+    assert _stored_mailbox(b'{"tenant":"t"}') is None
