@@ -3,11 +3,15 @@ and a bounded wait for a condition."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
     sys.executable, "-m", "runners.cli"]
@@ -25,3 +29,40 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached in {timeout} s: {what}")
         time.sleep(0.1)
+
+
+def embedded_env(db: str, **extra: str) -> dict[str, str]:
+    """The environment of crmsync processes in the embedded mode on `db` (no NATS, no
+    PostgreSQL even when the test run has them), logging JSON at INFO."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CRMSYNC_NATS_URL", "CRMSYNC_POSTGRES_URL", "CRMSYNC_WEBHOOK_INBOX")}
+    env.update({"CRMSYNC_LOG_LEVEL": "INFO", "PYTHONPATH": os.getcwd(), "CRMSYNC_DB": db,
+                **extra})
+    return env
+
+
+class Processes:
+    """The crmsync processes of one test on one database, each logging to `<name>.log` in
+    `log_dir`; `stop_all` ends them (SIGTERM, then SIGKILL after `grace` seconds)."""
+
+    def __init__(self, log_dir: Path, db: str, env: dict[str, str]) -> None:
+        self.log_dir, self.db, self.env = log_dir, db, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen([*CRMSYNC, "--db", self.db, *args], stdout=log,
+                                    stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

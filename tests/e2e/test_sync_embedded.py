@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from gmail_fake import GMAIL, FakeGmail
-from processes import CRMSYNC, free_port, wait_until
+from processes import CRMSYNC, Processes, embedded_env, free_port, wait_until
 
 from domain import events as ev
 from runners.engine import Engine
@@ -33,18 +32,10 @@ def raw_messages(count: int) -> list[bytes]:
 def test_embedded_sync_dead_letters_and_replay(tmp_path: Path) -> None:
     db = str(tmp_path / "crm.db")
     gmail = FakeGmail(raw_messages(20))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CRMSYNC_NATS_URL", "CRMSYNC_POSTGRES_URL", "CRMSYNC_WEBHOOK_INBOX")}
-    env.update({"CRMSYNC_GMAIL_API_URL": gmail.url, "CRMSYNC_SECRET": "e2e-secret-0123456789",
-                "CRMSYNC_LOG_LEVEL": "INFO", "PYTHONPATH": os.getcwd(), "CRMSYNC_DB": db})
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen([*CRMSYNC, "--db", db, *args], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
-        procs.append(proc)
-        return proc
+    env = embedded_env(db, CRMSYNC_GMAIL_API_URL=gmail.url,
+                       CRMSYNC_SECRET="e2e-secret-0123456789")
+    processes = Processes(tmp_path, db, env)
+    start = processes.start
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*CRMSYNC, "--db", db, *args], env=env, capture_output=True,
@@ -134,10 +125,7 @@ def test_embedded_sync_dead_letters_and_replay(tmp_path: Path) -> None:
         stop(worker)
         assert worker.returncode == 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        processes.stop_all(grace=5)
         gmail.close()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from graph_fake import FakeGraph, make_certificate
-from processes import CRMSYNC, free_port, wait_until
+from processes import CRMSYNC, Processes, embedded_env, free_port, wait_until
 
 from domain import events as ev
 from runners.engine import Engine
@@ -38,20 +37,11 @@ def test_graph_subscription_is_created_and_recreated_after_subscription_removed(
     cert, key = make_certificate(tmp_path)
     graph = FakeGraph(ADDRESS, cert, key)
     hooks_port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CRMSYNC_NATS_URL", "CRMSYNC_POSTGRES_URL", "CRMSYNC_WEBHOOK_INBOX")}
-    env.update({"CRMSYNC_GRAPH_API_URL": graph.url, "CRMSYNC_GRAPH_CA_FILE": str(cert),
-                "CRMSYNC_GRAPH_CLIENT_STATE": CLIENT_STATE,
-                "CRMSYNC_CREDENTIALS_KEY": base64.b64encode(os.urandom(32)).decode(),
-                "CRMSYNC_LOG_LEVEL": "INFO", "PYTHONPATH": os.getcwd(), "CRMSYNC_DB": db})
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen([*CRMSYNC, "--db", db, *args], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
-        procs.append(proc)
-        return proc
+    env = embedded_env(db, CRMSYNC_GRAPH_API_URL=graph.url, CRMSYNC_GRAPH_CA_FILE=str(cert),
+                       CRMSYNC_GRAPH_CLIENT_STATE=CLIENT_STATE,
+                       CRMSYNC_CREDENTIALS_KEY=base64.b64encode(os.urandom(32)).decode())
+    processes = Processes(tmp_path, db, env)
+    start = processes.start
 
     def tenant_events() -> list[ev.DomainEvent]:
         engine = Engine.open_sqlite(db)
@@ -128,13 +118,5 @@ def test_graph_subscription_is_created_and_recreated_after_subscription_removed(
         events = b"".join(e.model_dump_json().encode() for e in tenant_events())
         assert CLIENT_STATE.encode() not in events
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        processes.stop_all()
         graph.close()
