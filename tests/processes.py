@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from domain.events import DomainEvent
+from runners.engine import Engine
+
 CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
     sys.executable, "-m", "runners.cli"]
 
@@ -55,6 +58,19 @@ class Processes:
                                     stderr=subprocess.STDOUT, env=self.env)
         self.procs.append(proc)
         return proc
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One `crmsync` command on the same database and environment, waited for."""
+        return subprocess.run([*CRMSYNC, "--db", self.db, *args], env=self.env,
+                              capture_output=True, check=False, text=True, timeout=60)
+
+    def events(self, tenant: str) -> list[DomainEvent]:
+        """The tenant's events as stored now (read through an engine of the test's own)."""
+        engine = Engine.open_sqlite(self.db)
+        try:
+            return [e for _, e in engine.store.tenant_events(tenant)]
+        finally:
+            engine.close()
 
     def stop_all(self, grace: float = 15.0) -> None:
         for proc in self.procs:

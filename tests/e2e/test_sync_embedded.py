@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from gmail_fake import GMAIL, FakeGmail
-from processes import CRMSYNC, Processes, embedded_env, free_port, wait_until
+from processes import Processes, embedded_env, free_port, wait_until
 
 from domain import events as ev
-from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +34,10 @@ def test_embedded_sync_dead_letters_and_replay(tmp_path: Path) -> None:
     env = embedded_env(db, CRMSYNC_GMAIL_API_URL=gmail.url,
                        CRMSYNC_SECRET="e2e-secret-0123456789")
     processes = Processes(tmp_path, db, env)
-    start = processes.start
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CRMSYNC, "--db", db, *args], env=env, capture_output=True,
-                              check=False, text=True, timeout=60)
+    start, cli = processes.start, processes.cli
 
     def tenant_events() -> list[ev.DomainEvent]:
-        engine = Engine.open_sqlite(db)
-        try:
-            return [e for _, e in engine.store.tenant_events("acme")]
-        finally:
-            engine.close()
+        return processes.events("acme")
 
     def synced() -> set[str]:
         return {e.message.id for e in tenant_events() if isinstance(e, ev.MessageSynced)}

@@ -23,7 +23,6 @@ from graph_fake import FakeGraph, make_certificate
 from processes import CRMSYNC, Processes, embedded_env, free_port, wait_until
 
 from domain import events as ev
-from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e
 
@@ -44,11 +43,7 @@ def test_graph_subscription_is_created_and_recreated_after_subscription_removed(
     start = processes.start
 
     def tenant_events() -> list[ev.DomainEvent]:
-        engine = Engine.open_sqlite(db)
-        try:
-            return [e for _, e in engine.store.tenant_events("acme")]
-        finally:
-            engine.close()
+        return processes.events("acme")
 
     def of(cls: type[Any]) -> list[Any]:
         return [e for e in tenant_events() if isinstance(e, cls)]
