@@ -81,8 +81,9 @@ class BenchSources:
 
 def worker_main(url: str, batch: int) -> None:
     from runners.logs import configure_logging
+    from runners.sync_loop import LoopOptions, run_until_signalled
     from runners.sync_runner import open_queue
-    from runners.sync_worker import LoopOptions, SyncWorker, run_until_signalled
+    from runners.sync_worker import SyncWorker
 
     configure_logging("WARNING", json=True)
     engine = open_engine("unused.db", url)

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from adapters.work_queue import WorkQueue
     from domain.state import Mailbox
     from runners.engine import Engine
-    from runners.sync_worker import LoopOptions, MailboxLocks, PushSettings, SyncWorker
+    from runners.sync_loop import LoopOptions
+    from runners.sync_worker import MailboxLocks, PushSettings, SyncWorker
 
 NATS_URL_ENV = "CRMSYNC_NATS_URL"
 # provider -> (token URL variable, client id variable, client secret variable)
@@ -195,7 +196,7 @@ def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
 
 
 def options_of(args: argparse.Namespace) -> LoopOptions:
-    from runners.sync_worker import LoopOptions
+    from runners.sync_loop import LoopOptions
 
     return LoopOptions(poll=args.poll, imap_interval=args.imap_interval,
                        max_attempts=args.max_attempts, backoff=args.backoff,
@@ -241,7 +242,7 @@ def add_parsers(sub: Any, workers: Any) -> None:
 def run_sync(args: argparse.Namespace) -> int:
     from runners.config import open_engine
     from runners.logs import configure_logging
-    from runners.sync_worker import run_until_signalled
+    from runners.sync_loop import run_until_signalled
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     engine = open_engine(args.db, args.postgres)
@@ -318,7 +319,7 @@ def start_embedded(db: str) -> threading.Event:
     """An embedded `crmsync serve`: the sync worker in a thread of its own, on its own engine
     (SQLite file) and the SQLite inbox. Set the returned event to stop it."""
     from runners.engine import Engine
-    from runners.sync_worker import LoopOptions, run
+    from runners.sync_loop import LoopOptions, run
 
     stop = threading.Event()
 

@@ -33,8 +33,6 @@ already appended are one message by S14.
 
 from __future__ import annotations
 
-import asyncio
-import re
 import threading
 import time
 import uuid
@@ -44,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-import orjson
 import structlog
 
 from adapters.errors import (
@@ -52,22 +49,27 @@ from adapters.errors import (
     CursorExpired,
     MailboxGone,
     MalformedWebhook,
-    ProviderThrottled,
 )
 from adapters.mail_sources import Changes, MailSource, PushTarget
-from adapters.work_queue import Delivery, WorkQueue
+from adapters.work_queue import Delivery
 from domain import commands as c
 from domain import events as ev
 from domain.mail import skip_reason
 from domain.state import Mailbox, Push, TenantState
 from runners.engine import Engine
+from runners.mail_directory import (
+    DELIVERY_PROVIDERS,
+    Directory,
+    MailboxRef,
+    Unroutable,
+    delivery_address,
+    delivery_lifecycle,
+    delivery_subscription,
+)
 
 log = structlog.get_logger("crmsync.sync")
 
-# webhook provider -> the domain's mailbox provider
-DELIVERY_PROVIDERS = {"gmail": "gmail", "graph": "outlook"}
 ACTOR = "system:sync"
-_GRAPH_USER = re.compile(r"^/?users(?:\('([^']+)'\)|/([^/]+))", re.IGNORECASE)
 
 
 class SourceFactory(Protocol):
@@ -107,151 +109,6 @@ class _Locked(AbstractContextManager[None]):
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
-
-
-@dataclass(frozen=True)
-class MailboxRef:
-    tenant: str
-    mailbox: str
-
-
-@dataclass
-class _Known:
-    provider: str
-    address: str
-    user: str
-
-
-DIRECTORY_EVENTS: tuple[type[ev.DomainEvent], ...] = (
-    ev.PushSubscriptionCreated, ev.MailboxConnected, ev.MailboxAddressChanged,
-    ev.MailboxReconnected, ev.UserReactivated, ev.MailboxCursorAdvanced)
-
-
-def _directory_kinds(kind: type[ev.DomainEvent], data: bytes) -> bool:
-    return issubclass(kind, DIRECTORY_EVENTS)
-
-
-@dataclass
-class Directory:
-    """Which mailboxes exist (all tenants), folded from the event log, and which need a sync
-    without a delivery: first sync after MailboxConnected, catch-up after UserReactivated and
-    MailboxReconnected (L3, S10), until their cursor next moves."""
-
-    position: int = 0
-    mailboxes: dict[MailboxRef, _Known] = field(default_factory=dict)
-    pending: set[MailboxRef] = field(default_factory=set)
-    # every Graph subscription id ever recorded -> its mailbox (lifecycle notifications of a
-    # replaced subscription still find the mailbox; the worker compares with the current one)
-    subscriptions: dict[str, MailboxRef] = field(default_factory=dict)
-
-    def fold(self, tenant: str, e: ev.DomainEvent) -> None:
-        if isinstance(e, ev.PushSubscriptionCreated):
-            if e.subscription_id is not None:
-                self.subscriptions[e.subscription_id] = MailboxRef(tenant, e.mailbox)
-        elif isinstance(e, ev.MailboxConnected):
-            ref = MailboxRef(tenant, e.mailbox)
-            self.mailboxes[ref] = _Known(e.provider, e.address.lower(), e.user)
-            self.pending.add(ref)
-        elif isinstance(e, ev.MailboxAddressChanged):
-            known = self.mailboxes.get(MailboxRef(tenant, e.mailbox))
-            if known is not None:
-                known.address = e.address.lower()
-        elif isinstance(e, ev.MailboxReconnected):
-            self.pending.add(MailboxRef(tenant, e.mailbox))
-        elif isinstance(e, ev.UserReactivated):
-            self.pending.update(r for r, k in self.mailboxes.items()
-                                if r.tenant == tenant and k.user == e.user)
-        elif isinstance(e, ev.MailboxCursorAdvanced):
-            self.pending.discard(MailboxRef(tenant, e.mailbox))
-
-    def follow(self, engine: Engine, limit: int = 10_000) -> int:
-        """Fold the log's new events; only the kinds `fold` looks at are decoded (the mail that
-        makes up most of the log is skipped unread: a worker follows every worker's appends)."""
-        read = 0
-        while True:
-            batch, last = engine.store.read_log_kept(self.position, limit, _directory_kinds)
-            for item in batch:
-                self.fold(item.event.tenant, item.event)
-            stepped, self.position = last - self.position, last
-            read += stepped
-            if stepped < limit:  # (a gap in the positions costs at most one more read)
-                return read
-
-    def route(self, provider: str, address: str) -> list[MailboxRef]:
-        address = address.lower()
-        return sorted((r for r, k in self.mailboxes.items()
-                       if k.provider == provider and k.address == address),
-                      key=lambda r: (r.tenant, r.mailbox))
-
-    def of_provider(self, provider: str) -> list[MailboxRef]:
-        return sorted((r for r, k in self.mailboxes.items() if k.provider == provider),
-                      key=lambda r: (r.tenant, r.mailbox))
-
-    def take_pending(self) -> list[MailboxRef]:
-        out = sorted(self.pending, key=lambda r: (r.tenant, r.mailbox))
-        self.pending.clear()
-        return out
-
-
-class Unroutable(Exception):
-    """The delivery names no mailbox we sync (acknowledged with a log line, not retried)."""
-
-
-def _stored(payload: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise MalformedWebhook("body", "stored delivery is not JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedWebhook("body", "stored delivery is not an object")
-    return data
-
-
-def delivery_subscription(provider: str, payload: bytes) -> str | None:
-    """The Graph subscription id a stored delivery names (None for Gmail)."""
-    if provider != "graph":
-        return None
-    value = _stored(payload).get("subscription_id")
-    return value if isinstance(value, str) and value else None
-
-
-def delivery_lifecycle(provider: str, payload: bytes) -> tuple[str, str] | None:
-    """(subscription id, lifecycle event) of a stored Graph lifecycle notification, else None."""
-    if provider != "graph":
-        return None
-    data = _stored(payload)
-    if data.get("kind") != "lifecycle":
-        return None
-    subscription, event = data.get("subscription_id"), data.get("lifecycle_event")
-    if not isinstance(subscription, str) or not subscription:
-        raise MalformedWebhook("subscription_id", "missing")
-    if event not in ("missed", "reauthorizationRequired", "subscriptionRemoved"):
-        raise MalformedWebhook("lifecycle_event", f"unknown event {str(event)[:40]!r}")
-    return subscription, str(event)
-
-
-def delivery_address(provider: str, payload: bytes) -> str | None:
-    """The mailbox address a stored delivery names (Gmail `emailAddress`; Graph: the user
-    segment of the notification's `resource`, `Users/{address}/Messages/{id}` — subscriptions
-    are created on `/users/{address}/...`). None for Graph lifecycle notifications. Raises
-    MalformedWebhook when the stored payload is not what the receiver stored."""
-    data = _stored(payload)
-    if provider == "gmail":
-        address = data.get("email_address")
-        if not isinstance(address, str) or "@" not in address:
-            raise MalformedWebhook("email_address", "missing")
-        return address
-    if provider == "graph":
-        if data.get("kind") == "lifecycle":
-            return None
-        resource = data.get("resource")
-        if not isinstance(resource, str):
-            raise MalformedWebhook("resource", "missing")
-        match = _GRAPH_USER.match(resource)
-        if match is None:
-            raise Unroutable(f"resource names no user: {resource[:80]!r}")
-        return (match.group(1) or match.group(2)).lower()
-    raise MalformedWebhook("provider", f"unknown provider {provider!r}")
 
 
 @dataclass
@@ -444,7 +301,7 @@ class SyncWorker:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
                 log.warning("catch_up_failed", tenant=ref.tenant, mailbox=ref.mailbox,
-                            error=_describe(exc))
+                            error=describe(exc))
                 # credentials that were refused wait for a reconnection, not 30 s
                 later = 900.0 if isinstance(exc, CredentialsRejected) else 30.0
                 self.retry_pending[ref] = now + later
@@ -475,7 +332,7 @@ class SyncWorker:
                 out.append(self.push_mailbox(ref, None))
             except Exception as exc:
                 log.warning("push_failed", tenant=ref.tenant, mailbox=ref.mailbox,
-                            error=_describe(exc))
+                            error=describe(exc))
         return out
 
     def push_mailbox(self, ref: MailboxRef, trigger: str | None, *,
@@ -564,7 +421,7 @@ class SyncWorker:
                 channel.unsubscribe(current.address, current.subscription_id)
             except Exception as exc:
                 log.warning("push_unsubscribe_failed", tenant=ref.tenant, mailbox=ref.mailbox,
-                            subscription_id=current.subscription_id, error=_describe(exc))
+                            subscription_id=current.subscription_id, error=describe(exc))
         return mbx.cursor is not None and not _cursor_covers(mbx.cursor, created.history_id)
 
     def poll(self, provider: str = "imap") -> list[Outcome]:
@@ -576,7 +433,7 @@ class SyncWorker:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
                 log.warning("poll_failed", tenant=ref.tenant, mailbox=ref.mailbox,
-                            error=_describe(exc))
+                            error=describe(exc))
         return out
 
     # -- one mailbox ------------------------------------------------------------------------------
@@ -728,107 +585,5 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start:start + size]
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
-
-
-# -- the loop ------------------------------------------------------------------------------------
-@dataclass
-class LoopOptions:
-    fetch: int = 20
-    poll: float = 1.0  # seconds to wait for deliveries before looking at the log again
-    imap_interval: float = 60.0
-    push_interval: float = 300.0  # seconds between push-channel ticks (create, renew)
-    max_attempts: int = 5
-    backoff: float = 2.0  # retry n waits backoff * 2^(n-1) seconds, at most max_backoff
-    max_backoff: float = 300.0
-
-
-def retry_delay(attempts: int, options: LoopOptions) -> float:
-    return float(min(options.max_backoff, options.backoff * 2 ** max(0, attempts - 1)))
-
-
-async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
-                  options: LoopOptions) -> str:
-    """One delivery: handled and acked; or retried later; or dead-lettered (recorded, acked)."""
-    log.info("delivery_started", delivery_id=delivery.delivery_id, provider=delivery.provider,
-             attempts=delivery.attempts)
-    try:
-        outcome = worker.handle(delivery)
-    except Exception as exc:
-        error = _describe(exc)
-        # unreadable input, and credentials only a reconnection can fix: no retries
-        permanent = isinstance(exc, MalformedWebhook | CredentialsRejected)
-        if not permanent and delivery.attempts < options.max_attempts:
-            delay = retry_delay(delivery.attempts, options)
-            if isinstance(exc, ProviderThrottled):  # the provider said how long to wait
-                delay = max(delay, min(exc.retry_after, options.max_backoff))
-            log.warning("delivery_retry", delivery_id=delivery.delivery_id,
-                        attempts=delivery.attempts, delay=delay, error=error)
-            await queue.retry(delivery, delay)
-            return "retry"
-        ref = worker.route_of(delivery)
-        dead_id = await queue.put_dead_letter(
-            delivery, tenant=ref.tenant if ref else None, mailbox=ref.mailbox if ref else None,
-            error=error)
-        recorded = worker.record_dead_letter(delivery, dead_id, error)
-        log.error("delivery_dead_lettered", delivery_id=delivery.delivery_id,
-                  dead_letter_id=dead_id, attempts=delivery.attempts, error=error,
-                  recorded=recorded)
-        await queue.ack(delivery)
-        return "dead"
-    log.info("delivery_done", delivery_id=delivery.delivery_id, events=outcome.events,
-             synced=outcome.synced, skipped=outcome.skipped_delivery, note=outcome.note,
-             resynced=outcome.resynced, gone=outcome.gone)
-    await queue.ack(delivery)
-    return "done"
-
-
-async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
-              options: LoopOptions | None = None) -> None:
-    options = options or LoopOptions()
-    last_poll = last_push = float("-inf")
-    log.info("sync_worker_started", imap_interval=options.imap_interval,
-             push_providers=worker.push.providers if worker.push else [],
-             public_url=worker.push.public_url if worker.push else None)
-    while not stop.is_set():
-        try:
-            worker.catch_up()
-            if time.monotonic() - last_poll >= options.imap_interval:
-                worker.poll("imap")
-                last_poll = time.monotonic()
-            if worker.push is not None and \
-                    time.monotonic() - last_push >= options.push_interval:
-                worker.maintain_push()
-                last_push = time.monotonic()
-            for delivery in await queue.fetch(options.fetch, options.poll):
-                await process(worker, queue, delivery, options)
-                if stop.is_set():
-                    break
-        except Exception as exc:  # a store or queue outage: log, wait, go on
-            # Deliveries not acked come again; the cursor in the log says where sync stands.
-            log.error("sync_loop_failed", error=_describe(exc))
-            await asyncio.sleep(options.poll)
-    log.info("sync_worker_stopped")
-
-
-def run_until_signalled(worker: SyncWorker, queue: WorkQueue,
-                        options: LoopOptions | None = None) -> None:
-    """Run until SIGTERM or SIGINT; the delivery in hand finishes first."""
-    import signal
-
-    stop = threading.Event()
-
-    def handle(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-    async def main() -> None:
-        try:
-            await run(worker, queue, stop, options)
-        finally:
-            await queue.close()
-
-    asyncio.run(main())

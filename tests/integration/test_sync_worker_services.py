@@ -17,7 +17,8 @@ from adapters.jetstream_work import JetStreamWork
 from adapters.mailbox_locks import PostgresLocks
 from domain import events as ev
 from runners.config import open_engine
-from runners.sync_worker import LoopOptions, SyncWorker, run
+from runners.sync_loop import LoopOptions, run
+from runners.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,9 @@ from adapters.errors import CredentialsRejected, ProviderError
 from adapters.oauth import StoredOAuthToken, TokenEndpoint
 from domain import events as ev
 from runners.engine import Engine
+from runners.sync_loop import LoopOptions, process
 from runners.sync_runner import ConfiguredSources, token_endpoints
-from runners.sync_worker import LoopOptions, SyncWorker, process
+from runners.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

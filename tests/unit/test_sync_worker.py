@@ -16,14 +16,9 @@ from adapters.errors import DeliveryStoreError
 from adapters.work_queue import Delivery
 from domain import events as ev
 from runners.engine import Engine
-from runners.sync_worker import (
-    LoopOptions,
-    MailboxRef,
-    SyncWorker,
-    delivery_address,
-    process,
-    run,
-)
+from runners.mail_directory import MailboxRef, delivery_address
+from runners.sync_loop import LoopOptions, process, run
+from runners.sync_worker import SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"
