@@ -232,6 +232,19 @@ class PostgresViews:
             found = cur.fetchall()
         return checksum((t, k, rk, _bytes(doc)) for t, k, rk, doc in found)
 
+    def mailbox_sizes(self) -> dict[str, int]:
+        """Messages synced per mailbox id (all tenants), from the sync status rows: what a
+        partitioned rebuild balances its parts by."""
+        with self._read("read mailbox sizes") as cur:
+            cur.execute(sql.SQL("SELECT key, doc FROM {}").format(self._id("sync_status")))
+            found = cur.fetchall()
+        sizes: dict[str, int] = {}
+        for key, doc in found:
+            synced = orjson.loads(_bytes(doc)).get("synced")
+            if isinstance(synced, int):
+                sizes[key] = sizes.get(key, 0) + synced
+        return sizes
+
     # -- scratch stores -------------------------------------------------------------------------
     def drop(self) -> None:
         """Drop this store's tables (scratch stores only)."""

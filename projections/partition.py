@@ -12,6 +12,7 @@ in one process (the E3 tests compare them by checksum).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,6 +53,8 @@ def _stored_mailbox(data: bytes) -> object:
 class Partition:
     index: int
     count: int
+    # mailbox -> part, where the coordinator balanced them by size (`balanced`); others: hash
+    assigned: Mapping[str, int] = field(default_factory=dict, compare=False)
     _owned: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,11 +62,15 @@ class Partition:
             raise ValueError(f"part {self.index} of {self.count} does not exist")
 
     def owns_mailbox(self, mailbox: str) -> bool:
-        """By a hash of the mailbox id that spreads similar ids (`mb1`, `mb2`) evenly."""
+        """As assigned, else by a hash of the mailbox id that spreads similar ids (`mb1`,
+        `mb2`) evenly."""
         owned = self._owned.get(mailbox)
         if owned is None:
-            digest = hashlib.blake2b(mailbox.encode(), digest_size=8).digest()
-            owned = self._owned[mailbox] = int.from_bytes(digest) % self.count == self.index
+            part = self.assigned.get(mailbox)
+            if part is None:
+                digest = hashlib.blake2b(mailbox.encode(), digest_size=8).digest()
+                part = int.from_bytes(digest) % self.count
+            owned = self._owned[mailbox] = part == self.index
         return owned
 
     def keeps(self, kind: type[ev.DomainEvent], data: bytes) -> bool:
@@ -96,3 +103,15 @@ class Partition:
         if projection == "sync_status":
             return self.owns_mailbox(key)
         return True
+
+
+def balanced(sizes: Mapping[str, int], count: int) -> dict[str, int]:
+    """Mailboxes spread over `count` parts so that their sizes (messages) add up about evenly:
+    largest first, each to the part with the least so far (ties: the lower part, the name)."""
+    loads = [0] * count
+    out: dict[str, int] = {}
+    for mailbox, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        part = min(range(count), key=lambda i: (loads[i], i))
+        out[mailbox] = part
+        loads[part] += size
+    return out

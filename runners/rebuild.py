@@ -3,7 +3,8 @@
 One process folds a million events on one core; the fold and the rows from the final state are
 independent per mailbox once the tenant-wide events are folded by everyone
 (`projections.partition`). The coordinator (the `crmsync rebuild` process) resets the scratch
-tables and starts N part processes; each reads the log up to the same target position, decodes
+tables, spreads the mailboxes over the parts by their message counts in the live sync status
+(`partition.balanced`; mailboxes it does not know go by hash) and starts N part processes; each reads the log up to the same target position, decodes
 only its own mailboxes' mail, and writes its keys into the shared scratch tables (fresh writes:
 a key written twice fails the build). When every part has built, the coordinator takes the
 live writer lock, tells the parts to catch up to the log's end (the events appended meanwhile),
@@ -21,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from adapters.errors import StoreError
+from projections.partition import balanced
 
 if TYPE_CHECKING:
     from runners.engine import Engine, Progress
@@ -30,7 +32,8 @@ _Message = tuple[str, int, str]  # (kind, number, text)
 
 
 def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str], index: int,
-               count: int, target: int, batch_size: int, conn: Connection) -> None:
+               count: int, target: int, batch_size: int, assigned: dict[str, int],
+               conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
     from adapters.event_store import EventStore
     from adapters.gc_pause import paused_gc
@@ -44,7 +47,7 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
             store = EventStore(store_env)
             views = PostgresViews(url, suffix=suffix)
         try:
-            projector = Projector(names, partition=Partition(index, count))
+            projector = Projector(names, partition=Partition(index, count, assigned))
             batches = [0]
 
             def report(done: int, total: int) -> None:
@@ -147,6 +150,8 @@ def rebuild_in_parts(engine: Engine, url: str, store_env: dict[str, str], names:
             for name in names:
                 scratch.reset(name)
             target = engine.store.max_position()
+            sizes = getattr(engine.views, "mailbox_sizes", None)
+            assigned = balanced(sizes(), count) if sizes is not None else {}
             at = [0] * count
 
             def moved(index: int, position: int) -> None:
@@ -155,7 +160,7 @@ def rebuild_in_parts(engine: Engine, url: str, store_env: dict[str, str], names:
                     progress(min(at), target)
 
             parts = Parts(count, _Start(store_env, url, suffix, list(names), count, target,
-                                        batch_size))
+                                        batch_size, assigned))
             try:
                 parts.wait_all("built", moved)
                 with engine.views.exclusive():  # no live writer between catch-up and swap
@@ -179,9 +184,10 @@ class _Start:
     """The picklable entry point of a part process (spawned: it imports what it needs)."""
 
     def __init__(self, store_env: dict[str, str], url: str, suffix: str, names: list[str],
-                 count: int, target: int, batch_size: int) -> None:
-        self.args = (store_env, url, suffix, names, count, target, batch_size)
+                 count: int, target: int, batch_size: int, assigned: dict[str, int]) -> None:
+        self.args = (store_env, url, suffix, names, count, target, batch_size, assigned)
 
     def __call__(self, index: int, conn: Connection) -> None:
-        store_env, url, suffix, names, count, target, batch_size = self.args
-        _part_main(store_env, url, suffix, names, index, count, target, batch_size, conn)
+        store_env, url, suffix, names, count, target, batch_size, assigned = self.args
+        _part_main(store_env, url, suffix, names, index, count, target, batch_size, assigned,
+                   conn)

@@ -144,6 +144,9 @@ def test_e3_rebuild_in_parts_equals_one_build_and_takes_in_what_was_appended_mea
         if not appended and done < total:
             appended.append(pg.apply_lines(later).applied)
 
+    sizes = pg.views.mailbox_sizes()  # type: ignore[attr-defined]
+    assert sizes and sum(sizes.values()) == sum(
+        m.synced for m in pg.store.state(TENANT).mailboxes.values())  # parts balance by them
     rebuild_in_parts(pg, postgres_url, postgres_env(postgres_url, schema=pg.views.schema),
                      list(PROJECTIONS), 3, meanwhile, batch_size=5)
     assert appended and appended[0] > 0

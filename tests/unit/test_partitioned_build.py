@@ -109,3 +109,29 @@ def test_the_mailbox_is_read_from_stored_json_as_orjson_reads_it() -> None:
                              "message": {"mailbox": "other"}})
         assert _stored_mailbox(data) == box == orjson.loads(data)["mailbox"]
     assert _stored_mailbox(b'{"tenant":"t"}') is None
+
+
+def test_balanced_parts_take_mailboxes_largest_first_to_the_least_loaded() -> None:
+    from projections.partition import balanced
+
+    sizes = {"a": 50, "b": 40, "c": 30, "d": 20, "e": 10, "f": 10}
+    assigned = balanced(sizes, 2)
+    loads = [sum(n for m, n in sizes.items() if assigned[m] == i) for i in range(2)]
+    assert sorted(loads) == [80, 80] and set(assigned) == set(sizes)
+    assert balanced(sizes, 2) == assigned  # deterministic
+    assert balanced({}, 3) == {}
+    parts = [Partition(i, 2, assigned) for i in range(2)]
+    assert all(sum(p.owns_mailbox(m) for p in parts) == 1 for m in [*sizes, "new-mailbox"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_e3_parts_with_an_assignment_equal_one_build(seed: int) -> None:
+    engine = engine_with(seed)
+    end = engine.store.max_position()
+    views = MemoryViews()
+    for index in range(2):  # mb0 alone in part 1, the rest (and anything new) by hash
+        build(engine.store, views, Projector(partition=Partition(index, 2, {"mb0": 1})),
+              batch_size=9, target=end, set_positions=False)
+    views.write({}, dict.fromkeys(PROJECTIONS, end))
+    assert {p: views.checksum(p) for p in PROJECTIONS} == \
+        {p: engine.views.checksum(p) for p in PROJECTIONS}
