@@ -4,12 +4,13 @@ One process folds a million events on one core; the fold and the rows from the f
 independent per mailbox once the tenant-wide events are folded by everyone
 (`projections.partition`). The coordinator (the `crmsync rebuild` process) resets the scratch
 tables, spreads the mailboxes over the parts by their message counts in the live sync status
-(`partition.balanced`; mailboxes it does not know go by hash) and starts N part processes; each reads the log up to the same target position, decodes
-only its own mailboxes' mail, and writes its keys into the shared scratch tables (fresh writes:
-a key written twice fails the build). When every part has built, the coordinator takes the
-live writer lock, tells the parts to catch up to the log's end (the events appended meanwhile),
-then sets the positions and swaps the tables in, as the one-process rebuild does. A part that
-fails or dies fails the rebuild with positions still 0; it is simply run again.
+(`partition.balanced`; mailboxes it does not know go by hash) and starts N part processes. Each
+reads the log up to the same target position, decodes only its own mailboxes' mail, and writes
+its keys into the shared scratch tables (fresh writes: a key written twice fails the build).
+When every part has built, the coordinator takes the live writer lock, tells the parts to catch
+up to the log's end (the events appended meanwhile), then sets the positions and swaps the
+tables in, as the one-process rebuild does. A part that fails or dies fails the rebuild with
+positions still 0; it is simply run again.
 """
 
 from __future__ import annotations
