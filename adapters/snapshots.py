@@ -40,6 +40,7 @@ _UPSERT = ("INSERT INTO tenant_snapshots VALUES ({p}, {p}, {p}, {p}, {p}) ON CON
            "DO UPDATE SET version = excluded.version, seq = excluded.seq, mac = excluded.mac, "
            "state = excluded.state WHERE tenant_snapshots.version <> excluded.version "
            "OR tenant_snapshots.seq < excluded.seq")
+PROJECTOR = "\x1fprojection-runner"  # the row of the projection runners' states (no tenant's id)
 _SELECT = "SELECT version, seq, mac, state FROM tenant_snapshots WHERE tenant = {p}"
 
 
@@ -93,31 +94,55 @@ class Snapshots:
 
     def restore(self, tenant: str) -> TenantState | None:
         """The newest snapshot of `tenant` that verifies and was taken by this code, else None."""
-        found = self.rows.read(tenant)
+        found = self._thaw(tenant)
         if found is None:
             return None
-        version, seq, mac, blob = found
-        if version != code_version() or not hmac.compare_digest(
-                mac, _mac(self.key, tenant, version, seq, blob)):
-            return None
-        try:
-            with paused_gc():
-                state = pickle.loads(zlib.decompress(blob))  # signed by our key: ours
-        except Exception:  # a snapshot is a cache: unreadable means fold from the log
-            return None
+        seq, state = found
         if not isinstance(state, TenantState) or state.tenant != tenant or state.seq != seq:
             return None
         return state
 
     def take(self, state: TenantState) -> int:
         """Store a snapshot of `state` (replacing an older one); returns its size in bytes."""
+        return self._freeze(state.tenant, state.seq, state)
+
+    def restore_projector(self) -> tuple[int, dict[str, TenantState]] | None:
+        """A projection runner's folded states and the log position they are at, else None."""
+        found = self._thaw(PROJECTOR)
+        if found is None:
+            return None
+        position, states = found
+        if not isinstance(states, dict) or not all(
+                isinstance(t, str) and isinstance(s, TenantState) and s.tenant == t
+                for t, s in states.items()):
+            return None
+        return position, states
+
+    def take_projector(self, position: int, states: dict[str, TenantState]) -> int:
+        """Store a projection runner's states at log `position`; returns the size in bytes."""
+        return self._freeze(PROJECTOR, position, states)
+
+    def _thaw(self, key: str) -> tuple[int, object] | None:
+        found = self.rows.read(key)
+        if found is None:
+            return None
+        version, seq, mac, blob = found
+        if version != code_version() or not hmac.compare_digest(
+                mac, _mac(self.key, key, version, seq, blob)):
+            return None
+        try:
+            with paused_gc():
+                return seq, pickle.loads(zlib.decompress(blob))  # signed by our key: ours
+        except Exception:  # a snapshot is a cache: unreadable means fold from the log
+            return None
+
+    def _freeze(self, key: str, seq: int, value: object) -> int:
         out = _Compressing()
         with paused_gc():
-            pickle.dump(state, out, protocol=5)
+            pickle.dump(value, out, protocol=5)
         blob = out.result()
         version = code_version()
-        self.rows.write(state.tenant, version, state.seq,
-                        _mac(self.key, state.tenant, version, state.seq, blob), blob)
+        self.rows.write(key, version, seq, _mac(self.key, key, version, seq, blob), blob)
         return len(blob)
 
     def close(self) -> None:

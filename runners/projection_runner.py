@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from adapters.errors import StoreError
 from adapters.gc_pause import paused_gc
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
@@ -36,6 +37,40 @@ def lag(engine: Engine) -> dict[str, dict[str, int]]:
             for name, pos in engine.views.positions().items()}
 
 
+def restore(engine: Engine, projector: Projector) -> None:
+    """Start from the runners' newest snapshot (see adapters.snapshots) instead of folding the
+    whole log again; the first catch-up folds on from its position (and starts over if the
+    views are behind it)."""
+    snapshots = engine.store.snapshots
+    if snapshots is None:
+        return
+    try:
+        found = snapshots.restore_projector()
+    except StoreError as exc:
+        structlog.get_logger("crmsync.projections").warning("snapshot_not_read", error=str(exc))
+        return
+    if found is not None:
+        projector.position, projector.states = found
+        structlog.get_logger("crmsync.projections").info("snapshot_restored",
+                                                         position=projector.position)
+
+
+def keep(engine: Engine, projector: Projector, read: int) -> None:
+    """After a catch-up that folded many events (the first one after a start, above all),
+    leave a snapshot for the next start."""
+    snapshots = engine.store.snapshots
+    if snapshots is None or read < snapshots.every:
+        return
+    try:
+        size = snapshots.take_projector(projector.position, projector.states)
+    except StoreError as exc:
+        structlog.get_logger("crmsync.projections").warning("snapshot_not_taken",
+                                                            error=str(exc))
+        return
+    structlog.get_logger("crmsync.projections").info(
+        "snapshot_taken", position=projector.position, bytes=size)
+
+
 def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
         batch_size: int = 1000, poll: float = 1.0, stop: threading.Event | None = None,
         report_every: float = 10.0) -> None:
@@ -44,10 +79,12 @@ def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
     projector = Projector(names or list(PROJECTIONS))
     last_report = 0.0
     log.info("runner started", projections=projector.names, batch_size=batch_size)
+    restore(engine, projector)
     while not stop.is_set():
         started = time.monotonic()
         with paused_gc():
             read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
+        keep(engine, projector, read)
         now = time.monotonic()
         if read or now - last_report >= report_every:
             behind = lag(engine)

@@ -119,3 +119,53 @@ def test_postgres_snapshot_rows_keep_the_newest(postgres_url: str) -> None:
     assert rows.read("t") == (code_version(), 9, b"m9", b"s9")
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM tenant_snapshots").fetchone() == (1,)
+
+
+def test_a_restarted_projection_runner_starts_from_its_snapshot(
+        where: tuple[str, str | None]) -> None:
+    from projections.projector import Projector, catch_up
+    from runners.projection_runner import keep, restore
+
+    db, url = where
+    commands = history(12, length=240)
+    engine = open_engine(db, url)
+    engine.follow = False  # the views are written by the runner below, not by apply
+    apply(engine, commands[:150])
+    first = Projector()
+    read = catch_up(engine.store, engine.views, first)
+    keep(engine, first, read)  # folded 20+ events: a snapshot at its position
+    apply(engine, commands[150:])
+
+    second = Projector()
+    restore(engine, second)
+    assert second.position == first.position > 20
+    assert second.states == first.states
+    assert catch_up(engine.store, engine.views, second) == \
+        engine.store.max_position() - first.position  # only what came after the snapshot
+    verified = engine.verify()
+    assert all(live == rebuilt for live, rebuilt in verified.values()), verified
+    engine.close()
+
+
+def test_a_runner_snapshot_ahead_of_the_views_starts_over(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from projections.projector import Projector, catch_up
+    from runners.projection_runner import keep, restore
+
+    monkeypatch.setenv("CRMSYNC_SECRET", SECRET)
+    monkeypatch.setenv("CRMSYNC_SNAPSHOT_EVERY", "1")
+    engine = open_engine(str(tmp_path / "crm.db"), None)
+    engine.follow = False
+    apply(engine, history(4, length=60))
+    projector = Projector()
+    keep(engine, projector, catch_up(engine.store, engine.views, projector))
+    for name in ("timeline", "mailbox"):
+        engine.views.reset(name)  # e.g. restored from an older backup
+    again = Projector()
+    restore(engine, again)
+    assert again.position == projector.position
+    catch_up(engine.store, engine.views, again)
+    verified = engine.verify()
+    assert all(live == rebuilt for live, rebuilt in verified.values()), verified
+    engine.close()
