@@ -213,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
 
             configure_logging("INFO", json=True)
             run_until_signalled(engine, open_waiter(engine, args.postgres), args.projection,
-                                batch_size=args.batch_size, poll=args.poll)
+                                batch_size=args.batch_size, poll=args.poll,
+                                snapshots=os.environ.get("CRMSYNC_RUNNER_SNAPSHOTS", "")
+                                .lower() in ("on", "1", "true", "yes"))
             return 0
         if args.command == "lag":
             from runners.projection_runner import lag

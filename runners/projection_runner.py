@@ -73,18 +73,23 @@ def keep(engine: Engine, projector: Projector, read: int) -> None:
 
 def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
         batch_size: int = 1000, poll: float = 1.0, stop: threading.Event | None = None,
-        report_every: float = 10.0) -> None:
+        report_every: float = 10.0, snapshots: bool = False) -> None:
+    """Follow the log until `stop`. `snapshots`: start from the runners' snapshot and keep one
+    (a restart of a 1M-event log in 1.7 s instead of 34 s, but the restored state took about
+    130 MB more resident memory than a folded one, 603 against 475 MB: off by default)."""
     log = structlog.get_logger("crmsync.projections")
     stop = stop or threading.Event()
     projector = Projector(names or list(PROJECTIONS))
     last_report = 0.0
     log.info("runner started", projections=projector.names, batch_size=batch_size)
-    restore(engine, projector)
+    if snapshots:
+        restore(engine, projector)
     while not stop.is_set():
         started = time.monotonic()
         with paused_gc():
             read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
-        keep(engine, projector, read)
+        if snapshots:
+            keep(engine, projector, read)
         now = time.monotonic()
         if read or now - last_report >= report_every:
             behind = lag(engine)
