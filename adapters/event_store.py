@@ -236,22 +236,22 @@ class EventStore:
             raise StoreError(f"cannot read the event log: {exc}") from exc
 
     def read_log_kept(self, after: int, limit: int,
-                      keep: Callable[[type[DomainEvent], bytes], bool]
+                      keep: Callable[[type[DomainEvent], bytes], bool] | None
                       ) -> tuple[list[LoggedEvent], int]:
         """Like `read_log`, decoding only the events `keep(event class, stored JSON)` accepts
-        (all of them when stored events are compressed or encrypted); also returns the last
-        position read (`after` when there was nothing)."""
+        (all of them without `keep`, or when stored events are compressed or encrypted); also
+        returns the last position read (`after` when there was nothing)."""
         mapper = self.app.mapper
-        plain = not (mapper.cipher or mapper.compressor)
+        filtering = keep is not None and not (mapper.cipher or mapper.compressor)
         try:
             notifications = self.app.recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False)
             out = []
             for n in notifications:
-                if plain:
+                if filtering:
+                    assert keep is not None
                     try:
-                        kind = _event_class(n.topic)
-                        wanted = keep(kind, n.state)
+                        wanted = keep(_event_class(n.topic), n.state)
                     except (orjson.JSONDecodeError, TopicError) as exc:
                         raise MapperDeserialisationError(
                             f"cannot decode event {n.topic} v{n.originator_version}: {exc}"
@@ -266,13 +266,4 @@ class EventStore:
 
     def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
         """Events after log position `after`, at most `limit`, in log order."""
-        try:
-            notifications = self.app.recorder.select_notifications(
-                start=after, limit=limit, inclusive_of_start=False)
-            out = []
-            for n in notifications:
-                envelope = cast(EventEnvelope, self.app.mapper.to_domain_event(n))
-                out.append(LoggedEvent(n.id, envelope.originator_version, envelope.event))
-            return out
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
+        return self.read_log_kept(after, limit, None)[0]

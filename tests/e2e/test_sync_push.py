@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from graph_fake import FakeGraph, make_certificate
-from processes import CRMSYNC, Processes, embedded_env, free_port, wait_until
+from processes import Processes, embedded_env, free_port, wait_until
 
 from domain import events as ev
 
@@ -66,9 +65,7 @@ def test_graph_subscription_is_created_and_recreated_after_subscription_removed(
              "credentials": {"access_token": "eyJ0-e2e-graph-token"}}]
         (tmp_path / "setup.jsonl").write_text(
             "\n".join(json.dumps({"tenant": "acme", **c}) for c in commands))
-        applied = subprocess.run([*CRMSYNC, "--db", db, "apply", str(tmp_path / "setup.jsonl")],
-                                 env=env, capture_output=True, text=True, timeout=60,
-                                 check=False)
+        applied = processes.cli("apply", str(tmp_path / "setup.jsonl"))
         assert applied.returncode == 0, applied.stderr
         start("webhooks", "run", "webhooks", "--port", str(hooks_port))
         start("sync", "run", "sync", "--poll", "0.2", "--push-interval", "0.5",
