@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from adapters.errors import DeliveryStoreError
 from adapters.jetstream_inbox import check_delivery_id, check_provider
+from adapters.private_files import private_file
 
 T = TypeVar("T")
 PENDING, PROCESSED = "pending", "processed"
@@ -53,8 +54,8 @@ class SqliteInbox:
         self.path, self._clock = path, clock
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
+                                         isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
