@@ -28,13 +28,13 @@ LONG = "9" * 5000
 
 def gmail_text(history_id: str = '"1234"', **envelope: str) -> str:
     """A Pub/Sub push as JSON text; values are JSON tokens, put in verbatim."""
-    data = '{"emailAddress": "mia@acme.test", "historyId": %s}' % history_id
+    data = '{"emailAddress": "mia@acme.test", "historyId": ' + history_id + "}"
     fields = {"messageId": '"m-1"', "publishTime": '"2026-12-05T00:00:00Z"'}
     fields.update(envelope)
     message = ", ".join(f'"{k}": {v}' for k, v in fields.items())
     encoded = base64.b64encode(data.encode()).decode()
-    return '{"subscription": "projects/p/subscriptions/s", "message": {%s, "data": "%s"}}' % (
-        message, encoded)
+    return ('{"subscription": "projects/p/subscriptions/s", "message": {' + message
+            + ', "data": "' + encoded + '"}}')
 
 
 def graph_text(**item: str) -> str:
@@ -44,7 +44,7 @@ def graph_text(**item: str) -> str:
               "subscriptionExpirationDateTime": '"2026-12-07T00:00:00Z"',
               "resourceData": '{"id": "m-1"}'}
     fields.update(item)
-    return '{"value": [{%s}]}' % ", ".join(f'"{k}": {v}' for k, v in fields.items())
+    return '{"value": [{' + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}]}"
 
 
 @pytest.fixture
@@ -80,7 +80,8 @@ def rows(tmp_path: Path) -> int:
     ("/webhooks/graph", graph_text(subscriptionExpirationDateTime='"9999-12-31T23:59:59-01:00"'),
      "value[0].subscriptionExpirationDateTime"),
     ("/webhooks/graph", graph_text(subscriptionId=LONG), "value[0].subscriptionId"),
-    ("/webhooks/graph", graph_text(resourceData='{"id": %s}' % LONG), "value[0].resourceData.id"),
+    ("/webhooks/graph", graph_text(resourceData='{"id": ' + LONG + "}"),
+     "value[0].resourceData.id"),
 ])
 def test_absurd_numbers_are_400_naming_the_field(client: httpx.Client, tmp_path: Path,
                                                  path: str, body: str, field: str) -> None:
