@@ -95,3 +95,15 @@ def test_section8_files_an_earlier_version_made_readable_are_tightened(
     found = modes(tmp_path)
     asyncio.run(reopened.close())
     assert found and found == dict.fromkeys(found, "0o600")
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077, 0o277])
+def test_section8_a_new_store_file_is_0600_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        work = SqliteWork(str(tmp_path / "work.db"))
+        asyncio.run(work.close())
+    finally:
+        os.umask(previous)
+    found = modes(tmp_path)
+    assert "work.db" in found and found == dict.fromkeys(found, "0o600")
