@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import TupleRow
 
 from adapters.errors import CredentialStoreError
+from adapters.private_files import private_file
 
 KEY_ENV = "CRMSYNC_CREDENTIALS_KEY"
 KEY_FILE_SUFFIX = ".credentials-key"
@@ -198,7 +199,7 @@ class SqliteCredentialStore(_SqlCredentialStore):
         self.key_path = f"{path}{KEY_FILE_SUFFIX}"
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+            self._conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                          check_same_thread=False)
             for statement in _TABLES:
                 self._conn.execute(statement.format(blob="BLOB"))

@@ -123,7 +123,10 @@ class EventStore:
 
     @classmethod
     def sqlite(cls, path: str) -> EventStore:
-        return cls({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+        from adapters.private_files import private_file
+
+        return cls({"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                    "SQLITE_DBNAME": private_file(path),
                     "SQLITE_LOCK_TIMEOUT": "10"})
 
     def close(self) -> None:

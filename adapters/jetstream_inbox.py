@@ -7,6 +7,12 @@ acknowledged to the provider that JetStream has not stored; a publish the stream
 duplicate (same Msg-Id within its duplicate window) returns False. Every NATS failure becomes
 `DeliveryStoreError`.
 
+Dedup window and pruning: JetStream drops a Msg-Id from its dedup memory after the stream's
+`duplicate_window` (120 s: the providers' quick retries), and a message from the stream after
+its `max_age` (default 7 days, Pub/Sub's longest retention; acknowledged messages are not
+deleted by the limits-retention stream, so without it the stream grows for ever). A stream we
+find without a max age (made by an earlier version) gets ours once, logged.
+
 The connection is opened lazily on the first delivery, in the event loop that uses it (uvicorn's),
 and closed by `close()` in that same loop.
 """
@@ -28,6 +34,7 @@ from adapters.errors import DeliveryStoreError
 
 DEFAULT_STREAM = "CRMSYNC_WEBHOOKS"
 DEFAULT_SUBJECT_PREFIX = "crmsync.webhooks"
+MAX_AGE = 7 * 24 * 3600.0  # seconds a delivery stays in the stream
 _PROVIDER = re.compile(r"[a-z0-9_-]{1,32}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 log = structlog.get_logger("crmsync.jetstream_inbox")
@@ -52,13 +59,14 @@ class JetStreamInbox:
 
     def __init__(self, url: str, *, stream: str = DEFAULT_STREAM,
                  subject_prefix: str = DEFAULT_SUBJECT_PREFIX, duplicate_window: float = 120.0,
-                 timeout: float = 5.0) -> None:
+                 max_age: float = MAX_AGE, timeout: float = 5.0) -> None:
         if not _TOKEN.fullmatch(stream):
             raise ValueError(f"not a stream name: {stream!r}")
         if not all(_TOKEN.fullmatch(part) for part in subject_prefix.split(".")):
             raise ValueError(f"not a subject prefix: {subject_prefix!r}")
         self.url, self.stream, self.subject_prefix = url, stream, subject_prefix
         self.duplicate_window, self.timeout = duplicate_window, timeout
+        self.max_age = max_age
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._lock: asyncio.Lock | None = None
@@ -125,9 +133,13 @@ class JetStreamInbox:
                 # Two processes may create it together: an identical config is accepted twice.
                 info = await js.add_stream(StreamConfig(
                     name=self.stream, subjects=[wanted], storage=StorageType.FILE,
-                    duplicate_window=self.duplicate_window,
+                    duplicate_window=self.duplicate_window, max_age=self.max_age,
                     description="crmsync webhook deliveries"))
                 log.info("stream_created", stream=self.stream, subjects=[wanted])
+            if not info.config.max_age:  # made without one (the workers, an earlier version)
+                info.config.max_age = self.max_age
+                info = await js.update_stream(info.config)
+                log.info("stream_max_age_set", stream=self.stream, max_age=self.max_age)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise DeliveryStoreError(f"JetStream stream {self.stream}: {_describe(exc)}") from exc
         if wanted not in (info.config.subjects or []):

@@ -5,6 +5,12 @@ in a file of its own (so a long view rebuild in the engine's file never delays a
 acknowledgement to a provider). `deliver` commits before it returns (WAL, synchronous=FULL);
 `INSERT OR IGNORE` on the dedup id reports a duplicate as False. The in-process sync workers read
 `pending()` and call `mark_processed()`. sqlite3 errors become `DeliveryStoreError`.
+
+Processed rows are kept for the dedup window (`dedup_window`, default 7 days: Pub/Sub keeps an
+unacknowledged message at most 7 days, Graph retries for 4 hours), so a redelivery within it is
+still a duplicate, then deleted: `prune()` deletes them in batches of `prune_batch` rows (one
+short transaction each), and `deliver` prunes one batch itself at most every `prune_every`
+seconds. Pending rows are never pruned.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from adapters.errors import DeliveryStoreError
 from adapters.jetstream_inbox import check_delivery_id, check_provider
+from adapters.private_files import private_file
 
 T = TypeVar("T")
 PENDING, PROCESSED = "pending", "processed"
+DEDUP_WINDOW = timedelta(days=7)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_inbox (
@@ -32,7 +40,9 @@ CREATE TABLE IF NOT EXISTS webhook_inbox (
     status       TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processed')),
     processed_at TEXT
 );
-CREATE INDEX IF NOT EXISTS webhook_inbox_pending ON webhook_inbox (status, received_at)
+CREATE INDEX IF NOT EXISTS webhook_inbox_pending ON webhook_inbox (status, received_at);
+CREATE INDEX IF NOT EXISTS webhook_inbox_processed ON webhook_inbox (processed_at)
+    WHERE status = 'processed'
 """
 
 
@@ -49,12 +59,16 @@ class SqliteInbox:
     """The delivery port on a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 busy_timeout: float = 5.0) -> None:
+                 busy_timeout: float = 5.0, dedup_window: timedelta = DEDUP_WINDOW,
+                 prune_every: timedelta = timedelta(minutes=1), prune_batch: int = 500) -> None:
         self.path, self._clock = path, clock
+        self.dedup_window, self.prune_every, self.prune_batch = (dedup_window, prune_every,
+                                                                 prune_batch)
+        self._pruned_at: datetime | None = None
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
+                                         isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)
@@ -74,7 +88,29 @@ class SqliteInbox:
                 (delivery_id, provider, payload, received))
             return cursor.rowcount == 1
 
-        return await asyncio.to_thread(self._run, insert)
+        new = await asyncio.to_thread(self._run, insert)
+        now = self._clock()
+        if self._pruned_at is None or now - self._pruned_at >= self.prune_every:
+            self._pruned_at = now
+            await asyncio.to_thread(self._run, self._prune_batch)
+        return new
+
+    async def prune(self) -> int:
+        """Delete every processed row older than the dedup window, batch by batch; returns
+        how many rows went."""
+        total = 0
+        while True:
+            deleted = await asyncio.to_thread(self._run, self._prune_batch)
+            total += deleted
+            if deleted < self.prune_batch:
+                return total
+
+    def _prune_batch(self, conn: sqlite3.Connection) -> int:
+        cutoff = (self._clock() - self.dedup_window).astimezone(UTC).isoformat()
+        return conn.execute(
+            "DELETE FROM webhook_inbox WHERE rowid IN (SELECT rowid FROM webhook_inbox "
+            "WHERE status = 'processed' AND processed_at < ? ORDER BY processed_at LIMIT ?)",
+            (cutoff, self.prune_batch)).rowcount
 
     async def pending(self, limit: int = 100, provider: str | None = None) -> list[StoredDelivery]:
         """The oldest deliveries not yet processed, in the order received."""

@@ -7,6 +7,7 @@ Rows and tracking positions of a batch are written in one transaction. Rebuilds 
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 import orjson
 
 from adapters.errors import StoreError
+from adapters.private_files import private_file
 from projections.ports import Changes, checksum, encode_doc
 from projections.rows import PROJECTIONS, Rows
 
@@ -26,7 +28,7 @@ class SqliteViews:
         self._thread_lock = threading.RLock()
         self._held = 0  # re-entrant: depth of exclusive() in this process
         try:
-            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+            self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("CREATE TABLE IF NOT EXISTS view_tracking (projection TEXT "
@@ -59,7 +61,9 @@ class SqliteViews:
                     self._held -= 1
                 return
             try:
-                fh = open(self._lock_path, "a")  # noqa: SIM115 - held across the yield
+                # held across the yield; 0600 like the views beside it
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                fh = os.fdopen(os.open(self._lock_path, flags, 0o600), "a")
             except OSError as exc:
                 raise StoreError(f"cannot open {self._lock_path}: {exc}") from exc
             try:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from adapters.errors import DeliveryStoreError
+from adapters.private_files import private_file
 from adapters.sqlite_inbox import SCHEMA as INBOX_SCHEMA
 from adapters.work_queue import DeadLetter, Delivery
 
@@ -51,8 +52,8 @@ class SqliteWork:
                  clock: Callable[[], float] = time.time) -> None:
         self.path, self.lease, self.clock = path, lease, clock
         try:
-            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
+                                         isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(SCHEMA)

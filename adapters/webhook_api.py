@@ -9,8 +9,10 @@ the provider gets 202 only once every accepted delivery is durable. Malformed in
 delivers again; the dedup ids make that harmless). Notifications whose clientState does not match
 are logged with their delivery id and reason (never the clientState) and not delivered.
 
-No bearer token: providers cannot send ours. Gmail deliveries are not authenticated yet (see
-docs/decisions.md); Graph notifications are, by their clientState.
+No bearer token of ours: providers cannot send it. Gmail pushes are authenticated by the
+Pub/Sub OIDC token when a `GmailPushAuth` is given (`adapters/pubsub_auth.py`: 401/403 before the
+body is read, nothing stored; 503 when the route is disabled or Google's certificates cannot be
+had); Graph notifications by their clientState.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.errors import DeliveryStoreError, MalformedWebhook
+from adapters.pubsub_auth import GmailPushAuth, PushRefused
 from adapters.webhooks import (
     ClientStateLookup,
     GraphChange,
@@ -64,7 +67,9 @@ class _TooLarge(Exception):
 
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_WEBHOOK_BODY:
+    # length first: int() of thousands of digits raises (and non-ASCII digits always do)
+    if declared.isascii() and declared.isdigit() and (
+            len(declared) > 9 or int(declared) > MAX_WEBHOOK_BODY):
         raise _TooLarge
     body = bytearray()
     async for chunk in request.stream():
@@ -92,16 +97,32 @@ def _unavailable(exc: DeliveryStoreError, provider: str, request: Request) -> JS
                         headers={"Retry-After": "5"})
 
 
+def _refused(exc: PushRefused, request: Request) -> JSONResponse:
+    log.warning("webhook_refused", provider="gmail", status=exc.status, reason=exc.reason,
+                request_id=getattr(request.state, "request_id", None))
+    if exc.status == 401:
+        return JSONResponse({"detail": "push not authenticated"}, 401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    if exc.status == 403:
+        return JSONResponse({"detail": "push token not accepted"}, 403)
+    return JSONResponse({"detail": "push authentication unavailable; retry"}, 503,
+                        headers={"Retry-After": "30"})
+
+
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "every accepted delivery is durable"},
     400: {"description": "malformed payload: `{detail, field}`"},
+    401: {"description": "Gmail: no valid Pub/Sub OIDC token"},
+    403: {"description": "Gmail: the token's audience or service account is not ours"},
     413: {"description": "body larger than 1 MiB"},
     503: {"description": "the delivery store is unavailable; retry"},
 }
 
 
-def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup) -> APIRouter:
-    """The webhook routes; the inbox is closed when the application shuts down."""
+def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
+                   gmail_auth: GmailPushAuth | None = None) -> APIRouter:
+    """The webhook routes; the inbox is closed when the application shuts down. Without
+    `gmail_auth` Gmail pushes are accepted unauthenticated (the embedded mode's choice)."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -109,11 +130,18 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup) -> API
             yield
         finally:
             await inbox.close()
+            if gmail_auth is not None:
+                await gmail_auth.close()
 
     router = APIRouter(lifespan=lifespan, tags=["webhooks"], responses=RESPONSES)
 
     @router.post("/webhooks/gmail", status_code=202)
     async def gmail(request: Request) -> Response:
+        if gmail_auth is not None:
+            try:
+                await gmail_auth.check(request.headers.get("authorization"))
+            except PushRefused as exc:
+                return _refused(exc, request)
         try:
             body = await _read_body(request)
             push = parse_gmail_push(body)
@@ -144,7 +172,9 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup) -> API
         except MalformedWebhook as exc:
             return _malformed(exc, "graph", request)
         if isinstance(parsed, GraphValidation):
-            return PlainTextResponse(parsed.token, 200)
+            # echoed input: never let a browser sniff it into HTML
+            return PlainTextResponse(parsed.token, 200,
+                                     headers={"X-Content-Type-Options": "nosniff"})
         rid = getattr(request.state, "request_id", None)
         for item in parsed.rejected:
             log.warning("webhook_rejected", provider="graph", delivery_id=item.delivery_id,
@@ -172,10 +202,11 @@ async def _deliver_graph(inbox: DeliveryInbox, item: GraphChange | GraphLifecycl
     return await inbox.deliver("graph", item.delivery_id, item.model_dump_json().encode())
 
 
-def webhook_app(inbox: DeliveryInbox, client_state: ClientStateLookup) -> FastAPI:
+def webhook_app(inbox: DeliveryInbox, client_state: ClientStateLookup,
+                gmail_auth: GmailPushAuth | None = None) -> FastAPI:
     """The webhook routes alone (`crmsync run webhooks`): JSON errors, never details of a bug."""
     app = FastAPI(title="crmsync webhooks", version="1", description=__doc__)
-    app.include_router(webhook_router(inbox, client_state))
+    app.include_router(webhook_router(inbox, client_state, gmail_auth))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -28,7 +28,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -51,6 +51,26 @@ def at(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+MAX_INT_DIGITS = 64  # no id, count or time of ours is longer; int() refuses over 4,300 digits
+
+
+class LongNumber:
+    """A JSON integer of more than MAX_INT_DIGITS digits: kept out of int() (which raises on
+    thousands of digits) so that the field reading it names itself in the 400."""
+
+    def __init__(self, digits: str) -> None:
+        self.digits = len(digits)
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+    __str__ = __repr__
+
+
+def _integer(digits: str) -> int | LongNumber:
+    return int(digits) if len(digits.lstrip("-")) <= MAX_INT_DIGITS else LongNumber(digits)
+
+
 def json_object(body: bytes | str | Mapping[str, Any], field: str = "body",
                 max_bytes: int | None = MAX_BODY_BYTES) -> dict[str, Any]:
     """A JSON object from bytes/str (UTF-8, size-checked), or a mapping already decoded."""
@@ -66,7 +86,7 @@ def json_object(body: bytes | str | Mapping[str, Any], field: str = "body",
     except UnicodeDecodeError:
         raise MalformedWebhook(field, "not UTF-8") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_integer)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise MalformedWebhook(field, f"not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -151,6 +171,10 @@ def timestamp(value: Any, field: str) -> datetime:
         raise MalformedWebhook(field, f"not an ISO-8601 time: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise MalformedWebhook(field, "time without an offset")
+    try:
+        parsed.astimezone(UTC)  # year 1 at +01:00 or 9999 at -01:00 has no UTC time
+    except OverflowError:
+        raise MalformedWebhook(field, "time out of range") from None
     return parsed
 
 

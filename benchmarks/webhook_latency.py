@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     stream = f"BENCH_{run}"
     tmp = tempfile.TemporaryDirectory(prefix="crmsync-webhook-bench-")
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "CRMSYNC_LOG_LEVEL": args.log_level,
-           "CRMSYNC_GRAPH_CLIENT_STATE": CLIENT_STATE}
+           "CRMSYNC_GRAPH_CLIENT_STATE": CLIENT_STATE,
+           "CRMSYNC_GMAIL_PUSH_AUTH": "off"}  # its Gmail pushes are unsigned
     inbox_db = Path(tmp.name) / "inbox.db"
     if args.embedded:
         env.pop("CRMSYNC_NATS_URL", None)

@@ -4,6 +4,12 @@ receives webhooks, which `crmsync run webhooks` (`serve_webhooks`) serves alone.
 Both read the signing secret from CRMSYNC_SECRET; a missing or short secret is a clear start-up
 error (exit 2). Logs are structured JSON (structlog) on stderr, one line per request with its
 request id; tokens and message bodies are never logged.
+
+Gmail pushes are authenticated by their Pub/Sub OIDC token (`gmail_push_auth`): audience
+CRMSYNC_GMAIL_PUSH_AUDIENCE, optional service account CRMSYNC_GMAIL_PUSH_SERVICE_ACCOUNT,
+certificates from CRMSYNC_GOOGLE_CERTS_URL. Without an audience the production mode (JetStream
+or PostgreSQL) answers Gmail pushes 503 unless CRMSYNC_GMAIL_PUSH_AUTH=off; the embedded mode
+warns and accepts them.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ from runners.logs import configure_logging
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from adapters.pubsub_auth import GmailPushAuth
     from adapters.webhook_api import DeliveryInbox
 
 EXIT_USAGE = 2
 NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
+POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
+PUSH_AUTH_ENV, PUSH_AUDIENCE_ENV = "CRMSYNC_GMAIL_PUSH_AUTH", "CRMSYNC_GMAIL_PUSH_AUDIENCE"
+PUSH_ACCOUNT_ENV, CERTS_URL_ENV = "CRMSYNC_GMAIL_PUSH_SERVICE_ACCOUNT", "CRMSYNC_GOOGLE_CERTS_URL"
 
 
 def _secret() -> bytes | None:
@@ -62,13 +72,42 @@ def serve(engine: Engine, host: str, port: int) -> int:
     app = create_app(engine, secret, token_max_age=max_token_age())
     from adapters.webhook_api import shared_client_state, webhook_router
 
+    production = engine.path is None or bool(os.environ.get(NATS_URL_ENV))  # PostgreSQL/NATS
     app.include_router(webhook_router(webhook_inbox(engine.path),
-                                      shared_client_state(os.environ.get(GRAPH_CLIENT_STATE))))
+                                      shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
+                                      gmail_push_auth(production)))
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
                                                db=engine.path or "memory")
     uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
                 log_level="warning")
     return 0
+
+
+def gmail_push_auth(production: bool) -> GmailPushAuth | None:
+    """How `/webhooks/gmail` authenticates pushes, from the environment (see the module
+    docstring); None accepts them unauthenticated. Logs the choice once, at start."""
+    from adapters.pubsub_auth import GOOGLE_CERTS_URL, GoogleCerts, PushVerifier, RouteDisabled
+
+    log = structlog.get_logger("crmsync.serve")
+    setting = os.environ.get(PUSH_AUTH_ENV, "on").strip().lower()
+    audience = os.environ.get(PUSH_AUDIENCE_ENV, "").strip()
+    if setting == "off":
+        log.warning("gmail_push_unauthenticated", reason=f"{PUSH_AUTH_ENV}=off")
+        return None
+    if audience:
+        certs_url = os.environ.get(CERTS_URL_ENV, "").strip() or GOOGLE_CERTS_URL
+        account = os.environ.get(PUSH_ACCOUNT_ENV, "").strip() or None
+        log.info("gmail_push_authenticated", audience=audience, service_account=account,
+                 certs_url=certs_url)
+        return PushVerifier(audience, GoogleCerts(certs_url), service_account=account)
+    if production:
+        reason = (f"Gmail pushes refused (503): set {PUSH_AUDIENCE_ENV} to the push "
+                  f"subscription's audience, or {PUSH_AUTH_ENV}=off to accept them unchecked")
+        log.error("gmail_push_route_disabled", reason=reason)
+        return RouteDisabled(reason)
+    log.warning("gmail_push_unauthenticated",
+                reason=f"embedded mode without {PUSH_AUDIENCE_ENV}: anyone can post pushes")
+    return None
 
 
 def webhook_inbox(db: str | None) -> DeliveryInbox:
@@ -98,7 +137,9 @@ def webhooks_from_env() -> FastAPI:
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     inbox = webhook_inbox(os.environ.get(WEBHOOK_DB_ENV))
-    return webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)))
+    return webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
+                       gmail_push_auth(production=bool(os.environ.get(NATS_URL_ENV)
+                                                       or os.environ.get(POSTGRES_URL_ENV))))
 
 
 def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:

@@ -56,7 +56,8 @@ def test_two_receiver_processes_store_each_delivery_once(nats_url: str, tmp_path
     tag = uuid.uuid4().hex[:12]
     stream, port = f"W_{tag}", free_port()
     env = {**os.environ, "CRMSYNC_NATS_URL": nats_url, "CRMSYNC_NATS_STREAM": stream,
-           "CRMSYNC_NATS_SUBJECT_PREFIX": f"w{tag}.webhooks"}
+           "CRMSYNC_NATS_SUBJECT_PREFIX": f"w{tag}.webhooks",
+           "CRMSYNC_GMAIL_PUSH_AUTH": "off"}  # the pushes carry no OIDC token
     proc = subprocess.Popen([*CRMSYNC, "--db", str(tmp_path / "c.db"), "run", "webhooks",
                              "--port", str(port), "--workers", "2"], env=env,
                             stderr=subprocess.DEVNULL)
