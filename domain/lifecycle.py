@@ -77,6 +77,12 @@ def delete(ctx: Context, cmd: c.DeleteUser) -> list[ev.DomainEvent]:
     return out
 
 
+def revoke_tokens(ctx: Context, cmd: c.RevokeTokens) -> list[ev.DomainEvent]:
+    """§8: the user's tokens issued up to now are refused. A deleted user's are refused anyway."""
+    ctx.user(cmd.user)
+    return [ctx.event(ev.TokensRevoked, user=cmd.user)]
+
+
 def configure_tenant(ctx: Context, cmd: c.ConfigureTenant) -> list[ev.DomainEvent]:
     settings = cmd.model_dump(exclude_none=True, exclude={"cmd", "tenant", "at", "actor",
                                                           "command_id"})

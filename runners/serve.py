@@ -36,11 +36,11 @@ def _secret() -> bytes | None:
         return None
 
 
-def token(tenant: str, user: str, service: bool) -> int:
+def token(tenant: str, user: str, service: bool, ttl: int | None = None) -> int:
     secret = _secret()
     if secret is None:
         return EXIT_USAGE
-    sys.stdout.write(issue(secret, tenant, user, service) + "\n")
+    sys.stdout.write(issue(secret, tenant, user, service, ttl=ttl) + "\n")
     return 0
 
 
