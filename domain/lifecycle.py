@@ -9,6 +9,10 @@ from domain.context import Context
 
 def add_user(ctx: Context, cmd: c.AddUser) -> list[ev.DomainEvent]:
     s = ctx.state
+    if cmd.user.startswith("system:"):
+        # the actor of a service is `system:<name>` (E2); a user by that id would share its
+        # command ids (E5) and pass for it in the audit trail
+        raise ctx.reject("user", "ids starting with 'system:' are reserved for services")
     if cmd.user in s.users:
         raise ctx.reject("user", f"user {cmd.user!r} already exists")
     email = cmd.email.lower()

@@ -132,6 +132,13 @@ def test_e5_another_principals_command_id_does_not_make_the_outbox_ack_a_no_op()
     assert run(state, ack) == []
 
 
+def test_e5_a_user_cannot_take_a_services_actor() -> None:
+    refused = rejection(office_state(), {"cmd": "AddUser", "user": "system:outbox",
+                                         "email": "o@acme.test", "role": "member"})
+    assert (refused.field, refused.reason) == ("user", "ids starting with 'system:' are "
+                                                       "reserved for services")
+
+
 def test_e5_the_same_principals_key_stays_idempotent_across_command_kinds() -> None:
     state = office_state()
     assert run(state, {**lead("lead-9", "ann"), "actor": "ann", "command_id": "k-1"})
