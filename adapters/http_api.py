@@ -95,7 +95,8 @@ MinPosition = Annotated[int | None, Query(ge=0, description="read-your-writes: w
                                           "until every projection has processed this position "
                                           "of your tenant (a `position` of /v1/commands)")]
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": m.ErrorAnswer, "description": "missing, malformed, forged or expired token"},
+    401: {"model": m.ErrorAnswer, "description": "missing, malformed, forged, expired or revoked "
+          "token, or a user who is not an active user of the tenant"},
     404: {"model": m.ErrorAnswer, "description": "unknown, foreign or invisible id"},
     422: {"model": m.InvalidAnswer, "description": "malformed input, naming the field"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
