@@ -224,3 +224,21 @@ def test_rate_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMSYNC_COMMAND_BURST", "many")
     with pytest.raises(ValueError, match="CRMSYNC_COMMAND_BURST"):
         RateLimit.from_env()
+
+
+def test_e8_operator_rejections_are_stored_cut_on_the_cli() -> None:
+    """The CLI (no gate) keeps its rejections, cut like any other: name, field, actor."""
+    from runners.engine import Engine
+
+    engine = Engine.open_in_memory()
+    engine.apply_lines(['{"tenant": "acme", "cmd": "AddUser", "user": "ada", '
+                        '"email": "ada@acme.test", "role": "admin"}'])
+    junk = orjson.dumps({"tenant": "acme", "cmd": "Q" * 1_000_000, "actor": "A" * 1_000_000})
+    report = engine.apply_lines([junk])
+    assert len(report.rejected) == 1
+    log = engine.store.read_log(0, 10)
+    assert len(log) == 2
+    stored = log[1].event
+    text = stored.model_dump_json().encode()
+    assert len(text) < REJECTION_TEXT + 600
+    assert stored.actor.endswith("…[cut]") and len(stored.actor.encode()) <= 128
