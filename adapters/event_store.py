@@ -238,6 +238,40 @@ class EventStore:
         except PersistenceError as exc:
             raise StoreError(f"cannot read the event log: {exc}") from exc
 
+    def log_position(self, tenant: str, seq: int) -> int | None:
+        """The log position of the tenant's event `seq` (None: no such event): callers are handed
+        tenant positions (§8), and waits on the views need the log's. One indexed lookup on the
+        (stream, version) key of whichever recorder holds the log."""
+        from eventsourcing.popo import POPOApplicationRecorder
+        from eventsourcing.postgres import PostgresApplicationRecorder
+        from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+        recorder, stream = self.app.recorder, stream_id(tenant)
+        try:
+            if isinstance(recorder, POPOApplicationRecorder):
+                index = recorder._stored_events_index.get(str(stream), {})
+                return index[seq] + 1 if seq in index else None
+            if isinstance(recorder, SQLiteApplicationRecorder):
+                with recorder.datastore.transaction(commit=False) as c:
+                    c.execute(f"SELECT rowid FROM {recorder.events_table_name} "
+                              "WHERE originator_id = ? AND originator_version = ?",
+                              (stream.hex, seq))
+                    row = c.fetchone()
+                    return int(row[0]) if row else None
+            if isinstance(recorder, PostgresApplicationRecorder):
+                from psycopg.sql import SQL, Identifier
+
+                query = SQL("SELECT notification_id FROM {}.{} WHERE originator_id = %s AND "
+                            "originator_version = %s").format(
+                    Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+                with recorder.datastore.transaction(commit=False) as cur:
+                    cur.execute(query, (stream, seq))
+                    found = cur.fetchone()
+                    return int(found["notification_id"]) if found else None
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read the event log: {exc}") from exc
+        raise StoreError(f"no position lookup for {type(recorder).__name__}")
+
     def read_log_kept(self, after: int, limit: int,
                       keep: Callable[[type[DomainEvent], bytes], bool] | None
                       ) -> tuple[list[LoggedEvent], int]:

@@ -1,13 +1,20 @@
 """The authenticated HTTP API (issue #3): the queries of SPEC §7 and the commands of §6.
 
 Every request carries a bearer token (adapters.tokens); the tenant and the viewer are the token's,
-never a parameter. Queries give the same answers as the CLI (the same `Engine.query_*`); unknown,
-foreign and invisible ids answer 404 `{"detail": "not found"}` (V12). Commands go through
+never a parameter. A user token is refused (401) at once when the tenant's state says the user is
+not active or revoked the token (§8), so a deactivated user cannot ask even with `at` (E4, L1).
+Queries give the same answers as the CLI (the same `Engine.query_*`); unknown, foreign and
+invisible ids answer 404 `{"detail": "not found"}` (V12). Commands go through
 `Engine.apply_lines` with a gate that pins the tenant, sets the actor and applies
-domain.permissions. The engine is used under one lock (the embedded SQLite engine is one
-connection and one in-memory projector).
+domain.permissions; one JSON command that is rejected answers 422 (404 for an unknown or
+invisible id), JSON Lines answer 200 per line. Each principal's commands pass a token bucket
+(`RateLimit`, in this process). Positions handed out and taken (`min_position`) are the
+tenant's stream version (§8), mapped to the log position to wait on the views. The engine is
+used under one lock (the embedded SQLite engine is one connection and one in-memory projector).
 """
 
+import math
+import os
 import threading
 import time
 import uuid
@@ -27,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import http_models as m
 from adapters.errors import StoreError
-from adapters.tokens import InvalidToken, Principal, verify
+from adapters.tokens import InvalidToken, Principal, refusal, verify
 from domain import permissions
 from domain.commands import Command
 from domain.errors import NotFound
@@ -66,6 +73,9 @@ class TokenGate:
     def authorise(self, state: TenantState, command: Command) -> None:
         permissions.authorise(state, command, user=self.user, service=self.service)
 
+    def recordable(self, state: TenantState) -> bool:
+        return self.service or refusal(state, self.user, None) is None
+
 
 def _parse_at(text: str | None) -> datetime | None:
     if text is None:
@@ -82,9 +92,11 @@ def _parse_at(text: str | None) -> datetime | None:
 At = Annotated[str | None, Query(description="answer as of this domain time (ISO-8601 with "
                                              "offset)", json_schema_extra={"format": "date-time"})]
 MinPosition = Annotated[int | None, Query(ge=0, description="read-your-writes: wait (bounded) "
-                                          "until every projection has processed this position")]
+                                          "until every projection has processed this position "
+                                          "of your tenant (a `position` of /v1/commands)")]
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": m.ErrorAnswer, "description": "missing, malformed, forged or expired token"},
+    401: {"model": m.ErrorAnswer, "description": "missing, malformed, forged, expired or revoked "
+          "token, or a user who is not an active user of the tenant"},
     404: {"model": m.ErrorAnswer, "description": "unknown, foreign or invisible id"},
     422: {"model": m.InvalidAnswer, "description": "malformed input, naming the field"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
@@ -125,30 +137,100 @@ class RequestLog:
                      status=status, ms=round((time.perf_counter() - started) * 1000, 1))
 
 
+class RateLimit:
+    """A token bucket per principal (tenant, user, service) on POST /v1/commands, in this process:
+    `rate` commands a second, up to `burst` saved. A request is admitted while the bucket holds
+    at least one token and then takes one per command line, possibly into debt, so one large
+    batch passes and the next waits until the debt is paid: `take` answers the seconds to wait
+    (the 429's Retry-After), 0 when admitted. Several server processes each keep their own."""
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a rate limit needs rate > 0 and burst >= 1")
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: dict[tuple[str, str, bool], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> "RateLimit | None":
+        """CRMSYNC_COMMAND_RATE (commands/s per principal, default 20; 0: no limit) and
+        CRMSYNC_COMMAND_BURST (default 1000)."""
+        try:
+            rate = float(os.environ.get("CRMSYNC_COMMAND_RATE", "20"))
+            burst = float(os.environ.get("CRMSYNC_COMMAND_BURST", "1000"))
+        except ValueError:
+            raise ValueError("CRMSYNC_COMMAND_RATE and CRMSYNC_COMMAND_BURST must be numbers") \
+                from None
+        return cls(rate, burst) if rate > 0 else None
+
+    def take(self, key: tuple[str, str, bool], cost: int) -> float:
+        with self._lock:
+            now = self.clock()
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return (1 - tokens) / self.rate
+            self._buckets[key] = (tokens - cost, now)
+            return 0.0
+
+
 BEARER = HTTPBearer(auto_error=False)
 
 
 def principal(request: Request,
               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
               ) -> Principal:
-    """The verified caller; 401 for a missing, malformed, forged or expired token."""
+    """The verified caller; 401 for a missing, malformed, forged, expired or revoked token, or
+    the token of a user who is not (or no longer) an active user of the tenant."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
     try:
-        return verify(request.app.state.secret, credentials.credentials,
-                      max_age=request.app.state.token_max_age)
+        who = verify(request.app.state.secret, credentials.credentials,
+                     max_age=request.app.state.token_max_age)
     except InvalidToken as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
+    refused: str | None = request.app.state.refusal(who)
+    if refused is not None:
+        raise ApiError(401, refused, {"WWW-Authenticate": "Bearer"})
+    return who
 
 
 Who = Annotated[Principal, Depends(principal)]
 
 
+UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` reads the environment when not given
+
+
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
-               token_max_age: int | None = None) -> FastAPI:
+               token_max_age: int | None = None,
+               rate_limit: RateLimit | None = UNSET_LIMIT) -> FastAPI:
+    """The API over `engine`; `rate_limit` None: no limit, unset: RateLimit.from_env()."""
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
+    limit = RateLimit.from_env() if rate_limit is UNSET_LIMIT else rate_limit
     lock = threading.Lock()
+
+    def refused(who: Principal) -> str | None:
+        if who.service:  # services are revoked by rotating the secret (docs/decisions.md)
+            return None
+        with lock:
+            return refusal(engine.store.state(who.tenant), who.user, who.issued_at)
+
+    def log_position(who: Principal, min_position: int | None) -> int | None:
+        """The log position to wait for, from a position of the caller's tenant (§8)."""
+        if min_position is None or min_position == 0:
+            return min_position
+        with lock:
+            latest = engine.store.state(who.tenant).seq
+            if min_position > latest:
+                raise invalid("min_position", f"{min_position} is beyond your tenant's latest "
+                              f"position ({latest})")
+            return engine.store.log_position(who.tenant, min_position)
+
+    app.state.refusal = refused
+
     def answer(min_position: int | None, query: Callable[[], T]) -> T:
         """Wait for the projections when asked to (bounded), then query under the lock."""
         if min_position is not None:
@@ -213,59 +295,65 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
     def timeline(who: Who, record: str, at: At = None,
                  min_position: MinPosition = None) -> list[dict[str, Any]]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_timeline(who.tenant, who.user, record,
-                                                                  at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_timeline(who.tenant, who.user, record,
+                                                          at=when))
 
     @app.get("/v1/mailbox", response_model=list[m.ThreadSummary])
     def mailbox(who: Who, label: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> list[dict[str, Any]]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_mailbox(who.tenant, who.user, label,
-                                                                 at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_mailbox(who.tenant, who.user, label,
+                                                         at=when))
 
     @app.get("/v1/threads/{thread:path}/explain", response_model=m.Explanation)
     def explain(who: Who, thread: str, record: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> dict[str, Any]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_explain(who.tenant, who.user, thread,
-                                                                 record, at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_explain(who.tenant, who.user, thread,
+                                                         record, at=when))
 
     @app.get("/v1/threads/{thread:path}", response_model=m.ThreadAnswer,
              response_model_exclude_unset=True)
     def thread(who: Who, thread: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_thread(who.tenant, who.user, thread,
-                                                                at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_thread(who.tenant, who.user, thread,
+                                                        at=when))
 
     @app.get("/v1/records", response_model=list[m.RecordSummary])
     def records(who: Who, email: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> list[dict[str, Any]]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_records(who.tenant, who.user, email,
-                                                                 at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_records(who.tenant, who.user, email,
+                                                         at=when))
 
     @app.get("/v1/mailboxes/{mailbox:path}/status", response_model=m.SyncStatus)
     def status(who: Who, mailbox: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
-        when = _parse_at(at)
-        found = answer(min_position, lambda: engine.query_status(who.tenant, who.user, mailbox,
-                                                                 at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        found = answer(wait, lambda: engine.query_status(who.tenant, who.user, mailbox,
+                                                         at=when))
         return found[0]
 
     @app.get("/v1/contacts/{record:path}/merge",
              response_model=m.ContactMerge | m.MergedAway, response_model_exclude_unset=True)
     def contact_merge(who: Who, record: str, at: At = None,
                       min_position: MinPosition = None) -> dict[str, Any]:
-        when = _parse_at(at)
-        return answer(min_position, lambda: engine.query_contact(who.tenant, who.user, record,
-                                                                 at=when))
+        when, wait = _parse_at(at), log_position(who, min_position)
+        return answer(wait, lambda: engine.query_contact(who.tenant, who.user, record,
+                                                         at=when))
 
     # -- commands -------------------------------------------------------------------------------
     @app.post("/v1/commands", response_model=m.CommandsAnswer, openapi_extra=COMMANDS_BODY,
               responses={413: {"model": m.ErrorAnswer, "description": "body too large"},
-                         415: {"model": m.ErrorAnswer, "description": "unknown content type"}})
+                         415: {"model": m.ErrorAnswer, "description": "unknown content type"},
+                         422: {"model": m.InvalidAnswer, "description": "malformed input, or "
+                               "the one JSON command was rejected"},
+                         404: {"model": m.ErrorAnswer, "description": "the one JSON command "
+                               "names an unknown or invisible id"},
+                         429: {"model": m.ErrorAnswer, "description": "too many commands from "
+                               "this principal; retry after Retry-After seconds"}})
     async def commands(who: Who, request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json" and kind not in JSONL_TYPES:
@@ -276,7 +364,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
             raise ApiError(413, f"body larger than {MAX_BODY} bytes")
         if not body.strip():
             raise invalid("body", "no command given")
-        lines = [body] if kind == "application/json" else body.splitlines()
+        single = kind == "application/json"
+        lines = [body] if single else body.splitlines()
+        if limit is not None:
+            wait = limit.take((who.tenant, who.user, who.service),
+                              max(1, sum(1 for line in lines if line.strip())))
+            if wait > 0:
+                raise ApiError(429, "too many commands; retry later",
+                               {"Retry-After": str(math.ceil(wait))})
         gate = TokenGate(who.tenant, permissions.actor_of(who.user, who.service), who.user,
                          who.service)
 
@@ -292,14 +387,29 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
             if number in reasons:
                 item["cmd"], item["field"], item["reason"] = reasons[number]
             results.append(item)
+        position = report.tenant_positions.get(who.tenant, 0)
         log.info("commands", request_id=request.state.request_id, tenant=who.tenant,
                  actor=gate.actor, applied=report.applied, unchanged=report.unchanged,
-                 rejected=len(report.rejected), position=report.position)
+                 rejected=len(report.rejected), position=position)
+        if single and report.rejected:  # §8: one rejected command is a 4xx
+            _, cmd, field, reason = report.rejected[0]
+            if _names_missing_id(field, reason):
+                raise ApiError(404, f"{field}: {reason}")
+            raise ApiError(422, f"{cmd}: {field}: {reason}",
+                           errors=[{"field": field, "reason": reason}])
         return {"applied": report.applied, "unchanged": report.unchanged,
                 "rejected": len(report.rejected), "results": results,
-                "position": report.position}
+                "position": position}
 
     return app
+
+
+def _names_missing_id(field: str, reason: str) -> bool:
+    """A rejection for an unknown or invisible id (404) rather than a broken rule (422): the
+    permission check's "not found", or decide's "unknown <kind> '<id>'" on an id field."""
+    if field in ("cmd", "(line)", "tenant"):
+        return False
+    return reason == permissions.NOT_FOUND or (reason.startswith("unknown ") and "'" in reason)
 
 
 COMMANDS_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {

@@ -165,7 +165,8 @@ class CommandsAnswer(_Model):
     unchanged: int
     rejected: int
     results: list[LineResult]
-    position: int = Field(description="event-log position after applying; pass it as "
+    position: int = Field(description="your tenant's position after applying (its event "
+                                      "count; it says nothing of other tenants); pass it as "
                                       "min_position to read your writes")
 
 

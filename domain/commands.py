@@ -100,6 +100,13 @@ class DeleteUser(Command):
     reassign_to: str | None = None
 
 
+class RevokeTokens(Command):
+    """Refuse every bearer token of `user` issued until now (SPEC §8)."""
+
+    cmd: Literal["RevokeTokens"]
+    user: str
+
+
 class ConfigureTenant(Command):
     cmd: Literal["ConfigureTenant"]
     bcc_address: str | None = None
@@ -468,6 +475,7 @@ COMMANDS: dict[str, type[Command]] = {
     cls.__name__: cls
     for cls in (
         AddUser, ChangeUserManager, DeactivateUser, ReactivateUser, DeleteUser, ConfigureTenant,
+        RevokeTokens,
         ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
         AdvanceMailboxCursor, ResyncMailbox,

@@ -23,6 +23,7 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "DeactivateUser": lifecycle.deactivate,
     "ReactivateUser": lifecycle.reactivate,
     "DeleteUser": lifecycle.delete,
+    "RevokeTokens": lifecycle.revoke_tokens,
     "ConfigureTenant": lifecycle.configure_tenant,
     "SetGlobalVisibility": lifecycle.set_global_visibility,
     "ConnectMailbox": mail.connect,
@@ -71,8 +72,9 @@ def decide(state: TenantState, cmd: c.Command, *, now: datetime, correlation_id:
     """
     if cmd.tenant != state.tenant:
         raise ValueError(f"command for tenant {cmd.tenant!r} decided on {state.tenant!r}'s state")
-    if cmd.command_id is not None and cmd.command_id in state.applied_commands:
-        return []  # E5: already applied
+    if cmd.command_id is not None and (cmd.actor or default_actor,
+                                       cmd.command_id) in state.applied_commands:
+        return []  # E5: already applied by this principal
     occurred_at = cmd.at or now
     ctx = Context(state, cmd.cmd, cmd.actor or default_actor, occurred_at,
                   cmd.command_id or correlation_id, cmd.command_id)

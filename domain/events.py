@@ -93,6 +93,12 @@ class UserDeleted(DomainEvent):
     reassigned_to: str | None = None
 
 
+class TokensRevoked(DomainEvent):
+    """Every bearer token of `user` issued up to `occurred_at` is refused from now on (§8)."""
+
+    user: str
+
+
 class GlobalVisibilitySet(DomainEvent):
     user: str
     record_type: RecordType
@@ -559,5 +565,6 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
     ExternalContactDeleted, ExternalCategoryRenamed, ContactsMerged, ContactUnmerged,
 )
 EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)
+EVENT_TYPES += (TokensRevoked,)  # bearer tokens (issue #10)
 EVENT_TYPES += (PushSubscriptionCreated, PushSubscriptionRenewed,  # push channels (issue #4)
                 PushSubscriptionEnded)

@@ -9,6 +9,10 @@ from domain.context import Context
 
 def add_user(ctx: Context, cmd: c.AddUser) -> list[ev.DomainEvent]:
     s = ctx.state
+    if cmd.user.startswith("system:"):
+        # the actor of a service is `system:<name>` (E2); a user by that id would share its
+        # command ids (E5) and pass for it in the audit trail
+        raise ctx.reject("user", "ids starting with 'system:' are reserved for services")
     if cmd.user in s.users:
         raise ctx.reject("user", f"user {cmd.user!r} already exists")
     email = cmd.email.lower()
@@ -75,6 +79,12 @@ def delete(ctx: Context, cmd: c.DeleteUser) -> list[ev.DomainEvent]:
             if m.user == cmd.user and m.credentials_set]
     out.append(ctx.event(ev.UserDeleted, user=cmd.user, reassigned_to=cmd.reassign_to))
     return out
+
+
+def revoke_tokens(ctx: Context, cmd: c.RevokeTokens) -> list[ev.DomainEvent]:
+    """§8: the user's tokens issued up to now are refused. A deleted user's are refused anyway."""
+    ctx.user(cmd.user)
+    return [ctx.event(ev.TokensRevoked, user=cmd.user)]
 
 
 def configure_tenant(ctx: Context, cmd: c.ConfigureTenant) -> list[ev.DomainEvent]:

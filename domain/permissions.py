@@ -12,10 +12,14 @@ may issue only what that user may do in the CRM:
 - `manage`     — the caller owns every record named, is a manager above its owner, or is admin.
 - `create`     — a new record owned by the caller, by someone the caller manages, or by anyone
                  when the caller is an admin.
+- `self_or_admin` — the command's `user` field is the caller, or the caller is an admin.
 
 Ids the caller may not see are refused with the same reason as unknown ids ("not found"), so a
-command cannot be used to probe for records, threads or mailboxes (V12). Commands from a user who
-is not an active user of the tenant are refused altogether.
+command cannot be used to probe for records, threads or mailboxes (V12, §8). An id the caller
+would create (CreateLead/Contact/Deal `record`, ConnectMailbox `mailbox`) that is taken by
+something the caller may not see is refused as NOT_AVAILABLE, not "already exists": the caller
+learns that the id cannot be used, not what holds it. Commands from a user who is not an active
+user of the tenant are refused altogether.
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ RULES: dict[str, str] = {
     "UnlinkDealContact": "access",
     "ChangeOwner": "manage", "AddCollaborator": "manage", "RemoveCollaborator": "manage",
     "MergeContacts": "manage", "UnmergeContact": "manage",
+    "RevokeTokens": "self_or_admin",
 }
 
 NOT_FOUND = "not found"
+NOT_AVAILABLE = "id not available; choose another"
 
 
 def actor_of(user: str, service: bool) -> str:
@@ -106,6 +112,8 @@ def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> 
             raise Rejection(cmd.cmd, "cmd", "only an admin may issue this command")
         return
     named_user = getattr(cmd, "user", None)
+    if rule == "self_or_admin" and named_user != user and not admin:
+        raise Rejection(cmd.cmd, "user", "must be you, unless you are an admin")
     if rule == "self" and named_user != user:
         raise Rejection(cmd.cmd, "user", "must be you: you may act only on your own mail")
     if rule == "mailbox":
@@ -114,6 +122,9 @@ def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> 
         owner = getattr(cmd, "owner", user)
         if not admin and not _manages(state, user, owner):
             raise Rejection(cmd.cmd, "owner", "must be you or a user you manage")
+        taken = state.records.get(getattr(cmd, "record", ""))
+        if taken is not None and user not in access(state, taken):
+            raise Rejection(cmd.cmd, "record", NOT_AVAILABLE)
     if cmd.cmd in ("SendEmail", "DeleteMessage", "MarkMessageRead"):
         mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
         if mailbox is None or mailbox.user != user:
@@ -135,6 +146,9 @@ def _check_mailbox(state: TenantState, cmd: Command, user: str, admin: bool) -> 
     if cmd.cmd == "ConnectMailbox":
         if not admin and getattr(cmd, "user", None) != user:
             raise Rejection(cmd.cmd, "user", "must be you: you may connect only your own mailbox")
+        taken = state.mailboxes.get(getattr(cmd, "mailbox", ""))
+        if taken is not None and not admin and taken.user != user:
+            raise Rejection(cmd.cmd, "mailbox", NOT_AVAILABLE)
         return
     mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
     if mailbox is None or (not admin and mailbox.user != user):

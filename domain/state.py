@@ -52,6 +52,7 @@ class User:
     manager: str | None
     status: str = "active"
     levels: dict[str, tuple[str, EventRef]] = field(default_factory=dict)
+    tokens_revoked_at: datetime | None = None  # RevokeTokens: tokens issued up to then refused
 
     @property
     def active(self) -> bool:
@@ -167,7 +168,9 @@ class TenantState:
     manual_threads: dict[str, set[str]] = field(default_factory=dict)  # record -> threads
     mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
-    applied_commands: set[str] = field(default_factory=set)
+    # E5: (actor, command_id) of every command applied; a key belongs to the principal (actor)
+    # that sent it, so one principal's key never turns another's command into a no-op
+    applied_commands: set[tuple[str, str]] = field(default_factory=set)
     # outbox (S7, S12): pending requests by id; CRM-sent messages -> provider id (None until
     # known) and back; provider thread ids of CRM threads; messages the owner deleted in the CRM
     outbound: dict[str, OutboundRequest] = field(default_factory=dict)
@@ -549,6 +552,10 @@ def _copy_matched(s: TenantState, e: ev.OutboundCopyMatched, seq: int) -> None:
         read=msg.read if e.read is None else e.read)
 
 
+def _tokens_revoked(s: TenantState, e: ev.TokensRevoked, seq: int) -> None:
+    s.users[e.user].tokens_revoked_at = e.occurred_at
+
+
 def _no_state(s: TenantState, e: Any, seq: int) -> None:
     """Audit-only events (rejections, recorded contact-sync commands)."""
 
@@ -560,6 +567,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.UserDeactivated: _status("deactivated"),
     ev.UserReactivated: _status("active"),
     ev.UserDeleted: _status("deleted"),
+    ev.TokensRevoked: _tokens_revoked,
     ev.GlobalVisibilitySet: _level_set,
     ev.MailboxConnected: _mailbox_connected,
     ev.MailboxAddressChanged: _mailbox_address_changed,
@@ -632,5 +640,5 @@ def evolve(state: TenantState, event: ev.DomainEvent, seq: int) -> TenantState:
     state.seq = seq
     state.last_at = event.occurred_at
     if event.command_id is not None:
-        state.applied_commands.add(event.command_id)
+        state.applied_commands.add((event.actor, event.command_id))
     return state

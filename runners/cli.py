@@ -36,6 +36,12 @@ def _at(text: str) -> datetime:
     return value
 
 
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError("a positive number of seconds")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crmsync", description=__doc__)
     parser.add_argument("--db", default=os.environ.get("CRMSYNC_DB", "./crmsync.db"),
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant", required=True)
     token.add_argument("--user", required=True, help="user id (service name with --service)")
     token.add_argument("--service", action="store_true", help="a service token (any command)")
+    token.add_argument("--ttl", type=_seconds, default=None, metavar="SECONDS",
+                       help="seconds until the token expires (default 12 h for a user, 30 days "
+                            "for a service)")
     return parser
 
 
@@ -175,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "token":
         from runners.serve import token
 
-        return token(args.tenant, args.user, args.service)
+        return token(args.tenant, args.user, args.service, args.ttl)
     if args.command == "run" and args.worker == "webhooks":
         from runners.serve import serve_webhooks
 

@@ -88,7 +88,9 @@ class ApplyReport:
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
     # per non-blank line: (line number, "applied" | "unchanged" | "rejected"); event-log position
     results: list[tuple[int, str]] = field(default_factory=list)
-    position: int = 0
+    position: int = 0  # global: for this process's waits only, never handed to a caller (§8)
+    # tenant -> its stream version after applying: the position callers see (min_position)
+    tenant_positions: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"{self.applied} applied, {self.unchanged} unchanged, "
@@ -106,6 +108,29 @@ class Gate(Protocol):
     def actor(self) -> str: ...
 
     def authorise(self, state: TenantState, command: Command) -> None: ...
+
+    def recordable(self, state: TenantState) -> bool:
+        """Whether the caller's rejections are kept (E8): an active user or a service."""
+        ...
+
+
+REJECTION_TEXT = 1024  # E8: at most this many bytes of caller-sent text in a CommandRejected
+CUT = "…[cut]"
+
+
+def bounded_rejection(rejection: Rejection) -> Rejection:
+    """E8: the caller's text in a rejection (command name, field, a reason quoting their input)
+    cut to about 1 KiB in all: 128 bytes each for name and field (and an operator's actor)."""
+    return Rejection(bounded(rejection.cmd, 128), bounded(rejection.field, 128),
+                     bounded(rejection.reason, REJECTION_TEXT - 3 * 128))
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, marked when cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:max(0, limit - len(CUT.encode()))].decode(errors="ignore") + CUT
 
 
 class Engine:
@@ -211,6 +236,8 @@ class Engine:
         state = self.store.state(tenant)
         if state.seq == 0:
             return  # no such tenant: nothing to attach the record to
+        if gate is not None and not gate.recordable(state):
+            return  # E8: not an active user or service of the tenant: store nothing
         actor = raw.get("actor") if isinstance(raw.get("actor"), str) else "system:cli"
         if gate is not None:
             actor = gate.actor
@@ -223,7 +250,7 @@ class Engine:
             if parsed is not None and parsed.tzinfo is not None:
                 at = parsed
         event = rejection_event(state, rejection.cmd, rejection, now=at, correlation_id=corr,
-                                actor=actor)
+                                actor=bounded(actor, 128))
         with contextlib.suppress(ConcurrencyConflict):  # best effort: the caller was told
             self.store.append(state, [event])
 
@@ -235,6 +262,7 @@ class Engine:
         command runs as the gate's actor, and the gate authorises it on the tenant's state.
         """
         report = ApplyReport()
+        touched: set[str] = set() if gate is None else {gate.tenant}
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -242,12 +270,15 @@ class Engine:
             corr = f"cmd:{uuid.uuid4()}"
             try:
                 command = parse_command(line)
+                if gate is None:
+                    touched.add(command.tenant)
                 if gate is not None:
                     if command.tenant != gate.tenant:
                         raise Rejection(command.cmd, "tenant", "not the tenant of your token")
                     command = command.model_copy(update={"actor": gate.actor})
                 events = self.execute(command, now=at, correlation_id=corr, gate=gate)
-            except Rejection as rejection:
+            except Rejection as refused:
+                rejection = bounded_rejection(refused)
                 report.rejected.append((number, rejection.cmd, rejection.field, rejection.reason))
                 report.results.append((number, "rejected"))
                 try:
@@ -265,6 +296,7 @@ class Engine:
         if self.follow:
             self.catch_up()
         report.position = self.store.max_position()
+        report.tenant_positions = {t: self.store.state(t).seq for t in sorted(touched)}
         return report
 
     # -- projections ----------------------------------------------------------------------------

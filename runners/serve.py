@@ -46,16 +46,17 @@ def _secret() -> bytes | None:
         return None
 
 
-def token(tenant: str, user: str, service: bool) -> int:
+def token(tenant: str, user: str, service: bool, ttl: int | None = None) -> int:
     secret = _secret()
     if secret is None:
         return EXIT_USAGE
-    sys.stdout.write(issue(secret, tenant, user, service) + "\n")
+    sys.stdout.write(issue(secret, tenant, user, service, ttl=ttl) + "\n")
     return 0
 
 
 def max_token_age() -> int | None:
-    """CRMSYNC_TOKEN_MAX_AGE in seconds; unset or 0: tokens do not expire."""
+    """CRMSYNC_TOKEN_MAX_AGE in seconds, a cap on any token's age on this server besides its own
+    expiry; unset or 0: the token's expiry alone."""
     value = os.environ.get("CRMSYNC_TOKEN_MAX_AGE", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
 

@@ -47,7 +47,7 @@ def check(state: TenantState, user: str, cmd: dict[str, Any], service: bool = Fa
 def test_every_command_has_a_rule() -> None:
     assert set(RULES) == set(COMMANDS)
     assert set(RULES.values()) == {"admin", "service", "self", "mailbox", "create", "access",
-                                   "manage"}
+                                   "manage", "self_or_admin"}
 
 
 def test_actor_of_users_and_services() -> None:
