@@ -31,6 +31,7 @@ from adapters.tokens import InvalidToken, Principal, verify
 from domain import permissions
 from domain.commands import Command
 from domain.errors import NotFound
+from domain.input_rules import could_be_id
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
@@ -65,6 +66,13 @@ class TokenGate:
 
     def authorise(self, state: TenantState, command: Command) -> None:
         permissions.authorise(state, command, user=self.user, service=self.service)
+
+
+def _path_id(value: str) -> None:
+    """A path id that nothing stored can carry (NUL, control characters, absurd length) is
+    unknown: 404 like any unknown id (V12), never a store error."""
+    if not could_be_id(value):
+        raise NotFound("not found")
 
 
 def _parse_at(text: str | None) -> datetime | None:
@@ -213,6 +221,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
     def timeline(who: Who, record: str, at: At = None,
                  min_position: MinPosition = None) -> list[dict[str, Any]]:
+        _path_id(record)
         when = _parse_at(at)
         return answer(min_position, lambda: engine.query_timeline(who.tenant, who.user, record,
                                                                   at=when))
@@ -227,6 +236,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/threads/{thread:path}/explain", response_model=m.Explanation)
     def explain(who: Who, thread: str, record: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(thread)
         when = _parse_at(at)
         return answer(min_position, lambda: engine.query_explain(who.tenant, who.user, thread,
                                                                  record, at=when))
@@ -235,6 +245,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
              response_model_exclude_unset=True)
     def thread(who: Who, thread: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(thread)
         when = _parse_at(at)
         return answer(min_position, lambda: engine.query_thread(who.tenant, who.user, thread,
                                                                 at=when))
@@ -249,6 +260,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/mailboxes/{mailbox:path}/status", response_model=m.SyncStatus)
     def status(who: Who, mailbox: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(mailbox)
         when = _parse_at(at)
         found = answer(min_position, lambda: engine.query_status(who.tenant, who.user, mailbox,
                                                                  at=when))
@@ -258,6 +270,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
              response_model=m.ContactMerge | m.MergedAway, response_model_exclude_unset=True)
     def contact_merge(who: Who, record: str, at: At = None,
                       min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(record)
         when = _parse_at(at)
         return answer(min_position, lambda: engine.query_contact(who.tenant, who.user, record,
                                                                  at=when))
