@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 
 import orjson
@@ -53,6 +53,12 @@ class MemoryViews:
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         return dict(self._stuck)
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        for p in projections:
+            table = self._rows[p]
+            for tenant_key in [tk for tk in table if tk[0] == tenant]:
+                del table[tenant_key]
 
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
         stored = self._rows[projection].get((tenant, key), {})

@@ -13,7 +13,7 @@ their rows, upsert of the positions). Rebuilds write into scratch tables (`suffi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import orjson
@@ -229,6 +229,14 @@ class PostgresViews:
                     "INSERT INTO view_stuck VALUES (%s, %s, %s, %s) ON CONFLICT (projection, "
                     "tenant) DO UPDATE SET position = excluded.position, error = excluded.error",
                     marked)
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        if not storable_text(tenant):
+            return  # no row can hold it
+        with self._tx("remove a tenant's rows") as cur:
+            for p in projections:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE tenant = %s").format(self._id(p)),
+                            (tenant,))
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         with self._read("read stuck tenants") as cur:

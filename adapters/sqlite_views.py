@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import orjson
@@ -141,6 +141,15 @@ class SqliteViews:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write views: {exc}") from exc
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for p in projections:
+                self.conn.execute(f"DELETE FROM {self._table(p)} WHERE tenant=?", (tenant,))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove a tenant's rows: {exc}") from exc
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         try:

@@ -49,6 +49,17 @@ def storable_text(text: str) -> bool:
     return True
 
 
+def unstorable_keys(changes: Changes) -> UnstorableRow | None:
+    """The first row of `changes` with a key no store can hold (cheap: keys only)."""
+    for projection, keyed in changes.items():
+        for (tenant, key), rows in keyed.items():
+            for text in (tenant, key, *rows):
+                if "\x00" in text or (not text.isascii() and not storable_text(text)):
+                    return UnstorableRow(tenant, projection,
+                                         f"NUL or lone surrogate in key {ascii(key)[:80]}")
+    return None
+
+
 def unstorable(changes: Changes) -> UnstorableRow | None:
     """The first row of `changes` that cannot be stored (looked for after a write failed, and
     by stores without PostgreSQL's limits, so that every store refuses the same rows)."""
@@ -103,6 +114,10 @@ class ViewStore(ViewReader, Protocol):
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         """(projection, tenant) -> where its events are held back and why (E8)."""
+        ...
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        """Remove every row of `tenant` from these projections (a build writing it again)."""
         ...
 
     def reset(self, projection: str) -> None:

@@ -25,7 +25,14 @@ import structlog
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.partition import Partition
-from projections.ports import Changes, Stuck, StuckChanges, UnstorableRow, ViewStore
+from projections.ports import (
+    Changes,
+    Stuck,
+    StuckChanges,
+    UnstorableRow,
+    ViewStore,
+    unstorable_keys,
+)
 from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, creates_message, event_rows
 from projections.touched import GROUPED, Keys, key_groups, thread_keys, touched
 
@@ -73,6 +80,7 @@ class Projector:
         self.loaded = False  # the store's stuck marks were read since the last reset
         self.first_seen: dict[str, First] = {}  # tenant -> its first event (builds)
         self.firsts: dict[str, First] = {}  # tenant -> its first event in the last batch
+        self.row_failed: set[str] = set()  # tenants whose rows failed in a build
 
     def reset(self) -> None:
         """Forget everything folded so far (the next catch-up starts from the beginning)."""
@@ -80,6 +88,7 @@ class Projector:
         self.position = 0
         self.held, self.retrying, self.unsaved, self.loaded = {}, {}, {}, False
         self.first_seen = {}
+        self.row_failed = set()
 
     def load(self, stuck: Mapping[tuple[str, str], Stuck]) -> None:
         """Retry the tenants the store has stuck (this projector starts from the beginning)."""
@@ -159,24 +168,44 @@ class Projector:
                           f"event at position {item.position}: {describe(exc)}")
                 self.position = item.position
         changes: Changes = {}
-        for tenant in {t for per in dirty.values() for t in per} | set(threads):
+        for tenant in {t for per in dirty.values() for t in per} | set(threads) | set(direct):
             if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
                 continue  # stuck before its first event here: nothing of it to write
             try:
-                found = self._tenant_rows(tenant, dirty, threads.get(tenant, {}))
-            except Exception as exc:
-                self.fail(tenant, self.firsts[tenant],
-                          f"rows after position {self.firsts[tenant][0]}: {describe(exc)}")
-                direct.pop(tenant, None)
-                continue
+                found = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
+                                          direct.get(tenant, {}))
+            except Exception:  # find the event after which its rows fail
+                found = self._narrow(tenant, batch, positions, everyone, behind)
             for p, keyed in found.items():
                 changes.setdefault(p, {}).update(keyed)
-        for tenant, by_key in direct.items():
-            if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
-                continue
-            for key, message_rows in by_key.items():
-                changes.setdefault("message", {})[(tenant, key)] = message_rows
         return changes
+
+    def _narrow(self, tenant: str, batch: Sequence[Logged], positions: dict[str, int],
+                everyone: frozenset[str], behind: int) -> Changes:
+        """The tenant's rows of the batch could not be computed or stored: fold its events of
+        the batch again one by one from before the first, computing its rows after each; it
+        is stuck at the first event after which they fail, and the rows before are returned.
+        (Rare: a cost of one row computation per event of the tenant in the batch.)"""
+        end, first = self.position, self.firsts[tenant]
+        hold = self.held.get(tenant)
+        items = [it for it in batch if it.event.tenant == tenant and it.position >= first[0]
+                 and (hold is None or it.position < hold)]
+        self.states[tenant] = self._refold(tenant, first[1])
+        dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
+        threads: dict[str, dict[str, Keys]] = {}
+        direct: dict[str, dict[str, Rows]] = {}
+        good: Changes = {}
+        for it in items:
+            try:
+                self._one(it, positions, everyone, behind, dirty, threads, direct)
+                good = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
+                                         direct.get(tenant, {}))
+            except Exception as exc:
+                self.fail(tenant, (it.position, it.seq),
+                          f"rows of the event at position {it.position}: {describe(exc)}")
+                break
+        self.position = end
+        return good
 
     def _one(self, item: Logged, positions: dict[str, int], everyone: frozenset[str],
              behind: int, dirty: dict[str, dict[str, set[str]]],
@@ -220,8 +249,9 @@ class Projector:
                     dirty[p].setdefault(event.tenant, set()).update(ks)
 
     def _tenant_rows(self, tenant: str, dirty: dict[str, dict[str, set[str]]],
-                     seen: dict[str, Keys]) -> Changes:
-        """The rows of every key of `tenant` the batch may have changed (`process`)."""
+                     seen: dict[str, Keys], direct: dict[str, Rows]) -> Changes:
+        """The rows of every key of `tenant` the batch may have changed (`process`); raises
+        UnstorableRow for a key no store can hold."""
         state = self.states[tenant]
         for tid, first in seen.items():
             for found in (first, thread_keys(state, tid)):
@@ -234,6 +264,11 @@ class Projector:
             for key in sorted(per_tenant.get(tenant, ())):
                 if self.partition is None or self.partition.owns_key(p, key):
                     changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key, cache)
+        for key, rows in direct.items():
+            changes.setdefault("message", {})[(tenant, key)] = rows
+        bad = unstorable_keys(changes)
+        if bad is not None:
+            raise bad
         return changes
 
     def _admit(self, state: TenantState, event: DomainEvent) -> DomainEvent | None:
@@ -306,9 +341,9 @@ class Projector:
                                 if count >= chunk:  # a group can be large (every record)
                                     yield changes
                                     changes, count = {}, 0
-            except Exception as exc:  # the rows of its final state: stuck from its start
-                # (rows of it written in earlier chunks are rewritten when it is retried)
+            except Exception as exc:  # its rows: `build` processes it again event by event
                 self.fail(tenant, self.first_seen[tenant], f"rows: {describe(exc)}")
+                self.row_failed.add(tenant)
                 for keyed in changes.values():
                     for tk in [tk for tk in keyed if tk[0] == tenant]:
                         del keyed[tk]
@@ -388,11 +423,50 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
         for changes in projector.final_changes():  # each key once, into empty tables
             write(changes, {}, fresh=True)
         settle()
+        if projector.row_failed or dropped:
+            _again(log, views, projector, projector.row_failed | dropped, target, batch_size)
         stuck = projector.take_unsaved()
         if set_positions or stuck:
             views.write({}, {p: projector.position for p in projector.names}
                         if set_positions else {}, stuck=stuck)
     return read
+
+
+def _again(log: EventLog, views: ViewStore, projector: Projector, tenants: set[str],
+           target: int, batch_size: int) -> None:
+    """Tenants whose rows failed in a build (none of them written since): process their events
+    again batch by batch, as a catch-up would, so each is stuck at the event where its rows
+    fail (not at its first) and its rows before that are written. Reads the log once more."""
+    sub = Projector(projector.names, projector.partition)
+    sub.loaded, sub.log = True, log
+    if projector.partition is None:  # parts share the tables: a part keeps what it wrote
+        for tenant in tenants:
+            views.forget_tenant(tenant, projector.names)
+    items = list(_scan_tenants(log, tenants, target))
+    start = {p: 0 for p in projector.names}
+    for at in range(0, len(items), batch_size):
+        changes = sub.process(items[at:at + batch_size], start)
+        _settle(sub, _write(views, sub.names, changes, {}, {}, dict(sub.firsts)), {})
+    marks = sub.take_unsaved()
+    for tenant in tenants:
+        projector.states[tenant] = sub.states.get(tenant) or TenantState(tenant, index_rfc=False)
+        if tenant in sub.held:
+            projector.held[tenant] = sub.held[tenant]
+        else:
+            projector.held.pop(tenant, None)
+        for p in projector.names:
+            projector.unsaved[(p, tenant)] = marks.get((p, tenant))
+    projector.row_failed = set()
+
+
+def _scan_tenants(log: EventLog, tenants: set[str], end: int) -> Iterator[Logged]:
+    after = 0
+    while after < end:
+        batch = log.read_log(after, min(1000, end - after))
+        if not batch:
+            return
+        yield from (item for item in batch if item.event.tenant in tenants)
+        after = batch[-1].position
 
 
 def extend(log: EventLog, views: ViewStore, projector: Projector, end: int, *,
