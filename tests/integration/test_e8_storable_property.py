@@ -82,10 +82,12 @@ def test_e8_every_stored_event_fits_postgres_jsonb_and_sqlite(postgres_url: str,
             counts["events"] += len(stored)
             for item in stored:
                 doc = orjson.dumps(item.event.model_dump(by_alias=True))  # as the mapper does
-                pg.execute("INSERT INTO e VALUES (%s::jsonb, %s)", (doc.decode(), doc.decode()))
-                back = pg.execute("SELECT doc::text FROM e ORDER BY ctid DESC LIMIT 1").fetchone()
+                back = pg.execute("INSERT INTO e VALUES (%s::jsonb, %s) RETURNING doc::text",
+                                  (doc.decode(), doc.decode())).fetchone()
                 assert back is not None and orjson.loads(back[0]) == orjson.loads(doc)
-                lite.execute("INSERT INTO e VALUES (?)", (doc.decode(),))
+                kept = lite.execute("INSERT INTO e VALUES (?) RETURNING doc",
+                                    (doc.decode(),)).fetchone()
+                assert kept is not None and orjson.loads(kept[0]) == orjson.loads(doc)
             assert engine.views.stuck() == {}, "an accepted command stuck its tenant"
 
         check()
