@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager
 import orjson
 
 from adapters.errors import StoreError
-from projections.ports import Changes, Stuck, StuckChanges, checksum, encode_doc, unstorable
+from adapters.view_errors import refused
+from projections.ports import Changes, Stuck, StuckChanges, checksum, encode_doc
 from projections.rows import PROJECTIONS, Rows
 
 
@@ -26,7 +27,7 @@ class MemoryViews:
 
     def write(self, changes: Changes, positions: Mapping[str, int], *,
               fresh: bool = False, stuck: StuckChanges | None = None) -> None:
-        bad = unstorable(changes)  # what PostgreSQL refuses, refused here too
+        bad = refused(changes)  # what PostgreSQL refuses, refused here too
         if bad is not None:
             raise bad
         if fresh:  # like the SQL stores' primary keys: nothing written when a row exists

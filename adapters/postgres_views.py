@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from adapters.errors import StoreError
+from adapters.view_errors import refused
 from projections.ports import (
     Changes,
     Stuck,
@@ -29,7 +30,6 @@ from projections.ports import (
     checksum,
     encode_doc,
     storable_text,
-    unstorable,
 )
 from projections.rows import PROJECTIONS, Rows
 
@@ -189,7 +189,7 @@ class PostgresViews:
         try:
             self._write(changes, positions, fresh, stuck or {})
         except (StoreError, UnicodeError, TypeError, ValueError):
-            bad = unstorable(changes)  # which tenant's row PostgreSQL refused (NUL, surrogate)
+            bad = refused(changes)  # which tenant's row PostgreSQL refused (NUL, surrogate)
             if bad is not None:
                 raise bad from None
             raise

@@ -19,15 +19,14 @@ from contextlib import contextmanager
 import orjson
 
 from adapters.errors import StoreError
+from adapters.view_errors import UnstorableViewRow, refused
 from projections.ports import (
     Changes,
     Stuck,
     StuckChanges,
-    UnstorableRow,
     checksum,
     encode_doc,
     storable_text,
-    unstorable,
 )
 from projections.rows import PROJECTIONS, Rows
 
@@ -99,7 +98,7 @@ class SqliteViews:
         try:
             self._write(changes, positions, fresh, stuck or {})
         except (StoreError, UnicodeError, TypeError, ValueError):
-            bad = unstorable(changes)  # which tenant's row could not be stored
+            bad = refused(changes)  # which tenant's row could not be stored
             if bad is not None:
                 raise bad from None
             raise
@@ -113,7 +112,7 @@ class SqliteViews:
                     table = self._table(projection)
                     for (tenant, key), rows in keyed.items():  # SQLite would keep a NUL
                         if "\x00" in key or "\x00" in tenant or any("\x00" in rk for rk in rows):
-                            raise UnstorableRow(tenant, projection, "NUL in a key")
+                            raise UnstorableViewRow(tenant, projection, "NUL in a key")
                     if not fresh:  # fresh: the primary key rejects a row that exists
                         self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
                                               list(keyed))

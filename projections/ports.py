@@ -36,6 +36,7 @@ class UnstorableRow(Exception):
         super().__init__(f"{projection} row cannot be stored: {reason}")
         self.tenant = tenant
         self.projection = projection
+        self.reason = reason
 
 
 def storable_text(text: str) -> bool:
