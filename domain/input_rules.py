@@ -35,6 +35,9 @@ __all__ = ["InputRefused", "could_be_id", "refusal", "safe_name"]
 _TEXT_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 # any C0, DEL or C1 control; lone surrogates
 _STRICT_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# the UTF-8 bytes of free text other than its refused controls: deleted, what is left is refused
+# (in UTF-8 a byte below 0x20 is always that ASCII character): 3x faster than the regex on a body
+_TEXT_FINE = bytes(i for i in range(256) if i >= 0x20 or i in (0x09, 0x0A, 0x0D))
 
 FREE_TEXT = frozenset({"body", "subject", "error"})
 TEXT_VALUES = frozenset({"fields"})  # dicts whose values are free text (contact fields)
@@ -90,13 +93,23 @@ def refusal(model: BaseModel) -> InputRefused | None:
     return None
 
 
+_FIELDS: dict[type[BaseModel], list[tuple[str, str]]] = {}  # class -> (attribute, JSON name)
+
+
 def _model(model: BaseModel, path: str, depth: int) -> None:
-    for name, info in type(model).model_fields.items():
+    kind = type(model)
+    fields = _FIELDS.get(kind)
+    if fields is None:
+        fields = _FIELDS[kind] = [(name, info.alias or name)
+                                  for name, info in kind.model_fields.items()]
+    for name, label in fields:
         value = getattr(model, name)
-        if value is None or isinstance(value, bool):
+        if value is None or value.__class__ is bool:
             continue
-        label = info.alias or name
-        _value(value, f"{path}{label}", label, False, depth)
+        if value.__class__ is str:  # most fields: no call through `_value`
+            _string(value, label if not path else f"{path}{label}", label, False)
+        else:
+            _value(value, f"{path}{label}", label, False, depth)
 
 
 def _value(value: Any, path: str, field: str, text: bool, depth: int) -> None:
@@ -140,6 +153,15 @@ def _string(value: str, path: str, field: str, text: bool) -> None:
     limit = MAX_CHARS.get(field, FIELD_VALUE_CHARS if text else DEFAULT_CHARS)
     if len(value) > limit:
         raise InputRefused(path, f"at most {limit} characters")
+    if value.isascii():
+        if value.isprintable() or (text and not value.encode().translate(None, _TEXT_FINE)):
+            return  # the common cases, without the regex
+    elif text:
+        try:
+            if not value.encode().translate(None, _TEXT_FINE):
+                return
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the regex finds it
     bad = (_TEXT_BAD if text else _STRICT_BAD).search(value)
     if bad is not None:
         char = bad.group()
