@@ -26,7 +26,7 @@ from domain.events import (
     Role,
     Stage,
 )
-from domain.input_rules import InputRefused, refusal, safe_name
+from domain.input_rules import InputRefused, cleaned, refusal, safe_name
 
 __all__ = ["COMMANDS", "Attachment", "Command", "MailMessage", "describe", "parse_command"]
 
@@ -211,6 +211,8 @@ class RecordDeadLetter(Command):
     mailbox: str | None = None
     attempts: int = Field(ge=1)
     error: str = Field(max_length=2000)
+
+    _clean_error = field_validator("error", mode="before")(cleaned)
 
 
 class RecordDeadLetterReplay(Command):
@@ -437,6 +439,8 @@ class AcknowledgeExternalContactChange(Command):
     ok: bool = True
     error: str | None = Field(default=None, max_length=2000)
 
+    _clean_error = field_validator("error", mode="before")(cleaned)
+
 
 class DeleteMessage(Command):
     """S12 from the CRM side (not in SPEC §6's table): the mailbox owner deletes a message; the
@@ -473,6 +477,8 @@ class AcknowledgeOutboundMail(Command):
     provider_thread_id: str | None = Field(default=None, min_length=1, max_length=1000)
     error: str | None = Field(default=None, max_length=2000)
     attempts: int = Field(default=1, ge=1)
+
+    _clean_error = field_validator("error", mode="before")(cleaned)
 
 
 COMMANDS: dict[str, type[Command]] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["InputRefused", "could_be_id", "refusal", "safe_name"]
+__all__ = ["InputRefused", "cleaned", "could_be_id", "refusal", "safe_name"]
 
 # NUL and every C0 control but tab / LF / CR; lone surrogates (not encodable as UTF-8)
 _TEXT_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
@@ -76,6 +76,13 @@ class InputRefused(ValueError):
 def safe_name(value: str, limit: int = 64) -> str | None:
     """`value` when it may be echoed in a rejection (no control character, short), else None."""
     return value if len(value) <= limit and not _STRICT_BAD.search(value) else None
+
+
+def cleaned(value: object) -> object:
+    """A service's own diagnostic (`error` of dead letters and acknowledgements): quoted from
+    exceptions, so it may hold anything; its refused characters become U+FFFD instead of
+    refusing the record (which would lose it)."""
+    return _TEXT_BAD.sub("\ufffd", value) if isinstance(value, str) else value
 
 
 def could_be_id(value: str) -> bool:

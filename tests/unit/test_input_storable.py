@@ -151,3 +151,16 @@ def test_e8_a_provider_message_with_nul_is_skipped_and_the_batch_goes_on() -> No
     assert sorted(synced) == ["m1", "m3"]
     assert outcome.synced == 2
     assert engine.store.state(T).mailboxes["mia-gmail"].cursor is not None
+
+
+def test_e8_service_diagnostics_are_cleaned_not_refused() -> None:
+    """A dead letter's or an acknowledgement's `error` quotes an exception, which may hold
+    anything: its refused characters become U+FFFD so the record is never lost."""
+    dead = c.parse_command({"tenant": T, "cmd": "RecordDeadLetter", "dead_letter_id": "d1",
+                            "provider": "imap", "delivery_id": "x", "attempts": 5,
+                            "error": "IMAP said \x00\x1b[1m no\nmore"})
+    assert isinstance(dead, c.RecordDeadLetter)
+    assert dead.error == "IMAP said \ufffd\ufffd[1m no\nmore"
+    ack = c.parse_command({"tenant": T, "cmd": "AcknowledgeOutboundMail", "mailbox": "mb",
+                           "request": "crm-1", "ok": False, "error": "\x07bell"})
+    assert isinstance(ack, c.AcknowledgeOutboundMail) and ack.error == "\ufffdbell"
