@@ -113,8 +113,10 @@ def _model(model: BaseModel, path: str, depth: int) -> None:
         value = getattr(model, name)
         if value is None or value.__class__ is bool:
             continue
-        if value.__class__ is str:  # most fields: no call through `_value`
-            _string(value, label if not path else f"{path}{label}", label, False)
+        if value.__class__ is str:  # most fields: no call through `_value`, no path built
+            reason = _string(value, label, False)
+            if reason is not None:
+                raise InputRefused(f"{path}{label}", reason)
         else:
             _value(value, f"{path}{label}", label, False, depth)
 
@@ -123,7 +125,9 @@ def _value(value: Any, path: str, field: str, text: bool, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise InputRefused(path, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
-        _string(value, path, field, text)
+        reason = _string(value, field, text)
+        if reason is not None:
+            raise InputRefused(path, reason)
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
@@ -139,7 +143,12 @@ def _value(value: Any, path: str, field: str, text: bool, depth: int) -> None:
         if len(value) > limit:
             raise InputRefused(path, f"at most {limit} items")
         for i, item in enumerate(value):
-            _value(item, f"{path}.{i}", field, text, depth + 1)
+            if item.__class__ is str:
+                reason = _string(item, field, text)
+                if reason is not None:
+                    raise InputRefused(f"{path}.{i}", reason)
+            else:
+                _value(item, f"{path}.{i}", field, text, depth + 1)
     elif isinstance(value, dict):
         if len(value) > MAX_KEYS:
             raise InputRefused(path, f"at most {MAX_KEYS} keys")
@@ -148,31 +157,33 @@ def _value(value: Any, path: str, field: str, text: bool, depth: int) -> None:
             if not isinstance(key, str):
                 raise InputRefused(path, "keys must be strings")
             shown = safe_name(key)
-            if shown is None or not key:
-                _string(key, path, "", False)  # says what is wrong with the key
-                raise InputRefused(path, "a key must be 1 to 64 characters")
+            if shown is None or not key:  # say what is wrong with the key, not the key
+                raise InputRefused(path, _string(key, "", False)
+                                   or "a key must be 1 to 64 characters")
             _value(item, f"{path}.{shown}", field, values_text, depth + 1)
     # datetimes, enums (validated str Literals are str), UUIDs: storable by construction
 
 
-def _string(value: str, path: str, field: str, text: bool) -> None:
+def _string(value: str, field: str, text: bool) -> str | None:
+    """Why `value` (of `field`; free text when `text`) cannot be stored, or None."""
     text = text or field in FREE_TEXT
     limit = MAX_CHARS.get(field, FIELD_VALUE_CHARS if text else DEFAULT_CHARS)
     if len(value) > limit:
-        raise InputRefused(path, f"at most {limit} characters")
+        return f"at most {limit} characters"
     if value.isascii():
         if value.isprintable() or (text and not value.encode().translate(None, _TEXT_FINE)):
-            return  # the common cases, without the regex
+            return None  # the common cases, without the regex
     elif text:
         try:
             if not value.encode().translate(None, _TEXT_FINE):
-                return
+                return None
         except UnicodeEncodeError:
             pass  # a lone surrogate: the regex finds it
     bad = (_TEXT_BAD if text else _STRICT_BAD).search(value)
-    if bad is not None:
-        char = bad.group()
-        if 0xD800 <= ord(char) <= 0xDFFF:
-            raise InputRefused(path, "not valid Unicode (a lone surrogate)")
-        what = "NUL" if char == "\x00" else "a control character"
-        raise InputRefused(path, f"contains {what} (U+{ord(char):04X})")
+    if bad is None:
+        return None
+    char = bad.group()
+    if 0xD800 <= ord(char) <= 0xDFFF:
+        return "not valid Unicode (a lone surrogate)"
+    what = "NUL" if char == "\x00" else "a control character"
+    return f"contains {what} (U+{ord(char):04X})"
