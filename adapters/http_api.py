@@ -38,6 +38,7 @@ from adapters.tokens import InvalidToken, Principal, refusal, verify
 from domain import permissions
 from domain.commands import Command
 from domain.errors import NotFound
+from domain.input_rules import could_be_id
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
@@ -75,6 +76,13 @@ class TokenGate:
 
     def recordable(self, state: TenantState) -> bool:
         return self.service or refusal(state, self.user, None) is None
+
+
+def _path_id(value: str) -> None:
+    """A path id that nothing stored can carry (NUL, control characters, absurd length) is
+    unknown: 404 like any unknown id (V12), never a store error."""
+    if not could_be_id(value):
+        raise NotFound("not found")
 
 
 def _parse_at(text: str | None) -> datetime | None:
@@ -295,6 +303,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
     def timeline(who: Who, record: str, at: At = None,
                  min_position: MinPosition = None) -> list[dict[str, Any]]:
+        _path_id(record)
         when, wait = _parse_at(at), log_position(who, min_position)
         return answer(wait, lambda: engine.query_timeline(who.tenant, who.user, record,
                                                           at=when))
@@ -309,6 +318,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/threads/{thread:path}/explain", response_model=m.Explanation)
     def explain(who: Who, thread: str, record: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(thread)
         when, wait = _parse_at(at), log_position(who, min_position)
         return answer(wait, lambda: engine.query_explain(who.tenant, who.user, thread,
                                                          record, at=when))
@@ -317,6 +327,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
              response_model_exclude_unset=True)
     def thread(who: Who, thread: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(thread)
         when, wait = _parse_at(at), log_position(who, min_position)
         return answer(wait, lambda: engine.query_thread(who.tenant, who.user, thread,
                                                         at=when))
@@ -331,6 +342,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     @app.get("/v1/mailboxes/{mailbox:path}/status", response_model=m.SyncStatus)
     def status(who: Who, mailbox: str, at: At = None,
                min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(mailbox)
         when, wait = _parse_at(at), log_position(who, min_position)
         found = answer(wait, lambda: engine.query_status(who.tenant, who.user, mailbox,
                                                          at=when))
@@ -340,6 +352,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
              response_model=m.ContactMerge | m.MergedAway, response_model_exclude_unset=True)
     def contact_merge(who: Who, record: str, at: At = None,
                       min_position: MinPosition = None) -> dict[str, Any]:
+        _path_id(record)
         when, wait = _parse_at(at), log_position(who, min_position)
         return answer(wait, lambda: engine.query_contact(who.tenant, who.user, record,
                                                          at=when))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 
 import orjson
 
 from adapters.errors import StoreError
-from projections.ports import Changes, checksum, encode_doc
+from adapters.view_errors import refused
+from projections.ports import Changes, Stuck, StuckChanges, checksum, encode_doc
 from projections.rows import PROJECTIONS, Rows
 
 
@@ -19,12 +20,16 @@ class MemoryViews:
         self._rows: dict[str, dict[tuple[str, str], dict[str, bytes]]] = {
             p: {} for p in PROJECTIONS}
         self._positions: dict[str, int] = {}
+        self._stuck: dict[tuple[str, str], Stuck] = {}
 
     def positions(self) -> dict[str, int]:
         return {p: self._positions.get(p, 0) for p in PROJECTIONS}
 
     def write(self, changes: Changes, positions: Mapping[str, int], *,
-              fresh: bool = False) -> None:
+              fresh: bool = False, stuck: StuckChanges | None = None) -> None:
+        bad = refused(changes)  # what PostgreSQL refuses, refused here too
+        if bad is not None:
+            raise bad
         if fresh:  # like the SQL stores' primary keys: nothing written when a row exists
             for projection, keyed in changes.items():
                 table = self._rows[projection]
@@ -41,6 +46,20 @@ class MemoryViews:
                 else:
                     table.pop((tenant, key), None)
         self._positions.update(positions)
+        for mark_key, mark in (stuck or {}).items():
+            if mark is None:
+                self._stuck.pop(mark_key, None)
+            else:
+                self._stuck[mark_key] = mark
+
+    def stuck(self) -> dict[tuple[str, str], Stuck]:
+        return dict(self._stuck)
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        for p in projections:
+            table = self._rows[p]
+            for tenant_key in [tk for tk in table if tk[0] == tenant]:
+                del table[tenant_key]
 
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
         stored = self._rows[projection].get((tenant, key), {})
@@ -57,6 +76,7 @@ class MemoryViews:
     def reset(self, projection: str) -> None:
         self._rows[projection] = {}
         self._positions[projection] = 0
+        self._stuck = {k: v for k, v in self._stuck.items() if k[0] != projection}
 
     def checksum(self, projection: str) -> str:
         return checksum((t, k, rk, doc) for (t, k), rows in self._rows[projection].items()

@@ -2,7 +2,9 @@
 
 One table per projection, `view_<name><suffix>` (tenant, key, row_key, doc bytea holding the
 canonical bytes of `encode_doc`, so checksums equal the other stores'), plus `view_tracking`.
-Text columns use the "C" collation: key order and prefix ranges are by code point, as in Python.
+`view_stuck` holds the tenants whose events are held back (E8), per projection (named with the
+suffix, like the positions). Text columns use the "C" collation: key order and prefix ranges
+are by code point, as in Python.
 Rows and positions of a batch are written in one transaction (DELETE of the changed keys, COPY of
 their rows, upsert of the positions). Rebuilds write into scratch tables (`suffix`) that
 `swap_into_live` renames over the live ones in one transaction, so readers never see a gap.
@@ -11,7 +13,7 @@ their rows, upsert of the positions). Rebuilds write into scratch tables (`suffi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import orjson
@@ -20,7 +22,15 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from adapters.errors import StoreError
-from projections.ports import Changes, checksum, encode_doc
+from adapters.view_errors import refused
+from projections.ports import (
+    Changes,
+    Stuck,
+    StuckChanges,
+    checksum,
+    encode_doc,
+    storable_text,
+)
 from projections.rows import PROJECTIONS, Rows
 
 _LOCK_KEY = "crmsync.views:"  # advisory lock serialising DDL in one schema
@@ -65,6 +75,9 @@ class PostgresViews:
             self.schema = self._ensure_schema(cur)
             cur.execute("CREATE TABLE IF NOT EXISTS view_tracking (projection text COLLATE \"C\" "
                         "PRIMARY KEY, position bigint NOT NULL)")
+            cur.execute("CREATE TABLE IF NOT EXISTS view_stuck (projection text COLLATE \"C\" "
+                        "NOT NULL, tenant text COLLATE \"C\" NOT NULL, position bigint NOT NULL, "
+                        "error text NOT NULL, PRIMARY KEY (projection, tenant))")
             for p in PROJECTIONS:
                 cur.execute(self._create(self._table(p)))
 
@@ -172,7 +185,17 @@ class PostgresViews:
         return {p: found.get(p + self.suffix, 0) for p in PROJECTIONS}
 
     def write(self, changes: Changes, positions: Mapping[str, int], *,
-              fresh: bool = False) -> None:
+              fresh: bool = False, stuck: StuckChanges | None = None) -> None:
+        try:
+            self._write(changes, positions, fresh, stuck or {})
+        except (StoreError, UnicodeError, TypeError, ValueError):
+            bad = refused(changes)  # which tenant's row PostgreSQL refused (NUL, surrogate)
+            if bad is not None:
+                raise bad from None
+            raise
+
+    def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
+               stuck: StuckChanges) -> None:
         with self._tx("write views") as cur:
             for projection, keyed in changes.items():
                 if not keyed:
@@ -195,8 +218,36 @@ class PostgresViews:
                     "INSERT INTO view_tracking VALUES (%s, %s) ON CONFLICT (projection) "
                     "DO UPDATE SET position = excluded.position",
                     [(p + self.suffix, pos) for p, pos in positions.items()])
+            cleared = [(p + self.suffix, t) for (p, t), mark in stuck.items() if mark is None]
+            if cleared:
+                cur.executemany("DELETE FROM view_stuck WHERE projection = %s AND tenant = %s",
+                                cleared)
+            marked = [(p + self.suffix, t, mark.position, mark.error)
+                      for (p, t), mark in stuck.items() if mark is not None]
+            if marked:
+                cur.executemany(
+                    "INSERT INTO view_stuck VALUES (%s, %s, %s, %s) ON CONFLICT (projection, "
+                    "tenant) DO UPDATE SET position = excluded.position, error = excluded.error",
+                    marked)
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        if not storable_text(tenant):
+            return  # no row can hold it
+        with self._tx("remove a tenant's rows") as cur:
+            for p in projections:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE tenant = %s").format(self._id(p)),
+                            (tenant,))
+
+    def stuck(self) -> dict[tuple[str, str], Stuck]:
+        with self._read("read stuck tenants") as cur:
+            cur.execute("SELECT projection, tenant, position, error FROM view_stuck")
+            found = cur.fetchall()
+        names = {p + self.suffix: p for p in PROJECTIONS}
+        return {(names[p], t): Stuck(int(pos), err) for p, t, pos, err in found if p in names}
 
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
+        if not (storable_text(tenant) and storable_text(key)):
+            return {}  # nothing stored has such a key (E8): not a store failure
         with self._read("read views") as cur:
             cur.execute(sql.SQL("SELECT row_key, doc FROM {} WHERE tenant = %s AND key = %s")
                         .format(self._id(projection)), (tenant, key))
@@ -206,6 +257,8 @@ class PostgresViews:
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         query = sql.SQL("SELECT key, row_key, doc FROM {} WHERE tenant = %s AND key >= %s"
                         ).format(self._id(projection))
+        if not (storable_text(tenant) and storable_text(prefix)):
+            return {}
         params: list[str] = [tenant, prefix]
         upper = prefix_upper_bound(prefix)
         if upper is not None:
@@ -223,6 +276,8 @@ class PostgresViews:
         with self._tx("reset a view") as cur:
             cur.execute(sql.SQL("TRUNCATE {}").format(self._id(projection)))
             cur.execute("DELETE FROM view_tracking WHERE projection = %s",
+                        (projection + self.suffix,))
+            cur.execute("DELETE FROM view_stuck WHERE projection = %s",
                         (projection + self.suffix,))
 
     def checksum(self, projection: str) -> str:
@@ -255,6 +310,8 @@ class PostgresViews:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._id(p)))
             cur.execute("DELETE FROM view_tracking WHERE projection = ANY(%s)",
                         ([p + self.suffix for p in PROJECTIONS],))
+            cur.execute("DELETE FROM view_stuck WHERE projection = ANY(%s)",
+                        ([p + self.suffix for p in PROJECTIONS],))
 
     def swap_into_live(self, projection: str) -> None:
         """Replace the live table of `projection` by this scratch store's, in one transaction.
@@ -280,6 +337,9 @@ class PostgresViews:
                         "DO UPDATE SET position = excluded.position", (projection, position))
             cur.execute("DELETE FROM view_tracking WHERE projection = %s",
                         (projection + self.suffix,))
+            cur.execute("DELETE FROM view_stuck WHERE projection = %s", (projection,))
+            cur.execute("UPDATE view_stuck SET projection = %s WHERE projection = %s",
+                        (projection, projection + self.suffix))
 
 
 def _bytes(value: object) -> bytes:

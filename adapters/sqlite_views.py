@@ -1,5 +1,9 @@
 """SQLite view store: one table per projection plus a tracking table, in the event store's file.
 
+`view_stuck` holds the tenants whose events are held back (E8), per projection, named with the
+store's suffix like the positions. Rows PostgreSQL cannot hold (NUL in a key) are refused here
+too, so both stores answer the same.
+
 Rows and tracking positions of a batch are written in one transaction. Rebuilds write into
 `view_<name>__new` and swap it in; `verify` builds `view_<name>__verify` and compares checksums.
 """
@@ -10,14 +14,22 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import orjson
 
 from adapters.errors import StoreError
 from adapters.private_files import private_file
-from projections.ports import Changes, checksum, encode_doc
+from adapters.view_errors import UnstorableViewRow, refused
+from projections.ports import (
+    Changes,
+    Stuck,
+    StuckChanges,
+    checksum,
+    encode_doc,
+    storable_text,
+)
 from projections.rows import PROJECTIONS, Rows
 
 
@@ -33,6 +45,9 @@ class SqliteViews:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("CREATE TABLE IF NOT EXISTS view_tracking (projection TEXT "
                               "PRIMARY KEY, position INTEGER NOT NULL)")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS view_stuck (projection TEXT NOT NULL, "
+                              "tenant TEXT NOT NULL, position INTEGER NOT NULL, error TEXT NOT "
+                              "NULL, PRIMARY KEY (projection, tenant))")
             for p in PROJECTIONS:
                 self.conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {self._table(p)} (tenant TEXT NOT NULL, "
@@ -83,12 +98,25 @@ class SqliteViews:
         return {p: int(found.get(p + self.suffix, 0)) for p in PROJECTIONS}
 
     def write(self, changes: Changes, positions: Mapping[str, int], *,
-              fresh: bool = False) -> None:
+              fresh: bool = False, stuck: StuckChanges | None = None) -> None:
+        try:
+            self._write(changes, positions, fresh, stuck or {})
+        except (StoreError, UnicodeError, TypeError, ValueError):
+            bad = refused(changes)  # which tenant's row could not be stored
+            if bad is not None:
+                raise bad from None
+            raise
+
+    def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
+               stuck: StuckChanges) -> None:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for projection, keyed in changes.items():
                     table = self._table(projection)
+                    for (tenant, key), rows in keyed.items():  # SQLite would keep a NUL
+                        if "\x00" in key or "\x00" in tenant or any("\x00" in rk for rk in rows):
+                            raise UnstorableViewRow(tenant, projection, "NUL in a key")
                     if not fresh:  # fresh: the primary key rejects a row that exists
                         self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
                                               list(keyed))
@@ -100,6 +128,16 @@ class SqliteViews:
                     "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
                     "DO UPDATE SET position=excluded.position",
                     [(p + self.suffix, pos) for p, pos in positions.items()])
+                for (projection, tenant), mark in stuck.items():
+                    if mark is None:
+                        self.conn.execute("DELETE FROM view_stuck WHERE projection=? AND "
+                                          "tenant=?", (projection + self.suffix, tenant))
+                    else:
+                        self.conn.execute(
+                            "INSERT INTO view_stuck VALUES (?, ?, ?, ?) ON CONFLICT(projection, "
+                            "tenant) DO UPDATE SET position=excluded.position, "
+                            "error=excluded.error",
+                            (projection + self.suffix, tenant, mark.position, mark.error))
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
@@ -107,13 +145,35 @@ class SqliteViews:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write views: {exc}") from exc
 
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for p in projections:
+                self.conn.execute(f"DELETE FROM {self._table(p)} WHERE tenant=?", (tenant,))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove a tenant's rows: {exc}") from exc
+
+    def stuck(self) -> dict[tuple[str, str], Stuck]:
+        try:
+            found = self.conn.execute("SELECT projection, tenant, position, error FROM "
+                                      "view_stuck").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read stuck tenants: {exc}") from exc
+        names = {p + self.suffix: p for p in PROJECTIONS}
+        return {(names[p], t): Stuck(int(pos), err) for p, t, pos, err in found if p in names}
+
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
+        if not (storable_text(tenant) and storable_text(key)):
+            return {}  # nothing stored has such a key (E8)
         cur = self.conn.execute(f"SELECT row_key, doc FROM {self._table(projection)} "
                                 "WHERE tenant=? AND key=?", (tenant, key))
         return {rk: orjson.loads(doc) for rk, doc in cur}
 
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         out: dict[str, Rows] = {}
+        if not (storable_text(tenant) and storable_text(prefix)):
+            return out
         cur = self.conn.execute(
             f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
             "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
@@ -126,6 +186,8 @@ class SqliteViews:
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute(f"DELETE FROM {table}")
         self.conn.execute("DELETE FROM view_tracking WHERE projection=?",
+                          (projection + self.suffix,))
+        self.conn.execute("DELETE FROM view_stuck WHERE projection=?",
                           (projection + self.suffix,))
         self.conn.execute("COMMIT")
 
@@ -143,6 +205,7 @@ class SqliteViews:
         for p in PROJECTIONS:
             self.conn.execute(f"DROP TABLE IF EXISTS {self._table(p)}")
             self.conn.execute("DELETE FROM view_tracking WHERE projection=?", (p + self.suffix,))
+            self.conn.execute("DELETE FROM view_stuck WHERE projection=?", (p + self.suffix,))
         self.conn.execute("COMMIT")
 
     def swap_into_live(self, projection: str) -> None:
@@ -159,6 +222,9 @@ class SqliteViews:
                               "DO UPDATE SET position=excluded.position", (projection, position))
             self.conn.execute("DELETE FROM view_tracking WHERE projection=?",
                               (projection + self.suffix,))
+            self.conn.execute("DELETE FROM view_stuck WHERE projection=?", (projection,))
+            self.conn.execute("UPDATE view_stuck SET projection=? WHERE projection=?",
+                              (projection, projection + self.suffix))
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise

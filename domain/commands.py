@@ -1,7 +1,10 @@
 """The public command vocabulary of SPEC §6, parsed and validated with pydantic.
 
 Every command is one JSON object with `cmd` and `tenant`, optional `at`, `actor` and `command_id`.
-Unknown commands, unknown fields and wrong types are rejected here, before any rule runs.
+Unknown commands, unknown fields and wrong types are rejected here, before any rule runs, and
+so is input that cannot be stored faithfully (E8: control characters, lone surrogates, absurd
+sizes; `domain.input_rules`), named by its path (`message.subject`), however the command was
+built (JSON, or a sync worker's provider message).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domain.errors import Rejection
 from domain.events import (
@@ -23,8 +26,9 @@ from domain.events import (
     Role,
     Stage,
 )
+from domain.input_rules import InputRefused, cleaned, refusal, safe_name
 
-__all__ = ["COMMANDS", "Attachment", "Command", "MailMessage", "parse_command"]
+__all__ = ["COMMANDS", "Attachment", "Command", "MailMessage", "describe", "parse_command"]
 
 
 class Command(BaseModel):
@@ -41,6 +45,13 @@ class Command(BaseModel):
         if value is not None and value.tzinfo is None:
             raise ValueError("must carry a UTC offset (e.g. 2026-01-01T00:00:00Z)")
         return value
+
+    @model_validator(mode="after")
+    def _storable(self) -> Command:
+        found = refusal(self)
+        if found is not None:
+            raise found  # a ValueError: pydantic keeps it (and its field) in the error's ctx
+        return self
 
 
 class ScopeAll(BaseModel):
@@ -124,7 +135,7 @@ class ConnectMailbox(Command):
     provider: Provider
     address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     scope: Annotated[ScopeAll | ScopeLabels, Field(discriminator="mode")] | None = None
-    backfill_days: int = Field(default=30, gt=0)
+    backfill_days: int = Field(default=30, gt=0, le=36_500)  # a century: dates stay in range
     credentials: OAuthCredentials | ImapCredentials | None = None
 
 
@@ -207,6 +218,8 @@ class RecordDeadLetter(Command):
     mailbox: str | None = None
     attempts: int = Field(ge=1)
     error: str = Field(max_length=2000)
+
+    _clean_error = field_validator("error", mode="before")(cleaned)
 
 
 class RecordDeadLetterReplay(Command):
@@ -433,6 +446,8 @@ class AcknowledgeExternalContactChange(Command):
     ok: bool = True
     error: str | None = Field(default=None, max_length=2000)
 
+    _clean_error = field_validator("error", mode="before")(cleaned)
+
 
 class DeleteMessage(Command):
     """S12 from the CRM side (not in SPEC §6's table): the mailbox owner deletes a message; the
@@ -470,6 +485,8 @@ class AcknowledgeOutboundMail(Command):
     error: str | None = Field(default=None, max_length=2000)
     attempts: int = Field(default=1, ge=1)
 
+    _clean_error = field_validator("error", mode="before")(cleaned)
+
 
 COMMANDS: dict[str, type[Command]] = {
     cls.__name__: cls
@@ -499,7 +516,14 @@ def parse_command(raw: bytes | str | dict[str, Any]) -> Command:
     """
     if isinstance(raw, dict):
         obj: Any = raw
-        text = orjson.dumps(raw)
+        try:
+            text = orjson.dumps(raw)
+        except orjson.JSONEncodeError:  # a lone surrogate, a huge integer, a non-JSON value
+            name = raw.get("cmd")
+            shown = safe_name(name) if isinstance(name, str) else None
+            raise Rejection(shown or "?", "(command)",
+                            "not storable as JSON (lone surrogate or out-of-range value)"
+                            ) from None
     else:
         text = raw.encode() if isinstance(raw, str) else raw
         try:
@@ -512,11 +536,21 @@ def parse_command(raw: bytes | str | dict[str, Any]) -> Command:
     if not isinstance(name, str):
         raise Rejection("?", "cmd", "missing or not a string")
     cls = COMMANDS.get(name)
-    if cls is None:
-        raise Rejection(name, "cmd", "unknown command")
+    if cls is None:  # the caller's text is echoed only when it is short and clean (E8)
+        raise Rejection(safe_name(name) or "?", "cmd", "unknown command")
     try:
         return cls.model_validate_json(text)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(command)"
-        raise Rejection(name, field, err["msg"]) from None
+        field, reason = describe(exc)
+        raise Rejection(name, field, reason) from None
+
+
+def describe(exc: ValidationError) -> tuple[str, str]:
+    """The first error of a command's validation as (field path, reason), never echoing input
+    that cannot be stored (a dict key in a path is shown only when clean)."""
+    err = exc.errors()[0]
+    refused = (err.get("ctx") or {}).get("error")
+    if isinstance(refused, InputRefused):
+        return refused.field, refused.reason
+    parts = [str(p) if isinstance(p, int) else safe_name(str(p)) or "?" for p in err["loc"]]
+    return ".".join(parts) or "(command)", err["msg"]

@@ -3,19 +3,36 @@
 The projector folds every event into per-tenant state (the same `evolve` as the command side) and
 rewrites only the keys an event touched. A batch's rows and every projection's new position are
 written together; events a projection ignores still advance its position (SPEC E3).
+
+One tenant's failure never stops the others (SPEC E8): when an event of tenant T cannot be
+folded, its rows cannot be computed or they cannot be stored, T is *stuck* at that position
+with the error (kept beside the positions, `ViewStore.stuck`), its state is folded again from
+its own stream up to just before it, and its later events are held back, never applied out of
+order, while every other tenant goes on. A projector retries its stuck tenants when it starts
+(a runner or embedded process starting, a rebuild): their events from the stuck position on are
+processed and written again; success clears the mark, a failure marks them stuck again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.partition import Partition
-from projections.ports import Changes, ViewStore
+from projections.ports import (
+    Changes,
+    Stuck,
+    StuckChanges,
+    UnstorableRow,
+    ViewStore,
+    unstorable_keys,
+)
 from projections.rows import PROJECTIONS, STATE_ROWS, Cache, Rows, creates_message, event_rows
 from projections.touched import GROUPED, Keys, key_groups, thread_keys, touched
 
@@ -39,6 +56,14 @@ class EventLog(Protocol):
     def read_log(self, after: int, limit: int) -> Sequence[Logged]: ...
 
 
+log = structlog.get_logger("crmsync.projections")
+First = tuple[int, int]  # (log position, tenant seq) of an event
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
 class Projector:
     """Folds events into tenant states and collects which keys of which projection changed."""
 
@@ -48,11 +73,73 @@ class Projector:
         self.partition = partition  # one part of a build partitioned by mailbox, else all
         self.states: dict[str, TenantState] = {}
         self.position = 0
+        self.log: EventLog | None = None  # where a failed tenant's state is folded again from
+        self.held: dict[str, int] = {}  # stuck tenant -> position its events are held from
+        self.retrying: dict[str, dict[str, int]] = {}  # tenant -> projection -> stuck position
+        self.unsaved: StuckChanges = {}  # stuck marks to write with the next batch
+        self.loaded = False  # the store's stuck marks were read since the last reset
+        self.first_seen: dict[str, First] = {}  # tenant -> its first event (builds)
+        self.firsts: dict[str, First] = {}  # tenant -> its first event in the last batch
+        self.row_failed: set[str] = set()  # tenants whose rows failed in a build
 
     def reset(self) -> None:
         """Forget everything folded so far (the next catch-up starts from the beginning)."""
         self.states = {}
         self.position = 0
+        self.held, self.retrying, self.unsaved, self.loaded = {}, {}, {}, False
+        self.first_seen = {}
+        self.row_failed = set()
+
+    def load(self, stuck: Mapping[tuple[str, str], Stuck]) -> None:
+        """Retry the tenants the store has stuck (this projector starts from the beginning)."""
+        for (projection, tenant), mark in stuck.items():
+            if projection in self.names:
+                self.retrying.setdefault(tenant, {})[projection] = mark.position
+        self.loaded = True
+
+    def take_unsaved(self) -> StuckChanges:
+        out, self.unsaved = self.unsaved, {}
+        return out
+
+    def fail(self, tenant: str, first: First, error: str) -> None:
+        """Tenant `tenant` is stuck at `first` (position, seq): hold its events from there on
+        and fold its state again from its own stream up to just before it."""
+        position, seq = first
+        self.held[tenant] = position
+        self.retrying.pop(tenant, None)
+        for p in self.names:
+            self.unsaved[(p, tenant)] = Stuck(position, error)
+        log.warning("tenant_stuck", tenant=tenant, position=position, error=error)
+        self.states[tenant] = self._refold(tenant, seq)
+
+    def _refold(self, tenant: str, before_seq: int) -> TenantState:
+        state = TenantState(tenant, index_rfc=False)
+        if self.log is None:
+            return state
+        events = getattr(self.log, "tenant_events", None)
+        if events is not None:
+            pairs: Iterable[tuple[int, DomainEvent]] = events(tenant)
+        else:  # a log without streams (replays, fakes): scan it
+            pairs = _scan(self.log, tenant, before_seq)
+        for seq, event in pairs:
+            if seq >= before_seq:
+                break
+            admitted = self._admit(state, event)
+            if admitted is not None:
+                evolve(state, admitted, seq)
+        return state
+
+    def resolved(self, last: int, positions: Mapping[str, int]) -> None:
+        """Retried tenants that reached every position their projections had: no longer stuck."""
+        for tenant in [t for t, per in self.retrying.items()
+                       if all(last >= positions.get(p, 0) for p in per)]:
+            for p in self.retrying.pop(tenant):
+                self.unsaved[(p, tenant)] = None
+            log.info("tenant_unstuck", tenant=tenant, position=last)
+
+    def _held(self, tenant: str, position: int) -> bool:
+        hold = self.held.get(tenant)
+        return hold is not None and position >= hold
 
     def process(self, batch: Sequence[Logged], positions: dict[str, int]) -> Changes:
         """Fold the batch; return the complete rows of every key it may have changed.
@@ -65,63 +152,124 @@ class Projector:
         direct: dict[str, dict[str, Rows]] = {}  # tenant -> message rows written by events
         everyone = frozenset(self.names)
         behind = max((positions.get(p, 0) for p in self.names), default=0)
+        self.firsts = {}  # each tenant's first event in this batch
         for item in batch:
             if item.position <= self.position:
                 continue
-            state = self.states.get(item.event.tenant)
-            if state is None:
-                state = self.states[item.event.tenant] = TenantState(item.event.tenant,
-                                                                      index_rfc=False)
-            event = self._admit(state, item.event)
-            if event is None:
-                self.position = item.position
+            tenant = item.event.tenant
+            if self.held and self._held(tenant, item.position):
+                self.position = item.position  # stuck: held back until retried
                 continue
-            writing = everyone if item.position > behind else frozenset(
-                p for p in self.names if item.position > positions.get(p, 0))
-            if not writing:
-                evolve(state, event, item.seq)
+            self.firsts.setdefault(tenant, (item.position, item.seq))
+            try:
+                self._one(item, positions, everyone, behind, dirty, threads, direct)
+            except Exception as exc:
+                self.fail(tenant, (item.position, item.seq),
+                          f"event at position {item.position}: {describe(exc)}")
                 self.position = item.position
-                continue
-            seen = threads.setdefault(event.tenant, {})
-            keys, touched_threads = touched(state, event)
-            for tid in touched_threads:
-                if tid not in seen:
-                    seen[tid] = thread_keys(state, tid)
-            evolve(state, event, item.seq)
-            self.position = item.position
-            after, touched_threads = touched(state, event)
-            for tid in touched_threads:
-                if tid not in seen:
-                    # found only after the event: the event added it or its links, so the keys
-                    # it has now include every key it had before
-                    seen[tid] = thread_keys(state, tid)
-            if "message" in writing:
-                direct.setdefault(event.tenant, {}).update(event_rows(state, event))
-            for found in (keys, after):
-                for p, ks in found.items():
-                    if p in writing:
-                        dirty[p].setdefault(event.tenant, set()).update(ks)
-        for tenant, seen in threads.items():
-            state = self.states[tenant]
-            for tid, first in seen.items():
-                for found in (first, thread_keys(state, tid)):
-                    for p, ks in found.items():
-                        if p in dirty and ks:
-                            dirty[p].setdefault(tenant, set()).update(ks)
         changes: Changes = {}
-        for tenant in {t for per in dirty.values() for t in per}:
-            state = self.states[tenant]
-            cache: Cache = {}
-            for p, per_tenant in dirty.items():
-                for key in sorted(per_tenant.get(tenant, ())):
-                    if self.partition is None or self.partition.owns_key(p, key):
-                        changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key,
-                                                                                 cache)
-        for tenant, keyed in direct.items():
-            for key, rows in keyed.items():
-                changes.setdefault("message", {})[(tenant, key)] = rows
+        for tenant in {t for per in dirty.values() for t in per} | set(threads) | set(direct):
+            if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
+                continue  # stuck before its first event here: nothing of it to write
+            try:
+                found = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
+                                          direct.get(tenant, {}))
+            except Exception:  # find the event after which its rows fail
+                found = self._narrow(tenant, batch, positions, everyone, behind)
+            for p, keyed in found.items():
+                changes.setdefault(p, {}).update(keyed)
         return changes
 
+    def _narrow(self, tenant: str, batch: Sequence[Logged], positions: dict[str, int],
+                everyone: frozenset[str], behind: int) -> Changes:
+        """The tenant's rows of the batch could not be computed or stored: fold its events of
+        the batch again one by one from before the first, computing its rows after each; it
+        is stuck at the first event after which they fail, and the rows before are returned.
+        (Rare: a cost of one row computation per event of the tenant in the batch.)"""
+        end, first = self.position, self.firsts[tenant]
+        hold = self.held.get(tenant)
+        items = [it for it in batch if it.event.tenant == tenant and it.position >= first[0]
+                 and (hold is None or it.position < hold)]
+        self.states[tenant] = self._refold(tenant, first[1])
+        dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
+        threads: dict[str, dict[str, Keys]] = {}
+        direct: dict[str, dict[str, Rows]] = {}
+        good: Changes = {}
+        for it in items:
+            try:
+                self._one(it, positions, everyone, behind, dirty, threads, direct)
+                good = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
+                                         direct.get(tenant, {}))
+            except Exception as exc:
+                self.fail(tenant, (it.position, it.seq),
+                          f"rows of the event at position {it.position}: {describe(exc)}")
+                break
+        self.position = end
+        return good
+
+    def _one(self, item: Logged, positions: dict[str, int], everyone: frozenset[str],
+             behind: int, dirty: dict[str, dict[str, set[str]]],
+             threads: dict[str, dict[str, Keys]], direct: dict[str, dict[str, Rows]]) -> None:
+        """Fold one event and collect the keys it may have changed (`process`)."""
+        state = self.states.get(item.event.tenant)
+        if state is None:
+            state = self.states[item.event.tenant] = TenantState(item.event.tenant,
+                                                                  index_rfc=False)
+        event = self._admit(state, item.event)
+        if event is None:
+            self.position = item.position
+            return
+        writing = everyone if item.position > behind else frozenset(
+            p for p in self.names if item.position > positions.get(p, 0))
+        retry = self.retrying.get(event.tenant) if self.retrying else None
+        if retry is not None:  # a stuck tenant retried: its events from there are written
+            writing = writing | {p for p, at in retry.items() if item.position >= at}
+        if not writing:
+            evolve(state, event, item.seq)
+            self.position = item.position
+            return
+        seen = threads.setdefault(event.tenant, {})
+        keys, touched_threads = touched(state, event)
+        for tid in touched_threads:
+            if tid not in seen:
+                seen[tid] = thread_keys(state, tid)
+        evolve(state, event, item.seq)
+        self.position = item.position
+        after, touched_threads = touched(state, event)
+        for tid in touched_threads:
+            if tid not in seen:
+                # found only after the event: the event added it or its links, so the keys
+                # it has now include every key it had before
+                seen[tid] = thread_keys(state, tid)
+        if "message" in writing:
+            direct.setdefault(event.tenant, {}).update(event_rows(state, event))
+        for found in (keys, after):
+            for p, ks in found.items():
+                if p in writing:
+                    dirty[p].setdefault(event.tenant, set()).update(ks)
+
+    def _tenant_rows(self, tenant: str, dirty: dict[str, dict[str, set[str]]],
+                     seen: dict[str, Keys], direct: dict[str, Rows]) -> Changes:
+        """The rows of every key of `tenant` the batch may have changed (`process`); raises
+        UnstorableRow for a key no store can hold."""
+        state = self.states[tenant]
+        for tid, first in seen.items():
+            for found in (first, thread_keys(state, tid)):
+                for p, ks in found.items():
+                    if p in dirty and ks:
+                        dirty[p].setdefault(tenant, set()).update(ks)
+        changes: Changes = {}
+        cache: Cache = {}
+        for p, per_tenant in dirty.items():
+            for key in sorted(per_tenant.get(tenant, ())):
+                if self.partition is None or self.partition.owns_key(p, key):
+                    changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key, cache)
+        for key, rows in direct.items():
+            changes.setdefault("message", {})[(tenant, key)] = rows
+        bad = unstorable_keys(changes)
+        if bad is not None:
+            raise bad
+        return changes
 
     def _admit(self, state: TenantState, event: DomainEvent) -> DomainEvent | None:
         return event if self.partition is None else self.partition.admit(state, event)
@@ -138,24 +286,35 @@ class Projector:
         for item in batch:
             if item.position <= self.position:
                 continue
-            state = states.get(item.event.tenant)
-            if state is None:
-                state = states[item.event.tenant] = TenantState(item.event.tenant,
-                                                                 index_rfc=False)
-            event = self._admit(state, item.event)
-            if event is None:
+            tenant = item.event.tenant
+            if self.held and self._held(tenant, item.position):
                 self.position = item.position
                 continue
-            first = messages and creates_message(state, event)
-            evolve(state, event, item.seq)
+            state = states.get(tenant)
+            if state is None:
+                state = states[tenant] = TenantState(tenant, index_rfc=False)
+                self.first_seen[tenant] = (item.position, item.seq)
+            try:
+                event = self._admit(state, item.event)
+                if event is None:
+                    self.position = item.position
+                    continue
+                first = messages and creates_message(state, event)
+                evolve(state, event, item.seq)
+                rows_of = event_rows(state, event) if messages else {}
+            except Exception as exc:
+                self.fail(tenant, (item.position, item.seq),
+                          f"event at position {item.position}: {describe(exc)}")
+                states = self.states
+                self.position = item.position
+                continue
             self.position = item.position
-            if messages:
-                for key, rows in event_rows(state, event).items():
-                    if first:
-                        created[(event.tenant, key)] = rows
-                    else:
-                        created.pop((event.tenant, key), None)
-                        changed[(event.tenant, key)] = rows
+            for key, rows in rows_of.items():
+                if first:
+                    created[(tenant, key)] = rows
+                else:
+                    created.pop((tenant, key), None)
+                    changed[(tenant, key)] = rows
         return created, changed
 
     def final_changes(self, chunk: int = 2000) -> Iterator[Changes]:
@@ -165,20 +324,29 @@ class Projector:
         part = self.partition
         changes: Changes = {}
         count = 0
-        for tenant, state in self.states.items():
-            for group in key_groups(state):
-                cache: Cache = {}
-                for p in names:
-                    for key in group.get(p, ()):
-                        if part is not None and not part.owns_key(p, key):
-                            continue
-                        rows = STATE_ROWS[p](state, key, cache)
-                        if rows:
-                            changes.setdefault(p, {})[(tenant, key)] = rows
-                            count += 1
-                            if count >= chunk:  # a group can be large (every record)
-                                yield changes
-                                changes, count = {}, 0
+        for tenant, state in list(self.states.items()):
+            if tenant in self.held and self.held[tenant] <= self.first_seen[tenant][0]:
+                continue  # stuck at its first event: nothing of it is written
+            try:
+                for group in key_groups(state):
+                    cache: Cache = {}
+                    for p in names:
+                        for key in group.get(p, ()):
+                            if part is not None and not part.owns_key(p, key):
+                                continue
+                            rows = STATE_ROWS[p](state, key, cache)
+                            if rows:
+                                changes.setdefault(p, {})[(tenant, key)] = rows
+                                count += 1
+                                if count >= chunk:  # a group can be large (every record)
+                                    yield changes
+                                    changes, count = {}, 0
+            except Exception as exc:  # its rows: `build` processes it again event by event
+                self.fail(tenant, self.first_seen[tenant], f"rows: {describe(exc)}")
+                self.row_failed.add(tenant)
+                for keyed in changes.values():
+                    for tk in [tk for tk in keyed if tk[0] == tenant]:
+                        del keyed[tk]
         if changes:
             yield changes
 
@@ -216,17 +384,28 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
     if any(positions.get(p, 0) for p in projector.names):
         raise ValueError("a build needs views reset to position 0")
     projector.reset()
+    projector.loaded = True  # nothing is stuck in empty views: every tenant is tried again
+    projector.log = log
     if target is None:
         target = log.max_position()
     read = 0
+    dropped: set[str] = set()  # tenants whose rows could not be stored: none written since
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-writer") as writer:
-        pending: Future[None] | None = None
+        pending: Future[list[Failed]] | None = None
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is not None:
+                for tenant, first, error in pending.result():  # re-raises other failures
+                    projector.fail(tenant, first, error)
+                    dropped.add(tenant)
+                pending = None
 
         def write(changes: Changes, advanced: dict[str, int], fresh: bool = False) -> None:
             nonlocal pending
-            if pending is not None:
-                pending.result()  # re-raises the writer's failure
-            pending = writer.submit(views.write, changes, advanced, fresh=fresh)
+            settle()
+            pending = writer.submit(_write, views, projector.names, _without(changes, dropped),
+                                    advanced, {}, projector.first_seen, fresh)
 
         while projector.position < target:
             batch, last = _read(log, projector, min(batch_size, target - projector.position))
@@ -243,11 +422,51 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
                 progress(projector.position, target)
         for changes in projector.final_changes():  # each key once, into empty tables
             write(changes, {}, fresh=True)
-        if set_positions:
-            write({}, {p: projector.position for p in projector.names})
-        if pending is not None:
-            pending.result()
+        settle()
+        if projector.row_failed or dropped:
+            _again(log, views, projector, projector.row_failed | dropped, target, batch_size)
+        stuck = projector.take_unsaved()
+        if set_positions or stuck:
+            views.write({}, {p: projector.position for p in projector.names}
+                        if set_positions else {}, stuck=stuck)
     return read
+
+
+def _again(log: EventLog, views: ViewStore, projector: Projector, tenants: set[str],
+           target: int, batch_size: int) -> None:
+    """Tenants whose rows failed in a build (none of them written since): process their events
+    again batch by batch, as a catch-up would, so each is stuck at the event where its rows
+    fail (not at its first) and its rows before that are written. Reads the log once more."""
+    sub = Projector(projector.names, projector.partition)
+    sub.loaded, sub.log = True, log
+    if projector.partition is None:  # parts share the tables: a part keeps what it wrote
+        for tenant in tenants:
+            views.forget_tenant(tenant, projector.names)
+    items = list(_scan_tenants(log, tenants, target))
+    start = {p: 0 for p in projector.names}
+    for at in range(0, len(items), batch_size):
+        changes = sub.process(items[at:at + batch_size], start)
+        _settle(sub, _write(views, sub.names, changes, {}, {}, dict(sub.firsts)), {})
+    marks = sub.take_unsaved()
+    for tenant in tenants:
+        projector.states[tenant] = sub.states.get(tenant) or TenantState(tenant, index_rfc=False)
+        if tenant in sub.held:
+            projector.held[tenant] = sub.held[tenant]
+        else:
+            projector.held.pop(tenant, None)
+        for p in projector.names:
+            projector.unsaved[(p, tenant)] = marks.get((p, tenant))
+    projector.row_failed = set()
+
+
+def _scan_tenants(log: EventLog, tenants: set[str], end: int) -> Iterator[Logged]:
+    after = 0
+    while after < end:
+        batch = log.read_log(after, min(1000, end - after))
+        if not batch:
+            return
+        yield from (item for item in batch if item.event.tenant in tenants)
+        after = batch[-1].position
 
 
 def extend(log: EventLog, views: ViewStore, projector: Projector, end: int, *,
@@ -260,10 +479,12 @@ def extend(log: EventLog, views: ViewStore, projector: Projector, end: int, *,
         batch, last = _read(log, projector, min(batch_size, end - projector.position))
         if last <= projector.position:
             break
+        projector.log = log
         changes = projector.process(batch, {p: projector.position for p in projector.names})
         projector.position = last
-        if changes:
-            views.write(changes, {})
+        stuck = projector.take_unsaved()
+        if changes or stuck:
+            views.write(changes, {}, stuck=stuck)
         read += len(batch)
     return read
 
@@ -281,6 +502,12 @@ def _catch_up(log: EventLog, views: ViewStore, projector: Projector, batch_size:
     if any(positions.get(p, 0) < projector.position for p in projector.names):
         # the views went back (reset, swapped, restored): fold the log again from the start
         projector.reset()
+    if not projector.loaded:  # starting: retry the stuck tenants (E8)
+        stuck = views.stuck()
+        if stuck and projector.position:
+            projector.reset()  # restored from a snapshot: their events are folded from the start
+        projector.load(stuck)
+    projector.log = log
     target = log.max_position()
     if target - projector.position <= batch_size:
         return _batches(log, views, projector, batch_size, progress, positions, target, None)
@@ -295,28 +522,87 @@ def _batches(log: EventLog, views: ViewStore, projector: Projector, batch_size: 
              progress: Callable[[int, int], None] | None, positions: dict[str, int],
              target: int, writer: ThreadPoolExecutor | None) -> int:
     read = 0
-    pending: Future[None] | None = None
+    pending: Future[list[Failed]] | None = None
     while projector.position < target:
         batch = log.read_log(projector.position, batch_size)
         if not batch:
             break
         changes = projector.process(batch, positions)
+        firsts = dict(projector.firsts)
         last = batch[-1].position
+        if pending is not None:  # the previous batch's write: a tenant whose rows could not
+            changes = _settle(projector, pending.result(), changes)  # be stored is held
+            pending = None
         advanced = {p: last for p in projector.names if positions.get(p, 0) < last}
-        if advanced:
+        projector.resolved(last, positions)
+        stuck = projector.take_unsaved()
+        if advanced or changes or stuck:
             if writer is None:
-                views.write(changes, advanced)
+                _settle(projector, _write(views, projector.names, changes, advanced, stuck,
+                                          firsts), {})
             else:
-                if pending is not None:
-                    pending.result()  # re-raises the writer's failure
-                pending = writer.submit(views.write, changes, advanced)
+                pending = writer.submit(_write, views, projector.names, changes, advanced,
+                                        stuck, firsts)
             positions.update(advanced)
         read += len(batch)
         if progress is not None:
             progress(projector.position, target)
     if pending is not None:
-        pending.result()
+        _settle(projector, pending.result(), {})
     return read
+
+
+Failed = tuple[str, First, str]  # a tenant whose rows could not be stored, where, why
+
+
+def _write(views: ViewStore, names: Sequence[str], changes: Changes,
+           positions: Mapping[str, int], stuck: StuckChanges, firsts: Mapping[str, First],
+           fresh: bool = False) -> list[Failed]:
+    """Write a batch; when a tenant's row cannot be stored, that tenant is stuck at its first
+    event of the batch (`firsts`) and the batch is written without it, in the same
+    transaction as its stuck mark. Returns the tenants stuck so (the caller holds them)."""
+    failed: list[Failed] = []
+    while True:
+        try:
+            views.write(changes, positions, fresh=fresh, stuck=stuck)
+            return failed
+        except UnstorableRow as exc:
+            first = firsts.get(exc.tenant)
+            if first is None or any(t == exc.tenant for t, _, _ in failed):
+                raise
+            error = f"rows after position {first[0]}: {describe(exc)}"
+            failed.append((exc.tenant, first, error))
+            stuck = {**stuck, **{(p, exc.tenant): Stuck(first[0], error) for p in names}}
+            changes = _without(changes, {exc.tenant})
+
+
+def _without(changes: Changes, tenants: set[str]) -> Changes:
+    if not tenants:
+        return changes
+    return {p: {tk: rows for tk, rows in keyed.items() if tk[0] not in tenants}
+            for p, keyed in changes.items()}
+
+
+def _settle(projector: Projector, failed: list[Failed], changes: Changes) -> Changes:
+    """Hold the tenants a write could not store; drop them from the next batch's `changes`."""
+    for tenant, first, error in failed:
+        projector.fail(tenant, first, error)
+    return _without(changes, {tenant for tenant, _, _ in failed})
+
+
+def _scan(log: EventLog, tenant: str, before_seq: int) -> Iterator[tuple[int, DomainEvent]]:
+    """A tenant's events from a log without per-tenant streams, in order."""
+    after = 0
+    while True:
+        batch = log.read_log(after, 1000)
+        if not batch:
+            return
+        for item in batch:
+            if item.event.tenant == tenant:
+                if item.seq >= before_seq:
+                    return
+                yield item.seq, item.event
+        after = batch[-1].position
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,15 @@ class Waiter(Protocol):
     def close(self) -> None: ...
 
 
-def lag(engine: Engine) -> dict[str, dict[str, int]]:
-    """Each projection's tracking position and how many events it is behind the log."""
+def lag(engine: Engine) -> dict[str, dict[str, Any]]:
+    """Each projection's tracking position, how many events it is behind the log, and its
+    stuck tenants (E8): where each tenant's events are held back and why."""
     head = engine.store.max_position()
-    return {name: {"position": pos, "lag": max(0, head - pos)}
+    stuck: dict[str, list[dict[str, Any]]] = {}
+    for (projection, tenant), mark in sorted(engine.views.stuck().items()):
+        stuck.setdefault(projection, []).append(
+            {"tenant": tenant, "position": mark.position, "error": mark.error})
+    return {name: {"position": pos, "lag": max(0, head - pos), "stuck": stuck.get(name, [])}
             for name, pos in engine.views.positions().items()}
 
 
@@ -96,7 +101,8 @@ def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
             log.info("caught up" if read else "idle", read=read, position=projector.position,
                      seconds=round(now - started, 3),
                      lag=max((v["lag"] for n, v in behind.items() if n in projector.names),
-                             default=0))
+                             default=0),
+                     stuck=sorted(projector.held))
             last_report = now
         if not read:
             waiter.wait(poll)

@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from adapters.errors import (
     CredentialsRejected,
@@ -54,6 +55,7 @@ from adapters.mail_sources import Changes, MailSource, PushTarget
 from adapters.work_queue import Delivery
 from domain import commands as c
 from domain import events as ev
+from domain.input_rules import safe_name
 from domain.mail import skip_reason
 from domain.state import Mailbox, Push, TenantState
 from runners.engine import Engine
@@ -505,7 +507,7 @@ class SyncWorker:
                 out.append(_cmd(c.UpdateMessage, ref, id=m.id, labels=list(m.labels),
                                 read=m.read))
         new.sort(key=lambda m: m.sent_at)  # parents before replies (S13)
-        out[:0] = [_cmd(c.SyncMessage, ref, message=m) for m in new]
+        out[:0] = _sync_commands(ref, new)
         for u in changes.updates:
             known = state.messages.get((ref.mailbox, u.id))
             if known is None or known.deleted:
@@ -536,7 +538,7 @@ class SyncWorker:
             # parents (S13).
             for chunk in _chunks(fresh, self.batch_size):
                 chunk.sort(key=lambda m: m.sent_at)
-                commands: list[c.Command] = [_cmd(c.SyncMessage, ref, message=m) for m in chunk]
+                commands: list[c.Command] = list(_sync_commands(ref, chunk))
                 out.synced += len(commands)
                 out.events += self._apply(ref.tenant, commands)
             if page.cursor is not None:
@@ -578,6 +580,22 @@ def _cmd(cls: type[C], ref: MailboxRef, **fields: Any) -> C:
     """A sync command for `ref`'s mailbox, issued by the sync service."""
     return cls.model_validate({"cmd": cls.__name__, "tenant": ref.tenant, "actor": ACTOR,
                                "mailbox": ref.mailbox, **fields})
+
+
+def _sync_commands(ref: MailboxRef, messages: Sequence[c.MailMessage]) -> list[c.SyncMessage]:
+    """SyncMessage commands for provider messages; a message that cannot be stored (E8: NUL
+    or control characters, absurd sizes) is skipped and logged with the field named, and the
+    others go on (the cursor advances past it: the provider sends it again only if it
+    changes)."""
+    out = []
+    for m in messages:
+        try:
+            out.append(_cmd(c.SyncMessage, ref, message=m))
+        except ValidationError as exc:
+            field, reason = c.describe(exc)
+            log.warning("message_refused", tenant=ref.tenant, mailbox=ref.mailbox,
+                        id=safe_name(m.id, 200) or "?", field=field, reason=reason)
+    return out
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -129,4 +129,4 @@ def test_lag_reports_each_projection_behind_the_log(engine: Engine, postgres_url
                          env={**os.environ})
     lag = json.loads(out.stdout)
     assert set(lag) >= {"timeline", "mailbox", "thread", "message", "directory"}
-    assert all(v == {"position": 0, "lag": head} for v in lag.values())
+    assert all(v == {"position": 0, "lag": head, "stuck": []} for v in lag.values())
