@@ -155,7 +155,9 @@ def test_e8_a_huge_rejected_command_stores_at_most_about_a_kibibyte(api: Api) ->
           "(main: 1 event, 2,000,413 bytes)")
     assert grew[0] == 1 and grew[1] < REJECTION_TEXT + 600  # + the envelope (time, ids)
     stored = api.engine.store.read_log(before[0], 10)[0].event
-    assert stored.cmd.endswith("…[cut]") and len(stored.cmd.encode()) <= 128  # type: ignore[attr-defined]
+    # an unstorable name is never repeated back (E8: "?"); a long one would be cut to 128 bytes
+    assert stored.cmd in ("?",) or stored.cmd.endswith("…[cut]")  # type: ignore[attr-defined]
+    assert len(stored.cmd.encode()) <= 128  # type: ignore[attr-defined]
 
 
 def test_e8_a_junk_batch_grows_the_log_by_bounded_events(api: Api) -> None:
