@@ -72,3 +72,14 @@ def thread_access_history(engine: Engine, tenant: str, viewer: str, thread: str
     scope = _scope(engine, tenant, viewer, thread)
     history = AccessHistory(tenant, scope).feed_all(_events(engine, tenant, scope))
     return history.answer()
+
+
+def explain_for(engine: Engine, tenant: str, asker: str, viewer: str, thread: str,
+                record: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+    """Explain (V11) for another viewer, asked by an admin: also why a thread is hidden from
+    them. Asking for oneself is the ordinary explain."""
+    if viewer == asker:
+        return queries.explain(engine.reader(tenant, at), tenant, viewer, thread, record)
+    require_admin(engine, tenant, asker)
+    return queries.explain(engine.reader(tenant, at), tenant, viewer, thread, record,
+                           audited=True)
