@@ -76,6 +76,14 @@ class ThreadScope:
             return self._needle in state
         return True
 
+    def prefilter(self) -> tuple[frozenset[type[ev.DomainEvent]],
+                                 frozenset[type[ev.DomainEvent]], bytes] | None:
+        """What `keep_stored` rejects, for a store that filters before reading: (classes never
+        kept, classes kept only when their stored bytes hold the needle, the needle)."""
+        if self._needle is None:
+            return None
+        return AUDIT_ONLY, MAILBOX_LOCAL, self._needle
+
     def admit(self, event: ev.DomainEvent) -> ev.DomainEvent | None:
         """The event as the fold for this thread should see it, or None to skip it."""
         kind = type(event)

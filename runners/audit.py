@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.event_scan import scan_tenant
+from adapters.event_scan import Prefilter, scan_tenant
 from domain import events as ev
 from domain.errors import NotFound
 from projections import queries
@@ -55,7 +55,9 @@ def _scope(engine: Engine, tenant: str, viewer: str, thread: str) -> ThreadScope
 
 def _events(engine: Engine, tenant: str, scope: ThreadScope
             ) -> Iterator[tuple[int, ev.DomainEvent]]:
-    return scan_tenant(engine.store, tenant, scope.keep_stored)
+    found = scope.prefilter()
+    pre = Prefilter(*found) if found is not None else None
+    return scan_tenant(engine.store, tenant, scope.keep_stored, prefilter=pre)
 
 
 def thread_access(engine: Engine, tenant: str, viewer: str, thread: str,
