@@ -18,7 +18,15 @@ from adapters.event_scan import Prefilter, scan_tenant
 from domain import events as ev
 from domain.errors import NotFound
 from projections import queries
-from projections.access import AccessHistory, ThreadScope, access_answer, fold_until
+from projections.access import (
+    AccessHistory,
+    ThreadReader,
+    ThreadScope,
+    access_answer,
+    fold_thread,
+    fold_until,
+)
+from projections.ports import ViewReader
 
 if TYPE_CHECKING:
     from runners.engine import Engine
@@ -81,7 +89,20 @@ def explain_for(engine: Engine, tenant: str, asker: str, viewer: str, thread: st
     """Explain (V11) for another viewer, asked by an admin: also why a thread is hidden from
     them. Asking for oneself is the ordinary explain."""
     if viewer == asker:
-        return queries.explain(engine.reader(tenant, at), tenant, viewer, thread, record)
+        return queries.explain(thread_views(engine, tenant, thread, at), tenant, viewer, thread,
+                               record)
     require_admin(engine, tenant, asker)
-    return queries.explain(engine.reader(tenant, at), tenant, viewer, thread, record,
-                           audited=True)
+    return queries.explain(thread_views(engine, tenant, thread, at), tenant, viewer, thread,
+                           record, audited=True)
+
+
+def thread_reader(engine: Engine, tenant: str, thread: str, at: datetime) -> ThreadReader:
+    """The views a question about one thread reads, as of `at`: one filtered fold of the
+    tenant's stream for that thread instead of a replay of every view of the tenant."""
+    scope = ThreadScope(thread, _mailbox_of(engine, tenant, thread))
+    return fold_thread(tenant, scope, _events(engine, tenant, scope), at)
+
+
+def thread_views(engine: Engine, tenant: str, thread: str, at: datetime | None) -> ViewReader:
+    """Live views, or the thread's reader as of `at`."""
+    return engine.reader(tenant) if at is None else thread_reader(engine, tenant, thread, at)
