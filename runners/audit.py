@@ -47,10 +47,14 @@ def _mailbox_of(engine: Engine, tenant: str, thread: str) -> str:
         return str(row["mailbox"])
     needle = orjson.dumps({"thread": thread})[1:-1]
 
-    def keep(kind: type[ev.DomainEvent], state: bytes) -> bool:
-        return kind in (ev.MessageSynced, ev.EmailSent) and needle in state
+    writers: frozenset[type[ev.DomainEvent]] = frozenset({ev.MessageSynced, ev.EmailSent})
 
-    for _, event in scan_tenant(engine.store, tenant, keep):
+    def keep(kind: type[ev.DomainEvent], state: bytes) -> bool:
+        return kind in writers and needle in state
+
+    others = frozenset(ev.EVENT_TYPES) - writers
+    for _, event in scan_tenant(engine.store, tenant, keep,
+                                prefilter=Prefilter(others, writers, needle)):
         if isinstance(event, ev.MessageSynced | ev.EmailSent) and event.thread == thread:
             return event.mailbox
     raise NotFound()
