@@ -48,7 +48,10 @@ def event_line(seq: int, event: DomainEvent, with_content: bool) -> dict[str, An
     kind = type(event).__name__
     if not with_content:
         payload = strip_content(payload)
-        if kind == "AttachmentRejected":
+        if kind == "AttachmentRejected":  # the name is content, also where the reason says it
+            name = payload["attachment"]
+            if name and isinstance(payload.get("reason"), str):
+                payload["reason"] = payload["reason"].replace(name, "(name withheld)")
             payload["attachment"] = None
     return {"type": kind, "position": seq, "occurred_at": event.occurred_at.isoformat(),
             "actor": event.actor, "correlation_id": event.correlation_id,
