@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import http_models as m
 from adapters.errors import StoreError
+from adapters.http_audit import add_audit_routes
 from adapters.tokens import InvalidToken, Principal, refusal, verify
 from domain import permissions
 from domain.commands import Command
@@ -298,6 +299,8 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         return JSONResponse({"detail": "internal error"}, 500)
 
     app.add_middleware(RequestLog)
+    # auditor routes (access, access history, export) before the catch-all thread route
+    add_audit_routes(app, engine, answer, lock, log_position)
 
     # -- queries --------------------------------------------------------------------------------
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
@@ -317,9 +320,15 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
 
     @app.get("/v1/threads/{thread:path}/explain", response_model=m.Explanation)
     def explain(who: Who, thread: str, record: str | None = None, at: At = None,
-                min_position: MinPosition = None) -> dict[str, Any]:
+                min_position: MinPosition = None, viewer: str | None = None) -> dict[str, Any]:
         _path_id(thread)
         when, wait = _parse_at(at), log_position(who, min_position)
+        if viewer is not None and viewer != who.user:  # admins only (http_audit)
+            from runners.audit import explain_for
+
+            asker = "" if who.service else who.user  # a service is no admin: not found
+            return answer(wait, lambda: explain_for(engine, who.tenant, asker, viewer,
+                                                    thread, record, at=when))
         return answer(wait, lambda: engine.query_explain(who.tenant, who.user, thread,
                                                          record, at=when))
 

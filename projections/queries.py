@@ -192,18 +192,25 @@ def _record_chain(look: Lookup, viewer: str, row: Doc | None, record: str, owner
 
 
 def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
-            record: str | None = None) -> Answer:
+            record: str | None = None, *, audited: bool = False) -> Answer:
     """V11: the decision and the chain of rules and events behind it.
 
     A viewer who cannot see the thread gets 'not found' (V12), except an admin, who may audit why
-    a thread of the tenant is hidden.
+    a thread of the tenant is hidden. `audited`: an admin asks on the viewer's behalf (the
+    caller checked that), so an invisible thread or an inactive viewer is explained too.
     """
     look = Lookup(views, tenant)
     user = look.user(viewer)
     rows = views.rows("explain", tenant, thread_id)
     thread_row = views.rows("thread", tenant, thread_id).get("t")
-    if user is None or user["status"] != "active" or thread_row is None:
+    if user is None or thread_row is None:
         raise NotFound()
+    if user["status"] != "active":
+        if not audited:
+            raise NotFound()
+        rule = "L1" if user["status"] == "deactivated" else "L2"
+        return {"thread": thread_id, "viewer": viewer, "record": record, "visible": False,
+                "rules": [_step(rule, False, f"viewer {viewer} is {user['status']}", record)]}
     owner = thread_row["owner"]
     if record is not None:
         if look.record(record) is None:
@@ -222,7 +229,7 @@ def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
         if not rows:
             rules = [_step("V9", False, f"only {owner} sees this thread in the mailbox page; it "
                                         "is linked to no record")]
-    if not visible and user["role"] != "admin":
+    if not visible and user["role"] != "admin" and not audited:
         raise NotFound()
     return {"thread": thread_id, "viewer": viewer, "record": record, "visible": visible,
             "rules": rules}

@@ -383,11 +383,16 @@ class Engine:
 
     def query_thread(self, tenant: str, viewer: str, thread: str, at: datetime | None = None
                      ) -> dict[str, Any]:
-        return queries.thread(self.reader(tenant, at), tenant, viewer, thread)
+        from runners.audit import thread_views  # `at`: fold one thread, not the tenant's views
+
+        return queries.thread(thread_views(self, tenant, thread, at), tenant, viewer, thread)
 
     def query_explain(self, tenant: str, viewer: str, thread: str, record: str | None = None,
                       at: datetime | None = None) -> dict[str, Any]:
-        return queries.explain(self.reader(tenant, at), tenant, viewer, thread, record)
+        from runners.audit import thread_views
+
+        return queries.explain(thread_views(self, tenant, thread, at), tenant, viewer, thread,
+                               record)
 
     def query_records(self, tenant: str, viewer: str, email: str | None = None,
                       at: datetime | None = None) -> list[dict[str, Any]]:
