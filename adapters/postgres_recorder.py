@@ -8,6 +8,7 @@ took 14 s or more before failing, and the API held every request behind it. Here
   has been trying to connect for the whole pool timeout already);
 - the pool's connections carry a connect timeout, TCP keepalives (a silent peer is noticed in
   about 25 s) and a statement timeout, so a stuck connection fails instead of hanging forever;
+- the pool gives up a reconnection after `RECONNECT_TIMEOUT` (the next call starts afresh);
 - `EventStore` sets the pool's pre-ping (a stale connection after a restart is replaced before
   use, not failed on) and a short pool timeout, unless the environment says otherwise.
 
@@ -29,6 +30,10 @@ ATTEMPTS = 2
 RETRY_WAIT = 0.2
 CONNECT_TIMEOUT = 3  # seconds (libpq)
 STATEMENT_TIMEOUT_MS = 60_000
+# The pool's reconnection attempts back off exponentially without a cap until they give up
+# (psycopg_pool's reconnect_timeout, 5 minutes): after a minute's outage the next attempt could
+# be a minute away. Giving up after a few seconds lets the next caller start a fresh attempt.
+RECONNECT_TIMEOUT = 3.0
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 
@@ -57,6 +62,7 @@ class BoundedPostgresRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, **options: Any) -> None:
         # Before the first connection: the factory calls create_table (which opens the pool)
         # after constructing the recorder.
+        datastore.pool.reconnect_timeout = RECONNECT_TIMEOUT
         kwargs = datastore.pool.kwargs
         if isinstance(kwargs, dict):
             kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)

@@ -27,8 +27,8 @@ OUTAGES: tuple[type[Exception], ...] = (StoreError, DeliveryStoreError)
 class Backoff:
     """Capped exponential backoff with "equal jitter"; `failures` counts the current run."""
 
-    base: float = 0.5
-    cap: float = 30.0
+    base: float = 0.25
+    cap: float = 5.0  # an outage's end is noticed within this; one try costs a connect attempt
     jitter: Callable[[], float] = field(default=random.random)  # uniform in [0, 1)
     failures: int = 0
 

@@ -149,7 +149,7 @@ async def _settle(queue: WorkQueue, owed: Owed | None, delivery: Delivery, how: 
 async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
               options: LoopOptions | None = None, backoff: Backoff | None = None) -> None:
     options = options or LoopOptions()
-    backoff = backoff or Backoff(base=options.poll, cap=30.0)
+    backoff = backoff or Backoff(base=options.poll)
     owed = Owed()
     last_poll = last_push = float("-inf")
     log.info("sync_worker_started", imap_interval=options.imap_interval,
