@@ -1,0 +1,258 @@
+"""Restarts heal themselves (issue #10 point 10), without I/O: the capped backoff, the projection
+runner outliving a store outage, and the sync loop giving deliveries back (NAK) and settling the
+acks a queue outage kept it from sending, instead of leaving them to the ack wait."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any, cast
+
+from sync_fakes import FakeSources, FakeWorkQueue, message
+
+from adapters.errors import DeliveryStoreError, StoreError
+from adapters.event_store import EventStore, LoggedEvent
+from adapters.work_queue import Delivery
+from domain import events as ev
+from runners import projection_runner
+from runners.backoff import Backoff, keep_trying
+from runners.engine import Engine
+from runners.sync_loop import LoopOptions, process, run
+from runners.sync_worker import Outcome, SyncWorker
+
+TENANT, ADDRESS = "acme", "mia@acme.test"
+
+
+# -- the backoff ------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_its_cap_with_jitter_and_resets() -> None:
+    low = Backoff(base=1.0, cap=8.0, jitter=lambda: 0.0)
+    assert [low.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    high = Backoff(base=1.0, cap=8.0, jitter=lambda: 1.0)
+    assert [high.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    high.reset()
+    assert (high.failures, high.next_delay()) == (0, 1.0)
+    assert Backoff(failures=10_000).next_delay() <= 5.0  # no overflow, still capped
+
+
+def test_keep_trying_backs_off_between_outages_until_it_works() -> None:
+    slept: list[float] = []
+    calls = [0]
+
+    def open_store() -> str:
+        calls[0] += 1
+        if calls[0] <= 3:
+            raise StoreError("connection refused")
+        return "open"
+
+    result = keep_trying(open_store, what="open", stop=threading.Event(),
+                         backoff=Backoff(base=1.0, cap=10.0, jitter=lambda: 0.0),
+                         sleep=slept.append)
+    assert (result, calls[0], slept) == ("open", 4, [0.5, 1.0, 2.0])
+
+
+def test_keep_trying_ends_when_stopped_and_does_not_swallow_bugs() -> None:
+    stop = threading.Event()
+
+    def down() -> None:
+        stop.set()  # SIGTERM during the outage
+        raise DeliveryStoreError("nats down")
+
+    assert keep_trying(down, what="open", stop=stop, sleep=lambda _: None) is None
+    try:
+        keep_trying(lambda: 1 / 0, what="open", stop=threading.Event(), sleep=lambda _: None)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("a bug must end the runner")
+
+
+# -- the projection runner --------------------------------------------------------------------
+class FlakyLog:
+    """The event store, failing its next `failures` log reads like PostgreSQL restarting."""
+
+    def __init__(self, store: EventStore, failures: int) -> None:
+        self.store, self.failures = store, failures
+        self.snapshots = None
+
+    def _outage(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("cannot read the event log: server closed the connection")
+
+    def max_position(self) -> int:
+        self._outage()
+        return self.store.max_position()
+
+    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
+        self._outage()
+        return self.store.read_log(after, limit)
+
+
+class StopWhenCaughtUp:
+    """The runner's waiter: stops the runner once the views hold every event."""
+
+    def __init__(self, engine: Engine, store: EventStore, stop: threading.Event) -> None:
+        self.engine, self.store, self.stop = engine, store, stop
+        self.waits = 0
+
+    def wait(self, timeout: float) -> bool:
+        self.waits += 1
+        if min(self.engine.views.positions().values()) >= self.store.max_position():
+            self.stop.set()
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def users(engine: Engine, n: int) -> None:
+    report = engine.apply_lines([json.dumps({"tenant": TENANT, "cmd": "AddUser", "user": f"u{i}",
+                                             "email": f"u{i}@acme.test", "role": "member"})
+                                 for i in range(n)])
+    assert not report.rejected and report.applied == n
+
+
+def test_projection_runner_outlives_a_store_outage_and_catches_up() -> None:
+    engine = Engine.open_in_memory()
+    engine.follow = False
+    users(engine, 7)
+    real = engine.store
+    engine.store = cast(EventStore, FlakyLog(real, failures=4))
+    stop, slept = threading.Event(), []
+    waiter = StopWhenCaughtUp(engine, real, stop)
+    projection_runner.run(engine, waiter, stop=stop, batch_size=3,
+                          backoff=Backoff(base=1.0, cap=3.0, jitter=lambda: 1.0),
+                          sleep=slept.append)
+    assert slept == [1.0, 2.0, 3.0, 3.0]  # backed off through the outage, capped
+    positions = engine.views.positions()
+    assert set(positions.values()) == {real.max_position()} and real.max_position() == 7
+    engine.store = real
+    checks = engine.verify()  # the views equal a rebuild from the log: nothing lost or doubled
+    assert checks and all(live == rebuilt for live, rebuilt in checks.values())
+
+
+def test_projection_runner_still_ends_on_a_bug() -> None:
+    engine = Engine.open_in_memory()
+    users(engine, 1)
+
+    class Broken(FlakyLog):
+        def max_position(self) -> int:
+            raise RuntimeError("a bug")
+
+    engine.store = cast(EventStore, Broken(engine.store, 0))
+    stop = threading.Event()
+    try:
+        projection_runner.run(engine, StopWhenCaughtUp(engine, engine.store, stop), stop=stop,
+                              sleep=lambda _: None)
+    except RuntimeError as exc:
+        assert str(exc) == "a bug"
+    else:
+        raise AssertionError("a bug must not be retried forever")
+
+
+# -- the sync loop: give deliveries back, settle owed acks -------------------------------------
+def setup() -> tuple[Engine, FakeSources]:
+    engine = Engine.open_in_memory()
+    report = engine.apply_lines([json.dumps({"tenant": TENANT, **c}) for c in [
+        {"cmd": "AddUser", "user": "mia", "email": ADDRESS, "role": "member"},
+        {"cmd": "ConnectMailbox", "mailbox": "mia-gmail", "user": "mia", "provider": "gmail",
+         "address": ADDRESS, "backfill_days": 30}]])
+    assert not report.rejected
+    return engine, FakeSources()
+
+
+def delivery_payload(n: int) -> bytes:
+    return json.dumps({"delivery_id": f"gmail:{n}", "subscription": "s",
+                       "email_address": ADDRESS, "history_id": n}).encode()
+
+
+class StoreDownWorker(SyncWorker):
+    """A worker whose store fails its next `down` deliveries (PostgreSQL restarting)."""
+
+    down = 0
+
+    def handle(self, delivery: Delivery) -> Outcome:
+        if self.down:
+            self.down -= 1
+            raise StoreError("cannot append to tenant 'acme': connection refused")
+        return super().handle(delivery)
+
+
+class Queue(FakeWorkQueue):
+    """Records give-backs; its next `ack_failures` acks fail like NATS restarting; `stop` is
+    set after `stop_after` acks."""
+
+    def __init__(self, stop: threading.Event | None = None, stop_after: int = 1) -> None:
+        super().__init__()
+        self.given_back: list[tuple[str, float]] = []
+        self.ack_failures = 0
+        self.stop, self.stop_after = stop, stop_after
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        self.given_back.append((delivery.delivery_id, delay))
+        await super().retry(delivery, delay)
+
+    async def ack(self, delivery: Delivery) -> None:
+        if self.ack_failures:
+            self.ack_failures -= 1
+            raise DeliveryStoreError("JetStream ack: nats: timeout")
+        await super().ack(delivery)
+        if self.stop is not None and len(self.acked) >= self.stop_after:
+            self.stop.set()
+
+
+def synced(engine: Engine) -> list[str]:
+    return [e.message.id for _, e in engine.store.tenant_events(TENANT)
+            if isinstance(e, ev.MessageSynced)]
+
+
+def test_a_store_outage_gives_the_delivery_back_at_once_and_never_dead_letters_it() -> None:
+    engine, sources = setup()
+    sources.box(ADDRESS).add(message(1))
+    worker = StoreDownWorker(engine, sources, batch_size=3)
+    worker.down = 1
+    queue = Queue()
+    asyncio.run(queue.publish("gmail", "gmail:1", delivery_payload(1)))
+    options = LoopOptions(max_attempts=1, outage_delay=0.5)  # one attempt: no retry left
+
+    async def once() -> str:
+        (delivery,) = await queue.fetch(1, 0)
+        return await process(worker, queue, delivery, options)
+
+    assert asyncio.run(once()) == "outage"
+    assert queue.given_back == [("gmail:1", 0.5)] and not queue.dead and not queue.acked
+    assert asyncio.run(queue.dead_letters()) == []
+    queue.items["gmail:1"] = (*queue.items["gmail:1"][:3], 0.0)  # the delay has passed
+    assert asyncio.run(once()) == "done"
+    assert queue.acked == ["gmail:1"] and synced(engine) == ["m1"]
+
+
+def test_an_ack_lost_to_a_queue_outage_is_sent_when_the_queue_is_back() -> None:
+    engine, sources = setup()
+    sources.box(ADDRESS).add(message(1))
+    worker = SyncWorker(engine, sources, batch_size=3)
+    stop = threading.Event()
+    queue = Queue(stop)
+    queue.ack_failures = 2  # the ack after handling, and the first try to settle it
+    asyncio.run(queue.publish("gmail", "gmail:1", delivery_payload(1)))
+    asyncio.run(run(worker, queue, stop, LoopOptions(poll=0.01, imap_interval=3600),
+                    Backoff(base=0.01, cap=0.02)))
+    # acked, not left in flight until the ack wait; handled once, not again
+    assert queue.acked == ["gmail:1"] and not queue.items
+    assert synced(engine) == ["m1"] and not queue.given_back
+
+
+def test_fetched_deliveries_not_handled_go_back_at_once() -> None:
+    engine, sources = setup()
+    sources.box(ADDRESS).add(message(1))
+    worker = SyncWorker(engine, sources, batch_size=3)
+    stop = threading.Event()
+    queue = Queue(stop, stop_after=1)  # SIGTERM after the first of three fetched deliveries
+    for n in (1, 2, 3):
+        asyncio.run(queue.publish("gmail", f"gmail:{n}", delivery_payload(n)))
+    asyncio.run(run(worker, queue, stop, LoopOptions(poll=0.01, imap_interval=3600)))
+    assert queue.acked == ["gmail:1"]
+    assert queue.given_back == [("gmail:2", 0.0), ("gmail:3", 0.0)]
+    redelivered: list[Any] = asyncio.run(queue.fetch(10, 0))  # due now, not after an ack wait
+    assert sorted(d.delivery_id for d in redelivered) == ["gmail:2", "gmail:3"]
