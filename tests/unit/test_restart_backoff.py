@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
 from adapters.errors import DeliveryStoreError, StoreError
 from adapters.event_store import EventStore, LoggedEvent
+from adapters.outbox_tracking import MemoryOutboxTracking
 from adapters.work_queue import Delivery
 from domain import events as ev
-from runners import projection_runner
+from runners import outbox, projection_runner
 from runners.backoff import Backoff, keep_trying
 from runners.engine import Engine
 from runners.sync_loop import LoopOptions, process, run
@@ -256,3 +259,47 @@ def test_fetched_deliveries_not_handled_go_back_at_once() -> None:
     assert queue.given_back == [("gmail:2", 0.0), ("gmail:3", 0.0)]
     redelivered: list[Any] = asyncio.run(queue.fetch(10, 0))  # due now, not after an ack wait
     assert sorted(d.delivery_id for d in redelivered) == ["gmail:2", "gmail:3"]
+
+
+# -- the outbox ---------------------------------------------------------------------------------
+class FlakyTracking(MemoryOutboxTracking):
+    """Its lock cannot be taken `failures` times (PostgreSQL down); counts the sessions."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures, self.sessions = failures, 0
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("outbox lock (PostgreSQL): connection refused")
+        self.sessions += 1
+        yield
+
+
+class StopAfterWaits:
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def wait(self, timeout: float) -> bool:
+        self.stop.set()
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_outbox_takes_its_lock_again_after_an_outage_and_resumes_from_the_watermark(
+        ) -> None:
+    engine = Engine.open_in_memory()
+    users(engine, 2)
+    tracking = FlakyTracking(failures=3)
+    tracking.saved = 1  # the durable watermark
+    worker = outbox.Outbox(engine, tracking, lambda *_: cast(Any, None))
+    worker.position = 99  # in-memory state of a session that ended in the outage
+    stop, slept = threading.Event(), []
+    outbox.run(worker, StopAfterWaits(stop), stop=stop, sleep=slept.append,
+               backoff=Backoff(base=1.0, cap=10.0, jitter=lambda: 0.0))
+    assert slept == [0.5, 1.0, 2.0] and tracking.sessions == 1
+    assert worker.position == engine.store.max_position() == 2  # read on from the watermark
