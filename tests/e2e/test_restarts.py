@@ -172,7 +172,8 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
     env.update({"CRMSYNC_NATS_URL": nats.url, "CRMSYNC_POSTGRES_URL": pg.url,
                 "CRMSYNC_CREDENTIALS_KEY": key, "CRMSYNC_GMAIL_API_URL": gmail.url,
                 "CRMSYNC_SECRET": secret, "CRMSYNC_LOG_LEVEL": "INFO",
-                "PYTHONPATH": os.getcwd()})
+                "PYTHONPATH": os.getcwd(),
+                "CRMSYNC_GMAIL_PUSH_AUTH": "off"})  # unsigned pushes (Gmail push OIDC, #10)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, *args: str) -> None:
