@@ -5,7 +5,8 @@ that cannot connect makes each try wait the whole pool timeout: while PostgreSQL
 took 14 s or more before failing, and the API held every request behind it. Here:
 
 - a call is tried at most `ATTEMPTS` times, and not again when the pool itself timed out (it
-  has been trying to connect for the whole pool timeout already);
+  has been trying to connect for the whole pool timeout already); for `FAIL_FAST` seconds after
+  a pool timeout every call fails at once;
 - the pool's connections carry a connect timeout, TCP keepalives (a silent peer is noticed in
   about 25 s) and a statement timeout, so a stuck connection fails instead of hanging forever;
 - the pool gives up a reconnection after `RECONNECT_TIMEOUT` (the next call starts afresh);
@@ -34,6 +35,9 @@ STATEMENT_TIMEOUT_MS = 60_000
 # (psycopg_pool's reconnect_timeout, 5 minutes): after a minute's outage the next attempt could
 # be a minute away. Giving up after a few seconds lets the next caller start a fresh attempt.
 RECONNECT_TIMEOUT = 3.0
+# After a pool timeout, calls fail at once for this long instead of each waiting the pool
+# timeout again: an API serialises its store calls, so N waiting callers took N pool timeouts.
+FAIL_FAST = 1.0
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 
@@ -45,12 +49,17 @@ def bounded(method: F) -> F:
     inner: Callable[..., Any] = getattr(method, "__wrapped__", method)
 
     @functools.wraps(inner)
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < getattr(self, "unavailable_until", 0.0):
+            raise OperationalError("PostgreSQL unavailable: no connection could be had just now")
         for tries in range(1, ATTEMPTS + 1):
             try:
-                return inner(*args, **kwargs)
+                return inner(self, *args, **kwargs)
             except (InterfaceError, OperationalError) as exc:
-                if tries == ATTEMPTS or isinstance(exc.__cause__, PoolTimeout):
+                if isinstance(exc.__cause__, PoolTimeout):
+                    self.unavailable_until = time.monotonic() + FAIL_FAST
+                    raise
+                if tries == ATTEMPTS:
                     raise
                 time.sleep(RETRY_WAIT)
         raise AssertionError("unreachable")
@@ -70,6 +79,7 @@ class BoundedPostgresRecorder(PostgresApplicationRecorder):
                 kwargs.setdefault(key, value)
             kwargs.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
         super().__init__(datastore, **options)
+        self.unavailable_until = 0.0
 
     insert_events = bounded(PostgresApplicationRecorder.insert_events)
     select_events = bounded(PostgresApplicationRecorder.select_events)

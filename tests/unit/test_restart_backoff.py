@@ -11,11 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+import pytest
+from eventsourcing.persistence import OperationalError
+from psycopg_pool import PoolTimeout
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
 from adapters.errors import DeliveryStoreError, StoreError
-from adapters.event_store import EventStore, LoggedEvent
+from adapters.event_store import EventStore, LoggedEvent, postgres_defaults
 from adapters.outbox_tracking import MemoryOutboxTracking
+from adapters.postgres_recorder import bounded
 from adapters.work_queue import Delivery
 from domain import events as ev
 from runners import outbox, projection_runner
@@ -303,3 +307,56 @@ def test_the_outbox_takes_its_lock_again_after_an_outage_and_resumes_from_the_wa
                backoff=Backoff(base=1.0, cap=10.0, jitter=lambda: 0.0))
     assert slept == [0.5, 1.0, 2.0] and tracking.sessions == 1
     assert worker.position == engine.store.max_position() == 2  # read on from the watermark
+
+
+# -- bounded PostgreSQL recorder calls ------------------------------------------------------------
+class Recorder:
+    """Stands in for the recorder: its `read` fails with the errors in `failures`, in order."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures, self.calls = list(failures), 0
+        self.unavailable_until = 0.0
+
+    @bounded
+    def read(self, value: int) -> int:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return value
+
+
+def pool_timeout() -> OperationalError:
+    error = OperationalError("couldn't get a connection after 2.00 sec")
+    error.__cause__ = PoolTimeout("couldn't get a connection after 2.00 sec")
+    return error
+
+
+def test_a_broken_connection_is_tried_once_more_then_fails() -> None:
+    once = Recorder(OperationalError("server closed the connection unexpectedly"))
+    assert (once.read(7), once.calls) == (7, 2)
+    twice = Recorder(*(OperationalError("server closed the connection") for _ in range(2)))
+    with pytest.raises(OperationalError):
+        twice.read(7)
+    assert twice.calls == 2 and twice.unavailable_until == 0.0  # library retried 10 times
+
+
+def test_a_pool_timeout_is_not_retried_and_the_next_calls_fail_at_once() -> None:
+    down = Recorder(pool_timeout())
+    with pytest.raises(OperationalError):
+        down.read(1)
+    assert down.calls == 1 and down.unavailable_until > 0.0
+    down.unavailable_until = float("inf")  # within the fail-fast window
+    with pytest.raises(OperationalError, match="unavailable"):
+        down.read(1)
+    assert down.calls == 1  # not waited for again
+    down.unavailable_until = 0.0  # the window has passed: tried again, and the store is back
+    assert (down.read(3), down.calls) == (3, 2)
+
+
+def test_postgres_event_store_defaults_leave_explicit_settings_alone() -> None:
+    env = postgres_defaults({"PERSISTENCE_MODULE": "eventsourcing.postgres",
+                             "POSTGRES_CONNECT_TIMEOUT": "9"})
+    assert env["POSTGRES_CONNECT_TIMEOUT"] == "9" and env["POSTGRES_PRE_PING"] == "y"
+    assert env["APPLICATION_RECORDER_TOPIC"].endswith("BoundedPostgresRecorder")
+    assert postgres_defaults({"PERSISTENCE_MODULE": "eventsourcing.sqlite"}) == {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite"}
