@@ -84,9 +84,10 @@ class PrivatePostgres:
     def close(self) -> None:
         if (self.data / "postmaster.pid").exists():
             subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data),
-                            "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60,
+                            "-m", "fast", "-w", "stop"], capture_output=True, timeout=60,
                            check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("CRMSYNC_KEEP_SERVER_FILES"):  # to look at them after a failure
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class PrivateNats:

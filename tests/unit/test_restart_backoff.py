@@ -9,6 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -22,6 +23,8 @@ from adapters.outbox_tracking import MemoryOutboxTracking
 from adapters.postgres_recorder import bounded
 from adapters.work_queue import Delivery
 from domain import events as ev
+from domain.commands import parse_command
+from domain.errors import Rejection
 from runners import outbox, projection_runner
 from runners.backoff import Backoff, keep_trying
 from runners.engine import Engine
@@ -360,3 +363,25 @@ def test_postgres_event_store_defaults_leave_explicit_settings_alone() -> None:
     assert env["APPLICATION_RECORDER_TOPIC"].endswith("BoundedPostgresRecorder")
     assert postgres_defaults({"PERSISTENCE_MODULE": "eventsourcing.sqlite"}) == {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite"}
+
+
+# -- E6: a writer that waited (on the store, or behind another process) is not rejected for time
+def test_e6_a_command_without_at_read_its_clock_before_the_latest_event_is_applied() -> None:
+    engine = Engine.open_in_memory()
+    users(engine, 1)
+    latest = engine.store.state(TENANT).last_at
+    assert latest is not None
+    earlier = latest - timedelta(seconds=3)  # `now` read before another writer appended
+    command = parse_command(json.dumps({"tenant": TENANT, "cmd": "AddUser", "user": "late",
+                                        "email": "late@acme.test", "role": "member"}))
+    (added,) = engine.execute(command, now=earlier, correlation_id="c")
+    assert isinstance(added, ev.UserAdded) and added.occurred_at == latest
+    batch = parse_command(json.dumps({"tenant": TENANT, "cmd": "AddUser", "user": "later",
+                                      "email": "later@acme.test", "role": "member"}))
+    ((batched,),) = engine.execute_batch([batch], now=earlier, correlation_id="c")
+    assert isinstance(batched, ev.UserAdded)  # a sync worker's batch: stored, not rejected
+    explicit = parse_command(json.dumps({"tenant": TENANT, "cmd": "AddUser", "user": "x",
+                                         "email": "x@acme.test", "role": "member",
+                                         "at": earlier.isoformat()}))
+    with pytest.raises(Rejection):  # an explicit `at` before the latest event still is (E6)
+        engine.execute(explicit, now=latest, correlation_id="c")
