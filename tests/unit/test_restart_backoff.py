@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from domain.commands import parse_command
 from domain.errors import Rejection
 from runners import outbox, projection_runner
 from runners.backoff import Backoff, keep_trying
+from runners.contact_sync import run_contacts
 from runners.engine import Engine
 from runners.sync_loop import LoopOptions, process, run
 from runners.sync_worker import Outcome, SyncWorker
@@ -385,3 +388,40 @@ def test_e6_a_command_without_at_read_its_clock_before_the_latest_event_is_appli
                                          "at": earlier.isoformat()}))
     with pytest.raises(Rejection):  # an explicit `at` before the latest event still is (E6)
         engine.execute(explicit, now=latest, correlation_id="c")
+
+
+# -- contact sync ---------------------------------------------------------------------------------
+class CountingLog(FlakyLog):
+    reads = 0
+
+    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
+        found = super().read_log(after, limit)
+        self.reads += 1
+        return found
+
+
+class TermWhenIdle:
+    """`run contacts`'s waiter: the first idle wait sends SIGTERM to this process (the runner's
+    own handler stops it)."""
+
+    def wait(self, timeout: float) -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_contact_sync_outlives_a_store_outage() -> None:
+    engine = Engine.open_in_memory()
+    users(engine, 2)
+    flaky = CountingLog(engine.store, failures=2)
+    engine.store = cast(EventStore, flaky)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert run_contacts(engine, None, TermWhenIdle(), interval=3600, poll=0.01,
+                            once=False) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert flaky.failures == 0 and flaky.reads >= 2  # through the outage, then the whole log
