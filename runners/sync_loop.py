@@ -52,8 +52,11 @@ class Owed:
     a delivery a worker held when NATS restarted is acked or redelivered as soon as NATS is
     back, not after the ack wait."""
 
+    MAX_TRIES = 20  # then the queue's own redelivery (ack wait, lease) takes over (E5)
+
     def __init__(self) -> None:
         self.items: list[Settle] = []
+        self.tries = 0  # failed tries of the first item
 
     async def settle(self, queue: WorkQueue, delivery: Delivery, how: str,
                      delay: float = 0.0) -> bool:
@@ -75,12 +78,22 @@ class Owed:
         queue is still down."""
         while self.items:
             delivery, how, delay = self.items[0]
-            if how == "ack":
-                await queue.ack(delivery)
+            try:
+                if how == "ack":
+                    await queue.ack(delivery)
+                else:
+                    await queue.retry(delivery, delay)
+            except DeliveryStoreError:
+                self.tries += 1
+                if self.tries < self.MAX_TRIES:
+                    raise
+                # one delivery the queue keeps refusing must not stop the worker for good
+                log.warning("delivery_settle_dropped", delivery_id=delivery.delivery_id,
+                            how=how, tries=self.tries)
             else:
-                await queue.retry(delivery, delay)
+                log.info("delivery_settled_late", delivery_id=delivery.delivery_id, how=how)
             self.items.pop(0)
-            log.info("delivery_settled_late", delivery_id=delivery.delivery_id, how=how)
+            self.tries = 0
 
 
 def outage(exc: BaseException) -> bool:

@@ -31,7 +31,7 @@ from runners import outbox, projection_runner
 from runners.backoff import Backoff, keep_trying
 from runners.contact_sync import run_contacts
 from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process, run
+from runners.sync_loop import LoopOptions, Owed, process, run
 from runners.sync_worker import Outcome, SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
@@ -425,3 +425,24 @@ def test_contact_sync_outlives_a_store_outage() -> None:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
     assert flaky.failures == 0 and flaky.reads >= 2  # through the outage, then the whole log
+
+
+def test_an_ack_the_queue_keeps_refusing_is_dropped_after_its_tries_not_owed_forever() -> None:
+    queue = Queue()
+    queue.ack_failures = 1000  # e.g. a message the server will never confirm again
+    asyncio.run(queue.publish("gmail", "gmail:1", delivery_payload(1)))
+    owed = Owed()
+
+    async def drive() -> int:
+        (delivery,) = await queue.fetch(1, 0)
+        assert not await owed.settle(queue, delivery, "ack")
+        refused = 0
+        while owed.items:
+            try:
+                await owed.pay(queue)
+            except DeliveryStoreError:
+                refused += 1
+        return refused
+
+    assert asyncio.run(drive()) == Owed.MAX_TRIES - 1
+    assert not owed.items and owed.tries == 0  # the worker goes on; the queue redelivers later
