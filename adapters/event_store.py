@@ -97,6 +97,22 @@ class CrmSyncApplication(Application[UUID]):
     env: ClassVar[dict[str, str]] = {"MAPPER_TOPIC": get_topic(PydanticMapper)}
 
 
+# PostgreSQL: how long a call may wait for a pooled connection (seconds; the library's default is
+# 30, and it retried ten times), and whether a pooled connection is checked before use.
+POOL_TIMEOUT = "2"
+
+
+def postgres_defaults(env: dict[str, str]) -> dict[str, str]:
+    """`env` with bounded waits on PostgreSQL (adapters.postgres_recorder), where it does not
+    choose otherwise: a store that is down fails within seconds instead of hanging callers."""
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        return env
+    from adapters.postgres_recorder import BoundedPostgresRecorder
+
+    return {"POSTGRES_CONNECT_TIMEOUT": POOL_TIMEOUT, "POSTGRES_PRE_PING": "y",
+            "APPLICATION_RECORDER_TOPIC": get_topic(BoundedPostgresRecorder), **env}
+
+
 @dataclass(frozen=True)
 class LoggedEvent:
     """An event read from the application log: its global position and its tenant sequence."""
@@ -111,7 +127,7 @@ class EventStore:
 
     def __init__(self, env: dict[str, str]) -> None:
         try:
-            self.app = CrmSyncApplication(env=env)
+            self.app = CrmSyncApplication(env=postgres_defaults(env))
         except PersistenceError as exc:
             raise StoreError(f"cannot open the event store: {exc}") from exc
         self._states: dict[str, TenantState] = {}

@@ -4,7 +4,8 @@ The webhook stream (`CRMSYNC_WEBHOOKS`, subjects `<prefix>.<provider>`, filled b
 `jetstream_inbox.JetStreamInbox`) is read by a durable pull consumer shared by every sync worker
 process (explicit acks, `ack_wait`, unlimited deliveries: the worker counts attempts from the
 message's delivery count and dead-letters itself). `retry` is a NAK with a delay; `ack` is sent
-after the delivery's events are durable (a lost ack only means one harmless redelivery).
+after the delivery's events are durable (a lost ack only means one harmless redelivery), and
+confirmed — else sent again as a plain ack, which the client sends once NATS is back.
 
 Dead letters go to a stream of their own (`<stream>_DEAD`, subjects `<prefix>_dead.<provider>`)
 with the payload and headers `Crmsync-Delivery-Id`, `-Tenant`, `-Mailbox`, `-Attempts`,
@@ -110,6 +111,15 @@ class JetStreamWork:
         msg: Msg = delivery.handle
         try:
             await msg.ack_sync(timeout=self.timeout)
+            return
+        except (nats.errors.Error, OSError, TimeoutError):
+            pass
+        # No confirmation (NATS restarting, or the reply was lost; a server may not answer the
+        # ack of a message it has acked already): a plain ack, which the client keeps while it
+        # reconnects and sends then. Should it be lost too, the delivery comes again after the
+        # ack wait and changes nothing (E5).
+        try:
+            await msg.ack()
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise DeliveryStoreError(f"JetStream ack: {_describe(exc)}") from exc
 

@@ -15,6 +15,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Identifier
 
+from adapters.postgres_views import KEEPALIVES
+
 
 class PollingWaiter:
     """Waits the poll interval (SQLite, in-memory); `wake` ends a wait early."""
@@ -47,7 +49,8 @@ class PostgresWaiter:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3,
+                                         **KEEPALIVES)
             self._conn.execute(SQL("LISTEN {0}").format(Identifier(self.channel)))
         except psycopg.Error:
             self.failures += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import psycopg
@@ -34,6 +35,12 @@ from projections.ports import (
 from projections.rows import PROJECTIONS, Rows
 
 _LOCK_KEY = "crmsync.views:"  # advisory lock serialising DDL in one schema
+# A server that is down fails a connect at once; one that does not answer (a stuck host, a
+# lost network) is given up after CONNECT_TIMEOUT seconds, and a silent peer of an open
+# connection is noticed by TCP keepalives in about 25 s instead of never (issue #10 point 10).
+CONNECT_TIMEOUT = 3
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                              "keepalives_count": 3}
 _MAX_CHAR = 0x10FFFF
 
 
@@ -53,7 +60,8 @@ def prefix_upper_bound(prefix: str) -> str | None:
 def startup_lock(url: str) -> Iterator[None]:
     """Serialise first starts on one schema: eventsourcing's `CREATE … IF NOT EXISTS` races."""
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                             **KEEPALIVES) as conn:
             conn.execute("SELECT pg_advisory_lock(hashtext(%s || current_setting('search_path')))",
                          ("crmsync.start:",))
             yield  # closing the connection releases the lock
@@ -86,7 +94,8 @@ class PostgresViews:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            self._conn = psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=CONNECT_TIMEOUT, **KEEPALIVES)
         return self._conn
 
     @contextmanager
@@ -130,8 +139,8 @@ class PostgresViews:
             try:
                 if self._writer_conn is None or self._writer_conn.closed \
                         or self._writer_conn.broken:
-                    self._writer_conn = psycopg.connect(self.url, autocommit=True,
-                                                        connect_timeout=10)
+                    self._writer_conn = psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **KEEPALIVES)
                 key = f"crmsync.projector:{self.schema}:{self.suffix}"
                 self._writer_conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
             except psycopg.Error as exc:

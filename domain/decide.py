@@ -75,7 +75,9 @@ def decide(state: TenantState, cmd: c.Command, *, now: datetime, correlation_id:
     if cmd.command_id is not None and (cmd.actor or default_actor,
                                        cmd.command_id) in state.applied_commands:
         return []  # E5: already applied by this principal
-    occurred_at = cmd.at or now
+    # E6: without `at`, the later of the caller's clock and the tenant's latest event: another
+    # process may have appended since `now` was read (or the store made the caller wait)
+    occurred_at = cmd.at or (now if state.last_at is None else max(now, state.last_at))
     ctx = Context(state, cmd.cmd, cmd.actor or default_actor, occurred_at,
                   cmd.command_id or correlation_id, cmd.command_id)
     events = HANDLERS[cmd.cmd](ctx, cmd)

@@ -35,6 +35,7 @@ their queued changes are refused with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -60,6 +61,7 @@ from adapters.errors import (
     CursorExpired,
     ProviderError,
     ProviderThrottled,
+    StoreError,
 )
 from adapters.graph_contact_payloads import ContactFolder, ExternalContact
 from adapters.graph_contacts import (
@@ -77,6 +79,7 @@ from domain.events import (
     UserDeleted,
     UserReactivated,
 )
+from runners.backoff import Backoff
 from runners.engine import Engine
 from runners.sync_runner import token_endpoints
 
@@ -469,9 +472,9 @@ def open_state(engine: Engine, postgres: str | None) -> ContactSyncStore:
 
 def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interval: float,
                  poll: float, once: bool) -> int:
-    """`crmsync run contacts`: until SIGTERM/SIGINT (or one pass with `once`)."""
-    base_url = os.environ.get(GRAPH_API_URL_ENV) or DEFAULT_GRAPH_API_URL
-    store = open_state(engine, postgres)
+    """`crmsync run contacts`: until SIGTERM/SIGINT (or one pass with `once`). A store outage
+    does not end it (issue #10 point 10): its state store is opened again after a backoff, the
+    lock taken again, and the runner starts over from the stored position."""
     stop = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -479,21 +482,51 @@ def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interv
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    backoff = Backoff()
+    store: ContactSyncStore | None = None
     try:
-        give_up = time.monotonic() + 15.0  # `once`: a runner that just stopped lets go soon
-        while not store.try_lock():
-            if stop.is_set() or (once and time.monotonic() > give_up):
-                log.warning("another contact-sync runner holds the lock")
-                return 0 if stop.is_set() else 1
-            log.info("waiting: another contact-sync runner holds the lock")
-            waiter.wait(min(poll, 1.0) if once else max(poll, 5.0))
-        runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url,
-                                                                 token_endpoints()))
-        if once:
-            runner.run_once()
-        else:
-            runner.run(waiter, interval=interval, poll=poll, stop=stop)
+        while not stop.is_set():
+            try:
+                if store is None:
+                    store = open_state(engine, postgres)
+                return _session(engine, store, waiter, stop, backoff, interval=interval,
+                                poll=poll, once=once)
+            except StoreError as exc:
+                if once:
+                    raise
+                delay = backoff.next_delay()
+                log.warning("store_unavailable", doing="contact sync", failures=backoff.failures,
+                            retry_in=round(delay, 3), error=str(exc))
+                if store is not None:
+                    with contextlib.suppress(Exception):
+                        store.close()
+                    store = None
+                stop.wait(delay)
+        return 0
     finally:
         waiter.close()
-        store.close()
+        if store is not None:
+            store.close()
+
+
+def _session(engine: Engine, store: ContactSyncStore, waiter: Waiter, stop: threading.Event,
+             backoff: Backoff, *, interval: float, poll: float, once: bool) -> int:
+    """Take the runner lock, then run (one pass with `once`); 1 when another runner keeps it."""
+    base_url = os.environ.get(GRAPH_API_URL_ENV) or DEFAULT_GRAPH_API_URL
+    give_up = time.monotonic() + 15.0  # `once`: a runner that just stopped lets go soon
+    while not store.try_lock():
+        if stop.is_set() or (once and time.monotonic() > give_up):
+            log.warning("another contact-sync runner holds the lock")
+            return 0 if stop.is_set() else 1
+        log.info("waiting: another contact-sync runner holds the lock")
+        waiter.wait(min(poll, 1.0) if once else max(poll, 5.0))
+    runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url,
+                                                             token_endpoints()))
+    if backoff.failures:
+        log.info("store_reconnected", doing="contact sync", failures=backoff.failures)
+        backoff.reset()
+    if once:
+        runner.run_once()
+    else:
+        runner.run(waiter, interval=interval, poll=poll, stop=stop)
     return 0

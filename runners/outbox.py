@@ -42,6 +42,7 @@ from domain import events as ev
 from domain.errors import Rejection
 from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
+from runners.backoff import Backoff, attempt
 from runners.engine import Engine
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ class Outbox:
         self.tracked: dict[tuple[str, str], Tracked] = {}  # (tenant, request), in log order
 
     # -- following the log ---------------------------------------------------------------------
+    def resume(self) -> None:
+        """Start again from the durable watermark (after taking the lock, which another worker
+        may have held meanwhile): what is tracked is read again from the log."""
+        self.position = self._saved = self.tracking.position()
+        self.tracked.clear()
+
     def read(self) -> int:
         """Read the log after `position`: track new requests, forget acknowledged ones."""
         read = 0
@@ -347,17 +354,32 @@ def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
 
 
 def run(outbox: Outbox, waiter: Waiter, *, poll: float = 1.0,
-        stop: threading.Event | None = None) -> None:
+        stop: threading.Event | None = None, backoff: Backoff | None = None,
+        sleep: Callable[[float], object] | None = None) -> None:
+    """Until `stop`. A store outage does not end the worker (issue #10 point 10): it lets go of
+    its lock, backs off, takes the lock again and resumes from the durable watermark (another
+    outbox may have run meanwhile; a send already made is found by its Message-ID)."""
     stop = stop or threading.Event()
-    with outbox.tracking.exclusive():
-        log.info("outbox started", position=outbox.position)
-        while not stop.is_set():
-            tried = outbox.round()
-            if tried:
-                continue
-            due_in = outbox.next_due_in()
-            waiter.wait(poll if due_in is None else min(poll, max(due_in, 0.01)))
-        log.info("outbox stopped", position=outbox.position, open=len(outbox.tracked))
+    backoff = backoff or Backoff()
+    sleep = sleep or stop.wait
+
+    def session() -> None:
+        with outbox.tracking.exclusive():
+            outbox.resume()
+            log.info("outbox started", position=outbox.position)
+            while not stop.is_set():
+                tried = outbox.round()
+                if backoff.failures:
+                    log.info("store_reconnected", doing="outbox", failures=backoff.failures)
+                    backoff.reset()
+                if tried:
+                    continue
+                due_in = outbox.next_due_in()
+                waiter.wait(poll if due_in is None else min(poll, max(due_in, 0.01)))
+
+    while not stop.is_set():
+        attempt(session, what="outbox", backoff=backoff, sleep=sleep, log=log)
+    log.info("outbox stopped", position=outbox.position, open=len(outbox.tracked))
 
 
 def run_until_signalled(outbox: Outbox, waiter: Waiter, **options: Any) -> None:

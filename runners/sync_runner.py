@@ -240,12 +240,17 @@ def add_parsers(sub: Any, workers: Any) -> None:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    from runners.backoff import keep_trying
     from runners.config import open_engine
     from runners.logs import configure_logging
     from runners.sync_loop import run_until_signalled
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
-    engine = open_engine(args.db, args.postgres)
+    # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the
+    # process by default: no handler is installed yet)
+    engine = keep_trying(lambda: open_engine(args.db, args.postgres), what="open the stores",
+                         stop=threading.Event())
+    assert engine is not None  # never stopped
     worker = build_worker(engine, args.db, args.postgres, args.batch_size,
                           push_settings(args.public_url, args.gmail_topic))
     try:
