@@ -146,13 +146,18 @@ class Engine:
     # -- commands -------------------------------------------------------------------------------
     def execute(self, command: Command, *, now: datetime, correlation_id: str,
                 gate: Gate | None = None) -> list[DomainEvent]:
-        """Decide and append one command; retried on a concurrent append. Raises Rejection.
+        """Decide and append one command; retried on a concurrent append, each time decided
+        again on the fresh state (a command without `at` takes the later of `now` and the
+        tenant's latest event, E6: concurrent writers are never rejected for time). Raises
+        Rejection.
 
         Then the credential store follows the events (`runners.credentials.after_append`); its
         failure raises CredentialStoreError after the events were appended.
         """
         check_ready(self.credentials, command)
-        for _ in range(5):
+        for attempt in range(20):  # concurrent writers of one tenant collide often
+            if attempt:
+                time.sleep(random.uniform(0, 0.01 * attempt))
             state = self.store.state(command.tenant)
             if gate is not None:
                 gate.authorise(state, command)
@@ -171,7 +176,10 @@ class Engine:
         transaction (the sync workers' batches). A rejected command becomes its CommandRejected
         event in the batch and the others go on. Retried whole on a concurrent append. Returns
         each command's events. Not for commands carrying credentials (nothing follows the
-        append)."""
+        append). Every retry decides again on the fresh state, so the other writer's later
+        events date these (E6), never reject them. Raises ConcurrencyConflict when the retries
+        run out and the store's errors as they are: nothing of the batch was appended, and the
+        caller (a sync worker) must not acknowledge what it was doing."""
         if not commands:
             return []
         tenant = commands[0].tenant
@@ -188,7 +196,7 @@ class Engine:
                     try:
                         events = decide(state, cmd, now=now, correlation_id=correlation_id)
                     except Rejection as rejection:
-                        events = [rejection_event(state, cmd.cmd, rejection, now=now,
+                        events = [rejection_event(state, cmd, rejection, now=now,
                                                   correlation_id=correlation_id,
                                                   actor=cmd.actor or "system:sync")]
                     for event in events:
