@@ -24,7 +24,7 @@ from adapters.gc_pause import paused_gc
 from adapters.memory_views import MemoryViews
 from adapters.sqlite_views import SqliteViews
 from domain.commands import Command, parse_command
-from domain.decide import decide, rejection_event
+from domain.decide import MAX_AHEAD, decide, rejection_event
 from domain.errors import Rejection
 from domain.events import CommandHadNoEffect, DomainEvent
 from domain.state import TenantState, evolve
@@ -247,7 +247,8 @@ class Engine:
                 parsed = datetime.fromisoformat(raw["at"])
             except ValueError:
                 parsed = None
-            if parsed is not None and parsed.tzinfo is not None:
+            # never a time the clock would refuse (E6): the record would date the tenant ahead
+            if parsed is not None and parsed.tzinfo is not None and parsed <= now + MAX_AHEAD:
                 at = parsed
         event = rejection_event(state, rejection.cmd, rejection, now=at, correlation_id=corr,
                                 actor=actor)

@@ -208,6 +208,8 @@ def test_e6_concurrent_http_posts_lose_nothing(opener: Opener) -> None:
     events = counted(reader)
     assert events["LeadCreated"] == total
     assert events.get("CommandRejected", 0) == 1  # the member's `at`, recorded
+    latest = max(e.occurred_at for _, e in reader.store.tenant_events(TENANT))
+    assert latest < datetime.now(UTC) + timedelta(minutes=5)  # not frozen in 2999
     records = reader.query_records(TENANT, "ada")
     assert len([r for r in records if r["record"].startswith("w")]) == total
     assert not any(r["record"] == "frozen" for r in records)

@@ -116,6 +116,21 @@ def test_e6_after_a_frozen_at_is_refused_later_commands_without_at_apply() -> No
     assert state.last_at == T0 + timedelta(seconds=4)
 
 
+def test_e6_a_recorded_rejection_of_a_future_at_does_not_date_the_tenant_ahead() -> None:
+    engine = Engine.open_in_memory()
+    now = datetime.now(UTC)
+    report = engine.apply_lines([json.dumps({"tenant": TENANT, **x}) for x in (
+        {"cmd": "AddUser", "user": "mia", "email": ADDRESS, "role": "member"},
+        {"cmd": "CreateLead", "record": "frozen", "owner": "mia", "name": "F",
+         "emails": ["f@x.test"], "at": "2999-01-01T00:00:00Z"},
+        {"cmd": "CreateLead", "record": "next", "owner": "mia", "name": "N",
+         "emails": ["n@x.test"]})], now=now)
+    assert [(n, f) for n, _, f, _ in report.rejected] == [(2, "at")]
+    events = [e for _, e in engine.store.tenant_events(TENANT)]
+    assert [type(e).__name__ for e in events] == ["UserAdded", "CommandRejected", "LeadCreated"]
+    assert all(e.occurred_at <= now for e in events)  # recorded at the clock, not in 2999
+
+
 # -- permissions (pure) ----------------------------------------------------------------------
 def test_e6_only_admins_and_services_may_send_at() -> None:
     state = tenant(T0)
