@@ -42,31 +42,39 @@ SETUP: list[dict[str, Any]] = [
     {"cmd": "ConnectMailbox", "mailbox": "leo-gmail", "user": "leo", "provider": "gmail",
      "address": "leo@acme.test"},
 ]
-Opener = Callable[[], Engine]
+
+
+class Engines:
+    """Engines on one store, each with connections of its own (as processes have); `reader` is
+    the first, which set the tenant up and reads the results (few connections: the PostgreSQL
+    server is shared)."""
+
+    def __init__(self, open_one: Callable[[], Engine]) -> None:
+        self.open_one = open_one
+        self.opened: list[Engine] = []
+        self.reader = self.open()
+
+    def open(self) -> Engine:
+        self.opened.append(self.open_one())
+        return self.opened[-1]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens engines on one store; closes them all afterwards. The tenant is set up."""
-    opened: list[Engine] = []
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engines]:
     if request.param == "sqlite":
         path = str(tmp_path / "crmsync.db")
-
-        def open_one() -> Engine:
-            opened.append(Engine.open_sqlite(path))
-            return opened[-1]
+        engines = Engines(lambda: Engine.open_sqlite(path))
     else:
         url = request.getfixturevalue("postgres_url")
-
-        def open_one() -> Engine:
-            opened.append(open_engine(str(tmp_path / "unused.db"), url))
-            return opened[-1]
-
-    report = open_one().apply_lines([json.dumps({"tenant": TENANT, **c}) for c in SETUP])
-    assert not report.rejected, report.rejected
-    yield open_one
-    for engine in opened:
-        engine.close()
+        engines = Engines(lambda: open_engine(str(tmp_path / "unused.db"), url))
+    try:
+        report = engines.reader.apply_lines([json.dumps({"tenant": TENANT, **c})
+                                             for c in SETUP])
+        assert not report.rejected, report.rejected
+        yield engines
+    finally:
+        for engine in engines.opened:
+            engine.close()
 
 
 def counted(engine: Engine) -> dict[str, int]:
@@ -103,9 +111,9 @@ def lead(writer: int, n: int) -> str:
                        "emails": [f"w{writer}n{n}@x.test"]})
 
 
-def test_e6_concurrent_writers_lose_nothing(opener: Opener) -> None:
+def test_e6_concurrent_writers_lose_nothing(stores: Engines) -> None:
     writers, per_writer = 4, 40
-    engines = [opener() for _ in range(writers)]
+    engines = [stores.open() for _ in range(writers)]
     reports = []
     base = datetime.now(UTC)
 
@@ -123,14 +131,14 @@ def test_e6_concurrent_writers_lose_nothing(opener: Opener) -> None:
     total = writers * per_writer
     assert sum(r.applied for r in reports) == total
     assert [r.rejected for r in reports] == [[]] * writers
-    reader = opener()
+    reader = stores.reader
     events = counted(reader)
     assert events["LeadCreated"] == total and "CommandRejected" not in events
     records = reader.query_records(TENANT, "ada")
     assert len([r for r in records if r["record"].startswith("w")]) == total
 
 
-def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(opener: Opener
+def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(stores: Engines
                                                                          ) -> None:
     per_box, batch = 300, 10
     sources = FakeSources()
@@ -138,7 +146,7 @@ def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(opener:
     skew = [timedelta(0), timedelta(minutes=3)]  # worker 2's clock runs ahead
     workers = []
     for shift in skew:
-        engine = opener()
+        engine = stores.open()
         engine.follow = False
         worker = SyncWorker(engine, sources, batch_size=batch,
                             clock=lambda s=shift: datetime.now(UTC) + s)  # type: ignore[misc]
@@ -160,7 +168,7 @@ def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(opener:
 
     together([sync(workers[0], addresses[0]), sync(workers[1], addresses[1])])
     assert sorted(o.synced for o in outcomes) == [per_box, per_box]
-    reader = opener()
+    reader = stores.reader
     events = counted(reader)
     assert "CommandRejected" not in events
     synced = [e for _, e in reader.store.tenant_events(TENANT) if isinstance(e, ev.MessageSynced)]
@@ -176,13 +184,13 @@ def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(opener:
     assert sum(len(r) for r in rows.values()) == 2 * per_box
 
 
-def test_e6_concurrent_http_posts_lose_nothing(opener: Opener) -> None:
+def test_e6_concurrent_http_posts_lose_nothing(stores: Engines) -> None:
     """Two API servers on one store (as two `crmsync serve` processes), callers posting at once
     without `at`; a member's `at` is refused naming `at` and the tenant stays writable."""
     per_caller = 15
     tokens = {u: {"authorization": f"Bearer {issue(SECRET, TENANT, u, False)}"}
               for u in ("mia", "leo", "ada")}
-    apps = [create_app(opener(), SECRET, max_wait=0.5) for _ in range(2)]
+    apps = [create_app(stores.open(), SECRET, max_wait=0.5) for _ in range(2)]
     with Server(apps[0]) as one, Server(apps[1]) as two:
         urls = [one.url, two.url]
         frozen = httpx.post(f"{one.url}/v1/commands", headers=tokens["mia"], json={
@@ -204,7 +212,7 @@ def test_e6_concurrent_http_posts_lose_nothing(opener: Opener) -> None:
     total = 4 * per_caller
     assert sum(a["applied"] for a in answers) == total
     assert sum(a["rejected"] for a in answers) == 0
-    reader = opener()
+    reader = stores.reader
     events = counted(reader)
     assert events["LeadCreated"] == total
     assert events.get("CommandRejected", 0) == 1  # the member's `at`, recorded
