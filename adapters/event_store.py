@@ -212,7 +212,8 @@ class EventStore:
         try:
             self.app.save(*envelopes)
         except IntegrityError as exc:
-            self._states.pop(state.tenant, None)
+            # `state` is untouched (folded only after a save): the next state() fast-forwards it
+            # instead of folding the whole tenant again, which made a loser of a race lose again
             raise ConcurrencyConflict(f"tenant {state.tenant!r} changed concurrently") from exc
         except PersistenceError as exc:
             self._states.pop(state.tenant, None)

@@ -9,6 +9,11 @@ The provider is synthetic and in-process in each worker (no HTTP to a provider):
 messages 0..head-1 exist, `head` is a row per mailbox in `bench_heads` that this driver raises
 before each push. So the figure is the engine's (webhooks, queue, locks, decide, append,
 projection), not a provider's. Fresh schemas and streams are made and dropped.
+
+The cursors only say when to stop waiting. What counts is what was stored: the MessageSynced
+events in the log, the `message` view's rows and each mailbox's sync status (synced, rejected).
+Any shortfall, any rejected command, is printed loudly and the run exits 1 (a run that lost
+messages has no throughput to report).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
@@ -37,6 +43,7 @@ from adapters.mailbox_locks import PostgresLocks
 from domain import events as ev
 from domain.state import Mailbox
 from runners.config import open_engine, postgres_env
+from runners.engine import Engine
 
 T0 = datetime.now(UTC) - timedelta(days=1)
 
@@ -160,6 +167,35 @@ def raw_insert_rate(base: str, total: int, batch: int) -> float:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def stored_counts(reader: psycopg.Connection[Any], engine: Engine,
+                  boxes: list[tuple[str, str, str]]) -> dict[str, int]:
+    """What the run stored, counted in the log and in the views (not cursors)."""
+    def one(query: str, *params: object) -> int:
+        row = reader.execute(query, params).fetchone()
+        return int(row[0]) if row else 0
+
+    status = [doc for tenant in sorted({t for t, _, _ in boxes})
+              for rows in engine.views.scan("sync_status", tenant).values()
+              for doc in rows.values()]
+    return {
+        "MessageSynced events": one("SELECT count(*) FROM crmsync_events WHERE topic LIKE %s",
+                                    "%MessageSynced"),
+        "CommandRejected events": one("SELECT count(*) FROM crmsync_events WHERE topic LIKE %s",
+                                      "%CommandRejected"),
+        "message view rows": one("SELECT count(*) FROM view_message"),
+        "sync status synced": sum(int(d["synced"]) for d in status),
+        "sync status rejected": sum(int(d["rejected"]) for d in status),
+    }
+
+
+def shortfalls(counts: dict[str, int], total: int) -> list[str]:
+    """Every count that is not what `total` synced messages must give."""
+    want = {"MessageSynced events": total, "CommandRejected events": 0,
+            "message view rows": total, "sync status synced": total, "sync status rejected": 0}
+    return [f"{name}: {counts[name]}, expected {expected}" for name, expected in want.items()
+            if counts[name] != expected]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--postgres", default=os.environ.get("CRMSYNC_POSTGRES_URL"))
@@ -186,6 +222,7 @@ def main() -> None:
            "CRMSYNC_NATS_SUBJECT_PREFIX": f"b{suffix}.hooks", "CRMSYNC_NATS_DURABLE": "bench",
            "CRMSYNC_LOG_LEVEL": "WARNING", "PYTHONPATH": os.getcwd()}
     procs: list[subprocess.Popen[bytes]] = []
+    lost: list[str] = []
     engine = open_engine("unused.db", url)
     engine.follow = False
     try:
@@ -264,6 +301,8 @@ def main() -> None:
         wait(lambda: min(engine.views.positions().values()) >= log_head, 3600, 0.5)
         projected = time.perf_counter() - started
         total = per_box * len(boxes)
+        counts = stored_counts(reader, engine, boxes)
+        lost = shortfalls(counts, total)
         reader.close()
         raw = raw_insert_rate(args.postgres, total, args.batch)
         print(f"messages: {total} in {len(boxes)} mailboxes of {args.tenants} tenants, "
@@ -275,6 +314,10 @@ def main() -> None:
         names = ["webhooks", "worker 1", "worker 2", "projections", "postgres", "nats", "driver"]
         print(f"CPU seconds until durable ({durable:.1f} s wall x {os.cpu_count()} CPUs): "
               + ", ".join(f"{n} {c:.1f}" for n, c in zip(names, cpu_used, strict=True)))
+        print("stored: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        if lost:
+            print(f"SHORTFALL: {total} messages pushed, not all stored as synced messages; the "
+                  "figures above do not count:\n  " + "\n  ".join(lost), file=sys.stderr)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -287,6 +330,8 @@ def main() -> None:
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
         _drop_streams(args.nats, f"B{suffix}")
+    if lost:
+        sys.exit(1)
 
 
 def wait(condition: object, timeout: float, every: float = 0.1) -> None:

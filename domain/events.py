@@ -383,6 +383,9 @@ class CommandRejected(DomainEvent):
     cmd: str
     field: str
     reason: str
+    # the known mailbox of a rejected mailbox command (its sync status counts it); not `mailbox`:
+    # most rejections have none
+    mailbox_id: str | None = None
 
 
 class CommandHadNoEffect(DomainEvent):

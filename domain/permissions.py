@@ -14,6 +14,10 @@ may issue only what that user may do in the CRM:
                  when the caller is an admin.
 - `self_or_admin` — the command's `user` field is the caller, or the caller is an admin.
 
+Only admins and service tokens may date a command (`at`, E6): a member's `at` is refused naming
+`at`, whatever the command (domain time is the tenant's, and one command dated ahead would date
+every later one).
+
 Ids the caller may not see are refused with the same reason as unknown ids ("not found"), so a
 command cannot be used to probe for records, threads or mailboxes (V12, §8). An id the caller
 would create (CreateLead/Contact/Deal `record`, ConnectMailbox `mailbox`) that is taken by
@@ -104,6 +108,8 @@ def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> 
     if me is None or not me.active:
         raise Rejection(cmd.cmd, "actor", f"{user!r} is not an active user of this tenant")
     admin = me.role == "admin"
+    if cmd.at is not None and not admin:
+        raise Rejection(cmd.cmd, "at", "only admins and service tokens may set a command's time")
     rule = RULES.get(cmd.cmd, "admin")
     if rule == "service":
         raise Rejection(cmd.cmd, "cmd", "provider-side input needs a service token")

@@ -422,6 +422,23 @@ def _skipped(s: TenantState, e: ev.MessageSkipped | ev.DeliverySkipped, seq: int
     mbx.last_error = e.reason
 
 
+def _command_rejected(s: TenantState, e: ev.CommandRejected, seq: int) -> None:
+    """A rejected command of a mailbox (a sync batch's message, cursor...) counts in its sync
+    status, so a rejection is never silent beside a cursor that moved on."""
+    mbx = s.mailboxes.get(e.mailbox_id) if e.mailbox_id is not None else None
+    if mbx is not None:
+        mbx.rejected += 1
+        mbx.last_error = f"{e.cmd}: {e.field}: {e.reason}"
+
+
+def _delivery_dead_lettered(s: TenantState, e: ev.DeliveryDeadLettered, seq: int) -> None:
+    """A delivery given up after its retries is a rejected delivery of its mailbox."""
+    mbx = s.mailboxes.get(e.mailbox_id) if e.mailbox_id is not None else None
+    if mbx is not None:
+        mbx.rejected += 1
+        mbx.last_error = f"dead letter: {e.error}"
+
+
 def _attachment_rejected(s: TenantState, e: ev.AttachmentRejected, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     mbx.rejected += 1
@@ -600,7 +617,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.ThreadUnlinked: _thread_link(False),
     ev.AddressSettingChanged: _address_setting,
     ev.ThreadMarked: _thread_marked,
-    ev.CommandRejected: _no_state,
+    ev.CommandRejected: _command_rejected,
     ev.CommandHadNoEffect: _no_state,
     ev.ContactSyncCommandRecorded: _no_state,
     ev.ExternalContactChangeQueued: _no_state,
@@ -609,7 +626,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MessageReadRequested: _read_requested,
     ev.OutboundMailAcknowledged: _outbound_acknowledged,
     ev.OutboundCopyMatched: _copy_matched,
-    ev.DeliveryDeadLettered: _no_state,
+    ev.DeliveryDeadLettered: _delivery_dead_lettered,
     ev.DeadLetterReplayed: _no_state,
     ev.PushSubscriptionCreated: _push_created,
     ev.PushSubscriptionRenewed: _push_renewed,

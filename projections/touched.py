@@ -130,6 +130,9 @@ def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
         keys.setdefault("directory", set()).update(f"record:{r}" for r in records)
     if "mailbox" in type(e).model_fields and not isinstance(e, ev.EmailSent):
         keys["sync_status"] = {e.mailbox}  # type: ignore[attr-defined]
+    elif isinstance(e, ev.CommandRejected | ev.DeliveryDeadLettered) and \
+            e.mailbox_id in state.mailboxes:  # counted in the mailbox's sync status
+        keys["sync_status"] = {e.mailbox_id}
     contact_rows = _contact_changes(state, e)[1]
     if contact_rows:
         keys["contact"] = contact_rows

@@ -10,7 +10,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,7 +24,7 @@ from adapters.gc_pause import paused_gc
 from adapters.memory_views import MemoryViews
 from adapters.sqlite_views import SqliteViews
 from domain.commands import Command, parse_command
-from domain.decide import decide, rejection_event
+from domain.decide import MAX_AHEAD, decide, rejection_event
 from domain.errors import Rejection
 from domain.events import CommandHadNoEffect, DomainEvent
 from domain.state import TenantState, evolve
@@ -133,7 +133,26 @@ def bounded(text: str, limit: int) -> str:
     return raw[:max(0, limit - len(CUT.encode()))].decode(errors="ignore") + CUT
 
 
+def retries(budget: float) -> Iterator[int]:
+    """Attempt numbers 0, 1, ... for `budget` seconds (at least 3 attempts). Counted in time, not
+    tries: a writer that lost to the others 20 times in a row under a burst must not give up
+    (E6: no command is lost to concurrency), and one stuck for the whole budget says so."""
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while attempt < 3 or time.monotonic() < deadline:
+        yield attempt
+        attempt += 1
+
+
+def backoff(attempt: int) -> float:
+    """Randomised, growing, capped: colliding writers spread out instead of colliding again."""
+    return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
+
+
 class Engine:
+    # seconds a command (or a sync batch) keeps retrying against concurrent writers
+    retry_for: float = 60.0
+
     def __init__(self, store: EventStore, views: ViewStore, path: str | None = None,
                  scratch: ScratchFactory | None = None,
                  credentials: CredentialStore | None = None) -> None:
@@ -171,13 +190,18 @@ class Engine:
     # -- commands -------------------------------------------------------------------------------
     def execute(self, command: Command, *, now: datetime, correlation_id: str,
                 gate: Gate | None = None) -> list[DomainEvent]:
-        """Decide and append one command; retried on a concurrent append. Raises Rejection.
+        """Decide and append one command; retried on a concurrent append, each time decided
+        again on the fresh state (a command without `at` takes the later of `now` and the
+        tenant's latest event, E6: concurrent writers are never rejected for time). Raises
+        Rejection.
 
         Then the credential store follows the events (`runners.credentials.after_append`); its
         failure raises CredentialStoreError after the events were appended.
         """
         check_ready(self.credentials, command)
-        for _ in range(5):
+        for attempt in retries(self.retry_for):
+            if attempt:
+                time.sleep(backoff(attempt))
             state = self.store.state(command.tenant)
             if gate is not None:
                 gate.authorise(state, command)
@@ -196,15 +220,18 @@ class Engine:
         transaction (the sync workers' batches). A rejected command becomes its CommandRejected
         event in the batch and the others go on. Retried whole on a concurrent append. Returns
         each command's events. Not for commands carrying credentials (nothing follows the
-        append)."""
+        append). Every retry decides again on the fresh state, so the other writer's later
+        events date these (E6), never reject them. Raises ConcurrencyConflict when the retries
+        run out and the store's errors as they are: nothing of the batch was appended, and the
+        caller (a sync worker) must not acknowledge what it was doing."""
         if not commands:
             return []
         tenant = commands[0].tenant
         if any(cmd.tenant != tenant for cmd in commands):
             raise ValueError("a batch holds the commands of one tenant")
-        for attempt in range(20):  # workers of two mailboxes of one tenant collide often
+        for attempt in retries(self.retry_for):
             if attempt:
-                time.sleep(random.uniform(0, 0.02 * attempt))
+                time.sleep(backoff(attempt))
             state = self.store.state(tenant)
             base = state.seq
             results: list[list[DomainEvent]] = []
@@ -213,7 +240,7 @@ class Engine:
                     try:
                         events = decide(state, cmd, now=now, correlation_id=correlation_id)
                     except Rejection as rejection:
-                        events = [rejection_event(state, cmd.cmd, rejection, now=now,
+                        events = [rejection_event(state, cmd, rejection, now=now,
                                                   correlation_id=correlation_id,
                                                   actor=cmd.actor or "system:sync")]
                     for event in events:
@@ -247,7 +274,8 @@ class Engine:
                 parsed = datetime.fromisoformat(raw["at"])
             except ValueError:
                 parsed = None
-            if parsed is not None and parsed.tzinfo is not None:
+            # never a time the clock would refuse (E6): the record would date the tenant ahead
+            if parsed is not None and parsed.tzinfo is not None and parsed <= now + MAX_AHEAD:
                 at = parsed
         event = rejection_event(state, rejection.cmd, rejection, now=at, correlation_id=corr,
                                 actor=bounded(actor, 128))

@@ -38,7 +38,8 @@ def _complete(state: TenantState, cmd: dict[str, Any]) -> dict[str, Any]:
 def run(state: TenantState, cmd: dict[str, Any]) -> list[DomainEvent]:
     """Apply one command to `state` in place; return the events it produced."""
     parsed = parse_command(_complete(state, cmd))
-    events = decide(state, parsed, now=T0, correlation_id=f"test-{state.seq + 1}")
+    # the caller's clock is at the command's domain time (E6 refuses an `at` far ahead of it)
+    events = decide(state, parsed, now=parsed.at or T0, correlation_id=f"test-{state.seq + 1}")
     for event in events:
         evolve(state, event, state.seq + 1)
     return events
@@ -57,7 +58,8 @@ def rejection(state: TenantState, cmd: dict[str, Any] | str) -> Rejection:
     before = (state.seq, state.last_at)
     raw = cmd if isinstance(cmd, str) else _complete(state, cmd)
     with pytest.raises(Rejection) as info:
-        decide(state, parse_command(raw), now=T0, correlation_id="rejected")
+        parsed = parse_command(raw)
+        decide(state, parsed, now=parsed.at or T0, correlation_id="rejected")
     assert (state.seq, state.last_at) == before
     return info.value
 

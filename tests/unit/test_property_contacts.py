@@ -89,9 +89,9 @@ class Run:
 
     def apply(self, cmd: dict[str, Any]) -> bool:
         self.minute += 1
-        line = json.dumps({"tenant": TENANT, "at": iso(T0 + timedelta(minutes=self.minute)),
-                           **cmd})
-        report = self.engine.apply_lines([line], now=T0)
+        at = T0 + timedelta(minutes=self.minute)
+        line = json.dumps({"tenant": TENANT, "at": iso(at), **cmd})
+        report = self.engine.apply_lines([line], now=at)  # E6: `at` not ahead of the clock
         return not report.rejected
 
     def value(self, field: str) -> str:

@@ -57,7 +57,7 @@ def setup(provider: str = "outlook", scope: dict[str, Any] | None = None
 
 def command(engine: Engine, clock: Clock, cmd: dict[str, Any]) -> None:
     report = engine.apply_lines([json.dumps({"tenant": TENANT, "at": clock.now.isoformat(),
-                                             **cmd})])
+                                             **cmd})], now=clock.now)  # E6: the test's clock
     assert not report.rejected, report.rejected
 
 
