@@ -195,8 +195,10 @@ def test_e6_concurrent_http_posts_lose_nothing(stores: Engines) -> None:
         urls = [one.url, two.url]
         frozen = httpx.post(f"{one.url}/v1/commands", headers=tokens["mia"], json={
             "tenant": TENANT, "cmd": "CreateLead", "record": "frozen", "owner": "mia",
-            "name": "F", "emails": ["f@x.test"], "at": "2999-01-01T00:00:00Z"}).json()
-        assert frozen["rejected"] == 1 and frozen["results"][0]["field"] == "at"
+            "name": "F", "emails": ["f@x.test"], "at": "2999-01-01T00:00:00Z"})
+        # one rejected JSON command is a 422 naming the field (§8)
+        assert frozen.status_code == 422, frozen.text
+        assert [e["field"] for e in frozen.json()["errors"]] == ["at"]
         answers: list[dict[str, Any]] = []
 
         def caller(i: int, user: str) -> Callable[[], None]:
