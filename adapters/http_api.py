@@ -11,7 +11,8 @@ connection and one in-memory projector).
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -34,11 +35,18 @@ from domain.errors import NotFound
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
-    from runners.engine import Engine
+    from runners.engine import ApplyReport, Engine
 
 T = TypeVar("T")
 log = structlog.get_logger("crmsync.http")
 MAX_BODY = 10 * 1024 * 1024
+# Commands are applied this many lines at a time, one chunk holding the writer lane: a chunk
+# of the benchmark's commands takes ~30 ms here, the delay another caller's command may see.
+COMMAND_CHUNK = 200
+# Replays (`at`) fold a tenant's stream in Python, holding the GIL: this many run at once, this
+# many more wait; beyond that 429 + Retry-After. More slots would not replay faster (one GIL)
+# and would take more of the interpreter from the live readers.
+REPLAY_SLOTS, REPLAY_QUEUE = 1, 16
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                "application/json-seq", "text/plain")
 
@@ -87,6 +95,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": m.ErrorAnswer, "description": "missing, malformed, forged or expired token"},
     404: {"model": m.ErrorAnswer, "description": "unknown, foreign or invisible id"},
     422: {"model": m.InvalidAnswer, "description": "malformed input, naming the field"},
+    429: {"model": m.ErrorAnswer, "description": "too many replays (`at`) in progress; "
+                                                  "retry after Retry-After seconds"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
 }
 
@@ -125,6 +135,48 @@ class RequestLog:
                      status=status, ms=round((time.perf_counter() - started) * 1000, 1))
 
 
+class ReplayLane:
+    """Bounded concurrency for replays: `slots` at a time, `queue` more waiting (in their
+    worker threads), and any further one refused at once with 429 + Retry-After, so a burst of
+    replays neither starves the live readers of the interpreter nor fills the thread pool."""
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+        self._limit = slots + queue
+        self._admitted = 0
+        self._count = threading.Lock()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._count:
+            if self._admitted >= self._limit:
+                raise ApiError(429, f"{self._limit} replays (at=) are in progress or waiting; "
+                                    "retry", {"Retry-After": "1"})
+            self._admitted += 1
+        try:
+            with self._slots:
+                yield
+        finally:
+            with self._count:
+                self._admitted -= 1
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes: a declared
+    Content-Length over the limit before reading anything, a chunked body once the bytes
+    received pass it (the rest is never read: uvicorn stops reading the socket while the app
+    does not ask for more, so memory stays ~`limit`)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
+    return bytes(body)
+
+
 BEARER = HTTPBearer(auto_error=False)
 
 
@@ -145,18 +197,22 @@ Who = Annotated[Principal, Depends(principal)]
 
 
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
-               token_max_age: int | None = None) -> FastAPI:
+               token_max_age: int | None = None, replay_slots: int = REPLAY_SLOTS,
+               replay_queue: int = REPLAY_QUEUE) -> FastAPI:
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
-    lock = threading.Lock()
+    engine.replay_slot = ReplayLane(replay_slots, replay_queue).slot
+    writer = threading.Lock()  # one command chunk at a time: the engine's tenant states are shared
+
     def answer(min_position: int | None, query: Callable[[], T]) -> T:
-        """Wait for the projections when asked to (bounded), then query under the lock."""
+        """Wait for the projections when asked to (bounded), then query. No process-wide lock:
+        live reads run beside commands and replays (which take a slot of `replays`, see
+        Engine.reader)."""
         if min_position is not None:
             deadline = time.monotonic() + max_wait
             while True:
-                with lock:
-                    end = engine.store.max_position()
-                    reached = min(engine.views.positions().values())
+                end = engine.store.max_position()
+                reached = min(engine.views.positions().values())
                 if min_position > end:
                     raise invalid("min_position", f"{min_position} is beyond the end of the "
                                   f"event log (position {end})")
@@ -166,12 +222,30 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                     raise ApiError(503, f"projections are at position {reached}, not yet at "
                                    f"min_position {min_position} after {max_wait:g} s; retry",
                                    {"Retry-After": "1"})
-                if engine.follow:  # embedded: project here; else the runner processes do
-                    with lock:
-                        engine.catch_up()
+                if engine.follow:  # embedded: project here (unless a writer is); else runners
+                    engine.try_catch_up()
                 time.sleep(0.01)
-        with lock:
-            return query()
+        return query()
+
+    def apply_in_chunks(lines: list[bytes], gate: TokenGate) -> "ApplyReport":
+        """Apply `lines` COMMAND_CHUNK at a time, each chunk holding the writer lane alone, so
+        a long post delays another caller's command by one chunk, never by the whole body."""
+        total: ApplyReport | None = None
+        for start in range(0, len(lines), COMMAND_CHUNK):
+            with writer:
+                part = engine.apply_lines(lines[start:start + COMMAND_CHUNK], gate=gate)
+            part.rejected = [(n + start, cmd, f, why) for n, cmd, f, why in part.rejected]
+            part.results = [(n + start, outcome) for n, outcome in part.results]
+            if total is None:
+                total = part
+                continue
+            total.applied += part.applied
+            total.unchanged += part.unchanged
+            total.rejected += part.rejected
+            total.results += part.results
+            total.position = part.position
+        assert total is not None  # the caller refuses an empty body
+        return total
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -271,20 +345,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         if kind != "application/json" and kind not in JSONL_TYPES:
             raise ApiError(415, "send one command as application/json or JSON Lines as "
                                 "application/x-ndjson")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        body = await read_body(request, MAX_BODY)
         if not body.strip():
             raise invalid("body", "no command given")
         lines = [body] if kind == "application/json" else body.splitlines()
         gate = TokenGate(who.tenant, permissions.actor_of(who.user, who.service), who.user,
                          who.service)
 
-        def apply() -> Any:
-            with lock:
-                return engine.apply_lines(lines, gate=gate)
-
-        report = await run_in_threadpool(apply)
+        report = await run_in_threadpool(apply_in_chunks, lines, gate)
         reasons = {n: (cmd, field, reason) for n, cmd, field, reason in report.rejected}
         results = []
         for number, outcome in report.results:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -122,9 +123,15 @@ class Engine:
         # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
         self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
         self.projector = Projector()
+        # The in-memory projector is one thread's at a time: catch_up waits for it, a live
+        # query only tries it (it reads the committed views when another thread is projecting).
+        self._projecting = threading.Lock()
         # Embedded: commands and queries bring the views up to date in this process. False when
         # projection runners run as processes of their own (`crmsync run projections`).
         self.follow = True
+        # Held while a replay (`at`) folds its stream: the HTTP API bounds how many run at once.
+        self.replay_slot: Callable[[], contextlib.AbstractContextManager[object]] = \
+            contextlib.nullcontext
 
     @classmethod
     def open_in_memory(cls) -> Engine:
@@ -269,7 +276,19 @@ class Engine:
 
     # -- projections ----------------------------------------------------------------------------
     def catch_up(self, progress: Progress | None = None) -> int:
-        return catch_up(self.store, self.views, self.projector, progress=progress)
+        with self._projecting:
+            return catch_up(self.store, self.views, self.projector, progress=progress)
+
+    def try_catch_up(self) -> bool:
+        """Catch up unless another thread of this process is doing so (then return False at
+        once): a reader never waits behind a writer's catch-up, it reads the committed views."""
+        if not self._projecting.acquire(blocking=False):
+            return False
+        try:
+            catch_up(self.store, self.views, self.projector)
+        finally:
+            self._projecting.release()
+        return True
 
     def rebuild(self, projection: str | None = None, progress: Progress | None = None,
                 parts: int = 1) -> None:
@@ -327,18 +346,23 @@ class Engine:
 
     # -- queries --------------------------------------------------------------------------------
     def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
-        """Live views (caught up first), or the tenant's state replayed up to domain time `at`."""
+        """Live views (caught up first unless another thread is catching up), or the tenant's
+        state replayed up to domain time `at` (in the calling thread, on its own views).
+
+        Thread-safe for readers: the view stores read on per-thread connections (SQLite) or a
+        connection of their own (PostgreSQL), the event store from its pool."""
         if at is None:
             if self.follow:
-                self.catch_up()
+                self.try_catch_up()
             return self.views
-        events = []
-        for seq, event in self.store.tenant_events(tenant):
-            if event.occurred_at > at:
-                break
-            events.append((seq, event))
-        replayed = MemoryViews()  # the same projector as live, over the stream up to `at`
-        catch_up(ReplayLog(events), replayed, Projector(), batch_size=10_000)
+        with self.replay_slot():
+            events = []
+            for seq, event in self.store.tenant_events(tenant):
+                if event.occurred_at > at:
+                    break
+                events.append((seq, event))
+            replayed = MemoryViews()  # the same projector as live, over the stream up to `at`
+            catch_up(ReplayLog(events), replayed, Projector(), batch_size=10_000)
         return replayed
 
     def query_timeline(self, tenant: str, viewer: str, record: str, at: datetime | None = None
