@@ -201,7 +201,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                replay_queue: int = REPLAY_QUEUE) -> FastAPI:
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
-    engine.replay_slot = ReplayLane(replay_slots, replay_queue).slot
+    engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)
     writer = threading.Lock()  # one command chunk at a time: the engine's tenant states are shared
 
     def answer(min_position: int | None, query: Callable[[], T]) -> T:
@@ -222,8 +222,8 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                     raise ApiError(503, f"projections are at position {reached}, not yet at "
                                    f"min_position {min_position} after {max_wait:g} s; retry",
                                    {"Retry-After": "1"})
-                if engine.follow:  # embedded: project here (unless a writer is); else runners
-                    engine.try_catch_up()
+                if engine.follow:  # embedded: the engine's follower projects; else runners
+                    engine.request_catch_up()
                 time.sleep(0.01)
         return query()
 

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from adapters.webhook_api import DeliveryInbox
+    from runners.replays import ReplayPool
 
 EXIT_USAGE = 2
 NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
+REPLAY_WORKERS_ENV = "CRMSYNC_REPLAY_WORKERS"
 
 
 def _secret() -> bytes | None:
@@ -60,15 +62,35 @@ def serve(engine: Engine, host: str, port: int) -> int:
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
     app = create_app(engine, secret, token_max_age=max_token_age())
+    pool = replay_pool(engine)
     from adapters.webhook_api import shared_client_state, webhook_router
 
     app.include_router(webhook_router(webhook_inbox(engine.path),
                                       shared_client_state(os.environ.get(GRAPH_CLIENT_STATE))))
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
                                                db=engine.path or "memory")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
-                log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
+                    log_level="warning")
+    finally:
+        if pool is not None:
+            pool.close()
     return 0
+
+
+def replay_pool(engine: Engine) -> ReplayPool | None:
+    """Replays (`at`) in CRMSYNC_REPLAY_WORKERS processes (default 1; 0: in the server's
+    threads), off the interpreter that answers the live queries; the HTTP API bounds how many
+    run or wait (adapters.http_api.ReplayLane)."""
+    value = os.environ.get(REPLAY_WORKERS_ENV, "1")
+    workers = int(value) if value.isdigit() else 1
+    if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
+        return None  # an in-memory store cannot be opened by another process
+    from runners.replays import ReplayPool
+
+    pool = ReplayPool(workers, engine.store.env)
+    engine.replay = pool
+    return pool
 
 
 def webhook_inbox(db: str | None) -> DeliveryInbox:
