@@ -91,7 +91,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[httpx.Client, GatedStore, Engine]]:
     engine = Engine(store, SqliteViews(path), path)
     app = create_app(engine, SECRET, max_wait=5, replay_slots=1, replay_queue=1)
     with Server(app) as server, httpx.Client(base_url=server.url, timeout=20) as client:
-        answer = client.post("/v1/commands", content=jsonl(OFFICE, timed=True), headers={**SERVICE, **JSONL})
+        answer = client.post("/v1/commands", content=jsonl(OFFICE, timed=True),
+                             headers={**SERVICE, **JSONL})
         assert answer.json()["applied"] == len(OFFICE), answer.text
         yield client, store, engine
         store.release.set()
