@@ -30,7 +30,6 @@ from datetime import timedelta
 import httpx
 import orjson
 
-from adapters.tokens import issue
 from benchmarks.generate import T0, append_all, history
 from benchmarks.http_queries import percentile, rss_mb, wait_http
 from runners.config import open_engine
@@ -114,9 +113,8 @@ def run(args: argparse.Namespace, db: str, pairs: list[tuple[str, str]], users: 
         procs.append(subprocess.Popen([crmsync, *where, "run", "projections", "--poll", "0.2"],
                                       env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-    secret = SECRET.encode()
-    tokens = {u: issue(secret, args.tenant, u) for u in users}
-    service = issue(secret, args.tenant, "bench", service=True)
+    tokens = issued(env, args.tenant, [*users, "bench"])
+    service = tokens.pop("bench")
     base = f"http://127.0.0.1:{args.port}"
     try:
         with httpx.Client(base_url=base, timeout=600) as client:
@@ -134,8 +132,24 @@ def run(args: argparse.Namespace, db: str, pairs: list[tuple[str, str]], users: 
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(10)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def issued(env: dict[str, str], tenant: str, users: list[str]) -> dict[str, str]:
+    """Tokens from the server's own code (its token format may differ from this tree's); the
+    last user's is a service token."""
+    script = ("import json, os, sys; from adapters.tokens import issue; users = sys.argv[2:]; "
+              "secret = os.environ['CRMSYNC_SECRET'].encode(); print(json.dumps({u: issue("
+              "secret, sys.argv[1], u, u == users[-1]) for u in users}))")
+    out = subprocess.run([sys.executable, "-c", script, tenant, *users], env=env, cwd="/",
+                         check=True, capture_output=True, text=True).stdout
+    tokens: dict[str, str] = orjson.loads(out)
+    return tokens
 
 
 def contend(args: argparse.Namespace, client: httpx.Client, pairs: list[tuple[str, str]],
