@@ -40,12 +40,14 @@ if TYPE_CHECKING:  # the composition root builds the engine; the API only uses i
 T = TypeVar("T")
 log = structlog.get_logger("crmsync.http")
 MAX_BODY = 10 * 1024 * 1024
-# Commands are applied this many lines at a time, one chunk holding the writer lane: a chunk
-# of the benchmark's commands takes ~30 ms here, the delay another caller's command may see.
-COMMAND_CHUNK = 200
-# Replays (`at`) fold a tenant's stream in Python, holding the GIL: this many run at once, this
-# many more wait; beyond that 429 + Retry-After. More slots would not replay faster (one GIL)
-# and would take more of the interpreter from the live readers.
+# Commands are applied this many lines at a time, one chunk holding the writer lane: the most
+# another caller's command waits. Beside 8 replays a line took ~4-5 ms here (a 5,000-line post
+# in 18-25 s, benchmarks/api_contention.py), so ~0.5 s a chunk.
+COMMAND_CHUNK = 100
+# Replays (`at`) fold a tenant's stream in Python, holding the GIL: this many run at once (in
+# this process, or in `crmsync serve`'s replay processes, one slot each), this many more wait;
+# beyond that 429 + Retry-After. In-process, more slots would not replay faster (one GIL) and
+# would take more of the interpreter from the live readers.
 REPLAY_SLOTS, REPLAY_QUEUE = 1, 16
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                "application/json-seq", "text/plain")

@@ -61,8 +61,15 @@ def serve(engine: Engine, host: str, port: int) -> int:
     from adapters.http_api import create_app
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
-    app = create_app(engine, secret, token_max_age=max_token_age())
-    pool = replay_pool(engine)
+    workers = replay_workers()
+    app = create_app(engine, secret, token_max_age=max_token_age(),
+                     replay_slots=max(1, workers))
+    pool = replay_pool(engine, workers)
+    # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
+    # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
+    # call): 1 ms instead of 5 took a reader's p99 beside a 5,000-line post from 40-52 ms to
+    # 29 ms (benchmarks/api_contention.py).
+    sys.setswitchinterval(0.001)
     from adapters.webhook_api import shared_client_state, webhook_router
 
     app.include_router(webhook_router(webhook_inbox(engine.path),
@@ -78,12 +85,16 @@ def serve(engine: Engine, host: str, port: int) -> int:
     return 0
 
 
-def replay_pool(engine: Engine) -> ReplayPool | None:
-    """Replays (`at`) in CRMSYNC_REPLAY_WORKERS processes (default 1; 0: in the server's
-    threads), off the interpreter that answers the live queries; the HTTP API bounds how many
-    run or wait (adapters.http_api.ReplayLane)."""
+def replay_workers() -> int:
+    """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
+    server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
+    wait (adapters.http_api.ReplayLane)."""
     value = os.environ.get(REPLAY_WORKERS_ENV, "1")
-    workers = int(value) if value.isdigit() else 1
+    return int(value) if value.isdigit() else 1
+
+
+def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
+    """Replays in `workers` processes, off the interpreter that answers the live queries."""
     if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
         return None  # an in-memory store cannot be opened by another process
     from runners.replays import ReplayPool

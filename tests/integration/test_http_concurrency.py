@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,28 @@ def test_replays_beyond_the_queue_are_refused_with_retry_after_and_live_reads_go
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.headers["retry-after"] == "1"
     assert all(a.json() == expected for a in answers if a.status_code == 200)
+
+
+def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> None:
+    from domain.errors import NotFound
+    from runners.replays import ReplayPool
+
+    engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
+    pool = ReplayPool(1, engine.store.env)
+    try:
+        assert engine.apply_lines(jsonl(OFFICE, timed=True).splitlines()).applied == len(OFFICE)
+        engine.apply_lines([json.dumps({"tenant": "acme", "cmd": "CreateLead", "record":
+                                        "late", "owner": "mia", "name": "Late"})])
+        at = datetime.fromisoformat(AT)
+        asked = [("timeline", "ada", "lead-1"), ("records", "ada", None),
+                 ("mailbox", "mia", None), ("thread", "ada", "mb:t1")]
+        local = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
+        engine.replay = pool
+        pooled = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
+        with pytest.raises(NotFound):
+            engine.query_timeline("acme", "ada", "late", at=at)  # created after `at`
+    finally:
+        pool.close()
+        engine.close()
+    assert pooled == local
+    assert len(local[0]) == 1 and {r["record"] for r in local[1]} == {"lead-1"}
