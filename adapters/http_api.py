@@ -166,8 +166,8 @@ class ReplayLane:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes: a declared
     Content-Length over the limit before reading anything, a chunked body once the bytes
-    received pass it (the rest is never read: uvicorn stops reading the socket while the app
-    does not ask for more, so memory stays ~`limit`)."""
+    received pass it. The rest never reaches the app (uvicorn discards it), so memory stays
+    ~`limit` whatever the client sends."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body larger than {limit} bytes")
