@@ -10,6 +10,9 @@ query, exactly as in-process.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +22,19 @@ from runners.engine import QUERIES, replayed
 _store: EventStore | None = None  # the worker process's event store
 
 
-def _open(env: dict[str, str]) -> None:
+def _open(env: dict[str, str], parent: int) -> None:
     global _store  # noqa: PLW0603 - one store per worker process, opened by the initializer
     _store = EventStore(env)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker when the server is gone: uvicorn re-raises SIGTERM after its shutdown,
+    so the server dies before its `finally` closes the pool, and a worker blocked on the pool's
+    queue (it holds both ends of the pipe) would never see EOF."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def _replay(name: str, tenant: str, viewer: str, args: tuple[Any, ...], at: datetime) -> Any:
@@ -34,8 +47,8 @@ class ReplayPool:
 
     def __init__(self, workers: int, store_env: dict[str, str]) -> None:
         # spawn: the server has threads (uvicorn, the sync worker); forking them is unsafe
-        self._pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_open,
-                                                               initargs=(store_env,))
+        self._pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_open, initargs=(store_env, os.getpid()))
 
     def __call__(self, name: str, tenant: str, viewer: str, args: tuple[Any, ...],
                  at: datetime) -> Any:
