@@ -126,6 +126,7 @@ class EventStore:
     """Port over the eventsourcing application: append to a tenant stream, read streams and log."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)  # how to open this store again (runners.replays: other processes)
         try:
             self.app = CrmSyncApplication(env=postgres_defaults(env))
         except PersistenceError as exc:

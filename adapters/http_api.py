@@ -9,8 +9,9 @@ invisible ids answer 404 `{"detail": "not found"}` (V12). Commands go through
 domain.permissions; one JSON command that is rejected answers 422 (404 for an unknown or
 invisible id), JSON Lines answer 200 per line. Each principal's commands pass a token bucket
 (`RateLimit`, in this process). Positions handed out and taken (`min_position`) are the
-tenant's stream version (§8), mapped to the log position to wait on the views. The engine is
-used under one lock (the embedded SQLite engine is one connection and one in-memory projector).
+tenant's stream version (§8), mapped to the log position to wait on the views. There is no
+process-wide lock: reads run beside commands, commands take a writer lane one chunk at a time,
+and replays (`at`) are bounded (`ReplayLane`).
 """
 
 import math
@@ -18,7 +19,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -43,11 +45,20 @@ from domain.input_rules import could_be_id
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
-    from runners.engine import Engine
+    from runners.engine import ApplyReport, Engine
 
 T = TypeVar("T")
 log = structlog.get_logger("crmsync.http")
 MAX_BODY = 10 * 1024 * 1024
+# Commands are applied this many lines at a time, one chunk holding the writer lane: the most
+# another caller's command waits. Beside 8 replays a line took ~4-5 ms here (a 5,000-line post
+# in 18-25 s, benchmarks/api_contention.py), so ~0.5 s a chunk.
+COMMAND_CHUNK = 100
+# Replays (`at`) fold a tenant's stream in Python, holding the GIL: this many run at once (in
+# this process, or in `crmsync serve`'s replay processes, one slot each), this many more wait;
+# beyond that 429 + Retry-After. In-process, more slots would not replay faster (one GIL) and
+# would take more of the interpreter from the live readers.
+REPLAY_SLOTS, REPLAY_QUEUE = 1, 16
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                "application/json-seq", "text/plain")
 
@@ -108,6 +119,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
           "token, or a user who is not an active user of the tenant"},
     404: {"model": m.ErrorAnswer, "description": "unknown, foreign or invisible id"},
     422: {"model": m.InvalidAnswer, "description": "malformed input, naming the field"},
+    429: {"model": m.ErrorAnswer, "description": "too many replays (`at`) in progress; "
+                                                  "retry after Retry-After seconds"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
 }
 
@@ -185,6 +198,48 @@ class RateLimit:
             return 0.0
 
 
+class ReplayLane:
+    """Bounded concurrency for replays: `slots` at a time, `queue` more waiting (in their
+    worker threads), and any further one refused at once with 429 + Retry-After, so a burst of
+    replays neither starves the live readers of the interpreter nor fills the thread pool."""
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+        self._limit = slots + queue
+        self._admitted = 0
+        self._count = threading.Lock()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._count:
+            if self._admitted >= self._limit:
+                raise ApiError(429, f"{self._limit} replays (at=) are in progress or waiting; "
+                                    "retry", {"Retry-After": "1"})
+            self._admitted += 1
+        try:
+            with self._slots:
+                yield
+        finally:
+            with self._count:
+                self._admitted -= 1
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes: a declared
+    Content-Length over the limit before reading anything, a chunked body once the bytes
+    received pass it. The rest never reaches the app (uvicorn discards it), so memory stays
+    ~`limit` whatever the client sends."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
+    return bytes(body)
+
+
 BEARER = HTTPBearer(auto_error=False)
 
 
@@ -214,24 +269,59 @@ UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` reads the environment
 
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                token_max_age: int | None = None,
-               rate_limit: RateLimit | None = UNSET_LIMIT) -> FastAPI:
+               rate_limit: RateLimit | None = UNSET_LIMIT, replay_slots: int = REPLAY_SLOTS,
+               replay_queue: int = REPLAY_QUEUE) -> FastAPI:
     """The API over `engine`; `rate_limit` None: no limit, unset: RateLimit.from_env()."""
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
     limit = RateLimit.from_env() if rate_limit is UNSET_LIMIT else rate_limit
-    lock = threading.Lock()
+    engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)
+    writer = threading.Lock()  # one command chunk at a time: the engine's tenant states are shared
+    # (tenant, user) -> (active, tokens revoked at): what a token check needs, as last seen under
+    # the writer lane, so a read never waits for a command chunk to end (see `refused`)
+    principals: dict[tuple[str, str], tuple[bool, float | None]] = {}
+
+    def look_up(tenant: str, user: str) -> tuple[bool, float | None]:
+        """Under the writer lane: the user's status from the tenant's fresh state."""
+        found = engine.store.state(tenant).users.get(user)
+        seen = (False, None) if found is None else (
+            found.active,
+            None if found.tokens_revoked_at is None else found.tokens_revoked_at.timestamp())
+        principals[(tenant, user)] = seen
+        return seen
+
+    def republish(tenant: str) -> None:
+        """Under the writer lane, after a command chunk: refresh the tenant's known users, so a
+        deactivation or RevokeTokens applied here is refused at once by the next request."""
+        for known_tenant, user in list(principals):
+            if known_tenant == tenant:
+                look_up(tenant, user)
 
     def refused(who: Principal) -> str | None:
+        """§8: why a valid token is refused now, or None. Reads fresh state when the writer lane
+        is free (or the user was never seen); while a command chunk holds it, the status as of
+        the last chunk (`republish`), so readers never stall behind writers."""
         if who.service:  # services are revoked by rotating the secret (docs/decisions.md)
             return None
-        with lock:
-            return refusal(engine.store.state(who.tenant), who.user, who.issued_at)
+        key = (who.tenant, who.user)
+        if writer.acquire(blocking=key not in principals):
+            try:
+                active, revoked = look_up(*key)
+            finally:
+                writer.release()
+        else:
+            active, revoked = principals[key]
+        if not active:
+            return "not an active user of this tenant"
+        if revoked is not None and who.issued_at <= revoked:
+            return "token revoked"
+        return None
 
     def log_position(who: Principal, min_position: int | None) -> int | None:
         """The log position to wait for, from a position of the caller's tenant (§8)."""
         if min_position is None or min_position == 0:
             return min_position
-        with lock:
+        with writer:
             latest = engine.store.state(who.tenant).seq
             if min_position > latest:
                 raise invalid("min_position", f"{min_position} is beyond your tenant's latest "
@@ -241,13 +331,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     app.state.refusal = refused
 
     def answer(min_position: int | None, query: Callable[[], T]) -> T:
-        """Wait for the projections when asked to (bounded), then query under the lock."""
+        """Wait for the projections when asked to (bounded), then query. No process-wide lock:
+        live reads run beside commands and replays (which take a slot of `replays`, see
+        Engine.reader)."""
         if min_position is not None:
             deadline = time.monotonic() + max_wait
             while True:
-                with lock:
-                    end = engine.store.max_position()
-                    reached = min(engine.views.positions().values())
+                end = engine.store.max_position()
+                reached = min(engine.views.positions().values())
                 if min_position > end:
                     raise invalid("min_position", f"{min_position} is beyond the end of the "
                                   f"event log (position {end})")
@@ -257,12 +348,32 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                     raise ApiError(503, f"projections are at position {reached}, not yet at "
                                    f"min_position {min_position} after {max_wait:g} s; retry",
                                    {"Retry-After": "1"})
-                if engine.follow:  # embedded: project here; else the runner processes do
-                    with lock:
-                        engine.catch_up()
+                if engine.follow:  # embedded: the engine's follower projects; else runners
+                    engine.request_catch_up()
                 time.sleep(0.01)
-        with lock:
-            return query()
+        return query()
+
+    def apply_in_chunks(lines: list[bytes], gate: TokenGate) -> "ApplyReport":
+        """Apply `lines` COMMAND_CHUNK at a time, each chunk holding the writer lane alone, so
+        a long post delays another caller's command by one chunk, never by the whole body."""
+        total: ApplyReport | None = None
+        for start in range(0, len(lines), COMMAND_CHUNK):
+            with writer:
+                part = engine.apply_lines(lines[start:start + COMMAND_CHUNK], gate=gate)
+                republish(gate.tenant)
+            part.rejected = [(n + start, cmd, f, why) for n, cmd, f, why in part.rejected]
+            part.results = [(n + start, outcome) for n, outcome in part.results]
+            if total is None:
+                total = part
+                continue
+            total.applied += part.applied
+            total.unchanged += part.unchanged
+            total.rejected += part.rejected
+            total.results += part.results
+            total.position = part.position
+            total.tenant_positions.update(part.tenant_positions)
+        assert total is not None  # the caller refuses an empty body
+        return total
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -300,7 +411,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
 
     app.add_middleware(RequestLog)
     # auditor routes (access, access history, export) before the catch-all thread route
-    add_audit_routes(app, engine, answer, lock, log_position)
+    add_audit_routes(app, engine, answer, writer, log_position)
 
     # -- queries --------------------------------------------------------------------------------
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
@@ -381,9 +492,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         if kind != "application/json" and kind not in JSONL_TYPES:
             raise ApiError(415, "send one command as application/json or JSON Lines as "
                                 "application/x-ndjson")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        body = await read_body(request, MAX_BODY)
         if not body.strip():
             raise invalid("body", "no command given")
         single = kind == "application/json"
@@ -397,11 +506,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         gate = TokenGate(who.tenant, permissions.actor_of(who.user, who.service), who.user,
                          who.service)
 
-        def apply() -> Any:
-            with lock:
-                return engine.apply_lines(lines, gate=gate)
-
-        report = await run_in_threadpool(apply)
+        report = await run_in_threadpool(apply_in_chunks, lines, gate)
         reasons = {n: (cmd, field, reason) for n, cmd, field, reason in report.rejected}
         results = []
         for number, outcome in report.results:

@@ -4,7 +4,9 @@
 store's suffix like the positions. Rows PostgreSQL cannot hold (NUL in a key) are refused here
 too, so both stores answer the same.
 
-Rows and tracking positions of a batch are written in one transaction. Rebuilds write into
+Rows and tracking positions of a batch are written in one transaction, on the store's one
+writer connection; reads go through a connection per thread (WAL: readers run beside the writer
+and see committed batches only, never a half-written one). Rebuilds write into
 `view_<name>__new` and swap it in; `verify` builds `view_<name>__verify` and compares checksums.
 """
 
@@ -39,6 +41,11 @@ class SqliteViews:
         self._lock_path = f"{path}.projector{suffix}.lock"
         self._thread_lock = threading.RLock()
         self._held = 0  # re-entrant: depth of exclusive() in this process
+        self._path = path
+        self._local = threading.local()  # this thread's read connection
+        # every thread's, by thread: closed by close(), a finished thread's when another opens
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
+        self._readers_lock = threading.Lock()
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -61,7 +68,33 @@ class SqliteViews:
             raise StoreError(f"unknown projection {projection!r}")
         return f"view_{projection}{self.suffix}"
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use); the writer's for an in-memory
+        database, which other connections would not see."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._path == ":memory:" or "mode=memory" in self._path:
+            return self.conn
+        try:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open views in {self._path}: {exc}") from exc
+        with self._readers_lock:
+            for thread in [t for t in self._readers if not t.is_alive()]:
+                self._readers.pop(thread).close()
+            self._readers[threading.current_thread()] = conn
+        self._local.conn = conn
+        return conn
+
     def close(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = list(self._readers.values()), {}
+        for conn in readers:
+            conn.close()  # check_same_thread=False: closed from whichever thread closes us
+        self._local = threading.local()
         self.conn.close()
 
     @contextmanager
@@ -92,7 +125,7 @@ class SqliteViews:
 
     def positions(self) -> dict[str, int]:
         try:
-            found = dict(self.conn.execute("SELECT projection, position FROM view_tracking"))
+            found = dict(self._reader().execute("SELECT projection, position FROM view_tracking"))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read view positions: {exc}") from exc
         return {p: int(found.get(p + self.suffix, 0)) for p in PROJECTIONS}
@@ -156,7 +189,7 @@ class SqliteViews:
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         try:
-            found = self.conn.execute("SELECT projection, tenant, position, error FROM "
+            found = self._reader().execute("SELECT projection, tenant, position, error FROM "
                                       "view_stuck").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read stuck tenants: {exc}") from exc
@@ -166,7 +199,7 @@ class SqliteViews:
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
         if not (storable_text(tenant) and storable_text(key)):
             return {}  # nothing stored has such a key (E8)
-        cur = self.conn.execute(f"SELECT row_key, doc FROM {self._table(projection)} "
+        cur = self._reader().execute(f"SELECT row_key, doc FROM {self._table(projection)} "
                                 "WHERE tenant=? AND key=?", (tenant, key))
         return {rk: orjson.loads(doc) for rk, doc in cur}
 
@@ -174,7 +207,7 @@ class SqliteViews:
         out: dict[str, Rows] = {}
         if not (storable_text(tenant) and storable_text(prefix)):
             return out
-        cur = self.conn.execute(
+        cur = self._reader().execute(
             f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
             "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
         for key, rk, doc in cur:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
+import structlog
 
 from adapters.credential_store import CredentialStore, SqliteCredentialStore
-from adapters.errors import ConcurrencyConflict
+from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.event_store import EventStore
 from adapters.gc_pause import paused_gc
 from adapters.memory_views import MemoryViews
@@ -35,6 +37,7 @@ from projections.rows import PROJECTIONS
 from runners.credentials import after_append, check_ready
 
 Progress = Callable[[int, int], None]
+log = structlog.get_logger("crmsync.engine")
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -166,9 +169,23 @@ class Engine:
         # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
         self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
         self.projector = Projector()
+        # The in-memory projector is one thread's at a time: catch_up waits for it, a live
+        # query only tries it (it reads the committed views when another thread is projecting).
+        self._projecting = threading.Lock()
+        self._background = False  # share_between_threads: a follower thread catches up
+        self._follower: threading.Thread | None = None
+        self._follower_lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._stopping = False
         # Embedded: commands and queries bring the views up to date in this process. False when
         # projection runners run as processes of their own (`crmsync run projections`).
         self.follow = True
+        # Held while a replay (`at`) folds its stream: the HTTP API bounds how many run at once.
+        self.replay_slot: Callable[[], contextlib.AbstractContextManager[object]] = \
+            contextlib.nullcontext
+        # (query, tenant, viewer, args, at) -> answer: replays run there instead of in the
+        # calling thread (runners.replays: a process pool, off this interpreter's GIL)
+        self.replay: Callable[[str, str, str, tuple[Any, ...], datetime], Any] | None = None
 
     @classmethod
     def open_in_memory(cls) -> Engine:
@@ -180,6 +197,10 @@ class Engine:
                    credentials=SqliteCredentialStore(path))
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._stopping = True
+            self._wanted.set()
+            self._follower.join(60)
         close = getattr(self.views, "close", None)
         if callable(close):
             close()
@@ -329,7 +350,48 @@ class Engine:
 
     # -- projections ----------------------------------------------------------------------------
     def catch_up(self, progress: Progress | None = None) -> int:
-        return catch_up(self.store, self.views, self.projector, progress=progress)
+        with self._projecting:
+            return catch_up(self.store, self.views, self.projector, progress=progress)
+
+    def share_between_threads(self, replay_slot: Callable[[], contextlib.AbstractContextManager[
+            object]] | None = None) -> None:
+        """Serve many threads at once (the HTTP API): live queries no longer catch up in their
+        own thread (they read the committed views and ask the follower thread to catch up),
+        and replays hold a `replay_slot` while they fold."""
+        self._background = True
+        if replay_slot is not None:
+            self.replay_slot = replay_slot
+
+    def request_catch_up(self) -> None:
+        """Have the follower thread catch up (started on first use), without waiting for it."""
+        with self._follower_lock:
+            if self._follower is None:
+                self._follower = threading.Thread(target=self._follow, name="crmsync-follower",
+                                                  daemon=True)
+                self._follower.start()
+        self._wanted.set()
+
+    def _follow(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            try:
+                self.catch_up()
+            except StoreError as exc:  # the next request tries again; readers read what is
+                log.warning("catch_up_failed", error=str(exc))
+
+    def try_catch_up(self) -> bool:
+        """Catch up unless another thread of this process is doing so (then return False at
+        once): a reader never waits behind a writer's catch-up, it reads the committed views."""
+        if not self._projecting.acquire(blocking=False):
+            return False
+        try:
+            catch_up(self.store, self.views, self.projector)
+        finally:
+            self._projecting.release()
+        return True
 
     def rebuild(self, projection: str | None = None, progress: Progress | None = None,
                 parts: int = 1) -> None:
@@ -387,49 +449,81 @@ class Engine:
 
     # -- queries --------------------------------------------------------------------------------
     def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
-        """Live views (caught up first), or the tenant's state replayed up to domain time `at`."""
+        """Live views (caught up first unless another thread is catching up), or the tenant's
+        state replayed up to domain time `at` (in the calling thread, on its own views).
+
+        Thread-safe for readers: the view stores read on per-thread connections (SQLite) or a
+        connection of their own (PostgreSQL), the event store from its pool."""
         if at is None:
-            if self.follow:
-                self.catch_up()
+            if self.follow and self._background:
+                self.request_catch_up()
+            elif self.follow:
+                self.try_catch_up()
             return self.views
-        events = []
-        for seq, event in self.store.tenant_events(tenant):
-            if event.occurred_at > at:
-                break
-            events.append((seq, event))
-        replayed = MemoryViews()  # the same projector as live, over the stream up to `at`
-        catch_up(ReplayLog(events), replayed, Projector(), batch_size=10_000)
-        return replayed
+        with self.replay_slot():
+            return replayed(self.store, tenant, at)
+
+    def _answer(self, name: str, tenant: str, viewer: str, at: datetime | None,
+                *args: Any) -> Any:
+        if at is not None and self.replay is not None:  # replayed elsewhere (a process pool)
+            with self.replay_slot():
+                return self.replay(name, tenant, viewer, args, at)
+        return QUERIES[name](self.reader(tenant, at), tenant, viewer, *args)
 
     def query_timeline(self, tenant: str, viewer: str, record: str, at: datetime | None = None
                        ) -> list[dict[str, Any]]:
-        return queries.timeline(self.reader(tenant, at), tenant, viewer, record)
+        return cast(list[dict[str, Any]], self._answer("timeline", tenant, viewer, at, record))
 
     def query_mailbox(self, tenant: str, viewer: str, label: str | None = None,
                       at: datetime | None = None) -> list[dict[str, Any]]:
-        return queries.mailbox(self.reader(tenant, at), tenant, viewer, label)
+        return cast(list[dict[str, Any]], self._answer("mailbox", tenant, viewer, at, label))
 
     def query_thread(self, tenant: str, viewer: str, thread: str, at: datetime | None = None
                      ) -> dict[str, Any]:
-        from runners.audit import thread_views  # `at`: fold one thread, not the tenant's views
+        if at is None:
+            return cast(dict[str, Any], self._answer("thread", tenant, viewer, None, thread))
+        from runners.audit import thread_reader  # `at`: fold one thread, not the tenant's views
 
-        return queries.thread(thread_views(self, tenant, thread, at), tenant, viewer, thread)
+        with self.replay_slot():  # bounded like every replay (the HTTP API's ReplayLane)
+            return queries.thread(thread_reader(self, tenant, thread, at), tenant, viewer, thread)
 
     def query_explain(self, tenant: str, viewer: str, thread: str, record: str | None = None,
                       at: datetime | None = None) -> dict[str, Any]:
-        from runners.audit import thread_views
+        if at is None:
+            return cast(dict[str, Any], self._answer("explain", tenant, viewer, None, thread,
+                                                     record))
+        from runners.audit import thread_reader
 
-        return queries.explain(thread_views(self, tenant, thread, at), tenant, viewer, thread,
-                               record)
+        with self.replay_slot():
+            return queries.explain(thread_reader(self, tenant, thread, at), tenant, viewer,
+                                   thread, record)
 
     def query_records(self, tenant: str, viewer: str, email: str | None = None,
                       at: datetime | None = None) -> list[dict[str, Any]]:
-        return queries.records(self.reader(tenant, at), tenant, viewer, email)
+        return cast(list[dict[str, Any]], self._answer("records", tenant, viewer, at, email))
 
     def query_status(self, tenant: str, viewer: str, mailbox: str | None = None,
                      at: datetime | None = None) -> list[dict[str, Any]]:
-        return queries.sync_status(self.reader(tenant, at), tenant, viewer, mailbox)
+        return cast(list[dict[str, Any]], self._answer("status", tenant, viewer, at, mailbox))
 
     def query_contact(self, tenant: str, viewer: str, record: str, at: datetime | None = None
                       ) -> dict[str, Any]:
-        return queries.contact(self.reader(tenant, at), tenant, viewer, record)
+        return cast(dict[str, Any], self._answer("contact", tenant, viewer, at, record))
+
+
+QUERIES: dict[str, Callable[..., Any]] = {
+    "timeline": queries.timeline, "mailbox": queries.mailbox, "thread": queries.thread,
+    "explain": queries.explain, "records": queries.records, "status": queries.sync_status,
+    "contact": queries.contact}
+
+
+def replayed(store: EventStore, tenant: str, at: datetime) -> MemoryViews:
+    """The tenant's views as of domain time `at`: the live projector over its stream up to `at`."""
+    events = []
+    for seq, event in store.tenant_events(tenant):
+        if event.occurred_at > at:
+            break
+        events.append((seq, event))
+    views = MemoryViews()
+    catch_up(ReplayLog(events), views, Projector(), batch_size=10_000)
+    return views

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from adapters.pubsub_auth import GmailPushAuth
     from adapters.webhook_api import DeliveryInbox
+    from runners.replays import ReplayPool
 
 EXIT_USAGE = 2
 NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
@@ -36,6 +37,7 @@ POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
 PUSH_AUTH_ENV, PUSH_AUDIENCE_ENV = "CRMSYNC_GMAIL_PUSH_AUTH", "CRMSYNC_GMAIL_PUSH_AUDIENCE"
 PUSH_ACCOUNT_ENV, CERTS_URL_ENV = "CRMSYNC_GMAIL_PUSH_SERVICE_ACCOUNT", "CRMSYNC_GOOGLE_CERTS_URL"
+REPLAY_WORKERS_ENV = "CRMSYNC_REPLAY_WORKERS"
 
 
 def _secret() -> bytes | None:
@@ -70,7 +72,15 @@ def serve(engine: Engine, host: str, port: int) -> int:
     from adapters.http_api import create_app
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
-    app = create_app(engine, secret, token_max_age=max_token_age())
+    workers = replay_workers()
+    app = create_app(engine, secret, token_max_age=max_token_age(),
+                     replay_slots=max(1, workers))
+    pool = replay_pool(engine, workers)
+    # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
+    # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
+    # call): 1 ms instead of 5 (embedded, a reader's p99 beside a 5,000-line post: 29-32 ms
+    # against 40-52 ms; see docs/decisions.md for how noisy that was).
+    sys.setswitchinterval(0.001)
     from adapters.webhook_api import shared_client_state, webhook_router
 
     production = engine.path is None or bool(os.environ.get(NATS_URL_ENV))  # PostgreSQL/NATS
@@ -79,8 +89,12 @@ def serve(engine: Engine, host: str, port: int) -> int:
                                       gmail_push_auth(production)))
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
                                                db=engine.path or "memory")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
-                log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
+                    log_level="warning")
+    finally:
+        if pool is not None:
+            pool.close()
     return 0
 
 
@@ -109,6 +123,25 @@ def gmail_push_auth(production: bool) -> GmailPushAuth | None:
     log.warning("gmail_push_unauthenticated",
                 reason=f"embedded mode without {PUSH_AUDIENCE_ENV}: anyone can post pushes")
     return None
+
+
+def replay_workers() -> int:
+    """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
+    server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
+    wait (adapters.http_api.ReplayLane)."""
+    value = os.environ.get(REPLAY_WORKERS_ENV, "1")
+    return int(value) if value.isdigit() else 1
+
+
+def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
+    """Replays in `workers` processes, off the interpreter that answers the live queries."""
+    if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
+        return None  # an in-memory store cannot be opened by another process
+    from runners.replays import ReplayPool
+
+    pool = ReplayPool(workers, engine.store.env)
+    engine.replay = pool
+    return pool
 
 
 def webhook_inbox(db: str | None) -> DeliveryInbox:

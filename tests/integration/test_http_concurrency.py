@@ -1,0 +1,203 @@
+"""No process-wide lock in the HTTP API (issue #10, point 6): live reads answer while a command
+is inside its apply and while replays run; replays are bounded (429 + Retry-After beyond the
+queue); a long post is applied in chunks with every line counted once.
+
+A real uvicorn on loopback and a SQLite engine whose event store can be held inside an append
+or a replay's read (threading.Event gates, no sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from loopback import Server
+from office import OFFICE
+
+from adapters.event_store import TENANT_PAGE, EventStore
+from adapters.http_api import COMMAND_CHUNK, create_app
+from adapters.sqlite_views import SqliteViews
+from adapters.tokens import issue
+from domain.events import DomainEvent, LeadCreated
+from domain.state import TenantState
+from runners.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+SECRET = b"test-secret-0123456789abcdef"
+JSONL = {"content-type": "application/x-ndjson"}
+AT = "2026-01-02T01:00:00Z"  # after every setup command
+
+
+def token(user: str, service: bool = False) -> dict[str, str]:
+    return {"authorization": f"Bearer {issue(SECRET, 'acme', user, service)}"}
+
+
+SERVICE, ADA = token("provisioner", service=True), token("ada")
+
+
+def jsonl(commands: list[dict[str, Any]], timed: bool = False) -> str:
+    """JSON Lines for tenant acme; `timed`: at 2026-01-02T00:00:0i (else at the server's now)."""
+    return "".join(json.dumps({"tenant": "acme", **c, **(
+        {"at": f"2026-01-02T00:00:{i:02d}Z"} if timed else {})}) + "\n"
+        for i, c in enumerate(commands))
+
+
+def leads(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [{"cmd": "CreateLead", "record": f"{prefix}-{i}", "owner": "mia", "name": f"L {i}",
+             "emails": [f"{prefix}{i}@x.test"]} for i in range(count)]
+
+
+class GatedStore(EventStore):
+    """The SQLite event store, with one append or one replay read held until `release`."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+                          "SQLITE_LOCK_TIMEOUT": "10"})
+        self.hold_append = self.hold_replay = False
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._gate = threading.Lock()
+
+    def _held(self, armed: str) -> bool:
+        with self._gate:
+            if not getattr(self, armed):
+                return False
+            setattr(self, armed, False)  # the first caller only
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the gate"
+        return True
+
+    def append(self, state: TenantState, events: Any) -> None:
+        self._held("hold_append")
+        super().append(state, events)
+
+    def tenant_events(self, tenant: str, after: int = 0, page: int = TENANT_PAGE
+                      ) -> Iterator[tuple[int, DomainEvent]]:
+        if after == 0:  # a replay reads the whole stream; the command side only the tail
+            self._held("hold_replay")
+        yield from super().tenant_events(tenant, after, page)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[httpx.Client, GatedStore, Engine]]:
+    path = str(tmp_path / "crmsync.db")
+    store = GatedStore(path)
+    engine = Engine(store, SqliteViews(path), path)
+    app = create_app(engine, SECRET, max_wait=5, replay_slots=1, replay_queue=1)
+    with Server(app) as server, httpx.Client(base_url=server.url, timeout=20) as client:
+        answer = client.post("/v1/commands", content=jsonl(OFFICE, timed=True),
+                             headers={**SERVICE, **JSONL})
+        assert answer.json()["applied"] == len(OFFICE), answer.text
+        yield client, store, engine
+        store.release.set()
+    engine.close()
+
+
+def lead_ids_in_log(store: EventStore, prefix: str) -> list[str]:
+    return [e.record for _, e in EventStore.tenant_events(store, "acme")
+            if isinstance(e, LeadCreated) and e.record.startswith(prefix)]
+
+
+def test_live_reads_answer_while_a_command_is_held_inside_its_append(
+        setup: tuple[httpx.Client, GatedStore, Engine]) -> None:
+    client, store, _ = setup
+    before = client.get("/v1/records/lead-1/timeline", headers=ADA)
+    assert before.status_code == 200 and len(before.json()) == 1
+    store.hold_append = True
+    with ThreadPoolExecutor(1) as pool:
+        post = pool.submit(client.post, "/v1/commands", content=jsonl(leads("held", 30)),
+                           headers={**SERVICE, **JSONL})
+        assert store.entered.wait(10), "the command never reached its append"
+        # the writer is inside the engine: the old code queued these behind its lock
+        during = client.get("/v1/records/lead-1/timeline", headers=ADA)
+        replay = client.get("/v1/records/lead-1/timeline", params={"at": AT}, headers=ADA)
+        records = client.get("/v1/records", headers=ADA)
+        assert not post.done()
+        store.release.set()
+        answer = post.result(timeout=30).json()
+    assert during.status_code == 200 and during.json() == before.json()
+    assert replay.status_code == 200 and replay.json() == before.json()
+    assert records.status_code == 200
+    assert not any(r["record"].startswith("held-") for r in records.json())
+    assert answer["applied"] == 30 and answer["rejected"] == 0
+    assert sorted(lead_ids_in_log(store, "held-")) == sorted(f"held-{i}" for i in range(30))
+    after = client.get("/v1/records", headers=ADA).json()
+    assert sum(r["record"].startswith("held-") for r in after) == 30
+
+
+def test_a_long_post_is_applied_in_chunks_each_line_once_numbered_in_the_body(
+        setup: tuple[httpx.Client, GatedStore, Engine]) -> None:
+    client, store, _ = setup
+    commands = leads("bulk", 2 * COMMAND_CHUNK + 50)
+    bad = {0, COMMAND_CHUNK, 2 * COMMAND_CHUNK + 49}  # first line of chunks 1, 2; the last line
+    for i in bad:
+        commands[i] = {**commands[i], "owner": "nobody"}
+    answer = client.post("/v1/commands", content=jsonl(commands), headers={**SERVICE, **JSONL})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    rejected = {r["line"] for r in body["results"] if r["result"] == "rejected"}
+    assert rejected == {i + 1 for i in bad}
+    assert [r["line"] for r in body["results"]] == list(range(1, len(commands) + 1))
+    assert body["applied"] == len(commands) - 3 and body["rejected"] == 3
+    in_log = lead_ids_in_log(store, "bulk-")
+    assert sorted(in_log) == sorted(f"bulk-{i}" for i in range(len(commands)) if i not in bad)
+
+
+def test_replays_beyond_the_queue_are_refused_with_retry_after_and_live_reads_go_on(
+        setup: tuple[httpx.Client, GatedStore, Engine]) -> None:
+    client, store, _ = setup
+    expected = client.get("/v1/records/lead-1/timeline", headers=ADA).json()
+
+    def replay() -> httpx.Response:
+        return client.get("/v1/records/lead-1/timeline", params={"at": AT}, headers=ADA)
+
+    store.hold_replay = True
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(replay)
+        assert store.entered.wait(10), "the replay never reached the event store"
+        # one slot (held by `first`) and one waiting place: exactly one of these two is refused
+        others = [pool.submit(replay), pool.submit(replay)]
+        done, _ = wait(others, timeout=20, return_when=FIRST_COMPLETED)
+        assert done, "neither replay was refused while the slot was held"
+        live = client.get("/v1/records/lead-1/timeline", headers=ADA)
+        assert not first.done()
+        store.release.set()
+        answers = [first.result(20), *(f.result(20) for f in others)]
+    assert live.status_code == 200 and live.json() == expected
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 429]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert all(a.json() == expected for a in answers if a.status_code == 200)
+
+
+def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> None:
+    from domain.errors import NotFound
+    from runners.replays import ReplayPool
+
+    engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
+    pool = ReplayPool(1, engine.store.env)
+    try:
+        assert engine.apply_lines(jsonl(OFFICE, timed=True).splitlines()).applied == len(OFFICE)
+        engine.apply_lines([json.dumps({"tenant": "acme", "cmd": "CreateLead", "record":
+                                        "late", "owner": "mia", "name": "Late"})])
+        at = datetime.fromisoformat(AT)
+        asked = [("timeline", "ada", "lead-1"), ("records", "ada", None),
+                 ("mailbox", "mia", None), ("thread", "ada", "mb:t1")]
+        local = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
+        engine.replay = pool
+        pooled = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
+        with pytest.raises(NotFound):
+            engine.query_timeline("acme", "ada", "late", at=at)  # created after `at`
+    finally:
+        pool.close()
+        engine.close()
+    assert pooled == local
+    assert len(local[0]) == 1 and {r["record"] for r in local[1]} == {"lead-1"}
