@@ -157,7 +157,8 @@ def test_l2_delete_user_reassigns_records() -> None:
 
 def test_l2_delete_user_without_records_needs_no_reassign_to() -> None:
     state = shared_office()
-    assert kinds(run(state, {"cmd": "DeleteUser", "user": "ann"})) == ["UserDeleted", "UserContentErased"]
+    assert kinds(run(state, {"cmd": "DeleteUser", "user": "ann"})) == ["UserDeleted",
+                                                                       "UserContentErased"]
 
 
 def test_l2_delete_user_removes_credentials_which_never_enter_events() -> None:
