@@ -24,6 +24,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -37,7 +38,9 @@ _WRAP_AAD = "crmsync.content-key.v1"
 _SEAL_AAD = "crmsync.content.v1"
 
 TABLE = ("CREATE TABLE IF NOT EXISTS content_keys (tenant TEXT NOT NULL, user_id TEXT NOT NULL, "
-         "wrapped {blob}, destroyed_at TEXT, PRIMARY KEY (tenant, user_id))")
+         "wrapped {blob}, destroyed_at TEXT, erasing_at TEXT, PRIMARY KEY (tenant, user_id))")
+MARK = "UPDATE content_keys SET erasing_at = ? WHERE tenant = ? AND user_id = ?"
+PENDING = "SELECT tenant, user_id FROM content_keys WHERE erasing_at IS NOT NULL"
 
 
 def parse_master_key(text: str, source: str) -> bytes:
@@ -101,6 +104,18 @@ class ContentKeys(ABC):
 
     @abstractmethod
     def _destroyed_count(self) -> int: ...
+
+    @abstractmethod
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement (`?` placeholders) in its own transaction; StoreError on failure."""
+
+    # -- erasure intents: DeleteUser marks the key before its events are appended, so a
+    # process that dies between the append and the destruction leaves a trace `pending` finds
+    def mark_erasing(self, tenant: str, user: str, at: str | None) -> None:
+        self._run(MARK, (at, tenant, user))
+
+    def pending_erasures(self) -> list[tuple[str, str]]:
+        return [(str(t), str(u)) for t, u in self._run(PENDING)]
 
     def close(self) -> None:
         return None
@@ -204,6 +219,9 @@ class MemoryContentKeys(ContentKeys):
 
     def _destroyed_count(self) -> int:
         return sum(1 for _, destroyed in self._rows.values() if destroyed)
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return []  # in memory nothing survives a crash: no intents to keep
 
 
 def master_key_from_env() -> bytes | None:

@@ -51,7 +51,7 @@ class PostgresContentKeys(ContentKeys):
         return (rows[0][0], rows[0][1] is not None) if rows else None
 
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
-        self._run("INSERT INTO content_keys VALUES (?, ?, ?, NULL) ON CONFLICT DO NOTHING",
+        self._run("INSERT INTO content_keys VALUES (?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING",
                   (tenant, user, wrapped))
 
     def _tombstone(self, tenant: str, user: str, at: str) -> bool:
@@ -62,7 +62,7 @@ class PostgresContentKeys(ContentKeys):
                     rows = conn.execute("DELETE FROM content_keys WHERE tenant = %s AND "
                                         "user_id = %s AND wrapped IS NOT NULL RETURNING 1",
                                         (tenant, user)).fetchall()
-                    conn.execute("INSERT INTO content_keys VALUES (%s, %s, NULL, %s) "
+                    conn.execute("INSERT INTO content_keys VALUES (%s, %s, NULL, %s, NULL) "
                                  "ON CONFLICT DO NOTHING", (tenant, user, at))
             except psycopg.Error as exc:
                 conn.close()

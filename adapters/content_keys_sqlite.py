@@ -37,7 +37,7 @@ class SqliteContentKeys(ContentKeys):
         return (rows[0][0], rows[0][1] is not None) if rows else None
 
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
-        self._run("INSERT OR IGNORE INTO content_keys VALUES (?, ?, ?, NULL)",
+        self._run("INSERT OR IGNORE INTO content_keys VALUES (?, ?, ?, NULL, NULL)",
                   (tenant, user, wrapped))
 
     def _tombstone(self, tenant: str, user: str, at: str) -> bool:
@@ -45,7 +45,7 @@ class SqliteContentKeys(ContentKeys):
             self._db.execute("BEGIN IMMEDIATE")
             gone = self._db.execute("DELETE FROM content_keys WHERE tenant = ? AND user_id = ? "
                                     "AND wrapped IS NOT NULL", (tenant, user)).rowcount
-            self._db.execute("INSERT OR IGNORE INTO content_keys VALUES (?, ?, NULL, ?)",
+            self._db.execute("INSERT OR IGNORE INTO content_keys VALUES (?, ?, NULL, ?, NULL)",
                              (tenant, user, at))
             self._db.execute("COMMIT")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -22,7 +22,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID, uuid5
 
@@ -137,6 +137,9 @@ class PydanticMapper(Mapper[UUID]):
     sealed with its owner's key (`keys`, set by the EventStore) and every event is chained."""
 
     keys: ContentKeys | None = None
+    # Only benchmarks.content_cost turns this off, to measure the same workload without
+    # sealing in the same run; nothing else may (L2: content is never stored in plaintext).
+    seal = True
 
     def encode(self, envelope: EventEnvelope, owner: str | None, prev: str
                ) -> tuple[StoredEvent, str]:
@@ -144,7 +147,8 @@ class PydanticMapper(Mapper[UUID]):
         event = envelope.event
         kind = type(event)
         doc = event.model_dump(by_alias=True)
-        if isinstance(event, SEALED_KINDS) and (values := _seal_values(doc, kind)) is not None:
+        if self.seal and isinstance(event, SEALED_KINDS) \
+                and (values := _seal_values(doc, kind)) is not None:
             if owner is None or self.keys is None:
                 raise StoreError(f"cannot store {kind.__name__}: no owner or content keys to "
                                  "seal its content with")
@@ -239,6 +243,7 @@ class EventStore:
             self.app.close()
             raise
         self.mapper.keys = self.keys
+        self.finish_erasures()
 
     @property
     def mapper(self) -> PydanticMapper:
@@ -337,6 +342,9 @@ class EventStore:
         if not events:
             return
         stream = stream_id(tenant)
+        erasing = [e for e in events if isinstance(e, ev.UserContentErased)]
+        for erased in erasing:  # the intent first: a crash after the append leaves a trace
+            self.keys.mark_erasing(tenant, erased.user, erased.occurred_at.isoformat())
         try:
             prev = self._head(tenant, after)
             stored = []
@@ -348,24 +356,36 @@ class EventStore:
             # Protocol (a sixth of a sync batch's time) and notifies in-process followers, of
             # which there are none. One transaction, same NOTIFY.
             self.app.recorder.insert_events(stored)
-        except IntegrityError as exc:
-            self._forget(tenant)
-            raise ConcurrencyConflict(f"tenant {tenant!r} changed concurrently") from exc
         except BaseException as exc:
             self._forget(tenant)
+            for erased in erasing:
+                self.keys.mark_erasing(tenant, erased.user, None)
+            if isinstance(exc, IntegrityError):
+                raise ConcurrencyConflict(f"tenant {tenant!r} changed concurrently") from exc
             if isinstance(exc, PersistenceError):
                 raise StoreError(f"cannot append to tenant {tenant!r}: {exc}") from exc
             raise
         self._heads[tenant] = (after + len(events), prev)
-        for event in events:
-            if isinstance(event, ev.UserContentErased):  # durable: now shred (L2)
-                self.erase_user(tenant, event.user, event.occurred_at)
+        for erased in erasing:  # durable: now shred (L2)
+            self.erase_user(tenant, erased.user, erased.occurred_at)
 
     def erase_user(self, tenant: str, user: str, at: datetime) -> None:
         """Destroy the user's content key and every snapshot that may hold their content (a
         user who never had content had no key: nothing to discard)."""
         if self.keys.destroy(tenant, user, at.isoformat()) and self.snapshots is not None:
             self.snapshots.discard(tenant)
+
+    def finish_erasures(self) -> None:
+        """Erasures a process began and did not finish (it died between marking the key and
+        destroying it): destroy the key when the tenant's log says the user is deleted, else
+        (the append never happened) drop the mark."""
+        for tenant, user in self.keys.pending_erasures():
+            found = self.state(tenant).users.get(user)
+            if found is not None and found.status == "deleted":
+                log.warning("erasure_finished", tenant=tenant, user=user)
+                self.erase_user(tenant, user, self.state(tenant).last_at or datetime.now(UTC))
+            else:
+                self.keys.mark_erasing(tenant, user, None)
 
     def _forget(self, tenant: str) -> None:
         self._states.pop(tenant, None)

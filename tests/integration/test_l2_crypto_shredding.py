@@ -21,6 +21,8 @@ import psycopg
 import pytest
 
 from adapters.errors import StoreError
+from adapters.event_store import EventStore
+from adapters.sqlite_views import SqliteViews
 from domain.errors import NotFound
 from runners.config import open_engine
 from runners.engine import Engine
@@ -204,3 +206,32 @@ def test_l2_embedded_key_file_is_owner_only(tmp_path: Path,
     finally:
         engine.close()
     assert (Path(db + ".content-key").stat().st_mode & 0o777) == 0o600
+
+
+class DiesBeforeShredding(EventStore):
+    """A process that dies after appending the erasure, before destroying the key."""
+
+    def erase_user(self, tenant: str, user: str, at: datetime) -> None:
+        raise RuntimeError("killed")
+
+
+def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_the_next_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRMSYNC_CONTENT_KEY", raising=False)
+    db = str(tmp_path / "crm.db")
+    dying = Engine(DiesBeforeShredding.sqlite(db), SqliteViews(db), db)
+    try:
+        apply(dying, SETUP, 0)
+        apply(dying, MAIL, 10)
+        with pytest.raises(RuntimeError, match="killed"):
+            apply(dying, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        assert dying.store.keys.key("acme", "leo", create=False) is not None  # not shredded
+    finally:
+        dying.close()
+    engine = open_engine(db)
+    try:
+        assert engine.store.keys.key("acme", "leo", create=False) is None
+        answer = engine.query_thread("acme", "max", THREAD, at=at(15))
+        assert answer["messages"][0]["subject"] is None
+    finally:
+        engine.close()
