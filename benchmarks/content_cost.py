@@ -2,11 +2,13 @@
 off and on, the same workload in the same run (each mode on a fresh store, alternating).
 
     python -m benchmarks.content_cost [--messages 50000] [--mailboxes 20] [--batch 500]
-        [--rounds 2] [--postgres URL]
+        [--rounds 3] [--postgres URL]
 
 Sync: SyncMessage commands decided and appended in batches as the sync workers do
 (`Engine.execute_batch`), then the projections brought up to date (`catch_up`): messages/s.
-Rebuild: `Engine.rebuild()` of every projection over the same log: events/s. "off" stores the
+Rebuild: `Engine.rebuild()` of every projection over the same log: events/s, the median of
+`--rounds`. The two stores are open side by side and every batch and rebuild alternates
+between them. "off" stores the
 content in plaintext (the baseline, chain still on); "on" seals it with the owner's key.
 SQLite in a temporary directory, or fresh PostgreSQL schemas (dropped afterwards).
 """
@@ -30,6 +32,7 @@ from runners.config import open_engine
 from runners.engine import Engine
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=400)
 TENANT = "bench"
 
 
@@ -57,24 +60,26 @@ def sync_command(i: int, users: int) -> dict[str, Any]:
                          "content_type": "application/pdf"}] if i % 5 == 0 else []}}
 
 
-def one_run(engine: Engine, seal: bool, args: argparse.Namespace) -> tuple[float, float]:
+def prepare(engine: Engine, seal: bool, args: argparse.Namespace) -> None:
     engine.store.mapper.seal = seal
-    now = T0 + timedelta(days=400)
     engine.execute_batch([parse_command({"tenant": TENANT, **c})
-                          for c in setup(args.mailboxes)], now=now, correlation_id="setup")
+                          for c in setup(args.mailboxes)], now=NOW, correlation_id="setup")
     engine.catch_up()
-    started = time.perf_counter()
-    for start in range(0, args.messages, args.batch):
-        batch = [parse_command(sync_command(i, args.mailboxes))
-                 for i in range(start, min(start + args.batch, args.messages))]
-        engine.execute_batch(batch, now=now, correlation_id=f"b{start}")
-        engine.catch_up()
-    sync = args.messages / (time.perf_counter() - started)
-    events = engine.store.max_position()
-    started = time.perf_counter()
+
+
+def sync_batch(engine: Engine, start: int, args: argparse.Namespace) -> float:
+    began = time.perf_counter()
+    batch = [parse_command(sync_command(i, args.mailboxes))
+             for i in range(start, min(start + args.batch, args.messages))]
+    engine.execute_batch(batch, now=NOW, correlation_id=f"b{start}")
+    engine.catch_up()
+    return time.perf_counter() - began
+
+
+def rebuild(engine: Engine) -> float:
+    began = time.perf_counter()
     engine.rebuild()
-    rebuild = events / (time.perf_counter() - started)
-    return sync, rebuild
+    return engine.store.max_position() / (time.perf_counter() - began)
 
 
 def fresh(args: argparse.Namespace, tmp: str, name: str) -> tuple[Engine, str | None]:
@@ -91,29 +96,42 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--mailboxes", type=int, default=20)
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="rebuilds per mode")
     p.add_argument("--postgres", help="a PostgreSQL URL without options (fresh schemas)")
     args = p.parse_args()
     os.environ.setdefault("CRMSYNC_CONTENT_KEY", base64.b64encode(os.urandom(32)).decode())
-    figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    # Both stores side by side, every batch and rebuild alternating between them (order
+    # swapped each time), so the load of a shared machine falls on both alike.
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for seal in (False, True):
-                engine, schema = fresh(args, tmp, f"r{r}-{seal}")
-                try:
-                    figures[seal].append(one_run(engine, seal, args))
-                finally:
-                    engine.close()
-                    if schema is not None:
-                        with psycopg.connect(args.postgres, autocommit=True) as conn:
-                            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-                sync, rebuild = figures[seal][-1]
-                print(f"round {r + 1} sealing {'on ' if seal else 'off'}: sync {sync:8.0f} "
-                      f"msg/s, rebuild {rebuild:8.0f} events/s", flush=True)
-    for i, name in ((0, "sync msg/s"), (1, "rebuild ev/s")):
-        off = statistics.median(f[i] for f in figures[False])
-        on = statistics.median(f[i] for f in figures[True])
-        print(f"{name:13} off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %")
+        opened = {seal: fresh(args, tmp, f"seal-{seal}") for seal in (False, True)}
+        try:
+            for seal, (engine, _) in opened.items():
+                prepare(engine, seal, args)
+            spent = {False: 0.0, True: 0.0}
+            for n, start in enumerate(range(0, args.messages, args.batch)):
+                for seal in ((False, True) if n % 2 == 0 else (True, False)):
+                    spent[seal] += sync_batch(opened[seal][0], start, args)
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(args.rounds):
+                for seal in ((False, True) if r % 2 == 0 else (True, False)):
+                    rates[seal].append(rebuild(opened[seal][0]))
+            events = opened[True][0].store.max_position()
+        finally:
+            for engine, schema in opened.values():
+                engine.close()
+                if schema is not None:
+                    with psycopg.connect(args.postgres, autocommit=True) as conn:
+                        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    print(f"{args.messages} messages in {args.mailboxes} mailboxes, {events} events, "
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}")
+    sync = {seal: args.messages / spent[seal] for seal in spent}
+    print(f"sync msg/s    off {sync[False]:8.0f}  on {sync[True]:8.0f}  "
+          f"cost {100 * (1 - sync[True] / sync[False]):5.1f} %")
+    for seal in (False, True):
+        print(f"rebuild ev/s {'on ' if seal else 'off'} runs: "
+              + ", ".join(f"{x:.0f}" for x in rates[seal]))
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %")
 
 
 if __name__ == "__main__":
