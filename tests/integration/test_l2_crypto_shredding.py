@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
@@ -233,5 +234,37 @@ def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_t
         assert engine.store.keys.key("acme", "leo", create=False) is None
         answer = engine.query_thread("acme", "max", THREAD, at=at(15))
         assert answer["messages"][0]["subject"] is None
+    finally:
+        engine.close()
+
+
+def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
+    from loopback import Server
+
+    from adapters.http_api import create_app
+    from adapters.tokens import issue
+
+    secret = b"test-secret-0123456789abcdef"
+    engine = open_engine(str(tmp_path / "crm.db"))
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        cli = engine.query_thread("acme", "max", THREAD, at=at(15))
+        headers = {"authorization": f"Bearer {issue(secret, 'acme', 'max', False)}"}
+        app = create_app(engine, secret, token_max_age=3600)
+        with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            thread = client.get(f"/v1/threads/{THREAD}", params={"at": at(15).isoformat()},
+                                headers=headers)
+            timeline = client.get("/v1/records/contact-carl/timeline",
+                                  params={"at": at(15).isoformat()}, headers=headers)
+            live = client.get(f"/v1/threads/{THREAD}", headers=headers)
+        assert thread.status_code == 200, thread.text
+        assert thread.json() == cli
+        assert [(m["subject"], m["body"], m["erased"]) for m in thread.json()["messages"]] == [
+            (None, None, True)]
+        erased = [t for t in timeline.json() if t["thread"] == THREAD]
+        assert [(t["subject"], t["erased"]) for t in erased] == [(None, True)]
+        assert live.status_code == 404
     finally:
         engine.close()
