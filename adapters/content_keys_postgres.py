@@ -56,8 +56,8 @@ class PostgresContentKeys(ContentKeys):
 
     def _tombstone(self, tenant: str, user: str, at: str) -> bool:
         with self._conn_lock:
-            conn = self._connect()
             try:
+                conn = self._connect()
                 with conn.transaction():
                     rows = conn.execute("DELETE FROM content_keys WHERE tenant = %s AND "
                                         "user_id = %s AND wrapped IS NOT NULL RETURNING 1",
@@ -65,7 +65,8 @@ class PostgresContentKeys(ContentKeys):
                     conn.execute("INSERT INTO content_keys VALUES (%s, %s, NULL, %s, NULL) "
                                  "ON CONFLICT DO NOTHING", (tenant, user, at))
             except psycopg.Error as exc:
-                conn.close()
+                if self._conn is not None:
+                    self._conn.close()
                 raise StoreError(f"cannot destroy the content key of {tenant}/{user}: {exc}"
                                  ) from exc
         return bool(rows)

@@ -8,6 +8,7 @@ and after a destruction checkpoints the WAL with TRUNCATE, so no copy of the pag
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 from adapters.content_keys import TABLE, ContentKeys, key_file_master_key, master_key_from_env
@@ -17,6 +18,7 @@ from adapters.errors import StoreError
 class SqliteContentKeys(ContentKeys):
     def __init__(self, path: str) -> None:
         super().__init__(master_key_from_env() or key_file_master_key(path))
+        self._db_lock = threading.Lock()  # one connection, used by the server's threads
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=10)
@@ -27,7 +29,8 @@ class SqliteContentKeys(ContentKeys):
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql, params).fetchall()
+            with self._db_lock:
+                return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"content keys: {exc}") from exc
 
@@ -41,6 +44,10 @@ class SqliteContentKeys(ContentKeys):
                   (tenant, user, wrapped))
 
     def _tombstone(self, tenant: str, user: str, at: str) -> bool:
+        with self._db_lock:
+            return self._tombstone_locked(tenant, user, at)
+
+    def _tombstone_locked(self, tenant: str, user: str, at: str) -> bool:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             gone = self._db.execute("DELETE FROM content_keys WHERE tenant = ? AND user_id = ? "
