@@ -531,6 +531,7 @@ class EventStore:
         stops at the first event that fails: a changed byte, a missing or reordered seq."""
         check = LogCheck()
         heads: dict[UUID, tuple[int, str]] = {}
+        names: dict[UUID, str] = {}
         for position, recorded in self._stored(tenant, page):
             check.events += 1
             stream = recorded.originator_id
@@ -553,8 +554,10 @@ class EventStore:
                 return check
             if link is not None:
                 check.chained[stream] = True
+            if stream not in names:
+                names[stream] = _tenant_of(body, stream)
             heads[stream] = (stored.originator_version, link_of(stored))
-        check.heads = {str(k): v for k, v in heads.items()}
+        check.heads = {names[k]: v for k, v in heads.items()}
         return check
 
     def _stored(self, tenant: str | None, page: int) -> Iterator[tuple[int | str, StoredEvent]]:
@@ -586,7 +589,7 @@ class EventStore:
 @dataclass
 class LogCheck:
     """The result of `verify_log`: events read, the first failure (None: the chain holds) and
-    each stream's last (seq, link), which an operator may keep elsewhere to detect truncation."""
+    each tenant's last (seq, link), which an operator may keep elsewhere to detect truncation."""
 
     events: int = 0
     unchained: int = 0

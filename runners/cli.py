@@ -304,8 +304,8 @@ def _verify_log(engine: Engine, tenant: str | None) -> int:
         sys.stderr.write(f"chain broken at {check.failure}\n")
         sys.stdout.write(f"checked {check.events} events: FAILED\n")
         return 1
-    for stream, (seq, link) in sorted(check.heads.items()):
-        sys.stdout.write(f"stream {stream} seq {seq} head {link}\n")
+    for name, (seq, link) in sorted(check.heads.items()):
+        sys.stdout.write(f"tenant {name} seq {seq} head {link}\n")
     unchained = f" ({check.unchained} written before the chain)" if check.unchained else ""
     sys.stdout.write(f"checked {check.events} events{unchained}: ok\n")
     return 0

@@ -94,13 +94,15 @@ def test_e7_an_untouched_log_verifies_and_a_flipped_bit_is_found_by_position(
     try:
         check = engine.store.verify_log()
         assert check.failure is None and check.events == len(SETUP) + len(MAIL) + 1
-        assert len(check.heads) == 2
+        assert sorted(check.heads) == ["acme", "other"]
+        assert check.heads["acme"][0] == len(SETUP) + len(MAIL)
         target = position_of(engine, "acme", 5)
     finally:
         engine.close()
     ok = cli(db, url, "verify", "--log")
     assert ok.returncode == 0, ok.stderr
     assert f"checked {len(SETUP) + len(MAIL) + 1} events" in ok.stdout
+    assert f"tenant acme seq {len(SETUP) + len(MAIL)} head " in ok.stdout
 
     tamper(db, url, "acme", 5, "flip")
     broken = cli(db, url, "verify", "--log")
