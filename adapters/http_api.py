@@ -414,7 +414,8 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     add_audit_routes(app, engine, answer, writer, log_position)
 
     # -- queries --------------------------------------------------------------------------------
-    @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
+    @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary],
+             response_model_exclude_unset=True)  # `erased` only when erased (L2), as the CLI
     def timeline(who: Who, record: str, at: At = None,
                  min_position: MinPosition = None) -> list[dict[str, Any]]:
         _path_id(record)
@@ -422,7 +423,8 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         return answer(wait, lambda: engine.query_timeline(who.tenant, who.user, record,
                                                           at=when))
 
-    @app.get("/v1/mailbox", response_model=list[m.ThreadSummary])
+    @app.get("/v1/mailbox", response_model=list[m.ThreadSummary],
+             response_model_exclude_unset=True)
     def mailbox(who: Who, label: str | None = None, at: At = None,
                 min_position: MinPosition = None) -> list[dict[str, Any]]:
         when, wait = _parse_at(at), log_position(who, min_position)

@@ -23,8 +23,10 @@ class ThreadSummary(_Model):
     """A thread on a record timeline or the mailbox page."""
 
     thread: str
-    subject: str
+    subject: str | None = Field(description="null when erased (L2)")
     owner: str
+    erased: bool | None = Field(default=None, description="true when the content is erased "
+                                                          "(L2); absent otherwise")
     mailbox: str
     messages: int = Field(description="messages counted (each RFC message once, V8)")
     last_activity: str = Field(description="ISO-8601 time of the newest counted message")
@@ -37,8 +39,10 @@ class Message(_Model):
     from_: str = Field(alias="from")
     to: list[str]
     cc: list[str]
-    subject: str
-    body: str
+    subject: str | None = Field(description="null when erased (L2)")
+    body: str | None = Field(description="null when erased (L2)")
+    erased: bool | None = Field(default=None, description="true when the content is erased "
+                                                          "(L2); absent otherwise")
     sent_at: str
     delivery_status: str | None
     read: bool | None = Field(default=None, description="only for the thread's owner (V10): "

@@ -9,6 +9,11 @@ change to state or folds retires every snapshot), or that cannot be read is igno
 state is folded from the log as without snapshots. Unpickling only what our own key signed is
 what makes pickle acceptable here: whoever can forge a snapshot holds the secret already.
 
+The compressed pickle is encrypted (AES-256-GCM, a key derived from the signing secret): the
+state holds mail subjects (SPEC L2: content is never stored in plaintext). A user's erasure
+(UserContentErased) discards the tenant's snapshot and the projection runners' one, which may
+hold that user's subjects; the states folded after it hold none.
+
 Stored one row per tenant (the newest wins), in the event store's database: SQLite beside the
 events, PostgreSQL in the URL's schema. Errors are `StoreError`.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import pickle
 import sqlite3
 import sys
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import domain
 from adapters.errors import StoreError
@@ -42,6 +49,7 @@ _UPSERT = ("INSERT INTO tenant_snapshots VALUES ({p}, {p}, {p}, {p}, {p}) ON CON
            "OR tenant_snapshots.seq < excluded.seq")
 PROJECTOR = "\x1fprojection-runner"  # the row of the projection runners' states (no tenant's id)
 _SELECT = "SELECT version, seq, mac, state FROM tenant_snapshots WHERE tenant = {p}"
+_DELETE = "DELETE FROM tenant_snapshots WHERE tenant IN ({p}, {p})"
 
 
 @functools.cache
@@ -80,6 +88,9 @@ class SnapshotRows(Protocol):
 
     def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None: ...
 
+    def delete(self, tenant: str) -> None:
+        """Delete the tenant's row and the projection runners' row."""
+
     def close(self) -> None: ...
 
 
@@ -91,6 +102,11 @@ class Snapshots:
         if len(key) < 16:
             raise ValueError("a snapshot key needs at least 16 bytes")
         self.rows, self.key, self.every = rows, key, every
+        self._aes = AESGCM(hashlib.sha256(b"crmsync.snapshot.encryption\0" + key).digest())
+
+    def discard(self, tenant: str) -> None:
+        """L2: forget the snapshots that may hold an erased user's subjects."""
+        self.rows.delete(tenant)
 
     def restore(self, tenant: str) -> TenantState | None:
         """The newest snapshot of `tenant` that verifies and was taken by this code, else None."""
@@ -131,8 +147,9 @@ class Snapshots:
                 mac, _mac(self.key, key, version, seq, blob)):
             return None
         try:
+            plain = self._aes.decrypt(blob[:12], blob[12:], key.encode())
             with paused_gc():
-                return seq, pickle.loads(zlib.decompress(blob))  # signed by our key: ours
+                return seq, pickle.loads(zlib.decompress(plain))  # signed by our key: ours
         except Exception:  # a snapshot is a cache: unreadable means fold from the log
             return None
 
@@ -140,7 +157,8 @@ class Snapshots:
         out = _Compressing()
         with paused_gc():
             pickle.dump(value, out, protocol=5)
-        blob = out.result()
+        nonce = os.urandom(12)
+        blob = nonce + self._aes.encrypt(nonce, out.result(), key.encode())
         version = code_version()
         self.rows.write(key, version, seq, _mac(self.key, key, version, seq, blob), blob)
         return len(blob)
@@ -154,9 +172,17 @@ class SqliteSnapshotRows:
         try:
             self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
                                         check_same_thread=False)
+            self.conn.execute("PRAGMA secure_delete=ON")  # a discarded snapshot's pages
             self.conn.execute(_TABLE.format(blob="BLOB"))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the snapshot table: {exc}") from exc
+
+    def delete(self, tenant: str) -> None:
+        try:
+            self.conn.execute(_DELETE.format(p="?"), (tenant, PROJECTOR))
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot delete a snapshot: {exc}") from exc
 
     def read(self, tenant: str) -> tuple[str, int, bytes, bytes] | None:
         try:
@@ -199,6 +225,10 @@ class PostgresSnapshotRows:
     def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
         with self._conn("write") as conn:
             conn.execute(_UPSERT.format(p="%s"), (tenant, version, seq, mac, blob))
+
+    def delete(self, tenant: str) -> None:
+        with self._conn("delete") as conn:
+            conn.execute(_DELETE.format(p="%s"), (tenant, PROJECTOR))
 
     def close(self) -> None:
         pass

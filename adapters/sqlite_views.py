@@ -50,6 +50,8 @@ class SqliteViews:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
+            # L2: rows of a deleted user's threads leave no bytes behind in freed pages
+            self.conn.execute("PRAGMA secure_delete=ON")
             self.conn.execute("CREATE TABLE IF NOT EXISTS view_tracking (projection TEXT "
                               "PRIMARY KEY, position INTEGER NOT NULL)")
             self.conn.execute("CREATE TABLE IF NOT EXISTS view_stuck (projection TEXT NOT NULL, "

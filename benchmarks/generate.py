@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from adapters.event_store import EventEnvelope, EventStore, stream_id
+from adapters.event_store import EventStore
 from domain import events as ev
 from runners.config import open_engine
 
@@ -81,19 +81,19 @@ def history(tenant: str, users: int, records: int, messages: int, hot_threads: i
 
 def append_all(store: EventStore, tenant: str, events: Iterator[ev.DomainEvent], batch: int
                ) -> int:
-    stream = stream_id(tenant)
     seq = store.state(tenant).seq
     if seq:
         raise SystemExit(f"tenant {tenant!r} already has {seq} events; use another --tenant")
-    pending: list[EventEnvelope] = []
+    pending: list[ev.DomainEvent] = []
     for event in events:
-        seq += 1
-        pending.append(EventEnvelope(stream, seq, event.occurred_at, event))
+        pending.append(event)
         if len(pending) == batch:
-            store.app.save(*pending)
+            store.append_raw(tenant, seq, pending)  # sealed and chained as the engine does
+            seq += len(pending)
             pending = []
     if pending:
-        store.app.save(*pending)
+        store.append_raw(tenant, seq, pending)
+        seq += len(pending)
     return seq
 
 

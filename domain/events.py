@@ -19,6 +19,10 @@ Stage = Literal["open", "won", "lost", "unqualified"]
 CustomerStatus = Literal["none", "current", "past"]
 AddressSetting = Literal["shared", "unshared", "default"]
 
+# L2: what an erased content field reads as once its owner's key is destroyed. It holds a NUL,
+# which no command may carry (E8), so it is never a real subject, body or name.
+ERASED = "\x00erased"
+
 
 class Attachment(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -95,6 +99,14 @@ class UserDeleted(DomainEvent):
 
 class TokensRevoked(DomainEvent):
     """Every bearer token of `user` issued up to `occurred_at` is refused from now on (§8)."""
+
+    user: str
+
+
+class UserContentErased(DomainEvent):
+    """L2: the user's content key is destroyed, so their content is erased wherever it was
+    stored (log, views, snapshots). Recorded with UserDeleted; the store destroys the key once
+    this event is durable."""
 
     user: str
 
@@ -571,3 +583,4 @@ EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue
 EVENT_TYPES += (TokensRevoked,)  # bearer tokens (issue #10)
 EVENT_TYPES += (PushSubscriptionCreated, PushSubscriptionRenewed,  # push channels (issue #4)
                 PushSubscriptionEnded)
+EVENT_TYPES += (UserContentErased,)  # crypto-shredding (issue #11)

@@ -78,6 +78,7 @@ def delete(ctx: Context, cmd: c.DeleteUser) -> list[ev.DomainEvent]:
             for m in sorted(s.mailboxes.values(), key=lambda m: m.id)
             if m.user == cmd.user and m.credentials_set]
     out.append(ctx.event(ev.UserDeleted, user=cmd.user, reassigned_to=cmd.reassign_to))
+    out.append(ctx.event(ev.UserContentErased, user=cmd.user))  # crypto-shredding (L2)
     return out
 
 

@@ -573,6 +573,16 @@ def _tokens_revoked(s: TenantState, e: ev.TokensRevoked, seq: int) -> None:
     s.users[e.user].tokens_revoked_at = e.occurred_at
 
 
+def _content_erased(s: TenantState, e: ev.UserContentErased, seq: int) -> None:
+    """L2: the state forgets the erased user's subjects too, so no later snapshot holds them."""
+    for mbx in [m for m in s.mailboxes.values() if m.user == e.user]:
+        for thread_id in s.mailbox_threads.get(mbx.id, []):
+            for message_id in s.threads[thread_id].messages:
+                msg = s.messages[(mbx.id, message_id)]
+                if msg.subject != ev.ERASED:
+                    s.messages[(mbx.id, message_id)] = replace(msg, subject=ev.ERASED)
+
+
 def _no_state(s: TenantState, e: Any, seq: int) -> None:
     """Audit-only events (rejections, recorded contact-sync commands)."""
 
@@ -585,6 +595,7 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.UserReactivated: _status("active"),
     ev.UserDeleted: _status("deleted"),
     ev.TokensRevoked: _tokens_revoked,
+    ev.UserContentErased: _content_erased,
     ev.GlobalVisibilitySet: _level_set,
     ev.MailboxConnected: _mailbox_connected,
     ev.MailboxAddressChanged: _mailbox_address_changed,

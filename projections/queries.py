@@ -119,7 +119,7 @@ def timeline(views: ViewReader, tenant: str, viewer: str, record: str) -> list[A
         if not counted:
             continue
         out.append({"thread": row["thread"], "subject": row["subject"], "owner": row["owner"],
-                    "mailbox": row["mailbox"], "messages": len(counted),
+                    **_erased(row), "mailbox": row["mailbox"], "messages": len(counted),
                     "last_activity": max(counted), "shared": row["shared"],
                     "capabilities": capabilities(row["owner"] == viewer)})
     return _sort(out)
@@ -137,11 +137,16 @@ def mailbox(views: ViewReader, tenant: str, viewer: str, label: str | None = Non
         if label is not None and label not in row["labels"]:
             continue
         out.append({"thread": row["thread"], "subject": row["subject"], "owner": row["owner"],
-                    "mailbox": row["mailbox"], "messages": row["messages"],
+                    **_erased(row), "mailbox": row["mailbox"], "messages": row["messages"],
                     "last_activity": row["last_activity"],
                     "shared": look.thread_shared(row["records"], viewer),
                     "capabilities": capabilities(True)})
     return _sort(out)
+
+
+def _erased(row: Doc) -> Doc:
+    """L2: a thread whose subject is erased says so (the subject is null)."""
+    return {"erased": True} if row.get("erased") else {}
 
 
 def _sees(look: Lookup, viewer: str, row: Doc) -> bool:

@@ -111,7 +111,7 @@ def timeline_rows(state: TenantState, key: str, cache: Cache) -> Rows:
         return {}
     msgs = facts.messages
     return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": facts.owner,
-                  "subject": msgs[0].subject, "basis": facts.bases[record_id],
+                  **_subject(msgs[0].subject), "basis": facts.bases[record_id],
                   "messages": [[m.rfc_id, _iso(m)] for m in msgs]}}
 
 
@@ -123,7 +123,7 @@ def mailbox_rows(state: TenantState, key: str, cache: Cache) -> Rows:
         return {}
     msgs = facts.messages
     return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": user_id,
-                  "subject": msgs[0].subject, "messages": len(msgs),
+                  **_subject(msgs[0].subject), "messages": len(msgs),
                   "last_activity": max(_iso(m) for m in msgs),
                   "labels": sorted({label for m in msgs for label in m.labels}),
                   "records": facts.bases}}
@@ -175,10 +175,16 @@ def _push(push: Push | None) -> Doc | None:
             "renewed_at": utc_iso(push.renewed_at) if push.renewed_at else None}
 
 
+def _subject(subject: str) -> Doc:
+    """L2: an erased subject answers as `"subject": null, "erased": true`."""
+    return {"subject": None, "erased": True} if subject == ev.ERASED else {"subject": subject}
+
+
 def _content(msg: ev.MailMessage) -> Doc:
+    text: Doc = ({"subject": None, "body": None, "erased": True} if msg.subject == ev.ERASED
+                 else {"subject": msg.subject, "body": msg.body})
     return {"id": msg.id, "from": msg.from_.lower(), "to": sorted({a.lower() for a in msg.to}),
-            "cc": sorted({a.lower() for a in msg.cc}), "subject": msg.subject, "body": msg.body,
-            "sent_at": utc_iso(msg.sent_at)}
+            "cc": sorted({a.lower() for a in msg.cc}), **text, "sent_at": utc_iso(msg.sent_at)}
 
 
 def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:

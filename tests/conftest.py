@@ -17,6 +17,9 @@ from services import missing
 
 POSTGRES_URL = os.environ.get("CRMSYNC_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 NATS_URL = os.environ.get("CRMSYNC_NATS_URL", "nats://127.0.0.1:4222")
+# PostgreSQL stores seal mail content only with a master key (SPEC L2); a fixed test key, set
+# here so that crmsync processes started by the tests inherit it too.
+os.environ.setdefault("CRMSYNC_CONTENT_KEY", "dGVzdC1jb250ZW50LWtleS0zMi1ieXRlcy1sb25nISE=")
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ def apply(engine: Engine, commands: list[dict[str, object]]) -> None:
 def folded_from_the_log(engine: Engine) -> TenantState:
     fresh = EventStore.__new__(EventStore)  # the same store, without snapshots or cache
     fresh.app, fresh._states, fresh.snapshots = engine.store.app, {}, None
+    fresh.keys = engine.store.keys
     return fresh.state(TENANT)
 
 

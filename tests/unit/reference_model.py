@@ -47,6 +47,9 @@ class Model:
     # (user, record type) -> level
     levels: dict[tuple[str, str], str] = field(default_factory=dict)
     seq: int = 0
+    # L2/E4: users whose content is erased; applies as of now, so a past snapshot is compared
+    # with the erasures of the whole history
+    erased: set[str] = field(default_factory=set)
 
 
 def parse_time(value: str) -> datetime:
@@ -277,6 +280,7 @@ def delete_user(m: Model, c: dict[str, Any], engine_ok: bool) -> str:
         verdict = REJECT
     if _decide(verdict, engine_ok):
         m.users[user]["status"] = "deleted"
+        m.erased.add(user)
         for rid in owned:
             m.records[rid]["owner"] = to
     return verdict
@@ -561,9 +565,11 @@ def _summary(
     m: Model, thread: str, counted: list[dict[str, Any]], viewer: str, is_shared: bool
 ) -> dict[str, Any]:
     owner = thread_owner(m, thread)
+    erased = {"subject": None, "erased": True} if owner in m.erased else {
+        "subject": _ordered(m, thread)[0]["subject"]}
     return {
         "thread": thread,
-        "subject": _ordered(m, thread)[0]["subject"],
+        **erased,
         "owner": owner,
         "mailbox": m.threads[thread]["mailbox"],
         "messages": len(counted),
@@ -636,8 +642,8 @@ def thread(m: Model, viewer: str, thread_id: str) -> dict[str, Any]:
             "from": x["from"].lower(),
             "to": sorted({a.lower() for a in x["to"]}),
             "cc": sorted({a.lower() for a in x.get("cc", [])}),
-            "subject": x["subject"],
-            "body": x.get("body", ""),
+            **({"subject": None, "body": None, "erased": True} if owner in m.erased
+               else {"subject": x["subject"], "body": x.get("body", "")}),
             "sent_at": x["sent"].isoformat(),
             "delivery_status": x.get("delivery_status"),
         }

@@ -147,7 +147,8 @@ def test_l2_reassign_to_must_be_an_active_other_user() -> None:
 def test_l2_delete_user_reassigns_records() -> None:
     state = shared_office()
     events = run(state, {"cmd": "DeleteUser", "user": "bob", "reassign_to": "mgr"})
-    assert kinds(events) == ["RecordOwnerChanged", "RecordOwnerChanged", "UserDeleted"]
+    assert kinds(events) == ["RecordOwnerChanged", "RecordOwnerChanged", "UserDeleted",
+                            "UserContentErased"]
     assert state.records["c1"].owner == "mgr"
     assert state.records["d1"].owner == "mgr"
     assert state.users["bob"].status == "deleted"
@@ -156,7 +157,8 @@ def test_l2_delete_user_reassigns_records() -> None:
 
 def test_l2_delete_user_without_records_needs_no_reassign_to() -> None:
     state = shared_office()
-    assert kinds(run(state, {"cmd": "DeleteUser", "user": "ann"})) == ["UserDeleted"]
+    assert kinds(run(state, {"cmd": "DeleteUser", "user": "ann"})) == ["UserDeleted",
+                                                                       "UserContentErased"]
 
 
 def test_l2_delete_user_removes_credentials_which_never_enter_events() -> None:
@@ -165,7 +167,7 @@ def test_l2_delete_user_removes_credentials_which_never_enter_events() -> None:
                                         credentials={"access_token": secret})])
     assert state.mailboxes["mb-ann"].credentials_set
     events = run(state, {"cmd": "DeleteUser", "user": "ann"})
-    assert kinds(events) == ["CredentialsRemoved", "UserDeleted"]
+    assert kinds(events) == ["CredentialsRemoved", "UserDeleted", "UserContentErased"]
     assert not state.mailboxes["mb-ann"].credentials_set
 
 

@@ -1,0 +1,138 @@
+"""What sealing content (SPEC L2) costs: sync throughput and rebuild rate with content sealing
+off and on, the same workload in the same run (each mode on a fresh store, alternating).
+
+    python -m benchmarks.content_cost [--messages 50000] [--mailboxes 20] [--batch 500]
+        [--rounds 3] [--postgres URL]
+
+Sync: SyncMessage commands decided and appended in batches as the sync workers do
+(`Engine.execute_batch`), then the projections brought up to date (`catch_up`): messages/s.
+Rebuild: `Engine.rebuild()` of every projection over the same log: events/s, the median of
+`--rounds`. The two stores are open side by side and every batch and rebuild alternates
+between them. "off" stores the
+content in plaintext (the baseline, chain still on); "on" seals it with the owner's key.
+SQLite in a temporary directory, or fresh PostgreSQL schemas (dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from domain.commands import parse_command
+from runners.config import open_engine
+from runners.engine import Engine
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=400)
+TENANT = "bench"
+
+
+def setup(users: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"cmd": "AddUser", "user": "admin", "email": "admin@b.test",
+                                  "role": "admin"}]
+    for u in range(users):
+        out += [{"cmd": "AddUser", "user": f"u{u}", "email": f"u{u}@b.test", "role": "member"},
+                {"cmd": "ConnectMailbox", "mailbox": f"mb{u}", "user": f"u{u}",
+                 "provider": "gmail", "address": f"u{u}@b.test"}]
+    out += [{"cmd": "CreateContact", "record": f"c{i}", "owner": "admin", "name": f"C {i}",
+             "kind": "person", "emails": [f"client{i}@ext.test"]} for i in range(50)]
+    return out
+
+
+def sync_command(i: int, users: int) -> dict[str, Any]:
+    u = i % users
+    sent = (T0 + timedelta(seconds=i)).isoformat()
+    return {"cmd": "SyncMessage", "tenant": TENANT, "mailbox": f"mb{u}", "message": {
+        "id": f"m{i}", "message_id": f"<m{i}@b.test>", "thread_id": f"t{i // (4 * users)}",
+        "from": f"client{i % 50}@ext.test", "to": [f"u{u}@b.test"],
+        "subject": f"Re: order {i // 4}", "body": "Hello, here is the update. " * 8,
+        "sent_at": sent, "labels": ["INBOX"],
+        "attachments": [{"name": f"invoice-{i}.pdf", "size": 1000,
+                         "content_type": "application/pdf"}] if i % 5 == 0 else []}}
+
+
+def prepare(engine: Engine, seal: bool, args: argparse.Namespace) -> None:
+    engine.store.mapper.seal = seal
+    engine.execute_batch([parse_command({"tenant": TENANT, **c})
+                          for c in setup(args.mailboxes)], now=NOW, correlation_id="setup")
+    engine.catch_up()
+
+
+def sync_batch(engine: Engine, start: int, args: argparse.Namespace) -> float:
+    began = time.perf_counter()
+    batch = [parse_command(sync_command(i, args.mailboxes))
+             for i in range(start, min(start + args.batch, args.messages))]
+    engine.execute_batch(batch, now=NOW, correlation_id=f"b{start}")
+    engine.catch_up()
+    return time.perf_counter() - began
+
+
+def rebuild(engine: Engine) -> float:
+    began = time.perf_counter()
+    engine.rebuild()
+    return engine.store.max_position() / (time.perf_counter() - began)
+
+
+def fresh(args: argparse.Namespace, tmp: str, name: str) -> tuple[Engine, str | None]:
+    if not args.postgres:
+        return open_engine(os.path.join(tmp, f"{name}.db")), None
+    schema = f"bench_cost_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return open_engine("unused", f"{args.postgres}?options=-csearch_path%3D{schema}"), schema
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--mailboxes", type=int, default=20)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=3, help="rebuilds per mode")
+    p.add_argument("--postgres", help="a PostgreSQL URL without options (fresh schemas)")
+    args = p.parse_args()
+    os.environ.setdefault("CRMSYNC_CONTENT_KEY", base64.b64encode(os.urandom(32)).decode())
+    # Both stores side by side, every batch and rebuild alternating between them (order
+    # swapped each time), so the load of a shared machine falls on both alike.
+    with tempfile.TemporaryDirectory() as tmp:
+        opened = {seal: fresh(args, tmp, f"seal-{seal}") for seal in (False, True)}
+        try:
+            for seal, (engine, _) in opened.items():
+                prepare(engine, seal, args)
+            spent = {False: 0.0, True: 0.0}
+            for n, start in enumerate(range(0, args.messages, args.batch)):
+                for seal in ((False, True) if n % 2 == 0 else (True, False)):
+                    spent[seal] += sync_batch(opened[seal][0], start, args)
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(args.rounds):
+                for seal in ((False, True) if r % 2 == 0 else (True, False)):
+                    rates[seal].append(rebuild(opened[seal][0]))
+            events = opened[True][0].store.max_position()
+        finally:
+            for engine, schema in opened.values():
+                engine.close()
+                if schema is not None:
+                    with psycopg.connect(args.postgres, autocommit=True) as conn:
+                        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    print(f"{args.messages} messages in {args.mailboxes} mailboxes, {events} events, "
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}")
+    sync = {seal: args.messages / spent[seal] for seal in spent}
+    print(f"sync msg/s    off {sync[False]:8.0f}  on {sync[True]:8.0f}  "
+          f"cost {100 * (1 - sync[True] / sync[False]):5.1f} %")
+    for seal in (False, True):
+        print(f"rebuild ev/s {'on ' if seal else 'off'} runs: "
+              + ", ".join(f"{x:.0f}" for x in rates[seal]))
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""SPEC L2 (crypto-shredding) and E4 (erasure holds for every `at`), on SQLite and PostgreSQL.
+
+Content (subject, body, attachment names) is sealed in the log with its owner's data key;
+DeleteUser records UserContentErased and destroys the key. Afterwards no byte of the deleted
+user's content is in any file of the store (SQLite: the database, its -wal, key files) or in a
+pg_dump of the schema, every replay answers it as erased, and rebuild, verify and the chain (E7)
+still hold.
+"""
+
+from __future__ import annotations
+
+import glob
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+
+from adapters.errors import StoreError
+from adapters.event_store import EventStore
+from adapters.sqlite_views import SqliteViews
+from domain.errors import NotFound
+from runners.config import open_engine
+from runners.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+SECRETS = [b"Zebra-Quartz renewal", b"hello carl xyzzy-body", b"plan-Octopus.pdf"]
+KEPT = b"Mia-Keeps-This subject"
+THREAD = "leo-gmail:t2"
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def mail(mailbox: str, mid: str, thread: str, sender: str, to: str, subject: str, body: str,
+         minute: int, attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"cmd": "SyncMessage", "mailbox": mailbox, "at": at(minute).isoformat(), "message": {
+        "id": mid, "message_id": f"<{mid}@mail.test>", "thread_id": thread, "from": sender,
+        "to": [to], "subject": subject, "body": body, "sent_at": at(minute).isoformat(),
+        "attachments": attachments or []}}
+
+
+SETUP = [
+    {"cmd": "AddUser", "user": "ada", "email": "ada@acme.test", "role": "admin"},
+    {"cmd": "AddUser", "user": "max", "email": "max@acme.test", "role": "manager"},
+    {"cmd": "AddUser", "user": "leo", "email": "leo@acme.test", "role": "member",
+     "manager": "max"},
+    {"cmd": "AddUser", "user": "mia", "email": "mia@acme.test", "role": "member"},
+    {"cmd": "ConnectMailbox", "mailbox": "leo-gmail", "user": "leo", "provider": "gmail",
+     "address": "leo@acme.test"},
+    {"cmd": "ConnectMailbox", "mailbox": "mia-gmail", "user": "mia", "provider": "gmail",
+     "address": "mia@acme.test"},
+    {"cmd": "CreateContact", "record": "contact-carl", "owner": "max", "name": "Carl",
+     "kind": "person", "emails": ["carl@customer.test"]},
+    {"cmd": "SetGlobalVisibility", "user": "leo", "record_type": "contact", "level": "visible"},
+    {"cmd": "SetGlobalVisibility", "user": "mia", "record_type": "contact", "level": "visible"},
+]
+MAIL = [
+    mail("leo-gmail", "m1", "t2", "carl@customer.test", "leo@acme.test", SECRETS[0].decode(),
+         SECRETS[1].decode(), 10,
+         [{"name": SECRETS[2].decode(), "size": 1000, "content_type": "application/pdf"}]),
+    mail("mia-gmail", "m2", "t3", "carl@customer.test", "mia@acme.test", KEPT.decode(),
+         "mia body", 11),
+]
+
+
+def apply(engine: Engine, commands: list[dict[str, Any]], minute: int) -> None:
+    lines = [orjson.dumps({"tenant": "acme", "at": at(minute).isoformat(), **c})
+             for c in commands]
+    report = engine.apply_lines(lines)
+    assert not report.rejected, report.rejected
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str | None]]:
+    monkeypatch.delenv("CRMSYNC_POSTGRES_URL", raising=False)
+    if request.param == "sqlite":
+        monkeypatch.delenv("CRMSYNC_CONTENT_KEY", raising=False)  # the key file beside the db
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    yield str(tmp_path / "crm.db"), url
+
+
+def stored_log(engine: Engine) -> bytes:
+    """Every stored event's bytes as the recorder holds them."""
+    notes = engine.store.app.recorder.select_notifications(start=0, limit=1_000_000)
+    return b"\n".join(n.state for n in notes)
+
+
+def store_bytes(db: str, url: str | None) -> bytes:
+    """All the bytes of the store: the SQLite files, or a pg_dump of the schema."""
+    if url is None:
+        return b"".join(Path(name).read_bytes() for name in sorted(glob.glob(db + "*")))
+    schema = url.rsplit("%3D", 1)[1]
+    dump = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))[-1]
+    base = url.split("?", 1)[0]
+    out = subprocess.run([dump, "--schema", schema, "--data-only", "--inserts", base],
+                         capture_output=True, check=True)
+    full = subprocess.run([dump, "--schema", schema, base], capture_output=True, check=True)
+    return out.stdout + full.stdout
+
+
+def test_l2_content_is_sealed_in_the_log_and_gone_from_the_store_after_delete_user(
+        where: tuple[str, str | None]) -> None:
+    db, url = where
+    engine = open_engine(db, url)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        log = stored_log(engine)
+        for secret in [*SECRETS, KEPT]:  # never plaintext in the log, even before deletion
+            assert secret not in log
+        before = engine.query_thread("acme", "max", THREAD)
+        assert before["messages"][0]["subject"] == SECRETS[0].decode()
+        assert before["messages"][0]["body"] == SECRETS[1].decode()
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        kinds = [e.event.__class__.__name__ for e in engine.store.read_log(0, 10_000)]
+        assert kinds[-2:] == ["UserDeleted", "UserContentErased"]
+        with pytest.raises(NotFound):
+            engine.query_thread("acme", "max", THREAD)
+        assert engine.query_thread("acme", "max", "mia-gmail:t3")["messages"][0]["subject"] \
+            == KEPT.decode()
+    finally:
+        engine.close()
+    everything = store_bytes(db, url)
+    assert KEPT in everything or url is not None  # the SQLite views hold live content
+    for secret in SECRETS:
+        assert secret not in everything
+
+
+def test_e4_l2_replay_before_the_deletion_answers_erased_and_rebuild_verify_still_pass(
+        where: tuple[str, str | None]) -> None:
+    db, url = where
+    engine = open_engine(db, url)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        thread = engine.query_thread("acme", "max", THREAD, at=at(15))
+        assert [(m["id"], m["subject"], m["body"], m.get("erased")) for m in thread["messages"]
+                ] == [("m1", None, None, True)]
+        timeline = engine.query_timeline("acme", "max", "contact-carl", at=at(15))
+        assert {t["thread"]: t["subject"] for t in timeline} == {
+            THREAD: None, "mia-gmail:t3": KEPT.decode()}
+        for viewer in ("ada", "max"):  # every viewer who could see it at the time
+            answered = engine.query_thread("acme", viewer, THREAD, at=at(12))
+            assert all(m["erased"] for m in answered["messages"])
+        engine.rebuild()
+        results = engine.verify()
+        assert results and all(live == rebuilt for live, rebuilt in results.values()), results
+        check = engine.store.verify_log("acme")
+        assert check.failure is None and check.events == len(SETUP) + len(MAIL) + 2
+    finally:
+        engine.close()
+    reopened = open_engine(db, url)  # another process: the key is gone for it too
+    try:
+        again = reopened.query_thread("acme", "max", THREAD, at=at(15))
+        assert again["messages"][0]["subject"] is None
+    finally:
+        reopened.close()
+
+
+def test_l2_no_new_key_for_a_deleted_user(where: tuple[str, str | None]) -> None:
+    db, url = where
+    engine = open_engine(db, url)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        with pytest.raises(StoreError, match="destroyed"):
+            engine.store.keys.seal("acme", "leo", ["late content"])
+    finally:
+        engine.close()
+
+
+def test_l2_postgres_without_a_content_key_refuses_content(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRMSYNC_CONTENT_KEY")
+    engine = open_engine("unused.db", postgres_url)
+    try:
+        apply(engine, SETUP, 0)
+        with pytest.raises(StoreError, match="CRMSYNC_CONTENT_KEY"):
+            engine.apply_lines([orjson.dumps({"tenant": "acme", **MAIL[0]})])
+        with psycopg.connect(postgres_url) as conn:
+            stored = conn.execute("SELECT count(*) FROM content_keys").fetchone()
+        assert stored == (0,)
+    finally:
+        engine.close()
+
+
+def test_l2_embedded_key_file_is_owner_only(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRMSYNC_CONTENT_KEY", raising=False)
+    db = str(tmp_path / "crm.db")
+    engine = open_engine(db)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+    finally:
+        engine.close()
+    assert (Path(db + ".content-key").stat().st_mode & 0o777) == 0o600
+
+
+class DiesBeforeShredding(EventStore):
+    """A process that dies after appending the erasure, before destroying the key."""
+
+    def erase_user(self, tenant: str, user: str, at: datetime) -> None:
+        raise RuntimeError("killed")
+
+
+def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_the_next_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRMSYNC_CONTENT_KEY", raising=False)
+    db = str(tmp_path / "crm.db")
+    dying = Engine(DiesBeforeShredding.sqlite(db), SqliteViews(db), db)
+    try:
+        apply(dying, SETUP, 0)
+        apply(dying, MAIL, 10)
+        with pytest.raises(RuntimeError, match="killed"):
+            apply(dying, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        assert dying.store.keys.key("acme", "leo", create=False) is not None  # not shredded
+    finally:
+        dying.close()
+    engine = open_engine(db)
+    try:
+        assert engine.store.keys.key("acme", "leo", create=False) is None
+        answer = engine.query_thread("acme", "max", THREAD, at=at(15))
+        assert answer["messages"][0]["subject"] is None
+    finally:
+        engine.close()
+
+
+def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
+    from loopback import Server
+
+    from adapters.http_api import create_app
+    from adapters.tokens import issue
+
+    secret = b"test-secret-0123456789abcdef"
+    engine = open_engine(str(tmp_path / "crm.db"))
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        cli = engine.query_thread("acme", "max", THREAD, at=at(15))
+        headers = {"authorization": f"Bearer {issue(secret, 'acme', 'max', False)}"}
+        app = create_app(engine, secret, token_max_age=3600)
+        with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            thread = client.get(f"/v1/threads/{THREAD}", params={"at": at(15).isoformat()},
+                                headers=headers)
+            timeline = client.get("/v1/records/contact-carl/timeline",
+                                  params={"at": at(15).isoformat()}, headers=headers)
+            live = client.get(f"/v1/threads/{THREAD}", headers=headers)
+        assert thread.status_code == 200, thread.text
+        assert thread.json() == cli
+        assert [(m["subject"], m["body"], m["erased"]) for m in thread.json()["messages"]] == [
+            (None, None, True)]
+        erased = [t for t in timeline.json() if t["thread"] == THREAD]
+        assert [(t["subject"], t["erased"]) for t in erased] == [(None, True)]
+        assert live.status_code == 404
+    finally:
+        engine.close()
