@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.event_scan import scan_tenant
-from domain.events import DomainEvent
+from domain.events import ERASED, DomainEvent
 
 if TYPE_CHECKING:
     from runners.engine import Engine
@@ -43,9 +43,29 @@ def strip_content(value: Any) -> Any:
     return value
 
 
+def without_erased(value: Any) -> tuple[Any, bool]:
+    """The payload with erased content (L2: its key was destroyed) as null, and whether any was."""
+    if value == ERASED or (isinstance(value, str) and ERASED in value):
+        return None, True
+    if isinstance(value, dict):
+        found = False
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[key], erased = without_erased(item)
+            found = found or erased
+        return out, found
+    if isinstance(value, list):
+        items = [without_erased(v) for v in value]
+        return [v for v, _ in items], any(e for _, e in items)
+    return value, False
+
+
 def event_line(seq: int, event: DomainEvent, with_content: bool) -> dict[str, Any]:
     payload = event.model_dump(mode="json", by_alias=True, exclude=set(_META))
     kind = type(event).__name__
+    payload, erased = without_erased(payload)  # never the store's marker, with content or not
+    if erased:
+        payload["erased"] = True
     if not with_content:
         payload = strip_content(payload)
         if kind == "AttachmentRejected":  # the name is content, also where the reason says it

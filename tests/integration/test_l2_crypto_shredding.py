@@ -268,3 +268,26 @@ def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
         assert live.status_code == 404
     finally:
         engine.close()
+
+
+def test_l2_export_with_content_shows_erased_content_as_erased(
+        where: tuple[str, str | None]) -> None:
+    """Export (SPEC §7): content only where not erased; the store's marker never leaks."""
+    from runners.export import export_lines
+
+    db, url = where
+    engine = open_engine(db, url)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL, 10)
+        apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
+        lines = [orjson.loads(line) for line in export_lines(engine, "acme", with_content=True)]
+        synced = {line["payload"]["message"]["id"]: line for line in lines
+                  if line["type"] == "MessageSynced"}
+        erased = [line for line in synced.values() if line["payload"].get("erased")]
+        assert erased and all(line["payload"]["message"]["subject"] is None for line in erased)
+        kept = [line for line in synced.values() if not line["payload"].get("erased")]
+        assert kept and all(line["payload"]["message"]["subject"] for line in kept)
+        assert not any(b"\\u0000" in orjson.dumps(line) for line in lines)
+    finally:
+        engine.close()
