@@ -386,6 +386,9 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
             item: dict[str, Any] = {"line": number, "result": outcome}
             if number in reasons:
                 item["cmd"], item["field"], item["reason"] = reasons[number]
+            warnings = [w for n, w in report.warnings if n == number]
+            if warnings:
+                item["warnings"] = warnings
             results.append(item)
         position = report.tenant_positions.get(who.tenant, 0)
         log.info("commands", request_id=request.state.request_id, tenant=who.tenant,

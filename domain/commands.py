@@ -134,6 +134,14 @@ class ChangeMailboxAddress(Command):
     address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
 
 
+class ChangeMailboxScope(Command):
+    """S1: the folders/labels a mailbox syncs, for mail synced from then on."""
+
+    cmd: Literal["ChangeMailboxScope"]
+    mailbox: str
+    scope: Annotated[ScopeAll | ScopeLabels, Field(discriminator="mode")]
+
+
 class DisconnectMailbox(Command):
     cmd: Literal["DisconnectMailbox"]
     mailbox: str
@@ -476,7 +484,8 @@ COMMANDS: dict[str, type[Command]] = {
     for cls in (
         AddUser, ChangeUserManager, DeactivateUser, ReactivateUser, DeleteUser, ConfigureTenant,
         RevokeTokens,
-        ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
+        ConnectMailbox, ChangeMailboxAddress, ChangeMailboxScope, DisconnectMailbox,
+        ReconnectMailbox,
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
         AdvanceMailboxCursor, ResyncMailbox,
         DeleteMessagesAtProvider, RecordDeadLetter, RecordDeadLetterReplay,

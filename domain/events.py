@@ -86,6 +86,9 @@ class UserDeactivated(DomainEvent):
 
 class UserReactivated(DomainEvent):
     user: str
+    # L4: what the caller should know (e.g. a mailbox that is gone: it will not sync, its
+    # history is kept); recorded so the answer can be given again from the log
+    warnings: list[str] = []
 
 
 class UserDeleted(DomainEvent):
@@ -121,6 +124,13 @@ class MailboxConnected(DomainEvent):
 class MailboxAddressChanged(DomainEvent):
     mailbox: str
     address: str
+
+
+class MailboxScopeChanged(DomainEvent):
+    """S1: applies to mail synced from now on; mail synced before stays."""
+
+    mailbox: str
+    scope: dict[str, Any]
 
 
 class MailboxDisconnected(DomainEvent):
@@ -566,5 +576,6 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
 )
 EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)
 EVENT_TYPES += (TokensRevoked,)  # bearer tokens (issue #10)
+EVENT_TYPES += (MailboxScopeChanged,)  # scope changes (issue #13)
 EVENT_TYPES += (PushSubscriptionCreated, PushSubscriptionRenewed,  # push channels (issue #4)
                 PushSubscriptionEnded)
