@@ -32,8 +32,17 @@ class ThreadSummary(_Model):
     capabilities: Capabilities
 
 
+class AttachmentInfo(_Model):
+    name: str
+    size: int
+    content_type: str
+    refused: bool | None = Field(default=None, description="S8 refused it (absent otherwise)")
+    reason: str | None = Field(default=None, description="why S8 refused it")
+
+
 class Message(_Model):
     id: str
+    message_id: str | None = Field(default=None, description="the RFC 5322 Message-ID")
     from_: str = Field(alias="from")
     to: list[str]
     cc: list[str]
@@ -41,6 +50,7 @@ class Message(_Model):
     body: str
     sent_at: str
     delivery_status: str | None
+    attachments: list[AttachmentInfo] = []
     read: bool | None = Field(default=None, description="only for the thread's owner (V10): "
                                                         "absent, not null, for anyone else")
 

@@ -227,11 +227,20 @@ class PushSubscriptionEnded(DomainEvent):
     reason: str
 
 
+class RefusedAttachment(Attachment):
+    """An attachment S8 refused (not kept with the message), and why."""
+
+    reason: str
+
+
 class MessageSynced(DomainEvent):
     mailbox: str
     thread: str
-    message: MailMessage
+    message: MailMessage  # with the attachments S8 allows
     crm_initiated: bool = False
+    # S8 `drop_attachment`: the refused ones (message content, like the message's attachments;
+    # each also has its AttachmentRejected event)
+    refused: list[RefusedAttachment] = []
 
 
 class MessageUpdated(DomainEvent):

@@ -210,12 +210,14 @@ def sync_message(ctx: Context, cmd: c.SyncMessage) -> list[ev.DomainEvent]:
         return [ctx.event(ev.MessageSkipped, mailbox=cmd.mailbox, id=msg.id, reason=reason)]
     kept = msg
     if problems:
-        bad = {a.name for a, _ in problems}
+        bad = {id(a) for a, _ in problems}  # by identity: two attachments may share a name
         kept = msg.model_copy(update={"attachments": [a for a in msg.attachments
-                                                      if a.name not in bad]})
+                                                      if id(a) not in bad]})
     out = smart_bcc_contacts(ctx, mbx, msg)
     out.append(ctx.event(ev.MessageSynced, mailbox=cmd.mailbox, thread=thread_id, message=kept,
-                         crm_initiated=crm_thread))
+                         crm_initiated=crm_thread,
+                         refused=[ev.RefusedAttachment(**a.model_dump(), reason=p)
+                                  for a, p in problems]))
     out += [ctx.event(ev.AttachmentRejected, mailbox=cmd.mailbox, id=msg.id, attachment=a.name,
                       reason=p) for a, p in problems]
     return out

@@ -175,10 +175,17 @@ def _push(push: Push | None) -> Doc | None:
             "renewed_at": utc_iso(push.renewed_at) if push.renewed_at else None}
 
 
-def _content(msg: ev.MailMessage) -> Doc:
-    return {"id": msg.id, "from": msg.from_.lower(), "to": sorted({a.lower() for a in msg.to}),
+def _content(msg: ev.MailMessage, refused: list[ev.RefusedAttachment] | None = None) -> Doc:
+    """The message's content as the thread answer shows it: its RFC Message-ID and its
+    attachments (name, size, content type), the ones S8 refused with `refused` and `reason`."""
+    attachments: list[Doc] = [{"name": a.name, "size": a.size, "content_type": a.content_type}
+                              for a in msg.attachments]
+    attachments += [{"name": a.name, "size": a.size, "content_type": a.content_type,
+                     "refused": True, "reason": a.reason} for a in refused or ()]
+    return {"id": msg.id, "message_id": msg.message_id, "from": msg.from_.lower(),
+            "to": sorted({a.lower() for a in msg.to}),
             "cc": sorted({a.lower() for a in msg.cc}), "subject": msg.subject, "body": msg.body,
-            "sent_at": utc_iso(msg.sent_at)}
+            "sent_at": utc_iso(msg.sent_at), "attachments": attachments}
 
 
 def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:
@@ -189,7 +196,9 @@ def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:
 
 def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     """Rows of the `message` projection an event writes ({} deletes), judged after the event."""
-    if isinstance(e, ev.MessageSynced | ev.EmailSent):
+    if isinstance(e, ev.MessageSynced):
+        return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message, e.refused)}}
+    if isinstance(e, ev.EmailSent):
         return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message)}}
     if isinstance(e, ev.MessageDeletedAtProvider | ev.MessageDeletionRequested):
         return {f"{state.messages[(e.mailbox, e.id)].thread}{SEP}{e.id}": {}}
