@@ -168,6 +168,9 @@ class LineResult(_Model):
     cmd: str | None = None
     field: str | None = None
     reason: str | None = None
+    warnings: list[str] | None = Field(
+        default=None, description="what an applied command's caller should know (e.g. a "
+        "reactivated user's mailbox that is gone, L4); absent when there is nothing")
 
 
 class CommandsAnswer(_Model):
