@@ -169,7 +169,8 @@ class LineResult(_Model):
     field: str | None = None
     reason: str | None = None
     warnings: list[str] | None = Field(
-        default=None, description="what an applied command's caller should know (e.g. a "
+        default=None, exclude_if=lambda v: v is None,
+        description="what an applied command's caller should know (e.g. a "
         "reactivated user's mailbox that is gone, L4); absent when there is nothing")
 
 
