@@ -227,7 +227,7 @@ class RecordDeadLetterReplay(Command):
 
 PushReason = Literal[
     "missing", "expired", "expiring", "address_changed", "reauthorization_required",
-    "subscription_removed", "renewal_refused", "removed_by_provider"]
+    "subscription_removed", "renewal_refused", "removed_by_provider", "scope_changed"]
 
 
 class RecordPushSubscription(Command):

@@ -88,6 +88,7 @@ class Push:
     expires_at: datetime
     created_at: datetime
     renewed_at: datetime | None = None
+    scope: dict[str, Any] | None = None  # the mailbox's S1 scope when made or renewed
 
     @property
     def issued_at(self) -> datetime:
@@ -337,13 +338,15 @@ def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> Non
 
 def _push_created(s: TenantState, e: ev.PushSubscriptionCreated, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
-    mbx.push = Push(e.subscription_id, e.resource, mbx.address, e.expires_at, e.occurred_at)
+    mbx.push = Push(e.subscription_id, e.resource, mbx.address, e.expires_at, e.occurred_at,
+                    scope=mbx.scope)
 
 
 def _push_renewed(s: TenantState, e: ev.PushSubscriptionRenewed, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     if mbx.push is not None:
-        mbx.push = replace(mbx.push, expires_at=e.expires_at, renewed_at=e.occurred_at)
+        mbx.push = replace(mbx.push, expires_at=e.expires_at, renewed_at=e.occurred_at,
+                           scope=mbx.scope)  # a renewed Gmail watch takes the scope's labels
 
 
 def _push_ended(s: TenantState, e: ev.PushSubscriptionEnded, seq: int) -> None:

@@ -218,13 +218,16 @@ def test_s1_outlook_change_mailbox_scope_is_followed_by_the_worker(
     ref = MailboxRef("acme", "mia-outlook")
     inbox = graph.add(1)
     graph.add(1, folder=projects)
-    worker.sync_mailbox(ref, None)
+    [first] = worker.catch_up()  # the first sync follows MailboxConnected
+    assert first.mailboxes == [ref] and first.resynced
     assert {m for _, m in engine.store.state("acme").messages} == set(inbox)
+    assert worker.catch_up() == []  # nothing pending any more
     apply(engine, {"cmd": "ChangeMailboxScope", "mailbox": "mia-outlook",
                    "scope": {"mode": "labels", "labels": ["Projects"]}})
     later_inbox = graph.add(1)
     later_projects = graph.add(1, folder=projects)
-    worker.sync_mailbox(ref, None)
+    [followed] = worker.catch_up()  # the scope change is followed without a delivery
+    assert followed.mailboxes == [ref] and not followed.resynced
     state = engine.store.state("acme")
     assert set(later_projects) <= {m for _, m in state.messages}
     assert not set(later_inbox) & {m for _, m in state.messages}
