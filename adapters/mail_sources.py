@@ -402,33 +402,50 @@ def graph_folders_in_scope(listing: Sequence[tuple[GraphFolder, str]],
     return sorted(dict(chosen).items(), key=lambda item: (item[0] != inbox, item[1]))
 
 
-def encode_graph_cursor(links: Mapping[str, str], windows: Mapping[str, datetime]) -> str:
-    """`{"g": {folder id: delta or next link}, "w": {folder id: since}}` (compact, sorted);
-    `w` holds the folders in their first round next to an upgraded cursor (S2 window)."""
-    doc: dict[str, Any] = {"g": dict(sorted(links.items()))}
-    if windows:
-        doc["w"] = {k: v.astimezone(UTC).isoformat() for k, v in sorted(windows.items())}
+@dataclass(frozen=True)
+class GraphCursor:
+    """A mailbox's Graph cursor: per folder id its delta or next link (`links`), the S2 window of
+    folders in their first round next to an upgraded cursor (`windows`), and the ids of the
+    well-known folders (`known`: they never change, so an idle sync does not ask again).
+    `legacy`: the bare Inbox link of earlier versions (its folder is the Inbox, `links[""]`)."""
+
+    links: dict[str, str]
+    windows: dict[str, datetime] = field(default_factory=dict)
+    known: dict[str, str] = field(default_factory=dict)
+    legacy: bool = False
+
+
+def encode_graph_cursor(cursor: GraphCursor) -> str:
+    """`{"g": {folder id: link}, "k": {name: id}, "w": {folder id: since}}` (compact, sorted;
+    `w` only while a window is open)."""
+    doc: dict[str, Any] = {"g": dict(sorted(cursor.links.items())),
+                           "k": dict(sorted(cursor.known.items()))}
+    if cursor.windows:
+        doc["w"] = {k: v.astimezone(UTC).isoformat() for k, v in sorted(cursor.windows.items())}
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
-def decode_graph_cursor(cursor: str) -> tuple[dict[str, str], dict[str, datetime], bool]:
-    """(links, windows, legacy). A bare https link is the Inbox-only cursor of earlier
-    versions (`legacy`: its folder is the Inbox). Anything else unreadable -> ValueError."""
+def decode_graph_cursor(cursor: str) -> GraphCursor:
+    """A stored cursor; a bare https link is the Inbox-only cursor of earlier versions.
+    Anything else unreadable -> ValueError."""
     if cursor.startswith("https://"):
-        return {"": cursor}, {}, True
+        return GraphCursor({"": cursor}, legacy=True)
     try:
         doc = json.loads(cursor)
-        if not isinstance(doc, dict) or set(doc) - {"g", "w"} or not isinstance(doc.get("g"),
-                                                                                 dict):
+        if not isinstance(doc, dict) or set(doc) - {"g", "k", "w"} \
+                or not isinstance(doc.get("g"), dict):
             raise ValueError("not a folder map")
         links = {str(k): v for k, v in doc["g"].items()}
         if not all(k and isinstance(v, str) and v.startswith("https://")
                    for k, v in links.items()):
             raise ValueError("a folder without a link")
+        known = {str(k): v for k, v in (doc.get("k") or {}).items()}
+        if not all(isinstance(v, str) and v for v in known.values()):
+            raise ValueError("a well-known folder without an id")
         windows = {str(k): datetime.fromisoformat(v) for k, v in (doc.get("w") or {}).items()}
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a Graph cursor: {exc}") from None
-    return links, windows, False
+    return GraphCursor(links, windows, known)
 
 
 class GraphSource:
@@ -436,8 +453,8 @@ class GraphSource:
     (`/mailFolders/{id}/messages/delta`) and its own link in one mailbox cursor
     (`encode_graph_cursor`). Messages are labelled `[folder path, *categories]`.
 
-    `changes` lists the folders each time (a few requests: the folder tree and the well-known
-    folders' ids) and reads one delta page per folder. A folder new to the cursor starts a new
+    `changes` lists the folder tree each time (the well-known folders' ids are kept in the
+    cursor) and reads one delta page per folder. A folder new to the cursor starts a new
     delta round, which lists the folder whole (mail moved into it keeps its history, L3/L4);
     next to the Inbox-only cursor of earlier versions (a bare link: it continues as the
     Inbox's) the other folders' first rounds keep only mail inside the S2 window. A folder that
@@ -454,8 +471,10 @@ class GraphSource:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.push = push
 
-    def _scope(self, address: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
-        known = self.client.well_known(address, GRAPH_WELL_KNOWN)
+    def _scope(self, address: str, known: Mapping[str, str] | None = None
+               ) -> tuple[list[tuple[str, str]], dict[str, str]]:
+        known = dict(known) if known and "inbox" in known else \
+            self.client.well_known(address, GRAPH_WELL_KNOWN)
         return graph_folders_in_scope(self.client.folders(address), known, self.folders), known
 
     @staticmethod
@@ -465,10 +484,11 @@ class GraphSource:
 
     def changes(self, address: str, cursor: str) -> Changes:
         try:
-            links, windows, legacy = decode_graph_cursor(cursor)
+            stored = decode_graph_cursor(cursor)
         except ValueError:
             raise CursorExpired("graph", "the stored cursor is not a Graph cursor") from None
-        scope, known = self._scope(address)
+        scope, known = self._scope(address, stored.known)
+        links, legacy = stored.links, stored.legacy
         if legacy:
             links = {known["inbox"]: links[""]}
         since = self.clock() - timedelta(days=self.backfill_days)
@@ -480,7 +500,7 @@ class GraphSource:
         more = False
         for folder, label in scope:
             link = links.get(folder)
-            window = windows.get(folder) or (since if legacy and link is None else None)
+            window = stored.windows.get(folder) or (since if legacy and link is None else None)
             page = self.client.changes_since(address, link, folder=folder)
             found = page.messages if window is None else \
                 [m for m in page.messages if m.sent_at >= window]
@@ -496,10 +516,11 @@ class GraphSource:
         deleted = [i for i in dict.fromkeys(removed) if i not in present
                    and self.client.message_folder(address, i) not in synced]
         return Changes(messages=messages, deleted_ids=deleted, more=more, skipped=skipped,
-                       new_cursor=encode_graph_cursor(new_links, new_windows))
+                       new_cursor=encode_graph_cursor(GraphCursor(new_links, new_windows,
+                                                                  known)))
 
     def resync(self, address: str, since: datetime) -> Iterator[ResyncPage]:
-        scope, _ = self._scope(address)
+        scope, known = self._scope(address)
         for folder, label in scope:
             token: str | None = None
             while True:
@@ -520,7 +541,7 @@ class GraphSource:
                     break
                 change = self.client.changes_since(address, change.new_cursor)
             links[folder] = change.new_cursor
-        yield ResyncPage([], cursor=encode_graph_cursor(links, {}))
+        yield ResyncPage([], cursor=encode_graph_cursor(GraphCursor(links, known=known)))
 
     def close(self) -> None:
         self.client.close()

@@ -79,13 +79,16 @@ def test_s1_outlook_syncs_every_folder_except_junk_deleted_drafts_and_outbox(
     messages, cursor = resynced(src)
     assert labels(messages) == {**dict.fromkeys(inbox, "Inbox"), sent[0]: "Sent Items",
                                 filed[0]: "Projects", filed[1]: "Projects/Acme"}
-    links, _, _ = decode_graph_cursor(cursor)
-    assert set(links) == {"F-inbox", "F-sentitems", projects, acme}
+    assert set(decode_graph_cursor(cursor).links) == {"F-inbox", "F-sentitems", projects, acme}
 
     # later: a new message in each synced folder, nothing from the others
     later = graph.add(1, folder="F-sentitems") + graph.add(1, folder=acme)
     graph.add(1, folder="F-junkemail")
+    asked = len(graph.requests)
     changes: Changes = src.changes(ADDRESS, cursor)
+    # the folder tree (root + two parents of children) and one delta per synced folder: the
+    # well-known folders' ids come from the cursor
+    assert len(graph.requests) - asked == 3 + 4
     assert labels(changes.messages) == {later[0]: "Sent Items", later[1]: "Projects/Acme"}
     assert changes.deleted_ids == [] and not changes.more
     assert src.changes(ADDRESS, changes.new_cursor).messages == []
@@ -98,7 +101,7 @@ def test_s1_outlook_label_scope_reads_the_named_folders_and_sent_items(
     wanted = graph.add(1, folder=projects) + graph.add(1, folder="F-sentitems")
     messages, cursor = resynced(source(graph, cert, ["Projects"]))
     assert {m.id for m in messages} == set(wanted)
-    assert set(decode_graph_cursor(cursor)[0]) == {projects, "F-sentitems"}
+    assert set(decode_graph_cursor(cursor).links) == {projects, "F-sentitems"}
     deltas = {p for p, _ in graph.queries if p.endswith("/messages/delta")}
     assert not any("F-inbox" in p or "/inbox/" in p for p in deltas)
 
@@ -120,8 +123,9 @@ def test_s1_outlook_inbox_cursor_of_earlier_versions_continues_and_backfills_oth
     graph.add(1, folder="F-sentitems", minutes_ago=60 * 24 * 45)  # outside the S2 window
     changes = source(graph, cert).changes(ADDRESS, old_round.new_cursor)
     assert {m.id for m in changes.messages} == {*new_inbox, *recent_sent}
-    links, windows, legacy = decode_graph_cursor(changes.new_cursor)
-    assert not legacy and set(links) == {"F-inbox", "F-sentitems"} and windows == {}
+    stored = decode_graph_cursor(changes.new_cursor)
+    assert not stored.legacy and set(stored.links) == {"F-inbox", "F-sentitems"}
+    assert stored.windows == {} and stored.known["inbox"] == "F-inbox"
 
 
 def test_s12_outlook_move_between_folders_is_an_update_and_to_deleted_items_a_deletion(

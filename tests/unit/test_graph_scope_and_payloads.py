@@ -10,6 +10,7 @@ import pytest
 from adapters.errors import MalformedWebhook
 from adapters.graph_payloads import GraphFolder, graph_attachments, graph_folders
 from adapters.mail_sources import (
+    GraphCursor,
     decode_graph_cursor,
     encode_graph_cursor,
     graph_folders_in_scope,
@@ -43,13 +44,14 @@ def test_s1_outlook_cursor_round_trips_and_reads_the_inbox_link_of_earlier_versi
     since = datetime(2026, 1, 1, tzinfo=UTC)
     links = {"S": "https://g.test/v1.0/users/m/mailFolders/S/messages/delta?$deltatoken=2",
              "I": "https://g.test/v1.0/users/m/mailFolders/I/messages/delta?$deltatoken=1"}
-    encoded = encode_graph_cursor(links, {"S": since})
-    assert decode_graph_cursor(encoded) == (links, {"S": since}, False)
+    cursor = GraphCursor(links, {"S": since}, {"inbox": "I", "sentitems": "S"})
+    encoded = encode_graph_cursor(cursor)
+    assert decode_graph_cursor(encoded) == cursor
     assert encoded.index('"I"') < encoded.index('"S"')  # stable: sorted
     old = "https://g.test/v1.0/users/m/mailFolders/inbox/messages/delta?$deltatoken=7"
-    assert decode_graph_cursor(old) == ({"": old}, {}, True)
+    assert decode_graph_cursor(old) == GraphCursor({"": old}, legacy=True)
     for bad in ("12345", "{}", '{"g": {"I": "http://x"}}', '{"g": {}, "x": 1}', "[1]",
-                '{"g": {"": "https://x"}}'):
+                '{"g": {"": "https://x"}}', '{"g": {}, "k": {"inbox": 3}}'):
         with pytest.raises(ValueError, match="not a Graph cursor"):
             decode_graph_cursor(bad)
 
