@@ -102,10 +102,14 @@ def _seal_values(doc: dict[str, Any], kind: type[DomainEvent]) -> list[str] | No
     """Take the content out of an event's JSON (placeholders stay): the values to seal."""
     if kind is ev.MessageSynced or kind is ev.EmailSent:
         msg = doc["message"]
-        values = [msg["subject"], msg["body"], *(a["name"] for a in msg["attachments"])]
+        refused = doc.get("refused") or []  # S8's refused attachments: their names are content
+        values = [msg["subject"], msg["body"], *(a["name"] for a in msg["attachments"]),
+                  *(a["name"] for a in refused), *(a["reason"] for a in refused)]
         msg["subject"], msg["body"] = ERASED, ""
-        for a in msg["attachments"]:
+        for a in [*msg["attachments"], *refused]:
             a["name"] = ERASED
+        for a in refused:
+            a["reason"] = ERASED_REASON
         return values
     if kind is ev.AttachmentRejected:
         values = [doc["attachment"], doc["reason"]]
@@ -136,7 +140,12 @@ def _unsealed(state: bytes, kind: type[DomainEvent], values: list[str]) -> bytes
     """The stored JSON with the content put back in place of the placeholders (then validated
     once: rebuilding a dict or copying models cost a rebuild a third of its rate)."""
     if kind is ev.MessageSynced or kind is ev.EmailSent:
-        slots = [(_SUBJECT, "subject"), (_BODY, "body")] + [(_NAME, "name")] * (len(values) - 2)
+        # the names (the message's attachments', then the refused ones') in the order they
+        # stand in the JSON, then the refused ones' reasons: each placeholder is replaced first
+        # to last, so only the order within one kind of placeholder matters
+        names = state.count(_NAME)
+        slots = [(_SUBJECT, "subject"), (_BODY, "body")] + [(_NAME, "name")] * names \
+            + [(_REASON, "reason")] * (len(values) - 2 - names)
     elif kind is ev.AttachmentRejected:
         slots = [(_ATTACHMENT, "attachment"), (_REASON, "reason")]
     else:

@@ -43,15 +43,24 @@ from urllib.parse import quote
 import httpx
 
 from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
-from adapters.graph_payloads import graph_message_to_mail, parse_graph_delta
+from adapters.graph_payloads import (
+    GraphFolder,
+    graph_attachments,
+    graph_folders,
+    graph_message_to_mail,
+    parse_graph_delta,
+)
 from adapters.provider_client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
 from adapters.provider_http import ProviderHttp, error_info
-from adapters.webhooks import timestamp
-from domain.events import MailMessage
+from adapters.webhooks import json_object, timestamp
+from domain.events import Attachment, MailMessage
 
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
 SELECT = ("id,conversationId,internetMessageId,from,sender,toRecipients,ccRecipients,"
-          "bccRecipients,subject,body,sentDateTime,receivedDateTime,isRead,categories")
+          "bccRecipients,subject,body,sentDateTime,receivedDateTime,isRead,categories,"
+          "hasAttachments,parentFolderId")
+# S8 needs an attachment's name, size and type only: its content bytes are never fetched
+ATTACHMENT_SELECT = "id,name,size,contentType,isInline"
 CURSOR_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
 MAILBOX_CODES = frozenset({"mailboxnotenabledforrestapi", "mailboxnotsupportedforrestapi",
                            "errorinvaliduser"})
@@ -116,10 +125,13 @@ class GraphClient:
             raise MailboxGone("graph", self._http.failure(probe, "inbox folder").reason,
                               probe.status_code)
 
-    def changes_since(self, mailbox_address: str, cursor: str | None) -> ChangePage:
+    def changes_since(self, mailbox_address: str, cursor: str | None, *,
+                      folder: str | None = None) -> ChangePage:
+        """`folder` (an id or a well-known name) instead of the client's, for a new round."""
         if cursor is None:
-            response = self._get(self._user(mailbox_address, "mailFolders", self.folder,
-                                            "messages", "delta"), {"$select": SELECT})
+            response = self._get(self._user(mailbox_address, "mailFolders",
+                                            folder or self.folder, "messages", "delta"),
+                                 {"$select": SELECT})
         elif not self._http.owns(cursor):
             raise ValueError("not a Graph cursor of this client's base URL")
         else:
@@ -142,7 +154,7 @@ class GraphClient:
         deleted = [i for i in page.removed_ids if page.removed_reasons[i] == "deleted"]
         for item in page.items:
             try:
-                message = (graph_message_to_mail(item.resource) if _complete(item.resource)
+                message = (self._mail(mailbox_address, item.resource) if _complete(item.resource)
                            else self._message(mailbox_address, item.id, probe=False))
             except MalformedWebhook as exc:
                 skipped.append(SkippedMessage(id=item.id, reason=str(exc)))
@@ -157,11 +169,11 @@ class GraphClient:
             new_cursor=link, more=page.next_link is not None)
 
     def backfill(self, mailbox_address: str, since: datetime,
-                 page_token: str | None = None) -> BackfillPage:
+                 page_token: str | None = None, *, folder: str | None = None) -> BackfillPage:
         if page_token is None:
             when = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             response = self._get(
-                self._user(mailbox_address, "mailFolders", self.folder, "messages"),
+                self._user(mailbox_address, "mailFolders", folder or self.folder, "messages"),
                 {"$filter": f"receivedDateTime ge {when}", "$orderby": "receivedDateTime desc",
                  "$top": self.page_size, "$select": SELECT})
         elif not self._http.owns(page_token):
@@ -183,7 +195,7 @@ class GraphClient:
         skipped: list[SkippedMessage] = []
         for value in values:
             try:
-                messages.append(graph_message_to_mail(value))
+                messages.append(self._mail(mailbox_address, value))
             except MalformedWebhook as exc:
                 skipped.append(SkippedMessage(id=str(value.get("id")), reason=str(exc)))
         return BackfillPage(messages=messages, skipped=skipped, next_page_token=next_link)
@@ -202,7 +214,106 @@ class GraphClient:
         if not response.is_success:
             self._check_mailbox(mailbox, response, "message")
             raise self._http.failure(response, "message")
-        return graph_message_to_mail(response.content)
+        return self._mail(mailbox, json_object(response.content, max_bytes=64 << 20))
+
+    def _mail(self, mailbox: str, resource: dict[str, Any]) -> MailMessage:
+        """The resource as a MailMessage, with its attachments when it has any (S8)."""
+        message = graph_message_to_mail(resource)
+        if resource.get("hasAttachments") is True:
+            message = message.model_copy(
+                update={"attachments": self.attachments(mailbox, message.id)})
+        return message
+
+    def attachments(self, mailbox: str, message_id: str) -> list[Attachment]:
+        """`GET /users/{m}/messages/{id}/attachments` with `$select` of the metadata only (a
+        file attachment's contentBytes are not selected, so never downloaded); [] when the
+        message is gone meanwhile (its deletion comes with the next changes)."""
+        out: list[Attachment] = []
+        url: str | None = self._user(mailbox, "messages", message_id, "attachments")
+        params: dict[str, str | int] | None = {"$select": ATTACHMENT_SELECT}
+        while url is not None:
+            response = self._get(url, params)
+            if response.status_code == 404:
+                return out
+            if not response.is_success:
+                self._check_mailbox(mailbox, response, "attachments")
+                raise self._http.failure(response, "attachments")
+            try:
+                out += graph_attachments(response.content)
+                body = json_object(response.content, max_bytes=8 << 20)
+            except MalformedWebhook as exc:
+                raise self._http.error(f"attachments: unreadable response: {exc}") from None
+            link = body.get("@odata.nextLink")
+            if link is not None and not (isinstance(link, str) and self._http.owns(link)):
+                raise self._http.error("attachments: nextLink outside the configured base URL")
+            url, params = link, None
+        return out
+
+    # -- folders ----------------------------------------------------------------------------------
+    def folders(self, mailbox: str) -> list[tuple[GraphFolder, str]]:
+        """Every mail folder (hidden ones left out, as Outlook shows them) with its path of
+        display names (`Inbox/Projects`), parents before children."""
+        out: list[tuple[GraphFolder, str]] = []
+        todo: list[tuple[str, str]] = [("", "")]  # (parent id, parent path); "" = the root
+        while todo:
+            parent, prefix = todo.pop(0)
+            url: str | None = self._user(mailbox, "mailFolders", parent, "childFolders") \
+                if parent else self._user(mailbox, "mailFolders")
+            params: dict[str, str | int] | None = {
+                "$top": 100, "$select": "id,displayName,childFolderCount"}
+            while url is not None:
+                response = self._get(url, params)
+                if not response.is_success:
+                    self._check_mailbox(mailbox, response, "mail folders")
+                    if response.status_code == 404 and parent:
+                        break  # removed while listing: as if it were not there (L4)
+                    raise self._http.failure(response, "mail folders")
+                try:
+                    page, link = graph_folders(response.content)
+                except MalformedWebhook as exc:
+                    raise self._http.error(f"mail folders: unreadable response: {exc}") \
+                        from None
+                if link is not None and not self._http.owns(link):
+                    raise self._http.error("mail folders: nextLink outside the base URL")
+                for folder in page:
+                    path = f"{prefix}/{folder.name}" if prefix else folder.name
+                    out.append((folder, path))
+                    if folder.children:
+                        todo.append((folder.id, path))
+                url, params = link, None
+        return out
+
+    def well_known(self, mailbox: str, names: tuple[str, ...]) -> dict[str, str]:
+        """Well-known folder name (`inbox`, `sentitems`, `junkemail`, …) -> its folder id, for
+        the names the mailbox has (a 404 leaves the name out)."""
+        out: dict[str, str] = {}
+        for name in names:
+            response = self._get(self._user(mailbox, "mailFolders", name), {"$select": "id"})
+            if response.status_code == 404 and name != "inbox":
+                continue
+            if not response.is_success:
+                self._check_mailbox(mailbox, response, "mail folder")
+                raise self._http.failure(response, "mail folder")
+            ident = self._http.json(response, "mail folder").get("id")
+            if not isinstance(ident, str) or not ident:
+                raise self._http.error(f"mail folder {name}: the answer has no id")
+            out[name] = ident
+        return out
+
+    def message_folder(self, mailbox: str, message_id: str) -> str | None:
+        """The id of the folder holding the message now; None when it is gone (with immutable
+        ids a message moved to another folder keeps its id)."""
+        response = self._get(self._user(mailbox, "messages", message_id),
+                             {"$select": "id,parentFolderId"})
+        if response.status_code == 404:
+            if _codes(response) & MAILBOX_CODES:
+                self._check_mailbox(mailbox, response, "message")
+            return None
+        if not response.is_success:
+            self._check_mailbox(mailbox, response, "message")
+            raise self._http.failure(response, "message")
+        folder = self._http.json(response, "message").get("parentFolderId")
+        return folder if isinstance(folder, str) else None
 
     # -- change notification subscriptions ---------------------------------------------------------
     def subscription_resource(self, mailbox_address: str, folder: str | None = None) -> str:

@@ -5,6 +5,10 @@
   it for the next round).
 - `graph_message_to_mail(resource)` turns a message resource into the `MailMessage` that a
   SyncMessage command carries.
+- `graph_attachments(body)` reads `GET …/messages/{id}/attachments?$select=name,size,
+  contentType` (never the content bytes) as the message's attachments, for S8.
+- `graph_folders(body)` reads one page of `GET …/mailFolders` (id, displayName,
+  childFolderCount).
 
 Unreadable input raises `MalformedWebhook(field, reason)` (see `adapters.webhooks`).
 """
@@ -29,7 +33,7 @@ from adapters.webhooks import (
     req_str,
     timestamp,
 )
-from domain.events import MailMessage
+from domain.events import Attachment, MailMessage
 
 MAX_PAGE_BYTES = 64 << 20  # a delta page of full message resources (bodies included)
 
@@ -166,3 +170,49 @@ def graph_message_to_mail(resource: bytes | str | Mapping[str, Any]) -> MailMess
         labels=list(categories),
         read=False if read is None else boolean(read, "isRead"),
     )
+
+
+MAX_LISTING_BYTES = 8 << 20  # attachment and folder listings carry no content
+
+
+def graph_attachments(body: bytes | str | Mapping[str, Any]) -> list[Attachment]:
+    """Name, size and content type of each attachment (file, item or reference attachment).
+    A missing name is `""` (S8 refuses it as a type without extension, never drops it); a
+    missing content type is `application/octet-stream`."""
+    listing = json_object(body, max_bytes=MAX_LISTING_BYTES)
+    out: list[Attachment] = []
+    for index, item in enumerate(opt_list(listing, "value", "")):
+        path = at("value", index)
+        if not isinstance(item, dict):
+            raise MalformedWebhook(path, "not an object")
+        size = item.get("size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MalformedWebhook(at(path, "size"), "not a size in bytes")
+        out.append(Attachment(name=opt_str(item, "name", path) or "", size=size,
+                              content_type=opt_str(item, "contentType", path)
+                              or "application/octet-stream"))
+    return out
+
+
+class GraphFolder(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    name: str  # displayName
+    children: int = 0  # childFolderCount
+
+
+def graph_folders(body: bytes | str | Mapping[str, Any]) -> tuple[list[GraphFolder], str | None]:
+    """One page of a mailFolders / childFolders listing and its `@odata.nextLink`."""
+    listing = json_object(body, max_bytes=MAX_LISTING_BYTES)
+    folders: list[GraphFolder] = []
+    for index, item in enumerate(opt_list(listing, "value", "")):
+        path = at("value", index)
+        if not isinstance(item, dict):
+            raise MalformedWebhook(path, "not an object")
+        children = item.get("childFolderCount", 0)
+        if not isinstance(children, int) or isinstance(children, bool):
+            raise MalformedWebhook(at(path, "childFolderCount"), "not a number")
+        folders.append(GraphFolder(id=req_str(item, "id", path, max_len=2048),
+                                   name=opt_str(item, "displayName", path) or "",
+                                   children=children))
+    return folders, opt_str(listing, "@odata.nextLink", "")

@@ -363,6 +363,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                 republish(gate.tenant)
             part.rejected = [(n + start, cmd, f, why) for n, cmd, f, why in part.rejected]
             part.results = [(n + start, outcome) for n, outcome in part.results]
+            part.warnings = [(n + start, warning) for n, warning in part.warnings]
             if total is None:
                 total = part
                 continue
@@ -372,6 +373,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
             total.results += part.results
             total.position = part.position
             total.tenant_positions.update(part.tenant_positions)
+            total.warnings += part.warnings
         assert total is not None  # the caller refuses an empty body
         return total
 
@@ -515,6 +517,9 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
             item: dict[str, Any] = {"line": number, "result": outcome}
             if number in reasons:
                 item["cmd"], item["field"], item["reason"] = reasons[number]
+            warnings = [w for n, w in report.warnings if n == number]
+            if warnings:
+                item["warnings"] = warnings
             results.append(item)
         position = report.tenant_positions.get(who.tenant, 0)
         log.info("commands", request_id=request.state.request_id, tenant=who.tenant,

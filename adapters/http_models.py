@@ -34,8 +34,17 @@ class ThreadSummary(_Model):
     capabilities: Capabilities
 
 
+class AttachmentInfo(_Model):
+    name: str
+    size: int
+    content_type: str
+    refused: bool | None = Field(default=None, description="S8 refused it (absent otherwise)")
+    reason: str | None = Field(default=None, description="why S8 refused it")
+
+
 class Message(_Model):
     id: str
+    message_id: str | None = Field(default=None, description="the RFC 5322 Message-ID")
     from_: str = Field(alias="from")
     to: list[str]
     cc: list[str]
@@ -45,6 +54,7 @@ class Message(_Model):
                                                           "(L2); absent otherwise")
     sent_at: str
     delivery_status: str | None
+    attachments: list[AttachmentInfo] = []
     read: bool | None = Field(default=None, description="only for the thread's owner (V10): "
                                                         "absent, not null, for anyone else")
 
@@ -162,6 +172,10 @@ class LineResult(_Model):
     cmd: str | None = None
     field: str | None = None
     reason: str | None = None
+    warnings: list[str] | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="what an applied command's caller should know (e.g. a "
+        "reactivated user's mailbox that is gone, L4); absent when there is nothing")
 
 
 class CommandsAnswer(_Model):

@@ -145,6 +145,14 @@ class ChangeMailboxAddress(Command):
     address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
 
 
+class ChangeMailboxScope(Command):
+    """S1: the folders/labels a mailbox syncs, for mail synced from then on."""
+
+    cmd: Literal["ChangeMailboxScope"]
+    mailbox: str
+    scope: Annotated[ScopeAll | ScopeLabels, Field(discriminator="mode")]
+
+
 class DisconnectMailbox(Command):
     cmd: Literal["DisconnectMailbox"]
     mailbox: str
@@ -232,7 +240,7 @@ class RecordDeadLetterReplay(Command):
 
 PushReason = Literal[
     "missing", "expired", "expiring", "address_changed", "reauthorization_required",
-    "subscription_removed", "renewal_refused", "removed_by_provider"]
+    "subscription_removed", "renewal_refused", "removed_by_provider", "scope_changed"]
 
 
 class RecordPushSubscription(Command):
@@ -493,7 +501,8 @@ COMMANDS: dict[str, type[Command]] = {
     for cls in (
         AddUser, ChangeUserManager, DeactivateUser, ReactivateUser, DeleteUser, ConfigureTenant,
         RevokeTokens,
-        ConnectMailbox, ChangeMailboxAddress, DisconnectMailbox, ReconnectMailbox,
+        ConnectMailbox, ChangeMailboxAddress, ChangeMailboxScope, DisconnectMailbox,
+        ReconnectMailbox,
         ReportMailboxGone, SyncMessage, UpdateMessage, DeleteMessageAtProvider,
         AdvanceMailboxCursor, ResyncMailbox,
         DeleteMessagesAtProvider, RecordDeadLetter, RecordDeadLetterReplay,

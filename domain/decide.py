@@ -31,6 +31,7 @@ HANDLERS: dict[str, Callable[[Context, Any], list[ev.DomainEvent]]] = {
     "SetGlobalVisibility": lifecycle.set_global_visibility,
     "ConnectMailbox": mail.connect,
     "ChangeMailboxAddress": mail.change_address,
+    "ChangeMailboxScope": mail.change_scope,
     "DisconnectMailbox": mail.disconnect,
     "ReconnectMailbox": mail.reconnect,
     "ReportMailboxGone": mail.report_gone,

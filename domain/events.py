@@ -90,6 +90,9 @@ class UserDeactivated(DomainEvent):
 
 class UserReactivated(DomainEvent):
     user: str
+    # L4: what the caller should know (e.g. a mailbox that is gone: it will not sync, its
+    # history is kept); recorded so the answer can be given again from the log
+    warnings: list[str] = []
 
 
 class UserDeleted(DomainEvent):
@@ -133,6 +136,13 @@ class MailboxConnected(DomainEvent):
 class MailboxAddressChanged(DomainEvent):
     mailbox: str
     address: str
+
+
+class MailboxScopeChanged(DomainEvent):
+    """S1: applies to mail synced from now on; mail synced before stays."""
+
+    mailbox: str
+    scope: dict[str, Any]
 
 
 class MailboxDisconnected(DomainEvent):
@@ -229,11 +239,20 @@ class PushSubscriptionEnded(DomainEvent):
     reason: str
 
 
+class RefusedAttachment(Attachment):
+    """An attachment S8 refused (not kept with the message), and why."""
+
+    reason: str
+
+
 class MessageSynced(DomainEvent):
     mailbox: str
     thread: str
-    message: MailMessage
+    message: MailMessage  # with the attachments S8 allows
     crm_initiated: bool = False
+    # S8 `drop_attachment`: the refused ones (message content, like the message's attachments;
+    # each also has its AttachmentRejected event)
+    refused: list[RefusedAttachment] = []
 
 
 class MessageUpdated(DomainEvent):
@@ -581,6 +600,7 @@ EVENT_TYPES: tuple[type[DomainEvent], ...] = (
 )
 EVENT_TYPES += (DeliveryDeadLettered, DeadLetterReplayed)  # sync workers (issue #4)
 EVENT_TYPES += (TokensRevoked,)  # bearer tokens (issue #10)
+EVENT_TYPES += (MailboxScopeChanged,)  # scope changes (issue #13)
 EVENT_TYPES += (PushSubscriptionCreated, PushSubscriptionRenewed,  # push channels (issue #4)
                 PushSubscriptionEnded)
 EVENT_TYPES += (UserContentErased,)  # crypto-shredding (issue #11)

@@ -54,7 +54,12 @@ def reactivate(ctx: Context, cmd: c.ReactivateUser) -> list[ev.DomainEvent]:
         raise ctx.reject("user", f"user {cmd.user!r} is deleted; deletion is permanent")
     if user.status != "deactivated":
         raise ctx.reject("user", f"user {cmd.user!r} is not deactivated")
-    return [ctx.event(ev.UserReactivated, user=cmd.user)]
+    # L4 (Sell 000 warns): a mailbox the provider reported gone stays gone and keeps its history
+    warnings = [f"mailbox {m.id!r} ({m.address}) is gone at the provider: it will not sync; "
+                "its history is kept"
+                for m in sorted(ctx.state.mailboxes.values(), key=lambda m: m.id)
+                if m.user == cmd.user and m.status == "gone"]
+    return [ctx.event(ev.UserReactivated, user=cmd.user, warnings=warnings)]
 
 
 def delete(ctx: Context, cmd: c.DeleteUser) -> list[ev.DomainEvent]:

@@ -29,6 +29,18 @@ def change_address(ctx: Context, cmd: c.ChangeMailboxAddress) -> list[ev.DomainE
     return [ctx.event(ev.MailboxAddressChanged, mailbox=cmd.mailbox, address=cmd.address.lower())]
 
 
+def change_scope(ctx: Context, cmd: c.ChangeMailboxScope) -> list[ev.DomainEvent]:
+    """S1: the new scope applies to mail synced from now on (what was synced stays; mail that
+    comes into scope is synced when the provider reports it, or by the next resync)."""
+    mbx = ctx.mailbox(cmd.mailbox)
+    scope = cmd.scope.model_dump()
+    if mbx.status == "gone":
+        raise ctx.reject("mailbox", f"mailbox {cmd.mailbox!r} is gone")
+    if scope == mbx.scope:
+        return []
+    return [ctx.event(ev.MailboxScopeChanged, mailbox=cmd.mailbox, scope=scope)]
+
+
 def disconnect(ctx: Context, cmd: c.DisconnectMailbox) -> list[ev.DomainEvent]:
     mbx = ctx.mailbox(cmd.mailbox)
     if mbx.status != "connected":
@@ -125,6 +137,20 @@ def replies_to_crm_thread(state: TenantState, mailbox: str, msg: ev.MailMessage)
     return False
 
 
+def in_scope(state: TenantState, mbx: Mailbox, msg: ev.MailMessage, thread_id: str,
+             crm_thread: bool) -> bool:
+    """S1: scope `all`, or a label (Gmail label, Outlook folder or category, IMAP folder) the
+    scope selects; and the user's own sent mail in a thread already synced (in scope); and
+    (S7) CRM-initiated threads whatever the labels."""
+    if mbx.scope.get("mode") != "labels" or crm_thread:
+        return True
+    if set(msg.labels) & set(mbx.scope.get("labels", [])):
+        return True
+    own = {state.users[mbx.user].email} | {m.address for m in state.mailboxes.values()
+                                            if m.user == mbx.user}
+    return msg.from_.lower() in own and thread_id in state.threads
+
+
 def attachment_problem(state: TenantState, att: ev.Attachment) -> str | None:
     """S8: the reason an attachment is not allowed, or None."""
     settings = state.settings
@@ -172,12 +198,11 @@ def sync_message(ctx: Context, cmd: c.SyncMessage) -> list[ev.DomainEvent]:
     thread = s.threads.get(thread_id)
     crm_thread = (thread is not None and thread.crm_initiated) \
         or replies_to_crm_thread(s, cmd.mailbox, msg)
-    if reason is None and thread is not None and thread.created_seq < mbx.address_since \
-            and not crm_thread:
-        reason = "thread_of_old_address"  # S9
-    if reason is None and mbx.scope.get("mode") == "labels" and not crm_thread \
-            and not set(msg.labels) & set(mbx.scope.get("labels", [])):
-        reason = "out_of_scope"  # S1 (S7: CRM-initiated threads sync whatever the labels)
+    if reason is None and thread is not None and thread.created_seq < mbx.address_since:
+        # S9 (HighLevel 003): every thread of the old address stops, CRM-started ones too
+        reason = "thread_of_old_address"
+    if reason is None and not in_scope(s, mbx, msg, thread_id, crm_thread):
+        reason = "out_of_scope"
     problems = [(a, p) for a in msg.attachments if (p := attachment_problem(s, a)) is not None]
     if reason is None and problems and s.settings.attachment_policy == "skip_message":
         reason = "attachment_not_allowed: " + "; ".join(p for _, p in problems)
@@ -185,12 +210,14 @@ def sync_message(ctx: Context, cmd: c.SyncMessage) -> list[ev.DomainEvent]:
         return [ctx.event(ev.MessageSkipped, mailbox=cmd.mailbox, id=msg.id, reason=reason)]
     kept = msg
     if problems:
-        bad = {a.name for a, _ in problems}
+        bad = {id(a) for a, _ in problems}  # by identity: two attachments may share a name
         kept = msg.model_copy(update={"attachments": [a for a in msg.attachments
-                                                      if a.name not in bad]})
+                                                      if id(a) not in bad]})
     out = smart_bcc_contacts(ctx, mbx, msg)
     out.append(ctx.event(ev.MessageSynced, mailbox=cmd.mailbox, thread=thread_id, message=kept,
-                         crm_initiated=crm_thread))
+                         crm_initiated=crm_thread,
+                         refused=[ev.RefusedAttachment(**a.model_dump(), reason=p)
+                                  for a, p in problems]))
     out += [ctx.event(ev.AttachmentRejected, mailbox=cmd.mailbox, id=msg.id, attachment=a.name,
                       reason=p) for a, p in problems]
     return out

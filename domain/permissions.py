@@ -48,6 +48,7 @@ RULES: dict[str, str] = {
     "RecordDeadLetterReplay": "admin", "RecordPushSubscription": "service",
     "DeleteExternalContact": "service", "RenameExternalCategory": "service",
     "ConnectMailbox": "mailbox", "ChangeMailboxAddress": "mailbox",
+    "ChangeMailboxScope": "mailbox",
     "DisconnectMailbox": "mailbox", "ReconnectMailbox": "mailbox",
     "SendEmail": "self", "LinkThread": "self", "UnlinkThread": "self",
     "SetGlobalVisibility": "self", "ShareAddress": "self", "UnshareAddress": "self",

@@ -88,6 +88,7 @@ class Push:
     expires_at: datetime
     created_at: datetime
     renewed_at: datetime | None = None
+    scope: dict[str, Any] | None = None  # the mailbox's S1 scope when made or renewed
 
     @property
     def issued_at(self) -> datetime:
@@ -295,6 +296,26 @@ def _mailbox_address_changed(s: TenantState, e: ev.MailboxAddressChanged, seq: i
     s.user_addresses.add(mbx.address)
 
 
+def _mailbox_scope_changed(s: TenantState, e: ev.MailboxScopeChanged, seq: int) -> None:
+    s.mailboxes[e.mailbox].scope = e.scope
+
+
+# `last_error` reasons that name the mailbox's condition (L1, S10, L4), not one message's: they
+# are over once the mailbox is reconnected or syncs again (issue #13).
+CONDITION_ERRORS = ("user_deactivated", "user_deleted", "mailbox_disconnected", "mailbox_gone")
+
+
+def _recovered(mbx: Mailbox) -> None:
+    if mbx.last_error in CONDITION_ERRORS:
+        mbx.last_error = None
+
+
+def _mailbox_reconnected(s: TenantState, e: ev.MailboxReconnected, seq: int) -> None:
+    mbx = s.mailboxes[e.mailbox]
+    mbx.status = "connected"
+    _recovered(mbx)
+
+
 def _mailbox_status(status: str) -> Callable[[TenantState, Any, int], None]:
     def fold(s: TenantState, e: Any, seq: int) -> None:
         s.mailboxes[e.mailbox].status = status
@@ -306,6 +327,7 @@ def _cursor_advanced(s: TenantState, e: ev.MailboxCursorAdvanced, seq: int) -> N
     mbx = s.mailboxes[e.mailbox]
     mbx.cursor = e.cursor
     mbx.cursor_at = e.occurred_at
+    _recovered(mbx)  # a sync round completed
 
 
 def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> None:
@@ -316,13 +338,15 @@ def _resync_started(s: TenantState, e: ev.MailboxResyncStarted, seq: int) -> Non
 
 def _push_created(s: TenantState, e: ev.PushSubscriptionCreated, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
-    mbx.push = Push(e.subscription_id, e.resource, mbx.address, e.expires_at, e.occurred_at)
+    mbx.push = Push(e.subscription_id, e.resource, mbx.address, e.expires_at, e.occurred_at,
+                    scope=mbx.scope)
 
 
 def _push_renewed(s: TenantState, e: ev.PushSubscriptionRenewed, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     if mbx.push is not None:
-        mbx.push = replace(mbx.push, expires_at=e.expires_at, renewed_at=e.occurred_at)
+        mbx.push = replace(mbx.push, expires_at=e.expires_at, renewed_at=e.occurred_at,
+                           scope=mbx.scope)  # a renewed Gmail watch takes the scope's labels
 
 
 def _push_ended(s: TenantState, e: ev.PushSubscriptionEnded, seq: int) -> None:
@@ -381,6 +405,7 @@ def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     mbx.synced += 1
     mbx.last_sync_at = e.occurred_at
+    _recovered(mbx)
 
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
@@ -414,6 +439,9 @@ def _deletions_confirmed(s: TenantState, e: ev.MailboxDeletionsConfirmed, seq: i
         for tid in sorted(t for t in threads if t is not None):
             _recount(s, s.threads[tid])
     mbx.pending_deletions = []
+    if mbx.last_error is not None and mbx.last_error.startswith(("mass_delete_guard:",
+                                                                 "mailbox_suspect:")):
+        mbx.last_error = None  # the operator decided (L5): nothing is held any more
 
 
 def _skipped(s: TenantState, e: ev.MessageSkipped | ev.DeliverySkipped, seq: int) -> None:
@@ -555,8 +583,11 @@ def _outbound_acknowledged(s: TenantState, e: ev.OutboundMailAcknowledged, seq: 
         key = (e.mailbox, e.id)
         s.messages[key] = replace(s.messages[key], delivery_status="sent" if e.ok else "failed")
         _provider_ids(s, e.mailbox, e.id, e.provider_id, e.provider_thread_id)
+    mbx = s.mailboxes[e.mailbox]
     if not e.ok:
-        s.mailboxes[e.mailbox].last_error = f"outbox: {e.error}"
+        mbx.last_error = f"outbox: {e.error}"
+    elif mbx.last_error is not None and mbx.last_error.startswith("outbox: "):
+        mbx.last_error = None  # the outbox reaches the provider again
 
 
 def _copy_matched(s: TenantState, e: ev.OutboundCopyMatched, seq: int) -> None:
@@ -600,7 +631,8 @@ FOLDS: dict[type[ev.DomainEvent], Callable[[TenantState, Any, int], None]] = {
     ev.MailboxConnected: _mailbox_connected,
     ev.MailboxAddressChanged: _mailbox_address_changed,
     ev.MailboxDisconnected: _mailbox_status("disconnected"),
-    ev.MailboxReconnected: _mailbox_status("connected"),
+    ev.MailboxReconnected: _mailbox_reconnected,
+    ev.MailboxScopeChanged: _mailbox_scope_changed,
     ev.MailboxReportedGone: _mailbox_status("gone"),
     ev.CredentialsRemoved: _credentials_removed,
     ev.MailboxCursorAdvanced: _cursor_advanced,

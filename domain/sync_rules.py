@@ -83,9 +83,10 @@ def record_push(ctx: Context, cmd: c.RecordPushSubscription) -> list[ev.DomainEv
                           reason=cmd.reason)]
     if cmd.resource is None:
         raise ctx.reject("resource", "required when the subscription is created")
-    if current is not None and (current.subscription_id, current.expires_at,
-                                current.resource) == (cmd.subscription_id, cmd.expires_at,
-                                                      cmd.resource):
+    # a watch made again for a new scope is news even when the provider kept its expiry
+    if current is not None and cmd.reason != "scope_changed" and (
+            current.subscription_id, current.expires_at,
+            current.resource) == (cmd.subscription_id, cmd.expires_at, cmd.resource):
         return []
     return [ctx.event(ev.PushSubscriptionCreated, mailbox=cmd.mailbox,
                       subscription_id=cmd.subscription_id, resource=cmd.resource,

@@ -180,11 +180,22 @@ def _subject(subject: str) -> Doc:
     return {"subject": None, "erased": True} if subject == ev.ERASED else {"subject": subject}
 
 
-def _content(msg: ev.MailMessage) -> Doc:
-    text: Doc = ({"subject": None, "body": None, "erased": True} if msg.subject == ev.ERASED
+def _content(msg: ev.MailMessage, refused: list[ev.RefusedAttachment] | None = None) -> Doc:
+    """The message's content as the thread answer shows it: its RFC Message-ID and its
+    attachments (name, size, content type), the ones S8 refused with `refused` and `reason`.
+    Erased content (L2) answers `"subject": null, "body": null, "erased": true` and no names."""
+    erased = msg.subject == ev.ERASED
+    attachments: list[Doc] = [{"name": None if erased else a.name, "size": a.size,
+                               "content_type": a.content_type} for a in msg.attachments]
+    attachments += [{"name": None if erased else a.name, "size": a.size,
+                     "content_type": a.content_type, "refused": True,
+                     "reason": None if erased else a.reason} for a in refused or ()]
+    text: Doc = ({"subject": None, "body": None, "erased": True} if erased
                  else {"subject": msg.subject, "body": msg.body})
-    return {"id": msg.id, "from": msg.from_.lower(), "to": sorted({a.lower() for a in msg.to}),
-            "cc": sorted({a.lower() for a in msg.cc}), **text, "sent_at": utc_iso(msg.sent_at)}
+    return {"id": msg.id, "message_id": msg.message_id, "from": msg.from_.lower(),
+            "to": sorted({a.lower() for a in msg.to}),
+            "cc": sorted({a.lower() for a in msg.cc}), **text,
+            "sent_at": utc_iso(msg.sent_at), "attachments": attachments}
 
 
 def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:
@@ -195,7 +206,9 @@ def creates_message(state: TenantState, e: ev.DomainEvent) -> bool:
 
 def event_rows(state: TenantState, e: ev.DomainEvent) -> dict[str, Rows]:
     """Rows of the `message` projection an event writes ({} deletes), judged after the event."""
-    if isinstance(e, ev.MessageSynced | ev.EmailSent):
+    if isinstance(e, ev.MessageSynced):
+        return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message, e.refused)}}
+    if isinstance(e, ev.EmailSent):
         return {f"{e.thread}{SEP}{e.message.id}": {"m": _content(e.message)}}
     if isinstance(e, ev.MessageDeletedAtProvider | ev.MessageDeletionRequested):
         return {f"{state.messages[(e.mailbox, e.id)].thread}{SEP}{e.id}": {}}

@@ -47,7 +47,7 @@ def _mailbox_of(engine: Engine, tenant: str, thread: str) -> str:
         return str(row["mailbox"])
     needle = orjson.dumps({"thread": thread})[1:-1]
 
-    writers: frozenset[type[ev.DomainEvent]] = frozenset({ev.MessageSynced, ev.EmailSent})
+    writers = frozenset[type[ev.DomainEvent]]((ev.MessageSynced, ev.EmailSent))
 
     def keep(kind: type[ev.DomainEvent], state: bytes) -> bool:
         return kind in writers and needle in state

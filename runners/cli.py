@@ -291,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
             report = engine.apply_lines(lines)
             for number, cmd, field, reason in report.rejected:
                 sys.stderr.write(f"line {number}: {cmd}: {field}: {reason}\n")
+            for number, warning in report.warnings:
+                sys.stderr.write(f"line {number}: warning: {warning}\n")
             sys.stdout.write(report.summary() + "\n")
             return EXIT_REJECTED if report.rejected else 0
         if args.command == "export":

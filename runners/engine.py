@@ -91,6 +91,8 @@ class ApplyReport:
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
     # per non-blank line: (line number, "applied" | "unchanged" | "rejected"); event-log position
     results: list[tuple[int, str]] = field(default_factory=list)
+    # (line number, text): what an applied command's events say the caller should know (L4)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
     position: int = 0  # global: for this process's waits only, never handed to a caller (§8)
     # tenant -> its stream version after applying: the position callers see (min_position)
     tenant_positions: dict[str, int] = field(default_factory=dict)
@@ -336,6 +338,7 @@ class Engine:
                     raw = None
                 self._record_rejection(raw, rejection, at, corr, gate)
                 continue
+            report.warnings += [(number, w) for e in events for w in getattr(e, "warnings", ())]
             if any(not isinstance(e, CommandHadNoEffect) for e in events):
                 report.applied += 1
                 report.results.append((number, "applied"))

@@ -42,7 +42,8 @@ class _Known:
 
 DIRECTORY_EVENTS: tuple[type[ev.DomainEvent], ...] = (
     ev.PushSubscriptionCreated, ev.MailboxConnected, ev.MailboxAddressChanged,
-    ev.MailboxReconnected, ev.UserReactivated, ev.MailboxCursorAdvanced)
+    ev.MailboxReconnected, ev.UserReactivated, ev.MailboxCursorAdvanced,
+    ev.MailboxScopeChanged)
 
 
 def _directory_kinds(kind: type[ev.DomainEvent], data: bytes) -> bool:
@@ -74,7 +75,8 @@ class Directory:
             known = self.mailboxes.get(MailboxRef(tenant, e.mailbox))
             if known is not None:
                 known.address = e.address.lower()
-        elif isinstance(e, ev.MailboxReconnected):
+        elif isinstance(e, ev.MailboxReconnected | ev.MailboxScopeChanged):
+            # a new scope (S1, issue #13): folders that came into it are read at once
             self.pending.add(MailboxRef(tenant, e.mailbox))
         elif isinstance(e, ev.UserReactivated):
             self.pending.update(r for r, k in self.mailboxes.items()

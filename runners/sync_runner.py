@@ -118,6 +118,7 @@ class ConfiguredSources:
         from adapters.mail_sources import (
             GmailPush,
             GraphPush,
+            GraphSource,
             ImapSource,
             ProviderSource,
             scope_folders,
@@ -145,7 +146,9 @@ class ConfiguredSources:
             return ProviderSource(gmail, cursor_first=True, push=GmailPush(gmail))
         graph = GraphClient(token, self.graph_url, verify=self.graph_verify,
                             refresh=token.refresh)
-        return ProviderSource(graph, cursor_first=False, push=GraphPush(graph))
+        # every folder in the mailbox's S1 scope, each with its own delta (issue #13)
+        return GraphSource(graph, folders=scope_folders(mailbox.scope),
+                           backfill_days=mailbox.backfill_days, push=GraphPush(graph))
 
 
 def inbox_path(db: str) -> str:

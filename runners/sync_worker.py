@@ -180,7 +180,8 @@ class PushSettings:
 
 def push_due(state: TenantState, mbx: Mailbox, now: datetime) -> str | None:
     """Why the mailbox's push channel needs work now, if it does: `missing`, `expired`,
-    `address_changed` (S9: it watches the old address) — a new one; `expiring` (past half its
+    `address_changed` (S9: it watches the old address), `scope_changed` (a Gmail watch on the
+    labels of an earlier scope) — a new one; `expiring` (past half its
     lifetime) — a renewal. None for mailboxes that do not sync (L1, S10, L4)."""
     if skip_reason(state, mbx) is not None:
         return None
@@ -191,6 +192,8 @@ def push_due(state: TenantState, mbx: Mailbox, now: datetime) -> str | None:
         return "expired"
     if push.address != mbx.address:
         return "address_changed"
+    if mbx.provider == "gmail" and push.scope is not None and push.scope != mbx.scope:
+        return "scope_changed"  # S1: a Gmail watch filters on the scope's labels
     if now >= push.issued_at + (push.expires_at - push.issued_at) / 2:
         return "expiring"
     return None

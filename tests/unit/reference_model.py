@@ -639,12 +639,15 @@ def thread(m: Model, viewer: str, thread_id: str) -> dict[str, Any]:
     for x in _ordered(m, thread_id):
         item = {
             "id": x["id"],
+            "message_id": x.get("message_id"),
             "from": x["from"].lower(),
             "to": sorted({a.lower() for a in x["to"]}),
             "cc": sorted({a.lower() for a in x.get("cc", [])}),
             **({"subject": None, "body": None, "erased": True} if owner in m.erased
                else {"subject": x["subject"], "body": x.get("body", "")}),
             "sent_at": x["sent"].isoformat(),
+            # S8 is not modelled here: the generated messages carry no attachments
+            "attachments": [],
             "delivery_status": x.get("delivery_status"),
         }
         if is_owner:

@@ -27,7 +27,12 @@ def history() -> list[ev.DomainEvent]:
         envelope(ev.UserAdded, user="u", email="u@x.test", role="member"),
         envelope(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
                  address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-        envelope(ev.MessageSynced, mailbox="mb", thread="mb:t", message=message),
+        envelope(ev.MessageSynced, mailbox="mb", thread="mb:t", message=message,
+                 refused=[ev.RefusedAttachment(name="virus-Quokka.exe", size=9,
+                                               content_type="application/x-msdownload",
+                                               reason="type_not_allowed: Quokka"),
+                          ev.RefusedAttachment(name=TRICKY[0], size=5, content_type="text/x",
+                                               reason=f"too_large: {TRICKY[1]}")]),
         envelope(ev.AttachmentRejected, mailbox="mb", id="m1", attachment=TRICKY[2],
                  reason=f"too_large: {TRICKY[2]}"),
         envelope(ev.MessageSkipped, mailbox="mb", id="m2",
@@ -42,7 +47,7 @@ def test_l2_content_round_trips_exactly_and_is_not_in_the_stored_bytes() -> None
     store.append_raw('t"1', 0, events)
     assert [e for _, e in store.tenant_events('t"1')] == events
     stored = b"".join(s.state for s in store.app.recorder.select_events(stream_id('t"1')))
-    for text in [TRICKY[2], "second.pdf", "too_large"]:
+    for text in [TRICKY[2], "second.pdf", "too_large", "Quokka"]:
         assert text.encode() not in stored
     assert b"user_deactivated" in stored  # not content: stays readable
 
@@ -57,6 +62,8 @@ def test_l2_destroyed_key_reads_as_erased_and_e7_link_covers_the_bytes() -> None
     assert (synced.message.subject, synced.message.body) == (ev.ERASED, "")
     assert [a.name for a in synced.message.attachments] == [ev.ERASED, ev.ERASED]
     assert [a.size for a in synced.message.attachments] == [1, 2]  # the facts stay
+    assert [(a.name, a.size) for a in synced.refused] == [(ev.ERASED, 9), (ev.ERASED, 5)]
+    assert not any("Quokka" in a.reason for a in synced.refused)
     rejected, skipped = read[3], read[4]
     assert isinstance(rejected, ev.AttachmentRejected) and rejected.attachment == ev.ERASED
     assert isinstance(skipped, ev.MessageSkipped) and TRICKY[0] not in skipped.reason
