@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -218,7 +219,15 @@ def run(args: argparse.Namespace) -> int:
 
         return sync_runner.run_sync(args) if args.command == "run" else \
             sync_runner.deadletters(args)
-    engine = open_engine(args.db, args.postgres)
+    if args.command in ("run", "serve"):  # long-running: PostgreSQL may still be starting
+        from runners.backoff import keep_trying
+
+        opened = keep_trying(lambda: open_engine(args.db, args.postgres),
+                             what="open the stores", stop=threading.Event())
+        assert opened is not None  # never stopped (SIGTERM ends the process meanwhile)
+        engine = opened
+    else:
+        engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run" and args.worker == "contacts":
             from runners.contact_sync import run_contacts
