@@ -401,6 +401,12 @@ class Engine:
         """Rebuild projections from the log: into new tables swapped in (SQL), or in place.
         `parts` > 1: in that many processes, partitioned by mailbox, where the store allows it
         (PostgreSQL, see runners.rebuild); else in this process."""
+        if parts > 1 and self.rebuild_in_parts is not None and self.views.stuck():
+            # a stuck tenant (E8) is narrowed to its failing event only by one process: parts
+            # would each hold back their own share of it (docs/decisions.md)
+            structlog.get_logger("crmsync.rebuild").warning(
+                "rebuild_in_one_process", reason="stuck tenants", parts=parts)
+            parts = 1
         if parts > 1 and self.rebuild_in_parts is not None:
             names = [projection] if projection else list(PROJECTIONS)
             self.rebuild_in_parts(names, parts, progress)

@@ -62,6 +62,9 @@ def test_e8_nul_in_a_stored_record_id_sticks_only_its_tenant(opener: str) -> Non
         assert all(v["position"] == head for v in lag(engine).values())
         engine.rebuild()  # does not die on it, and finds the same
         assert stuck_tenants(engine) == {"a": {bad}}
+        engine.rebuild(parts=2)  # PostgreSQL's default: with a stuck tenant, one process
+        assert stuck_tenants(engine) == {"a": {bad}}
+        assert records(engine, "a") == {"lead-a1"}
         assert records(engine, "b") == {"lead-b1", "lead-b2"}
         sums = engine.verify()
         assert all(live == rebuilt for live, rebuilt in sums.values())
