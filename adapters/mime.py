@@ -12,7 +12,8 @@ header text for the ids and dates. Best effort everywhere; a message that cannot
   outside 1970..9999 count as unusable.
 * Message-ID / In-Reply-To / References: normalised to `<id>` (whitespace and comments dropped);
   References tolerate folding, commas, missing brackets and junk between ids; duplicates and the
-  message's own id are dropped. In-Reply-To takes the first id that is not the sender's address.
+  message's own id are dropped. In-Reply-To takes the first id that is not the sender's address; in prose
+  (`Message from Ralf <ralf@x.de> of "..." <id@host>`) the last one.
 * body: the first inline text/plain part, else the first text/html part as text; attachments:
   every leaf part with a filename or `Content-Disposition: attachment` (forwarded messages
   included), size = decoded bytes. Nothing is written anywhere.
@@ -142,6 +143,21 @@ def parse_references(value: str | None, own_id: str | None = None) -> list[str]:
     for mid in message_ids(value):
         if mid != own_id and mid not in out:
             out.append(mid)
+    return out
+
+
+def _in_reply_to(msg: Message, sender: str, own: str | None) -> list[str]:
+    """In-Reply-To's ids, the parent first. Prose (`Message from Ralf <ralf@x.de> of "..."
+    <1584@jupiter>`, old mailers) names the message last: then the last id that is not the
+    sender's or the text's own address wins; a plain list keeps its order."""
+    out: list[str] = []
+    for raw in _raw_headers(msg, "in-reply-to"):
+        text = clean_text(raw)
+        ids = [m for m in message_ids(text) if m != own and m[1:-1].lower() != sender]
+        prose = _ANGLE.sub(" ", _COMMENT.sub(" ", text)).strip(" \t\r\n,;")
+        if prose and "<" in text and len(ids) > 1:
+            ids = [ids[-1]] + ids[:-1]
+        out += [m for m in ids if m not in out]
     return out
 
 
@@ -359,8 +375,7 @@ def _build(msg: EmailMessage, provider_id: str, fallback_date: datetime | None,
     if sent_at is None:
         raise UnparseableMessage("no usable Date (no Date header, fallback or Received date)")
     own = normalise_message_id(next(iter(_raw_headers(msg, "message-id")), None))
-    replied = [m for r in _raw_headers(msg, "in-reply-to") for m in message_ids(r)]
-    replied = [m for m in replied if m[1:-1].lower() != senders[0] and m != own]
+    replied = _in_reply_to(msg, senders[0], own)
     refs: list[str] = []
     for r in _raw_headers(msg, "references"):
         refs += [m for m in parse_references(r, own) if m not in refs]
