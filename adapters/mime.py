@@ -12,8 +12,8 @@ header text for the ids and dates. Best effort everywhere; a message that cannot
   outside 1970..9999 count as unusable.
 * Message-ID / In-Reply-To / References: normalised to `<id>` (whitespace and comments dropped);
   References tolerate folding, commas, missing brackets and junk between ids; duplicates and the
-  message's own id are dropped. In-Reply-To takes the first id that is not the sender's address; in prose
-  (`Message from Ralf <ralf@x.de> of "..." <id@host>`) the last one.
+  message's own id are dropped. In-Reply-To takes the first id that is not the sender's
+  address; in prose (`Message from Ralf <ralf@x.de> of "..." <id@host>`) the last one.
 * body: the first inline text/plain part, else the first text/html part as text; attachments:
   every leaf part with a filename or `Content-Disposition: attachment` (forwarded messages
   included), size = decoded bytes. Nothing is written anywhere.
@@ -156,7 +156,7 @@ def _in_reply_to(msg: Message, sender: str, own: str | None) -> list[str]:
         ids = [m for m in message_ids(text) if m != own and m[1:-1].lower() != sender]
         prose = _ANGLE.sub(" ", _COMMENT.sub(" ", text)).strip(" \t\r\n,;")
         if prose and "<" in text and len(ids) > 1:
-            ids = [ids[-1]] + ids[:-1]
+            ids = [ids[-1], *ids[:-1]]
         out += [m for m in ids if m not in out]
     return out
 
