@@ -11,7 +11,7 @@ finds every message again (S14) and reports it unchanged.
     directory       a Maildir: the files in cur/ and new/ (the `S` flag marks a message read)
     file "From "    an mbox: From_-separated (mboxo/mboxrd, `>From ` unescaped once) or with
                     Content-Length headers (mboxcl2), read as a stream; `.gz` is unpacked
-    other file      one message (.eml)
+    other file      one message (.eml; also one starting `From:` or obsolete `From  :`)
 
 Counts: imported (MessageSynced), unchanged (already there: the same id, or the provider copy of
 a CRM-sent message), rejected: unparseable (the MIME adapter's reason), skipped by a sync rule
@@ -44,6 +44,7 @@ ACTOR = "system:import"
 BATCH = 200
 # an mbox envelope line: `From <sender> <asctime>` (a time is what tells it from body text)
 _FROM_LINE = re.compile(rb"From \S*\s.*\d\d?:\d\d")
+_HEADER_FROM = re.compile(rb"From[ \t]*:")  # `From:`, obsolete `From  :`: a header, no envelope
 _ESCAPED_FROM = re.compile(rb">+From ")
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length:[ \t]*(\d+)[ \t]*\r?$")
 _BLANK = (b"\n", b"\r\n")
@@ -175,8 +176,8 @@ def find_messages(paths: Sequence[str]) -> Iterator[Found]:
                 continue
             disk, fh = _open(path)
             with disk, fh:
-                first = fh.read(5)
-                if first != b"From ":
+                first = fh.readline(4096)
+                if not _FROM_LINE.match(first) or _HEADER_FROM.match(first):
                     data = first + fh.read()
                     done += disk.tell()
                     yield Found(given, data, done)
@@ -193,7 +194,7 @@ def find_messages(paths: Sequence[str]) -> Iterator[Found]:
 
 
 class _Prefixed(io.RawIOBase):
-    """`prefix` then the rest of `fh` (the bytes read to tell an mbox from one message)."""
+    """`prefix` then the rest of `fh` (the line read to tell an mbox from one message)."""
 
     def __init__(self, prefix: bytes, fh: IO[bytes]) -> None:
         self.prefix = prefix
@@ -231,10 +232,12 @@ def total_bytes(paths: Sequence[str]) -> int:
 
 # -- importing ------------------------------------------------------------------------------------
 def provider_id(message_id: str | None, raw: bytes) -> str:
-    """The stable provider id of an imported message: from its Message-ID, else its bytes."""
+    """The stable provider id of an imported message: from its Message-ID, else its bytes (line
+    ends and trailing blank lines normalised: the same mail from an mbox and as a file)."""
     if message_id:
         return "import:" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
-    return "import:sha256:" + hashlib.sha256(raw).hexdigest()[:32]
+    canonical = raw.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").rstrip()
+    return "import:sha256:" + hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def to_message(found: Found, labels: Sequence[str]) -> ev.MailMessage:
