@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import CRMSYNC, SETUP, jsonl
+from processes import CRMSYNC
+from test_cli import SETUP, jsonl
 
 pytestmark = pytest.mark.e2e
 
