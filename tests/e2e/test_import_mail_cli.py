@@ -68,3 +68,39 @@ def test_s14_import_mail_process_embedded(tmp_path: Path) -> None:
 
 def test_s14_import_mail_process_postgres(tmp_path: Path, postgres_url: str) -> None:
     story(tmp_path, postgres_url)
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other end is closed
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_import_mail_draws_a_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    setup = crmsync(tmp_path, None, "apply", "-", stdin=jsonl(SETUP))
+    assert setup.returncode == 0, setup.stderr
+    env = {k: v for k, v in os.environ.items() if k != "CRMSYNC_POSTGRES_URL"}
+    env.update({"PYTHONPATH": os.getcwd(), "TERM": "xterm", "COLUMNS": "100"})
+    env.pop("NO_COLOR", None)
+    main, terminal = os.openpty()
+    try:
+        proc = subprocess.run([*CRMSYNC, "--db", str(tmp_path / "crmsync.db"), "import-mail",
+                               "--tenant", "acme", "--mailbox", "mb",
+                               str(FIXTURES / GOOD[0])], stdout=terminal,
+                              stderr=subprocess.PIPE, timeout=120, check=False, env=env)
+        os.close(terminal)
+        shown = _read_all(main).decode(errors="replace")
+    finally:
+        os.close(main)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 imported, 0 unchanged, 0 rejected" in shown
+    assert "\x1b[?25l" in shown  # rich hides the cursor while it draws the bar
+    piped = crmsync(tmp_path, None, "import-mail", "--tenant", "acme", "--mailbox", "mb",
+                    str(FIXTURES / GOOD[0]))
+    assert piped.stdout == "0 imported, 1 unchanged, 0 rejected\n"  # no escape codes in a pipe
