@@ -64,3 +64,13 @@ def test_provider_id_is_stable_by_message_id_else_by_content() -> None:
     assert provider_id("<a@x>", b"one") != provider_id("<b@x>", b"one")
     assert provider_id(None, b"one") != provider_id(None, b"two")
     assert provider_id(None, b"one").startswith("import:sha256:")
+
+
+def test_mbox_is_streamed_one_message_at_a_time() -> None:
+    one = "From c@x Mon Jan  5 09:01:00 2026\n" + mail(1, body="x" * 1000 + "\n") + "\n"
+    stream = io.BytesIO((one * 1000).encode())
+    messages = iter_mbox(stream)
+    first = next(messages)
+    assert b"Subject: s1" in first
+    assert stream.tell() < 3 * len(one)  # read: this message and the next envelope, no more
+    assert sum(1 for _ in messages) == 999
