@@ -45,13 +45,16 @@ def parse_rate(mbox: Path) -> tuple[int, float]:
     return n, n / (time.perf_counter() - started)
 
 
-def fresh_engine(tmp: Path, postgres: str | None) -> Engine:
-    if postgres:
-        import psycopg
+def _schema(postgres: str, sql: str) -> None:
+    import psycopg
 
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(postgres, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def fresh_engine(tmp: Path, postgres: str | None, schema: str) -> Engine:
+    if postgres:
+        _schema(postgres, f"CREATE SCHEMA {schema}")
         sep = "&" if "?" in postgres else "?"
         engine = open_engine("unused.db", f"{postgres}{sep}options=-csearch_path%3D{schema}")
     else:
@@ -66,7 +69,8 @@ def fresh_engine(tmp: Path, postgres: str | None) -> Engine:
 
 
 def import_rates(mbox: Path, tmp: Path, postgres: str | None) -> tuple[int, float, float]:
-    engine = fresh_engine(tmp, postgres)
+    schema = f"bench_import_{uuid.uuid4().hex[:10]}"
+    engine = fresh_engine(tmp, postgres, schema)
     try:
         started = time.perf_counter()
         first = import_mail(engine, "bench", "list", [str(mbox)])
@@ -76,6 +80,8 @@ def import_rates(mbox: Path, tmp: Path, postgres: str | None) -> tuple[int, floa
         again_s = time.perf_counter() - started
     finally:
         engine.close()
+        if postgres:
+            _schema(postgres, f"DROP SCHEMA {schema} CASCADE")
     if again.imported or again.unchanged != first.imported:
         sys.exit(f"not idempotent: {first.summary()} then {again.summary()}")
     return first.imported, first.imported / first_s, again.unchanged / again_s
