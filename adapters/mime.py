@@ -372,6 +372,7 @@ _KNOWN = re.compile(rb"(?i)(from|to|cc|bcc|subject|date|message-id|in-reply-to|r
 _BAD_BOUNDARY = re.compile(rb'(?i)(;[ \t\r\n]*boundary[ \t]*=[ \t]*)([^\s;"]*=[^\s;"]*)')
 
 
+_HEAD_OK = re.compile(rb"(?:From [^\n]*\n)?(?:(?:[!-9;-~]+:|[ \t])[^\n]*(?:\n|\Z))*")
 _CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*")
 
 
@@ -382,8 +383,13 @@ def _repair_head(raw: bytes) -> bytes:
     field follows it before the blank line; otherwise it is where the body starts)."""
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
-    end = re.search(rb"\r?\n\r?\n", raw)
-    head, rest = (raw[:end.start()], raw[end.start():]) if end else (raw, b"")
+    end = raw.find(b"\n\n")  # the blank line (find: far faster than a regex)
+    end = len(raw) if end < 0 else end
+    crlf = raw.find(b"\n\r\n", 0, end)
+    end = crlf if crlf >= 0 else end
+    head, rest = raw[:end], raw[end:]
+    if _HEAD_OK.fullmatch(head):
+        return raw  # the usual case: every line a field or a folded continuation
     lines = head.split(b"\n")
     changed = False
     for i, line in enumerate(lines):
@@ -404,7 +410,7 @@ def _repair_head(raw: bytes) -> bytes:
 
 def _prepare(raw: bytes) -> bytes:
     raw = _repair_head(raw)
-    if b"=" not in raw:
+    if _BAD_BOUNDARY.search(raw) is None:
         return raw
     return _CONTENT_TYPE.sub(  # only inside Content-Type fields (with their folded lines)
         lambda f: _BAD_BOUNDARY.sub(lambda m: m.group(1) + b'"' + m.group(2) + b'"', f.group()),
