@@ -13,8 +13,9 @@ finds every message again (S14) and reports it unchanged.
                     Content-Length headers (mboxcl2), read as a stream; `.gz` is unpacked
     other file      one message (.eml; also one starting `From:` or obsolete `From  :`)
 
-Counts: imported (MessageSynced), unchanged (already there: the same id, or the provider copy of
-a CRM-sent message), rejected: unparseable (the MIME adapter's reason), skipped by a sync rule
+Counts: imported (MessageSynced), unchanged (already there: a message with this Message-ID in the
+mailbox, e.g. synced from the provider, the same id, or the provider copy of a CRM-sent message),
+rejected: unparseable (the MIME adapter's reason), skipped by a sync rule
 (`skipped: <reason>`, e.g. out_of_scope) or a rejected command. Each rejection is `PATH[#n]:
 reason` (n: the message's number in an mbox).
 """
@@ -265,8 +266,10 @@ def import_mail(engine: Engine, tenant: str, mailbox: str, paths: Sequence[str],
     """Import every message under `paths`; at most `batch_size` parsed messages are held."""
     report = ImportReport()
     batch: list[tuple[str, c.SyncMessage]] = []
+    state = engine.store.state(tenant)
 
     def flush() -> None:
+        nonlocal state
         if not batch:
             return
         results = engine.execute_batch([cmd for _, cmd in batch], now=clock(),
@@ -280,6 +283,7 @@ def import_mail(engine: Engine, tenant: str, mailbox: str, paths: Sequence[str],
             else:
                 report.unchanged += 1
         batch.clear()
+        state = engine.store.state(tenant)
 
     for found in find_messages(paths):
         if found.raw is None:
@@ -290,6 +294,11 @@ def import_mail(engine: Engine, tenant: str, mailbox: str, paths: Sequence[str],
             except UnparseableMessage as exc:
                 report.rejected.append((found.where, exc.reason))
             else:
+                if msg.message_id and (mailbox, msg.message_id) in state.rfc_index:
+                    report.unchanged += 1  # synced already (from the provider or imported)
+                    if progress is not None:
+                        progress(found.position)
+                    continue
                 batch.append((found.where, c.SyncMessage(
                     cmd="SyncMessage", tenant=tenant, actor=ACTOR, mailbox=mailbox,
                     message=msg)))

@@ -152,3 +152,24 @@ def test_unreadable_paths_are_rejections(tmp_path: Path) -> None:
             (str(tmp_path / "plain"), "not a Maildir folder (no cur/ or new/)")]
     finally:
         engine.close()
+
+
+def test_s14_a_message_synced_from_the_provider_is_not_imported_again(
+        inputs: dict[str, Path]) -> None:
+    engine = Engine.open_in_memory()
+    try:
+        setup(engine)
+        synced = {"cmd": "SyncMessage", "tenant": "acme", "mailbox": "mb-ann",
+                  "at": T0.isoformat(),
+                  "message": {"id": "imap-7", "message_id": "<m1@customer.test>",
+                              "from": "c1@customer.test", "to": ["ann@acme.test"],
+                              "subject": "s1", "sent_at": T0.isoformat()}}
+        engine.execute(parse_command(synced), now=T0, correlation_id="provider")
+        report = import_mail(engine, "acme", "mb-ann", [str(inputs["cl"])])
+        assert (report.imported, report.unchanged, report.rejected) == (2, 1, [])
+        state = engine.store.state("acme")
+        stored = sorted((m.rfc_id or "", m.id.split(":")[0]) for m in state.messages.values())
+        assert stored == [("<m1@customer.test>", "imap-7"), ("<m2@customer.test>", "import"),
+                          ("<m3@customer.test>", "import")]
+    finally:
+        engine.close()
