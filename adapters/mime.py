@@ -14,9 +14,14 @@ header text for the ids and dates. Best effort everywhere; a message that cannot
   References tolerate folding, commas, missing brackets and junk between ids; duplicates and the
   message's own id are dropped. In-Reply-To takes the first id that is not the sender's
   address; in prose (`Message from Ralf <ralf@x.de> of "..." <id@host>`) the last one.
-* body: the first inline text/plain part, else the first text/html part as text; attachments:
-  every leaf part with a filename or `Content-Disposition: attachment` (forwarded messages
-  included), size = decoded bytes. Nothing is written anywhere.
+* From/To/Cc/Bcc: valid addresses only (one local part, one domain, no blanks or quotes); an
+  invalid From falls back to Sender, else the message is rejected with the raw header text.
+* body: the first inline text/plain part, else the first text/html part as text, else the first
+  other inline text part (richtext/enriched without their commands); attachments: every leaf
+  part with a filename or `Content-Disposition: attachment` (forwarded messages included),
+  size = decoded bytes. Nothing is written anywhere.
+* Before parsing, what mail clients tolerate is repaired (`_prepare`): a UTF-8 BOM, `Name  :`,
+  a stray line inside the header block, an unquoted boundary holding `=`.
 """
 
 from __future__ import annotations
@@ -148,8 +153,8 @@ def parse_references(value: str | None, own_id: str | None = None) -> list[str]:
 
 def _in_reply_to(msg: Message, sender: str, own: str | None) -> list[str]:
     """In-Reply-To's ids, the parent first. Prose (`Message from Ralf <ralf@x.de> of "..."
-    <1584@jupiter>`, old mailers) names the message last: then the last id that is not the
-    sender's or the text's own address wins; a plain list keeps its order."""
+    <1584@jupiter>`, old mailers) names the message last: then the last id (not the sender's
+    address, not the message's own id) wins; a plain list keeps its order."""
     out: list[str] = []
     for raw in _raw_headers(msg, "in-reply-to"):
         text = clean_text(raw)
@@ -370,9 +375,9 @@ _KNOWN = re.compile(rb"(?i)(from|to|cc|bcc|subject|date|message-id|in-reply-to|r
                     rb"[ \t]*:")
 # an unquoted boundary holding `=` (Outlook's `----=_NextPart_...`): the stdlib stops at `=`
 _BAD_BOUNDARY = re.compile(rb'(?i)(;[ \t\r\n]*boundary[ \t]*=[ \t]*)([^\s;"]*=[^\s;"]*)')
-
-
-_HEAD_OK = re.compile(rb"(?:From [^\n]*\n)?(?:(?:[!-9;-~]+:|[ \t])[^\n]*(?:\n|\Z))*")
+# a header block needing no repair: an optional envelope line (not `From  :`), then fields and
+# folded lines only
+_HEAD_OK = re.compile(rb"(?:From (?![ \t]*:)[^\n]*\n)?(?:(?:[!-9;-~]+:|[ \t])[^\n]*(?:\n|\Z))*")
 _CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*")
 
 

@@ -96,3 +96,11 @@ def test_in_reply_to_prose_yields_the_message_id_not_the_address() -> None:
         b'Message from Ralf <ralf@x.de> of "Sun, 08 Jan 1995 10:00:00 +0100."\r\n ',
         b"<first@x> ")
     assert parse_message(plain, "p").in_reply_to == "<first@x>"  # a plain list keeps its order
+
+
+def test_obsolete_from_as_the_only_repair_and_envelope_lines_stay() -> None:
+    raw = b"From  : dora@kunde.example\nDate: 5 Jan 2010 10:00 +0000\nSubject: x\n\nbody\n"
+    assert parse_message(raw, "p").from_ == "dora@kunde.example"
+    envelope = b"From dora@kunde.example Mon Jan  5 09:00:00 2026\n" + raw.replace(
+        b"From  :", b"From:")
+    assert parse_message(envelope, "p").from_ == "dora@kunde.example"
