@@ -12,10 +12,16 @@ header text for the ids and dates. Best effort everywhere; a message that cannot
   outside 1970..9999 count as unusable.
 * Message-ID / In-Reply-To / References: normalised to `<id>` (whitespace and comments dropped);
   References tolerate folding, commas, missing brackets and junk between ids; duplicates and the
-  message's own id are dropped. In-Reply-To takes the first id that is not the sender's address.
-* body: the first inline text/plain part, else the first text/html part as text; attachments:
-  every leaf part with a filename or `Content-Disposition: attachment` (forwarded messages
-  included), size = decoded bytes. Nothing is written anywhere.
+  message's own id are dropped. In-Reply-To takes the first id that is not the sender's
+  address; in prose (`Message from Ralf <ralf@x.de> of "..." <id@host>`) the last one.
+* From/To/Cc/Bcc: valid addresses only (one local part, one domain, no blanks or quotes); an
+  invalid From falls back to Sender, else the message is rejected with the raw header text.
+* body: the first inline text/plain part, else the first text/html part as text, else the first
+  other inline text part (richtext/enriched without their commands); attachments: every leaf
+  part with a filename or `Content-Disposition: attachment` (forwarded messages included),
+  size = decoded bytes. Nothing is written anywhere.
+* Before parsing, what mail clients tolerate is repaired (`_prepare`): a UTF-8 BOM, `Name  :`,
+  a stray line inside the header block, an unquoted boundary holding `=`.
 """
 
 from __future__ import annotations
@@ -145,6 +151,21 @@ def parse_references(value: str | None, own_id: str | None = None) -> list[str]:
     return out
 
 
+def _in_reply_to(msg: Message, sender: str, own: str | None) -> list[str]:
+    """In-Reply-To's ids, the parent first. Prose (`Message from Ralf <ralf@x.de> of "..."
+    <1584@jupiter>`, old mailers) names the message last: then the last id (not the sender's
+    address, not the message's own id) wins; a plain list keeps its order."""
+    out: list[str] = []
+    for raw in _raw_headers(msg, "in-reply-to"):
+        text = clean_text(raw)
+        ids = [m for m in message_ids(text) if m != own and m[1:-1].lower() != sender]
+        prose = _ANGLE.sub(" ", _COMMENT.sub(" ", text)).strip(" \t\r\n,;")
+        if prose and "<" in text and len(ids) > 1:
+            ids = [ids[-1], *ids[:-1]]
+        out += [m for m in ids if m not in out]
+    return out
+
+
 # -- dates ----------------------------------------------------------------------------------------
 def parse_date(value: str | None) -> datetime | None:
     """A tz-aware datetime from an RFC 5322 date (obsolete forms too), or None."""
@@ -172,7 +193,19 @@ def _received_date(msg: Message) -> datetime | None:
 
 
 # -- addresses ------------------------------------------------------------------------------------
+# one local part, one domain, nothing that a parser had to glue together (quotes, blanks, a
+# second @): what is left of `Big Bug bb@bug.com` or `develop!nextmime@ebony@sblab.att.com`
+_ADDRESS = re.compile(r"[^\s@\"<>(),;:\\\[\]]+@[^\s@\"<>(),;:\\\[\]]+")
+
+
+def valid_address(address: str) -> bool:
+    return _ADDRESS.fullmatch(address) is not None and ".." not in address \
+        and not address.endswith(".")
+
+
 def _addresses(msg: EmailMessage, name: str) -> list[str]:
+    """The valid addresses of a header, normalised, in order. Invalid ones are left out: they
+    can match no user or record (the From's raw text goes into the rejection instead)."""
     raws = _raw_headers(msg, name)
     if not raws:
         return []
@@ -187,8 +220,8 @@ def _addresses(msg: EmailMessage, name: str) -> list[str]:
         pairs = [a for _, a in getaddresses([decode_words(r) for r in raws])]
     out: list[str] = []
     for pair in pairs:
-        a = _WS.sub("", clean_text(pair)).strip("<>\"'").lower()
-        if a and a not in out:
+        a = _WS.sub("", clean_text(pair)).strip("<>'").lower()
+        if valid_address(a) and a not in out:
             out.append(a)
     return out
 
@@ -292,9 +325,20 @@ def _attachment(part: Message, number: int) -> Attachment:
     return Attachment(name=name, size=size, content_type=ctype)
 
 
+def enriched_to_text(text: str) -> str:
+    """text/richtext (RFC 1341) and text/enriched (RFC 1896): drop the formatting commands;
+    `<<` is a literal `<`, `<nl>` a line break (richtext)."""
+    text = re.sub(r"(?i)<(nl|lt)>", lambda m: "\n" if m.group(1).lower() == "nl" else "\x00",
+                  text.replace("<<", "\x00"))
+    text = re.sub(r"(?is)<param>.*?</param>", "", text)
+    text = re.sub(r"</?[A-Za-z0-9-]{1,60}>", "", text)
+    return text.replace("\x00", "<").strip()
+
+
 def _body_and_attachments(msg: EmailMessage) -> tuple[str, list[Attachment]]:
     plain: str | None = None
     html: str | None = None
+    other: str | None = None  # richtext, enriched, any other inline text: kept, not dropped
     attachments: list[Attachment] = []
     for part in _leaves(msg):
         ctype = part.get_content_type()
@@ -309,11 +353,73 @@ def _body_and_attachments(msg: EmailMessage) -> tuple[str, list[Attachment]]:
                 html = _part_text(part)
         elif is_attachment or part.get_content_maintype() != "text":
             attachments.append(_attachment(part, len(attachments) + 1))
+        elif other is None:
+            other = _part_text(part)
+            if ctype in ("text/richtext", "text/enriched"):
+                other = enriched_to_text(other)
     if plain is not None and plain.strip():
         return plain.strip("\n"), attachments
     if html is not None:
         return html_to_text(html), attachments
+    if other is not None and other.strip():
+        return other.strip("\n"), attachments
     return (plain or "").strip("\n"), attachments
+
+
+# -- repairs before parsing (what mail clients tolerate) -------------------------------------------
+_BOM = b"\xef\xbb\xbf"
+_HEADER = re.compile(rb"[!-9;-~]+:")  # a field name and its colon
+_OBS_HEADER = re.compile(rb"([!-9;-~]+)[ \t]+:")  # RFC 5322 obs: blanks before the colon
+_KNOWN = re.compile(rb"(?i)(from|to|cc|bcc|subject|date|message-id|in-reply-to|references|sender|"
+                    rb"reply-to|return-path|received|mime-version|content-[a-z-]+|x-[!-9;-~]+)"
+                    rb"[ \t]*:")
+# an unquoted boundary holding `=` (Outlook's `----=_NextPart_...`): the stdlib stops at `=`
+_BAD_BOUNDARY = re.compile(rb'(?i)(;[ \t\r\n]*boundary[ \t]*=[ \t]*)([^\s;"]*=[^\s;"]*)')
+# a header block needing no repair: an optional envelope line (not `From  :`), then fields and
+# folded lines only
+_HEAD_OK = re.compile(rb"(?:From (?![ \t]*:)[^\n]*\n)?(?:(?:[!-9;-~]+:|[ \t])[^\n]*(?:\n|\Z))*")
+_CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*")
+
+
+def _repair_head(raw: bytes) -> bytes:
+    """The header block as mail clients read it: a UTF-8 BOM dropped, `From  :` (obsolete blanks
+    before the colon) joined, and a line that is no header in the middle of the header block
+    kept as an `X-Malformed-Header` field instead of ending the block (only when a well-known
+    field follows it before the blank line; otherwise it is where the body starts)."""
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    end = raw.find(b"\n\n")  # the blank line (find: far faster than a regex)
+    end = len(raw) if end < 0 else end
+    crlf = raw.find(b"\n\r\n", 0, end)
+    end = crlf if crlf >= 0 else end
+    head, rest = raw[:end], raw[end:]
+    if _HEAD_OK.fullmatch(head):
+        return raw  # the usual case: every line a field or a folded continuation
+    lines = head.split(b"\n")
+    changed = False
+    for i, line in enumerate(lines):
+        if not line.strip() or line[:1] in (b" ", b"\t") or _HEADER.match(line):
+            continue
+        if i == 0 and line.startswith(b"From ") and not _OBS_HEADER.match(line):
+            continue  # an mbox envelope line: the parser takes it as such
+        obsolete = _OBS_HEADER.match(line)
+        if obsolete:
+            lines[i] = obsolete.group(1) + b":" + line[obsolete.end():]
+        elif any(_KNOWN.match(later) for later in lines[i + 1:]):
+            lines[i] = b"X-Malformed-Header: " + line
+        else:
+            break  # the body starts here (a message without the blank line)
+        changed = True
+    return b"\n".join(lines) + rest if changed else raw
+
+
+def _prepare(raw: bytes) -> bytes:
+    raw = _repair_head(raw)
+    if _BAD_BOUNDARY.search(raw) is None:
+        return raw
+    return _CONTENT_TYPE.sub(  # only inside Content-Type fields (with their folded lines)
+        lambda f: _BAD_BOUNDARY.sub(lambda m: m.group(1) + b'"' + m.group(2) + b'"', f.group()),
+        raw)
 
 
 # -- the entry point ------------------------------------------------------------------------------
@@ -326,7 +432,7 @@ def parse_message(raw: bytes, provider_id: str, *, fallback_date: datetime | Non
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise UnparseableMessage("empty message")
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(bytes(raw))
+        msg = BytesParser(policy=policy.default).parsebytes(_prepare(bytes(raw)))
         assert isinstance(msg, EmailMessage)
         return _build(msg, provider_id, fallback_date, labels, thread_id)
     except UnparseableMessage:
@@ -343,9 +449,12 @@ def parse_message(raw: bytes, provider_id: str, *, fallback_date: datetime | Non
 
 def _build(msg: EmailMessage, provider_id: str, fallback_date: datetime | None,
            labels: Sequence[str], thread_id: str | None) -> MailMessage:
-    candidates = _addresses(msg, "from") + _addresses(msg, "sender")
-    senders = [a for a in candidates if "@" in a] or candidates  # bare "MAILER-DAEMON" last
+    senders = _addresses(msg, "from") + _addresses(msg, "sender")
     if not senders:
+        given = [decode_words(r) for r in _raw_headers(msg, "from") + _raw_headers(msg, "sender")]
+        given = [g for g in given if g]
+        if given:  # the raw text, so whoever reads the rejection sees what was sent
+            raise UnparseableMessage(f"invalid From address: {given[0][:200]!r}")
         raise UnparseableMessage("no usable From address")
     sent_at = None
     for raw_date in _raw_headers(msg, "date"):
@@ -359,8 +468,7 @@ def _build(msg: EmailMessage, provider_id: str, fallback_date: datetime | None,
     if sent_at is None:
         raise UnparseableMessage("no usable Date (no Date header, fallback or Received date)")
     own = normalise_message_id(next(iter(_raw_headers(msg, "message-id")), None))
-    replied = [m for r in _raw_headers(msg, "in-reply-to") for m in message_ids(r)]
-    replied = [m for m in replied if m[1:-1].lower() != senders[0] and m != own]
+    replied = _in_reply_to(msg, senders[0], own)
     refs: list[str] = []
     for r in _raw_headers(msg, "references"):
         refs += [m for m in parse_references(r, own) if m not in refs]

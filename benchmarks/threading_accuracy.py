@@ -56,12 +56,13 @@ def main() -> None:
     # which true threads the engine split, and which engine threads mix true threads
     by_truth: dict[str, set[str]] = {}
     by_engine: dict[str, set[str]] = {}
-    for m in sorted(evaluated & set(threaded.thread_of)):
+    for m in sorted(threaded.thread_of):  # all messages; excluded ones are marked
         by_truth.setdefault(truth[m], set()).add(threaded.thread_of[m])
         by_engine.setdefault(threaded.thread_of[m], set()).add(truth[m])
     for root, threads in sorted(by_truth.items()):
         if len(threads) > 1:
-            print(f"split: true thread rooted at {root} -> {sorted(threads)}")
+            mark = "" if root in evaluated else " (README exclusion)"
+            print(f"split: true thread rooted at {root}{mark} -> {sorted(threads)}")
     for thread, truths in sorted(by_engine.items()):
         if len(truths) > 1:
             print(f"merged: engine thread {thread} <- true roots {sorted(truths)}")

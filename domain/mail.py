@@ -108,9 +108,12 @@ def resync(ctx: Context, cmd: c.ResyncMailbox) -> list[ev.DomainEvent]:
 def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str:
     """S13: provider thread id; else the thread of another copy of this RFC message in this
     mailbox (the same mail in two IMAP folders, or moved between them: a new provider id); else
-    References/In-Reply-To within this mailbox; else a new one.
+    References/In-Reply-To within this mailbox, nearest ancestor first; else a new one.
 
-    Only existing index entries are followed, so a reference loop cannot loop. Never by subject.
+    S13 (amended, jwz-style): an ancestor that was never synced still leads to the thread of the
+    first message that named it (`missing_parents`), so replies to one missing parent share a
+    thread, and that parent, when it arrives later, joins it. Only index entries are followed,
+    so a reference loop cannot loop. Never by subject.
     """
     if msg.thread_id:
         given = f"{mailbox}:{msg.thread_id}"
@@ -119,9 +122,9 @@ def resolve_thread(state: TenantState, mailbox: str, msg: ev.MailMessage) -> str
     candidates += [msg.in_reply_to] if msg.in_reply_to else []
     candidates += list(reversed(msg.references or []))
     for rfc in candidates:
-        if rfc is None:
-            continue
         found = state.rfc_index.get((mailbox, rfc))
+        if found is None:
+            found = state.missing_parents.get((mailbox, rfc))
         if found is not None:
             return found
     return f"{mailbox}:crmsync-{msg.id}"

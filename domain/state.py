@@ -162,6 +162,10 @@ class TenantState:
     threads: dict[str, Thread] = field(default_factory=dict)
     messages: MessageTable = field(default_factory=MessageTable)
     rfc_index: dict[tuple[str, str], str] = field(default_factory=dict)  # (mailbox, rfc) -> thread
+    # S13 (amended): ids referenced by synced messages but never synced themselves -> the thread
+    # of the first message that referenced them (jwz's empty containers). Kept apart from
+    # `rfc_index` because the outbox and S7 must only ever match messages that exist.
+    missing_parents: dict[tuple[str, str], str] = field(default_factory=dict)
     address_records: dict[str, set[str]] = field(default_factory=dict)  # lead/contact addresses
     # participant -> threads; built on first use (`threads_with`), then kept up to date
     address_threads: dict[str, set[str]] | None = None
@@ -368,8 +372,8 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, _addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
         msg.subject, utc_iso(msg.sent_at), tuple(msg.labels), msg.read, msg.delivery_status)
-    if msg.message_id and s.index_rfc:
-        s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
+    if s.index_rfc:
+        _index_rfc(s, mailbox, thread_id, msg)
     have = thread.participants
     new = tuple(a for a in message.participants if a not in have)
     if new:
@@ -377,6 +381,18 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     if s.address_threads is not None:
         for a in message.participants:
             s.address_threads.setdefault(a, set()).add(thread_id)
+
+
+def _index_rfc(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessage) -> None:
+    """S13: this message's id, and every ancestor it names that was never synced, lead to its
+    thread. First come wins (`setdefault`): the fold gives the same index on replay and
+    whatever the batch boundaries, and a reference loop cannot move anything."""
+    if msg.message_id:
+        s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
+        s.missing_parents.pop((mailbox, msg.message_id), None)  # no longer missing
+    for rfc in (msg.in_reply_to, *(msg.references or ())):
+        if rfc and rfc != msg.message_id and (mailbox, rfc) not in s.rfc_index:
+            s.missing_parents.setdefault((mailbox, rfc), thread_id)
 
 
 def _delete_message(s: TenantState, mailbox: str, message_id: str, recount: bool = True

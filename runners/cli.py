@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from runners.sync_runner import add_parsers as add_sync_parsers
 
     add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
+    from runners.import_mail import add_parser as add_import_parser
+
+    add_import_parser(sub)  # `import-mail` (issue #13)
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -287,6 +290,10 @@ def run(args: argparse.Namespace) -> int:
                 if stop_sync is not None:
                     stop_sync.set()
             return serve(engine, args.host, args.port)
+        if args.command == "import-mail":
+            from runners.import_mail import run_import
+
+            return run_import(engine, args)
         if args.command == "apply":
             if args.file == "-":
                 lines: Sequence[bytes] = sys.stdin.buffer.read().splitlines()

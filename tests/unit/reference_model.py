@@ -38,6 +38,9 @@ class Model:
     threads: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (mailbox, rfc message id) -> thread id
     rfc: dict[tuple[str, str], str] = field(default_factory=dict)
+    # S13 amended: (mailbox, rfc id named as a parent but never synced) -> thread of the first
+    # message that named it
+    missing: dict[tuple[str, str], str] = field(default_factory=dict)
     # (thread, record) -> True (LinkThread) / False (UnlinkThread); latest wins
     manual: dict[tuple[str, str], bool] = field(default_factory=dict)
     # thread -> True (MarkThreadShared) / False (MarkThreadPrivate)
@@ -492,8 +495,9 @@ def sync_message(m: Model, c: dict[str, Any], engine_ok: bool) -> str:
             refs.append(msg["in_reply_to"])
         refs.extend(reversed(msg.get("references") or []))
         for ref in refs:
-            if (c["mailbox"], ref) in m.rfc:
-                thread = m.rfc[(c["mailbox"], ref)]
+            found = m.rfc.get((c["mailbox"], ref)) or m.missing.get((c["mailbox"], ref))
+            if found:
+                thread = found
                 break
     m.seq += 1
     stored = dict(msg)
@@ -502,6 +506,10 @@ def sync_message(m: Model, c: dict[str, Any], engine_ok: bool) -> str:
     m.threads.setdefault(thread, {"mailbox": c["mailbox"], "messages": []})["messages"].append(key)
     if msg.get("message_id"):
         m.rfc.setdefault((c["mailbox"], msg["message_id"]), thread)
+        m.missing.pop((c["mailbox"], msg["message_id"]), None)
+    for ref in [msg.get("in_reply_to"), *(msg.get("references") or [])]:
+        if ref and ref != msg.get("message_id") and (c["mailbox"], ref) not in m.rfc:
+            m.missing.setdefault((c["mailbox"], ref), thread)
     return OK
 
 
