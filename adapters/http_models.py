@@ -35,7 +35,7 @@ class ThreadSummary(_Model):
 
 
 class AttachmentInfo(_Model):
-    name: str
+    name: str | None = Field(description="null once erased (L2)")
     size: int
     content_type: str
     refused: bool | None = Field(default=None, description="S8 refused it (absent otherwise)")

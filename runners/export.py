@@ -35,6 +35,9 @@ def strip_content(value: Any) -> Any:
                 out[key] = None
             elif key == "attachments" and isinstance(item, list):
                 out[key] = [{**a, "name": None} if isinstance(a, dict) else a for a in item]
+            elif key == "refused" and isinstance(item, list):  # S8's refused: names are content
+                out[key] = [{**a, "name": None, "reason": None} if isinstance(a, dict) else a
+                            for a in item]
             else:
                 out[key] = strip_content(item)
         return out

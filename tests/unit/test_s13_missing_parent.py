@@ -120,7 +120,8 @@ def _engine_threads(batch: int) -> tuple[dict[str, str], dict[str, str]]:
                            now=T0, correlation_id=f"setup-{i}")
         commands = _sync_commands()
         for start in range(0, len(commands), batch):
-            engine.execute_batch(commands[start:start + batch], now=T0, correlation_id="b")
+            engine.execute_batch(commands[start:start + batch], now=T0 + timedelta(days=1),
+                                 correlation_id="b")  # E6: `at` not ahead of the clock
         live = engine.store.state(TENANT)
         got = {pid: live.messages[("mb-ann", pid)].thread for pid, *_ in RAW}
         folded = TenantState(TENANT)  # a rebuild: fold the stored events afresh
