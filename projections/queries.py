@@ -237,19 +237,52 @@ def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
 
 def records(views: ViewReader, tenant: str, viewer: str, email: str | None = None
             ) -> list[Answer]:
-    """Records V may access (access(R)), optionally those with an address."""
+    """Records V may access (access(R)), optionally those with an address. A merged-away
+    contact (C9) is no record of its own any more: its survivor stands in its place (once,
+    and only if V may access the survivor)."""
     look = Lookup(views, tenant)
     if not look.active(viewer):
         return []
-    out = []
+    found: dict[str, Doc] = {}
     for rows in views.scan("directory", tenant, "record:").values():
         for doc in rows.values():
-            if email is not None and email.lower() not in doc["emails"]:
-                continue
-            if look.access_reason(viewer, doc) is None:
-                continue
-            out.append({k: doc[k] for k in ("record", "type", "name", "owner", "emails")})
-    return sorted(out, key=lambda r: r["record"])
+            if email is None or email.lower() in doc["emails"]:
+                found[doc["record"]] = doc
+    merged = _merged_away(views, tenant, [r for r, d in found.items() if d["type"] == "contact"],
+                          everything=email is None)
+    out: dict[str, Answer] = {}
+    for rid, found_doc in found.items():
+        shown = look.record(merged[rid]) if rid in merged else found_doc
+        if shown is None or shown["record"] in out or look.access_reason(viewer, shown) is None:
+            continue
+        out[shown["record"]] = {k: shown[k] for k in ("record", "type", "name", "owner",
+                                                      "emails")}
+    return [out[r] for r in sorted(out)]
+
+
+def _merged_away(views: ViewReader, tenant: str, contacts: list[str], *, everything: bool
+                 ) -> dict[str, str]:
+    """merged-away contact -> its surviving contact (following merges of survivors), from the
+    `contact` rows: one scan for a full listing, else one read per contact found."""
+    into: dict[str, str | None] = {}
+    if everything:
+        for rows in views.scan("contact", tenant).values():
+            into.update({r: doc["merged_into"] for r, doc in rows.items()})
+    out: dict[str, str] = {}
+    for rid in contacts:
+        up, seen = rid, {rid}
+        while True:
+            if up not in into:
+                row = views.rows("contact", tenant, up).get(up)
+                into[up] = row["merged_into"] if row is not None else None
+            parent = into[up]
+            if parent is None or parent in seen:
+                break
+            seen.add(parent)
+            up = parent
+        if up != rid:
+            out[rid] = up
+    return out
 
 
 def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | None = None
