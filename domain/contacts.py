@@ -446,23 +446,26 @@ def acknowledge_change(ctx: Context, cmd: c.AcknowledgeExternalContactChange
     if key is None or key[0] != cmd.user or not cmd.ok or cmd.external_id is None:
         return events
     user, record_id = key
-    if s.contacts.active_link(user, record_id) is not None:
-        # C7 matched an external contact to the record while this one was being created: the
-        # created one is a duplicate of the engine's own making; it leaves the book again
-        out = Outbound(ctx)
-        out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
-        return events + out.events
     out = Outbound(ctx)
     out.settled.add(key)  # the creation ends with this ack: what changed meanwhile goes now (C4)
-    out.links[key] = cmd.external_id
     record = s.records.get(record_id)
-    if record is None or not syncable(s, record) or not book_users(
-            s, record.owner, record.collaborators, connected=[user], active={user: True}):
-        # access lost (C6) or merged away (C9) while it was being created: the CRM's copy
-        # leaves the book again (a paused, deactivated user keeps it for the reactivation)
+    in_book = record is not None and syncable(s, record) and bool(book_users(
+        s, record.owner, record.collaborators, connected=[user], active={user: True}))
+    paused = not s.users[user].active  # L1: a deactivated user's book waits for reactivation
+    if s.contacts.active_link(user, record_id) is not None:
+        # C7 matched an external contact to the record while this one was being created: the
+        # created one is a duplicate of the engine's own making; it leaves the book again, and
+        # the matched one gets what was held back
         out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
-        return events + out.events
-    _push_record(out, record, [user])
+    else:
+        out.links[key] = cmd.external_id
+        if not in_book:
+            # access lost (C6) or merged away (C9) while it was being created: the CRM's copy
+            # leaves the book again
+            out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
+            return events + out.events
+    if record is not None and in_book and not paused:
+        _push_record(out, record, [user])
     return events + out.events
 
 

@@ -78,11 +78,33 @@ def test_c6_access_lost_during_creation_removes_the_created_contact_at_the_ack()
     assert queued(run(state, update("c1", phone="+49 1"))) == []  # bob's is being created
 
 
-def test_c4_deactivated_user_keeps_the_created_contact_for_the_reactivation() -> None:
+def test_c4_deactivated_user_gets_the_held_back_change_at_the_reactivation() -> None:
     state = apply([contact("c1", "ann", "a@x.test"), {"cmd": "DeactivateUser", "user": "ann"},
                    update("c1", phone="+49 1")], team())
-    assert queued(run(state, ack("ann", "xc-1", "x-c1")))[0].operation == "upsert"
+    assert queued(run(state, ack("ann", "xc-1", "x-c1"))) == []  # the book is paused (L1)
     assert state.contacts.links[("ann", "x-c1")].status == "active"
+    (change,) = queued(run(state, {"cmd": "ReactivateUser", "user": "ann"}))
+    assert (change.external_id, change.fields["phone"]) == ("x-c1", "+49 1")
+
+
+def test_c4_contact_matched_during_creation_gets_what_was_held_back() -> None:
+    state = apply([contact("c1", "ann", "carla@cust.test")], team())  # xc-1 creates it
+    run(state, external("ann", "x1", 9, name="Carla", emails=["carla@cust.test"]))  # C7
+    assert queued(run(state, update("c1", customer_status="current"))) == []  # held back
+    changes = queued(run(state, ack("ann", "xc-1", "x-dup")))
+    assert [(c.operation, c.external_id) for c in changes] == [("remove", "x-dup"),
+                                                               ("upsert", "x1")]
+    assert changes[1].categories == ["Base Person", "Base Current Customer"]
+    assert changes[1].fields == {"emails": ["carla@cust.test"], "name": "Carla"}
+
+
+def test_c9_contact_merged_away_during_creation_leaves_the_book_at_the_ack() -> None:
+    state = linked(team())
+    run(state, contact("c2", "ann", "b@x.test"))  # xc-2 creates it
+    survivor = queued(run(state, merge("c1", "c2")))
+    assert [(c.record, c.external_id) for c in survivor] == [("c1", "a-c1")]
+    (change,) = queued(run(state, ack("ann", "xc-2", "a-c2")))
+    assert (change.operation, change.record, change.external_id) == ("remove", "c2", "a-c2")
 
 
 def connect_bob() -> dict[str, Any]:
@@ -126,7 +148,7 @@ def test_c2_won_and_lost_deals_make_a_customer_not_a_lost_prospect() -> None:
 def test_c2_won_deal_of_a_merged_contact_counts_for_the_survivor() -> None:
     state = linked(team())
     run(state, contact("c2", "ann", "b@x.test"))
-    run(state, ack("ann", "xc-3", "a-c2"))
+    run(state, ack("ann", "xc-2", "a-c2"))
     run(state, {**deal("d1", "ann", "c2"), "stage": "won"})
     changes = queued(run(state, merge("c1", "c2")))
     assert [(c.external_id, c.categories) for c in changes] == [
