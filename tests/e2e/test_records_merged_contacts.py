@@ -4,6 +4,8 @@ processes on a SQLite file) and over HTTP (on the same file)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +57,22 @@ def cli_answer(db: Path, viewer: str, email: str | None, at: str | None) -> Any:
     return query(db, *args)
 
 
-def http_answers(db: Path) -> list[Any]:
+@contextmanager
+def serving(db: Path) -> Iterator[httpx.Client]:
     engine = Engine.open_sqlite(str(db))
     app = create_app(engine, SECRET, max_wait=0.5, token_max_age=3600)
-    out = []
     try:
         with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
-            for viewer, email, at in QUESTIONS:
-                params = {k: v for k, v in (("email", email), ("at", at)) if v}
-                response = client.get("/v1/records", params=params, headers=token(viewer))
-                assert response.status_code == 200, response.text
-                out.append(response.json())
+            yield client
     finally:
         engine.close()
-    return out
+
+
+def http_answer(client: httpx.Client, viewer: str, email: str | None, at: str | None) -> Any:
+    params = {k: v for k, v in (("email", email), ("at", at)) if v}
+    response = client.get("/v1/records", params=params, headers=token(viewer))
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_c9_merged_away_contacts_are_answered_by_their_survivor_in_cli_and_http(
@@ -81,4 +85,25 @@ def test_c9_merged_away_contacts_are_answered_by_their_survivor_in_cli_and_http(
     assert ids[2] == ["c-1"]  # a full listing: neither merged-away contact
     assert ids[3] == []  # ivy may access neither c-3 nor c-1
     assert ids[4] == ["c-1", DUPLICATE]  # E4: before the merges both were records
-    assert http_answers(db) == cli
+    with serving(db) as client:
+        assert [http_answer(client, *q) for q in QUESTIONS] == cli
+
+
+def test_c9_deal_commands_naming_a_merged_away_contact_are_refused_over_http(
+        db: Path) -> None:
+    deal = {"cmd": "CreateDeal", "tenant": "acme", "record": "d-1", "owner": "mia",
+            "name": "Deal", "contacts": ["c-1", DUPLICATE], "stage": "open"}
+    with serving(db) as client:
+        refused = client.post("/v1/commands", json=deal, headers=token("mia"))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"] == [{
+            "field": "contacts.1",
+            "reason": f"contact {DUPLICATE!r} is merged into 'c-1'; link that one"}]
+        created = client.post("/v1/commands", json={**deal, "contacts": ["c-1"]},
+                              headers=token("mia"))
+        assert created.status_code == 200 and created.json()["applied"] == 1, created.text
+        link = {"cmd": "LinkDealContact", "tenant": "acme", "deal": "d-1", "contact": "c-3"}
+        refused = client.post("/v1/commands", json=link, headers=token("max"))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "contact"
+        assert "merged into 'c-1'" in refused.json()["errors"][0]["reason"]
