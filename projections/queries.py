@@ -248,11 +248,9 @@ def records(views: ViewReader, tenant: str, viewer: str, email: str | None = Non
         for doc in rows.values():
             if email is None or email.lower() in doc["emails"]:
                 found[doc["record"]] = doc
-    merged = _merged_away(views, tenant, [r for r, d in found.items() if d["type"] == "contact"],
-                          everything=email is None)
     out: dict[str, Answer] = {}
-    for rid, found_doc in found.items():
-        shown = look.record(merged[rid]) if rid in merged else found_doc
+    for found_doc in found.values():
+        shown = _survivor(look, found, found_doc)
         if shown is None or shown["record"] in out or look.access_reason(viewer, shown) is None:
             continue
         out[shown["record"]] = {k: shown[k] for k in ("record", "type", "name", "owner",
@@ -260,29 +258,18 @@ def records(views: ViewReader, tenant: str, viewer: str, email: str | None = Non
     return [out[r] for r in sorted(out)]
 
 
-def _merged_away(views: ViewReader, tenant: str, contacts: list[str], *, everything: bool
-                 ) -> dict[str, str]:
-    """merged-away contact -> its surviving contact (following merges of survivors), from the
-    `contact` rows: one scan for a full listing, else one read per contact found."""
-    into: dict[str, str | None] = {}
-    if everything:
-        for rows in views.scan("contact", tenant).values():
-            into.update({r: doc["merged_into"] for r, doc in rows.items()})
-    out: dict[str, str] = {}
-    for rid in contacts:
-        up, seen = rid, {rid}
-        while True:
-            if up not in into:
-                row = views.rows("contact", tenant, up).get(up)
-                into[up] = row["merged_into"] if row is not None else None
-            parent = into[up]
-            if parent is None or parent in seen:
-                break
-            seen.add(parent)
-            up = parent
-        if up != rid:
-            out[rid] = up
-    return out
+def _survivor(look: Lookup, found: dict[str, Doc], doc: Doc) -> Doc | None:
+    """The record row standing for `doc`: itself, or the contact it is merged into, followed
+    through merges of survivors (C9)."""
+    seen = {doc["record"]}
+    current: Doc | None = doc
+    while current is not None and current.get("merged_into") is not None:
+        parent = current["merged_into"]
+        if parent in seen:
+            break
+        seen.add(parent)
+        current = found.get(parent) or look.record(parent)
+    return current
 
 
 def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | None = None
