@@ -164,7 +164,8 @@ def categories_of(s: TenantState, record: Record, *, status: str | None = None,
                   stages: dict[str, str] | None = None,
                   deals: set[str] | None = None) -> tuple[str, ...]:
     """C2 from CRM state; `status`, `stages` (deal -> stage) and `deals` (the contact's deals)
-    override the state (the command side asks before its events are folded)."""
+    override the state (the command side asks before its events are folded). `Base Current
+    Customer`: customer status current, or a won deal unless the status is past."""
     if record.type == "lead":
         return ("Base Lead",)
     out = ["Base Company" if record.kind == "company" else "Base Person"]
@@ -178,11 +179,13 @@ def categories_of(s: TenantState, record: Record, *, status: str | None = None,
         out.append("Base Current Prospect")
     elif found and all(st in ("lost", "unqualified") for st in found):
         out.append("Base Lost Prospect")
+    # Sell 004: current customers are the contacts "with won deals and the status current
+    # customer"; a won deal makes one unless the CRM says the customer is past (decisions.md)
     status = status if status is not None else record.customer_status
-    if status == "current":
-        out.append("Base Current Customer")
-    elif status == "past":
+    if status == "past":
         out.append("Base Past Customer")
+    elif status == "current" or "won" in found:
+        out.append("Base Current Customer")
     return tuple(out)
 
 

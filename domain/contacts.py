@@ -58,6 +58,7 @@ class Outbound:
         self.known: dict[tuple[str, str], Known | None] = {}
         self.links: dict[tuple[str, str], str | None] = {}  # (user, record) -> external id
         self.active: dict[str, bool] = {}  # users whose status the command changes
+        self.settled: set[tuple[str, str]] = set()  # (user, record) whose creation is acked
 
     def _known(self, user: str, record: str) -> Known | None:
         key = (user, record)
@@ -79,7 +80,7 @@ class Outbound:
              categories: tuple[str, ...]) -> None:
         """Queue an upsert unless the user's book already holds exactly this (C4)."""
         key = (user, record)
-        if key in self.cs.deleted or key in self.cs.creating:
+        if key in self.cs.deleted or (key in self.cs.creating and key not in self.settled):
             return  # C5: deleted in the book; or being created: the ack sends what is missing
         known = self._known(user, record)
         if known is not None and known.fields == fields and known.categories == categories:
@@ -430,8 +431,10 @@ def unmerge(ctx: Context, cmd: c.UnmergeContact) -> list[ev.DomainEvent]:
 def acknowledge_change(ctx: Context, cmd: c.AcknowledgeExternalContactChange
                        ) -> list[ev.DomainEvent]:
     """An ack with `external_id` for a created contact links that external contact to the
-    record for that user; what changed meanwhile is sent to it at once. If the record was
-    linked meanwhile (C7 matched the user's own copy), the created duplicate is removed."""
+    record for that user; what changed meanwhile (held back while it was being created) is
+    sent to it at once, as one upsert of the current state (C4). If the record was linked
+    meanwhile (C7 matched the user's own copy), left the user's access or was merged away,
+    the created contact is removed again."""
     ctx.user(cmd.user)
     if not cmd.ok and not cmd.error:
         raise ctx.reject("error", "a refused change needs the provider's reason")
@@ -443,19 +446,26 @@ def acknowledge_change(ctx: Context, cmd: c.AcknowledgeExternalContactChange
     if key is None or key[0] != cmd.user or not cmd.ok or cmd.external_id is None:
         return events
     user, record_id = key
+    out = Outbound(ctx)
+    out.settled.add(key)  # the creation ends with this ack: what changed meanwhile goes now (C4)
+    record = s.records.get(record_id)
+    in_book = record is not None and syncable(s, record) and bool(book_users(
+        s, record.owner, record.collaborators, connected=[user], active={user: True}))
+    paused = not s.users[user].active  # L1: a deactivated user's book waits for reactivation
     if s.contacts.active_link(user, record_id) is not None:
         # C7 matched an external contact to the record while this one was being created: the
-        # created one is a duplicate of the engine's own making; it leaves the book again
-        out = Outbound(ctx)
+        # created one is a duplicate of the engine's own making; it leaves the book again, and
+        # the matched one gets what was held back
         out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
-        return events + out.events
-    record = s.records.get(record_id)
-    if record is None or not syncable(s, record) or not book_users(
-            s, record.owner, record.collaborators, connected=[user]):
-        return events
-    out = Outbound(ctx)
-    out.links[key] = cmd.external_id
-    _push_record(out, record, [user])
+    else:
+        out.links[key] = cmd.external_id
+        if not in_book:
+            # access lost (C6) or merged away (C9) while it was being created: the CRM's copy
+            # leaves the book again
+            out.queue(user, "remove", record=record_id, external_id=cmd.external_id)
+            return events + out.events
+    if record is not None and in_book and not paused:
+        _push_record(out, record, [user])
     return events + out.events
 
 

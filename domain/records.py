@@ -10,7 +10,7 @@ from domain import commands as c
 from domain import events as ev
 from domain.context import Context
 from domain.state import Record
-from domain.visibility import effective_address_setting
+from domain.visibility import access, effective_address_setting
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -55,10 +55,24 @@ def update_contact(ctx: Context, cmd: c.UpdateContact) -> list[ev.DomainEvent]:
     return [ctx.event(ev.ContactUpdated, record=cmd.record, fields=fields)]
 
 
+def _deal_contact(ctx: Context, contact: str, field: str) -> Record:
+    """A contact a deal may be linked to: not one merged away (C9). The rejection names the
+    survivor to link instead, unless the caller may not access it (V12)."""
+    record = ctx.record(contact, field, type_="contact")
+    cs = ctx.state.contacts
+    if contact in cs.merged_into:
+        survivor = ctx.state.records[cs.root(contact)]
+        if ctx.actor.startswith("system:") or ctx.actor in access(ctx.state, survivor):
+            raise ctx.reject(field, f"contact {contact!r} is merged into {survivor.id!r}; "
+                                    "link that one")
+        raise ctx.reject(field, f"contact {contact!r} is merged into another contact")
+    return record
+
+
 def create_deal(ctx: Context, cmd: c.CreateDeal) -> list[ev.DomainEvent]:
     _new_record(ctx, cmd.record, cmd.owner)
     for i, contact in enumerate(cmd.contacts):
-        ctx.record(contact, f"contacts.{i}", type_="contact")
+        _deal_contact(ctx, contact, f"contacts.{i}")
     return [ctx.event(ev.DealCreated, record=cmd.record, owner=cmd.owner, name=cmd.name,
                       contacts=list(dict.fromkeys(cmd.contacts)), stage=cmd.stage)]
 
@@ -72,9 +86,10 @@ def change_stage(ctx: Context, cmd: c.ChangeDealStage) -> list[ev.DomainEvent]:
 
 def link_deal_contact(ctx: Context, cmd: c.LinkDealContact) -> list[ev.DomainEvent]:
     deal = ctx.record(cmd.deal, "deal", type_="deal")
-    ctx.record(cmd.contact, "contact", type_="contact")
-    if cmd.contact in deal.contacts:
+    if cmd.contact in deal.contacts:  # linked before the merge: nothing changes
+        ctx.record(cmd.contact, "contact", type_="contact")
         return []
+    _deal_contact(ctx, cmd.contact, "contact")
     return [ctx.event(ev.DealContactLinked, deal=cmd.deal, contact=cmd.contact)]
 
 

@@ -242,19 +242,39 @@ def explain(views: ViewReader, tenant: str, viewer: str, thread_id: str,
 
 def records(views: ViewReader, tenant: str, viewer: str, email: str | None = None
             ) -> list[Answer]:
-    """Records V may access (access(R)), optionally those with an address."""
+    """Records V may access (access(R)), optionally those with an address. A merged-away
+    contact (C9) is no record of its own any more: its survivor stands in its place (once,
+    and only if V may access the survivor)."""
     look = Lookup(views, tenant)
     if not look.active(viewer):
         return []
-    out = []
+    found: dict[str, Doc] = {}
     for rows in views.scan("directory", tenant, "record:").values():
         for doc in rows.values():
-            if email is not None and email.lower() not in doc["emails"]:
-                continue
-            if look.access_reason(viewer, doc) is None:
-                continue
-            out.append({k: doc[k] for k in ("record", "type", "name", "owner", "emails")})
-    return sorted(out, key=lambda r: r["record"])
+            if email is None or email.lower() in doc["emails"]:
+                found[doc["record"]] = doc
+    out: dict[str, Answer] = {}
+    for found_doc in found.values():
+        shown = _survivor(look, found, found_doc)
+        if shown is None or shown["record"] in out or look.access_reason(viewer, shown) is None:
+            continue
+        out[shown["record"]] = {k: shown[k] for k in ("record", "type", "name", "owner",
+                                                      "emails")}
+    return [out[r] for r in sorted(out)]
+
+
+def _survivor(look: Lookup, found: dict[str, Doc], doc: Doc) -> Doc | None:
+    """The record row standing for `doc`: itself, or the contact it is merged into, followed
+    through merges of survivors (C9)."""
+    seen = {doc["record"]}
+    current: Doc | None = doc
+    while current is not None and current.get("merged_into") is not None:
+        parent = current["merged_into"]
+        if parent in seen:
+            break
+        seen.add(parent)
+        current = found.get(parent) or look.record(parent)
+    return current
 
 
 def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | None = None

@@ -73,7 +73,9 @@ def directory_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     return {ident: {"record": record.id, "type": record.type, "name": record.name,
                     "owner": record.owner, "emails": sorted(state.record_addresses(record)),
                     "collaborators": sorted(record.collaborators),
-                    "owner_event": record.owner_ref.as_json() if record.owner_ref else None}}
+                    "owner_event": record.owner_ref.as_json() if record.owner_ref else None,
+                    # C9: the contact this one is merged into (its own merge/unmerge rewrites it)
+                    "merged_into": state.contacts.merged_into.get(ident)}}
 
 
 @dataclass

@@ -411,8 +411,9 @@ def test_c7_created_duplicate_is_removed_when_the_users_copy_matched_meanwhile()
     state = apply([contact("c1", "ann", "carla@cust.test")], team())  # xc-1 creates it
     run(state, external("ann", "x1", 9, name="Carla", emails=["carla@cust.test"]))
     assert record_of(state, "ann", "x1") == "c1"
-    (change,) = queued(run(state, ack("ann", "xc-1", "x-dup")))
+    change, *matched = queued(run(state, ack("ann", "xc-1", "x-dup")))
     assert (change.operation, change.external_id) == ("remove", "x-dup")
+    assert [(c.operation, c.external_id) for c in matched] == [("upsert", "x1")]  # Base Person
     assert ("ann", "x-dup") not in state.contacts.links
     assert state.contacts.active_link("ann", "c1").external_id == "x1"  # type: ignore[union-attr]
 
