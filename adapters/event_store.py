@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
+from adapters import metrics_prometheus as metrics
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.gc_pause import paused_gc
 from adapters.snapshots import Snapshots
@@ -219,6 +220,7 @@ class EventStore:
             raise StoreError(f"cannot append to tenant {state.tenant!r}: {exc}") from exc
         for envelope in envelopes:
             evolve(state, envelope.event, envelope.originator_version)
+        metrics.appended(events)
 
     def append_folded(self, state: TenantState, after: int, events: Sequence[DomainEvent]) -> None:
         """Append events already folded into `state` (a batch decided command by command on
@@ -242,6 +244,7 @@ class EventStore:
             if isinstance(exc, PersistenceError):
                 raise StoreError(f"cannot append to tenant {state.tenant!r}: {exc}") from exc
             raise
+        metrics.appended(events)
 
     def forget(self, tenant: str) -> None:
         """Drop the cached state of `tenant` (it was changed in place and not saved)."""

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     from runners.sync_runner import add_parsers as add_sync_parsers
 
     add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
+    for each in workers.choices.values():  # every runner: /metrics, /healthz, /readyz
+        each.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                          help="serve /metrics, /healthz and /readyz on PORT (default "
+                               "$CRMSYNC_METRICS_PORT; unset or 0: off)")
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -197,6 +201,19 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from runners.health import runner_endpoints
+
+        stop = runner_endpoints(args.metrics_port, args.worker, args.db, args.postgres,
+                                getattr(args, "projection", None))
+        try:
+            return _run(args)
+        finally:
+            stop()
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from runners.demo import run_demo
 
