@@ -146,6 +146,10 @@ class StoreCollector(Collector):
                  names: Sequence[str] | None = None) -> None:
         self.view, self.names = view, names
 
+    def describe(self) -> list[Metric]:
+        """Nothing: registering must not read the store (it may be down at start)."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("crmsync_store_up", "1 when the event and view stores answered "
                                "this scrape")
