@@ -123,3 +123,28 @@ def test_readyz_503_when_postgresql_refuses_connections() -> None:
     probe = Probe(lambda: open_postgres(url), timeout=10)
     reason = probe.ready()
     assert reason is not None and reason.startswith("store unreachable:"), reason
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_mailbox_states_count_every_tenants_mailboxes(kind: str, postgres_url: str,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    monkeypatch.setenv("CRMSYNC_CREDENTIALS_KEY", base64.b64encode(os.urandom(32)).decode())
+    engine = open_engine(str(tmp_path / "m.db"), postgres_url if kind == "postgres" else None)
+    try:
+        lines = []
+        for tenant, boxes in (("acme", 2), ("globex", 1)):
+            lines.append({"tenant": tenant, "cmd": "AddUser", "user": "mia",
+                          "email": f"mia@{tenant}.test", "role": "member"})
+            lines += [{"tenant": tenant, "cmd": "ConnectMailbox", "mailbox": f"b{i}",
+                       "user": "mia", "provider": "imap", "address": f"b{i}@{tenant}.test"}
+                      for i in range(boxes)]
+        lines.append({"tenant": "acme", "cmd": "DisconnectMailbox", "mailbox": "b1"})
+        report = engine.apply_lines([json.dumps(line) for line in lines])
+        assert not report.rejected, report.rejected
+        states = engine.views.mailbox_states()  # type: ignore[attr-defined]
+        assert states == {("connected", False): 2, ("disconnected", False): 1}
+    finally:
+        engine.close()
