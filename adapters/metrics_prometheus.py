@@ -210,13 +210,24 @@ def registry() -> CollectorRegistry:
 
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+    for collector in list(_collectors):  # the store gauges: read, not summed
+        merged.register(collector)
     return merged
 
 
+_collectors: list[Collector] = []
+
+
 def register(collector: Collector) -> Callable[[], None]:
-    """Add a collector to this process's registry; returns its removal."""
+    """Add a collector to what this process exposes; returns its removal."""
     REGISTRY.register(collector)
-    return lambda: REGISTRY.unregister(collector)
+    _collectors.append(collector)
+
+    def remove() -> None:
+        REGISTRY.unregister(collector)
+        _collectors.remove(collector)
+
+    return remove
 
 
 def exposition(source: CollectorRegistry | None = None) -> tuple[bytes, str]:

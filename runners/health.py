@@ -264,9 +264,7 @@ def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | Non
 
 def serve_probe(port: int, probe: Probe | None, host: str | None = None) -> Callable[[], None]:
     """The endpoints on `port`, with `probe`'s store gauges and readiness (None: ready)."""
-    unregister = None
-    if probe is not None and not os.environ.get(metrics.MULTIPROC_ENV):
-        unregister = metrics.register(collector(probe))
+    unregister = metrics.register(collector(probe)) if probe is not None else None
     stop_server = start_server(port, probe.ready if probe is not None else None, host)
 
     def stop() -> None:

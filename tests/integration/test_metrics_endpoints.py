@@ -148,3 +148,27 @@ def test_mailbox_states_count_every_tenants_mailboxes(kind: str, postgres_url: s
         assert states == {("connected", False): 2, ("disconnected", False): 1}
     finally:
         engine.close()
+
+
+def test_receiver_processes_counts_are_summed_with_the_store_gauges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from adapters import metrics_prometheus as metrics
+
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path), "PYTHONPATH": os.getcwd()}
+    code = "from adapters import metrics_prometheus as m; m.webhook('graph', 'accepted', {})"
+    for count in (3, 4):  # two processes, each its own file, both gone when scraped
+        subprocess.run([sys.executable, "-c", code.format(count)], env=env, check=True,
+                       timeout=60)
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    remove = metrics.register(metrics.StoreCollector(lambda: None))
+    try:
+        text = metrics.exposition()[0].decode()
+    finally:
+        remove()
+    seen = {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+    assert seen[("crmsync_webhook_deliveries_total",
+                 frozenset({("provider", "graph"), ("outcome", "accepted")}))] == 7
+    assert seen[("crmsync_store_up", frozenset())] == 0
