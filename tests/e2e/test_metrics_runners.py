@@ -172,3 +172,46 @@ def test_metrics_after_sync_runners(postgres_url: str, nats_url: str, tmp_path: 
                 proc.kill()
         engine.close()
         gmail.close()
+
+
+@pytest.mark.parametrize("runner", ["outbox", "contacts"])
+def test_every_runner_serves_health_and_metrics(runner: str, tmp_path: Path) -> None:
+    """`--metrics-port` (outbox) or CRMSYNC_METRICS_PORT (contacts), embedded on SQLite."""
+    from processes import embedded_env
+
+    db = str(tmp_path / "crm.db")
+    port = free_port()
+    env = embedded_env(db, CRMSYNC_CREDENTIALS_KEY=base64.b64encode(os.urandom(32)).decode())
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    args = [*CRMSYNC, "--db", db, "run", runner]
+    if runner == "outbox":
+        args += ["--metrics-port", str(port)]
+    else:
+        env["CRMSYNC_METRICS_PORT"] = str(port)
+    applied = subprocess.run([*CRMSYNC, "--db", db, "apply", "-"], env=env, text=True,
+                             capture_output=True, timeout=60, check=False, input=json.dumps(
+                                 {"tenant": TENANT, "cmd": "AddUser", "user": "root",
+                                  "email": "root@acme.test", "role": "admin"}))
+    assert applied.returncode == 0, applied.stderr
+    from runners.engine import Engine
+
+    engine = Engine.open_sqlite(db)
+    try:
+        head = engine.store.max_position()
+    finally:
+        engine.close()
+    with (tmp_path / "runner.log").open("ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: ready(port), 60, "ready")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        seen = scrape(port)
+        assert value(seen, "crmsync_store_up") == 1
+        assert value(seen, "crmsync_log_head_position") == head > 0
+        assert httpx.get(f"http://127.0.0.1:{port}/nothing", timeout=10).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
