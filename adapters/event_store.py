@@ -39,6 +39,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
+from adapters import metrics_prometheus as metrics
 from adapters.content_keys import ContentKeys, MemoryContentKeys
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.gc_pause import paused_gc
@@ -451,6 +452,7 @@ class EventStore:
                 raise StoreError(f"cannot append to tenant {tenant!r}: {exc}") from exc
             raise
         self._heads[tenant] = (after + len(events), prev)
+        metrics.appended(events)
         for erased in erasing:  # durable: now shred (L2)
             self.erase_user(tenant, erased.user, erased.occurred_at)
 

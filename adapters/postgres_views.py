@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from adapters.errors import StoreError
+from adapters.metrics_prometheus import count_states
 from adapters.view_errors import refused
 from projections.ports import (
     Changes,
@@ -308,6 +309,13 @@ class PostgresViews:
             if isinstance(synced, int):
                 sizes[key] = sizes.get(key, 0) + synced
         return sizes
+
+    def mailbox_states(self) -> dict[tuple[str, bool], int]:
+        """Mailboxes by (status, suspect), all tenants (the metrics' gauge)."""
+        with self._read("read mailbox states") as cur:
+            cur.execute(sql.SQL("SELECT doc FROM {}").format(self._id("sync_status")))
+            found = cur.fetchall()
+        return count_states(orjson.loads(_bytes(doc)) for (doc,) in found)
 
     # -- scratch stores -------------------------------------------------------------------------
     def drop(self) -> None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import orjson
 
 from adapters.errors import StoreError
+from adapters.metrics_prometheus import count_states
 from adapters.private_files import private_file
 from adapters.view_errors import UnstorableViewRow, refused
 from projections.ports import (
@@ -197,6 +198,14 @@ class SqliteViews:
             raise StoreError(f"cannot read stuck tenants: {exc}") from exc
         names = {p + self.suffix: p for p in PROJECTIONS}
         return {(names[p], t): Stuck(int(pos), err) for p, t, pos, err in found if p in names}
+
+    def mailbox_states(self) -> dict[tuple[str, bool], int]:
+        """Mailboxes by (status, suspect), all tenants (the metrics' gauge)."""
+        try:
+            found = self.conn.execute(f"SELECT doc FROM {self._table('sync_status')}").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read mailbox states: {exc}") from exc
+        return count_states(orjson.loads(doc) for (doc,) in found)
 
     def rows(self, projection: str, tenant: str, key: str) -> Rows:
         if not (storable_text(tenant) and storable_text(key)):

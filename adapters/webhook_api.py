@@ -27,6 +27,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters import metrics_prometheus as metrics
 from adapters.errors import DeliveryStoreError, MalformedWebhook
 from adapters.pubsub_auth import GmailPushAuth, PushRefused
 from adapters.webhooks import (
@@ -80,6 +81,7 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _malformed(exc: MalformedWebhook, provider: str, request: Request) -> JSONResponse:
+    metrics.webhook(provider, "malformed")
     log.info("webhook_malformed", provider=provider, field=exc.field, reason=exc.reason,
              request_id=getattr(request.state, "request_id", None))
     return JSONResponse({"detail": f"{exc.field}: {exc.reason}", "field": exc.field}, 400)
@@ -91,6 +93,7 @@ def _too_large() -> JSONResponse:
 
 
 def _unavailable(exc: DeliveryStoreError, provider: str, request: Request) -> JSONResponse:
+    metrics.webhook(provider, "unavailable")
     log.error("webhook_not_stored", provider=provider, error=str(exc),
               request_id=getattr(request.state, "request_id", None))
     return JSONResponse({"detail": "delivery store unavailable; retry"}, 503,
@@ -98,6 +101,7 @@ def _unavailable(exc: DeliveryStoreError, provider: str, request: Request) -> JS
 
 
 def _refused(exc: PushRefused, request: Request) -> JSONResponse:
+    metrics.webhook("gmail", "refused")
     log.warning("webhook_refused", provider="gmail", status=exc.status, reason=exc.reason,
                 request_id=getattr(request.state, "request_id", None))
     if exc.status == 401:
@@ -154,6 +158,7 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
                                       push.model_dump_json().encode())
         except DeliveryStoreError as exc:
             return _unavailable(exc, "gmail", request)
+        metrics.webhook("gmail", "accepted" if new else "duplicate")
         log.info("webhook_stored", provider="gmail", delivery_id=push.delivery_id,
                  duplicate=not new, request_id=getattr(request.state, "request_id", None))
         return Response(status_code=202)
@@ -176,6 +181,7 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
             return PlainTextResponse(parsed.token, 200,
                                      headers={"X-Content-Type-Options": "nosniff"})
         rid = getattr(request.state, "request_id", None)
+        metrics.webhook("graph", "refused", len(parsed.rejected))
         for item in parsed.rejected:
             log.warning("webhook_rejected", provider="graph", delivery_id=item.delivery_id,
                         subscription_id=item.subscription_id, reason=item.rejection,
@@ -189,6 +195,7 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
             if isinstance(result, BaseException):
                 raise result
         for item, new in zip(accepted, results, strict=True):
+            metrics.webhook("graph", "accepted" if new else "duplicate")
             log.info("webhook_stored", provider="graph", delivery_id=item.delivery_id,
                      duplicate=not new, request_id=rid)
         # 202 even when every notification was rejected: Graph retries non-2xx answers, and a

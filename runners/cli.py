@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     from runners.import_mail import add_parser as add_import_parser
 
     add_import_parser(sub)  # `import-mail` (issue #13)
+    for each in workers.choices.values():  # every runner: /metrics, /healthz, /readyz
+        each.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                          help="serve /metrics, /healthz and /readyz on PORT (default "
+                               "$CRMSYNC_METRICS_PORT; unset or 0: off)")
     lag = sub.add_parser("lag", help="each projection's position and lag behind the event log")
     lag.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve", help="serve the HTTP API and the webhook receiver (needs "
@@ -205,6 +209,19 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from runners.health import runner_endpoints
+
+        stop = runner_endpoints(args.metrics_port, args.worker, args.db, args.postgres,
+                                getattr(args, "projection", None))
+        try:
+            return _run(args)
+        finally:
+            stop()
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from runners.demo import run_demo
 

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from adapters import metrics_prometheus as metrics
 from adapters.contact_sync_store import (
     ContactSyncStore,
     MemoryKeyValues,
@@ -206,8 +207,10 @@ class ContactSyncRunner:
                                 "user (connect an outlook mailbox)"}, None
                     return self._apply(client, change)
             except ProviderThrottled as exc:
+                metrics.provider_failed("graph", exc)
                 error, wait = exc.reason, max(wait, exc.retry_after)
             except ProviderError as exc:
+                metrics.provider_failed("graph", exc)
                 error = exc.reason
                 if exc.status is not None and 400 <= exc.status < 500:
                     break  # the provider refused it: trying again will not help
@@ -289,10 +292,12 @@ class ContactSyncRunner:
                         continue
                     self.pull(conn, client)
             except ProviderThrottled as exc:
+                metrics.provider_failed("graph", exc)
                 self.paused_until[key] = self.clock() + exc.retry_after
                 log.warning("throttled", tenant=conn.tenant, user=conn.user,
                             retry_after=exc.retry_after)
             except ProviderError as exc:
+                metrics.provider_failed("graph", exc)
                 log.warning("pull failed", tenant=conn.tenant, user=conn.user, error=exc.reason)
 
     def pull(self, conn: Connection, client: ContactsClient) -> None:

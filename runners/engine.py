@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 import orjson
 import structlog
 
+from adapters import metrics_prometheus as metrics
 from adapters.credential_store import CredentialStore, SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.event_store import EventStore
@@ -275,6 +276,7 @@ class Engine:
             except BaseException:
                 self.store.forget(tenant)
                 raise
+            metrics.batch_rejections(e for r in results for e in r)
             return results
         raise ConcurrencyConflict(f"tenant {tenant!r}: too many concurrent writers")
 
@@ -330,6 +332,7 @@ class Engine:
                 events = self.execute(command, now=at, correlation_id=corr, gate=gate)
             except Rejection as refused:
                 rejection = bounded_rejection(refused)
+                metrics.rejected(rejection.cmd, rejection.field)
                 report.rejected.append((number, rejection.cmd, rejection.field, rejection.reason))
                 report.results.append((number, "rejected"))
                 try:

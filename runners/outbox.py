@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from adapters import metrics_prometheus as metrics
 from adapters.errors import MailboxGone, ProviderError, StoreError
 from adapters.outbound import OutboundClient, OutboundMessage, Sent
 from adapters.outbox_tracking import OutboxTracking
@@ -173,11 +174,14 @@ class Outbox:
             self._ack(state, request, tracked, ok=False, error=str(exc))
             return
         except MailboxGone as exc:
+            metrics.provider_failed(exc.provider, exc)
             self._ack(state, request, tracked, ok=False, error=f"mailbox gone: {exc.reason}")
             return
         except ProviderError as exc:
+            metrics.provider_failed(exc.provider, exc)
             tracked.last_error = str(exc)
             if tracked.attempts >= self.max_attempts:
+                metrics.dead_letter("outbox")
                 self._ack(state, request, tracked, ok=False, error=tracked.last_error)
                 return
             wait = min(self.max_backoff, self.backoff * 2 ** (tracked.attempts - 1))

@@ -14,8 +14,12 @@ warns and accepts them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -87,6 +91,7 @@ def serve(engine: Engine, host: str, port: int) -> int:
     app.include_router(webhook_router(webhook_inbox(engine.path),
                                       shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
                                       gmail_push_auth(production)))
+    unregister = observe(app, engine)
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
                                                db=engine.path or "memory")
     try:
@@ -95,7 +100,20 @@ def serve(engine: Engine, host: str, port: int) -> int:
     finally:
         if pool is not None:
             pool.close()
+        unregister()
     return 0
+
+
+def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
+    """/healthz, /readyz and /metrics on `serve`'s app, through its engine: the lag gate
+    applies where projection runners keep the views (not `engine.follow`). Returns the removal
+    of the store gauges from this process's registry."""
+    from adapters import metrics_prometheus as metrics
+    from runners.health import Probe, add_routes, collector
+
+    probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False)
+    add_routes(app, probe.ready)
+    return metrics.register(collector(probe))
 
 
 def gmail_push_auth(production: bool) -> GmailPushAuth | None:
@@ -170,10 +188,14 @@ def webhooks_from_env() -> FastAPI:
     from adapters.webhook_api import shared_client_state, webhook_app
 
     configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    from runners.health import add_routes
+
     inbox = webhook_inbox(os.environ.get(WEBHOOK_DB_ENV))
-    return webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
-                       gmail_push_auth(production=bool(os.environ.get(NATS_URL_ENV)
-                                                       or os.environ.get(POSTGRES_URL_ENV))))
+    app = webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
+                      gmail_push_auth(production=bool(os.environ.get(NATS_URL_ENV)
+                                                      or os.environ.get(POSTGRES_URL_ENV))))
+    add_routes(app, None)  # no store of its own: ready while it runs (deliveries answer 503)
+    return app
 
 
 def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
@@ -193,6 +215,31 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
     os.environ[WEBHOOK_DB_ENV] = db  # read by every receiver process's factory
     log.info("serving_webhooks", host=host, port=port, workers=workers,
              inbox="JetStreamInbox" if os.environ.get(NATS_URL_ENV) else "SqliteInbox")
-    uvicorn.run("runners.serve:webhooks_from_env", factory=True, host=host, port=port,
-                workers=workers, access_log=False, log_config=None, log_level="warning")
+    with shared_metrics(workers):
+        uvicorn.run("runners.serve:webhooks_from_env", factory=True, host=host, port=port,
+                    workers=workers, access_log=False, log_config=None, log_level="warning")
     return 0
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """Receiver processes count into files in PROMETHEUS_MULTIPROC_DIR (a temporary one
+    unless set), so /metrics on any of them, or on the parent's --metrics-port, is the sum over
+    all. Files left by an earlier run in a configured directory are removed first."""
+    from adapters.metrics_prometheus import MULTIPROC_ENV
+
+    if workers <= 1:
+        yield
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    path = given or tempfile.mkdtemp(prefix="crmsync-metrics-")
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield
+    finally:
+        if not given:
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from adapters import metrics_prometheus as metrics
 from adapters.errors import (
     ConcurrencyConflict,
     CredentialsRejected,
@@ -110,6 +111,15 @@ def retry_delay(attempts: int, options: LoopOptions) -> float:
 
 async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
                   options: LoopOptions, owed: Owed | None = None) -> str:
+    """`handle` timed and counted by outcome (adapters.metrics_prometheus)."""
+    started = time.monotonic()
+    outcome = await handle(worker, queue, delivery, options, owed)
+    metrics.sync_batch(delivery.provider, outcome, time.monotonic() - started)
+    return outcome
+
+
+async def handle(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
+                 options: LoopOptions, owed: Owed | None = None) -> str:
     """One delivery: handled and acked; or retried later; or dead-lettered (recorded, acked);
     or, on a store outage, given back at once ("outage"). An ack or NAK the queue cannot take
     goes to `owed` (raised as DeliveryStoreError without one)."""
@@ -121,6 +131,7 @@ async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
         error = describe(exc)
         # unreadable input, and credentials only a reconnection can fix: no retries
         permanent = isinstance(exc, MalformedWebhook | CredentialsRejected)
+        metrics.provider_failed(delivery.provider, exc)
         if outage(exc):
             log.warning("delivery_given_back", delivery_id=delivery.delivery_id,
                         attempts=delivery.attempts, delay=options.outage_delay, error=error)
@@ -139,6 +150,7 @@ async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
             delivery, tenant=ref.tenant if ref else None, mailbox=ref.mailbox if ref else None,
             error=error)
         recorded = worker.record_dead_letter(delivery, dead_id, error)
+        metrics.dead_letter("sync")
         log.error("delivery_dead_lettered", delivery_id=delivery.delivery_id,
                   dead_letter_id=dead_id, attempts=delivery.attempts, error=error,
                   recorded=recorded)

@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from adapters import metrics_prometheus as metrics
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
@@ -305,6 +306,7 @@ class SyncWorker:
             try:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
+                metrics.provider_failed("other", exc)
                 log.warning("catch_up_failed", tenant=ref.tenant, mailbox=ref.mailbox,
                             error=describe(exc))
                 # credentials that were refused wait for a reconnection, not 30 s
@@ -437,6 +439,7 @@ class SyncWorker:
             try:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
+                metrics.provider_failed(provider, exc)
                 log.warning("poll_failed", tenant=ref.tenant, mailbox=ref.mailbox,
                             error=describe(exc))
         return out
