@@ -34,7 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import http_models as m
 from adapters.errors import StoreError
+from adapters.http_admin import add_admin_routes
 from adapters.http_audit import add_audit_routes
+from adapters.http_ui import add_ui_routes
 from adapters.tokens import InvalidToken, Principal, refusal, verify
 from domain import permissions
 from domain.commands import Command
@@ -301,6 +303,8 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     app.add_middleware(RequestLog)
     # auditor routes (access, access history, export) before the catch-all thread route
     add_audit_routes(app, engine, answer, lock, log_position)
+    add_admin_routes(app, engine, answer)  # problems, settings (issue #14)
+    add_ui_routes(app, engine, answer)  # the admin pages at /ui/ (issue #14)
 
     # -- queries --------------------------------------------------------------------------------
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary])
