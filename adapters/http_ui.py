@@ -44,7 +44,14 @@ RULE_COLOURS = {"V9": "#0072B2", "V1": "#E69F00", "V2": "#009E73", "V3": "#56B4E
                 "V4": "#CC79A7", "V5": "#D55E00", "V6": "#F0E442", "V7": "#999999",
                 "V8": "#882255"}
 OTHER_COLOUR = "#444444"
-CHART = {"width": 760, "label": 120, "row": 28, "bar": 16}
+RULE_NAMES = {"V1": "thread marked shared", "V2": "address setting", "V3": "global level",
+              "V5": "address setting inherited from a contact", "V8": "record view",
+              "V9": "owner of the mailbox"}
+# the pages' icon, served here so that the browser asks for nothing that 404s
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" '
+           'height="16" rx="3" fill="#1f3a5f"/><rect x="3" y="4" width="7" height="3" '
+           'fill="#56B4E9"/><rect x="6" y="9" width="7" height="3" fill="#E69F00"/></svg>')
+CHART = {"width": 1000, "label": 140, "row": 28, "bar": 16}
 
 _env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                    autoescape=select_autoescape(default=True, default_for_string=True),
@@ -93,7 +100,8 @@ def chart(history: list[dict[str, Any]]) -> dict[str, Any]:
     times = [datetime.fromisoformat(t) for e in history for i in e["intervals"]
              for t in (i["from"], i["to"]) if t is not None]
     if not times:
-        return {"rows": [], "height": 40, "first": None, "last": None, "rules": []}
+        return {"rows": [], "height": 40, "ticks": [], "first": None, "last": None,
+                "rules": []}
     first, last = min(times), max(times)
     span = max((last - first).total_seconds() * 1.08, 60.0)  # room for open bars' arrows
     end = first + (last - first) * 1.08 if last > first else last
@@ -108,9 +116,17 @@ def chart(history: list[dict[str, Any]]) -> dict[str, Any]:
             bars.append({"x": x, "width": width, "interval": i,
                          "colour": RULE_COLOURS.get(i["rule"], OTHER_COLOUR)})
         rows.append({"y": 30 + n * CHART["row"], "entry": entry, "bars": bars})
-    return {"rows": rows, "height": 50 + len(rows) * CHART["row"], "first": first.isoformat(),
-            "last": last.isoformat(), "rules": [(r, RULE_COLOURS.get(r, OTHER_COLOUR))
-                                                for r in sorted(rules)]}
+    height = 50 + len(rows) * CHART["row"]
+    ticks = []  # five time labels under the rows: what the bars' ends mean
+    for k in range(5):
+        when = first + (end - first) * k / 4
+        x, _ = _bar(when, when, first, span)
+        same_day = when.date() == first.date() and k > 0
+        ticks.append({"x": x, "label": when.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M"),
+                      "y": height - 4})
+    return {"rows": rows, "height": height + 14, "ticks": ticks, "first": first.isoformat(),
+            "last": last.isoformat(), "rules": [(r, RULE_COLOURS.get(r, OTHER_COLOUR),
+                                                 RULE_NAMES.get(r, "")) for r in sorted(rules)]}
 
 
 def add_ui_routes(app: FastAPI, engine: Engine, answer: Answer) -> None:
@@ -133,6 +149,11 @@ def add_ui_routes(app: FastAPI, engine: Engine, answer: Answer) -> None:
             return not_found()
         return render(name, **{"tenant": who.tenant, "viewer": user, "page": name,
                                "geometry": CHART, **context})
+
+    @app.get("/ui/favicon.svg", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml",
+                        headers={**HEADERS, "Cache-Control": "max-age=86400"})
 
     @app.get("/ui/signin", response_class=HTMLResponse, include_in_schema=False)
     def signin_form() -> HTMLResponse:
