@@ -49,10 +49,14 @@ def admin_user(principal: Principal) -> str:
 def add_admin_routes(app: FastAPI, engine: "Engine", answer: Answer) -> None:
     from adapters.http_api import Who
     from runners import admin
+    from runners.admin import MAX_STALE_SECONDS
 
     @app.get("/v1/admin/problems", response_model=list[Problem],
              response_model_exclude_unset=True)
-    def problems(who: Who, stale_after: Annotated[int | None, Query(gt=0)] = None
+    def problems(who: Who, stale_after: Annotated[int | None, Query(
+            gt=0, le=MAX_STALE_SECONDS, description="seconds without a successful sync that "
+            "make a connected mailbox a problem (default CRMSYNC_STALE_SYNC_SECONDS, 86400)")
+            ] = None
                  ) -> list[dict[str, Any]]:
         asker = admin_user(who)
         found: list[dict[str, Any]] = answer(None, lambda: admin.problems(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runners.engine import Engine
 
 STALE_ENV = "CRMSYNC_STALE_SYNC_SECONDS"
+MAX_STALE_SECONDS = 100 * 366 * 86400  # a century: beyond it, timedelta arithmetic overflows
 
 
 def stale_after(seconds: int | None = None) -> timedelta:
@@ -31,7 +32,9 @@ def stale_after(seconds: int | None = None) -> timedelta:
     if seconds is None:
         value = os.environ.get(STALE_ENV, "")
         seconds = int(value) if value.isdigit() and int(value) > 0 else None
-    return admin.DEFAULT_STALE_AFTER if seconds is None else timedelta(seconds=seconds)
+    if seconds is None:
+        return admin.DEFAULT_STALE_AFTER
+    return timedelta(seconds=min(seconds, MAX_STALE_SECONDS))
 
 
 def problems(engine: Engine, tenant: str, viewer: str, *, now: datetime | None = None,

@@ -65,6 +65,8 @@ def test_s7_problems_stale_sync_is_measured_against_now(engine: Engine) -> None:
     assert {p["mailbox"] for p in stale if p["kind"] == "stale"} == {"mb1", "mb4"}
     short = admin.problems(engine, "acme", "ada", now=END + HOUR, stale_seconds=60)
     assert {p["mailbox"] for p in short if p["kind"] == "stale"} == {"mb1", "mb4"}
+    never = admin.problems(engine, "acme", "ada", now=END + HOUR, stale_seconds=10**30)
+    assert not any(p["kind"] == "stale" for p in never)  # clamped, no overflow
 
 
 def test_s7_problems_end_with_the_commands_that_resolve_them(engine: Engine) -> None:
@@ -112,3 +114,22 @@ def test_v12_admin_queries_are_not_found_for_anyone_but_active_admins(
         admin.settings(engine, "acme", viewer)
     with pytest.raises(NotFound):
         admin.settings(engine, "other", "ada")
+
+
+def test_v11_access_chart_draws_a_bar_per_interval_coloured_by_rule(engine: Engine) -> None:
+    from adapters.http_ui import CHART, RULE_COLOURS, chart
+    from runners import audit
+
+    history = audit.thread_access_history(engine, "acme", "ada", "mb1:t1")
+    drawn = chart(history)
+    assert [r["entry"]["user"] for r in drawn["rows"]] == [e["user"] for e in history]
+    intervals = sum(len(e["intervals"]) for e in history)
+    bars = [b for r in drawn["rows"] for b in r["bars"]]
+    assert len(bars) == intervals > 0
+    right = CHART["width"] - 20
+    for bar in bars:
+        assert CHART["label"] <= bar["x"] and bar["x"] + bar["width"] <= right + 0.5
+        assert bar["colour"] == RULE_COLOURS[bar["interval"]["rule"]]
+    open_bars = [b for b in bars if b["interval"]["to"] is None]
+    assert open_bars and all(abs(b["x"] + b["width"] - right) < 0.5 for b in open_bars)
+    assert chart([])["rows"] == []
