@@ -196,8 +196,11 @@ def add_ui_routes(app: FastAPI, engine: Engine, answer: Answer) -> None:
         def query(t: str, u: str) -> dict[str, Any]:
             if not thread:
                 return {"thread": None, "timeline": chart([])}
-            return {"thread": thread,
-                    "timeline": chart(audit.thread_access_history(engine, t, u, thread))}
+            try:  # the asker is an admin (checked before): they may learn the id is unknown
+                history = audit.thread_access_history(engine, t, u, thread)
+            except NotFound:
+                return {"thread": thread, "unknown": True, "timeline": chart([])}
+            return {"thread": thread, "timeline": chart(history)}
 
         return admin_page(request, "access.html", query)
 

@@ -86,6 +86,8 @@ def test_ui_pages_render_escaped_with_a_strict_csp(served: tuple[Engine, httpx.C
     access = api.get("/ui/access", params={"thread": "mb1:t1"}, headers=ADA).text
     assert access.count("<svg") == 1 and access.count("<title>") >= 4  # one per bar
     assert "/ui/explain?thread=mb1%3At1&amp;viewer=max" in access
+    unknown = api.get("/ui/access", params={"thread": "mb9:<b>"}, headers=ADA)
+    assert unknown.status_code == 200 and "No thread <strong>mb9:&lt;b&gt;</strong>" in unknown.text
 
 
 def test_ui_signin_sets_a_strict_httponly_cookie_and_pages_are_get_only(
