@@ -36,7 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters import http_models as m
 from adapters.errors import StoreError
+from adapters.http_admin import add_admin_routes
 from adapters.http_audit import add_audit_routes
+from adapters.http_ui import add_ui_routes
 from adapters.tokens import InvalidToken, Principal, refusal, verify
 from domain import permissions
 from domain.commands import Command
@@ -414,6 +416,19 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     app.add_middleware(RequestLog)
     # auditor routes (access, access history, export) before the catch-all thread route
     add_audit_routes(app, engine, answer, writer, log_position)
+
+    def answer_from_state(min_position: int | None, query: Callable[[], T]) -> T:
+        """For the admin queries, which read the tenant's folded state: under the writer lane,
+        the one thing that changes that state in this process (they are rare; a reader of the
+        views never waits for it)."""
+        def locked() -> T:
+            with writer:
+                return query()
+
+        return answer(min_position, locked)
+
+    add_admin_routes(app, engine, answer_from_state)  # problems, settings (issue #14)
+    add_ui_routes(app, engine, answer_from_state)  # the admin pages at /ui/ (issue #14)
 
     # -- queries --------------------------------------------------------------------------------
     @app.get("/v1/records/{record:path}/timeline", response_model=list[m.ThreadSummary],

@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--viewer", required=True)
     history.add_argument("--thread", required=True)
     history.add_argument("--json", action="store_true", help="print JSON")
+    for name, help_ in (("problems", "admins: the attention list (gone, suspect, disconnected, "
+                         "refused, dead letters, stale sync), each with since when and the fix"),
+                        ("settings", "admins: tenant configuration, users, levels and shares")):
+        admin_q = kinds.add_parser(name, help=help_)
+        admin_q.add_argument("--tenant", required=True)
+        admin_q.add_argument("--viewer", required=True)
+        admin_q.add_argument("--json", action="store_true", help="print JSON")
+        if name == "problems":
+            admin_q.add_argument("--stale-after", type=_seconds, metavar="SECONDS",
+                                 help="no successful sync for longer than this is a problem "
+                                 "(default $CRMSYNC_STALE_SYNC_SECONDS, else 86400)")
     export = sub.add_parser("export", help="a tenant's events in order as JSON Lines")
     export.add_argument("--tenant", required=True)
     export.add_argument("--since", type=_at, help="from this domain time (ISO-8601)")
@@ -205,6 +216,12 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
         if args.kind == "access":
             return audit.thread_access(engine, *common, args.thread, at=args.at)
         return audit.thread_access_history(engine, *common, args.thread)
+    if args.kind in ("problems", "settings"):
+        from runners import admin
+
+        if args.kind == "problems":
+            return admin.problems(engine, *common, stale_seconds=args.stale_after)
+        return admin.settings(engine, *common)
     return engine.query_status(*common, args.mailbox, at=args.at)
 
 

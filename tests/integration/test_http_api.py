@@ -330,7 +330,8 @@ def test_openapi_is_a_real_schema(api: httpx.Client) -> None:
                           "/v1/threads/{thread}/explain", "/v1/records",
                           "/v1/mailboxes/{mailbox}/status", "/v1/contacts/{record}/merge",
                           "/v1/commands", "/v1/threads/{thread}/access",
-                          "/v1/threads/{thread}/access-history", "/v1/admin/export"}
+                          "/v1/threads/{thread}/access-history", "/v1/admin/export",
+                          "/v1/admin/problems", "/v1/admin/settings"}
     ok = paths["/v1/threads/{thread}"]["get"]["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/ThreadAnswer")
     assert {"ThreadSummary", "ThreadAnswer", "Explanation", "RecordSummary", "SyncStatus",
