@@ -43,6 +43,8 @@ AUDIT_ONLY: frozenset[type[ev.DomainEvent]] = frozenset({
     ev.CommandRejected, ev.CommandHadNoEffect, ev.ContactSyncCommandRecorded,
     ev.ExternalContactChangeQueued, ev.ExternalContactChangeAcknowledged,
     ev.DeliveryDeadLettered, ev.DeadLetterReplayed,
+    # L2: erases content that the log's reader already answers as erased; never decides access
+    ev.UserContentErased,
 })
 # Mailbox-local events that cannot change whether anyone sees a thread of their mailbox.
 _NO_VISIBILITY = frozenset({
