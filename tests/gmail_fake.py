@@ -5,9 +5,12 @@ HTTP on loopback; optionally only some access tokens are valid (401 for the othe
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +25,16 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _rounds(raws: list[bytes]) -> Iterator[bytes]:
+    """The corpus, then again and again with each round's Message-IDs made new (`.rN`), so a
+    long ingest (a slow machine, a long test) never runs out of mail."""
+    yield from raws
+    for n in itertools.count(1):
+        suffix = rb"\1\2.r%d>" % n
+        for raw in raws:
+            yield re.sub(rb"(?im)^(message-id:\s*<)([^>\r\n]*)>", suffix, raw, count=1)
+
+
 class FakeGmail:
     """users.getProfile, users.history.list, users.messages.list/get (format=full), users.watch
     and users.stop for one mailbox, from corpus messages; `gone` answers 404 to everything
@@ -29,7 +42,7 @@ class FakeGmail:
     `watches` keeps every watch request's body; `tokens_seen` every bearer token used."""
 
     def __init__(self, raws: list[bytes]) -> None:
-        self.corpus = iter(raws)
+        self.corpus = _rounds(raws)
         self.messages: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []  # record i has history id BASE + i + 1
         self.base = 1000
