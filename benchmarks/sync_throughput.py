@@ -218,6 +218,9 @@ def main() -> None:
         return
     if not args.postgres or args.messages > 1_000_000:
         sys.exit("--postgres is required; at most 1,000,000 messages")
+    # mail content is sealed (L2) and PostgreSQL mode refuses it without a master key: a
+    # throwaway one for this run's schema, inherited by the processes it starts
+    os.environ.setdefault("CRMSYNC_CONTENT_KEY", base64.b64encode(os.urandom(32)).decode())
     schema = f"bench_sync_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.postgres, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
