@@ -22,8 +22,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from adapters.content_keys_postgres import PostgresContentKeys
 from adapters.errors import StoreError
 from adapters.view_errors import refused
+from adapters.view_seal import ViewSealer
 from projections.ports import (
     Changes,
     Stuck,
@@ -77,6 +79,8 @@ class PostgresViews:
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._writer = threading.RLock()
         self._writer_conn: psycopg.Connection[TupleRow] | None = None
+        # L2: content in rows sealed with its owner's view key (the keys beside the events)
+        self._seal = ViewSealer(lambda: PostgresContentKeys(url, self.schema))
         with self._tx("create the view tables") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s || "
                         "current_setting('search_path')))", (_LOCK_KEY,))
@@ -122,6 +126,7 @@ class PostgresViews:
                 raise StoreError(f"cannot {doing} (PostgreSQL): {exc}") from exc
 
     def close(self) -> None:
+        self._seal.close()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -221,7 +226,8 @@ class PostgresViews:
                               .format(table)) as copy:
                     for (tenant, key), rows in keyed.items():
                         for row_key, doc in rows.items():
-                            copy.write_row((tenant, key, row_key, encode_doc(doc)))
+                            sealed = self._seal.seal(projection, tenant, key, row_key, doc)
+                            copy.write_row((tenant, key, row_key, encode_doc(sealed)))
             if positions:
                 cur.executemany(
                     "INSERT INTO view_tracking VALUES (%s, %s) ON CONFLICT (projection) "
@@ -261,7 +267,9 @@ class PostgresViews:
             cur.execute(sql.SQL("SELECT row_key, doc FROM {} WHERE tenant = %s AND key = %s")
                         .format(self._id(projection)), (tenant, key))
             found = cur.fetchall()
-        return {rk: orjson.loads(_bytes(doc)) for rk, doc in found}
+        self._seal.refresh()
+        return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(_bytes(doc)))
+                for rk, doc in found}
 
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         query = sql.SQL("SELECT key, row_key, doc FROM {} WHERE tenant = %s AND key >= %s"
@@ -277,8 +285,10 @@ class PostgresViews:
             cur.execute(query + sql.SQL(" ORDER BY key, row_key"), params)
             found = cur.fetchall()
         out: dict[str, Rows] = {}
+        self._seal.refresh()
         for key, rk, doc in found:
-            out.setdefault(key, {})[rk] = orjson.loads(_bytes(doc))
+            out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
+                                                          orjson.loads(_bytes(doc)))
         return out
 
     def reset(self, projection: str) -> None:

@@ -21,9 +21,11 @@ from contextlib import contextmanager
 
 import orjson
 
+from adapters.content_keys_sqlite import SqliteContentKeys
 from adapters.errors import StoreError
 from adapters.private_files import private_file
 from adapters.view_errors import UnstorableViewRow, refused
+from adapters.view_seal import ViewSealer
 from projections.ports import (
     Changes,
     Stuck,
@@ -46,6 +48,10 @@ class SqliteViews:
         # every thread's, by thread: closed by close(), a finished thread's when another opens
         self._readers: dict[threading.Thread, sqlite3.Connection] = {}
         self._readers_lock = threading.Lock()
+        # L2: content in rows sealed with its owner's view key, kept beside the events in this
+        # file; an in-memory database keeps nothing, so nothing is sealed there
+        memory = path == ":memory:" or "mode=memory" in path
+        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(path))
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -97,6 +103,7 @@ class SqliteViews:
         for conn in readers:
             conn.close()  # check_same_thread=False: closed from whichever thread closes us
         self._local = threading.local()
+        self._seal.close()
         self.conn.close()
 
     @contextmanager
@@ -157,7 +164,8 @@ class SqliteViews:
                                               list(keyed))
                     self.conn.executemany(
                         f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
-                        [(tenant, key, rk, encode_doc(doc))
+                        [(tenant, key, rk,
+                          encode_doc(self._seal.seal(projection, tenant, key, rk, doc)))
                          for (tenant, key), rows in keyed.items() for rk, doc in rows.items()])
                 self.conn.executemany(
                     "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
@@ -203,7 +211,10 @@ class SqliteViews:
             return {}  # nothing stored has such a key (E8)
         cur = self._reader().execute(f"SELECT row_key, doc FROM {self._table(projection)} "
                                 "WHERE tenant=? AND key=?", (tenant, key))
-        return {rk: orjson.loads(doc) for rk, doc in cur}
+        found = cur.fetchall()
+        self._seal.refresh()
+        return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(doc))
+                for rk, doc in found}
 
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         out: dict[str, Rows] = {}
@@ -212,8 +223,11 @@ class SqliteViews:
         cur = self._reader().execute(
             f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
             "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
-        for key, rk, doc in cur:
-            out.setdefault(key, {})[rk] = orjson.loads(doc)
+        found = cur.fetchall()
+        self._seal.refresh()
+        for key, rk, doc in found:
+            out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
+                                                          orjson.loads(doc))
         return out
 
     def reset(self, projection: str) -> None:

@@ -1,0 +1,143 @@
+"""Mail content in view rows, sealed with its owner's view key (SPEC L2: never plaintext in views).
+
+The projections stay pure and write plaintext rows; the view stores seal them on the way in and
+open them on the way out, here. Content is what L2 names: a thread row's subject (`timeline`,
+`mailbox`), a message row's subject, body, attachment names and refusal reasons (`message`), and
+a mailbox's last sync error (`sync_status`), which may quote a refused attachment's name.
+Sizes, content types, ids and addresses stay readable: queries and checksums need them.
+
+A sealed row keeps its shape with the content taken out (subject and body gone, attachment names
+and reasons null) and `"sealed": [owner, box]`, box = base64 of AES-SIV over the content's JSON
+with the row's place (tenant, projection, key, row key, owner) as associated data. AES-SIV is
+deterministic: the same row sealed twice gives the same bytes, so rebuilt views equal incremental
+ones (E3) and `verify` compares checksums of what is stored; binding the place means equal
+subjects of different rows do not show as equal boxes. The view key is derived from the user's
+data key (adapters.content_keys), so DeleteUser's destruction of that key erases the views too:
+a box whose key is gone opens as erased content (`"subject": null, "erased": true`), exactly as
+the projections answer content erased in the log.
+
+Message rows name their owner in `_owner` (projections.rows): the store moves it into the seal,
+so it never reaches an answer; stores without keys (in memory, replays) just drop it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from adapters.content_keys import ContentKeys
+from adapters.errors import StoreError
+from projections.rows import OWNER_FIELD, Doc
+
+SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
+SEALED_FIELD = "sealed"
+# the text each sealed projection holds; a sync status's last error may quote an attachment's
+# name (S8 refusals), so it is sealed with the mailbox user's key too
+_TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
+         "sync_status": "last_error"}
+
+
+def _erased(projection: str, doc: Doc) -> Doc:
+    """The row as the projections write erased content (rows._subject, rows._content)."""
+    if projection == "sync_status":
+        doc["last_error"] = None
+        return doc
+    doc["subject"] = None
+    doc["erased"] = True
+    if projection == "message":
+        doc["body"] = None
+        for att in doc.get("attachments", ()):
+            att["name"] = None
+            if "reason" in att:
+                att["reason"] = None
+    return doc
+
+
+class ViewSealer:
+    """Seals and opens the content of view rows; `keys` None: a store that keeps nothing (in
+    memory), whose rows are only stripped of `_owner`. Keys are opened on first use."""
+
+    def __init__(self, keys: Callable[[], ContentKeys] | None) -> None:
+        self._factory = keys
+        self._keys: ContentKeys | None = None
+
+    @property
+    def sealing(self) -> bool:
+        return self._factory is not None
+
+    def keys(self) -> ContentKeys:
+        if self._keys is None:
+            assert self._factory is not None
+            self._keys = self._factory()
+        return self._keys
+
+    def close(self) -> None:
+        if self._keys is not None:
+            self._keys.close()
+            self._keys = None
+
+    def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
+        if projection not in SEALED_PROJECTIONS:
+            return doc
+        owner = doc.get(OWNER_FIELD, doc.get("user" if projection == "sync_status" else "owner"))
+        if OWNER_FIELD in doc:
+            doc = {k: v for k, v in doc.items() if k != OWNER_FIELD}
+        text = _TEXT[projection]
+        if not self.sealing or not isinstance(doc.get(text), str) \
+                or not isinstance(owner, str):
+            return doc  # nothing to seal: erased already, or not a content row
+        doc = orjson.loads(orjson.dumps(doc))  # a copy we may change (rows are shared)
+        content: dict[str, Any] = {text: doc.pop(text)}
+        if projection == "message":
+            content["body"] = doc.pop("body", None)
+            atts = doc.get("attachments", [])
+            content["names"] = [a.get("name") for a in atts]
+            content["reasons"] = [a.get("reason") for a in atts]
+            for att in atts:
+                att["name"] = None
+                if "reason" in att:
+                    att["reason"] = None
+        siv = self.keys().view_key(tenant, owner, create=True)
+        if siv is None:  # the owner's key is destroyed: the content is erased (L2)
+            return _erased(projection, doc)
+        box = siv.encrypt(orjson.dumps(content), _place(projection, tenant, key, row_key, owner))
+        doc[SEALED_FIELD] = [owner, base64.b64encode(box).decode()]
+        return doc
+
+    def refresh(self) -> None:
+        """Notice keys destroyed by other processes (once per read)."""
+        if self._keys is not None:
+            self._keys.refresh()
+
+    def open(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
+        sealed = doc.pop(SEALED_FIELD, None) if projection in SEALED_PROJECTIONS else None
+        if sealed is None:
+            return doc
+        owner, box = sealed
+        siv = self.keys().view_key(tenant, owner, create=False)
+        if siv is None:
+            return _erased(projection, doc)
+        try:
+            content = orjson.loads(siv.decrypt(base64.b64decode(box),
+                                               _place(projection, tenant, key, row_key, owner)))
+        except InvalidTag:
+            raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
+                             "open (altered, or moved from another row)") from None
+        text = _TEXT[projection]
+        doc[text] = content[text]
+        if projection == "message":
+            doc["body"] = content["body"]
+            for att, name, reason in zip(doc.get("attachments", ()), content["names"],
+                                         content["reasons"], strict=True):
+                att["name"] = name
+                if "reason" in att:
+                    att["reason"] = reason
+        return doc
+
+
+def _place(projection: str, tenant: str, key: str, row_key: str, owner: str) -> list[bytes]:
+    return [orjson.dumps([projection, tenant, key, row_key, owner])]
