@@ -167,6 +167,13 @@ class ContentKeys(ABC):
             keys = self._keys(tenant, user, True)
         return keys[1] if keys is not None else None
 
+    def destroyed(self, tenant: str, user: str) -> bool:
+        """The user's key was destroyed (L2: their content is erased)."""
+        if (tenant, user) in self._cache:
+            return self._cache[(tenant, user)] is None
+        row = self._read(tenant, user)
+        return row is not None and (row[1] or row[0] is None)
+
     def _keys(self, tenant: str, user: str, create: bool) -> tuple[AESGCM, AESSIV] | None:
         if (tenant, user) in self._cache:
             cached = self._cache[(tenant, user)]
