@@ -163,13 +163,21 @@ def sync_status_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     return {key: {"mailbox": mbx.id, "user": mbx.user, "provider": mbx.provider,
                   "address": mbx.address, "status": mbx.status, "suspect": mbx.suspect,
                   "held_deletions": list(mbx.pending_deletions), "synced": mbx.synced,
-                  "skipped": mbx.skipped, "rejected": mbx.rejected, "last_error": mbx.last_error,
+                  "skipped": mbx.skipped, "rejected": mbx.rejected,
+                  # L2: an error may quote a refused attachment's name (content): a deleted
+                  # user's is erased (every store agrees, whether it seals rows or not)
+                  "last_error": None if _deleted(state, mbx.user) else mbx.last_error,
                   "last_sync_at": mbx.last_sync_at.isoformat() if mbx.last_sync_at else None,
                   "credentials_set": mbx.credentials_set, "scope": mbx.scope,
                   "cursor": mbx.cursor,
                   "cursor_at": mbx.cursor_at.isoformat() if mbx.cursor_at else None,
                   "resync_since": mbx.resync_since.isoformat() if mbx.resync_since else None,
                   "resync_reason": mbx.resync_reason, "push": _push(mbx.push)}}
+
+
+def _deleted(state: TenantState, user: str) -> bool:
+    found = state.users.get(user)
+    return found is not None and found.status == "deleted"
 
 
 def _push(push: Push | None) -> Doc | None:
