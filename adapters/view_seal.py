@@ -8,10 +8,11 @@ Sizes, content types, ids and addresses stay readable: queries and checksums nee
 
 A sealed row keeps its shape with the content taken out (subject and body gone, attachment names
 and reasons null) and `"sealed": [owner, box]`, box = base64 of AES-SIV over the content's JSON
-with the row's place (tenant, projection, key, row key, owner) as associated data. AES-SIV is
+with the row's place as associated data (tenant, owner and thread for a thread's subject, which its
+timeline and mailbox rows share; tenant, owner and row key for the rest). AES-SIV is
 deterministic: the same row sealed twice gives the same bytes, so rebuilt views equal incremental
 ones (E3) and `verify` compares checksums of what is stored; binding the place means equal
-subjects of different rows do not show as equal boxes. The view key is derived from the user's
+subjects of different threads do not show as equal boxes. The view key is derived from the user's
 data key (adapters.content_keys), so DeleteUser's destruction of that key erases the views too:
 a box whose key is gone opens as erased content (`"subject": null, "erased": true`), exactly as
 the projections answer content erased in the log.
@@ -36,6 +37,7 @@ from projections.rows import OWNER_FIELD, Doc
 
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
 SEALED_FIELD = "sealed"
+_MEMO = 100_000  # boxes kept for reuse
 # the text each sealed projection holds; a sync status's last error may quote an attachment's
 # name (S8 refusals), so it is sealed with the mailbox user's key too
 _TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
@@ -68,6 +70,9 @@ class ViewSealer:
     def __init__(self, keys: Callable[[], ContentKeys] | None) -> None:
         self._factory = keys
         self._keys: ContentKeys | None = None
+        # (place, content) -> box: a thread's rows are rewritten at each of its events with the
+        # same subject; sealing is deterministic, so the box is reused (bounded, cleared whole)
+        self._boxes: dict[tuple[bytes, bytes], str] = {}
 
     @property
     def sealing(self) -> bool:
@@ -94,11 +99,13 @@ class ViewSealer:
         if not self.sealing or not isinstance(doc.get(text), str) \
                 or not isinstance(owner, str):
             return doc  # nothing to seal: erased already, or not a content row
-        doc = orjson.loads(orjson.dumps(doc))  # a copy we may change (rows are shared)
+        doc = dict(doc)  # a copy we may change (rows are shared); attachments copied below
         content: dict[str, Any] = {text: doc.pop(text)}
         if projection == "message":
             content["body"] = doc.pop("body", None)
-            atts = doc.get("attachments", [])
+            atts = [dict(a) for a in doc.get("attachments", [])]
+            if "attachments" in doc:
+                doc["attachments"] = atts
             content["names"] = [a.get("name") for a in atts]
             content["reasons"] = [a.get("reason") for a in atts]
             for att in atts:
@@ -112,12 +119,17 @@ class ViewSealer:
         keys = self.keys()
         siv = keys.view_key(tenant, owner, create=create)
         if siv is None and not create and not keys.destroyed(tenant, owner):
-            kept: Doc = orjson.loads(orjson.dumps({**doc, **content}))
-            return kept
+            return {**doc, **content}
         if siv is None:  # the owner's key is destroyed: the content is erased (L2)
             return _erased(projection, doc)
-        box = siv.encrypt(orjson.dumps(content), _place(projection, tenant, key, row_key, owner))
-        doc[SEALED_FIELD] = [owner, base64.b64encode(box).decode()]
+        place, plain = _place(projection, tenant, key, owner, doc), orjson.dumps(content)
+        box = self._boxes.get((place, plain))
+        if box is None:
+            if len(self._boxes) >= _MEMO:
+                self._boxes.clear()
+            box = self._boxes[(place, plain)] = base64.b64encode(
+                siv.encrypt(plain, [place])).decode()
+        doc[SEALED_FIELD] = [owner, box]
         return doc
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
@@ -148,7 +160,7 @@ class ViewSealer:
             return _erased(projection, doc)
         try:
             content = orjson.loads(siv.decrypt(base64.b64decode(box),
-                                               _place(projection, tenant, key, row_key, owner)))
+                                               [_place(projection, tenant, key, owner, doc)]))
         except InvalidTag:
             raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
                              "open (altered, or moved from another row)") from None
@@ -164,5 +176,9 @@ class ViewSealer:
         return doc
 
 
-def _place(projection: str, tenant: str, key: str, row_key: str, owner: str) -> list[bytes]:
-    return [orjson.dumps([projection, tenant, key, row_key, owner])]
+def _place(projection: str, tenant: str, key: str, owner: str, doc: Doc) -> bytes:
+    """What a box is bound to: a thread's subject to the thread (its timeline and mailbox rows
+    hold the same subject, so one box serves them), other content to its row's key."""
+    if projection in ("timeline", "mailbox"):
+        return orjson.dumps(["thread", tenant, owner, doc.get("thread")])
+    return orjson.dumps([projection, tenant, owner, key])
