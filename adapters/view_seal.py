@@ -11,7 +11,8 @@ and reasons null) and `"sealed": [owner, box]`, box = base64 of AES-SIV over the
 with the row's place as associated data (tenant, owner and thread for a thread's subject, which its
 timeline and mailbox rows share; tenant, owner and row key for the rest). AES-SIV is
 deterministic: the same row sealed twice gives the same bytes, so rebuilt views equal incremental
-ones (E3) and `verify` compares checksums of what is stored; binding the place means equal
+ones byte for byte (E3); checksums cover the opened content (`canonical`), so stores with other
+keys (and the in-memory one) compare too. Binding the place means equal
 subjects of different threads do not show as equal boxes. The view key is derived from the user's
 data key (adapters.content_keys), so DeleteUser's destruction of that key erases the views too:
 a box whose key is gone opens as erased content (`"subject": null, "erased": true`), exactly as
@@ -73,6 +74,9 @@ class ViewSealer:
         # (place, content) -> box: a thread's rows are rewritten at each of its events with the
         # same subject; sealing is deterministic, so the box is reused (bounded, cleared whole)
         self._boxes: dict[tuple[bytes, bytes], str] = {}
+        # (place, box) -> content, for reads (in this process's memory only, never stored; used
+        # only after the owner's key was found not destroyed)
+        self._opened: dict[tuple[bytes, str], bytes] = {}
 
     @property
     def sealing(self) -> bool:
@@ -158,12 +162,18 @@ class ViewSealer:
         siv = self.keys().view_key(tenant, owner, create=False)
         if siv is None:
             return _erased(projection, doc)
-        try:
-            content = orjson.loads(siv.decrypt(base64.b64decode(box),
-                                               [_place(projection, tenant, key, owner, doc)]))
-        except InvalidTag:
-            raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
-                             "open (altered, or moved from another row)") from None
+        place = _place(projection, tenant, key, owner, doc)
+        plain = self._opened.get((place, box))  # checked above: the key is not destroyed
+        if plain is None:
+            try:
+                plain = siv.decrypt(base64.b64decode(box), [place])
+            except InvalidTag:
+                raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
+                                 "open (altered, or moved from another row)") from None
+            if len(self._opened) >= _MEMO:
+                self._opened.clear()
+            self._opened[(place, box)] = plain
+        content = orjson.loads(plain)
         text = _TEXT[projection]
         doc[text] = content[text]
         if projection == "message":
