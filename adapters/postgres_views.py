@@ -271,7 +271,7 @@ class PostgresViews:
             cur.execute(sql.SQL("SELECT row_key, doc FROM {} WHERE tenant = %s AND key = %s")
                         .format(self._id(projection)), (tenant, key))
             found = cur.fetchall()
-        self._seal.refresh()
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
         return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(_bytes(doc)))
                 for rk, doc in found}
 
@@ -289,7 +289,7 @@ class PostgresViews:
             cur.execute(query + sql.SQL(" ORDER BY key, row_key"), params)
             found = cur.fetchall()
         out: dict[str, Rows] = {}
-        self._seal.refresh()
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
         for key, rk, doc in found:
             out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
                                                           orjson.loads(_bytes(doc)))

@@ -216,7 +216,7 @@ class SqliteViews:
         cur = self._reader().execute(f"SELECT row_key, doc FROM {self._table(projection)} "
                                 "WHERE tenant=? AND key=?", (tenant, key))
         found = cur.fetchall()
-        self._seal.refresh()
+        self._seal.refresh(projection, (d[-1] for d in found))
         return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(doc))
                 for rk, doc in found}
 
@@ -228,7 +228,7 @@ class SqliteViews:
             f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
             "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
         found = cur.fetchall()
-        self._seal.refresh()
+        self._seal.refresh(projection, (d[-1] for d in found))
         for key, rk, doc in found:
             out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
                                                           orjson.loads(doc))

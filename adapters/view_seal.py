@@ -25,7 +25,7 @@ so it never reaches an answer; stores without keys (in memory, replays) just dro
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import orjson
@@ -39,6 +39,7 @@ from projections.rows import OWNER_FIELD, Doc
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
 SEALED_FIELD = "sealed"
 _MEMO = 100_000  # boxes kept for reuse
+_MARK = b'"sealed":'  # in the stored bytes of a sealed row
 # the text each sealed projection holds; a sync status's last error may quote an attachment's
 # name (S8 refusals), so it is sealed with the mailbox user's key too
 _TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
@@ -142,17 +143,22 @@ class ViewSealer:
         different keys compare); bytes that do not open are returned as stored, so `verify`
         reports the difference instead of failing."""
         if self._factory is None or projection not in SEALED_PROJECTIONS \
-                or b'"sealed":' not in raw:
+                or _MARK not in raw:
             return raw
         try:
             return encode_doc(self.open(projection, tenant, key, row_key, orjson.loads(raw)))
         except (StoreError, ValueError, TypeError, KeyError):
             return raw
 
-    def refresh(self) -> None:
-        """Notice keys destroyed by other processes (once per read)."""
-        if self._keys is not None:
-            self._keys.refresh()
+    def refresh(self, projection: str | None = None, docs: Iterable[bytes] = ()) -> None:
+        """Notice keys destroyed by other processes: once per read that found a sealed row
+        (`projection` and the stored `docs`), or unconditionally (no projection)."""
+        if self._keys is None:
+            return
+        if projection is not None and (projection not in SEALED_PROJECTIONS or not any(
+                _MARK in (doc if isinstance(doc, bytes) else str(doc).encode()) for doc in docs)):
+            return
+        self._keys.refresh()
 
     def open(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
         sealed = doc.pop(SEALED_FIELD, None) if projection in SEALED_PROJECTIONS else None
