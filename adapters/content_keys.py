@@ -13,6 +13,10 @@ uses a 0600 key file beside the database (`<db>.content-key`), created on first 
 refuses to seal content (StoreError naming the variable). Keys are cached unwrapped in memory;
 `refresh()` (called once per page read) drops the cache when any key was destroyed since, so
 another process's DeleteUser takes effect here at the next read.
+
+Views seal their content with a second key per user, derived from the data key (HKDF-SHA256),
+used with AES-SIV: deterministic, so a rebuilt view equals the incremental one byte for byte
+(E3), and destroyed with the data key (adapters.view_seal).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from adapters.errors import StoreError
 
@@ -36,6 +42,7 @@ KEY_ENV = "CRMSYNC_CONTENT_KEY"
 KEY_FILE_SUFFIX = ".content-key"
 _WRAP_AAD = "crmsync.content-key.v1"
 _SEAL_AAD = "crmsync.content.v1"
+_VIEW_INFO = b"crmsync.view-key.v1"  # HKDF info: the view key is not the log's key
 
 TABLE = ("CREATE TABLE IF NOT EXISTS content_keys (tenant TEXT NOT NULL, user_id TEXT NOT NULL, "
          "wrapped {blob}, destroyed_at TEXT, erasing_at TEXT, PRIMARY KEY (tenant, user_id))")
@@ -84,7 +91,8 @@ class ContentKeys(ABC):
     def __init__(self, master: bytes | None, missing_reason: str = "") -> None:
         self._master = AESGCM(master) if master is not None else None
         self._missing_reason = missing_reason
-        self._cache: dict[tuple[str, str], AESGCM | None] = {}
+        # (data key, view key) per user; None: destroyed
+        self._cache: dict[tuple[str, str], tuple[AESGCM, AESSIV] | None] = {}
         self._destroyed = -1
         self._lock = threading.Lock()
 
@@ -126,13 +134,15 @@ class ContentKeys(ABC):
             raise StoreError(f"cannot seal or open mail content: {self._missing_reason}")
         return self._master
 
-    def _unwrap(self, tenant: str, user: str, wrapped: bytes) -> AESGCM:
+    def _unwrap(self, tenant: str, user: str, wrapped: bytes) -> tuple[AESGCM, AESSIV]:
         try:
-            return AESGCM(self._wrapper().decrypt(wrapped[:12], wrapped[12:],
-                                                  _aad(_WRAP_AAD, tenant, user)))
+            raw = self._wrapper().decrypt(wrapped[:12], wrapped[12:],
+                                          _aad(_WRAP_AAD, tenant, user))
         except InvalidTag:
             raise StoreError(f"the content key of {tenant}/{user} does not open with "
                              f"{KEY_ENV} (another master key?)") from None
+        return AESGCM(raw), AESSIV(HKDF(algorithm=hashes.SHA256(), length=64, salt=None,
+                                        info=_VIEW_INFO + _aad("", tenant, user)).derive(raw))
 
     def refresh(self) -> None:
         """Forget cached keys if any key was destroyed since the last look (other processes)."""
@@ -145,6 +155,26 @@ class ContentKeys(ABC):
     def key(self, tenant: str, user: str, create: bool) -> AESGCM | None:
         """The user's data key; None when destroyed (or absent and not `create`). Creating a
         key for a user whose key was destroyed raises StoreError (L2: never again)."""
+        keys = self._keys(tenant, user, create)
+        return keys[0] if keys is not None else None
+
+    def view_key(self, tenant: str, user: str, create: bool) -> AESSIV | None:
+        """The user's view key (AES-SIV, derived from the data key); None when the data key is
+        destroyed (erased) or absent and not `create` — never an error for a deleted user."""
+        keys = self._keys(tenant, user, False)
+        if keys is None and create and (tenant, user) not in self._cache \
+                and self._read(tenant, user) is None:
+            keys = self._keys(tenant, user, True)
+        return keys[1] if keys is not None else None
+
+    def destroyed(self, tenant: str, user: str) -> bool:
+        """The user's key was destroyed (L2: their content is erased)."""
+        if (tenant, user) in self._cache:
+            return self._cache[(tenant, user)] is None
+        row = self._read(tenant, user)
+        return row is not None and (row[1] or row[0] is None)
+
+    def _keys(self, tenant: str, user: str, create: bool) -> tuple[AESGCM, AESSIV] | None:
         if (tenant, user) in self._cache:
             cached = self._cache[(tenant, user)]
             if cached is not None or not create:
@@ -166,9 +196,9 @@ class ContentKeys(ABC):
                                      "content key is destroyed")
                 self._cache[(tenant, user)] = None
                 return None
-            aes = self._unwrap(tenant, user, wrapped_key)
-            self._cache[(tenant, user)] = aes
-            return aes
+            keys = self._unwrap(tenant, user, wrapped_key)
+            self._cache[(tenant, user)] = keys
+            return keys
 
     def destroy(self, tenant: str, user: str, at: str) -> bool:
         """Destroy the user's key (idempotent): L2's crypto-shredding."""

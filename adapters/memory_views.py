@@ -10,8 +10,12 @@ import orjson
 
 from adapters.errors import StoreError
 from adapters.view_errors import refused
+from adapters.view_seal import ViewSealer
 from projections.ports import Changes, Stuck, StuckChanges, checksum, encode_doc
 from projections.rows import PROJECTIONS, Rows
+
+# in memory nothing is stored: rows are kept as they are, without their `_owner` marks
+_PLAIN = ViewSealer(None)
 
 
 class MemoryViews:
@@ -42,7 +46,9 @@ class MemoryViews:
             table = self._rows[projection]
             for (tenant, key), rows in keyed.items():
                 if rows:
-                    table[(tenant, key)] = {rk: encode_doc(doc) for rk, doc in rows.items()}
+                    table[(tenant, key)] = {
+                        rk: encode_doc(_PLAIN.seal(projection, tenant, key, rk, doc))
+                        for rk, doc in rows.items()}
                 else:
                     table.pop((tenant, key), None)
         self._positions.update(positions)

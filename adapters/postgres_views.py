@@ -22,9 +22,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from adapters.content_keys_postgres import PostgresContentKeys
 from adapters.errors import StoreError
 from adapters.metrics_prometheus import count_states
 from adapters.view_errors import refused
+from adapters.view_seal import ViewSealer
 from projections.ports import (
     Changes,
     Stuck,
@@ -78,6 +80,8 @@ class PostgresViews:
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._writer = threading.RLock()
         self._writer_conn: psycopg.Connection[TupleRow] | None = None
+        # L2: content in rows sealed with its owner's view key (the keys beside the events)
+        self._seal = ViewSealer(lambda: PostgresContentKeys(url, self.schema))
         with self._tx("create the view tables") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s || "
                         "current_setting('search_path')))", (_LOCK_KEY,))
@@ -123,6 +127,7 @@ class PostgresViews:
                 raise StoreError(f"cannot {doing} (PostgreSQL): {exc}") from exc
 
     def close(self) -> None:
+        self._seal.close()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -206,6 +211,12 @@ class PostgresViews:
 
     def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
                stuck: StuckChanges) -> None:
+        # sealed before the transaction: no key work while it holds the rows' locks
+        encoded = {projection: [(tenant, key, rk,
+                                 encode_doc(self._seal.seal(projection, tenant, key, rk, doc)))
+                                for (tenant, key), rows in keyed.items()
+                                for rk, doc in rows.items()]
+                   for projection, keyed in changes.items()}
         with self._tx("write views") as cur:
             for projection, keyed in changes.items():
                 if not keyed:
@@ -220,9 +231,8 @@ class PostgresViews:
                         (tenants, keys))
                 with cur.copy(sql.SQL("COPY {} (tenant, key, row_key, doc) FROM STDIN")
                               .format(table)) as copy:
-                    for (tenant, key), rows in keyed.items():
-                        for row_key, doc in rows.items():
-                            copy.write_row((tenant, key, row_key, encode_doc(doc)))
+                    for row in encoded[projection]:
+                        copy.write_row(row)
             if positions:
                 cur.executemany(
                     "INSERT INTO view_tracking VALUES (%s, %s) ON CONFLICT (projection) "
@@ -262,7 +272,9 @@ class PostgresViews:
             cur.execute(sql.SQL("SELECT row_key, doc FROM {} WHERE tenant = %s AND key = %s")
                         .format(self._id(projection)), (tenant, key))
             found = cur.fetchall()
-        return {rk: orjson.loads(_bytes(doc)) for rk, doc in found}
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
+        return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(_bytes(doc)))
+                for rk, doc in found}
 
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         query = sql.SQL("SELECT key, row_key, doc FROM {} WHERE tenant = %s AND key >= %s"
@@ -278,8 +290,10 @@ class PostgresViews:
             cur.execute(query + sql.SQL(" ORDER BY key, row_key"), params)
             found = cur.fetchall()
         out: dict[str, Rows] = {}
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
         for key, rk, doc in found:
-            out.setdefault(key, {})[rk] = orjson.loads(_bytes(doc))
+            out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
+                                                          orjson.loads(_bytes(doc)))
         return out
 
     def reset(self, projection: str) -> None:
@@ -295,7 +309,9 @@ class PostgresViews:
             cur.execute(sql.SQL("SELECT tenant, key, row_key, doc FROM {}")
                         .format(self._id(projection)))
             found = cur.fetchall()
-        return checksum((t, k, rk, _bytes(doc)) for t, k, rk, doc in found)
+        self._seal.refresh()  # sealed content opened: stores with other keys compare (E3)
+        return checksum((t, k, rk, self._seal.canonical(projection, t, k, rk, _bytes(doc)))
+                        for t, k, rk, doc in found)
 
     def mailbox_sizes(self) -> dict[str, int]:
         """Messages synced per mailbox id (all tenants), from the sync status rows: what a

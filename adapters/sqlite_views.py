@@ -21,10 +21,12 @@ from contextlib import contextmanager
 
 import orjson
 
+from adapters.content_keys_sqlite import SqliteContentKeys
 from adapters.errors import StoreError
 from adapters.metrics_prometheus import count_states
 from adapters.private_files import private_file
 from adapters.view_errors import UnstorableViewRow, refused
+from adapters.view_seal import ViewSealer
 from projections.ports import (
     Changes,
     Stuck,
@@ -47,6 +49,10 @@ class SqliteViews:
         # every thread's, by thread: closed by close(), a finished thread's when another opens
         self._readers: dict[threading.Thread, sqlite3.Connection] = {}
         self._readers_lock = threading.Lock()
+        # L2: content in rows sealed with its owner's view key, kept beside the events in this
+        # file; an in-memory database keeps nothing, so nothing is sealed there
+        memory = path == ":memory:" or "mode=memory" in path
+        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(path))
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -98,6 +104,7 @@ class SqliteViews:
         for conn in readers:
             conn.close()  # check_same_thread=False: closed from whichever thread closes us
         self._local = threading.local()
+        self._seal.close()
         self.conn.close()
 
     @contextmanager
@@ -145,6 +152,13 @@ class SqliteViews:
 
     def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
                stuck: StuckChanges) -> None:
+        # sealed before the write transaction: a key created on the way (another connection to
+        # this file) must not wait for our own write lock
+        encoded = {projection: [(tenant, key, rk,
+                                 encode_doc(self._seal.seal(projection, tenant, key, rk, doc)))
+                                for (tenant, key), rows in keyed.items()
+                                for rk, doc in rows.items()]
+                   for projection, keyed in changes.items()}
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -156,10 +170,8 @@ class SqliteViews:
                     if not fresh:  # fresh: the primary key rejects a row that exists
                         self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
                                               list(keyed))
-                    self.conn.executemany(
-                        f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
-                        [(tenant, key, rk, encode_doc(doc))
-                         for (tenant, key), rows in keyed.items() for rk, doc in rows.items()])
+                    self.conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
+                                          encoded[projection])
                 self.conn.executemany(
                     "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
                     "DO UPDATE SET position=excluded.position",
@@ -212,7 +224,10 @@ class SqliteViews:
             return {}  # nothing stored has such a key (E8)
         cur = self._reader().execute(f"SELECT row_key, doc FROM {self._table(projection)} "
                                 "WHERE tenant=? AND key=?", (tenant, key))
-        return {rk: orjson.loads(doc) for rk, doc in cur}
+        found = cur.fetchall()
+        self._seal.refresh(projection, (d[-1] for d in found))
+        return {rk: self._seal.open(projection, tenant, key, rk, orjson.loads(doc))
+                for rk, doc in found}
 
     def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
         out: dict[str, Rows] = {}
@@ -221,8 +236,11 @@ class SqliteViews:
         cur = self._reader().execute(
             f"SELECT key, row_key, doc FROM {self._table(projection)} WHERE tenant=? AND "
             "key >= ? AND key < ? ORDER BY key, row_key", (tenant, prefix, prefix + "\U0010ffff"))
-        for key, rk, doc in cur:
-            out.setdefault(key, {})[rk] = orjson.loads(doc)
+        found = cur.fetchall()
+        self._seal.refresh(projection, (d[-1] for d in found))
+        for key, rk, doc in found:
+            out.setdefault(key, {})[rk] = self._seal.open(projection, tenant, key, rk,
+                                                          orjson.loads(doc))
         return out
 
     def reset(self, projection: str) -> None:
@@ -237,9 +255,12 @@ class SqliteViews:
 
     def checksum(self, projection: str) -> str:
         cur = self.conn.execute(f"SELECT tenant, key, row_key, doc FROM {self._table(projection)}")
-        # a document edited by hand may come back as text: checksum whatever is stored
-        return checksum((t, k, rk, doc if isinstance(doc, bytes) else str(doc).encode())
-                        for t, k, rk, doc in cur)
+        # a document edited by hand may come back as text: checksum whatever is stored; sealed
+        # content opened, so stores with different keys (and the in-memory one) compare (E3)
+        self._seal.refresh()
+        return checksum((t, k, rk, self._seal.canonical(
+            projection, t, k, rk, doc if isinstance(doc, bytes) else str(doc).encode()))
+            for t, k, rk, doc in cur.fetchall())
 
     def drop(self) -> None:
         """Drop this store's tables (scratch stores only)."""

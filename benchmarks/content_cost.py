@@ -2,7 +2,7 @@
 off and on, the same workload in the same run (each mode on a fresh store, alternating).
 
     python -m benchmarks.content_cost [--messages 50000] [--mailboxes 20] [--batch 500]
-        [--rounds 3] [--postgres URL]
+        [--rounds 3] [--queries 200] [--what all|views] [--postgres URL]
 
 Sync: SyncMessage commands decided and appended in batches as the sync workers do
 (`Engine.execute_batch`), then the projections brought up to date (`catch_up`): messages/s.
@@ -10,6 +10,10 @@ Rebuild: `Engine.rebuild()` of every projection over the same log: events/s, the
 `--rounds`. The two stores are open side by side and every batch and rebuild alternates
 between them. "off" stores the
 content in plaintext (the baseline, chain still on); "on" seals it with the owner's key.
+`--what all`: off = plaintext log and views, on = both sealed; `--what views`: the log is sealed
+in both, only the view rows differ (the cost of sealing the views alone).
+Queries: `--queries` timelines (admin, a contact with ~1/50 of the threads) and thread answers
+(its owner, a random thread) per mode, alternating, in process (the CLI's path): p50 and p95 in ms.
 SQLite in a temporary directory, or fresh PostgreSQL schemas (dropped afterwards).
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -27,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from adapters.view_seal import ViewSealer
 from domain.commands import parse_command
 from runners.config import open_engine
 from runners.engine import Engine
@@ -42,7 +48,10 @@ def setup(users: int) -> list[dict[str, Any]]:
     for u in range(users):
         out += [{"cmd": "AddUser", "user": f"u{u}", "email": f"u{u}@b.test", "role": "member"},
                 {"cmd": "ConnectMailbox", "mailbox": f"mb{u}", "user": f"u{u}",
-                 "provider": "gmail", "address": f"u{u}@b.test"}]
+                 "provider": "gmail", "address": f"u{u}@b.test"},
+                # shared (V3), so the admin's timelines list the threads
+                {"cmd": "SetGlobalVisibility", "user": f"u{u}", "record_type": "contact",
+                 "level": "visible"}]
     out += [{"cmd": "CreateContact", "record": f"c{i}", "owner": "admin", "name": f"C {i}",
              "kind": "person", "emails": [f"client{i}@ext.test"]} for i in range(50)]
     return out
@@ -60,8 +69,15 @@ def sync_command(i: int, users: int) -> dict[str, Any]:
                          "content_type": "application/pdf"}] if i % 5 == 0 else []}}
 
 
+def use(engine: Engine, seal: bool, args: argparse.Namespace) -> Engine:
+    """The engine of a mode, with view sealing set for it (a process-wide switch)."""
+    ViewSealer.enabled = seal
+    engine.store.mapper.seal = seal or args.what == "views"
+    return engine
+
+
 def prepare(engine: Engine, seal: bool, args: argparse.Namespace) -> None:
-    engine.store.mapper.seal = seal
+    use(engine, seal, args)
     engine.execute_batch([parse_command({"tenant": TENANT, **c})
                           for c in setup(args.mailboxes)], now=NOW, correlation_id="setup")
     engine.catch_up()
@@ -74,6 +90,24 @@ def sync_batch(engine: Engine, start: int, args: argparse.Namespace) -> float:
     engine.execute_batch(batch, now=NOW, correlation_id=f"b{start}")
     engine.catch_up()
     return time.perf_counter() - began
+
+
+def query_ms(engine: Engine, n: int, args: argparse.Namespace) -> tuple[float, float]:
+    """One timeline and one thread answer (ms each)."""
+    rng = random.Random(n)
+    began = time.perf_counter()
+    timeline = engine.query_timeline(TENANT, "admin", f"c{rng.randrange(50)}")
+    middle = time.perf_counter()
+    threads = args.messages // (4 * args.mailboxes)
+    u = rng.randrange(args.mailboxes)  # the owner sees the whole thread (V9)
+    engine.query_thread(TENANT, f"u{u}", f"mb{u}:t{rng.randrange(threads)}")
+    assert timeline
+    return 1000 * (middle - began), 1000 * (time.perf_counter() - middle)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def rebuild(engine: Engine) -> float:
@@ -97,6 +131,9 @@ def main() -> None:
     p.add_argument("--mailboxes", type=int, default=20)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3, help="rebuilds per mode")
+    p.add_argument("--queries", type=int, default=200, help="timeline+thread answers per mode")
+    p.add_argument("--what", choices=("all", "views"), default="all",
+                   help="all: log and views sealed or not; views: only the views differ")
     p.add_argument("--postgres", help="a PostgreSQL URL without options (fresh schemas)")
     args = p.parse_args()
     os.environ.setdefault("CRMSYNC_CONTENT_KEY", base64.b64encode(os.urandom(32)).decode())
@@ -110,11 +147,15 @@ def main() -> None:
             spent = {False: 0.0, True: 0.0}
             for n, start in enumerate(range(0, args.messages, args.batch)):
                 for seal in ((False, True) if n % 2 == 0 else (True, False)):
-                    spent[seal] += sync_batch(opened[seal][0], start, args)
+                    spent[seal] += sync_batch(use(opened[seal][0], seal, args), start, args)
+            latency: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+            for n in range(args.queries):
+                for seal in ((False, True) if n % 2 == 0 else (True, False)):
+                    latency[seal].append(query_ms(use(opened[seal][0], seal, args), n, args))
             rates: dict[bool, list[float]] = {False: [], True: []}
             for r in range(args.rounds):
                 for seal in ((False, True) if r % 2 == 0 else (True, False)):
-                    rates[seal].append(rebuild(opened[seal][0]))
+                    rates[seal].append(rebuild(use(opened[seal][0], seal, args)))
             events = opened[True][0].store.max_position()
         finally:
             for engine, schema in opened.values():
@@ -123,7 +164,7 @@ def main() -> None:
                     with psycopg.connect(args.postgres, autocommit=True) as conn:
                         conn.execute(f"DROP SCHEMA {schema} CASCADE")
     print(f"{args.messages} messages in {args.mailboxes} mailboxes, {events} events, "
-          f"{'PostgreSQL' if args.postgres else 'SQLite'}")
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}, sealed: {args.what}")
     sync = {seal: args.messages / spent[seal] for seal in spent}
     print(f"sync msg/s    off {sync[False]:8.0f}  on {sync[True]:8.0f}  "
           f"cost {100 * (1 - sync[True] / sync[False]):5.1f} %")
@@ -132,6 +173,10 @@ def main() -> None:
               + ", ".join(f"{x:.0f}" for x in rates[seal]))
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %")
+    for i, name in enumerate(("timeline", "thread")):
+        cells = {seal: [x[i] for x in latency[seal]] for seal in latency}
+        print(f"{name:8} ms   off p50 {pct(cells[False], 50):6.2f} p95 {pct(cells[False], 95):6.2f}"
+              f"  on p50 {pct(cells[True], 50):6.2f} p95 {pct(cells[True], 95):6.2f}")
 
 
 if __name__ == "__main__":

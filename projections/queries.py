@@ -12,7 +12,7 @@ from typing import Any
 from domain.errors import NotFound
 from domain.visibility import access_reason_of, capabilities, level_allows, level_detail
 from projections.ports import ViewReader
-from projections.rows import SEP, Doc
+from projections.rows import OWNER_FIELD, SEP, Doc
 
 Answer = dict[str, Any]
 
@@ -167,7 +167,8 @@ def thread(views: ViewReader, tenant: str, viewer: str, thread_id: str) -> Answe
     if row is None or not look.active(viewer) or not _sees(look, viewer, row):
         raise NotFound()
     is_owner = row["owner"] == viewer
-    contents = {rows["m"]["id"]: rows["m"]
+    # OWNER_FIELD: whose key seals the row (L2); a store takes it out, a replay may not
+    contents = {rows["m"]["id"]: {k: v for k, v in rows["m"].items() if k != OWNER_FIELD}
                 for rows in views.scan("message", tenant, thread_id + SEP).values()}
     messages = []
     for state in row["messages"]:

@@ -125,6 +125,8 @@ def touched(state: TenantState, e: ev.DomainEvent) -> tuple[Keys, set[str]]:
         keys["directory"] = {f"user:{u}" for u in state.users}  # chains below the user change
     elif isinstance(e, (*USER_ONLY, ev.UserAdded, ev.UserDeleted)):
         keys["directory"] = {f"user:{e.user}"}
+    if isinstance(e, ev.UserDeleted):  # L2: their mailboxes' last errors are erased
+        keys["sync_status"] = {m.id for m in state.mailboxes.values() if m.user == e.user}
     records = _event_records(state, e)
     if records:
         keys.setdefault("directory", set()).update(f"record:{r}" for r in records)

@@ -33,6 +33,9 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 SECRETS = [b"Zebra-Quartz renewal", b"hello carl xyzzy-body", b"plan-Octopus.pdf"]
 KEPT = b"Mia-Keeps-This subject"
+KEPT_BODY = b"mia-body Walrus-Lantern"  # a live user's content: sealed in the views too
+KEPT_NAME = b"mia-Heron-plan.pdf"
+REFUSED_NAME = b"mia-Ibis-sheet.xlsx"  # refused by S8: its name is in the mailbox's last error
 THREAD = "leo-gmail:t2"
 
 
@@ -68,8 +71,12 @@ MAIL = [
          SECRETS[1].decode(), 10,
          [{"name": SECRETS[2].decode(), "size": 1000, "content_type": "application/pdf"}]),
     mail("mia-gmail", "m2", "t3", "carl@customer.test", "mia@acme.test", KEPT.decode(),
-         "mia body", 11),
+         KEPT_BODY.decode(), 11,
+         [{"name": KEPT_NAME.decode(), "size": 10, "content_type": "application/pdf"}]),
 ]
+REFUSED = [mail("mia-gmail", "m3", "t4", "carl@customer.test", "mia@acme.test", "refused one",
+                "refused body", 12, [{"name": REFUSED_NAME.decode(), "size": 10,
+                                      "content_type": "application/vnd.ms-excel"}])]
 
 
 def apply(engine: Engine, commands: list[dict[str, Any]], minute: int) -> None:
@@ -131,8 +138,7 @@ def test_l2_content_is_sealed_in_the_log_and_gone_from_the_store_after_delete_us
     finally:
         engine.close()
     everything = store_bytes(db, url)
-    assert KEPT in everything or url is not None  # the SQLite views hold live content
-    for secret in SECRETS:
+    for secret in [*SECRETS, KEPT, KEPT_BODY, KEPT_NAME]:  # the views seal it too
         assert secret not in everything
 
 
@@ -291,3 +297,62 @@ def test_l2_export_with_content_shows_erased_content_as_erased(
         assert not any(b"\\u0000" in orjson.dumps(line) for line in lines)
     finally:
         engine.close()
+
+
+def answers(engine: Engine, at_: datetime | None = None) -> dict[str, Any]:
+    """What the CLI answers about the mail: thread, timeline, mailbox (live, or replayed)."""
+    return {"thread_max": engine.query_thread("acme", "max", "mia-gmail:t3", at=at_),
+            "thread_leo": engine.query_thread("acme", "leo", THREAD, at=at_),
+            "timeline": engine.query_timeline("acme", "max", "contact-carl", at=at_),
+            "mailbox": engine.query_mailbox("acme", "mia"),
+            "status": engine.query_status("acme", "mia", "mia-gmail", at=at_)}
+
+
+def test_l2_views_hold_no_plaintext_of_live_users_and_answer_as_before(
+        where: tuple[str, str | None]) -> None:
+    """The view rows seal a live user's subject, body and attachment names; answers (CLI and
+    HTTP) are the plaintext ones, equal to a replay of the log; rebuild and verify still hold."""
+    from loopback import Server
+
+    from adapters.http_api import create_app
+    from adapters.tokens import issue
+
+    db, url = where
+    engine = open_engine(db, url)
+    try:
+        apply(engine, SETUP, 0)
+        apply(engine, MAIL + REFUSED, 10)
+        live = answers(engine)
+        replayed = answers(engine, at(30))  # folded in memory from the log: never sealed
+        assert live == replayed
+        message = live["thread_max"]["messages"][0]
+        assert (message["subject"], message["body"], message["attachments"][0]["name"]) == (
+            KEPT.decode(), KEPT_BODY.decode(), KEPT_NAME.decode())
+        assert "_owner" not in message and "sealed" not in message
+        assert REFUSED_NAME.decode() in str(live["status"])  # the last error, opened
+        assert {t["thread"]: t["subject"] for t in live["timeline"]} == {
+            THREAD: SECRETS[0].decode(), "mia-gmail:t3": KEPT.decode(),
+            "mia-gmail:t4": "refused one"}
+        engine.rebuild()
+        results = engine.verify()
+        assert results and all(a == b for a, b in results.values()), results
+        assert answers(engine) == live
+        secret = b"test-secret-0123456789abcdef"
+        app = create_app(engine, secret, token_max_age=3600)
+        headers = {"authorization": f"Bearer {issue(secret, 'acme', 'max', False)}"}
+        with Server(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            thread = client.get("/v1/threads/mia-gmail:t3", headers=headers)
+            timeline = client.get("/v1/records/contact-carl/timeline", headers=headers)
+        assert thread.status_code == 200, thread.text
+        assert thread.json() == live["thread_max"]
+        assert timeline.json() == live["timeline"]
+    finally:
+        engine.close()
+    everything = store_bytes(db, url)
+    for text in [*SECRETS, KEPT, KEPT_BODY, KEPT_NAME, REFUSED_NAME]:
+        assert text not in everything
+    reopened = open_engine(db, url)  # another process opens the sealed rows with the same keys
+    try:
+        assert answers(reopened) == live
+    finally:
+        reopened.close()
