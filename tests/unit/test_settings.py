@@ -13,7 +13,7 @@ from adapters.graph_client import DEFAULT_GRAPH_API_URL
 from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
 from adapters.jetstream_work import DEFAULT_DURABLE
 from adapters.pubsub_auth import GOOGLE_CERTS_URL
-from runners.cli import main
+from runners.cli import build_parser, run
 from runners.settings import PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +64,13 @@ def test_a_given_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_config_prints_the_effective_settings_with_secrets_masked(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `run`, not `main`: main configures structlog onto this test's captured stderr
     secret, client = "s3cret-" + "x" * 32, "client-secret-value"
     monkeypatch.setenv("CRMSYNC_SECRET", secret)
     monkeypatch.setenv("CRMSYNC_GOOGLE_CLIENT_SECRET", client)
     monkeypatch.setenv("CRMSYNC_NATS_ACK_WAIT", "4")
     monkeypatch.delenv("CRMSYNC_PUSH_INTERVAL", raising=False)
-    assert main(["config", "--json"]) == 0
+    assert run(build_parser().parse_args(["config", "--json"])) == 0
     out = capsys.readouterr().out
     assert secret not in out and client not in out
     rows = {row["name"]: row for row in orjson.loads(out)}
@@ -79,7 +80,7 @@ def test_config_prints_the_effective_settings_with_secrets_masked(
         4.0, "env")
     assert (rows["CRMSYNC_PUSH_INTERVAL"]["value"], rows["CRMSYNC_PUSH_INTERVAL"]["source"]) == (
         300.0, "default")
-    assert main(["config"]) == 0
+    assert run(build_parser().parse_args(["config"])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "CRMSYNC_GOOGLE_CLIENT_SECRET=***  # env: Google OAuth client secret" in lines
     assert len(lines) == len(Settings.model_fields)
