@@ -46,7 +46,6 @@ from adapters.graph_contact_payloads import (
 )
 from adapters.provider_http import ProviderHttp, error_info
 
-GRAPH_API_URL_ENV = "CRMSYNC_GRAPH_API_URL"
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
 CURSOR_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -22,7 +22,7 @@ from projections.rows import PROJECTIONS
 from runners.config import open_engine, open_waiter, postgres_url
 from runners.engine import Engine
 from runners.logs import configure_logging
-from runners.settings import load_settings
+from runners.settings import SettingsError, load_settings
 
 EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
 REBUILD_PARTS_ENV = "CRMSYNC_REBUILD_PARTS"
@@ -418,7 +418,11 @@ def _rebuild_parts(given: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SettingsError as exc:  # a CRMSYNC_* variable that does not parse
+        sys.stderr.write(f"crmsync: {exc}\n")
+        return EXIT_USAGE
     configure_logging()
     try:
         return run(args)

@@ -31,11 +31,6 @@ from runners.engine import Engine, Progress
 from runners.rebuild import rebuild_in_parts
 from runners.settings import load_settings
 
-POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
-SECRET_ENV = "CRMSYNC_SECRET"
-SNAPSHOT_KEY_ENV = "CRMSYNC_SNAPSHOT_KEY"
-SNAPSHOTS_ENV = "CRMSYNC_SNAPSHOTS"
-SNAPSHOT_EVERY_ENV = "CRMSYNC_SNAPSHOT_EVERY"
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
 
 
@@ -86,7 +81,7 @@ def open_postgres(url: str) -> Engine:
         views = PostgresViews(url)  # creates the schema and view tables on first start
         try:
             store = EventStore(postgres_env(url, schema=views.schema))
-            credentials = PostgresCredentialStore(url)
+            credentials = PostgresCredentialStore(url, load_settings().secret("CREDENTIALS_KEY"))
         except BaseException:
             views.close()
             raise

@@ -7,9 +7,9 @@ webhooks` handing its `--db` to its receiver processes) still applies. An empty 
 as unset, as `os.environ.get(...) or default` did. Secrets are `SecretStr`: `crmsync config`
 prints them as `***`.
 
-Some variables are still read where they are used, because a direct constructor reads them
-lazily (the credential and content keys, the command rate limit): they are listed here so the
-one list is complete, and `crmsync config` shows them (see docs/decisions.md, issue #12).
+One variable is still read where it is used: CRMSYNC_CONTENT_KEY, by the content-key stores
+that `EventStore` opens (tests, benchmarks and child processes construct it directly); it is
+listed here so the one list is complete (see docs/decisions.md, issue #12).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "CRMSYNC_"
@@ -125,13 +125,22 @@ class Settings(BaseSettings):
         return out
 
 
+class SettingsError(ValueError):
+    """A variable that does not parse, named as it is set: `CRMSYNC_SMTP_PORT: ...`."""
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """The settings in effect: from `env` (default: the process environment, read now)."""
-    if env is None:
-        return Settings()
-    values: dict[str, Any] = {name: env[PREFIX + name] for name in Settings.model_fields
-                              if env.get(PREFIX + name)}
-    return _FromMapping(**values)
+    try:
+        if env is None:
+            return Settings()
+        values: dict[str, Any] = {name: env[PREFIX + name] for name in Settings.model_fields
+                                  if env.get(PREFIX + name)}
+        return _FromMapping(**values)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(
+            f"{PREFIX}{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors())) from None
 
 
 class _FromMapping(Settings):

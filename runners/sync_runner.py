@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from runners.sync_loop import LoopOptions
     from runners.sync_worker import MailboxLocks, PushSettings, SyncWorker
 
-NATS_URL_ENV = "CRMSYNC_NATS_URL"
 # provider -> (token URL variable, client id variable, client secret variable)
 TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
                        "CRMSYNC_GOOGLE_CLIENT_SECRET"),

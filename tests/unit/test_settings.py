@@ -13,8 +13,8 @@ from adapters.graph_client import DEFAULT_GRAPH_API_URL
 from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
 from adapters.jetstream_work import DEFAULT_DURABLE
 from adapters.pubsub_auth import GOOGLE_CERTS_URL
-from runners.cli import build_parser, run
-from runners.settings import PREFIX, Settings, load_settings
+from runners.cli import build_parser, main, run
+from runners.settings import PREFIX, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,8 +51,9 @@ def test_the_environment_is_read_when_the_settings_are_built(
     found = load_settings()
     assert (found.NATS_ACK_WAIT, found.DB) == (4.0, "./crmsync.db")
     monkeypatch.setenv("CRMSYNC_SNAPSHOT_EVERY", "many")
-    with pytest.raises(ValueError, match="SNAPSHOT_EVERY"):
+    with pytest.raises(SettingsError, match=r"^CRMSYNC_SNAPSHOT_EVERY: Input should be"):
         load_settings()
+    assert main(["config"]) == 2  # the CLI names the variable and exits like a usage error
 
 
 def test_a_given_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> None:
