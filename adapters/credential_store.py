@@ -99,7 +99,10 @@ class _SqlCredentialStore(ABC):
 
     backend = ""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str | None = None) -> None:
+        # `key`: base64 of the configured key ($CRMSYNC_CREDENTIALS_KEY, passed by the
+        # composition root; adapters do not read the environment); None: the backend's own.
+        self._configured = key
         self._key: bytes | None = None
 
     # -- the backend ---------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class _SqlCredentialStore(ABC):
 
     @abstractmethod
     def _load_key(self, create: bool) -> bytes | None:
-        """The key when none is in the environment (None: there is none and `create` is off)."""
+        """The key when none is configured (None: there is none and `create` is off)."""
 
     def close(self) -> None:
         return None
@@ -117,8 +120,8 @@ class _SqlCredentialStore(ABC):
     # -- the key --------------------------------------------------------------------------------
     def _current_key(self, create: bool) -> bytes | None:
         if self._key is None:
-            env = os.environ.get(KEY_ENV)
-            self._key = parse_key(env, KEY_ENV) if env else self._load_key(create)
+            configured = self._configured
+            self._key = parse_key(configured, KEY_ENV) if configured else self._load_key(create)
         return self._key
 
     def ready(self) -> None:
@@ -189,12 +192,12 @@ class _SqlCredentialStore(ABC):
 
 
 class SqliteCredentialStore(_SqlCredentialStore):
-    """In the engine's SQLite file; the key from the environment, else the key file beside it."""
+    """In the engine's SQLite file; the configured key, else the key file beside it."""
 
     backend = "SQLite"
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, key: str | None = None) -> None:
+        super().__init__(key)
         self.path = path
         self.key_path = f"{path}{KEY_FILE_SUFFIX}"
         self._lock = threading.Lock()
@@ -266,8 +269,8 @@ class PostgresCredentialStore(_SqlCredentialStore):
 
     backend = "PostgreSQL"
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, key: str | None = None) -> None:
+        super().__init__(key)
         self.url = url
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[TupleRow] | None = None

@@ -28,6 +28,8 @@ from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
 from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
 from adapters.gmail_payloads import gmail_message_to_mail, parse_gmail_history
 from adapters.provider_client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
@@ -43,10 +45,12 @@ class GmailClient:
                  page_size: int = 100, timeout: float = 30.0, max_retries: int = 3,
                  max_retry_wait: float = 60.0, backoff: float = 1.0,
                  verify: SSLContext | bool = True,
-                 refresh: Callable[[], None] | None = None) -> None:
+                 refresh: Callable[[], None] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self._http = ProviderHttp("gmail", base_url, access_token, timeout=timeout,
                                   max_retries=max_retries, max_retry_wait=max_retry_wait,
-                                  backoff=backoff, verify=verify, refresh=refresh)
+                                  backoff=backoff, verify=verify, refresh=refresh,
+                                  transport=transport)
         self.page_size = page_size
 
     def close(self) -> None:

@@ -90,12 +90,14 @@ class GraphClient:
                  *, folder: str = "inbox", page_size: int = 50, timeout: float = 30.0,
                  max_retries: int = 3, max_retry_wait: float = 60.0, backoff: float = 1.0,
                  verify: SSLContext | bool = True,
-                 refresh: Callable[[], None] | None = None) -> None:
+                 refresh: Callable[[], None] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         if not base_url.startswith("https://"):
             raise ValueError(f"graph: base URL must be https: {base_url!r}")
         self._http = ProviderHttp("graph", base_url, access_token, timeout=timeout,
                                   max_retries=max_retries, max_retry_wait=max_retry_wait,
-                                  backoff=backoff, verify=verify, refresh=refresh)
+                                  backoff=backoff, verify=verify, refresh=refresh,
+                                  transport=transport)
         self.folder = folder
         self.page_size = page_size
         self._prefer = [("Prefer", f"odata.maxpagesize={page_size}"),

@@ -46,7 +46,6 @@ from adapters.graph_contact_payloads import (
 )
 from adapters.provider_http import ProviderHttp, error_info
 
-GRAPH_API_URL_ENV = "CRMSYNC_GRAPH_API_URL"
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
 CURSOR_CODES = frozenset({"syncstatenotfound", "resyncrequired"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -86,14 +85,16 @@ class GraphContactsClient:
                  *, page_size: int = 100, timeout: float = 30.0, max_retries: int = 3,
                  max_retry_wait: float = 60.0, backoff: float = 1.0,
                  verify: SSLContext | bool = True,
-                 refresh: Callable[[], None] | None = None) -> None:
+                 refresh: Callable[[], None] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         split = urlsplit(base_url)
         if split.scheme != "https" and not (split.scheme == "http"
                                             and split.hostname in LOOPBACK_HOSTS):
             raise ValueError(f"graph: base URL must be https: {base_url!r}")
         self._http = ProviderHttp("graph", base_url, access_token, timeout=timeout,
                            max_retries=max_retries, max_retry_wait=max_retry_wait,
-                           backoff=backoff, verify=verify, refresh=refresh)
+                           backoff=backoff, verify=verify, refresh=refresh,
+                           transport=transport)
         self._prefer = [("Prefer", f"odata.maxpagesize={page_size}"),
                         ("Prefer", 'IdType="ImmutableId"')]
 

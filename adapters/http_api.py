@@ -15,7 +15,6 @@ and replays (`at`) are bounded (`ReplayLane`).
 """
 
 import math
-import os
 import threading
 import time
 import uuid
@@ -176,18 +175,6 @@ class RateLimit:
         self._buckets: dict[tuple[str, str, bool], tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_env(cls) -> "RateLimit | None":
-        """CRMSYNC_COMMAND_RATE (commands/s per principal, default 20; 0: no limit) and
-        CRMSYNC_COMMAND_BURST (default 1000)."""
-        try:
-            rate = float(os.environ.get("CRMSYNC_COMMAND_RATE", "20"))
-            burst = float(os.environ.get("CRMSYNC_COMMAND_BURST", "1000"))
-        except ValueError:
-            raise ValueError("CRMSYNC_COMMAND_RATE and CRMSYNC_COMMAND_BURST must be numbers") \
-                from None
-        return cls(rate, burst) if rate > 0 else None
-
     def take(self, key: tuple[str, str, bool], cost: int) -> float:
         with self._lock:
             now = self.clock()
@@ -266,17 +253,21 @@ def principal(request: Request,
 Who = Annotated[Principal, Depends(principal)]
 
 
-UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` reads the environment when not given
+# CRMSYNC_COMMAND_RATE / CRMSYNC_COMMAND_BURST's defaults (runners.settings; runners.serve passes
+# the configured limit): commands/s per principal and the burst
+DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST = 20.0, 1000.0
+UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` makes a default limit when not given
 
 
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                token_max_age: int | None = None,
                rate_limit: RateLimit | None = UNSET_LIMIT, replay_slots: int = REPLAY_SLOTS,
                replay_queue: int = REPLAY_QUEUE) -> FastAPI:
-    """The API over `engine`; `rate_limit` None: no limit, unset: RateLimit.from_env()."""
+    """The API over `engine`; `rate_limit` None: no limit, unset: the default limit."""
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
-    limit = RateLimit.from_env() if rate_limit is UNSET_LIMIT else rate_limit
+    limit = RateLimit(DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST) \
+        if rate_limit is UNSET_LIMIT else rate_limit
     engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)
     writer = threading.Lock()  # one command chunk at a time: the engine's tenant states are shared
     # (tenant, user) -> (active, tokens revoked at): what a token check needs, as last seen under

@@ -56,7 +56,8 @@ class TokenEndpoint:
     def __init__(self, provider: str, url: str, client_id: str, client_secret: str | None, *,
                  scope: str | None = None, timeout: float = 30.0,
                  verify: SSLContext | bool = True,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 transport: httpx.BaseTransport | None = None) -> None:
         split = urlsplit(url)
         if split.scheme != "https" and not (split.scheme == "http"
                                             and split.hostname in LOOPBACK_HOSTS):
@@ -64,6 +65,7 @@ class TokenEndpoint:
         self.provider, self.url = provider, url
         self.client_id, self._client_secret, self.scope = client_id, client_secret, scope
         self.timeout, self.verify, self.clock = timeout, verify, clock
+        self.transport = transport  # None: the network (unit tests: httpx.MockTransport)
 
     def __repr__(self) -> str:
         return f"TokenEndpoint({self.provider!r}, {self.url!r})"
@@ -84,8 +86,8 @@ class TokenEndpoint:
         path = urlsplit(self.url).path
         failure: str | None = None
         try:
-            with httpx.Client(timeout=self.timeout, verify=self.verify,
-                              follow_redirects=False) as client:
+            with httpx.Client(timeout=self.timeout, verify=self.verify, follow_redirects=False,
+                              transport=self.transport) as client:
                 response = client.post(self.url, data=form,
                                        headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:  # raised below, outside this block: no __context__

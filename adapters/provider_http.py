@@ -87,7 +87,10 @@ class ProviderHttp:
     def __init__(self, provider: str, base_url: str, access_token: Callable[[], str], *,
                  timeout: float = 30.0, max_retries: int = 3, max_retry_wait: float = 60.0,
                  backoff: float = 1.0, verify: SSLContext | bool = True,
-                 refresh: Callable[[], None] | None = None) -> None:
+                 refresh: Callable[[], None] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        """`transport`: httpx's default (the network) unless given, e.g. `httpx.MockTransport`
+        in unit tests."""
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"{provider}: base URL must be http(s): {base_url!r}")
         self.provider = provider
@@ -98,7 +101,8 @@ class ProviderHttp:
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.backoff = backoff
-        self._client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
+        self._client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False,
+                                    transport=transport)
 
     def close(self) -> None:
         self._client.close()

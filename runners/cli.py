@@ -22,6 +22,7 @@ from projections.rows import PROJECTIONS
 from runners.config import open_engine, open_waiter, postgres_url
 from runners.engine import Engine
 from runners.logs import configure_logging
+from runners.settings import SettingsError, load_settings
 
 EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
 REBUILD_PARTS_ENV = "CRMSYNC_REBUILD_PARTS"
@@ -45,7 +46,7 @@ def _seconds(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crmsync", description=__doc__)
-    parser.add_argument("--db", default=os.environ.get("CRMSYNC_DB", "./crmsync.db"),
+    parser.add_argument("--db", default=load_settings().DB,
                         help="SQLite file for events and views (env CRMSYNC_DB)")
     parser.add_argument("--postgres", metavar="URL",
                         help="PostgreSQL for events and views instead of SQLite, e.g. "
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="include subjects, bodies and attachment names (L2 content)")
 
     sub.add_parser("demo", help="tell the built-in story in a temporary database")
+    config = sub.add_parser("config", help="the effective CRMSYNC_* settings, secrets masked")
+    config.add_argument("--json", action="store_true", help="print JSON")
     rebuild = sub.add_parser("rebuild", help="rebuild projections from the event log")
     rebuild.add_argument("--projection", choices=sorted(PROJECTIONS))
     rebuild.add_argument("--parts", type=_parts, default=None, metavar="N",
@@ -243,6 +246,10 @@ def _run(args: argparse.Namespace) -> int:
         from runners.demo import run_demo
 
         return run_demo(sys.stdout)
+    if args.command == "config":
+        from runners.settings import print_settings
+
+        return print_settings(load_settings(), sys.stdout, as_json=args.json)
     if args.command == "token":
         from runners.serve import token
 
@@ -293,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
             configure_logging("INFO", json=True)
             run_until_signalled(engine, open_waiter(engine, args.postgres), args.projection,
                                 batch_size=args.batch_size, poll=args.poll,
-                                snapshots=os.environ.get("CRMSYNC_RUNNER_SNAPSHOTS", "")
+                                snapshots=load_settings().RUNNER_SNAPSHOTS
                                 .lower() in ("on", "1", "true", "yes"))
             return 0
         if args.command == "lag":
@@ -435,7 +442,7 @@ def _parts(text: str) -> int:
 def _rebuild_parts(given: int | None) -> int:
     if given is not None:
         return given
-    configured = os.environ.get(REBUILD_PARTS_ENV)
+    configured = load_settings().REBUILD_PARTS
     if configured:
         try:
             return _parts(configured)
@@ -445,7 +452,11 @@ def _rebuild_parts(given: int | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SettingsError as exc:  # a CRMSYNC_* variable that does not parse
+        sys.stderr.write(f"crmsync: {exc}\n")
+        return EXIT_USAGE
     configure_logging()
     try:
         return run(args)

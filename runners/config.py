@@ -29,12 +29,8 @@ from adapters.snapshots import (
 from runners.credentials import erase_removed
 from runners.engine import Engine, Progress
 from runners.rebuild import rebuild_in_parts
+from runners.settings import load_settings
 
-POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
-SECRET_ENV = "CRMSYNC_SECRET"
-SNAPSHOT_KEY_ENV = "CRMSYNC_SNAPSHOT_KEY"
-SNAPSHOTS_ENV = "CRMSYNC_SNAPSHOTS"
-SNAPSHOT_EVERY_ENV = "CRMSYNC_SNAPSHOT_EVERY"
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
 
 
@@ -85,7 +81,7 @@ def open_postgres(url: str) -> Engine:
         views = PostgresViews(url)  # creates the schema and view tables on first start
         try:
             store = EventStore(postgres_env(url, schema=views.schema))
-            credentials = PostgresCredentialStore(url)
+            credentials = PostgresCredentialStore(url, load_settings().secret("CREDENTIALS_KEY"))
         except BaseException:
             views.close()
             raise
@@ -103,10 +99,10 @@ def open_postgres(url: str) -> Engine:
 def snapshot_key(env: Mapping[str, str] | None = None) -> bytes | None:
     """The key that signs tenant snapshots: $CRMSYNC_SNAPSHOT_KEY, else $CRMSYNC_SECRET (the
     token secret); None (no snapshots) without one or with $CRMSYNC_SNAPSHOTS=off."""
-    env = os.environ if env is None else env
-    if env.get(SNAPSHOTS_ENV, "").lower() in ("off", "0", "false", "no"):
+    settings = load_settings(env)
+    if settings.SNAPSHOTS.lower() in ("off", "0", "false", "no"):
         return None
-    text = env.get(SNAPSHOT_KEY_ENV) or env.get(SECRET_ENV)
+    text = settings.secret("SNAPSHOT_KEY") or settings.secret("SECRET")
     return text.encode() if text and len(text.encode()) >= 16 else None
 
 
@@ -121,8 +117,7 @@ def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
             rows = PostgresSnapshotRows(url)
     else:
         rows = SqliteSnapshotRows(db)
-    engine.store.snapshots = Snapshots(rows, key, every=int(
-        os.environ.get(SNAPSHOT_EVERY_ENV) or 10_000))
+    engine.store.snapshots = Snapshots(rows, key, every=load_settings().SNAPSHOT_EVERY)
 
 
 def open_engine(db: str, postgres: str | None = None) -> Engine:
@@ -140,7 +135,7 @@ def open_engine(db: str, postgres: str | None = None) -> Engine:
 
 def postgres_url(postgres: str | None = None) -> str | None:
     """The PostgreSQL URL in effect: the flag, else $CRMSYNC_POSTGRES_URL, else None."""
-    return postgres or os.environ.get(POSTGRES_URL_ENV) or None
+    return postgres or load_settings().secret("POSTGRES_URL")
 
 
 def open_waiter(engine: Engine, postgres: str | None = None) -> PollingWaiter | PostgresWaiter:

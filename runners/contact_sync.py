@@ -36,7 +36,6 @@ their queued changes are refused with the reason.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -67,7 +66,6 @@ from adapters.errors import (
 from adapters.graph_contact_payloads import ContactFolder, ExternalContact
 from adapters.graph_contacts import (
     DEFAULT_GRAPH_API_URL,
-    GRAPH_API_URL_ENV,
     ContactsClient,
     GraphContactsClient,
 )
@@ -82,6 +80,7 @@ from domain.events import (
 )
 from runners.backoff import Backoff
 from runners.engine import Engine
+from runners.settings import load_settings
 from runners.sync_runner import token_endpoints
 
 BASE_CATEGORIES = ("Base Person", "Base Company", "Base Lead", "Base Current Prospect",
@@ -517,7 +516,7 @@ def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interv
 def _session(engine: Engine, store: ContactSyncStore, waiter: Waiter, stop: threading.Event,
              backoff: Backoff, *, interval: float, poll: float, once: bool) -> int:
     """Take the runner lock, then run (one pass with `once`); 1 when another runner keeps it."""
-    base_url = os.environ.get(GRAPH_API_URL_ENV) or DEFAULT_GRAPH_API_URL
+    base_url = load_settings().GRAPH_API_URL or DEFAULT_GRAPH_API_URL
     give_up = time.monotonic() + 15.0  # `once`: a runner that just stopped lets go soon
     while not store.try_lock():
         if stop.is_set() or (once and time.monotonic() > give_up):

@@ -36,6 +36,7 @@ from projections.ports import ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, build, catch_up
 from projections.rows import PROJECTIONS
 from runners.credentials import after_append, check_ready
+from runners.settings import load_settings
 
 Progress = Callable[[int, int], None]
 log = structlog.get_logger("crmsync.engine")
@@ -196,8 +197,9 @@ class Engine:
 
     @classmethod
     def open_sqlite(cls, path: str) -> Engine:
+        key = load_settings().secret("CREDENTIALS_KEY")
         return cls(EventStore.sqlite(path), SqliteViews(path), path,
-                   credentials=SqliteCredentialStore(path))
+                   credentials=SqliteCredentialStore(path, key))
 
     def close(self) -> None:
         if self._follower is not None:

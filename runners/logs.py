@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
 
+from runners.settings import load_settings
+
 
 def configure_logging(level: str | None = None, json: bool = False) -> None:
-    name = (level or os.environ.get("CRMSYNC_LOG_LEVEL", "WARNING")).upper()
+    name = (level or load_settings().LOG_LEVEL or "WARNING").upper()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json
         else structlog.dev.ConsoleRenderer(colors=False))

@@ -21,11 +21,10 @@ Credentials come from the credential store and are handed to the client factory 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
 from runners.backoff import Backoff, attempt
 from runners.engine import Engine
+from runners.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from adapters.credential_store import CredentialStore
@@ -286,7 +286,7 @@ def _provider_thread(state: TenantState, thread_id: str, mailbox: str) -> str | 
     return None
 
 
-def provider_clients(env: dict[str, str], store: CredentialStore | None = None,
+def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore | None = None,
                      still_set: Callable[[str, str], bool] | None = None,
                      tokens: dict[str, TokenEndpoint] | None = None) -> ClientFactory:
     """The real adapters, configured from the environment: `CRMSYNC_GMAIL_API_URL`,
@@ -306,6 +306,8 @@ def provider_clients(env: dict[str, str], store: CredentialStore | None = None,
     from adapters.imap_outbound import ImapOutbound, SmtpSubmission
     from adapters.oauth import StoredOAuthToken
 
+    settings = env if isinstance(env, Settings) else load_settings(env)
+
     def make(tenant: str, mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
         if not credentials:
             raise ProviderError(mbx.provider, "credentials missing: reconnect the mailbox")
@@ -314,10 +316,10 @@ def provider_clients(env: dict[str, str], store: CredentialStore | None = None,
             account = ImapAccount(str(credentials["host"]), int(credentials["port"]),
                                   str(credentials["user"]), str(credentials["password"]),
                                   tls="ssl" if tls else "none")
-            smtp = SmtpSubmission(account.host, int(env.get("CRMSYNC_SMTP_PORT", "587")),
+            smtp = SmtpSubmission(account.host, settings.SMTP_PORT,
                                   account.user, account.password,
                                   tls="starttls" if tls else "none")
-            return ImapOutbound(account, smtp, sent_folder=env.get("CRMSYNC_IMAP_SENT", "Sent"))
+            return ImapOutbound(account, smtp, sent_folder=settings.IMAP_SENT)
         kind = "gmail" if mbx.provider == "gmail" else "graph"
         token: Callable[[], str]
         refresh: Callable[[], None] | None = None
@@ -331,9 +333,9 @@ def provider_clients(env: dict[str, str], store: CredentialStore | None = None,
                 still_set=(lambda: still_set(tenant, mbx.id)) if still_set else lambda: True)
             token, refresh = stored, stored.refresh
         if kind == "gmail":
-            return GmailOutbound(token, env.get("CRMSYNC_GMAIL_API_URL", DEFAULT_GMAIL_API_URL),
+            return GmailOutbound(token, settings.GMAIL_API_URL or DEFAULT_GMAIL_API_URL,
                                  refresh=refresh)
-        return GraphOutbound(token, env.get("CRMSYNC_GRAPH_API_URL", DEFAULT_GRAPH_API_URL),
+        return GraphOutbound(token, settings.GRAPH_API_URL or DEFAULT_GRAPH_API_URL,
                              refresh=refresh)
 
     return make
@@ -348,7 +350,7 @@ def configured_clients(engine: Engine) -> ClientFactory:
         found = engine.store.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
-    return provider_clients(dict(os.environ), engine.credentials, still_set, token_endpoints())
+    return provider_clients(load_settings(), engine.credentials, still_set, token_endpoints())
 
 
 def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:

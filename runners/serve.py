@@ -27,26 +27,25 @@ import structlog
 from adapters.tokens import check_secret, issue
 from runners.engine import Engine
 from runners.logs import configure_logging
+from runners.settings import load_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from adapters.http_api import RateLimit
     from adapters.pubsub_auth import GmailPushAuth
     from adapters.webhook_api import DeliveryInbox
     from runners.replays import ReplayPool
+    from runners.settings import Settings
 
 EXIT_USAGE = 2
-NATS_URL_ENV, GRAPH_CLIENT_STATE = "CRMSYNC_NATS_URL", "CRMSYNC_GRAPH_CLIENT_STATE"
-POSTGRES_URL_ENV = "CRMSYNC_POSTGRES_URL"
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
 PUSH_AUTH_ENV, PUSH_AUDIENCE_ENV = "CRMSYNC_GMAIL_PUSH_AUTH", "CRMSYNC_GMAIL_PUSH_AUDIENCE"
-PUSH_ACCOUNT_ENV, CERTS_URL_ENV = "CRMSYNC_GMAIL_PUSH_SERVICE_ACCOUNT", "CRMSYNC_GOOGLE_CERTS_URL"
-REPLAY_WORKERS_ENV = "CRMSYNC_REPLAY_WORKERS"
 
 
 def _secret() -> bytes | None:
     try:
-        return check_secret(os.environ.get("CRMSYNC_SECRET"))
+        return check_secret(load_settings().secret("SECRET"))
     except ValueError as exc:
         sys.stderr.write(f"crmsync: {exc}\n")
         return None
@@ -63,7 +62,7 @@ def token(tenant: str, user: str, service: bool, ttl: int | None = None) -> int:
 def max_token_age() -> int | None:
     """CRMSYNC_TOKEN_MAX_AGE in seconds, a cap on any token's age on this server besides its own
     expiry; unset or 0: the token's expiry alone."""
-    value = os.environ.get("CRMSYNC_TOKEN_MAX_AGE", "")
+    value = load_settings().TOKEN_MAX_AGE or ""
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
@@ -75,10 +74,11 @@ def serve(engine: Engine, host: str, port: int) -> int:
 
     from adapters.http_api import create_app
 
-    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     workers = replay_workers()
     app = create_app(engine, secret, token_max_age=max_token_age(),
-                     replay_slots=max(1, workers))
+                     replay_slots=max(1, workers), rate_limit=rate_limit(settings))
     pool = replay_pool(engine, workers)
     # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
     # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
@@ -87,9 +87,9 @@ def serve(engine: Engine, host: str, port: int) -> int:
     sys.setswitchinterval(0.001)
     from adapters.webhook_api import shared_client_state, webhook_router
 
-    production = engine.path is None or bool(os.environ.get(NATS_URL_ENV))  # PostgreSQL/NATS
+    production = engine.path is None or bool(settings.NATS_URL)  # PostgreSQL/NATS
     app.include_router(webhook_router(webhook_inbox(engine.path),
-                                      shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
+                                      shared_client_state(settings.secret("GRAPH_CLIENT_STATE")),
                                       gmail_push_auth(production)))
     unregister = observe(app, engine)
     structlog.get_logger("crmsync.serve").info("serving", host=host, port=port,
@@ -122,14 +122,15 @@ def gmail_push_auth(production: bool) -> GmailPushAuth | None:
     from adapters.pubsub_auth import GOOGLE_CERTS_URL, GoogleCerts, PushVerifier, RouteDisabled
 
     log = structlog.get_logger("crmsync.serve")
-    setting = os.environ.get(PUSH_AUTH_ENV, "on").strip().lower()
-    audience = os.environ.get(PUSH_AUDIENCE_ENV, "").strip()
+    settings = load_settings()
+    setting = settings.GMAIL_PUSH_AUTH.strip().lower()
+    audience = settings.GMAIL_PUSH_AUDIENCE.strip()
     if setting == "off":
         log.warning("gmail_push_unauthenticated", reason=f"{PUSH_AUTH_ENV}=off")
         return None
     if audience:
-        certs_url = os.environ.get(CERTS_URL_ENV, "").strip() or GOOGLE_CERTS_URL
-        account = os.environ.get(PUSH_ACCOUNT_ENV, "").strip() or None
+        certs_url = settings.GOOGLE_CERTS_URL.strip() or GOOGLE_CERTS_URL
+        account = (settings.GMAIL_PUSH_SERVICE_ACCOUNT or "").strip() or None
         log.info("gmail_push_authenticated", audience=audience, service_account=account,
                  certs_url=certs_url)
         return PushVerifier(audience, GoogleCerts(certs_url), service_account=account)
@@ -147,8 +148,16 @@ def replay_workers() -> int:
     """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
     server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
     wait (adapters.http_api.ReplayLane)."""
-    value = os.environ.get(REPLAY_WORKERS_ENV, "1")
+    value = load_settings().REPLAY_WORKERS
     return int(value) if value.isdigit() else 1
+
+
+def rate_limit(settings: Settings) -> RateLimit | None:
+    """CRMSYNC_COMMAND_RATE commands/s per principal (0: no limit), CRMSYNC_COMMAND_BURST."""
+    from adapters.http_api import RateLimit
+
+    return RateLimit(settings.COMMAND_RATE, settings.COMMAND_BURST) \
+        if settings.COMMAND_RATE > 0 else None
 
 
 def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
@@ -166,16 +175,15 @@ def webhook_inbox(db: str | None) -> DeliveryInbox:
     """Where webhook deliveries go: JetStream when CRMSYNC_NATS_URL is set (stream and subject
     prefix from CRMSYNC_NATS_STREAM / CRMSYNC_NATS_SUBJECT_PREFIX), else the SQLite inbox in
     CRMSYNC_WEBHOOK_INBOX, else `<db without .db>.webhooks.db` beside the engine's file."""
-    url = os.environ.get(NATS_URL_ENV)
-    if url:
-        from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, JetStreamInbox
+    settings = load_settings()
+    if settings.NATS_URL:
+        from adapters.jetstream_inbox import JetStreamInbox
 
-        return JetStreamInbox(url, stream=os.environ.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM),
-                              subject_prefix=os.environ.get("CRMSYNC_NATS_SUBJECT_PREFIX",
-                                                            DEFAULT_SUBJECT_PREFIX))
+        return JetStreamInbox(settings.NATS_URL, stream=settings.NATS_STREAM,
+                              subject_prefix=settings.NATS_SUBJECT_PREFIX)
     from adapters.sqlite_inbox import SqliteInbox
 
-    path = os.environ.get("CRMSYNC_WEBHOOK_INBOX")
+    path = settings.WEBHOOK_INBOX
     if not path:
         base = db or "crmsync.db"
         path = (base[:-3] if base.endswith(".db") else base) + ".webhooks.db"
@@ -187,13 +195,14 @@ def webhooks_from_env() -> FastAPI:
     `crmsync run webhooks --workers N`, which starts N processes on one port)."""
     from adapters.webhook_api import shared_client_state, webhook_app
 
-    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     from runners.health import add_routes
 
-    inbox = webhook_inbox(os.environ.get(WEBHOOK_DB_ENV))
-    app = webhook_app(inbox, shared_client_state(os.environ.get(GRAPH_CLIENT_STATE)),
-                      gmail_push_auth(production=bool(os.environ.get(NATS_URL_ENV)
-                                                      or os.environ.get(POSTGRES_URL_ENV))))
+    inbox = webhook_inbox(settings.WEBHOOK_ENGINE_DB)
+    app = webhook_app(inbox, shared_client_state(settings.secret("GRAPH_CLIENT_STATE")),
+                      gmail_push_auth(production=bool(settings.NATS_URL
+                                                      or settings.POSTGRES_URL)))
     add_routes(app, None)  # no store of its own: ready while it runs (deliveries answer 503)
     return app
 
@@ -206,15 +215,16 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
     SQLite inbox takes one process (one writer)."""
     import uvicorn
 
-    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     log = structlog.get_logger("crmsync.serve")
-    if workers < 1 or (workers > 1 and not os.environ.get(NATS_URL_ENV)):
+    if workers < 1 or (workers > 1 and not settings.NATS_URL):
         sys.stderr.write("crmsync: --workers N > 1 needs CRMSYNC_NATS_URL (JetStream); the "
                          "SQLite inbox takes one receiver process\n")
         return EXIT_USAGE
     os.environ[WEBHOOK_DB_ENV] = db  # read by every receiver process's factory
     log.info("serving_webhooks", host=host, port=port, workers=workers,
-             inbox="JetStreamInbox" if os.environ.get(NATS_URL_ENV) else "SqliteInbox")
+             inbox="JetStreamInbox" if settings.NATS_URL else "SqliteInbox")
     with shared_metrics(workers):
         uvicorn.run("runners.serve:webhooks_from_env", factory=True, host=host, port=port,
                     workers=workers, access_log=False, log_config=None, log_level="warning")

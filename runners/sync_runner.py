@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from runners.settings import PREFIX, load_settings
 
 # Light imports only: `runners.cli` builds its parser with `add_parsers` on every command, so
 # the provider clients and the worker are imported when a sync command runs.
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from runners.sync_loop import LoopOptions
     from runners.sync_worker import MailboxLocks, PushSettings, SyncWorker
 
-NATS_URL_ENV = "CRMSYNC_NATS_URL"
 # provider -> (token URL variable, client id variable, client secret variable)
 TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
                        "CRMSYNC_GOOGLE_CLIENT_SECRET"),
@@ -52,7 +52,7 @@ TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
                          "CRMSYNC_MICROSOFT_CLIENT_SECRET")}
 
 
-def token_endpoints(env: dict[str, str] | None = None) -> dict[str, TokenEndpoint]:
+def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndpoint]:
     """The OAuth token endpoints of the providers whose client id is configured."""
     from adapters.oauth import (
         DEFAULT_GOOGLE_TOKEN_URL,
@@ -60,17 +60,18 @@ def token_endpoints(env: dict[str, str] | None = None) -> dict[str, TokenEndpoin
         TokenEndpoint,
     )
 
-    env = dict(os.environ) if env is None else env
+    settings = load_settings(env)
     defaults = {"gmail": DEFAULT_GOOGLE_TOKEN_URL, "outlook": DEFAULT_MICROSOFT_TOKEN_URL}
     out: dict[str, TokenEndpoint] = {}
     for provider, (url_var, id_var, secret_var) in TOKEN_ENV.items():
-        client_id = env.get(id_var)
+        client_id = settings.secret(id_var.removeprefix(PREFIX))
         if not client_id:
             continue
         out[provider] = TokenEndpoint(
             "graph" if provider == "outlook" else provider,
-            env.get(url_var) or defaults[provider], client_id, env.get(secret_var) or None,
-            scope=env.get("CRMSYNC_MICROSOFT_TOKEN_SCOPE") if provider == "outlook" else None)
+            settings.secret(url_var.removeprefix(PREFIX)) or defaults[provider], client_id,
+            settings.secret(secret_var.removeprefix(PREFIX)),
+            scope=settings.MICROSOFT_TOKEN_SCOPE if provider == "outlook" else None)
     return out
 
 
@@ -79,10 +80,11 @@ def push_settings(public_url: str | None = None, gmail_topic: str | None = None
     """Push channels from flags and the environment; None when no provider is configured."""
     from runners.sync_worker import PushSettings
 
+    env = load_settings()
     settings = PushSettings(
-        public_url=public_url or os.environ.get("CRMSYNC_PUBLIC_URL") or None,
-        client_state=os.environ.get("CRMSYNC_GRAPH_CLIENT_STATE") or None,
-        gmail_topic=gmail_topic or os.environ.get("CRMSYNC_GMAIL_TOPIC") or None)
+        public_url=public_url or env.PUBLIC_URL,
+        client_state=env.secret("GRAPH_CLIENT_STATE"),
+        gmail_topic=gmail_topic or env.GMAIL_TOPIC)
     if not (settings.enabled("gmail") or settings.enabled("outlook")):
         return None
     return settings
@@ -100,12 +102,11 @@ class ConfiguredSources:
         from adapters.gmail_client import DEFAULT_GMAIL_API_URL
         from adapters.graph_client import DEFAULT_GRAPH_API_URL
 
+        settings = load_settings()
         self.credentials = credentials
-        self.gmail_url = gmail_url or os.environ.get("CRMSYNC_GMAIL_API_URL") or \
-            DEFAULT_GMAIL_API_URL
-        self.graph_url = graph_url or os.environ.get("CRMSYNC_GRAPH_API_URL") or \
-            DEFAULT_GRAPH_API_URL
-        ca = graph_ca or os.environ.get("CRMSYNC_GRAPH_CA_FILE")
+        self.gmail_url = gmail_url or settings.GMAIL_API_URL or DEFAULT_GMAIL_API_URL
+        self.graph_url = graph_url or settings.GRAPH_API_URL or DEFAULT_GRAPH_API_URL
+        ca = graph_ca or settings.GRAPH_CA_FILE
         self.graph_verify: ssl.SSLContext | bool = \
             ssl.create_default_context(cafile=ca) if ca else True
         self.tokens = token_endpoints() if tokens is None else tokens
@@ -153,23 +154,20 @@ class ConfiguredSources:
 
 def inbox_path(db: str) -> str:
     """The SQLite webhook inbox `crmsync serve` writes (runners.serve.webhook_inbox)."""
-    path = os.environ.get("CRMSYNC_WEBHOOK_INBOX")
+    path = load_settings().WEBHOOK_INBOX
     if path:
         return path
     return (db[:-3] if db.endswith(".db") else db) + ".webhooks.db"
 
 
 def open_queue(db: str) -> WorkQueue:
-    url = os.environ.get(NATS_URL_ENV)
-    if url:
-        from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-        from adapters.jetstream_work import DEFAULT_DURABLE, JetStreamWork
+    settings = load_settings()
+    if settings.NATS_URL:
+        from adapters.jetstream_work import JetStreamWork
 
-        return JetStreamWork(url, stream=os.environ.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM),
-                             subject_prefix=os.environ.get("CRMSYNC_NATS_SUBJECT_PREFIX",
-                                                           DEFAULT_SUBJECT_PREFIX),
-                             durable=os.environ.get("CRMSYNC_NATS_DURABLE", DEFAULT_DURABLE),
-                             ack_wait=float(os.environ.get("CRMSYNC_NATS_ACK_WAIT", "120")))
+        return JetStreamWork(settings.NATS_URL, stream=settings.NATS_STREAM,
+                             subject_prefix=settings.NATS_SUBJECT_PREFIX,
+                             durable=settings.NATS_DURABLE, ack_wait=settings.NATS_ACK_WAIT)
     from adapters.sqlite_work import SqliteWork
 
     return SqliteWork(inbox_path(db))
@@ -215,7 +213,7 @@ def add_parsers(sub: Any, workers: Any) -> None:
     sync.add_argument("--poll", type=float, default=1.0,
                       help="seconds to wait for deliveries before looking at the log again")
     sync.add_argument("--imap-interval", type=float,
-                      default=float(os.environ.get("CRMSYNC_IMAP_POLL_SECONDS", "60")),
+                      default=load_settings().IMAP_POLL_SECONDS,
                       help="seconds between IMAP polls (env CRMSYNC_IMAP_POLL_SECONDS)")
     sync.add_argument("--max-attempts", type=int, default=5,
                       help="deliveries of one webhook before it is dead-lettered")
@@ -229,7 +227,7 @@ def add_parsers(sub: Any, workers: Any) -> None:
                       help="Cloud Pub/Sub topic for Gmail watches, projects/P/topics/T "
                       "(env CRMSYNC_GMAIL_TOPIC)")
     sync.add_argument("--push-interval", type=float,
-                      default=float(os.environ.get("CRMSYNC_PUSH_INTERVAL", "300")),
+                      default=load_settings().PUSH_INTERVAL,
                       help="seconds between checks that create and renew push subscriptions "
                       "(env CRMSYNC_PUSH_INTERVAL)")
     dead = sub.add_parser("deadletters", help="list or replay dead-lettered deliveries")
@@ -248,7 +246,7 @@ def run_sync(args: argparse.Namespace) -> int:
     from runners.logs import configure_logging
     from runners.sync_loop import run_until_signalled
 
-    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    configure_logging(load_settings().LOG_LEVEL or "INFO", json=True)
     # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the
     # process by default: no handler is installed yet)
     engine = keep_trying(lambda: open_engine(args.db, args.postgres), what="open the stores",
@@ -338,8 +336,8 @@ def start_embedded(db: str) -> threading.Event:
         async def loop() -> None:
             queue = open_queue(db)
             try:
-                await run(worker, queue, stop, LoopOptions(push_interval=float(
-                    os.environ.get("CRMSYNC_PUSH_INTERVAL", "300"))))
+                await run(worker, queue, stop, LoopOptions(
+                    push_interval=load_settings().PUSH_INTERVAL))
             finally:
                 await queue.close()
 

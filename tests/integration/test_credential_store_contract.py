@@ -55,7 +55,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path,
             with sqlite3.connect(path, isolation_level=None) as conn:
                 return list(conn.execute(query, params).fetchall())
 
-        yield Backend("sqlite", lambda: SqliteCredentialStore(path), sqlite_sql)
+        yield Backend("sqlite", lambda: SqliteCredentialStore(path, os.environ.get(KEY_ENV)),
+                      sqlite_sql)
     else:
         url: str = request.getfixturevalue("postgres_url")
 
@@ -64,7 +65,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path,
                 cur.execute(query.replace("?", "%s"), params)
                 return list(cur.fetchall()) if cur.description is not None else []
 
-        yield Backend("postgres", lambda: PostgresCredentialStore(url), pg_sql)
+        yield Backend("postgres", lambda: PostgresCredentialStore(url, os.environ.get(KEY_ENV)),
+                      pg_sql)
 
 
 @pytest.fixture

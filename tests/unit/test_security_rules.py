@@ -29,6 +29,8 @@ from domain.permissions import NOT_AVAILABLE, NOT_FOUND, authorise
 from domain.state import TenantState
 from domain.visibility import access
 from runners.engine import REJECTION_TEXT, bounded, bounded_rejection
+from runners.serve import rate_limit
+from runners.settings import load_settings
 
 SECRET = b"unit-secret-0123456789abcdef"
 T = 1_800_000_000
@@ -216,14 +218,14 @@ def test_rate_limit_is_a_token_bucket_per_principal() -> None:
 
 def test_rate_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMSYNC_COMMAND_RATE", "0")
-    assert RateLimit.from_env() is None
+    assert rate_limit(load_settings()) is None
     monkeypatch.setenv("CRMSYNC_COMMAND_RATE", "5")
     monkeypatch.setenv("CRMSYNC_COMMAND_BURST", "7")
-    found = RateLimit.from_env()
+    found = rate_limit(load_settings())
     assert found is not None and (found.rate, found.burst) == (5, 7)
     monkeypatch.setenv("CRMSYNC_COMMAND_BURST", "many")
     with pytest.raises(ValueError, match="CRMSYNC_COMMAND_BURST"):
-        RateLimit.from_env()
+        rate_limit(load_settings())
 
 
 def test_e8_operator_rejections_are_stored_cut_on_the_cli() -> None:
