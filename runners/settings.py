@@ -59,6 +59,15 @@ class Settings(BaseSettings):
                                 "request thread)")
     WEBHOOK_INBOX: str | None = Field(None, description="the SQLite webhook inbox (default: "
                                       "<db>.webhooks.db)")
+    # operations (issue #14): read where the endpoints start (runners/health.py, runners/admin.py)
+    METRICS_PORT: int | None = Field(None, description="runners: serve /metrics, /healthz and "
+                                     "/readyz on this port (unset or 0: off)")
+    METRICS_HOST: str = Field("127.0.0.1", description="the address of the runners' metrics port")
+    READY_MAX_LAG: int = Field(1000, description="/readyz: most events a projection may lag "
+                               "(PostgreSQL)")
+    READY_TIMEOUT: float = Field(5.0, description="/readyz: seconds the store has to answer")
+    STALE_SYNC_SECONDS: int = Field(86400, description="problems: a mailbox with no successful "
+                                    "sync for this long is stale")
     WEBHOOK_ENGINE_DB: str | None = Field(None, description="internal: `run webhooks --db`, "
                                           "handed to the receiver processes")
     GMAIL_PUSH_AUTH: str = Field("on", description="off: accept Gmail pushes without checking "
