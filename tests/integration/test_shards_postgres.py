@@ -229,3 +229,61 @@ def test_http_routes_by_the_tokens_tenant(two_shards: tuple[str, str, Path],
     finally:
         for engine in engines.values():
             engine.close()
+
+
+def test_nats_subjects_per_shard_keep_deliveries_apart(nats_url: str) -> None:
+    """Each shard's receiver publishes to its own stream and subjects, each shard's workers
+    consume their own: a delivery reaches the workers of its shard only."""
+    import asyncio
+    import contextlib
+
+    import nats
+
+    from adapters.jetstream_inbox import JetStreamInbox
+    from adapters.jetstream_work import JetStreamWork
+
+    tag = uuid.uuid4().hex[:8]
+    base = {"CRMSYNC_NATS_STREAM": f"T_SHARDS_{tag}",
+            "CRMSYNC_NATS_SUBJECT_PREFIX": f"t.shards{tag}.hooks",
+            "CRMSYNC_NATS_DURABLE": f"w-{tag}"}
+    names = {s: shards.nats_names(s, base) for s in ("default", "eu")}
+
+    async def story() -> dict[str, list[str]]:
+        got: dict[str, list[str]] = {}
+        parts = []
+        for env in names.values():
+            inbox = JetStreamInbox(nats_url, stream=env["CRMSYNC_NATS_STREAM"],
+                                   subject_prefix=env["CRMSYNC_NATS_SUBJECT_PREFIX"])
+            work = JetStreamWork(nats_url, stream=env["CRMSYNC_NATS_STREAM"],
+                                 subject_prefix=env["CRMSYNC_NATS_SUBJECT_PREFIX"],
+                                 durable=env["CRMSYNC_NATS_DURABLE"], ack_wait=30)
+            parts.append((inbox, work))
+            await work.fetch(1, 0.2)  # streams and consumers exist before the deliveries
+        for (inbox, _), shard in zip(parts, names, strict=True):
+            for n in range(3):
+                assert await inbox.deliver("gmail", f"{shard}-{n}", b"{}")
+        for (inbox, work), shard in zip(parts, names, strict=True):
+            got[shard] = []
+            while batch := await work.fetch(10, 1.0):
+                for delivery in batch:
+                    got[shard].append(delivery.delivery_id)
+                    await work.ack(delivery)
+            await inbox.close()
+            await work.close()
+        return got
+
+    async def cleanup() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for env in names.values():
+            for stream in (env["CRMSYNC_NATS_STREAM"], env["CRMSYNC_NATS_STREAM"] + "_DEAD"):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(stream)
+        await nc.close()
+
+    try:
+        got = asyncio.run(story())
+    finally:
+        asyncio.run(cleanup())
+    assert {s: sorted(ids) for s, ids in got.items()} == {
+        "default": ["default-0", "default-1", "default-2"], "eu": ["eu-0", "eu-1", "eu-2"]}
