@@ -248,8 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         sys.stderr.write(f"crmsync: {problem}\n")
         return EXIT_USAGE
-    if shard_map is not None and args.shard is None and args.command in ("apply", "serve",
-                                                                         "shard"):
+    if shard_map is not None and args.command in ("apply", "serve", "shard"):
         return _sharded(args, shard_map)
     if args.command == "shard":
         sys.stderr.write("crmsync: shard: no shard map ($CRMSYNC_SHARD_MAP or "
@@ -410,6 +409,10 @@ def _sharded(args: argparse.Namespace, shard_map: Any) -> int:
         return open_engine(args.db, url)
 
     if args.command == "serve":
+        if args.outbox:
+            sys.stderr.write("crmsync: with a shard map run the outbox per shard: crmsync "
+                             "--shard NAME run outbox\n")
+            return EXIT_USAGE
         return shards.serve_sharded(shard_map, open_url, args.host, args.port)
     if args.command == "shard":
         from runners import shard_move

@@ -197,10 +197,15 @@ def select(args: argparse.Namespace, shard_map: ShardMap | None) -> str | None:
             else None
     if args.postgres:
         return "--postgres and a shard map: the map names the databases"
+    tenant = getattr(args, "tenant", None)
+    if args.command in ("apply", "serve", "shard"):
+        # routed per line / per request / by the map itself: a --shard would bypass that
+        return f"`{args.command}` routes by tenant: drop --shard" if shard else None
+    if args.command in ("token", "demo"):
+        return None  # no store
+    if shard is not None and tenant is not None and shard_map.shard_of(tenant) != shard:
+        return f"tenant {tenant!r} lives on shard {shard_map.shard_of(tenant)!r}, not {shard!r}"
     if shard is None:
-        tenant = getattr(args, "tenant", None)
-        if args.command in ("apply", "serve", "token", "demo", "shard"):
-            return None  # routed per line / per request, or no store at all
         if tenant is None:
             return f"`{args.command}` with a shard map needs --shard NAME (one per shard)"
         shard = shard_map.shard_of(tenant)

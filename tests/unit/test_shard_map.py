@@ -110,6 +110,10 @@ def test_select_points_commands_at_their_shard(monkeypatch: pytest.MonkeyPatch) 
     other = _args(command="export", tenant="new")
     assert shards.select(other, found) is None and other.postgres == A
     assert "needs --shard" in (shards.select(_args(), found) or "")
+    assert "lives on shard 'eu', not 'default'" in (
+        shards.select(_args(command="query", tenant="acme", shard="default"), found) or "")
+    assert "drop --shard" in (shards.select(_args(command="apply", shard="eu"), found) or "")
+    assert shards.select(_args(command="token", tenant="acme"), found) is None
     assert "no shard named 'mars'" in (shards.select(_args(shard="mars"), found) or "")
     assert "the map names" in (shards.select(_args(shard="eu", postgres=A), found) or "")
     assert "needs a shard map" in (shards.select(_args(shard="eu"), None) or "")
