@@ -7,17 +7,16 @@ Steps, each refusing to go on when the one before did not hold:
 2. project them into the target's views (they are new in the target's log);
 3. verify: same event count, the target's chain verifies with the source's head link, and every
    view row of the tenant (key, row key, document) is the same in both shards;
-4. flip the map (the file is rewritten atomically; with $CRMSYNC_SHARDS the new entry is printed
+4. check that the source's last event is still the one pinned at the start; else delete the
+   copy and fail (a writer was not stopped);
+5. flip the map (the file is rewritten atomically; with $CRMSYNC_SHARDS the new entry is printed
    for the operator to set);
-5. delete from the source only if its stream did not move meanwhile (the head is read again):
-   the events, then every row with the tenant's id in the source's schema (views, keys,
-   credentials, snapshots, stuck marks).
+6. delete from the source, if its stream still did not grow: the events, then every row with the
+   tenant's id in the source's schema (views, keys, credentials, snapshots, stuck marks).
 
 Writers: the move does not fence them. The operator stops the tenant's writers first (or the
 whole shard's processes: they read the map at start), lets the outbox and contact runners drain,
-moves, and restarts them; a write that slips into the source during the move makes step 5 refuse
-(the copy stays, the source keeps everything: move again after deleting the target's copy with
-`--abort`).
+moves, and restarts them; a write that slips in is caught at step 4 (nothing moved).
 """
 
 from __future__ import annotations
@@ -124,7 +123,9 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
         if target.store.app.recorder.select_events(stream_id(tenant), limit=1):
             raise StoreError(f"shard {to!r} holds events of {tenant!r} already (an earlier "
                              "move? `crmsync shard move --abort` deletes that copy)")
-        before = source.store.verify_log(tenant)
+        before, pinned = source.store.verify_log(tenant), _head(source, tenant)
+        if pinned is None:
+            raise StoreError(f"shard {src_name!r} holds no events of {tenant!r}")
         if before.failure is not None:
             raise StoreError(f"the source chain of {tenant!r} fails at {before.failure}")
         src_schema = source.views.schema  # type: ignore[attr-defined]
@@ -151,6 +152,10 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
             differ = sorted(n for n in theirs if theirs[n] != ours.get(n))
             raise StoreError(f"views of {tenant!r} differ after the copy: {differ}")
         say(f"verified: {after.events} events, chain head {head}, views identical")
+        if _head(source, tenant) != pinned:  # a writer was not stopped: the copy is behind
+            _delete(target, dst_url, tenant)
+            raise StoreError(f"the stream of {tenant!r} grew on shard {src_name!r} during the "
+                             "move (stop its writers first): nothing moved, the copy deleted")
         moved = shard_map.moved(tenant, to)
         note = ""
         if shard_map.path is not None:
@@ -159,10 +164,11 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
         else:
             note = f"set {tenant}:{to} in $CRMSYNC_SHARDS"
             say(note)
-        if source.store.verify_log(tenant).heads.get(tenant) != head:
+        if _head(source, tenant) != pinned:  # in the instant between the check and the flip
             return MoveReport(tenant, src_name, to, copied, head,
                               {n: v[0] for n, v in ours.items()}, False,
-                              "the source stream grew during the move: nothing deleted there")
+                              "the source stream grew after the flip: nothing deleted there; "
+                              "copy its last events by hand or move back")
         _delete(source, src_url, tenant)
         say(f"deleted {tenant} from shard {src_name}")
         return MoveReport(tenant, src_name, to, copied, head,
@@ -170,6 +176,14 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
     finally:
         source.close()
         target.close()
+
+
+def _head(engine: Engine, tenant: str) -> tuple[int, str] | None:
+    """(version, stored bytes' hash) of the stream's last event, read from the store now."""
+    last = engine.store.app.recorder.select_events(stream_id(tenant), desc=True, limit=1)
+    if not last:
+        return None
+    return last[0].originator_version, hashlib.sha256(last[0].state).hexdigest()
 
 
 def _delete(engine: Engine, url: str, tenant: str) -> None:

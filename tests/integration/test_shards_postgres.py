@@ -287,3 +287,39 @@ def test_nats_subjects_per_shard_keep_deliveries_apart(nats_url: str) -> None:
         asyncio.run(cleanup())
     assert {s: sorted(ids) for s, ids in got.items()} == {
         "default": ["default-0", "default-1", "default-2"], "eu": ["eu-0", "eu-1", "eu-2"]}
+
+
+def test_shard_move_refuses_when_a_writer_was_not_stopped(
+        two_shards: tuple[str, str, Path], tmp_path: Path) -> None:
+    """A command reaching the source between the copy and the flip: nothing moves, the copy is
+    deleted from the target, the map and the source stay as they were."""
+    from adapters.errors import StoreError
+    from runners.shard_move import move_tenant
+
+    default, eu, path = two_shards
+    _apply(tmp_path, history(7, 30, "acme"))
+    before = rows_of(default, "acme")
+    shard_map = shards.load()
+    assert shard_map is not None
+
+    def writer_slips_in(text: str) -> None:
+        if text.startswith("verified"):
+            engine = open_engine("unused.db", default)
+            try:
+                report = engine.apply_lines([orjson.dumps({
+                    "cmd": "AddUser", "tenant": "acme", "user": "late",
+                    "email": "late@acme.test", "role": "member"})])
+                assert report.applied == 1
+            finally:
+                engine.close()
+
+    with pytest.raises(StoreError, match="grew on shard 'default'"):
+        move_tenant(shard_map, "acme", "eu", lambda url: open_engine("unused.db", url),
+                    say=writer_slips_in)
+    assert json.loads(path.read_text())["tenants"] == {"beta": "eu"}
+    assert rows_of(eu, "acme") == {}
+    after = rows_of(default, "acme")
+    assert after["events"] == before["events"] + 1
+    # the move goes through once the writers are stopped
+    assert main(["shard", "move", "--tenant", "acme", "--to", "eu"]) == 0
+    assert rows_of(eu, "acme")["events"] == before["events"] + 1 and rows_of(default, "acme") == {}
