@@ -20,7 +20,7 @@ from adapters.errors import StoreError
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
 from runners.config import open_engine, open_waiter, postgres_url
-from runners.engine import Engine
+from runners.engine import ApplyReport, Engine
 from runners.logs import configure_logging
 from runners.settings import SettingsError, load_settings
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PostgreSQL for events and views instead of SQLite, e.g. "
                         "postgresql://user@host/db?options=-csearch_path%%3Dcrm "
                         "(env CRMSYNC_POSTGRES_URL)")
+    parser.add_argument("--shard", metavar="NAME", help="with a shard map: run on this shard "
+                        "(env CRMSYNC_SHARD_MAP / CRMSYNC_SHARDS; see docs/scaling.md)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     apply = sub.add_parser("apply", help="apply JSON Lines commands from FILE or - (stdin)")
@@ -162,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--outbox", action="store_true",
                        help="also run the outbox in this process (see `run outbox`)")
+    shard = sub.add_parser("shard", help="the shard map: list it, move a tenant")
+    shard_cmds = shard.add_subparsers(dest="shard_command", required=True)
+    shard_cmds.add_parser("list", help="the shards and the tenants assigned to them")
+    move = shard_cmds.add_parser("move", help="copy a tenant to another shard, verify, flip "
+                                 "the map, delete it from the source")
+    move.add_argument("--tenant", required=True)
+    move.add_argument("--to", required=True, metavar="SHARD")
+    move.add_argument("--abort", action="store_true",
+                      help="instead: delete the copy a failed move left on --to")
     token = sub.add_parser("token", help="print a bearer token for the HTTP API")
     token.add_argument("--tenant", required=True)
     token.add_argument("--user", required=True, help="user id (service name with --service)")
@@ -229,6 +240,23 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runners import shards
+
+    try:
+        shard_map = shards.load()
+    except shards.ShardMapError as exc:
+        sys.stderr.write(f"crmsync: shard map: {exc}\n")
+        return EXIT_USAGE
+    problem = shards.select(args, shard_map)
+    if problem is not None:
+        sys.stderr.write(f"crmsync: {problem}\n")
+        return EXIT_USAGE
+    if shard_map is not None and args.command in ("apply", "serve", "shard"):
+        return _sharded(args, shard_map)
+    if args.command == "shard":
+        sys.stderr.write("crmsync: shard: no shard map ($CRMSYNC_SHARD_MAP or "
+                         "$CRMSYNC_SHARDS)\n")
+        return EXIT_USAGE
     if args.command == "run":
         from runners.health import runner_endpoints
 
@@ -336,22 +364,11 @@ def _run(args: argparse.Namespace) -> int:
 
             return run_import(engine, args)
         if args.command == "apply":
-            if args.file == "-":
-                lines: Sequence[bytes] = sys.stdin.buffer.read().splitlines()
-            else:
-                try:
-                    with open(args.file, "rb") as fh:
-                        lines = fh.read().splitlines()
-                except OSError as exc:
-                    sys.stderr.write(f"crmsync: cannot read {args.file}: {exc.strerror}\n")
-                    return EXIT_USAGE
-            report = engine.apply_lines(lines)
-            for number, cmd, field, reason in report.rejected:
-                sys.stderr.write(f"line {number}: {cmd}: {field}: {reason}\n")
-            for number, warning in report.warnings:
-                sys.stderr.write(f"line {number}: warning: {warning}\n")
-            sys.stdout.write(report.summary() + "\n")
-            return EXIT_REJECTED if report.rejected else 0
+            lines = sys.stdin.buffer.read().splitlines() if args.file == "-" else \
+                _read_lines(args.file)
+            if lines is None:
+                return EXIT_USAGE
+            return _report_applied(engine.apply_lines(lines))
         if args.command == "export":
             return _export(engine, args)
         if args.command == "query":
@@ -389,6 +406,66 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     finally:
         engine.close()
+
+
+def _sharded(args: argparse.Namespace, shard_map: Any) -> int:
+    """apply, serve and shard with a shard map (runners.shards): routed by tenant."""
+    from runners import shards
+
+    def open_url(url: str) -> Engine:
+        return open_engine(args.db, url)
+
+    if args.command == "serve":
+        if args.outbox:
+            sys.stderr.write("crmsync: with a shard map run the outbox per shard: crmsync "
+                             "--shard NAME run outbox\n")
+            return EXIT_USAGE
+        return shards.serve_sharded(shard_map, open_url, args.host, args.port)
+    if args.command == "shard":
+        from runners import shard_move
+
+        if args.shard_command == "list":
+            _print(shard_map.to_json(), True)
+            return 0
+        try:
+            if args.abort:
+                shard_move.abort_copy(shard_map, args.tenant, args.to, open_url)
+                return 0
+            moved = shard_move.move_tenant(shard_map, args.tenant, args.to, open_url,
+                                           say=_say)
+        except shards.ShardMapError as exc:
+            sys.stderr.write(f"crmsync: {exc}\n")
+            return EXIT_USAGE
+        _print(vars(moved), True)
+        return 0 if moved.deleted else EXIT_REJECTED
+    lines = sys.stdin.buffer.read().splitlines() if args.file == "-" else _read_lines(args.file)
+    if lines is None:
+        return EXIT_USAGE
+    report = shards.apply_routed(lines, shard_map,
+                                 lambda name: open_url(shard_map.url(name)))
+    return _report_applied(report)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _read_lines(path: str) -> Sequence[bytes] | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().splitlines()
+    except OSError as exc:
+        sys.stderr.write(f"crmsync: cannot read {path}: {exc.strerror}\n")
+        return None
+
+
+def _report_applied(report: ApplyReport) -> int:
+    for number, cmd, field, reason in report.rejected:
+        sys.stderr.write(f"line {number}: {cmd}: {field}: {reason}\n")
+    for number, warning in report.warnings:
+        sys.stderr.write(f"line {number}: warning: {warning}\n")
+    sys.stdout.write(report.summary() + "\n")
+    return EXIT_REJECTED if report.rejected else 0
 
 
 def _caught_up(engine: Engine) -> bool:
