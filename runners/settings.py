@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     READY_MAX_LAG: int = Field(1000, description="/readyz: most events a projection may lag "
                                "(PostgreSQL)")
     READY_TIMEOUT: float = Field(5.0, description="/readyz: seconds the store has to answer")
+    SHARDS: str | None = Field(None, description="tenant shards in one line: "
+                               "`default=URL;eu=URL2;tenant:eu` (docs/scaling.md)")
+    SHARD_MAP: str | None = Field(None, description="a JSON shard map file (instead of SHARDS)")
     STALE_SYNC_SECONDS: int = Field(86400, description="problems: a mailbox with no successful "
                                     "sync for this long is stale")
     WEBHOOK_ENGINE_DB: str | None = Field(None, description="internal: `run webhooks --db`, "

@@ -315,7 +315,10 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
     secret = single._secret()
     if secret is None:
         return single.EXIT_USAGE
-    configure_logging(os.environ.get("CRMSYNC_LOG_LEVEL", "INFO"), json=True)
+    from runners.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     engines: dict[str, Engine] = {}
     pools: list[Any] = []
     try:
@@ -326,13 +329,14 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
         apps: dict[str, Any] = {}
         for name, engine in engines.items():
             apps[name] = create_app(engine, secret, token_max_age=single.max_token_age(),
+                                    rate_limit=single.rate_limit(settings),
                                     replay_slots=max(1, workers))
             pool = single.replay_pool(engine, workers)
             if pool is not None:
                 pools.append(pool)
         apps[DEFAULT].include_router(webhook_router(
-            single.webhook_inbox(None), shared_client_state(os.environ.get(
-                single.GRAPH_CLIENT_STATE)), single.gmail_push_auth(True)))
+            single.webhook_inbox(None), shared_client_state(settings.secret(
+                "GRAPH_CLIENT_STATE")), single.gmail_push_auth(True)))
         unregister = single.observe(apps[DEFAULT], engines[DEFAULT])
         router = TenantRouter(apps, shard_map, secret, single.max_token_age())
         import structlog
