@@ -22,7 +22,6 @@ used with AES-SIV: deterministic, so a rebuilt view equals the incremental one b
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from adapters.errors import StoreError
+from adapters.key_text import decode_key
 
 KEY_ENV = "CRMSYNC_CONTENT_KEY"
 KEY_FILE_SUFFIX = ".content-key"
@@ -52,15 +52,10 @@ PENDING = "SELECT tenant, user_id FROM content_keys WHERE erasing_at IS NOT NULL
 
 def parse_master_key(text: str, source: str) -> bytes:
     """32 bytes from base64 (standard or URL-safe); the message never shows the value."""
-    raw = text.strip()
     try:
-        key = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4),
-                               validate=True)
-    except (binascii.Error, ValueError):
-        raise StoreError(f"{source} is not base64 (expected 32 bytes)") from None
-    if len(key) != 32:
-        raise StoreError(f"{source} must decode to 32 bytes, not {len(key)}")
-    return key
+        return decode_key(text, source)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def key_file_master_key(db_path: str) -> bytes:

@@ -16,7 +16,6 @@ no secret (key, token, password, plaintext) is ever logged or put in a message.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import os
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import TupleRow
 
 from adapters.errors import CredentialStoreError
+from adapters.key_text import decode_key
 from adapters.private_files import private_file
 
 KEY_ENV = "CRMSYNC_CREDENTIALS_KEY"
@@ -75,15 +75,10 @@ class CredentialStore(Protocol):
 
 def parse_key(text: str, source: str) -> bytes:
     """A 32-byte key from base64 (standard or URL-safe); the message never shows the value."""
-    raw = text.strip()
     try:
-        key = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4),
-                               validate=True)
-    except (binascii.Error, ValueError):
-        raise CredentialStoreError(f"{source} is not base64 (expected 32 bytes)") from None
-    if len(key) != 32:
-        raise CredentialStoreError(f"{source} must decode to 32 bytes, not {len(key)}")
-    return key
+        return decode_key(text, source)
+    except ValueError as exc:
+        raise CredentialStoreError(str(exc)) from None
 
 
 def key_id(key: bytes) -> str:

@@ -189,6 +189,7 @@ def test_e8_rejection_text_is_cut_to_about_a_kibibyte_with_a_marker() -> None:
     total = sum(len(t.encode()) for t in (cut.cmd, cut.field, cut.reason))
     assert total <= REJECTION_TEXT
     assert cut.cmd.endswith("…[cut]") and cut.reason.startswith("unknown record 'XXX")
+    assert cut.reason.endswith("…[cut]") and len(cut.field.encode()) <= 128
     assert bounded("short", 10) == "short"
     assert len(bounded("é" * 100, 11).encode()) <= 11  # never splits a character
 
