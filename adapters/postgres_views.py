@@ -32,7 +32,6 @@ from projections.ports import (
     Stuck,
     StuckChanges,
     checksum,
-    encode_doc,
     storable_text,
 )
 from projections.rows import PROJECTIONS, Rows
@@ -211,12 +210,7 @@ class PostgresViews:
 
     def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
                stuck: StuckChanges) -> None:
-        # sealed before the transaction: no key work while it holds the rows' locks
-        encoded = {projection: [(tenant, key, rk,
-                                 encode_doc(self._seal.seal(projection, tenant, key, rk, doc)))
-                                for (tenant, key), rows in keyed.items()
-                                for rk, doc in rows.items()]
-                   for projection, keyed in changes.items()}
+        encoded = self._seal.encoded(changes)  # sealed before the transaction
         with self._tx("write views") as cur:
             for projection, keyed in changes.items():
                 if not keyed:

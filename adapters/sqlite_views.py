@@ -32,7 +32,6 @@ from projections.ports import (
     Stuck,
     StuckChanges,
     checksum,
-    encode_doc,
     storable_text,
 )
 from projections.rows import PROJECTIONS, Rows
@@ -152,13 +151,7 @@ class SqliteViews:
 
     def _write(self, changes: Changes, positions: Mapping[str, int], fresh: bool,
                stuck: StuckChanges) -> None:
-        # sealed before the write transaction: a key created on the way (another connection to
-        # this file) must not wait for our own write lock
-        encoded = {projection: [(tenant, key, rk,
-                                 encode_doc(self._seal.seal(projection, tenant, key, rk, doc)))
-                                for (tenant, key), rows in keyed.items()
-                                for rk, doc in rows.items()]
-                   for projection, keyed in changes.items()}
+        encoded = self._seal.encoded(changes)  # sealed before the transaction
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 
 from adapters.content_keys import ContentKeys
 from adapters.errors import StoreError
-from projections.ports import encode_doc
+from projections.ports import Changes, encode_doc
 from projections.rows import OWNER_FIELD, Doc
 
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
@@ -93,6 +93,16 @@ class ViewSealer:
         if self._keys is not None:
             self._keys.close()
             self._keys = None
+
+    def encoded(self, changes: Changes) -> dict[str, list[tuple[str, str, str, bytes]]]:
+        """Each projection's changed rows as (tenant, key, row key, sealed stored bytes), done
+        before the store's write transaction: no key work while it holds its locks (a key
+        created on the way takes another connection to the same database)."""
+        return {projection: [(tenant, key, rk,
+                              encode_doc(self.seal(projection, tenant, key, rk, doc)))
+                             for (tenant, key), rows in keyed.items()
+                             for rk, doc in rows.items()]
+                for projection, keyed in changes.items()}
 
     def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
         if projection not in SEALED_PROJECTIONS:
