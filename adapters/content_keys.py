@@ -92,9 +92,11 @@ class ContentKeys(ABC):
         self._lock = threading.Lock()
 
     # -- storage --------------------------------------------------------------------------------
-    @abstractmethod
     def _read(self, tenant: str, user: str) -> tuple[bytes | None, bool] | None:
         """(wrapped key, destroyed) of the row, None without one."""
+        rows = self._run("SELECT wrapped, destroyed_at FROM content_keys WHERE tenant = ? "
+                         "AND user_id = ?", (tenant, user))
+        return (rows[0][0], rows[0][1] is not None) if rows else None
 
     @abstractmethod
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:

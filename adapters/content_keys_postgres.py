@@ -45,11 +45,6 @@ class PostgresContentKeys(ContentKeys):
                     self._conn.close()
                 raise StoreError(f"content keys: {exc}") from exc
 
-    def _read(self, tenant: str, user: str) -> tuple[bytes | None, bool] | None:
-        rows = self._run("SELECT wrapped, destroyed_at FROM content_keys WHERE tenant = ? "
-                         "AND user_id = ?", (tenant, user))
-        return (rows[0][0], rows[0][1] is not None) if rows else None
-
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
         self._run("INSERT INTO content_keys VALUES (?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING",
                   (tenant, user, wrapped))

@@ -34,11 +34,6 @@ class SqliteContentKeys(ContentKeys):
         except sqlite3.Error as exc:
             raise StoreError(f"content keys: {exc}") from exc
 
-    def _read(self, tenant: str, user: str) -> tuple[bytes | None, bool] | None:
-        rows = self._run("SELECT wrapped, destroyed_at FROM content_keys WHERE tenant = ? "
-                         "AND user_id = ?", (tenant, user))
-        return (rows[0][0], rows[0][1] is not None) if rows else None
-
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
         self._run("INSERT OR IGNORE INTO content_keys VALUES (?, ?, ?, NULL, NULL)",
                   (tenant, user, wrapped))
