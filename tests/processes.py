@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from domain.events import DomainEvent
@@ -73,12 +73,18 @@ class Processes:
             engine.close()
 
     def stop_all(self, grace: float = 15.0) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(self.procs, grace)
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """SIGTERM to every process still running, then SIGKILL to any not gone after `grace` s."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

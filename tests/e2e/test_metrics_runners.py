@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from gmail_fake import GMAIL, FakeGmail
-from processes import CRMSYNC, free_port
+from processes import CRMSYNC, free_port, stop
 from prometheus_client.parser import text_string_to_metric_families
 from services import corpus_file
 
@@ -162,14 +162,7 @@ def test_metrics_after_sync_runners(postgres_url: str, nats_url: str, tmp_path: 
         for name in procs:
             assert "Traceback" not in (tmp_path / f"{name}.log").read_text(errors="replace")
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs.values())
         engine.close()
         gmail.close()
 

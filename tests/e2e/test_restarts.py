@@ -30,7 +30,7 @@ import httpx
 import pytest
 from gmail_fake import GMAIL, FakeGmail
 from private_servers import PrivateNats, PrivatePostgres
-from processes import CRMSYNC, free_port
+from processes import CRMSYNC, free_port, stop
 from services import corpus_file
 
 from adapters.errors import StoreError
@@ -306,13 +306,6 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
         ingest.stop.set()
         if api is not None:
             api.stop.set()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs.values())
         engine.close()
         gmail.close()
