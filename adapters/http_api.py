@@ -38,7 +38,7 @@ from adapters.errors import StoreError
 from adapters.http_admin import add_admin_routes
 from adapters.http_audit import add_audit_routes
 from adapters.http_ui import add_ui_routes
-from adapters.tokens import InvalidToken, Principal, refusal, verify
+from adapters.tokens import InvalidToken, Principal, refusal, status_refusal, verify
 from domain import permissions
 from domain.commands import Command
 from domain.errors import NotFound
@@ -272,7 +272,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     writer = threading.Lock()  # one command chunk at a time: the engine's tenant states are shared
     # (tenant, user) -> (active, tokens revoked at): what a token check needs, as last seen under
     # the writer lane, so a read never waits for a command chunk to end (see `refused`)
-    principals: dict[tuple[str, str], tuple[bool, float | None]] = {}
+    principals: dict[str, dict[str, tuple[bool, float | None]]] = {}  # tenant -> user -> seen
 
     def look_up(tenant: str, user: str) -> tuple[bool, float | None]:
         """Under the writer lane: the user's status from the tenant's fresh state."""
@@ -280,15 +280,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         seen = (False, None) if found is None else (
             found.active,
             None if found.tokens_revoked_at is None else found.tokens_revoked_at.timestamp())
-        principals[(tenant, user)] = seen
+        principals.setdefault(tenant, {})[user] = seen
         return seen
 
     def republish(tenant: str) -> None:
         """Under the writer lane, after a command chunk: refresh the tenant's known users, so a
         deactivation or RevokeTokens applied here is refused at once by the next request."""
-        for known_tenant, user in list(principals):
-            if known_tenant == tenant:
-                look_up(tenant, user)
+        for user in list(principals.get(tenant, ())):
+            look_up(tenant, user)
 
     def refused(who: Principal) -> str | None:
         """§8: why a valid token is refused now, or None. Reads fresh state when the writer lane
@@ -297,18 +296,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         if who.service:  # services are revoked by rotating the secret (docs/decisions.md)
             return None
         key = (who.tenant, who.user)
-        if writer.acquire(blocking=key not in principals):
+        if writer.acquire(blocking=who.user not in principals.get(who.tenant, {})):
             try:
                 active, revoked = look_up(*key)
             finally:
                 writer.release()
         else:
-            active, revoked = principals[key]
-        if not active:
-            return "not an active user of this tenant"
-        if revoked is not None and who.issued_at <= revoked:
-            return "token revoked"
-        return None
+            active, revoked = principals[who.tenant][who.user]
+        return status_refusal(active, revoked, who.issued_at)
 
     def log_position(who: Principal, min_position: int | None) -> int | None:
         """The log position to wait for, from a position of the caller's tenant (§8)."""

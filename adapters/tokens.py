@@ -127,9 +127,17 @@ def refusal(state: TenantState, user: str, issued_at: int | None) -> str | None:
     RevokeTokens (`issued_at` None: not a token, only the user's status). A token issued in the
     same second as the revocation is refused too: issued-at has a resolution of one second."""
     found = state.users.get(user)
-    if found is None or not found.active:
-        return "not an active user of this tenant"
+    if found is None:
+        return status_refusal(False, None, issued_at)
     revoked = found.tokens_revoked_at
-    if issued_at is not None and revoked is not None and issued_at <= revoked.timestamp():
+    return status_refusal(found.active, None if revoked is None else revoked.timestamp(),
+                          issued_at)
+
+
+def status_refusal(active: bool, revoked_at: float | None, issued_at: int | None) -> str | None:
+    """`refusal` from what it reads of the user: active, and tokens revoked at (unix s)."""
+    if not active:
+        return "not an active user of this tenant"
+    if issued_at is not None and revoked_at is not None and issued_at <= revoked_at:
         return "token revoked"
     return None
