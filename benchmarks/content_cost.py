@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from adapters.view_seal import ViewSealer
+from adapters.views.seal import ViewSealer
 from domain.commands import parse_command
 from runners.config import open_engine
 from runners.engine import Engine

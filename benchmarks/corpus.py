@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from domain import commands as c
 from domain.events import MailMessage
 from runners.engine import Engine

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from adapters.event_store import EventStore
+from adapters.eventstore.store import EventStore
 from domain import events as ev
 from runners.config import open_engine
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from adapters.tokens import issue
+from adapters.http.tokens import issue
 from runners.config import open_engine
 
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from benchmarks.corpus import FEDORA, shared_dir
 from domain.commands import parse_command
 from runners.config import open_engine

@@ -39,9 +39,9 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from adapters.event_store import EventStore, stream_id
-from adapters.mail_sources import Changes, ResyncPage
-from adapters.mailbox_locks import PostgresLocks
+from adapters.eventstore.mailbox_locks import PostgresLocks
+from adapters.eventstore.store import EventStore, stream_id
+from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from domain.state import Mailbox
 from runners.config import open_engine, postgres_env

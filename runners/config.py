@@ -15,17 +15,17 @@ from collections.abc import Mapping
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from adapters.credential_store import PostgresCredentialStore
+from adapters.credentials.store import PostgresCredentialStore
 from adapters.errors import StoreError
-from adapters.event_store import EventStore
-from adapters.log_waiter import PollingWaiter, PostgresWaiter
-from adapters.postgres_views import PostgresViews, startup_lock
-from adapters.snapshots import (
+from adapters.eventstore.snapshots import (
     PostgresSnapshotRows,
     SnapshotRows,
     Snapshots,
     SqliteSnapshotRows,
 )
+from adapters.eventstore.store import EventStore
+from adapters.eventstore.waiter_postgres import PollingWaiter, PostgresWaiter
+from adapters.views.postgres import PostgresViews, startup_lock
 from runners.credentials import erase_removed
 from runners.engine import Engine, Progress
 from runners.rebuild import rebuild_in_parts
@@ -107,7 +107,8 @@ def snapshot_key(env: Mapping[str, str] | None = None) -> bytes | None:
 
 
 def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
-    """Tenant snapshots beside the events (adapters.snapshots), when a key is configured."""
+    """Tenant snapshots beside the events (adapters.eventstore.snapshots), when a key is
+    configured."""
     key = snapshot_key()
     if key is None:
         return

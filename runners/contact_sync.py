@@ -49,13 +49,6 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
-from adapters import metrics_prometheus as metrics
-from adapters.contact_sync_store import (
-    ContactSyncStore,
-    MemoryKeyValues,
-    PostgresKeyValues,
-    SqliteKeyValues,
-)
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
@@ -63,13 +56,20 @@ from adapters.errors import (
     ProviderThrottled,
     StoreError,
 )
-from adapters.graph_contact_payloads import ContactFolder, ExternalContact
-from adapters.graph_contacts import (
+from adapters.metrics import prometheus as metrics
+from adapters.providers.graph.contact_payloads import ContactFolder, ExternalContact
+from adapters.providers.graph.contacts import (
     DEFAULT_GRAPH_API_URL,
     ContactsClient,
     GraphContactsClient,
 )
-from adapters.oauth import StoredOAuthToken, TokenEndpoint
+from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
+from adapters.tracking.contact_sync import (
+    ContactSyncStore,
+    MemoryKeyValues,
+    PostgresKeyValues,
+    SqliteKeyValues,
+)
 from domain.events import (
     ContactSyncConnected,
     DomainEvent,

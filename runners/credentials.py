@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from adapters.credential_store import CredentialStore
+from adapters.credentials.store import CredentialStore
 from adapters.errors import CredentialStoreError
 from domain.commands import Command, ConnectMailbox
 from domain.events import CredentialsRemoved, DomainEvent, MailboxConnected

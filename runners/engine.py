@@ -19,13 +19,13 @@ from typing import Any, Protocol, cast
 import orjson
 import structlog
 
-from adapters import metrics_prometheus as metrics
-from adapters.credential_store import CredentialStore, SqliteCredentialStore
+from adapters.credentials.store import CredentialStore, SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict, StoreError
-from adapters.event_store import EventStore
+from adapters.eventstore.store import EventStore
 from adapters.gc_pause import paused_gc
-from adapters.memory_views import MemoryViews
-from adapters.sqlite_views import SqliteViews
+from adapters.metrics import prometheus as metrics
+from adapters.views.memory import MemoryViews
+from adapters.views.sqlite import SqliteViews
 from domain.commands import Command, parse_command
 from domain.decide import MAX_AHEAD, decide, rejection_event
 from domain.errors import Rejection

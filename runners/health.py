@@ -6,7 +6,7 @@ and every runner (`--metrics-port` / CRMSYNC_METRICS_PORT, a small HTTP server i
   (PostgreSQL), no projection is more than CRMSYNC_READY_MAX_LAG events behind the log (default
   1000); else 503 with the reason. The check runs in a thread of its own and gives up after
   CRMSYNC_READY_TIMEOUT seconds (default 5): a store that does not answer is not ready.
-- `/metrics`: the Prometheus text exposition (adapters.metrics_prometheus).
+- `/metrics`: the Prometheus text exposition (adapters.metrics.prometheus).
 
 A runner's probe opens its own engine, lazily and again after a failure, so a store that is down
 at start makes the runner not ready rather than unable to answer.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from adapters import metrics_prometheus as metrics
+from adapters.metrics import prometheus as metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

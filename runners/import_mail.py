@@ -1,7 +1,7 @@
 """`crmsync import-mail`: .eml files, mbox files and Maildir folders into a connected mailbox
 (issue #13 point 15: a Google Takeout mbox, an old IMAP server's Maildir, an auditor's archive).
 
-Every message goes through `adapters.mime.parse_message` and becomes the sync workers' own
+Every message goes through `adapters.providers.mime.parse_message` and becomes the sync workers' own
 `SyncMessage`, applied in batches through `Engine.execute_batch`, so the sync rules (S3-S14) are
 the same as for provider mail. The provider id of an imported message is derived from its
 Message-ID (`import:<sha256 of the id>`), or from its bytes when it has none, so a second run
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import normalise_message_id, parse_message
+from adapters.providers.mime import normalise_message_id, parse_message
 from domain import commands as c
 from domain import events as ev
 from runners.engine import Engine

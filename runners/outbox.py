@@ -1,6 +1,6 @@
 """`crmsync run outbox`: executes CRM-side mail changes at the provider (S7, S12).
 
-The worker follows the event log from its durable low watermark (`adapters.outbox_tracking`) and
+The worker follows the event log from its durable low watermark (`adapters.tracking.outbox`) and
 tracks every outbound request it reads (`EmailSent`, `MessageDeletionRequested`,
 `MessageReadRequested`) until its `OutboundMailAcknowledged` is logged. Each round:
 
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from adapters import metrics_prometheus as metrics
 from adapters.errors import MailboxGone, ProviderError, StoreError
-from adapters.outbound import OutboundClient, OutboundMessage, Sent
-from adapters.outbox_tracking import OutboxTracking
+from adapters.metrics import prometheus as metrics
+from adapters.providers.outbound import OutboundClient, OutboundMessage, Sent
+from adapters.tracking.outbox import OutboxTracking
 from domain import commands as c
 from domain import events as ev
 from domain.errors import Rejection
@@ -47,8 +47,8 @@ from runners.engine import Engine
 from runners.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from adapters.credential_store import CredentialStore
-    from adapters.oauth import TokenEndpoint
+    from adapters.credentials.store import CredentialStore
+    from adapters.providers.oauth import TokenEndpoint
 
 log = structlog.get_logger("crmsync.outbox")
 
@@ -298,13 +298,13 @@ def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore |
     refresh token at `tokens[provider]` (the sync workers' `token_endpoints`) and writes it
     back, as the sync workers do; `still_set(tenant, mailbox)` keeps a refresh from outliving
     a disconnection."""
-    from adapters.gmail_client import DEFAULT_GMAIL_API_URL
-    from adapters.gmail_outbound import GmailOutbound
-    from adapters.graph_client import DEFAULT_GRAPH_API_URL
-    from adapters.graph_outbound import GraphOutbound
-    from adapters.imap_client import ImapAccount
-    from adapters.imap_outbound import ImapOutbound, SmtpSubmission
-    from adapters.oauth import StoredOAuthToken
+    from adapters.providers.gmail.client import DEFAULT_GMAIL_API_URL
+    from adapters.providers.gmail.outbound import GmailOutbound
+    from adapters.providers.graph.client import DEFAULT_GRAPH_API_URL
+    from adapters.providers.graph.outbound import GraphOutbound
+    from adapters.providers.imap.client import ImapAccount
+    from adapters.providers.imap.outbound import ImapOutbound, SmtpSubmission
+    from adapters.providers.oauth import StoredOAuthToken
 
     settings = env if isinstance(env, Settings) else load_settings(env)
 
@@ -354,7 +354,7 @@ def configured_clients(engine: Engine) -> ClientFactory:
 
 
 def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
-    from adapters.outbox_tracking import PostgresOutboxTracking, SqliteOutboxTracking
+    from adapters.tracking.outbox import PostgresOutboxTracking, SqliteOutboxTracking
 
     return PostgresOutboxTracking(postgres_url) if postgres_url else SqliteOutboxTracking(db)
 

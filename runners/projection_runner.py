@@ -44,9 +44,9 @@ def lag(engine: Engine) -> dict[str, dict[str, Any]]:
 
 
 def restore(engine: Engine, projector: Projector) -> None:
-    """Start from the runners' newest snapshot (see adapters.snapshots) instead of folding the
-    whole log again; the first catch-up folds on from its position (and starts over if the
-    views are behind it)."""
+    """Start from the runners' newest snapshot (see adapters.eventstore.snapshots) instead of
+    folding the whole log again; the first catch-up folds on from its position (and starts over if
+    the views are behind it)."""
     snapshots = engine.store.snapshots
     if snapshots is None:
         return

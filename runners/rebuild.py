@@ -36,9 +36,9 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
                count: int, target: int, batch_size: int, assigned: dict[str, int],
                conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
-    from adapters.event_store import EventStore
+    from adapters.eventstore.store import EventStore
     from adapters.gc_pause import paused_gc
-    from adapters.postgres_views import PostgresViews, startup_lock
+    from adapters.views.postgres import PostgresViews, startup_lock
     from projections.partition import Partition
     from projections.projector import Projector, build, extend
     from runners.engine import trimming

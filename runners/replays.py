@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from adapters.event_store import EventStore
+from adapters.eventstore.store import EventStore
 from runners.engine import QUERIES, replayed
 
 _store: EventStore | None = None  # the worker process's event store

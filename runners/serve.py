@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from adapters.tokens import check_secret, issue
+from adapters.http.tokens import check_secret, issue
 from runners.engine import Engine
 from runners.logs import configure_logging
 from runners.settings import load_settings
@@ -32,9 +32,9 @@ from runners.settings import load_settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from adapters.http_api import RateLimit
-    from adapters.pubsub_auth import GmailPushAuth
-    from adapters.webhook_api import DeliveryInbox
+    from adapters.deliveries.pubsub_auth import GmailPushAuth
+    from adapters.http.api import RateLimit
+    from adapters.http.webhooks import DeliveryInbox
     from runners.replays import ReplayPool
     from runners.settings import Settings
 
@@ -72,7 +72,7 @@ def serve(engine: Engine, host: str, port: int) -> int:
         return EXIT_USAGE
     import uvicorn
 
-    from adapters.http_api import create_app
+    from adapters.http.api import create_app
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
@@ -85,7 +85,7 @@ def serve(engine: Engine, host: str, port: int) -> int:
     # call): 1 ms instead of 5 (embedded, a reader's p99 beside a 5,000-line post: 29-32 ms
     # against 40-52 ms; see docs/decisions.md for how noisy that was).
     sys.setswitchinterval(0.001)
-    from adapters.webhook_api import shared_client_state, webhook_router
+    from adapters.http.webhooks import shared_client_state, webhook_router
 
     production = engine.path is None or bool(settings.NATS_URL)  # PostgreSQL/NATS
     app.include_router(webhook_router(webhook_inbox(engine.path),
@@ -108,7 +108,7 @@ def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
     """/healthz, /readyz and /metrics on `serve`'s app, through its engine: the lag gate
     applies where projection runners keep the views (not `engine.follow`). Returns the removal
     of the store gauges from this process's registry."""
-    from adapters import metrics_prometheus as metrics
+    from adapters.metrics import prometheus as metrics
     from runners.health import Probe, add_routes, collector
 
     probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False)
@@ -119,7 +119,12 @@ def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
 def gmail_push_auth(production: bool) -> GmailPushAuth | None:
     """How `/webhooks/gmail` authenticates pushes, from the environment (see the module
     docstring); None accepts them unauthenticated. Logs the choice once, at start."""
-    from adapters.pubsub_auth import GOOGLE_CERTS_URL, GoogleCerts, PushVerifier, RouteDisabled
+    from adapters.deliveries.pubsub_auth import (
+        GOOGLE_CERTS_URL,
+        GoogleCerts,
+        PushVerifier,
+        RouteDisabled,
+    )
 
     log = structlog.get_logger("crmsync.serve")
     settings = load_settings()
@@ -147,14 +152,14 @@ def gmail_push_auth(production: bool) -> GmailPushAuth | None:
 def replay_workers() -> int:
     """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
     server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
-    wait (adapters.http_api.ReplayLane)."""
+    wait (adapters.http.api.ReplayLane)."""
     value = load_settings().REPLAY_WORKERS
     return int(value) if value.isdigit() else 1
 
 
 def rate_limit(settings: Settings) -> RateLimit | None:
     """CRMSYNC_COMMAND_RATE commands/s per principal (0: no limit), CRMSYNC_COMMAND_BURST."""
-    from adapters.http_api import RateLimit
+    from adapters.http.api import RateLimit
 
     return RateLimit(settings.COMMAND_RATE, settings.COMMAND_BURST) \
         if settings.COMMAND_RATE > 0 else None
@@ -177,11 +182,11 @@ def webhook_inbox(db: str | None) -> DeliveryInbox:
     CRMSYNC_WEBHOOK_INBOX, else `<db without .db>.webhooks.db` beside the engine's file."""
     settings = load_settings()
     if settings.NATS_URL:
-        from adapters.jetstream_inbox import JetStreamInbox
+        from adapters.deliveries.inbox_jetstream import JetStreamInbox
 
         return JetStreamInbox(settings.NATS_URL, stream=settings.NATS_STREAM,
                               subject_prefix=settings.NATS_SUBJECT_PREFIX)
-    from adapters.sqlite_inbox import SqliteInbox
+    from adapters.deliveries.inbox_sqlite import SqliteInbox
 
     path = settings.WEBHOOK_INBOX
     if not path:
@@ -193,7 +198,7 @@ def webhook_inbox(db: str | None) -> DeliveryInbox:
 def webhooks_from_env() -> FastAPI:
     """The webhook app of one receiver process, from the environment (uvicorn's factory for
     `crmsync run webhooks --workers N`, which starts N processes on one port)."""
-    from adapters.webhook_api import shared_client_state, webhook_app
+    from adapters.http.webhooks import shared_client_state, webhook_app
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
@@ -236,7 +241,7 @@ def shared_metrics(workers: int) -> Iterator[None]:
     """Receiver processes count into files in PROMETHEUS_MULTIPROC_DIR (a temporary one
     unless set), so /metrics on any of them, or on the parent's --metrics-port, is the sum over
     all. Files left by an earlier run in a configured directory are removed first."""
-    from adapters.metrics_prometheus import MULTIPROC_ENV
+    from adapters.metrics.prometheus import MULTIPROC_ENV
 
     if workers <= 1:
         yield

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.errors import StoreError
-from adapters.event_store import stream_id
+from adapters.eventstore.store import stream_id
 from projections.rows import PROJECTIONS
 from runners.engine import Engine
 from runners.shards import ShardMap, ShardMapError, save

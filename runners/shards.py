@@ -171,8 +171,8 @@ def nats_names(shard: str, env: Mapping[str, str]) -> dict[str, str]:
     """The shard's JetStream stream, subject prefix and consumer: the default shard keeps the
     configured names (a one-shard deployment is unchanged), shard X appends `-X` / `_X`, so
     the streams' subjects never overlap (`crmsync.webhooks-eu.>` beside `crmsync.webhooks.>`)."""
-    from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-    from adapters.jetstream_work import DEFAULT_DURABLE
+    from adapters.deliveries.inbox_jetstream import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
+    from adapters.deliveries.work_jetstream import DEFAULT_DURABLE
 
     stream = env.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM)
     prefix = env.get("CRMSYNC_NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX)
@@ -274,8 +274,8 @@ class TenantRouter:
         self.secret, self.token_max_age = secret, token_max_age
 
     def shard_for(self, headers: Sequence[tuple[bytes, bytes]]) -> str:
-        from adapters.http_ui import COOKIE
-        from adapters.tokens import InvalidToken, verify
+        from adapters.http.tokens import InvalidToken, verify
+        from adapters.http.ui import COOKIE
 
         token = None
         for key, value in headers:
@@ -307,8 +307,8 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
     keep every shard's views (`crmsync run projections --shard NAME`)."""
     import uvicorn
 
-    from adapters.http_api import create_app
-    from adapters.webhook_api import shared_client_state, webhook_router
+    from adapters.http.api import create_app
+    from adapters.http.webhooks import shared_client_state, webhook_router
     from runners import serve as single
     from runners.logs import configure_logging
 

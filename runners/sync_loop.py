@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from adapters import metrics_prometheus as metrics
+from adapters.deliveries.work_queue import Delivery, WorkQueue
 from adapters.errors import (
     ConcurrencyConflict,
     CredentialsRejected,
@@ -25,7 +25,7 @@ from adapters.errors import (
     ProviderThrottled,
     StoreError,
 )
-from adapters.work_queue import Delivery, WorkQueue
+from adapters.metrics import prometheus as metrics
 from runners.backoff import Backoff
 from runners.sync_worker import SyncWorker, describe
 
@@ -111,7 +111,7 @@ def retry_delay(attempts: int, options: LoopOptions) -> float:
 
 async def process(worker: SyncWorker, queue: WorkQueue, delivery: Delivery,
                   options: LoopOptions, owed: Owed | None = None) -> str:
-    """`handle` timed and counted by outcome (adapters.metrics_prometheus)."""
+    """`handle` timed and counted by outcome (adapters.metrics.prometheus)."""
     started = time.monotonic()
     outcome = await handle(worker, queue, delivery, options, owed)
     metrics.sync_batch(delivery.provider, outcome, time.monotonic() - started)

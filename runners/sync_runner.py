@@ -36,10 +36,10 @@ from runners.settings import PREFIX, load_settings
 if TYPE_CHECKING:
     import ssl
 
-    from adapters.credential_store import CredentialStore
-    from adapters.mail_sources import MailSource
-    from adapters.oauth import TokenEndpoint
-    from adapters.work_queue import WorkQueue
+    from adapters.credentials.store import CredentialStore
+    from adapters.deliveries.work_queue import WorkQueue
+    from adapters.providers.oauth import TokenEndpoint
+    from adapters.providers.sources import MailSource
     from domain.state import Mailbox
     from runners.engine import Engine
     from runners.sync_loop import LoopOptions
@@ -54,7 +54,7 @@ TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
 
 def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndpoint]:
     """The OAuth token endpoints of the providers whose client id is configured."""
-    from adapters.oauth import (
+    from adapters.providers.oauth import (
         DEFAULT_GOOGLE_TOKEN_URL,
         DEFAULT_MICROSOFT_TOKEN_URL,
         TokenEndpoint,
@@ -99,8 +99,8 @@ class ConfiguredSources:
                  still_set: Callable[[str, str], bool] | None = None) -> None:
         import ssl
 
-        from adapters.gmail_client import DEFAULT_GMAIL_API_URL
-        from adapters.graph_client import DEFAULT_GRAPH_API_URL
+        from adapters.providers.gmail.client import DEFAULT_GMAIL_API_URL
+        from adapters.providers.graph.client import DEFAULT_GRAPH_API_URL
 
         settings = load_settings()
         self.credentials = credentials
@@ -113,10 +113,11 @@ class ConfiguredSources:
         self.still_set = still_set
 
     def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
-        from adapters.gmail_client import GmailClient
-        from adapters.graph_client import GraphClient
-        from adapters.imap_client import ImapAccount
-        from adapters.mail_sources import (
+        from adapters.providers.gmail.client import GmailClient
+        from adapters.providers.graph.client import GraphClient
+        from adapters.providers.imap.client import ImapAccount
+        from adapters.providers.oauth import StoredOAuthToken
+        from adapters.providers.sources import (
             GmailPush,
             GraphPush,
             GraphSource,
@@ -124,7 +125,6 @@ class ConfiguredSources:
             ProviderSource,
             scope_folders,
         )
-        from adapters.oauth import StoredOAuthToken
 
         if self.credentials is None:
             return None
@@ -163,18 +163,18 @@ def inbox_path(db: str) -> str:
 def open_queue(db: str) -> WorkQueue:
     settings = load_settings()
     if settings.NATS_URL:
-        from adapters.jetstream_work import JetStreamWork
+        from adapters.deliveries.work_jetstream import JetStreamWork
 
         return JetStreamWork(settings.NATS_URL, stream=settings.NATS_STREAM,
                              subject_prefix=settings.NATS_SUBJECT_PREFIX,
                              durable=settings.NATS_DURABLE, ack_wait=settings.NATS_ACK_WAIT)
-    from adapters.sqlite_work import SqliteWork
+    from adapters.deliveries.work_sqlite import SqliteWork
 
     return SqliteWork(inbox_path(db))
 
 
 def open_locks(db: str, postgres: str | None) -> MailboxLocks:
-    from adapters.mailbox_locks import FileLocks, PostgresLocks
+    from adapters.eventstore.mailbox_locks import FileLocks, PostgresLocks
     from runners.config import postgres_url
 
     url = postgres_url(postgres)

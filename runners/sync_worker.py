@@ -25,8 +25,8 @@ already appended are one message by S14.
   `subscriptionRemoved` -> a new subscription and a catch-up. Change notifications are routed by
   subscription id too, else by the address in their resource.
 - A provider 401 renews the OAuth token once (the source's token callable, see
-  `adapters.oauth`); credentials that cannot be renewed (`CredentialsRejected`) fail the delivery
-  at once (dead-lettered with the reason: reconnect the mailbox), without retries.
+  `adapters.providers.oauth`); credentials that cannot be renewed (`CredentialsRejected`) fail the
+  delivery at once (dead-lettered with the reason: reconnect the mailbox), without retries.
 - Failures are retried with backoff; after `max_attempts` the delivery goes to the dead-letter
   queue and a `DeliveryDeadLettered` event is recorded (when its tenant is known).
 """
@@ -45,15 +45,15 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import ValidationError
 
-from adapters import metrics_prometheus as metrics
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
     MailboxGone,
     MalformedWebhook,
 )
-from adapters.mail_sources import Changes, MailSource, PushTarget
-from adapters.work_queue import Delivery
+from adapters.metrics import prometheus as metrics
+from adapters.providers.sources import Changes, MailSource, PushTarget
 from domain import commands as c
 from domain import events as ev
 from domain.input_rules import safe_name
@@ -152,7 +152,7 @@ class PushSettings:
     graph_lifetime: timedelta = timedelta(minutes=4230)  # asked of Graph (its limit: 10,080)
 
     def __post_init__(self) -> None:
-        from adapters.graph_client import MAX_MESSAGE_SUBSCRIPTION
+        from adapters.providers.graph.client import MAX_MESSAGE_SUBSCRIPTION
 
         if not timedelta(minutes=45) <= self.graph_lifetime <= MAX_MESSAGE_SUBSCRIPTION:
             raise ValueError("graph_lifetime must lie between 45 minutes and Graph's limit for "

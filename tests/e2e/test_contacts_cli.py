@@ -20,7 +20,7 @@ from graph_contacts_server import GraphBook, graph_contacts_app
 from loopback import Server
 from processes import CRMSYNC
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from domain.events import (
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,

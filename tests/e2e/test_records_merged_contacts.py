@@ -15,8 +15,8 @@ from contact_story import DUPLICATE, STORY
 from loopback import Server
 from test_cli import jsonl, query, run
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from runners.engine import Engine
 
 pytestmark = pytest.mark.e2e

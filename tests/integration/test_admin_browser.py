@@ -18,8 +18,8 @@ from loopback import Server
 from services import missing
 from test_http_api import SECRET
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from runners.engine import Engine
 
 pytestmark = pytest.mark.integration

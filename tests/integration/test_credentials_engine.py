@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from adapters.errors import CredentialStoreError
 from runners.config import open_engine
 from runners.credentials import erase_removed

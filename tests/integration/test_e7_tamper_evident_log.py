@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from adapters.errors import ConcurrencyConflict
-from adapters.event_store import EventStore, stream_id
+from adapters.eventstore.store import EventStore, stream_id
 from domain import events as ev
 from runners.config import open_engine
 from runners.engine import Engine

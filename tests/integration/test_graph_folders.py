@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from graph_fake import FakeGraph, make_certificate
 
-from adapters.graph_client import GraphClient
-from adapters.mail_sources import (
+from adapters.providers.graph.client import GraphClient
+from adapters.providers.sources import (
     Changes,
     GraphSource,
     ResyncPage,

@@ -14,7 +14,7 @@ from admin_story import MARKUP, STORY, lines
 from loopback import Server
 from test_http_api import SECRET, SERVICE, token
 
-from adapters.http_api import create_app
+from adapters.http.api import create_app
 from runners import admin
 from runners.engine import Engine
 

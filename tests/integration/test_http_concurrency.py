@@ -21,10 +21,10 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.event_store import TENANT_PAGE, EventStore
-from adapters.http_api import COMMAND_CHUNK, create_app
-from adapters.sqlite_views import SqliteViews
-from adapters.tokens import issue
+from adapters.eventstore.store import TENANT_PAGE, EventStore
+from adapters.http.api import COMMAND_CHUNK, create_app
+from adapters.http.tokens import issue
+from adapters.views.sqlite import SqliteViews
 from domain.events import DomainEvent, LeadCreated
 from domain.state import TenantState
 from runners.engine import Engine

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from loopback import Server
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from runners.engine import Engine
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.http_api import RateLimit, TokenGate, create_app
-from adapters.tokens import issue
+from adapters.http.api import RateLimit, TokenGate, create_app
+from adapters.http.tokens import issue
 from domain.permissions import NOT_AVAILABLE
 from runners.engine import REJECTION_TEXT, Engine
 

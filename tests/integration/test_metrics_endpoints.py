@@ -154,10 +154,10 @@ def test_receiver_processes_counts_are_summed_with_the_store_gauges(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from adapters import metrics_prometheus as metrics
+    from adapters.metrics import prometheus as metrics
 
     env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path), "PYTHONPATH": os.getcwd()}
-    code = "from adapters import metrics_prometheus as m; m.webhook('graph', 'accepted', {})"
+    code = "from adapters.metrics import prometheus as m; m.webhook('graph', 'accepted', {})"
     for count in (3, 4):  # two processes, each its own file, both gone when scraped
         subprocess.run([sys.executable, "-c", code.format(count)], env=env, check=True,
                        timeout=60)

@@ -18,7 +18,7 @@ import pytest
 from histories import history
 
 from adapters.errors import StoreError
-from adapters.postgres_views import PostgresViews
+from adapters.views.postgres import PostgresViews
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
 from runners.config import open_engine, postgres_env

@@ -18,9 +18,9 @@ from conftest import POSTGRES_URL
 from histories import history
 from loopback import Server
 
-from adapters.event_store import stream_id
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.eventstore.store import stream_id
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from domain.errors import NotFound
 from runners import shards
 from runners.cli import main
@@ -239,8 +239,8 @@ def test_nats_subjects_per_shard_keep_deliveries_apart(nats_url: str) -> None:
 
     import nats
 
-    from adapters.jetstream_inbox import JetStreamInbox
-    from adapters.jetstream_work import JetStreamWork
+    from adapters.deliveries.inbox_jetstream import JetStreamInbox
+    from adapters.deliveries.work_jetstream import JetStreamWork
 
     tag = uuid.uuid4().hex[:8]
     base = {"CRMSYNC_NATS_STREAM": f"T_SHARDS_{tag}",

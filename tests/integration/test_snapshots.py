@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from histories import history
 
-from adapters.event_store import EventStore
-from adapters.snapshots import Snapshots, SqliteSnapshotRows, code_version
+from adapters.eventstore.snapshots import Snapshots, SqliteSnapshotRows, code_version
+from adapters.eventstore.store import EventStore
 from domain.state import TenantState
 from runners.config import open_engine, snapshot_key
 from runners.engine import Engine
@@ -110,7 +110,7 @@ def test_snapshots_need_a_key_and_can_be_switched_off() -> None:
 
 
 def test_postgres_snapshot_rows_keep_the_newest(postgres_url: str) -> None:
-    from adapters.snapshots import PostgresSnapshotRows
+    from adapters.eventstore.snapshots import PostgresSnapshotRows
 
     rows = PostgresSnapshotRows(postgres_url)
     rows.write("t", code_version(), 5, b"m5", b"s5")

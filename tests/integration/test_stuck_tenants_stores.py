@@ -14,8 +14,8 @@ import pytest
 from loopback import Server
 from stuck_fixtures import inject, lead, lead_event, records, setup_tenant, unfoldable
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from projections.projector import Projector
 from projections.rows import PROJECTIONS
 from runners.config import open_engine

@@ -117,7 +117,7 @@ def test_v12_admin_queries_are_not_found_for_anyone_but_active_admins(
 
 
 def test_v11_access_chart_draws_a_bar_per_interval_coloured_by_rule(engine: Engine) -> None:
-    from adapters.http_ui import CHART, RULE_COLOURS, chart
+    from adapters.http.ui import CHART, RULE_COLOURS, chart
     from runners import audit
 
     history = audit.thread_access_history(engine, "acme", "ada", "mb1:t1")

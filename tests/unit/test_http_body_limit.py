@@ -11,8 +11,8 @@ import asyncio
 import json
 from typing import Any
 
-from adapters.http_api import MAX_BODY, create_app
-from adapters.tokens import issue
+from adapters.http.api import MAX_BODY, create_app
+from adapters.http.tokens import issue
 from runners.engine import Engine
 
 SECRET = b"test-secret-0123456789abcdef"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from histories import history
 
-from adapters.memory_views import MemoryViews
+from adapters.views.memory import MemoryViews
 from domain import events as ev
 from domain.state import TenantState
 from projections.partition import Partition

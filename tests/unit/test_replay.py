@@ -11,7 +11,7 @@ import orjson
 import pytest
 from histories import history
 
-from adapters.memory_views import MemoryViews
+from adapters.views.memory import MemoryViews
 from domain.errors import NotFound
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS

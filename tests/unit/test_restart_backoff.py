@@ -19,11 +19,11 @@ from eventsourcing.persistence import OperationalError
 from psycopg_pool import PoolTimeout
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import DeliveryStoreError, StoreError
-from adapters.event_store import EventStore, LoggedEvent, postgres_defaults
-from adapters.outbox_tracking import MemoryOutboxTracking
-from adapters.postgres_recorder import bounded
-from adapters.work_queue import Delivery
+from adapters.eventstore.recorder_postgres import bounded
+from adapters.eventstore.store import EventStore, LoggedEvent, postgres_defaults
+from adapters.tracking.outbox import MemoryOutboxTracking
 from domain import events as ev
 from domain.commands import parse_command
 from domain.errors import Rejection

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import ConcurrencyConflict, StoreError
-from adapters.event_store import EventStore
-from adapters.memory_views import MemoryViews
-from adapters.work_queue import Delivery
+from adapters.eventstore.store import EventStore
+from adapters.views.memory import MemoryViews
 from domain import events as ev
 from domain.commands import Command, parse_command
 from domain.decide import decide

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from rulekit import CUSTOMER, apply, at, kinds, lead, office, rejection, run
 
-from adapters.http_api import RateLimit
-from adapters.tokens import (
+from adapters.http.api import RateLimit
+from adapters.http.tokens import (
     SERVICE_TTL,
     USER_TTL,
     InvalidToken,

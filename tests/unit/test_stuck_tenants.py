@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from stuck_fixtures import inject, lead, lead_event, records, setup_tenant, unfoldable
 
-from adapters.event_store import EventStore
-from adapters.memory_views import MemoryViews
+from adapters.eventstore.store import EventStore
+from adapters.views.memory import MemoryViews
 from domain.errors import NotFound
 from projections.ports import Changes, StuckChanges, UnstorableRow
 from projections.projector import Projector

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import DeliveryStoreError
-from adapters.work_queue import Delivery
 from domain import events as ev
 from runners.engine import Engine
 from runners.mail_directory import MailboxRef, delivery_address

@@ -15,8 +15,8 @@ import orjson
 from structlog.testing import capture_logs
 from sync_fakes import NOW, FakeSources, FakeWorkQueue, message
 
-from adapters.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
-from adapters.work_queue import Delivery
+from adapters.deliveries.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
+from adapters.deliveries.work_queue import Delivery
 from domain import events as ev
 from runners.engine import Engine
 from runners.sync_loop import LoopOptions, process, run

@@ -1,0 +1,1 @@
+"""Provider credentials (OAuth tokens, IMAP passwords), encrypted at rest, per mailbox."""

@@ -1,0 +1,1 @@
+"""Gmail API v1: client, payloads, outbound."""

@@ -1,0 +1,1 @@
+"""Microsoft Graph v1.0: mail client, payloads, outbound, contacts (Exchange / Office 365)."""

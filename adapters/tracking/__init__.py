@@ -1,0 +1,1 @@
+"""Where the followers outside the projections (outbox, contact sync) keep their progress."""

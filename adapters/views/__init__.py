@@ -1,0 +1,2 @@
+"""The view stores behind `projections.ports.ViewStore`: SQLite, PostgreSQL, memory; row sealing
+(L2)."""
