@@ -32,7 +32,7 @@ import orjson
 
 from benchmarks.generate import T0, append_all, history
 from benchmarks.http_queries import percentile, rss_mb, wait_http
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 SECRET = "benchmark-secret-" + "x" * 32
 

@@ -34,8 +34,8 @@ import psycopg
 
 from adapters.views.seal import ViewSealer
 from domain.commands import parse_command
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = T0 + timedelta(days=400)

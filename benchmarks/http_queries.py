@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 import httpx
 
 from adapters.http.tokens import issue
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 
 def rss_mb(pid: int) -> float:

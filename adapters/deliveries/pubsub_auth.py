@@ -16,7 +16,7 @@ without one); a token naming an unknown key id refetches at most once per `refet
 seconds (Google rotates keys), so forged key ids cannot make us hammer the endpoint.
 
 `RouteDisabled` answers every push 503: production mode without an audience (see
-`runners/serve.py`, `gmail_push_auth`).
+`runners/entrypoints/serve.py`, `gmail_push_auth`).
 """
 
 from __future__ import annotations

@@ -306,7 +306,8 @@ class EventStore:
     """Port over the eventsourcing application: append to a tenant stream, read streams and log."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = dict(env)  # how to open this store again (runners.replays: other processes)
+        # how to open this store again (runners.services.replays: other processes)
+        self.env = dict(env)
         try:
             self.app = CrmSyncApplication(env=postgres_defaults(env))
         except PersistenceError as exc:

@@ -16,7 +16,7 @@ from adapters.http.tokens import Principal
 from domain.errors import NotFound
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 Answer = Callable[[int | None, Callable[[], Any]], Any]
 
@@ -48,8 +48,8 @@ def admin_user(principal: Principal) -> str:
 
 def add_admin_routes(app: FastAPI, engine: "Engine", answer: Answer) -> None:
     from adapters.http.api import Who
-    from runners import admin
-    from runners.admin import MAX_STALE_SECONDS
+    from runners.services import admin
+    from runners.services.admin import MAX_STALE_SECONDS
 
     @app.get("/v1/admin/problems", response_model=list[Problem],
              response_model_exclude_unset=True)

@@ -46,7 +46,7 @@ from domain.input_rules import could_be_id
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
-    from runners.engine import ApplyReport, Engine
+    from runners.services.engine import ApplyReport, Engine
 
 T = TypeVar("T")
 log = structlog.get_logger("crmsync.http")
@@ -253,8 +253,8 @@ def principal(request: Request,
 Who = Annotated[Principal, Depends(principal)]
 
 
-# CRMSYNC_COMMAND_RATE / CRMSYNC_COMMAND_BURST's defaults (runners.settings; runners.serve passes
-# the configured limit): commands/s per principal and the burst
+# CRMSYNC_COMMAND_RATE / CRMSYNC_COMMAND_BURST's defaults (runners.bootstrap.settings;
+# runners.entrypoints.serve passes the configured limit): commands/s per principal and the burst
 DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST = 20.0, 1000.0
 UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` makes a default limit when not given
 
@@ -440,7 +440,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         _path_id(thread)
         when, wait = _parse_at(at), log_position(who, min_position)
         if viewer is not None and viewer != who.user:  # admins only (http_audit)
-            from runners.audit import explain_for
+            from runners.services.audit import explain_for
 
             asker = "" if who.service else who.user  # a service is no admin: not found
             return answer(wait, lambda: explain_for(engine, who.tenant, asker, viewer,

@@ -17,7 +17,7 @@ from adapters.http.tokens import Principal
 from domain.errors import NotFound
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 Rows = list[dict[str, Any]]
 Answer = Callable[[int | None, Callable[[], Rows]], Rows]
@@ -60,8 +60,8 @@ def add_audit_routes(app: FastAPI, engine: "Engine", answer: Answer, lock: threa
     """Registers the routes; called before the catch-all `/v1/threads/{thread}` route.
     `log_position` maps a caller's tenant position (§8) to the log position to wait for."""
     from adapters.http.api import At, MinPosition, Who, _parse_at
-    from runners import audit
-    from runners.export import export_lines
+    from runners.services import audit
+    from runners.services.export import export_lines
 
     def user_of(principal: Principal) -> str:
         if principal.service:

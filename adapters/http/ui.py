@@ -26,7 +26,7 @@ from adapters.http.tokens import InvalidToken, Principal, verify
 from domain.errors import NotFound
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 Answer = Callable[[int | None, Callable[[], Any]], Any]
 COOKIE = "crmsync_ui"
@@ -130,7 +130,7 @@ def chart(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def add_ui_routes(app: FastAPI, engine: Engine, answer: Answer) -> None:
-    from runners import admin, audit
+    from runners.services import admin, audit
 
     def admin_page(request: Request, name: str, query: Callable[[str, str], dict[str, Any]]
                    ) -> HTMLResponse:

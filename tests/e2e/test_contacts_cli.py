@@ -25,8 +25,8 @@ from domain.events import (
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,
 )
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from test_contacts_cli import TOKEN, acks, recorded
 
 from adapters.credentials.store import KEY_ENV
 from domain.events import ExternalContactChangeQueued
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

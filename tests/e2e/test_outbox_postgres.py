@@ -24,8 +24,8 @@ from processes import CRMSYNC
 from adapters.credentials.store import KEY_ENV
 from adapters.tracking.outbox import PostgresOutboxTracking
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from test_cli import jsonl, query, run
 
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 SECRET = b"test-secret-0123456789abcdef"

@@ -14,9 +14,9 @@ from audit_story import STORY
 from histories import T0
 
 from domain.errors import NotFound
-from runners import audit
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services import audit
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

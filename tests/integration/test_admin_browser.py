@@ -20,7 +20,7 @@ from test_http_api import SECRET
 
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ import pytest
 from adapters.credentials.store import KEY_ENV, KEY_FILE_SUFFIX
 from adapters.deliveries.inbox_sqlite import SqliteInbox
 from adapters.deliveries.work_sqlite import SqliteWork
-from runners.config import open_engine
-from runners.serve import webhook_inbox
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.serve import webhook_inbox
 
 pytestmark = pytest.mark.integration
 

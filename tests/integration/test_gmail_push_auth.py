@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from adapters.deliveries.inbox_sqlite import SqliteInbox
 from adapters.http.webhooks import shared_client_state, webhook_app
-from runners.serve import gmail_push_auth, webhooks_from_env
+from runners.entrypoints.serve import gmail_push_auth, webhooks_from_env
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from adapters.providers.sources import (
     decode_graph_cursor,
 )
 from domain import events as ev
-from runners.engine import Engine
-from runners.mail_directory import MailboxRef
-from runners.sync_runner import ConfiguredSources
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_runner import ConfiguredSources
+from runners.services.engine import Engine
+from runners.services.mail_directory import MailboxRef
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

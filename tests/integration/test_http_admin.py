@@ -15,8 +15,8 @@ from loopback import Server
 from test_http_api import SECRET, SERVICE, token
 
 from adapters.http.api import create_app
-from runners import admin
-from runners.engine import Engine
+from runners.services import admin
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

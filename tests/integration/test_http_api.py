@@ -20,7 +20,7 @@ from adapters.eventstore.store import EventStore
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
 from adapters.views.memory import MemoryViews
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

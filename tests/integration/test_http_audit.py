@@ -15,7 +15,7 @@ from office import OFFICE
 from test_http_api import JSONL, SECRET, SERVICE, jsonl, token
 
 from adapters.http.api import create_app
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

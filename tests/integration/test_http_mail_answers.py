@@ -16,7 +16,7 @@ from loopback import Server
 
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -32,9 +32,9 @@ from adapters.providers.imap.client import (
 from adapters.providers.imap.outbound import ImapOutbound
 from adapters.providers.sources import Changes, ImapSource, ResyncPage
 from domain import events as ev
-from runners.engine import Engine
-from runners.sync_runner import ConfiguredSources
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_runner import ConfiguredSources
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

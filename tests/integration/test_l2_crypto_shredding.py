@@ -25,8 +25,8 @@ from adapters.errors import StoreError
 from adapters.eventstore.store import EventStore
 from adapters.views.sqlite import SqliteViews
 from domain.errors import NotFound
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 
@@ -279,7 +279,7 @@ def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
 def test_l2_export_with_content_shows_erased_content_as_erased(
         where: tuple[str, str | None]) -> None:
     """Export (SPEC §7): content only where not erased; the store's marker never leaks."""
-    from runners.export import export_lines
+    from runners.services.export import export_lines
 
     db, url = where
     engine = open_engine(db, url)

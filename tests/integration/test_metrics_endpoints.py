@@ -16,8 +16,8 @@ import pytest
 from processes import CRMSYNC, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from runners.config import open_engine
-from runners.health import Probe
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.health import Probe
 
 pytestmark = pytest.mark.integration
 SECRET = "metrics-test-secret-0123456789abcdef"
@@ -116,7 +116,7 @@ def test_serve_and_runner_metrics_and_readiness_follow_the_lag(postgres_url: str
 
 
 def test_readyz_503_when_postgresql_refuses_connections() -> None:
-    from runners.config import open_postgres
+    from runners.bootstrap.config import open_postgres
 
     port = free_port()  # nothing listens there
     url = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2"

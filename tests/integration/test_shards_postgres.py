@@ -22,10 +22,10 @@ from adapters.eventstore.store import stream_id
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
 from domain.errors import NotFound
-from runners import shards
-from runners.cli import main
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap import shards
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.cli import main
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 SECRET = b"s" * 32
@@ -294,7 +294,7 @@ def test_shard_move_refuses_when_a_writer_was_not_stopped(
     """A command reaching the source between the copy and the flip: nothing moves, the copy is
     deleted from the target, the map and the source stay as they were."""
     from adapters.errors import StoreError
-    from runners.shard_move import move_tenant
+    from runners.services.shard_move import move_tenant
 
     default, eu, path = two_shards
     _apply(tmp_path, history(7, 30, "acme"))

@@ -10,7 +10,7 @@ import pytest
 
 from adapters.eventstore.store import EventStore
 from adapters.views.memory import MemoryViews
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

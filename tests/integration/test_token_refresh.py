@@ -23,10 +23,10 @@ from adapters.credentials.store import KEY_ENV
 from adapters.errors import CredentialsRejected, ProviderError
 from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
 from domain import events as ev
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process
-from runners.sync_runner import ConfiguredSources, token_endpoints
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.entrypoints.sync_runner import ConfiguredSources, token_endpoints
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +210,7 @@ def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
     from outbound_servers import MAILBOX, TOKEN, GmailServer
 
     from adapters.tracking.outbox import SqliteOutboxTracking
-    from runners.outbox import Outbox, provider_clients
+    from runners.services.outbox import Outbox, provider_clients
 
     class ExpiringGmail(GmailServer):
         def handle(self, method: str, path: str, query: dict[str, str],
@@ -262,7 +262,7 @@ def test_contact_sync_refreshes_a_refused_graph_token_and_stores_it(
     from graph_contacts_server import GraphBook, graph_contacts_app
     from loopback import Server
 
-    from runners.contact_sync import graph_clients
+    from runners.services.contact_sync import graph_clients
 
     monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
     engine = Engine.open_sqlite(str(tmp_path / "crm.db"))

@@ -24,7 +24,7 @@ from adapters.deliveries.inbox_jetstream import JetStreamInbox
 from adapters.deliveries.inbox_sqlite import SqliteInbox
 from adapters.http.api import create_app
 from adapters.http.webhooks import shared_client_state, webhook_app, webhook_router
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from domain.events import (
     UserDeactivated,
     UserReactivated,
 )
-from runners.contact_sync import ContactSyncRunner, connection_of
-from runners.engine import ApplyReport
+from runners.services.contact_sync import ContactSyncRunner, connection_of
+from runners.services.engine import ApplyReport
 
 _changes = itertools.count(1)
 _at = datetime(2026, 3, 1, tzinfo=UTC)

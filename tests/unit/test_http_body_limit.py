@@ -13,7 +13,7 @@ from typing import Any
 
 from adapters.http.api import MAX_BODY, create_app
 from adapters.http.tokens import issue
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 SECRET = b"test-secret-0123456789abcdef"
 CHUNK = 64 * 1024

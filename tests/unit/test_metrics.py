@@ -22,10 +22,10 @@ from adapters.errors import StoreError
 from adapters.http.webhooks import webhook_app
 from adapters.metrics import prometheus as metrics
 from domain import events as ev
-from runners.engine import Engine
-from runners.health import EngineView, Probe, add_routes, answer, collector
-from runners.sync_loop import LoopOptions, process
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.health import EngineView, Probe, add_routes, answer, collector
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

@@ -15,7 +15,7 @@ from domain.state import TenantState
 from projections.partition import Partition
 from projections.projector import Projector, build, extend
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 

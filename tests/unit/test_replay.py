@@ -15,7 +15,7 @@ from adapters.views.memory import MemoryViews
 from domain.errors import NotFound
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 

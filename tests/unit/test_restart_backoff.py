@@ -27,12 +27,13 @@ from adapters.tracking.outbox import MemoryOutboxTracking
 from domain import events as ev
 from domain.commands import parse_command
 from domain.errors import Rejection
-from runners import outbox, projection_runner
-from runners.backoff import Backoff, keep_trying
-from runners.contact_sync import run_contacts
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, Owed, process, run
-from runners.sync_worker import Outcome, SyncWorker
+from runners.entrypoints import projection_runner
+from runners.entrypoints.backoff import Backoff, keep_trying
+from runners.entrypoints.sync_loop import LoopOptions, Owed, process, run
+from runners.services import outbox
+from runners.services.contact_sync import run_contacts
+from runners.services.engine import Engine
+from runners.services.sync_worker import Outcome, SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

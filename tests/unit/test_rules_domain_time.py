@@ -27,9 +27,9 @@ from domain.decide import decide
 from domain.errors import Rejection
 from domain.permissions import authorise
 from domain.state import TenantState, evolve
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

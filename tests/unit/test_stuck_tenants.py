@@ -15,8 +15,8 @@ from domain.errors import NotFound
 from projections.ports import Changes, StuckChanges, UnstorableRow
 from projections.projector import Projector
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
-from runners.projection_runner import lag
+from runners.entrypoints.projection_runner import lag
+from runners.services.engine import Engine
 
 LATER = datetime(2100, 1, 1, tzinfo=UTC)
 

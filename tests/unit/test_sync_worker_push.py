@@ -18,9 +18,9 @@ from sync_fakes import NOW, FakeSources, FakeWorkQueue, message
 from adapters.deliveries.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
 from adapters.deliveries.work_queue import Delivery
 from domain import events as ev
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process, run
-from runners.sync_worker import PushSettings, SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process, run
+from runners.services.engine import Engine
+from runners.services.sync_worker import PushSettings, SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"

@@ -29,7 +29,7 @@ from projections.access import (
 from projections.ports import ViewReader
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 
 def require_admin(engine: Engine, tenant: str, viewer: str) -> None:

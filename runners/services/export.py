@@ -19,7 +19,7 @@ from adapters.eventstore.scan_postgres import scan_tenant
 from domain.events import ERASED, DomainEvent
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 CONTENT_FIELDS = frozenset({"subject", "body", "snippet", "snippets"})
 _META = ("tenant", "actor", "occurred_at", "correlation_id", "command_id")

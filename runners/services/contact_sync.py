@@ -2,7 +2,7 @@
 
 Two jobs, one process:
 
-- **Outbound.** It follows the event log (like `runners/projection_runner.py`) for
+- **Outbound.** It follows the event log (like `runners/entrypoints/projection_runner.py`) for
   `ExternalContactChangeQueued` and executes each change against the user's Graph address book:
   `upsert` → PATCH the external contact (POST a new one when `external_id` is None) with the
   fields and the Base categories (the contact's other categories are kept);
@@ -78,10 +78,10 @@ from domain.events import (
     UserDeleted,
     UserReactivated,
 )
-from runners.backoff import Backoff
-from runners.engine import Engine
-from runners.settings import load_settings
-from runners.sync_runner import token_endpoints
+from runners.bootstrap.settings import load_settings
+from runners.entrypoints.backoff import Backoff
+from runners.entrypoints.sync_runner import token_endpoints
+from runners.services.engine import Engine
 
 BASE_CATEGORIES = ("Base Person", "Base Company", "Base Lead", "Base Current Prospect",
                    "Base Lost Prospect", "Base Current Customer", "Base Past Customer")

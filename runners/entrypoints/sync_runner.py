@@ -29,10 +29,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from runners.settings import PREFIX, load_settings
+from runners.bootstrap.settings import PREFIX, load_settings
 
-# Light imports only: `runners.cli` builds its parser with `add_parsers` on every command, so
-# the provider clients and the worker are imported when a sync command runs.
+# Light imports only: `runners.entrypoints.cli` builds its parser with `add_parsers` on every
+# command, so the provider clients and the worker are imported when a sync command runs.
 if TYPE_CHECKING:
     import ssl
 
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from adapters.providers.oauth import TokenEndpoint
     from adapters.providers.sources import MailSource
     from domain.state import Mailbox
-    from runners.engine import Engine
-    from runners.sync_loop import LoopOptions
-    from runners.sync_worker import MailboxLocks, PushSettings, SyncWorker
+    from runners.entrypoints.sync_loop import LoopOptions
+    from runners.services.engine import Engine
+    from runners.services.sync_worker import MailboxLocks, PushSettings, SyncWorker
 
 # provider -> (token URL variable, client id variable, client secret variable)
 TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
@@ -78,7 +78,7 @@ def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndp
 def push_settings(public_url: str | None = None, gmail_topic: str | None = None
                   ) -> PushSettings | None:
     """Push channels from flags and the environment; None when no provider is configured."""
-    from runners.sync_worker import PushSettings
+    from runners.services.sync_worker import PushSettings
 
     env = load_settings()
     settings = PushSettings(
@@ -153,7 +153,7 @@ class ConfiguredSources:
 
 
 def inbox_path(db: str) -> str:
-    """The SQLite webhook inbox `crmsync serve` writes (runners.serve.webhook_inbox)."""
+    """The SQLite webhook inbox `crmsync serve` writes (runners.entrypoints.serve.webhook_inbox)."""
     path = load_settings().WEBHOOK_INBOX
     if path:
         return path
@@ -175,7 +175,7 @@ def open_queue(db: str) -> WorkQueue:
 
 def open_locks(db: str, postgres: str | None) -> MailboxLocks:
     from adapters.eventstore.mailbox_locks import FileLocks, PostgresLocks
-    from runners.config import postgres_url
+    from runners.bootstrap.config import postgres_url
 
     url = postgres_url(postgres)
     if url:
@@ -185,7 +185,7 @@ def open_locks(db: str, postgres: str | None) -> MailboxLocks:
 
 def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
                  push: PushSettings | None = None) -> SyncWorker:
-    from runners.sync_worker import SyncWorker
+    from runners.services.sync_worker import SyncWorker
 
     def still_set(tenant: str, mailbox: str) -> bool:
         """Does the log still say the mailbox has credentials (no DisconnectMailbox since)?"""
@@ -197,7 +197,7 @@ def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
 
 
 def options_of(args: argparse.Namespace) -> LoopOptions:
-    from runners.sync_loop import LoopOptions
+    from runners.entrypoints.sync_loop import LoopOptions
 
     return LoopOptions(poll=args.poll, imap_interval=args.imap_interval,
                        max_attempts=args.max_attempts, backoff=args.backoff,
@@ -205,7 +205,8 @@ def options_of(args: argparse.Namespace) -> LoopOptions:
 
 
 def add_parsers(sub: Any, workers: Any) -> None:
-    """`crmsync run sync` and `crmsync deadletters` (called by runners.cli.build_parser)."""
+    """`crmsync run sync` and `crmsync deadletters` (called by
+    runners.entrypoints.cli.build_parser)."""
     sync = workers.add_parser("sync", help="sync mailboxes from webhook deliveries and IMAP "
                               "polls (JetStream with CRMSYNC_NATS_URL, else the SQLite inbox)")
     sync.add_argument("--batch-size", type=int, default=500,
@@ -241,10 +242,10 @@ def add_parsers(sub: Any, workers: Any) -> None:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from runners.backoff import keep_trying
-    from runners.config import open_engine
-    from runners.logs import configure_logging
-    from runners.sync_loop import run_until_signalled
+    from runners.bootstrap.config import open_engine
+    from runners.bootstrap.logs import configure_logging
+    from runners.entrypoints.backoff import keep_trying
+    from runners.entrypoints.sync_loop import run_until_signalled
 
     configure_logging(load_settings().LOG_LEVEL or "INFO", json=True)
     # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the
@@ -266,7 +267,7 @@ def deadletters(args: argparse.Namespace) -> int:
     import orjson
 
     from domain.commands import RecordDeadLetterReplay
-    from runners.config import open_engine
+    from runners.bootstrap.config import open_engine
 
     queue = open_queue(args.db)
 
@@ -324,8 +325,8 @@ def deadletters(args: argparse.Namespace) -> int:
 def start_embedded(db: str) -> threading.Event:
     """An embedded `crmsync serve`: the sync worker in a thread of its own, on its own engine
     (SQLite file) and the SQLite inbox. Set the returned event to stop it."""
-    from runners.engine import Engine
-    from runners.sync_loop import LoopOptions, run
+    from runners.entrypoints.sync_loop import LoopOptions, run
+    from runners.services.engine import Engine
 
     stop = threading.Event()
 

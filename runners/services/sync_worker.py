@@ -59,8 +59,8 @@ from domain import events as ev
 from domain.input_rules import safe_name
 from domain.mail import skip_reason
 from domain.state import Mailbox, Push, TenantState
-from runners.engine import Engine
-from runners.mail_directory import (
+from runners.services.engine import Engine
+from runners.services.mail_directory import (
     DELIVERY_PROVIDERS,
     Directory,
     MailboxRef,

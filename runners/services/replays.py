@@ -3,8 +3,8 @@
 A replay folds the tenant's stream through the projector in Python: seconds of CPU holding the
 GIL. In the server's interpreter it takes the GIL from the live readers every switch interval;
 in worker processes the OS shares the cores instead. Each worker opens the event store once
-(the server's settings, `EventStore.env`) and answers with `runners.engine.replayed` and the
-query, exactly as in-process.
+(the server's settings, `EventStore.env`) and answers with `runners.services.engine.replayed` and
+the query, exactly as in-process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.eventstore.store import EventStore
-from runners.engine import QUERIES, replayed
+from runners.services.engine import QUERIES, replayed
 
 _store: EventStore | None = None  # the worker process's event store
 

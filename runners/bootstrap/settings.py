@@ -59,7 +59,8 @@ class Settings(BaseSettings):
                                 "request thread)")
     WEBHOOK_INBOX: str | None = Field(None, description="the SQLite webhook inbox (default: "
                                       "<db>.webhooks.db)")
-    # operations (issue #14): read where the endpoints start (runners/health.py, runners/admin.py)
+    # operations (issue #14): read where the endpoints start (runners/entrypoints/health.py,
+    # runners/services/admin.py)
     METRICS_PORT: int | None = Field(None, description="runners: serve /metrics, /healthz and "
                                      "/readyz on this port (unset or 0: off)")
     METRICS_HOST: str = Field("127.0.0.1", description="the address of the runners' metrics port")

@@ -26,8 +26,8 @@ from adapters.errors import (
     StoreError,
 )
 from adapters.metrics import prometheus as metrics
-from runners.backoff import Backoff
-from runners.sync_worker import SyncWorker, describe
+from runners.entrypoints.backoff import Backoff
+from runners.services.sync_worker import SyncWorker, describe
 
 log = structlog.get_logger("crmsync.sync")
 

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from runners.settings import load_settings
+from runners.bootstrap.settings import load_settings
 
 
 def configure_logging(level: str | None = None, json: bool = False) -> None:

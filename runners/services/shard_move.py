@@ -32,8 +32,8 @@ from psycopg import sql
 from adapters.errors import StoreError
 from adapters.eventstore.store import stream_id
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
-from runners.shards import ShardMap, ShardMapError, save
+from runners.bootstrap.shards import ShardMap, ShardMapError, save
+from runners.services.engine import Engine
 
 PAGE = 2000
 KEPT_TABLES = ("content_keys", "mailbox_credentials")  # copied as stored; views are rebuilt

@@ -26,7 +26,7 @@ from adapters.errors import StoreError
 from projections.partition import balanced
 
 if TYPE_CHECKING:
-    from runners.engine import Engine, Progress
+    from runners.services.engine import Engine, Progress
 
 PROGRESS_EVERY = 25  # batches between progress reports of a part
 _Message = tuple[str, int, str]  # (kind, number, text)
@@ -41,7 +41,7 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
     from adapters.views.postgres import PostgresViews, startup_lock
     from projections.partition import Partition
     from projections.projector import Projector, build, extend
-    from runners.engine import trimming
+    from runners.services.engine import trimming
 
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time
@@ -140,7 +140,7 @@ def rebuild_in_parts(engine: Engine, url: str, store_env: dict[str, str], names:
                      batch_size: int = 1000) -> int:
     """Rebuild `names` into scratch tables with `count` part processes and swap them in.
     Returns the number of events the parts read together."""
-    from runners.engine import ScratchViews
+    from runners.services.engine import ScratchViews
 
     if engine.scratch is None:
         raise StoreError("a partitioned rebuild needs scratch tables (PostgreSQL)")

@@ -21,8 +21,8 @@ from adapters.errors import StoreError
 from adapters.gc_pause import paused_gc
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.backoff import Backoff, attempt
-from runners.engine import Engine
+from runners.entrypoints.backoff import Backoff, attempt
+from runners.services.engine import Engine
 
 
 class Waiter(Protocol):

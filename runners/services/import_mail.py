@@ -39,7 +39,7 @@ from adapters.errors import UnparseableMessage
 from adapters.providers.mime import normalise_message_id, parse_message
 from domain import commands as c
 from domain import events as ev
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 ACTOR = "system:import"
 BATCH = 200

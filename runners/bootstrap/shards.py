@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.conninfo import conninfo_to_dict
 
 if TYPE_CHECKING:
-    from runners.engine import ApplyReport, Engine
+    from runners.services.engine import ApplyReport, Engine
 
 SHARDS_ENV, SHARD_MAP_ENV = "CRMSYNC_SHARDS", "CRMSYNC_SHARD_MAP"
 DEFAULT = "default"
@@ -89,7 +89,7 @@ class ShardMap:
 
 def _location(name: str, url: str) -> tuple[str, ...]:
     """(host, port, dbname, schema) of a shard's URL: two shards may not share one."""
-    from runners.config import search_path_schema
+    from runners.bootstrap.config import search_path_schema
 
     try:
         params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
@@ -233,7 +233,7 @@ def apply_routed(lines: Sequence[str | bytes], shard_map: ShardMap,
     default shard, which rejects them as one engine would). A shard sees its own lines in their
     order with the others blanked, so line numbers stay those of the whole input; tenants are
     independent, so the order between shards does not matter."""
-    from runners.engine import ApplyReport
+    from runners.services.engine import ApplyReport
 
     routed: dict[str, list[str | bytes]] = {}
     for number, line in enumerate(lines):
@@ -309,13 +309,13 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
 
     from adapters.http.api import create_app
     from adapters.http.webhooks import shared_client_state, webhook_router
-    from runners import serve as single
-    from runners.logs import configure_logging
+    from runners.bootstrap.logs import configure_logging
+    from runners.entrypoints import serve as single
 
     secret = single._secret()
     if secret is None:
         return single.EXIT_USAGE
-    from runners.settings import load_settings
+    from runners.bootstrap.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import orjson
 
 from domain.errors import NotFound
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 T = "acme"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -30,7 +30,7 @@ from adapters.metrics import prometheus as metrics
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 READY_MAX_LAG_ENV, READY_TIMEOUT_ENV = "CRMSYNC_READY_MAX_LAG", "CRMSYNC_READY_TIMEOUT"
 METRICS_PORT_ENV, METRICS_HOST_ENV = "CRMSYNC_METRICS_PORT", "CRMSYNC_METRICS_HOST"
@@ -250,8 +250,8 @@ def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | Non
         return lambda: None
     probe = None
     if worker != "webhooks":
-        from runners.config import open_postgres, postgres_url
-        from runners.engine import Engine
+        from runners.bootstrap.config import open_postgres, postgres_url
+        from runners.services.engine import Engine
 
         url = postgres_url(postgres)
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from adapters.http.tokens import check_secret, issue
-from runners.engine import Engine
-from runners.logs import configure_logging
-from runners.settings import load_settings
+from runners.bootstrap.logs import configure_logging
+from runners.bootstrap.settings import load_settings
+from runners.services.engine import Engine
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from adapters.deliveries.pubsub_auth import GmailPushAuth
     from adapters.http.api import RateLimit
     from adapters.http.webhooks import DeliveryInbox
-    from runners.replays import ReplayPool
-    from runners.settings import Settings
+    from runners.bootstrap.settings import Settings
+    from runners.services.replays import ReplayPool
 
 EXIT_USAGE = 2
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
@@ -109,7 +109,7 @@ def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
     applies where projection runners keep the views (not `engine.follow`). Returns the removal
     of the store gauges from this process's registry."""
     from adapters.metrics import prometheus as metrics
-    from runners.health import Probe, add_routes, collector
+    from runners.entrypoints.health import Probe, add_routes, collector
 
     probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False)
     add_routes(app, probe.ready)
@@ -169,7 +169,7 @@ def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
     """Replays in `workers` processes, off the interpreter that answers the live queries."""
     if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
         return None  # an in-memory store cannot be opened by another process
-    from runners.replays import ReplayPool
+    from runners.services.replays import ReplayPool
 
     pool = ReplayPool(workers, engine.store.env)
     engine.replay = pool
@@ -202,7 +202,7 @@ def webhooks_from_env() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
-    from runners.health import add_routes
+    from runners.entrypoints.health import add_routes
 
     inbox = webhook_inbox(settings.WEBHOOK_ENGINE_DB)
     app = webhook_app(inbox, shared_client_state(settings.secret("GRAPH_CLIENT_STATE")),
@@ -231,8 +231,8 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
     log.info("serving_webhooks", host=host, port=port, workers=workers,
              inbox="JetStreamInbox" if settings.NATS_URL else "SqliteInbox")
     with shared_metrics(workers):
-        uvicorn.run("runners.serve:webhooks_from_env", factory=True, host=host, port=port,
-                    workers=workers, access_log=False, log_config=None, log_level="warning")
+        uvicorn.run("runners.entrypoints.serve:webhooks_from_env", factory=True, host=host,
+                    port=port, workers=workers, access_log=False, log_config=None, log_level="warning")
     return 0
 
 

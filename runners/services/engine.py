@@ -35,8 +35,8 @@ from projections import queries
 from projections.ports import ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, build, catch_up
 from projections.rows import PROJECTIONS
-from runners.credentials import after_append, check_ready
-from runners.settings import load_settings
+from runners.bootstrap.settings import load_settings
+from runners.services.credentials import after_append, check_ready
 
 Progress = Callable[[int, int], None]
 log = structlog.get_logger("crmsync.engine")
@@ -188,7 +188,7 @@ class Engine:
         self.replay_slot: Callable[[], contextlib.AbstractContextManager[object]] = \
             contextlib.nullcontext
         # (query, tenant, viewer, args, at) -> answer: replays run there instead of in the
-        # calling thread (runners.replays: a process pool, off this interpreter's GIL)
+        # calling thread (runners.services.replays: a process pool, off this interpreter's GIL)
         self.replay: Callable[[str, str, str, tuple[Any, ...], datetime], Any] | None = None
 
     @classmethod
@@ -221,8 +221,8 @@ class Engine:
         tenant's latest event, E6: concurrent writers are never rejected for time). Raises
         Rejection.
 
-        Then the credential store follows the events (`runners.credentials.after_append`); its
-        failure raises CredentialStoreError after the events were appended.
+        Then the credential store follows the events (`runners.services.credentials.after_append`);
+        its failure raises CredentialStoreError after the events were appended.
         """
         check_ready(self.credentials, command)
         for attempt in retries(self.retry_for):
@@ -405,7 +405,7 @@ class Engine:
                 parts: int = 1) -> None:
         """Rebuild projections from the log: into new tables swapped in (SQL), or in place.
         `parts` > 1: in that many processes, partitioned by mailbox, where the store allows it
-        (PostgreSQL, see runners.rebuild); else in this process."""
+        (PostgreSQL, see runners.services.rebuild); else in this process."""
         if parts > 1 and self.rebuild_in_parts is not None and self.views.stuck():
             # a stuck tenant (E8) is narrowed to its failing event only by one process: parts
             # would each hold back their own share of it (docs/decisions.md)
@@ -496,7 +496,9 @@ class Engine:
                      ) -> dict[str, Any]:
         if at is None:
             return cast(dict[str, Any], self._answer("thread", tenant, viewer, None, thread))
-        from runners.audit import thread_reader  # `at`: fold one thread, not the tenant's views
+        from runners.services.audit import (
+            thread_reader,  # `at`: fold one thread, not the tenant's views
+        )
 
         with self.replay_slot():  # bounded like every replay (the HTTP API's ReplayLane)
             return queries.thread(thread_reader(self, tenant, thread, at), tenant, viewer, thread)
@@ -506,7 +508,7 @@ class Engine:
         if at is None:
             return cast(dict[str, Any], self._answer("explain", tenant, viewer, None, thread,
                                                      record))
-        from runners.audit import thread_reader
+        from runners.services.audit import thread_reader
 
         with self.replay_slot():
             return queries.explain(thread_reader(self, tenant, thread, at), tenant, viewer,

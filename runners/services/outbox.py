@@ -42,9 +42,9 @@ from domain import events as ev
 from domain.errors import Rejection
 from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
-from runners.backoff import Backoff, attempt
-from runners.engine import Engine
-from runners.settings import Settings, load_settings
+from runners.bootstrap.settings import Settings, load_settings
+from runners.entrypoints.backoff import Backoff, attempt
+from runners.services.engine import Engine
 
 if TYPE_CHECKING:
     from adapters.credentials.store import CredentialStore
@@ -344,7 +344,7 @@ def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore |
 def configured_clients(engine: Engine) -> ClientFactory:
     """`provider_clients` as the runners use it: with the engine's credential store, the token
     endpoints from the environment, and the log's word on whether credentials are still set."""
-    from runners.sync_runner import token_endpoints
+    from runners.entrypoints.sync_runner import token_endpoints
 
     def still_set(tenant: str, mailbox: str) -> bool:
         found = engine.store.state(tenant).mailboxes.get(mailbox)
@@ -405,7 +405,7 @@ def run_until_signalled(outbox: Outbox, waiter: Waiter, **options: Any) -> None:
 def in_background(db: str, postgres: str | None) -> Callable[[], None]:
     """`crmsync serve --outbox`: the worker in a thread of the serving process, on an engine of
     its own (the API's engine is used under the API's lock). Returns the function that stops it."""
-    from runners.config import open_engine, open_waiter, postgres_url
+    from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 
     engine = open_engine(db, postgres)
     tracking = open_tracking(db, postgres_url(postgres))

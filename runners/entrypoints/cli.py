@@ -19,10 +19,10 @@ import orjson
 from adapters.errors import StoreError
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.config import open_engine, open_waiter, postgres_url
-from runners.engine import ApplyReport, Engine
-from runners.logs import configure_logging
-from runners.settings import SettingsError, load_settings
+from runners.bootstrap.config import open_engine, open_waiter, postgres_url
+from runners.bootstrap.logs import configure_logging
+from runners.bootstrap.settings import SettingsError, load_settings
+from runners.services.engine import ApplyReport, Engine
 
 EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
 REBUILD_PARTS_ENV = "CRMSYNC_REBUILD_PARTS"
@@ -146,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     contacts.add_argument("--poll", type=float, default=1.0,
                           help="seconds between polls of the event log for queued changes")
     contacts.add_argument("--once", action="store_true", help="one pass, then exit")
-    from runners.sync_runner import add_parsers as add_sync_parsers
+    from runners.entrypoints.sync_runner import add_parsers as add_sync_parsers
 
     add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
-    from runners.import_mail import add_parser as add_import_parser
+    from runners.services.import_mail import add_parser as add_import_parser
 
     add_import_parser(sub)  # `import-mail` (issue #13)
     for each in workers.choices.values():  # every runner: /metrics, /healthz, /readyz
@@ -225,13 +225,13 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
     if args.kind == "contact":
         return engine.query_contact(*common, args.record, at=args.at)
     if args.kind in ("access", "access-history"):
-        from runners import audit
+        from runners.services import audit
 
         if args.kind == "access":
             return audit.thread_access(engine, *common, args.thread, at=args.at)
         return audit.thread_access_history(engine, *common, args.thread)
     if args.kind in ("problems", "settings"):
-        from runners import admin
+        from runners.services import admin
 
         if args.kind == "problems":
             return admin.problems(engine, *common, stale_seconds=args.stale_after)
@@ -240,7 +240,7 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runners import shards
+    from runners.bootstrap import shards
 
     try:
         shard_map = shards.load()
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
                          "$CRMSYNC_SHARDS)\n")
         return EXIT_USAGE
     if args.command == "run":
-        from runners.health import runner_endpoints
+        from runners.entrypoints.health import runner_endpoints
 
         stop = runner_endpoints(args.metrics_port, args.worker, args.db, args.postgres,
                                 getattr(args, "projection", None))
@@ -271,28 +271,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from runners.demo import run_demo
+        from runners.entrypoints.demo import run_demo
 
         return run_demo(sys.stdout)
     if args.command == "config":
-        from runners.settings import print_settings
+        from runners.bootstrap.settings import print_settings
 
         return print_settings(load_settings(), sys.stdout, as_json=args.json)
     if args.command == "token":
-        from runners.serve import token
+        from runners.entrypoints.serve import token
 
         return token(args.tenant, args.user, args.service, args.ttl)
     if args.command == "run" and args.worker == "webhooks":
-        from runners.serve import serve_webhooks
+        from runners.entrypoints.serve import serve_webhooks
 
         return serve_webhooks(args.db, args.host, args.port, args.workers)
     if (args.command == "run" and args.worker == "sync") or args.command == "deadletters":
-        from runners import sync_runner
+        from runners.entrypoints import sync_runner
 
         return sync_runner.run_sync(args) if args.command == "run" else \
             sync_runner.deadletters(args)
     if args.command in ("run", "serve"):  # long-running: PostgreSQL may still be starting
-        from runners.backoff import keep_trying
+        from runners.entrypoints.backoff import keep_trying
 
         opened = keep_trying(lambda: open_engine(args.db, args.postgres),
                              what="open the stores", stop=threading.Event())
@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
         engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run" and args.worker == "contacts":
-            from runners.contact_sync import run_contacts
+            from runners.services.contact_sync import run_contacts
 
             configure_logging("INFO", json=True)
             engine.follow = postgres_url(args.postgres) is None
@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
                                 open_waiter(engine, args.postgres), interval=args.interval,
                                 poll=args.poll, once=args.once)
         if args.command == "run" and args.worker == "outbox":
-            from runners import outbox
+            from runners.services import outbox
 
             configure_logging("INFO", json=True)
             tracking = outbox.open_tracking(args.db, postgres_url(args.postgres))
@@ -323,7 +323,7 @@ def _run(args: argparse.Namespace) -> int:
                 tracking.close()
             return 0
         if args.command == "run":
-            from runners.projection_runner import run_until_signalled
+            from runners.entrypoints.projection_runner import run_until_signalled
 
             configure_logging("INFO", json=True)
             run_until_signalled(engine, open_waiter(engine, args.postgres), args.projection,
@@ -332,23 +332,23 @@ def _run(args: argparse.Namespace) -> int:
                                 .lower() in ("on", "1", "true", "yes"))
             return 0
         if args.command == "lag":
-            from runners.projection_runner import lag
+            from runners.entrypoints.projection_runner import lag
 
             _print(lag(engine), args.json)
             return 0
         if args.command == "serve":
-            from runners.serve import serve
+            from runners.entrypoints.serve import serve
 
             # with PostgreSQL, `crmsync run projections` processes keep the views current
             engine.follow = postgres_url(args.postgres) is None
             stop_sync = None
             if engine.follow and engine.path is not None:
-                from runners.sync_runner import start_embedded
+                from runners.entrypoints.sync_runner import start_embedded
 
                 stop_sync = start_embedded(engine.path)  # embedded: sync in-process too
             stop_outbox = None
             if args.outbox:
-                from runners import outbox as outbox_runner
+                from runners.services import outbox as outbox_runner
 
                 stop_outbox = outbox_runner.in_background(args.db, args.postgres)
             try:
@@ -360,7 +360,7 @@ def _run(args: argparse.Namespace) -> int:
                     stop_sync.set()
             return serve(engine, args.host, args.port)
         if args.command == "import-mail":
-            from runners.import_mail import run_import
+            from runners.services.import_mail import run_import
 
             return run_import(engine, args)
         if args.command == "apply":
@@ -409,8 +409,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sharded(args: argparse.Namespace, shard_map: Any) -> int:
-    """apply, serve and shard with a shard map (runners.shards): routed by tenant."""
-    from runners import shards
+    """apply, serve and shard with a shard map (runners.bootstrap.shards): routed by tenant."""
+    from runners.bootstrap import shards
 
     def open_url(url: str) -> Engine:
         return open_engine(args.db, url)
@@ -422,7 +422,7 @@ def _sharded(args: argparse.Namespace, shard_map: Any) -> int:
             return EXIT_USAGE
         return shards.serve_sharded(shard_map, open_url, args.host, args.port)
     if args.command == "shard":
-        from runners import shard_move
+        from runners.services import shard_move
 
         if args.shard_command == "list":
             _print(shard_map.to_json(), True)
@@ -476,7 +476,7 @@ def _caught_up(engine: Engine) -> bool:
 
 def _export(engine: Engine, args: argparse.Namespace) -> int:
     from adapters.eventstore.scan_postgres import tenant_exists
-    from runners.export import export_lines
+    from runners.services.export import export_lines
 
     out = sys.stdout.buffer
     lines = export_lines(engine, args.tenant, args.since, args.until, args.with_content)

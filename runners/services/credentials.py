@@ -18,7 +18,7 @@ from domain.events import CredentialsRemoved, DomainEvent, MailboxConnected
 from domain.state import TenantState
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 _BATCH = 1000
 

@@ -20,7 +20,7 @@ from adapters.errors import MalformedWebhook
 from domain import events as ev
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 # webhook provider -> the domain's mailbox provider
 DELIVERY_PROVIDERS = {"gmail": "gmail", "graph": "outlook"}

@@ -26,10 +26,10 @@ from adapters.eventstore.snapshots import (
 from adapters.eventstore.store import EventStore
 from adapters.eventstore.waiter_postgres import PollingWaiter, PostgresWaiter
 from adapters.views.postgres import PostgresViews, startup_lock
-from runners.credentials import erase_removed
-from runners.engine import Engine, Progress
-from runners.rebuild import rebuild_in_parts
-from runners.settings import load_settings
+from runners.bootstrap.settings import load_settings
+from runners.services.credentials import erase_removed
+from runners.services.engine import Engine, Progress
+from runners.services.rebuild import rebuild_in_parts
 
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from adapters.eventstore.scan_postgres import Prefilter, scan_tenant
 from domain import events as ev
 from projections import admin
-from runners.audit import require_admin
+from runners.services.audit import require_admin
 
 if TYPE_CHECKING:
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
 STALE_ENV = "CRMSYNC_STALE_SYNC_SECONDS"
 MAX_STALE_SECONDS = 100 * 366 * 86400  # a century: beyond it, timedelta arithmetic overflows
