@@ -232,7 +232,8 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
              inbox="JetStreamInbox" if settings.NATS_URL else "SqliteInbox")
     with shared_metrics(workers):
         uvicorn.run("runners.entrypoints.serve:webhooks_from_env", factory=True, host=host,
-                    port=port, workers=workers, access_log=False, log_config=None, log_level="warning")
+                    port=port, workers=workers, access_log=False, log_config=None,
+                    log_level="warning")
     return 0
 
 
