@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from adapters.deliveries.model import GmailPush, GraphLifecycle, Undecodable
 from adapters.deliveries.work_queue import Delivery
 from adapters.errors import (
     CredentialsRejected,
@@ -66,8 +67,6 @@ from runners.services.mail_directory import (
     MailboxRef,
     Unroutable,
     delivery_address,
-    delivery_lifecycle,
-    delivery_subscription,
 )
 
 log = structlog.get_logger("crmsync.sync")
@@ -234,20 +233,22 @@ class SyncWorker:
         provider = DELIVERY_PROVIDERS.get(delivery.provider)
         if provider is None:
             raise MalformedWebhook("provider", f"unknown provider {delivery.provider!r}")
-        lifecycle = delivery_lifecycle(delivery.provider, delivery.payload)
-        if lifecycle is not None:
-            return self.lifecycle(delivery, *lifecycle)
-        subscription = delivery_subscription(delivery.provider, delivery.payload)
+        notice = delivery.notice
+        if isinstance(notice, Undecodable):
+            raise notice.error()
+        if isinstance(notice, GraphLifecycle):
+            return self.lifecycle(delivery, notice.subscription_id, notice.lifecycle_event)
+        subscription = None if isinstance(notice, GmailPush) else notice.subscription_id
         if subscription in self.directory.subscriptions:
             refs = [self.directory.subscriptions[subscription]]
         else:
             try:
-                address = delivery_address(delivery.provider, delivery.payload)
+                address = delivery_address(notice)
             except Unroutable as exc:
                 log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
                             reason=str(exc))
                 return Outcome(note="unroutable")
-            refs = self.directory.route(provider, address) if address else []
+            refs = self.directory.route(provider, address)
         if not refs:
             log.warning("delivery_unknown_mailbox", provider=delivery.provider,
                         delivery_id=delivery.delivery_id)
@@ -282,14 +283,19 @@ class SyncWorker:
     def route_of(self, delivery: Delivery) -> MailboxRef | None:
         """The first mailbox a delivery names, if any (for dead-letter records)."""
         provider = DELIVERY_PROVIDERS.get(delivery.provider)
-        try:
-            subscription = delivery_subscription(delivery.provider, delivery.payload)
-            if subscription in self.directory.subscriptions:
-                return self.directory.subscriptions[subscription]
-            address = delivery_address(delivery.provider, delivery.payload)
-        except (MalformedWebhook, Unroutable):
+        notice = delivery.notice
+        if isinstance(notice, Undecodable):
             return None
-        refs = self.directory.route(provider, address) if provider and address else []
+        subscription = None if isinstance(notice, GmailPush) else notice.subscription_id
+        if subscription in self.directory.subscriptions:
+            return self.directory.subscriptions[subscription]
+        if provider is None or isinstance(notice, GraphLifecycle):
+            return None
+        try:
+            address = delivery_address(notice)
+        except Unroutable:
+            return None
+        refs = self.directory.route(provider, address)
         return refs[0] if refs else None
 
     # -- catch-up and polling ---------------------------------------------------------------------
