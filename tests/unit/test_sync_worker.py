@@ -226,6 +226,22 @@ def test_unknown_mailbox_is_acknowledged_not_retried() -> None:
     assert queue.acked == ["gmail:9"] and not queue.items
 
 
+def test_stored_bytes_that_are_no_delivery_are_dead_lettered_at_the_first_attempt() -> None:
+    _, _, worker = setup()
+    queue = FakeWorkQueue()
+    asyncio.run(queue.publish("gmail", "gmail:7", b'{"delivery_id": "gmail:7"}'))
+
+    async def once() -> str:
+        (delivery,) = await queue.fetch(1, 0)
+        return await process(worker, queue, delivery, LoopOptions(max_attempts=5))
+
+    assert asyncio.run(once()) == "dead"
+    (dead,) = asyncio.run(queue.dead_letters())
+    assert dead.attempts == 1 and dead.mailbox is None
+    assert "MalformedWebhook" in dead.error and "subscription" in dead.error
+    assert queue.acked == ["gmail:7"]
+
+
 def test_missing_credentials_sync_nothing() -> None:
     engine, sources, worker = setup()
     sources.without_credentials.add(ADDRESS)
