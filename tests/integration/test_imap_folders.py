@@ -30,7 +30,8 @@ from adapters.providers.imap.client import (
     provider_id,
 )
 from adapters.providers.imap.outbound import ImapOutbound
-from adapters.providers.sources import Changes, ImapSource, ResyncPage
+from adapters.providers.imap.source import ImapSource
+from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from runners.entrypoints.sync_runner import ConfiguredSources
 from runners.services.engine import Engine

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.errors import MalformedPayload
 from adapters.providers.graph.payloads import GraphFolder, graph_attachments, graph_folders
-from adapters.providers.sources import (
+from adapters.providers.graph.source import (
     GraphCursor,
     decode_graph_cursor,
     encode_graph_cursor,

@@ -17,7 +17,8 @@ from adapters.providers.imap.client import (
     decode_folder_cursors,
     encode_folder_cursors,
 )
-from adapters.providers.sources import ImapSource, folders_in_scope, scope_folders
+from adapters.providers.imap.source import ImapSource, folders_in_scope
+from adapters.providers.sources import scope_folders
 
 INBOX_CURSOR = ImapCursor(uidvalidity=1700000001, uidnext=43, highestmodseq=97, uids="1:40,42")
 SENT_CURSOR = ImapCursor(uidvalidity=1700000002, uidnext=5, highestmodseq=None, uids="")
