@@ -9,10 +9,9 @@ import json
 import pytest
 
 from adapters.errors import CursorExpired
-from adapters.providers.imap.client import (
+from adapters.providers.imap.client import FolderInfo, ImapAccount
+from adapters.providers.imap.cursor import (
     INBOX,
-    FolderInfo,
-    ImapAccount,
     ImapCursor,
     decode_folder_cursors,
     encode_folder_cursors,

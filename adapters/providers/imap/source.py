@@ -8,12 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 from adapters.errors import CursorExpired, MailboxGone
-from adapters.providers.imap.client import (
+from adapters.providers.imap.client import FolderInfo, FolderState, ImapAccount, ImapClient
+from adapters.providers.imap.cursor import (
     INBOX,
-    FolderInfo,
-    FolderState,
-    ImapAccount,
-    ImapClient,
     ImapCursor,
     decode_folder_cursors,
     encode_folder_cursors,
