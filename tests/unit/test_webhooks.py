@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 from services import corpus_file
 
+from adapters.deliveries.model import GraphChange, GraphLifecycle
 from adapters.deliveries.webhooks import (
     MAX_VALIDATION_TOKEN,
-    GraphChange,
-    GraphLifecycle,
     GraphNotifications,
     GraphValidation,
     parse_gmail_push,
