@@ -102,6 +102,14 @@ class Directory:
                        if k.provider == provider and k.address == address),
                       key=lambda r: (r.tenant, r.mailbox))
 
+    def named_by(self, delivery: GmailPush | GraphChange) -> list[MailboxRef]:
+        """The mailboxes a delivery names: a Graph change by its subscription id when we
+        recorded it, else (and Gmail always) every mailbox of the provider with the address it
+        names (all tenants). Unroutable when a Graph resource names no user."""
+        if isinstance(delivery, GraphChange) and delivery.subscription_id in self.subscriptions:
+            return [self.subscriptions[delivery.subscription_id]]
+        return self.route(DELIVERY_PROVIDERS[delivery.provider], delivery_address(delivery))
+
     def of_provider(self, provider: str) -> list[MailboxRef]:
         return sorted((r for r, k in self.mailboxes.items() if k.provider == provider),
                       key=lambda r: (r.tenant, r.mailbox))

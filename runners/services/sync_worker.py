@@ -45,13 +45,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import ValidationError
 
-from adapters.deliveries.model import GmailPush, GraphLifecycle, Undecodable
+from adapters.deliveries.model import GraphLifecycle, Undecodable
 from adapters.deliveries.work_queue import Delivery
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
     MailboxGone,
-    MalformedWebhook,
 )
 from adapters.metrics import prometheus as metrics
 from adapters.providers.sources import Changes, MailSource, PushTarget
@@ -62,11 +61,9 @@ from domain.mail import skip_reason
 from domain.state import Mailbox, Push, TenantState
 from runners.services.engine import Engine
 from runners.services.mail_directory import (
-    DELIVERY_PROVIDERS,
     Directory,
     MailboxRef,
     Unroutable,
-    delivery_address,
 )
 
 log = structlog.get_logger("crmsync.sync")
@@ -230,25 +227,17 @@ class SyncWorker:
     def handle(self, delivery: Delivery) -> Outcome:
         """Process one delivery; raises on a failure worth retrying (provider, store)."""
         self.directory.follow(self.engine)
-        provider = DELIVERY_PROVIDERS.get(delivery.provider)
-        if provider is None:
-            raise MalformedWebhook("provider", f"unknown provider {delivery.provider!r}")
         notice = delivery.notice
-        if isinstance(notice, Undecodable):
+        if isinstance(notice, Undecodable):  # an unknown provider too: dead-lettered at once
             raise notice.error()
         if isinstance(notice, GraphLifecycle):
             return self.lifecycle(delivery, notice.subscription_id, notice.lifecycle_event)
-        subscription = None if isinstance(notice, GmailPush) else notice.subscription_id
-        if subscription in self.directory.subscriptions:
-            refs = [self.directory.subscriptions[subscription]]
-        else:
-            try:
-                address = delivery_address(notice)
-            except Unroutable as exc:
-                log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
-                            reason=str(exc))
-                return Outcome(note="unroutable")
-            refs = self.directory.route(provider, address)
+        try:
+            refs = self.directory.named_by(notice)
+        except Unroutable as exc:
+            log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
+                        reason=str(exc))
+            return Outcome(note="unroutable")
         if not refs:
             log.warning("delivery_unknown_mailbox", provider=delivery.provider,
                         delivery_id=delivery.delivery_id)
@@ -282,20 +271,15 @@ class SyncWorker:
 
     def route_of(self, delivery: Delivery) -> MailboxRef | None:
         """The first mailbox a delivery names, if any (for dead-letter records)."""
-        provider = DELIVERY_PROVIDERS.get(delivery.provider)
         notice = delivery.notice
         if isinstance(notice, Undecodable):
             return None
-        subscription = None if isinstance(notice, GmailPush) else notice.subscription_id
-        if subscription in self.directory.subscriptions:
-            return self.directory.subscriptions[subscription]
-        if provider is None or isinstance(notice, GraphLifecycle):
-            return None
+        if isinstance(notice, GraphLifecycle):
+            return self.directory.subscriptions.get(notice.subscription_id)
         try:
-            address = delivery_address(notice)
+            refs = self.directory.named_by(notice)
         except Unroutable:
             return None
-        refs = self.directory.route(provider, address)
         return refs[0] if refs else None
 
     # -- catch-up and polling ---------------------------------------------------------------------
