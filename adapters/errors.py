@@ -18,16 +18,23 @@ class UnparseableMessage(ValueError):
         self.reason = reason
 
 
-class MalformedWebhook(Exception):
-    """A provider payload (webhook body, delta or history page, message resource) that cannot be
-    read. `field` names where, as a dotted path into the payload (`message.data.historyId`,
-    `value[2].clientState`, `validationToken`, `body`); `reason` says what is wrong. Answered as
-    400 with the reason, and recorded."""
+class MalformedPayload(ValueError):
+    """JSON from outside (a webhook body, a stored delivery, a provider's API response) that
+    cannot be read. `field` names where, as a dotted path into the payload
+    (`message.data.historyId`, `value[2].clientState`, `body`); `reason` says what is wrong.
+    The generic readers (`adapters.providers.json_fields`) raise it; each boundary says whose
+    input it was: `MalformedWebhook` for deliveries, `MalformedResponse` for API answers."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class MalformedWebhook(MalformedPayload):
+    """A webhook delivery (a body the receiver got, or a stored delivery a worker fetched) that
+    cannot be read. Answered as 400 `{detail, field}` by the receiver; a worker dead-letters a
+    stored one at once (retrying cannot make it readable)."""
 
 
 class DeliveryStoreError(Exception):
@@ -83,3 +90,15 @@ class CredentialsRejected(ProviderError):
     token endpoint refused the refresh token (`invalid_grant`: revoked, expired, password
     changed). The mailbox must be reconnected with new credentials; retrying does not help.
     The text never holds a token, a client secret or the token endpoint's request."""
+
+
+class MalformedResponse(ProviderError):
+    """A provider API response (delta or history page, message resource, token answer) that
+    cannot be read: a provider failure like any other (retried with backoff), never a webhook
+    error. `field` and `reason` as in `MalformedPayload`; `what` names the request."""
+
+    def __init__(self, provider: str, what: str, field: str, reason: str,
+                 status: int | None = None) -> None:
+        super().__init__(provider, f"{what}: unreadable response: {field}: {reason}", status)
+        self.field = field
+        self.detail = f"{field}: {reason}"

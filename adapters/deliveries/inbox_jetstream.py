@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from adapters.deliveries.model import WebhookDelivery, encode
 from adapters.errors import DeliveryStoreError
 
 DEFAULT_STREAM = "CRMSYNC_WEBHOOKS"
@@ -74,7 +75,10 @@ class JetStreamInbox:
     def subject(self, provider: str) -> str:
         return f"{self.subject_prefix}.{check_provider(provider)}"
 
-    async def deliver(self, provider: str, delivery_id: str, payload: bytes) -> bool:
+    async def deliver(self, delivery: WebhookDelivery) -> bool:
+        return await self.store(delivery.provider, delivery.delivery_id, encode(delivery))
+
+    async def store(self, provider: str, delivery_id: str, payload: bytes) -> bool:
         """Store `payload` durably; True when new, False when the stream already had the id."""
         subject = self.subject(provider)
         check_delivery_id(delivery_id)

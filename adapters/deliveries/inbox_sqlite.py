@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from adapters.deliveries.inbox_jetstream import check_delivery_id, check_provider
+from adapters.deliveries.model import WebhookDelivery, encode
 from adapters.errors import DeliveryStoreError
 from adapters.private_files import private_file
 
@@ -75,7 +76,10 @@ class SqliteInbox:
         except sqlite3.Error as exc:
             raise DeliveryStoreError(f"webhook inbox {path}: {exc}") from exc
 
-    async def deliver(self, provider: str, delivery_id: str, payload: bytes) -> bool:
+    async def deliver(self, delivery: WebhookDelivery) -> bool:
+        return await self.store(delivery.provider, delivery.delivery_id, encode(delivery))
+
+    async def store(self, provider: str, delivery_id: str, payload: bytes) -> bool:
         """Store `payload` durably; True when new, False when the id is already in the inbox."""
         check_provider(provider)
         check_delivery_id(delivery_id)

@@ -12,17 +12,27 @@ same delivery id) and removes it from the dead-letter queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from adapters.deliveries.model import Undecodable, WebhookDelivery, read_stored
 
 
 @dataclass(frozen=True)
 class Delivery:
+    """One fetched delivery. Its stored bytes are decoded once, here, into `notice` (the typed
+    delivery, or `Undecodable` with the reason); `payload` is kept only to be stored again
+    (dead letters) and is never read by anything else."""
+
     provider: str
     delivery_id: str
     payload: bytes
     attempts: int  # this is attempt number `attempts` (1 = first delivery)
     handle: Any = None  # the adapter's own reference (a NATS message, a row id)
+    notice: WebhookDelivery | Undecodable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "notice", read_stored(self.provider, self.payload))
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 `POST /webhooks/gmail` takes a Cloud Pub/Sub push envelope; `POST /webhooks/graph` takes the
 Microsoft Graph validation handshake (`?validationToken=`, echoed as text/plain) or a collection
-of change and lifecycle notifications. Bodies are parsed by `adapters.deliveries.webhooks`; each
-accepted delivery is handed to a `DeliveryInbox` (JetStream or the SQLite inbox) under its dedup
-id, and the provider gets 202 only once every accepted delivery is durable. Malformed input is 400
-`{"detail", "field"}`, bodies over 1 MiB 413, an inbox failure 503 with Retry-After (the provider
+of change and lifecycle notifications. Bodies are parsed by `adapters.deliveries.webhooks` into
+the typed deliveries of `adapters.deliveries.model`; each accepted one is handed, typed, to a
+`DeliveryInbox` (JetStream or the SQLite inbox), stored under its dedup id, and the provider
+gets 202 only once every accepted delivery is durable. Malformed input is 400 `{"detail",
+"field"}`, bodies over 1 MiB 413, an inbox failure 503 with Retry-After (the provider
 delivers again; the dedup ids make that harmless). Notifications whose clientState does not match
 are logged with their delivery id and reason (never the clientState) and not delivered.
 
@@ -20,18 +21,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.deliveries.inbox import DeliveryInbox
 from adapters.deliveries.pubsub_auth import GmailPushAuth, PushRefused
 from adapters.deliveries.webhooks import (
     ClientStateLookup,
-    GraphChange,
-    GraphLifecycle,
     GraphValidation,
     parse_gmail_push,
     parse_graph,
@@ -41,16 +41,6 @@ from adapters.metrics import prometheus as metrics
 
 MAX_WEBHOOK_BODY = 1 << 20
 log = structlog.get_logger("crmsync.webhooks")
-
-
-class DeliveryInbox(Protocol):
-    """Where accepted deliveries become durable: JetStreamInbox, SqliteInbox."""
-
-    async def deliver(self, provider: str, delivery_id: str, payload: bytes) -> bool:
-        """Durable once it returns; False when `delivery_id` was already delivered."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 def shared_client_state(secret: str | None) -> ClientStateLookup:
@@ -154,8 +144,7 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
         except MalformedWebhook as exc:
             return _malformed(exc, "gmail", request)
         try:
-            new = await inbox.deliver("gmail", push.delivery_id,
-                                      push.model_dump_json().encode())
+            new = await inbox.deliver(push)
         except DeliveryStoreError as exc:
             return _unavailable(exc, "gmail", request)
         metrics.webhook("gmail", "accepted" if new else "duplicate")
@@ -187,7 +176,7 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
                         subscription_id=item.subscription_id, reason=item.rejection,
                         request_id=rid)
         accepted = parsed.accepted
-        results = await asyncio.gather(*(_deliver_graph(inbox, item) for item in accepted),
+        results = await asyncio.gather(*(inbox.deliver(item) for item in accepted),
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, DeliveryStoreError):
@@ -203,10 +192,6 @@ def webhook_router(inbox: DeliveryInbox, client_state: ClientStateLookup,
         return Response(status_code=202)
 
     return router
-
-
-async def _deliver_graph(inbox: DeliveryInbox, item: GraphChange | GraphLifecycle) -> bool:
-    return await inbox.deliver("graph", item.delivery_id, item.model_dump_json().encode())
 
 
 def webhook_app(inbox: DeliveryInbox, client_state: ClientStateLookup,

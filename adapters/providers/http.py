@@ -28,8 +28,14 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from adapters.deliveries.webhooks import json_object
-from adapters.errors import CredentialsRejected, MalformedWebhook, ProviderError, ProviderThrottled
+from adapters.errors import (
+    CredentialsRejected,
+    MalformedPayload,
+    MalformedResponse,
+    ProviderError,
+    ProviderThrottled,
+)
+from adapters.providers.json_fields import json_object
 
 RETRY_STATUSES = frozenset({429, 503})
 MAX_RESPONSE_BYTES = 64 << 20
@@ -116,6 +122,12 @@ class ProviderHttp:
     def error(self, reason: str, status: int | None = None) -> ProviderError:
         return ProviderError(self.provider, self.scrub(reason), status)
 
+    def unreadable(self, what: str, exc: MalformedPayload,
+                   status: int | None = None) -> MalformedResponse:
+        """The provider error for an answer the payload readers refused."""
+        return MalformedResponse(self.provider, what, self.scrub(exc.field),
+                                 self.scrub(exc.reason), status)
+
     def scrub(self, text: str) -> str:
         for token in self._used_tokens:
             if token:
@@ -190,5 +202,5 @@ class ProviderHttp:
     def json(self, response: httpx.Response, what: str) -> dict[str, Any]:
         try:
             return json_object(response.content, max_bytes=MAX_RESPONSE_BYTES)
-        except MalformedWebhook as exc:
-            raise self.error(f"{what}: unreadable response: {exc}", response.status_code) from None
+        except MalformedPayload as exc:
+            raise self.unreadable(what, exc, response.status_code) from None

@@ -20,8 +20,8 @@ header text for the ids and dates. Best effort everywhere; a message that cannot
   other inline text part (richtext/enriched without their commands); attachments: every leaf
   part with a filename or `Content-Disposition: attachment` (forwarded messages included),
   size = decoded bytes. Nothing is written anywhere.
-* Before parsing, what mail clients tolerate is repaired (`_prepare`): a UTF-8 BOM, `Name  :`,
-  a stray line inside the header block, an unquoted boundary holding `=`.
+* Before parsing, what mail clients tolerate is repaired (`mime_repair.repair`): a UTF-8 BOM,
+  `Name  :`, a stray line inside the header block, an unquoted boundary holding `=`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from html.parser import HTMLParser
 from pydantic import ValidationError
 
 from adapters.errors import UnparseableMessage
+from adapters.providers.mime_repair import repair
 from domain.events import Attachment, MailMessage
 
 _ANGLE = re.compile(r"<([^<>]*)>")
@@ -366,62 +367,6 @@ def _body_and_attachments(msg: EmailMessage) -> tuple[str, list[Attachment]]:
     return (plain or "").strip("\n"), attachments
 
 
-# -- repairs before parsing (what mail clients tolerate) -------------------------------------------
-_BOM = b"\xef\xbb\xbf"
-_HEADER = re.compile(rb"[!-9;-~]+:")  # a field name and its colon
-_OBS_HEADER = re.compile(rb"([!-9;-~]+)[ \t]+:")  # RFC 5322 obs: blanks before the colon
-_KNOWN = re.compile(rb"(?i)(from|to|cc|bcc|subject|date|message-id|in-reply-to|references|sender|"
-                    rb"reply-to|return-path|received|mime-version|content-[a-z-]+|x-[!-9;-~]+)"
-                    rb"[ \t]*:")
-# an unquoted boundary holding `=` (Outlook's `----=_NextPart_...`): the stdlib stops at `=`
-_BAD_BOUNDARY = re.compile(rb'(?i)(;[ \t\r\n]*boundary[ \t]*=[ \t]*)([^\s;"]*=[^\s;"]*)')
-# a header block needing no repair: an optional envelope line (not `From  :`), then fields and
-# folded lines only
-_HEAD_OK = re.compile(rb"(?:From (?![ \t]*:)[^\n]*\n)?(?:(?:[!-9;-~]+:|[ \t])[^\n]*(?:\n|\Z))*")
-_CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*")
-
-
-def _repair_head(raw: bytes) -> bytes:
-    """The header block as mail clients read it: a UTF-8 BOM dropped, `From  :` (obsolete blanks
-    before the colon) joined, and a line that is no header in the middle of the header block
-    kept as an `X-Malformed-Header` field instead of ending the block (only when a well-known
-    field follows it before the blank line; otherwise it is where the body starts)."""
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM):]
-    end = raw.find(b"\n\n")  # the blank line (find: far faster than a regex)
-    end = len(raw) if end < 0 else end
-    crlf = raw.find(b"\n\r\n", 0, end)
-    end = crlf if crlf >= 0 else end
-    head, rest = raw[:end], raw[end:]
-    if _HEAD_OK.fullmatch(head):
-        return raw  # the usual case: every line a field or a folded continuation
-    lines = head.split(b"\n")
-    changed = False
-    for i, line in enumerate(lines):
-        if not line.strip() or line[:1] in (b" ", b"\t") or _HEADER.match(line):
-            continue
-        if i == 0 and line.startswith(b"From ") and not _OBS_HEADER.match(line):
-            continue  # an mbox envelope line: the parser takes it as such
-        obsolete = _OBS_HEADER.match(line)
-        if obsolete:
-            lines[i] = obsolete.group(1) + b":" + line[obsolete.end():]
-        elif any(_KNOWN.match(later) for later in lines[i + 1:]):
-            lines[i] = b"X-Malformed-Header: " + line
-        else:
-            break  # the body starts here (a message without the blank line)
-        changed = True
-    return b"\n".join(lines) + rest if changed else raw
-
-
-def _prepare(raw: bytes) -> bytes:
-    raw = _repair_head(raw)
-    if _BAD_BOUNDARY.search(raw) is None:
-        return raw
-    return _CONTENT_TYPE.sub(  # only inside Content-Type fields (with their folded lines)
-        lambda f: _BAD_BOUNDARY.sub(lambda m: m.group(1) + b'"' + m.group(2) + b'"', f.group()),
-        raw)
-
-
 # -- the entry point ------------------------------------------------------------------------------
 def parse_message(raw: bytes, provider_id: str, *, fallback_date: datetime | None = None,
                   labels: Sequence[str] = (), thread_id: str | None = None) -> MailMessage:
@@ -432,7 +377,7 @@ def parse_message(raw: bytes, provider_id: str, *, fallback_date: datetime | Non
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise UnparseableMessage("empty message")
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(_prepare(bytes(raw)))
+        msg = BytesParser(policy=policy.default).parsebytes(repair(bytes(raw)))
         assert isinstance(msg, EmailMessage)
         return _build(msg, provider_id, fallback_date, labels, thread_id)
     except UnparseableMessage:

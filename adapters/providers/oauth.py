@@ -30,8 +30,8 @@ import httpx
 import structlog
 
 from adapters.credentials.store import CredentialStore
-from adapters.deliveries.webhooks import json_object
-from adapters.errors import CredentialsRejected, MalformedWebhook, ProviderError
+from adapters.errors import CredentialsRejected, MalformedPayload, ProviderError
+from adapters.providers.json_fields import json_object
 
 DEFAULT_GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 DEFAULT_MICROSOFT_TOKEN_URL = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
@@ -96,7 +96,7 @@ class TokenEndpoint:
             raise ProviderError(self.provider, f"token refresh: POST {path}: {failure}")
         try:
             body = json_object(response.content, max_bytes=1 << 20)
-        except MalformedWebhook:
+        except MalformedPayload:
             body = {}
         if response.is_success:
             return self._token(body, refresh_token)

@@ -32,9 +32,9 @@ from runners.services.engine import Engine
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from adapters.deliveries.inbox import DeliveryInbox
     from adapters.deliveries.pubsub_auth import GmailPushAuth
     from adapters.http.api import RateLimit
-    from adapters.http.webhooks import DeliveryInbox
     from runners.bootstrap.settings import Settings
     from runners.services.replays import ReplayPool
 

@@ -114,17 +114,13 @@ class ConfiguredSources:
 
     def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
         from adapters.providers.gmail.client import GmailClient
+        from adapters.providers.gmail.source import gmail_source
         from adapters.providers.graph.client import GraphClient
+        from adapters.providers.graph.source import GraphSource, GraphSubscriptions
         from adapters.providers.imap.client import ImapAccount
+        from adapters.providers.imap.source import ImapSource
         from adapters.providers.oauth import StoredOAuthToken
-        from adapters.providers.sources import (
-            GmailPush,
-            GraphPush,
-            GraphSource,
-            ImapSource,
-            ProviderSource,
-            scope_folders,
-        )
+        from adapters.providers.sources import scope_folders
 
         if self.credentials is None:
             return None
@@ -144,12 +140,12 @@ class ConfiguredSources:
             still_set=(lambda: still_set(tenant, mailbox.id)) if still_set else lambda: True)
         if mailbox.provider == "gmail":
             gmail = GmailClient(token, self.gmail_url, refresh=token.refresh)
-            return ProviderSource(gmail, cursor_first=True, push=GmailPush(gmail))
+            return gmail_source(gmail)
         graph = GraphClient(token, self.graph_url, verify=self.graph_verify,
                             refresh=token.refresh)
         # every folder in the mailbox's S1 scope, each with its own delta (issue #13)
         return GraphSource(graph, folders=scope_folders(mailbox.scope),
-                           backfill_days=mailbox.backfill_days, push=GraphPush(graph))
+                           backfill_days=mailbox.backfill_days, push=GraphSubscriptions(graph))
 
 
 def inbox_path(db: str) -> str:

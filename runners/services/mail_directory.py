@@ -1,5 +1,6 @@
 """Where sync deliveries go (issue #4): the mailboxes that exist, folded from the event log, and
-the mailbox a stored webhook delivery names.
+the mailbox a webhook delivery names (typed, `adapters.deliveries.model`: decoded once by the
+work queue, never read here as JSON).
 
 `Directory` follows the log decoding only the few event kinds it folds (a worker follows every
 worker's appends: the mail that makes up most of the log is skipped unread). It knows every
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-
-from adapters.errors import MalformedWebhook
+from adapters.deliveries.model import GmailPush, GraphChange
 from domain import events as ev
 
 if TYPE_CHECKING:
@@ -103,6 +102,14 @@ class Directory:
                        if k.provider == provider and k.address == address),
                       key=lambda r: (r.tenant, r.mailbox))
 
+    def named_by(self, delivery: GmailPush | GraphChange) -> list[MailboxRef]:
+        """The mailboxes a delivery names: a Graph change by its subscription id when we
+        recorded it, else (and Gmail always) every mailbox of the provider with the address it
+        names (all tenants). Unroutable when a Graph resource names no user."""
+        if isinstance(delivery, GraphChange) and delivery.subscription_id in self.subscriptions:
+            return [self.subscriptions[delivery.subscription_id]]
+        return self.route(DELIVERY_PROVIDERS[delivery.provider], delivery_address(delivery))
+
     def of_provider(self, provider: str) -> list[MailboxRef]:
         return sorted((r for r, k in self.mailboxes.items() if k.provider == provider),
                       key=lambda r: (r.tenant, r.mailbox))
@@ -117,58 +124,13 @@ class Unroutable(Exception):
     """The delivery names no mailbox we sync (acknowledged with a log line, not retried)."""
 
 
-def _stored(payload: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise MalformedWebhook("body", "stored delivery is not JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedWebhook("body", "stored delivery is not an object")
-    return data
-
-
-def delivery_subscription(provider: str, payload: bytes) -> str | None:
-    """The Graph subscription id a stored delivery names (None for Gmail)."""
-    if provider != "graph":
-        return None
-    value = _stored(payload).get("subscription_id")
-    return value if isinstance(value, str) and value else None
-
-
-def delivery_lifecycle(provider: str, payload: bytes) -> tuple[str, str] | None:
-    """(subscription id, lifecycle event) of a stored Graph lifecycle notification, else None."""
-    if provider != "graph":
-        return None
-    data = _stored(payload)
-    if data.get("kind") != "lifecycle":
-        return None
-    subscription, event = data.get("subscription_id"), data.get("lifecycle_event")
-    if not isinstance(subscription, str) or not subscription:
-        raise MalformedWebhook("subscription_id", "missing")
-    if event not in ("missed", "reauthorizationRequired", "subscriptionRemoved"):
-        raise MalformedWebhook("lifecycle_event", f"unknown event {str(event)[:40]!r}")
-    return subscription, str(event)
-
-
-def delivery_address(provider: str, payload: bytes) -> str | None:
-    """The mailbox address a stored delivery names (Gmail `emailAddress`; Graph: the user
-    segment of the notification's `resource`, `Users/{address}/Messages/{id}` — subscriptions
-    are created on `/users/{address}/...`). None for Graph lifecycle notifications. Raises
-    MalformedWebhook when the stored payload is not what the receiver stored."""
-    data = _stored(payload)
-    if provider == "gmail":
-        address = data.get("email_address")
-        if not isinstance(address, str) or "@" not in address:
-            raise MalformedWebhook("email_address", "missing")
-        return address
-    if provider == "graph":
-        if data.get("kind") == "lifecycle":
-            return None
-        resource = data.get("resource")
-        if not isinstance(resource, str):
-            raise MalformedWebhook("resource", "missing")
-        match = _GRAPH_USER.match(resource)
-        if match is None:
-            raise Unroutable(f"resource names no user: {resource[:80]!r}")
-        return (match.group(1) or match.group(2)).lower()
-    raise MalformedWebhook("provider", f"unknown provider {provider!r}")
+def delivery_address(delivery: GmailPush | GraphChange) -> str:
+    """The mailbox address a delivery names: Gmail's `emailAddress`; for Graph the user
+    segment of the notification's `resource`, `Users/{address}/Messages/{id}` (subscriptions
+    are created on `/users/{address}/...`). Unroutable when the resource names no user."""
+    if isinstance(delivery, GmailPush):
+        return delivery.email_address
+    match = _GRAPH_USER.match(delivery.resource)
+    if match is None:
+        raise Unroutable(f"resource names no user: {delivery.resource[:80]!r}")
+    return (match.group(1) or match.group(2)).lower()

@@ -45,12 +45,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from adapters.deliveries.model import GraphLifecycle, Undecodable
 from adapters.deliveries.work_queue import Delivery
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
     MailboxGone,
-    MalformedWebhook,
 )
 from adapters.metrics import prometheus as metrics
 from adapters.providers.sources import Changes, MailSource, PushTarget
@@ -61,13 +61,9 @@ from domain.mail import skip_reason
 from domain.state import Mailbox, Push, TenantState
 from runners.services.engine import Engine
 from runners.services.mail_directory import (
-    DELIVERY_PROVIDERS,
     Directory,
     MailboxRef,
     Unroutable,
-    delivery_address,
-    delivery_lifecycle,
-    delivery_subscription,
 )
 
 log = structlog.get_logger("crmsync.sync")
@@ -231,23 +227,17 @@ class SyncWorker:
     def handle(self, delivery: Delivery) -> Outcome:
         """Process one delivery; raises on a failure worth retrying (provider, store)."""
         self.directory.follow(self.engine)
-        provider = DELIVERY_PROVIDERS.get(delivery.provider)
-        if provider is None:
-            raise MalformedWebhook("provider", f"unknown provider {delivery.provider!r}")
-        lifecycle = delivery_lifecycle(delivery.provider, delivery.payload)
-        if lifecycle is not None:
-            return self.lifecycle(delivery, *lifecycle)
-        subscription = delivery_subscription(delivery.provider, delivery.payload)
-        if subscription in self.directory.subscriptions:
-            refs = [self.directory.subscriptions[subscription]]
-        else:
-            try:
-                address = delivery_address(delivery.provider, delivery.payload)
-            except Unroutable as exc:
-                log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
-                            reason=str(exc))
-                return Outcome(note="unroutable")
-            refs = self.directory.route(provider, address) if address else []
+        notice = delivery.notice
+        if isinstance(notice, Undecodable):  # an unknown provider too: dead-lettered at once
+            raise notice.error()
+        if isinstance(notice, GraphLifecycle):
+            return self.lifecycle(delivery, notice.subscription_id, notice.lifecycle_event)
+        try:
+            refs = self.directory.named_by(notice)
+        except Unroutable as exc:
+            log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
+                        reason=str(exc))
+            return Outcome(note="unroutable")
         if not refs:
             log.warning("delivery_unknown_mailbox", provider=delivery.provider,
                         delivery_id=delivery.delivery_id)
@@ -281,15 +271,15 @@ class SyncWorker:
 
     def route_of(self, delivery: Delivery) -> MailboxRef | None:
         """The first mailbox a delivery names, if any (for dead-letter records)."""
-        provider = DELIVERY_PROVIDERS.get(delivery.provider)
-        try:
-            subscription = delivery_subscription(delivery.provider, delivery.payload)
-            if subscription in self.directory.subscriptions:
-                return self.directory.subscriptions[subscription]
-            address = delivery_address(delivery.provider, delivery.payload)
-        except (MalformedWebhook, Unroutable):
+        notice = delivery.notice
+        if isinstance(notice, Undecodable):
             return None
-        refs = self.directory.route(provider, address) if provider and address else []
+        if isinstance(notice, GraphLifecycle):
+            return self.directory.subscriptions.get(notice.subscription_id)
+        try:
+            refs = self.directory.named_by(notice)
+        except Unroutable:
+            return None
         return refs[0] if refs else None
 
     # -- catch-up and polling ---------------------------------------------------------------------

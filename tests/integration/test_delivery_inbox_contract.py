@@ -15,10 +15,11 @@ from pathlib import Path
 import nats
 import pytest
 
+from adapters.deliveries.inbox import DeliveryInbox
 from adapters.deliveries.inbox_jetstream import JetStreamInbox
 from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.deliveries.model import GmailPush, GraphLifecycle, decode, encode
 from adapters.errors import DeliveryStoreError
-from adapters.http.webhooks import DeliveryInbox
 
 pytestmark = pytest.mark.integration
 
@@ -120,17 +121,37 @@ def run(backend: Backend, scenario: Callable[[DeliveryInbox, ReadBack], Awaitabl
 
 def test_a_delivery_is_stored_with_its_provider_id_and_payload(backend: Backend) -> None:
     async def scenario(inbox: DeliveryInbox, read: ReadBack) -> None:
-        assert await inbox.deliver("gmail", "gmail:1", b'{"history_id": 1}') is True
+        assert await inbox.store("gmail", "gmail:1", b'{"history_id": 1}') is True
         assert await read() == [("gmail", "gmail:1", b'{"history_id": 1}')]
+
+    run(backend, scenario)
+
+
+def test_a_typed_delivery_is_stored_in_its_stored_form_under_its_provider_and_id(
+        backend: Backend) -> None:
+    push = GmailPush(delivery_id="gmail:7", subscription="s", email_address="mia@acme.test",
+                     history_id=7)
+    lifecycle = GraphLifecycle(delivery_id="graph:l1", subscription_id="sub-1",
+                               client_state_ok=True, lifecycle_event="missed")
+
+    async def scenario(inbox: DeliveryInbox, read: ReadBack) -> None:
+        assert await inbox.deliver(push) is True
+        assert await inbox.deliver(lifecycle) is True
+        assert await inbox.deliver(push) is False
+        stored = await read()
+        assert stored == [("gmail", "gmail:7", encode(push)),
+                          ("graph", "graph:l1", encode(lifecycle))]
+        assert [decode(provider, payload) for provider, _, payload in stored] == [
+            push, lifecycle]
 
     run(backend, scenario)
 
 
 def test_the_same_delivery_id_again_is_a_duplicate_and_stored_once(backend: Backend) -> None:
     async def scenario(inbox: DeliveryInbox, read: ReadBack) -> None:
-        assert await inbox.deliver("graph", "graph:abc", b"first") is True
-        assert await inbox.deliver("graph", "graph:abc", b"second") is False
-        assert await inbox.deliver("graph", "graph:abc", b"first") is False
+        assert await inbox.store("graph", "graph:abc", b"first") is True
+        assert await inbox.store("graph", "graph:abc", b"second") is False
+        assert await inbox.store("graph", "graph:abc", b"first") is False
         assert await read() == [("graph", "graph:abc", b"first")]
 
     run(backend, scenario)
@@ -141,7 +162,7 @@ def test_distinct_deliveries_are_all_stored_in_order(backend: Backend) -> None:
         sent = [("gmail", f"gmail:{n}", f"payload {n}".encode()) for n in range(5)]
         sent.append(("graph", "graph:0", b""))
         for provider, delivery_id, payload in sent:
-            assert await inbox.deliver(provider, delivery_id, payload) is True
+            assert await inbox.store(provider, delivery_id, payload) is True
         assert await read() == sent
 
     run(backend, scenario)
@@ -149,7 +170,7 @@ def test_distinct_deliveries_are_all_stored_in_order(backend: Backend) -> None:
 
 def test_concurrent_deliveries_of_one_id_store_it_once(backend: Backend) -> None:
     async def scenario(inbox: DeliveryInbox, read: ReadBack) -> None:
-        results = await asyncio.gather(*(inbox.deliver("gmail", "gmail:race", b"x")
+        results = await asyncio.gather(*(inbox.store("gmail", "gmail:race", b"x")
                                          for _ in range(10)))
         assert sorted(results) == [False] * 9 + [True]
         assert await read() == [("gmail", "gmail:race", b"x")]
@@ -165,8 +186,8 @@ def test_bad_provider_names_and_delivery_ids_are_refused(backend: Backend, provi
                                                          delivery_id: str) -> None:
     async def scenario(inbox: DeliveryInbox, read: ReadBack) -> None:
         with pytest.raises(ValueError):
-            await inbox.deliver(provider, delivery_id, b"x")
-        assert await inbox.deliver("gmail", "gmail:ok", b"x") is True
+            await inbox.store(provider, delivery_id, b"x")
+        assert await inbox.store("gmail", "gmail:ok", b"x") is True
         assert await read() == [("gmail", "gmail:ok", b"x")]
 
     run(backend, scenario)
@@ -177,7 +198,7 @@ def test_an_unavailable_store_is_a_delivery_store_error(backend: Backend) -> Non
         inbox = backend.broken()
         try:
             with pytest.raises(DeliveryStoreError):
-                await inbox.deliver("gmail", "gmail:1", b"x")
+                await inbox.store("gmail", "gmail:1", b"x")
         finally:
             await inbox.close()
 
@@ -191,7 +212,7 @@ def test_sqlite_inbox_is_durable_and_marks_deliveries_processed(tmp_path: Path) 
     async def first() -> None:
         inbox = SqliteInbox(path)
         for n in range(3):
-            assert await inbox.deliver("gmail", f"gmail:{n}", f"{n}".encode())
+            assert await inbox.store("gmail", f"gmail:{n}", f"{n}".encode())
         await inbox.close()
 
     async def second() -> None:
@@ -205,7 +226,7 @@ def test_sqlite_inbox_is_durable_and_marks_deliveries_processed(tmp_path: Path) 
         assert [d.delivery_id for d in await inbox.pending()] == ["gmail:1"]
         assert await inbox.pending(provider="graph") == []
         # processed deliveries still deduplicate
-        assert await inbox.deliver("gmail", "gmail:0", b"again") is False
+        assert await inbox.store("gmail", "gmail:0", b"again") is False
         await inbox.close()
 
     asyncio.run(first())
@@ -232,7 +253,7 @@ def test_jetstream_refuses_an_existing_stream_without_our_subjects(nats_url: str
         inbox = JetStreamInbox(nats_url, stream=stream, subject_prefix=f"t{stream}")
         try:
             with pytest.raises(DeliveryStoreError, match="without subjects"):
-                await inbox.deliver("gmail", "gmail:1", b"x")
+                await inbox.store("gmail", "gmail:1", b"x")
         finally:
             await inbox.close()
             await delete_stream(nats_url, stream)
@@ -248,7 +269,7 @@ def test_jetstream_creates_its_stream_with_the_duplicate_window(nats_url: str) -
         inbox = JetStreamInbox(nats_url, stream=stream, subject_prefix=f"t{tag}.hooks",
                                duplicate_window=30)
         try:
-            assert await inbox.deliver("gmail", "gmail:1", b"x")
+            assert await inbox.store("gmail", "gmail:1", b"x")
             nc = await nats.connect(nats_url)
             info = await nc.jetstream().stream_info(stream)
             await nc.close()

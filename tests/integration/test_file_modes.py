@@ -63,7 +63,7 @@ def test_section8_every_file_of_a_fresh_embedded_run_is_0600(
         assert isinstance(inbox, SqliteInbox)
 
         async def deliver_and_work() -> int:
-            assert await inbox.deliver("gmail", "gmail:1", b'{"history_id": 1}')
+            assert await inbox.store("gmail", "gmail:1", b'{"history_id": 1}')
             work = SqliteWork(inbox.path)
             taken = await work.fetch(10, 0)
             for delivery in taken:
@@ -85,13 +85,13 @@ def test_section8_files_an_earlier_version_made_readable_are_tightened(
         tmp_path: Path, umask_022: None, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "crmsync.webhooks.db"
     inbox = SqliteInbox(str(path))
-    asyncio.run(inbox.deliver("gmail", "gmail:1", b"{}"))
+    asyncio.run(inbox.store("gmail", "gmail:1", b"{}"))
     asyncio.run(inbox.close())
     for name in ("crmsync.webhooks.db", "crmsync.webhooks.db-wal", "crmsync.webhooks.db-shm"):
         if (tmp_path / name).exists():
             os.chmod(tmp_path / name, 0o644)
     reopened = SqliteInbox(str(path))
-    assert asyncio.run(reopened.deliver("gmail", "gmail:2", b"{}"))
+    assert asyncio.run(reopened.store("gmail", "gmail:2", b"{}"))
     found = modes(tmp_path)
     asyncio.run(reopened.close())
     assert found and found == dict.fromkeys(found, "0o600")

@@ -16,12 +16,8 @@ import pytest
 from graph_fake import FakeGraph, make_certificate
 
 from adapters.providers.graph.client import GraphClient
-from adapters.providers.sources import (
-    Changes,
-    GraphSource,
-    ResyncPage,
-    decode_graph_cursor,
-)
+from adapters.providers.graph.source import GraphSource, decode_graph_cursor
+from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from runners.entrypoints.sync_runner import ConfiguredSources
 from runners.services.engine import Engine

@@ -20,14 +20,8 @@ from dovecot import DovecotServer, ensure_dovecot
 from services import corpus_file
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError
-from adapters.providers.imap.client import (
-    ImapAccount,
-    ImapClient,
-    ImapCursor,
-    format_uid_set,
-    parse_uid_set,
-    provider_id,
-)
+from adapters.providers.imap.client import ImapAccount, ImapClient
+from adapters.providers.imap.cursor import ImapCursor, format_uid_set, parse_uid_set, provider_id
 from adapters.providers.mime import parse_message
 from benchmarks.corpus import split_mbox
 

@@ -21,16 +21,11 @@ import pytest
 from dovecot import DovecotServer, ensure_dovecot
 
 from adapters.errors import CursorExpired
-from adapters.providers.imap.client import (
-    INBOX,
-    ImapAccount,
-    ImapClient,
-    decode_folder_cursors,
-    parse_uid_set,
-    provider_id,
-)
+from adapters.providers.imap.client import ImapAccount, ImapClient
+from adapters.providers.imap.cursor import INBOX, decode_folder_cursors, parse_uid_set, provider_id
 from adapters.providers.imap.outbound import ImapOutbound
-from adapters.providers.sources import Changes, ImapSource, ResyncPage
+from adapters.providers.imap.source import ImapSource
+from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from runners.entrypoints.sync_runner import ConfiguredSources
 from runners.services.engine import Engine

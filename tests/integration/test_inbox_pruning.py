@@ -41,14 +41,14 @@ def test_e5_processed_rows_are_pruned_after_the_dedup_window_and_pending_ones_ke
 
     async def run() -> tuple[int, int, bool, bool]:
         for n in range(5):
-            assert await inbox.deliver("gmail", f"gmail:{n}", b"{}")
+            assert await inbox.store("gmail", f"gmail:{n}", b"{}")
         assert await inbox.mark_processed(["gmail:0", "gmail:1", "gmail:2"]) == 3
         clock.now += WINDOW - timedelta(seconds=1)
         within = await inbox.prune()
-        duplicate_within = await inbox.deliver("gmail", "gmail:0", b"{}")  # still a duplicate
+        duplicate_within = await inbox.store("gmail", "gmail:0", b"{}")  # still a duplicate
         clock.now += timedelta(seconds=2)
         after = await inbox.prune()
-        redelivered = await inbox.deliver("gmail", "gmail:0", b"{}")  # past the window: new
+        redelivered = await inbox.store("gmail", "gmail:0", b"{}")  # past the window: new
         await inbox.close()
         return within, after, duplicate_within, redelivered
 
@@ -64,17 +64,17 @@ def test_e5_deliveries_prune_one_bounded_batch_at_most_every_interval(tmp_path: 
                         prune_every=timedelta(minutes=1))
 
     async def run() -> list[int]:
-        await inbox.deliver("graph", "graph:first", b"{}")  # the first delivery prunes
+        await inbox.store("graph", "graph:first", b"{}")  # the first delivery prunes
         for n in range(10):
-            await inbox.deliver("graph", f"graph:{n}", b"{}")
+            await inbox.store("graph", f"graph:{n}", b"{}")
         await inbox.mark_processed([f"graph:{n}" for n in range(10)])
         clock.now += WINDOW + timedelta(hours=1)
         left = []
         for n in range(3):  # within one minute: one batch only
-            await inbox.deliver("graph", f"graph:new-{n}", b"{}")
+            await inbox.store("graph", f"graph:new-{n}", b"{}")
             left.append(sum(1 for s in statuses(path).values() if s == "processed"))
         clock.now += timedelta(minutes=1)
-        await inbox.deliver("graph", "graph:later", b"{}")
+        await inbox.store("graph", "graph:later", b"{}")
         left.append(sum(1 for s in statuses(path).values() if s == "processed"))
         await inbox.close()
         return left
@@ -96,7 +96,7 @@ def test_e5_the_jetstream_stream_ages_deliveries_out(nats_url: str) -> None:
             await js.add_stream(name=older, subjects=[f"q{tag}.hooks.>"])
             for name, prefix in ((made, f"p{tag}.hooks"), (older, f"q{tag}.hooks")):
                 inbox = JetStreamInbox(nats_url, stream=name, subject_prefix=prefix)
-                assert await inbox.deliver("gmail", "gmail:1", b"{}")
+                assert await inbox.store("gmail", "gmail:1", b"{}")
                 await inbox.close()
             return ((await js.stream_info(made)).config.max_age,
                     (await js.stream_info(older)).config.max_age)

@@ -27,7 +27,8 @@ from services import missing
 from adapters.errors import MailboxGone, ProviderError
 from adapters.providers.gmail.outbound import GmailOutbound
 from adapters.providers.graph.outbound import GraphOutbound
-from adapters.providers.imap.client import ImapAccount, provider_id
+from adapters.providers.imap.client import ImapAccount
+from adapters.providers.imap.cursor import provider_id
 from adapters.providers.imap.outbound import ImapOutbound
 from adapters.providers.outbound import MemoryOutbound, OutboundClient, OutboundMessage, Sent
 

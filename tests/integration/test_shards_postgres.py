@@ -261,7 +261,7 @@ def test_nats_subjects_per_shard_keep_deliveries_apart(nats_url: str) -> None:
             await work.fetch(1, 0.2)  # streams and consumers exist before the deliveries
         for (inbox, _), shard in zip(parts, names, strict=True):
             for n in range(3):
-                assert await inbox.deliver("gmail", f"{shard}-{n}", b"{}")
+                assert await inbox.store("gmail", f"{shard}-{n}", b"{}")
         for (inbox, work), shard in zip(parts, names, strict=True):
             got[shard] = []
             while batch := await work.fetch(10, 1.0):

@@ -63,7 +63,7 @@ def test_two_workers_share_one_queue_and_lock_each_mailbox(postgres_url: str,
                 None, lambda w=worker, q=queue: asyncio.run(work(w, q, stop))))
         for n in range(20):  # new mail keeps arriving, each with its push
             box.add(message(100 + n, days_ago=0.5))
-            await inbox.deliver("gmail", f"gmail:{n}", orjson.dumps(
+            await inbox.store("gmail", f"gmail:{n}", orjson.dumps(
                 {"delivery_id": f"gmail:{n}", "subscription": "s", "email_address": ADDRESS,
                  "history_id": n}))
         total = len(box.current())

@@ -50,7 +50,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             work = SqliteWork(path, lease=60)
 
             async def deliver_sqlite(provider: str, delivery_id: str, payload: bytes) -> None:
-                await inbox.deliver(provider, delivery_id, payload)
+                await inbox.store(provider, delivery_id, payload)
 
             return work, deliver_sqlite, inbox.close
         jinbox = JetStreamInbox(nats_url, stream=name, subject_prefix=prefix)
@@ -59,7 +59,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         streams.extend([name, f"{name}_DEAD"])
 
         async def deliver_js(provider: str, delivery_id: str, payload: bytes) -> None:
-            await jinbox.deliver(provider, delivery_id, payload)
+            await jinbox.store(provider, delivery_id, payload)
 
         return jwork, deliver_js, jinbox.close
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from adapters.errors import MalformedWebhook
+from adapters.errors import MalformedPayload
 from adapters.providers.graph.contact_payloads import (
     contact_body,
     content_fingerprint,
@@ -80,13 +80,13 @@ def test_delta_page_later_entry_wins_and_removals_are_listed() -> None:
      "value[0].emailAddresses[0]"),
 ])
 def test_unreadable_delta_pages_name_the_field(page: dict[str, Any], field: str) -> None:
-    with pytest.raises(MalformedWebhook) as caught:
+    with pytest.raises(MalformedPayload) as caught:
         parse_contact_delta(page)
     assert caught.value.field == field
 
 
 def test_category_needs_id_and_display_name() -> None:
     assert parse_category({"id": "k", "displayName": "Base Lead"}).color is None
-    with pytest.raises(MalformedWebhook) as caught:
+    with pytest.raises(MalformedPayload) as caught:
         parse_category({"id": "k"})
     assert caught.value.field == "displayName"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters.errors import MalformedWebhook
+from adapters.errors import MalformedPayload
 from adapters.providers.graph.payloads import GraphFolder, graph_attachments, graph_folders
-from adapters.providers.sources import (
+from adapters.providers.graph.source import (
     GraphCursor,
     decode_graph_cursor,
     encode_graph_cursor,
@@ -62,9 +62,9 @@ def test_s8_graph_attachments_are_metadata_and_unreadable_ones_are_refused() -> 
         {"@odata.type": "#microsoft.graph.itemAttachment", "size": 5}]})
     assert [(a.name, a.size, a.content_type) for a in found] == [
         ("a.pdf", 10, "application/pdf"), ("", 5, "application/octet-stream")]
-    with pytest.raises(MalformedWebhook, match="size"):
+    with pytest.raises(MalformedPayload, match="size"):
         graph_attachments({"value": [{"name": "x", "size": -1}]})
-    with pytest.raises(MalformedWebhook):
+    with pytest.raises(MalformedPayload):
         graph_attachments({"value": ["x"]})
 
 
@@ -74,5 +74,5 @@ def test_s1_graph_folder_listing_with_its_next_link() -> None:
                                 "@odata.nextLink": "https://g.test/next"})
     assert page == [GraphFolder(id="A", name="Archive", children=2)]
     assert link == "https://g.test/next"
-    with pytest.raises(MalformedWebhook):
+    with pytest.raises(MalformedPayload):
         graph_folders({"value": [{"displayName": "no id"}]})

@@ -9,15 +9,15 @@ import json
 import pytest
 
 from adapters.errors import CursorExpired
-from adapters.providers.imap.client import (
+from adapters.providers.imap.client import FolderInfo, ImapAccount
+from adapters.providers.imap.cursor import (
     INBOX,
-    FolderInfo,
-    ImapAccount,
     ImapCursor,
     decode_folder_cursors,
     encode_folder_cursors,
 )
-from adapters.providers.sources import ImapSource, folders_in_scope, scope_folders
+from adapters.providers.imap.source import ImapSource, folders_in_scope
+from adapters.providers.sources import scope_folders
 
 INBOX_CURSOR = ImapCursor(uidvalidity=1700000001, uidnext=43, highestmodseq=97, uids="1:40,42")
 SENT_CURSOR = ImapCursor(uidvalidity=1700000002, uidnext=5, highestmodseq=None, uids="")

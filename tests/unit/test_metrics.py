@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.model import WebhookDelivery, encode
 from adapters.errors import StoreError
 from adapters.http.webhooks import webhook_app
 from adapters.metrics import prometheus as metrics
@@ -84,7 +85,10 @@ class MemoryInbox:
     def __init__(self) -> None:
         self.stored: dict[str, bytes] = {}
 
-    async def deliver(self, provider: str, delivery_id: str, payload: bytes) -> bool:
+    async def deliver(self, delivery: WebhookDelivery) -> bool:
+        return await self.store(delivery.provider, delivery.delivery_id, encode(delivery))
+
+    async def store(self, provider: str, delivery_id: str, payload: bytes) -> bool:
         if delivery_id in self.stored:
             return False
         self.stored[delivery_id] = payload

@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from adapters.errors import CursorExpired, MailboxGone, ProviderError
+from adapters.errors import (
+    CursorExpired,
+    MailboxGone,
+    MalformedPayload,
+    MalformedResponse,
+    ProviderError,
+)
 from adapters.providers.gmail.client import GmailClient
 from adapters.providers.graph.client import GraphClient
 from adapters.providers.graph.contacts import GraphContactsClient
@@ -163,3 +169,23 @@ def test_token_endpoint_exchanges_a_refresh_token_over_a_transport() -> None:
     form = dict(httpx.QueryParams(provider.seen[0].content.decode()))
     assert form == {"grant_type": "refresh_token", "refresh_token": "r-1",
                     "client_id": "client-1", "client_secret": "shh"}
+
+
+def test_an_unreadable_api_response_is_a_provider_error_never_a_webhook_error() -> None:
+    gmail = GmailClient(lambda: "tok", GMAIL, transport=Provider(
+        httpx.Response(200, json={"history": "nope", "historyId": "5"}),
+        httpx.Response(200, json={"id": "m1", "payload": "nope"})).transport)
+    with pytest.raises(MalformedResponse) as history:
+        gmail.changes_since("mia@acme.test", "400")
+    with pytest.raises(MalformedResponse) as message:
+        gmail.fetch_message("mia@acme.test", "m1")
+    graph = GraphClient(lambda: "tok", GRAPH, transport=Provider(
+        httpx.Response(200, content=b"<html>")).transport)
+    with pytest.raises(MalformedResponse) as delta:
+        graph.changes_since("mia@acme.test", None)
+    for caught in (history, message, delta):
+        assert isinstance(caught.value, ProviderError)
+        assert not isinstance(caught.value, MalformedPayload)  # no webhook (or 400) error
+        assert "unreadable response" in str(caught.value) and caught.value.field
+    assert (history.value.provider, history.value.field) == ("gmail", "history")
+    assert (delta.value.provider, delta.value.field) == ("graph", "body")

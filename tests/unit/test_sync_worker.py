@@ -12,12 +12,13 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.model import GraphChange
 from adapters.deliveries.work_queue import Delivery
 from adapters.errors import DeliveryStoreError
 from domain import events as ev
 from runners.entrypoints.sync_loop import LoopOptions, process, run
 from runners.services.engine import Engine
-from runners.services.mail_directory import MailboxRef, delivery_address
+from runners.services.mail_directory import MailboxRef, Unroutable, delivery_address
 from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
@@ -225,6 +226,22 @@ def test_unknown_mailbox_is_acknowledged_not_retried() -> None:
     assert queue.acked == ["gmail:9"] and not queue.items
 
 
+def test_stored_bytes_that_are_no_delivery_are_dead_lettered_at_the_first_attempt() -> None:
+    _, _, worker = setup()
+    queue = FakeWorkQueue()
+    asyncio.run(queue.publish("gmail", "gmail:7", b'{"delivery_id": "gmail:7"}'))
+
+    async def once() -> str:
+        (delivery,) = await queue.fetch(1, 0)
+        return await process(worker, queue, delivery, LoopOptions(max_attempts=5))
+
+    assert asyncio.run(once()) == "dead"
+    (dead,) = asyncio.run(queue.dead_letters())
+    assert dead.attempts == 1 and dead.mailbox is None
+    assert "MalformedWebhook" in dead.error and "subscription" in dead.error
+    assert queue.acked == ["gmail:7"]
+
+
 def test_missing_credentials_sync_nothing() -> None:
     engine, sources, worker = setup()
     sources.without_credentials.add(ADDRESS)
@@ -266,12 +283,16 @@ def test_failures_are_retried_with_backoff_then_dead_lettered_and_recorded() -> 
     assert [e.message.id for e in of(engine, ev.MessageSynced)] == ["m1"]
 
 
+def graph_change(resource: str) -> GraphChange:
+    return GraphChange(delivery_id="graph:1", subscription_id="sub-1", client_state_ok=True,
+                       change_type="created", resource=resource, resource_id="AAk=")
+
+
 def test_graph_resource_names_the_mailbox() -> None:
-    change = orjson.dumps({"kind": "change", "resource": "Users/Mia@Acme.test/Messages/AAk="})
-    assert delivery_address("graph", change) == "mia@acme.test"
-    quoted = orjson.dumps({"kind": "change", "resource": "users('mia@acme.test')/messages/1"})
-    assert delivery_address("graph", quoted) == "mia@acme.test"
-    assert delivery_address("graph", orjson.dumps({"kind": "lifecycle"})) is None
+    assert delivery_address(graph_change("Users/Mia@Acme.test/Messages/AAk=")) == "mia@acme.test"
+    assert delivery_address(graph_change("users('mia@acme.test')/messages/1")) == "mia@acme.test"
+    with pytest.raises(Unroutable):
+        delivery_address(graph_change("subscriptions/1"))
 
 
 def test_two_tenants_with_one_address_both_sync() -> None:

@@ -15,7 +15,8 @@ import orjson
 from structlog.testing import capture_logs
 from sync_fakes import NOW, FakeSources, FakeWorkQueue, message
 
-from adapters.deliveries.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
+from adapters.deliveries.model import GraphChange, GraphLifecycle, encode
+from adapters.deliveries.webhooks import graph_delivery_id
 from adapters.deliveries.work_queue import Delivery
 from domain import events as ev
 from runners.entrypoints.sync_loop import LoopOptions, process, run
@@ -74,14 +75,14 @@ def lifecycle(subscription: str, event: str, n: int = 1) -> Delivery:
     item = GraphLifecycle(delivery_id=graph_delivery_id("lifecycle", subscription, event, str(n)),
                           subscription_id=subscription, client_state_ok=True,
                           lifecycle_event=event)  # type: ignore[arg-type]
-    return Delivery("graph", item.delivery_id, item.model_dump_json().encode(), 1)
+    return Delivery("graph", item.delivery_id, encode(item), 1)
 
 
 def change(subscription: str, resource: str) -> Delivery:
     item = GraphChange(delivery_id=graph_delivery_id("change", subscription, resource),
                        subscription_id=subscription, client_state_ok=True, change_type="created",
                        resource=resource, resource_id="AAk=")
-    return Delivery("graph", item.delivery_id, item.model_dump_json().encode(), 1)
+    return Delivery("graph", item.delivery_id, encode(item), 1)
 
 
 def synced(engine: Engine) -> set[str]:

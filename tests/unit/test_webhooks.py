@@ -19,16 +19,15 @@ from typing import Any
 import pytest
 from services import corpus_file
 
+from adapters.deliveries.model import GraphChange, GraphLifecycle
 from adapters.deliveries.webhooks import (
     MAX_VALIDATION_TOKEN,
-    GraphChange,
-    GraphLifecycle,
     GraphNotifications,
     GraphValidation,
     parse_gmail_push,
     parse_graph,
 )
-from adapters.errors import MalformedWebhook
+from adapters.errors import MalformedPayload, MalformedWebhook
 from adapters.providers.gmail.payloads import gmail_message_to_mail, parse_gmail_history
 from adapters.providers.graph.payloads import graph_message_to_mail, parse_graph_delta
 
@@ -48,8 +47,20 @@ def b64url(raw: bytes) -> str:
 
 
 def malformed(field: str, call: Any, *args: Any) -> MalformedWebhook:
+    """A webhook body refused as a webhook error, naming `field`."""
     with pytest.raises(MalformedWebhook) as info:
         call(*args)
+    assert info.value.field == field, info.value
+    assert info.value.reason
+    return info.value
+
+
+def unreadable(field: str, call: Any, *args: Any) -> MalformedPayload:
+    """A provider response refused by the payload readers, naming `field`: never a webhook
+    error (the client turns it into a MalformedResponse, a provider error)."""
+    with pytest.raises(MalformedPayload) as info:
+        call(*args)
+    assert not isinstance(info.value, MalformedWebhook)
     assert info.value.field == field, info.value
     assert info.value.reason
     return info.value
@@ -435,7 +446,7 @@ def _delta_cases() -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize(("field", "body"), _delta_cases())
 def test_graph_delta_malformed_names_the_field(field: str, body: bytes) -> None:
-    malformed(field, parse_graph_delta, body)
+    unreadable(field, parse_graph_delta, body)
 
 
 def test_graph_message_resource_sample() -> None:
@@ -506,7 +517,7 @@ def _graph_message_cases() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize(("field", "message"), _graph_message_cases())
 def test_graph_message_malformed_names_the_field(field: str, message: dict[str, Any]) -> None:
-    malformed(field, graph_message_to_mail, dumps(message))
+    unreadable(field, graph_message_to_mail, dumps(message))
 
 
 # --- Gmail history.list and messages.get ---------------------------------------------------------
@@ -593,7 +604,7 @@ def _history_cases() -> list[tuple[str, Any]]:
 
 @pytest.mark.parametrize(("field", "body"), _history_cases())
 def test_gmail_history_malformed_names_the_field(field: str, body: Any) -> None:
-    malformed(field, parse_gmail_history, body if isinstance(body, bytes) else dumps(body))
+    unreadable(field, parse_gmail_history, body if isinstance(body, bytes) else dumps(body))
 
 
 def headers(**values: str) -> list[dict[str, str]]:
@@ -715,4 +726,4 @@ def _gmail_message_cases() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize(("field", "message"), _gmail_message_cases())
 def test_gmail_message_malformed_names_the_field(field: str, message: dict[str, Any]) -> None:
-    malformed(field, gmail_message_to_mail, dumps(message))
+    unreadable(field, gmail_message_to_mail, dumps(message))

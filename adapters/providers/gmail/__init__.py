@@ -1,1 +1,1 @@
-"""Gmail API v1: client, payloads, outbound."""
+"""Gmail API v1: client, payloads, source (with the watch), outbound."""

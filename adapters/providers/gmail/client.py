@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
+from adapters.errors import CursorExpired, MailboxGone, MalformedPayload
 from adapters.providers.client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
 from adapters.providers.gmail.payloads import gmail_message_to_mail, parse_gmail_history
 from adapters.providers.http import ProviderHttp
@@ -104,8 +104,8 @@ class GmailClient:
             raise self._http.failure(response, "users.history.list")
         try:
             page = parse_gmail_history(response.content)
-        except MalformedWebhook as exc:
-            raise self._http.error(f"users.history.list: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable("users.history.list", exc) from None
         wanted = dict.fromkeys([*page.message_ids_added,
                                 *(change.message_id for change in page.label_changes)])
         deleted = list(page.message_ids_deleted)
@@ -114,7 +114,7 @@ class GmailClient:
         for message_id in wanted:
             try:
                 message = self._message(mailbox_address, message_id, probe=False)
-            except MalformedWebhook as exc:
+            except MalformedPayload as exc:
                 skipped.append(SkippedMessage(id=message_id, reason=str(exc)))
                 continue
             if message is None:  # deleted since the history record was written
@@ -150,7 +150,7 @@ class GmailClient:
         for message_id in ids:
             try:
                 message = self._message(mailbox_address, message_id, probe=False)
-            except MalformedWebhook as exc:
+            except MalformedPayload as exc:
                 skipped.append(SkippedMessage(id=message_id, reason=str(exc)))
                 continue
             if message is not None:
@@ -198,8 +198,12 @@ class GmailClient:
             raise self._http.failure(response, "users.stop")
 
     def fetch_message(self, mailbox_address: str, message_id: str) -> MailMessage | None:
-        """Raises MalformedWebhook when the message cannot become a MailMessage."""
-        return self._message(mailbox_address, message_id, probe=True)
+        """Raises MalformedResponse (a provider error) when the message cannot become a
+        MailMessage."""
+        try:
+            return self._message(mailbox_address, message_id, probe=True)
+        except MalformedPayload as exc:
+            raise self._http.unreadable("users.messages.get", exc) from None
 
     def _message(self, mailbox: str, message_id: str, *, probe: bool) -> MailMessage | None:
         response = self._http.get(self._user(mailbox, "messages", message_id),

@@ -7,7 +7,8 @@ Shapes as in the Gmail v1 discovery document (`ListHistoryResponse`, `History`,
 - `parse_gmail_history(body)` reads one history.list page.
 - `gmail_message_to_mail(resource)` turns a `format=full` message into our `MailMessage`.
 
-Unreadable input raises `MalformedWebhook(field, reason)` (see `adapters.deliveries.webhooks`).
+Unreadable input raises `MalformedPayload(field, reason)` (`adapters.providers.json_fields`);
+the client turns it into a `MalformedResponse`, a provider error.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from adapters.deliveries.webhooks import (
+from adapters.errors import MalformedPayload
+from adapters.providers.json_fields import (
     at,
     b64decode,
     json_object,
@@ -33,7 +35,6 @@ from adapters.deliveries.webhooks import (
     req_str,
     uint64,
 )
-from adapters.errors import MalformedWebhook
 from domain.events import Attachment, MailMessage
 
 MAX_RESPONSE_BYTES = 64 << 20
@@ -62,7 +63,7 @@ class HistoryPage(BaseModel):
 
 def _history_message_id(entry: Any, path: str) -> str:
     if not isinstance(entry, dict):
-        raise MalformedWebhook(path, "not an object")
+        raise MalformedPayload(path, "not an object")
     message = req_obj(entry, "message", path)
     return req_str(message, "id", at(path, "message"), max_len=256)
 
@@ -71,7 +72,7 @@ def _label_ids(entry: Mapping[str, Any], path: str) -> list[str]:
     labels = opt_list(entry, "labelIds", path)
     for index, label in enumerate(labels):
         if not isinstance(label, str):
-            raise MalformedWebhook(at(at(path, "labelIds"), index), "not a string")
+            raise MalformedPayload(at(at(path, "labelIds"), index), "not a string")
     return labels
 
 
@@ -84,7 +85,7 @@ def parse_gmail_history(body: bytes | str | Mapping[str, Any]) -> HistoryPage:
     for h_index, record in enumerate(opt_list(page, "history", "")):
         path = at("history", h_index)
         if not isinstance(record, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         for key in ("messagesAdded", "messagesDeleted", "labelsAdded", "labelsRemoved"):
             for index, entry in enumerate(opt_list(record, key, path)):
                 entry_path = at(at(path, key), index)
@@ -119,7 +120,7 @@ def _headers(part: Mapping[str, Any], path: str) -> dict[str, str]:
     for index, header in enumerate(opt_list(part, "headers", path)):
         h_path = at(at(path, "headers"), index)
         if not isinstance(header, dict):
-            raise MalformedWebhook(h_path, "not an object")
+            raise MalformedPayload(h_path, "not an object")
         headers.setdefault(req_str(header, "name", h_path).lower(),
                            opt_str(header, "value", h_path) or "")
     return headers
@@ -128,12 +129,12 @@ def _headers(part: Mapping[str, Any], path: str) -> dict[str, str]:
 def _walk(part: Mapping[str, Any], path: str, depth: int = 0) -> Iterator[tuple[dict[str, Any],
                                                                              str]]:
     if depth > MAX_PART_DEPTH:
-        raise MalformedWebhook(path, f"parts nested deeper than {MAX_PART_DEPTH}")
+        raise MalformedPayload(path, f"parts nested deeper than {MAX_PART_DEPTH}")
     yield dict(part), path
     for index, child in enumerate(opt_list(part, "parts", path)):
         child_path = at(at(path, "parts"), index)
         if not isinstance(child, dict):
-            raise MalformedWebhook(child_path, "not an object")
+            raise MalformedPayload(child_path, "not an object")
         yield from _walk(child, child_path, depth + 1)
 
 
@@ -176,13 +177,13 @@ def _sent_at(message: Mapping[str, Any], headers: Mapping[str, str]) -> datetime
         try:
             return datetime.fromtimestamp(millis / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise MalformedWebhook("internalDate", "out of range") from None
+            raise MalformedPayload("internalDate", "out of range") from None
     if "date" not in headers:
-        raise MalformedWebhook("internalDate", "missing (and no Date header)")
+        raise MalformedPayload("internalDate", "missing (and no Date header)")
     try:
         parsed = parsedate_to_datetime(headers["date"])
     except (TypeError, ValueError):
-        raise MalformedWebhook("payload.headers.Date", "not an RFC 5322 date") from None
+        raise MalformedPayload("payload.headers.Date", "not an RFC 5322 date") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -197,7 +198,7 @@ def gmail_message_to_mail(resource: bytes | str | Mapping[str, Any]) -> MailMess
     headers = _headers(payload, "payload")
     from_ = _addresses(headers, "From")
     if not from_:
-        raise MalformedWebhook("payload.headers.From", "missing or without an address")
+        raise MalformedPayload("payload.headers.From", "missing or without an address")
     labels = _label_ids(message, "")
     plain: str | None = None
     html: str | None = None

@@ -1,1 +1,2 @@
-"""Microsoft Graph v1.0: mail client, payloads, outbound, contacts (Exchange / Office 365)."""
+"""Microsoft Graph v1.0: mail client, payloads, source (with subscriptions), outbound, contacts
+(Exchange / Office 365)."""

@@ -42,8 +42,7 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.deliveries.webhooks import json_object, timestamp
-from adapters.errors import CursorExpired, MailboxGone, MalformedWebhook
+from adapters.errors import CursorExpired, MailboxGone, MalformedPayload
 from adapters.providers.client import BackfillPage, ChangePage, PushSubscription, SkippedMessage
 from adapters.providers.graph.payloads import (
     GraphFolder,
@@ -53,6 +52,7 @@ from adapters.providers.graph.payloads import (
     parse_graph_delta,
 )
 from adapters.providers.http import ProviderHttp, error_info
+from adapters.providers.json_fields import json_object, timestamp
 from domain.events import Attachment, MailMessage
 
 DEFAULT_GRAPH_API_URL = "https://graph.microsoft.com/v1.0"
@@ -146,8 +146,8 @@ class GraphClient:
             raise self._http.failure(response, "messages delta")
         try:
             page = parse_graph_delta(response.content)
-        except MalformedWebhook as exc:
-            raise self._http.error(f"messages delta: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable("messages delta", exc) from None
         link = page.next_link or page.delta_link or ""
         if not self._http.owns(link):
             raise self._http.error("messages delta: link outside the configured API base URL")
@@ -158,7 +158,7 @@ class GraphClient:
             try:
                 message = (self._mail(mailbox_address, item.resource) if _complete(item.resource)
                            else self._message(mailbox_address, item.id, probe=False))
-            except MalformedWebhook as exc:
+            except MalformedPayload as exc:
                 skipped.append(SkippedMessage(id=item.id, reason=str(exc)))
                 continue
             if message is None:  # deleted since the page was made
@@ -198,13 +198,17 @@ class GraphClient:
         for value in values:
             try:
                 messages.append(self._mail(mailbox_address, value))
-            except MalformedWebhook as exc:
+            except MalformedPayload as exc:
                 skipped.append(SkippedMessage(id=str(value.get("id")), reason=str(exc)))
         return BackfillPage(messages=messages, skipped=skipped, next_page_token=next_link)
 
     def fetch_message(self, mailbox_address: str, message_id: str) -> MailMessage | None:
-        """Raises MalformedWebhook when the message cannot become a MailMessage."""
-        return self._message(mailbox_address, message_id, probe=True)
+        """Raises MalformedResponse (a provider error) when the message cannot become a
+        MailMessage."""
+        try:
+            return self._message(mailbox_address, message_id, probe=True)
+        except MalformedPayload as exc:
+            raise self._http.unreadable("message", exc) from None
 
     def _message(self, mailbox: str, message_id: str, *, probe: bool) -> MailMessage | None:
         response = self._get(self._user(mailbox, "messages", message_id),
@@ -243,8 +247,8 @@ class GraphClient:
             try:
                 out += graph_attachments(response.content)
                 body = json_object(response.content, max_bytes=8 << 20)
-            except MalformedWebhook as exc:
-                raise self._http.error(f"attachments: unreadable response: {exc}") from None
+            except MalformedPayload as exc:
+                raise self._http.unreadable("attachments", exc) from None
             link = body.get("@odata.nextLink")
             if link is not None and not (isinstance(link, str) and self._http.owns(link)):
                 raise self._http.error("attachments: nextLink outside the configured base URL")
@@ -272,9 +276,8 @@ class GraphClient:
                     raise self._http.failure(response, "mail folders")
                 try:
                     page, link = graph_folders(response.content)
-                except MalformedWebhook as exc:
-                    raise self._http.error(f"mail folders: unreadable response: {exc}") \
-                        from None
+                except MalformedPayload as exc:
+                    raise self._http.unreadable("mail folders", exc) from None
                 if link is not None and not self._http.owns(link):
                     raise self._http.error("mail folders: nextLink outside the base URL")
                 for folder in page:
@@ -372,7 +375,7 @@ class GraphClient:
             raise self._http.error(f"{what}: the answer has no subscription id")
         try:
             expires = timestamp(body.get("expirationDateTime"), "expirationDateTime")
-        except MalformedWebhook as exc:
-            raise self._http.error(f"{what}: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable(what, exc) from None
         return PushSubscription(id=ident, expires_at=expires,
                                 resource=resource if isinstance(resource, str) else "")

@@ -17,7 +17,8 @@ The other way, `phone` (the CRM's one phone number, UpdateContact) is written as
 business phone when `business_phones` is not given. Other keys (e.g. the C8 custom fields
 `<field> (previous)`, `customer_status`) have no Graph contact property and are not written.
 
-Unreadable input raises `MalformedWebhook(field, reason)`.
+Unreadable input raises `MalformedPayload(field, reason)`; the client turns it into a
+`MalformedResponse`, a provider error.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from adapters.deliveries.webhooks import (
+from adapters.errors import MalformedPayload
+from adapters.providers.json_fields import (
     at,
     json_object,
     opt_list,
@@ -39,7 +41,6 @@ from adapters.deliveries.webhooks import (
     req_str,
     timestamp,
 )
-from adapters.errors import MalformedWebhook
 
 MAX_PAGE_BYTES = 64 << 20
 MAX_ID_CHARS = 2048
@@ -108,7 +109,7 @@ def _strings(resource: Mapping[str, Any], key: str) -> list[str]:
     values = opt_list(resource, key, "")
     for index, value in enumerate(values):
         if not isinstance(value, str):
-            raise MalformedWebhook(at(key, index), "not a string")
+            raise MalformedPayload(at(key, index), "not a string")
     return [v for v in values if v]
 
 
@@ -128,7 +129,7 @@ def graph_contact_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
     for index, entry in enumerate(opt_list(resource, "emailAddresses", "")):
         path = at("emailAddresses", index)
         if not isinstance(entry, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         address = opt_str(entry, "address", path)
         if address:
             emails.append(address)
@@ -184,7 +185,7 @@ def _links(page: Mapping[str, Any]) -> tuple[str | None, str | None]:
     next_link = opt_str(page, "@odata.nextLink", "")
     delta_link = opt_str(page, "@odata.deltaLink", "")
     if (next_link is None) == (delta_link is None):
-        raise MalformedWebhook("@odata.deltaLink", "need exactly one of @odata.nextLink and "
+        raise MalformedPayload("@odata.deltaLink", "need exactly one of @odata.nextLink and "
                                "@odata.deltaLink")
     return next_link, delta_link
 
@@ -192,7 +193,7 @@ def _links(page: Mapping[str, Any]) -> tuple[str | None, str | None]:
 def _values(page: Mapping[str, Any]) -> list[Any]:
     values = page.get("value")
     if not isinstance(values, list):
-        raise MalformedWebhook("value", "missing" if values is None else "not a list")
+        raise MalformedPayload("value", "missing" if values is None else "not a list")
     return values
 
 
@@ -205,7 +206,7 @@ def parse_contact_delta(body: bytes | str | Mapping[str, Any]) -> ContactDeltaPa
     for index, item in enumerate(_values(page)):
         path = at("value", index)
         if not isinstance(item, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         contact_id = req_str(item, "id", path, max_len=MAX_ID_CHARS)
         if opt_obj(item, "@removed", path) is not None:
             removed[contact_id] = None
@@ -213,8 +214,8 @@ def parse_contact_delta(body: bytes | str | Mapping[str, Any]) -> ContactDeltaPa
             continue
         try:
             contacts[contact_id] = parse_contact(item)
-        except MalformedWebhook as exc:
-            raise MalformedWebhook(at(path, exc.field), exc.reason) from None
+        except MalformedPayload as exc:
+            raise MalformedPayload(at(path, exc.field), exc.reason) from None
         removed.pop(contact_id, None)
     return ContactDeltaPage(contacts=list(contacts.values()), removed_ids=list(removed),
                             next_link=next_link, delta_link=delta_link)
@@ -226,7 +227,7 @@ def parse_listing(body: bytes | str | Mapping[str, Any]) -> tuple[list[dict[str,
     values = _values(page)
     for index, item in enumerate(values):
         if not isinstance(item, dict):
-            raise MalformedWebhook(at("value", index), "not an object")
+            raise MalformedPayload(at("value", index), "not an object")
     return values, opt_str(page, "@odata.nextLink", "")
 
 

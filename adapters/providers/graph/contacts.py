@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from adapters.errors import CursorExpired, MalformedWebhook, ProviderError, ProviderThrottled
+from adapters.errors import CursorExpired, MalformedPayload, ProviderError, ProviderThrottled
 from adapters.providers.graph.contact_payloads import (
     SELECT,
     ContactDeltaPage,
@@ -116,8 +116,8 @@ class GraphContactsClient:
     def _read(self, parse: Callable[[bytes], Any], response: httpx.Response, what: str) -> Any:
         try:
             return parse(self._ok(response, what).content)
-        except MalformedWebhook as exc:
-            raise self._http.error(f"{what}: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable(what, exc) from None
 
     def _listing(self, url: str, what: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -137,8 +137,8 @@ class GraphContactsClient:
         try:
             folders = [parse_folder(item) for item in
                        self._listing(self._me("contactFolders"), what)]
-        except MalformedWebhook as exc:
-            raise self._http.error(f"{what}: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable(what, exc) from None
         return [ContactFolder(id=None, name="Contacts"), *folders]
 
     def contacts_delta(self, folder: str | None, cursor: str | None) -> ContactDeltaPage:
@@ -197,8 +197,8 @@ class GraphContactsClient:
         try:
             return [parse_category(item) for item in
                     self._listing(self._me("outlook", "masterCategories"), what)]
-        except MalformedWebhook as exc:
-            raise self._http.error(f"{what}: unreadable response: {exc}") from None
+        except MalformedPayload as exc:
+            raise self._http.unreadable(what, exc) from None
 
     def create_category(self, name: str, color: str | None = None) -> MasterCategory:
         body: dict[str, Any] = {"displayName": name}

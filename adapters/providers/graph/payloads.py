@@ -10,7 +10,8 @@
 - `graph_folders(body)` reads one page of `GET …/mailFolders` (id, displayName,
   childFolderCount).
 
-Unreadable input raises `MalformedWebhook(field, reason)` (see `adapters.deliveries.webhooks`).
+Unreadable input raises `MalformedPayload(field, reason)` (`adapters.providers.json_fields`);
+the client turns it into a `MalformedResponse`, a provider error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from adapters.deliveries.webhooks import (
+from adapters.errors import MalformedPayload
+from adapters.providers.json_fields import (
     at,
     boolean,
     json_object,
@@ -32,7 +34,6 @@ from adapters.deliveries.webhooks import (
     req_str,
     timestamp,
 )
-from adapters.errors import MalformedWebhook
 from domain.events import Attachment, MailMessage
 
 MAX_PAGE_BYTES = 64 << 20  # a delta page of full message resources (bodies included)
@@ -74,24 +75,24 @@ def parse_graph_delta(body: bytes | str | Mapping[str, Any]) -> DeltaPage:
     next_link = opt_str(page, "@odata.nextLink", "")
     delta_link = opt_str(page, "@odata.deltaLink", "")
     if next_link is None and delta_link is None:
-        raise MalformedWebhook("@odata.deltaLink", "neither @odata.nextLink nor deltaLink")
+        raise MalformedPayload("@odata.deltaLink", "neither @odata.nextLink nor deltaLink")
     if next_link is not None and delta_link is not None:
-        raise MalformedWebhook("@odata.deltaLink", "both @odata.nextLink and deltaLink")
+        raise MalformedPayload("@odata.deltaLink", "both @odata.nextLink and deltaLink")
     for key, link in (("@odata.nextLink", next_link), ("@odata.deltaLink", delta_link)):
         if link is not None and not link.startswith("https://"):
-            raise MalformedWebhook(key, "not an https URL")
+            raise MalformedPayload(key, "not an https URL")
     values = page.get("value")
     if not isinstance(values, list):
-        raise MalformedWebhook("value", "missing" if values is None else "not a list")
+        raise MalformedPayload("value", "missing" if values is None else "not a list")
     items: dict[str, DeltaItem] = {}
     removed: dict[str, str] = {}
     for index, item in enumerate(values):
         path = at("value", index)
         if not isinstance(item, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         odata_type = opt_str(item, "@odata.type", path)
         if not _is_message_type(odata_type):
-            raise MalformedWebhook(at(path, "@odata.type"), f"not a message: {odata_type!r}")
+            raise MalformedPayload(at(path, "@odata.type"), f"not a message: {odata_type!r}")
         message_id = req_str(item, "id", path, max_len=2048)
         gone = opt_obj(item, "@removed", path)
         if gone is not None:
@@ -110,7 +111,7 @@ def parse_graph_delta(body: bytes | str | Mapping[str, Any]) -> DeltaPage:
 
 def _address(recipient: Any, path: str) -> str:
     if not isinstance(recipient, dict):
-        raise MalformedWebhook(path, "not a recipient object")
+        raise MalformedPayload(path, "not a recipient object")
     email = req_obj(recipient, "emailAddress", path)
     return req_str(email, "address", at(path, "emailAddress"), max_len=320)
 
@@ -125,7 +126,7 @@ def _internet_headers(resource: Mapping[str, Any]) -> dict[str, str]:
     for index, header in enumerate(opt_list(resource, "internetMessageHeaders", "")):
         path = at("internetMessageHeaders", index)
         if not isinstance(header, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         headers.setdefault(req_str(header, "name", path).lower(),
                            opt_str(header, "value", path) or "")
     return headers
@@ -139,17 +140,17 @@ def graph_message_to_mail(resource: bytes | str | Mapping[str, Any]) -> MailMess
     message = json_object(resource, max_bytes=MAX_PAGE_BYTES)
     sender = opt_obj(message, "from", "") or opt_obj(message, "sender", "")
     if sender is None:
-        raise MalformedWebhook("from", "missing (and no sender)")
+        raise MalformedPayload("from", "missing (and no sender)")
     sender_key = "from" if message.get("from") is not None else "sender"
     sent_raw = message.get("sentDateTime")
     sent_key = "sentDateTime" if sent_raw is not None else "receivedDateTime"
     if message.get(sent_key) is None:
-        raise MalformedWebhook("sentDateTime", "missing (and no receivedDateTime)")
+        raise MalformedPayload("sentDateTime", "missing (and no receivedDateTime)")
     body = opt_obj(message, "body", "")
     categories = opt_list(message, "categories", "")
     for index, category in enumerate(categories):
         if not isinstance(category, str):
-            raise MalformedWebhook(at("categories", index), "not a string")
+            raise MalformedPayload(at("categories", index), "not a string")
     headers = _internet_headers(message)
     in_reply_to = next(iter(message_ids(headers.get("in-reply-to", ""))), None)
     references = message_ids(headers["references"]) if "references" in headers else None
@@ -184,10 +185,10 @@ def graph_attachments(body: bytes | str | Mapping[str, Any]) -> list[Attachment]
     for index, item in enumerate(opt_list(listing, "value", "")):
         path = at("value", index)
         if not isinstance(item, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         size = item.get("size", 0)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise MalformedWebhook(at(path, "size"), "not a size in bytes")
+            raise MalformedPayload(at(path, "size"), "not a size in bytes")
         out.append(Attachment(name=opt_str(item, "name", path) or "", size=size,
                               content_type=opt_str(item, "contentType", path)
                               or "application/octet-stream"))
@@ -208,10 +209,10 @@ def graph_folders(body: bytes | str | Mapping[str, Any]) -> tuple[list[GraphFold
     for index, item in enumerate(opt_list(listing, "value", "")):
         path = at("value", index)
         if not isinstance(item, dict):
-            raise MalformedWebhook(path, "not an object")
+            raise MalformedPayload(path, "not an object")
         children = item.get("childFolderCount", 0)
         if not isinstance(children, int) or isinstance(children, bool):
-            raise MalformedWebhook(at(path, "childFolderCount"), "not a number")
+            raise MalformedPayload(at(path, "childFolderCount"), "not a number")
         folders.append(GraphFolder(id=req_str(item, "id", path, max_len=2048),
                                    name=opt_str(item, "displayName", path) or "",
                                    children=children))

@@ -1,1 +1,1 @@
-"""IMAP (and SMTP submission): client and outbound."""
+"""IMAP (and SMTP submission): client, cursor, source, outbound."""

@@ -14,9 +14,10 @@ credentials the caller gives; they are never logged and never appear in an excep
   `fetch_messages(folder, uidvalidity, uids)`.
 * `folders()` -> the account's folders as LIST gives them (name, hierarchy delimiter,
   attributes such as `\\Noselect`, `\\Junk`, `\\Trash`).
-* `encode_folder_cursors` / `decode_folder_cursors`: a mailbox's cursor, one `ImapCursor` per
-  folder as a compact JSON map (`{"f":{"INBOX":{...},"Sent":{...}}}`); the single-folder cursor
-  of earlier versions is read as INBOX's.
+* `adapters.providers.imap.cursor`: `ImapCursor`, and a mailbox's cursor
+  (`encode_folder_cursors` / `decode_folder_cursors`), one `ImapCursor` per folder as a compact
+  JSON map (`{"f":{"INBOX":{...},"Sent":{...}}}`); the single-folder cursor of earlier versions
+  is read as INBOX's.
 
 Flag changes: with CONDSTORE, `UID SEARCH MODSEQ` since the cursor's HIGHESTMODSEQ (only the
 messages that changed); without it, the current read state of every known message (idempotent).
@@ -34,9 +35,8 @@ imapclient, imaplib, ssl or socket escapes.
 
 from __future__ import annotations
 
-import json
 import ssl
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,6 +46,11 @@ import imapclient  # type: ignore[import-untyped]
 from imapclient import exceptions as imap_errors
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError, UnparseableMessage
+from adapters.providers.imap.cursor import (
+    ImapCursor,
+    format_uid_set,
+    provider_id,
+)
 from adapters.providers.mime import parse_message
 from domain.events import MailMessage
 
@@ -73,47 +78,6 @@ class FolderState:
     uidvalidity: int
     uidnext: int
     highestmodseq: int | None  # None: the server has no CONDSTORE
-
-
-@dataclass(frozen=True)
-class ImapCursor:
-    """Where a folder's sync stands: everything below `uidnext` has been seen; `uids` are the
-    UIDs handed out and still present (an IMAP sequence set, `""` for none)."""
-
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int | None = None
-    uids: str = ""
-
-    def encode(self) -> str:
-        return json.dumps(self.as_data(), separators=(",", ":"))
-
-    def as_data(self) -> dict[str, Any]:
-        return {"v": self.uidvalidity, "n": self.uidnext, "m": self.highestmodseq,
-                "u": self.uids}
-
-    @classmethod
-    def decode(cls, text: str) -> ImapCursor:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"not an IMAP cursor: {exc}") from None
-        return cls.from_data(data)
-
-    @classmethod
-    def from_data(cls, data: Any) -> ImapCursor:
-        try:
-            modseq = data["m"]
-            cursor = cls(uidvalidity=int(data["v"]), uidnext=int(data["n"]),
-                         highestmodseq=None if modseq is None else int(modseq),
-                         uids=str(data["u"]))
-            parse_uid_set(cursor.uids)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"not an IMAP cursor: {exc!r}") from None
-        return cursor
-
-    def uid_set(self) -> set[int]:
-        return parse_uid_set(self.uids)
 
 
 @dataclass(frozen=True)
@@ -146,74 +110,6 @@ class ImapChanges:
     flag_changes: list[FlagChange] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-
-
-# -- UID sets --------------------------------------------------------------------------------------
-def format_uid_set(uids: Iterable[int]) -> str:
-    """`{1,2,3,5}` -> `1:3,5`."""
-    runs: list[list[int]] = []
-    for uid in sorted(set(uids)):
-        if runs and uid == runs[-1][1] + 1:
-            runs[-1][1] = uid
-        else:
-            runs.append([uid, uid])
-    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
-
-
-def parse_uid_set(text: str) -> set[int]:
-    out: set[int] = set()
-    for part in filter(None, text.split(",")):
-        first, _, last = part.partition(":")
-        a, b = int(first), int(last or first)
-        if a < 1 or b < a:
-            raise ValueError(f"bad UID range {part!r}")
-        out.update(range(a, b + 1))
-    return out
-
-
-def provider_id(folder: str, uidvalidity: int, uid: int) -> str:
-    return f"{folder}/{uidvalidity}/{uid}"
-
-
-# -- a mailbox's cursor: one per folder ------------------------------------------------------------
-INBOX = "INBOX"
-
-
-def encode_folder_cursors(cursors: Mapping[str, ImapCursor]) -> str:
-    """`{"f":{folder: cursor, ...}}`, folders sorted, no spaces."""
-    return json.dumps({"f": {name: cursors[name].as_data() for name in sorted(cursors)}},
-                      separators=(",", ":"), ensure_ascii=False)
-
-
-def decode_folder_cursors(text: str) -> dict[str, ImapCursor]:
-    """The folder -> cursor map of `encode_folder_cursors`; a bare `ImapCursor` (the INBOX-only
-    cursor of earlier versions) is INBOX's. Anything else: `ValueError("not an IMAP cursor: …")`."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"not an IMAP cursor: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError("not an IMAP cursor: not a JSON object")
-    if "f" not in data:  # the single-folder cursor (INBOX) of earlier versions
-        return {INBOX: ImapCursor.from_data(data)}
-    folders = data["f"]
-    if len(data) != 1 or not isinstance(folders, dict):
-        raise ValueError('not an IMAP cursor: expected {"f": {folder: cursor}}')
-    out: dict[str, ImapCursor] = {}
-    for name, cursor in folders.items():
-        if not name:
-            raise ValueError("not an IMAP cursor: a folder without a name")
-        out[name] = ImapCursor.from_data(cursor)
-    return out
-
-
-def is_single_folder_cursor(text: str) -> bool:
-    """A cursor of the INBOX-only sync of earlier versions (`decode_folder_cursors` reads it)?"""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "f" not in data
 
 
 # -- the client ------------------------------------------------------------------------------------
@@ -497,6 +393,5 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i:i + size]
 
 
-__all__ = ["INBOX", "FlagChange", "FolderInfo", "FolderState", "ImapAccount", "ImapChanges",
-           "ImapClient", "ImapCursor", "Rejection", "decode_folder_cursors",
-           "encode_folder_cursors", "format_uid_set", "parse_uid_set", "provider_id"]
+__all__ = ["FlagChange", "FolderInfo", "FolderState", "ImapAccount", "ImapChanges", "ImapClient",
+           "Rejection"]

@@ -31,7 +31,8 @@ from email.utils import getaddresses
 from typing import Any
 
 from adapters.errors import ProviderError
-from adapters.providers.imap.client import ImapAccount, ImapClient, provider_id
+from adapters.providers.imap.client import ImapAccount, ImapClient
+from adapters.providers.imap.cursor import provider_id
 from adapters.providers.outbound import OutboundMessage, Sent
 
 UNSENT = b"$CrmsyncUnsent"
