@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
         engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run" and args.worker == "contacts":
-            from runners.services.contact_sync import run_contacts
+            from runners.entrypoints.contacts_runner import run_contacts
 
             configure_logging("INFO", json=True)
             engine.follow = postgres_url(args.postgres) is None
