@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
         return sync_runner.run_sync(args) if args.command == "run" else \
             sync_runner.deadletters(args)
     if args.command in ("run", "serve"):  # long-running: PostgreSQL may still be starting
-        from runners.entrypoints.backoff import keep_trying
+        from runners.services.backoff import keep_trying
 
         opened = keep_trying(lambda: open_engine(args.db, args.postgres),
                              what="open the stores", stop=threading.Event())

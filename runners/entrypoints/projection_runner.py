@@ -19,7 +19,7 @@ from adapters.errors import StoreError
 from adapters.gc_pause import paused_gc
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.entrypoints.backoff import Backoff
+from runners.services.backoff import Backoff
 from runners.services.engine import Engine
 from runners.services.follower import LogFollower, Waiter
 

@@ -26,7 +26,7 @@ from adapters.errors import (
     StoreError,
 )
 from adapters.metrics import prometheus as metrics
-from runners.entrypoints.backoff import Backoff
+from runners.services.backoff import Backoff
 from runners.services.follower import run_until_signalled
 from runners.services.sync_worker import SyncWorker, describe
 

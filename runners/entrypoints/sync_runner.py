@@ -244,8 +244,8 @@ def add_parsers(sub: Any, workers: Any) -> None:
 def run_sync(args: argparse.Namespace) -> int:
     from runners.bootstrap.config import open_engine
     from runners.bootstrap.logs import configure_logging
-    from runners.entrypoints.backoff import keep_trying
     from runners.entrypoints.sync_loop import run_process
+    from runners.services.backoff import keep_trying
 
     configure_logging(load_settings().LOG_LEVEL or "INFO", json=True)
     # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the

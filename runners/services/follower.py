@@ -5,7 +5,7 @@ credential erasure each read the log after a position of their own, in batches, 
 only the event kinds they fold. The long-running ones (projections, outbox, contacts) repeat a
 round until stopped, waiting on a `Waiter` (NOTIFY on PostgreSQL, a poll otherwise) when the
 round found nothing to do, and outlive store outages with the capped backoff of
-`runners.entrypoints.backoff` (issue #10 point 10). `run_until_signalled` is the one place that
+`runners.services.backoff` (issue #10 point 10). `run_until_signalled` is the one place that
 turns SIGTERM and SIGINT into a stop.
 
 Why not eventsourcing's `ProjectionRunner`: docs/decisions.md, "One log follower (issue #12)".
@@ -25,7 +25,7 @@ import structlog
 
 from domain.events import DomainEvent
 from projections.projector import Logged
-from runners.entrypoints.backoff import Backoff, attempt
+from runners.services.backoff import Backoff, attempt
 
 T = TypeVar("T")
 # Decode this stored event? (its class, its stored JSON): see EventStore.read_log_kept.

@@ -42,7 +42,7 @@ from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
 from projections.projector import Logged
 from runners.bootstrap.settings import Settings, load_settings
-from runners.entrypoints.backoff import Backoff
+from runners.services.backoff import Backoff
 from runners.services.engine import Engine
 from runners.services.follower import LogFollower, Waiter
 
