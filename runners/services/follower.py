@@ -50,14 +50,23 @@ class LogReader(Protocol):
                       ) -> tuple[Sequence[Logged], int]: ...
 
 
-class NoWaiter:
-    """For followers that only read (`read`), never wait."""
+class PollingWaiter:
+    """Waits the poll interval (SQLite, in memory: nothing to listen to); `wake` ends a wait
+    early. PostgreSQL's waiter listens: adapters.eventstore.waiter_postgres."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
 
     def wait(self, timeout: float) -> bool:
-        raise AssertionError("this follower does not wait")
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+    def wake(self) -> None:
+        self._event.set()
 
     def close(self) -> None:
-        pass
+        self._event.set()
 
 
 @contextmanager
@@ -75,7 +84,7 @@ class LogFollower:
     position: int = 0
     batch: int = 1000
     keep: Keep | None = None
-    waiter: Waiter = field(default_factory=NoWaiter)
+    waiter: Waiter = field(default_factory=PollingWaiter)
     stop: threading.Event = field(default_factory=threading.Event)
     backoff: Backoff = field(default_factory=Backoff)
     sleep: Callable[[float], object] | None = None  # between outages; default `stop.wait`
