@@ -90,7 +90,7 @@ class BenchSources:
 
 def worker_main(url: str, batch: int) -> None:
     from runners.bootstrap.logs import configure_logging
-    from runners.entrypoints.sync_loop import LoopOptions, run_until_signalled
+    from runners.entrypoints.sync_loop import LoopOptions, run_process
     from runners.entrypoints.sync_runner import open_queue
     from runners.services.sync_worker import SyncWorker
 
@@ -98,8 +98,7 @@ def worker_main(url: str, batch: int) -> None:
     engine = open_engine("unused.db", url)
     engine.follow = False
     worker = SyncWorker(engine, BenchSources(url, batch), PostgresLocks(url), batch_size=batch)
-    run_until_signalled(worker, open_queue("unused.db"),
-                        LoopOptions(poll=0.2, imap_interval=1e9))
+    run_process(worker, open_queue("unused.db"), LoopOptions(poll=0.2, imap_interval=1e9))
 
 
 def cpu_seconds(pid: int) -> float:

@@ -24,11 +24,11 @@ from adapters.eventstore.snapshots import (
     SqliteSnapshotRows,
 )
 from adapters.eventstore.store import EventStore
-from adapters.eventstore.waiter_postgres import PollingWaiter, PostgresWaiter
 from adapters.views.postgres import PostgresViews, startup_lock
 from runners.bootstrap.settings import load_settings
 from runners.services.credentials import erase_removed
 from runners.services.engine import Engine, Progress
+from runners.services.follower import PollingWaiter, Waiter
 from runners.services.rebuild import rebuild_in_parts
 
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
@@ -139,10 +139,12 @@ def postgres_url(postgres: str | None = None) -> str | None:
     return postgres or load_settings().secret("POSTGRES_URL")
 
 
-def open_waiter(engine: Engine, postgres: str | None = None) -> PollingWaiter | PostgresWaiter:
+def open_waiter(engine: Engine, postgres: str | None = None) -> Waiter:
     """How a runner waits for new events: LISTEN/NOTIFY on PostgreSQL, else polling."""
     url = postgres_url(postgres)
     channel = getattr(engine.store.app.recorder, "channel_name", None)
     if url and isinstance(channel, str):
+        from adapters.eventstore.waiter_postgres import PostgresWaiter
+
         return PostgresWaiter(url, channel)
     return PollingWaiter()

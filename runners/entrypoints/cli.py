@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
         return sync_runner.run_sync(args) if args.command == "run" else \
             sync_runner.deadletters(args)
     if args.command in ("run", "serve"):  # long-running: PostgreSQL may still be starting
-        from runners.entrypoints.backoff import keep_trying
+        from runners.services.backoff import keep_trying
 
         opened = keep_trying(lambda: open_engine(args.db, args.postgres),
                              what="open the stores", stop=threading.Event())
@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
         engine = open_engine(args.db, args.postgres)
     try:
         if args.command == "run" and args.worker == "contacts":
-            from runners.services.contact_sync import run_contacts
+            from runners.entrypoints.contacts_runner import run_contacts
 
             configure_logging("INFO", json=True)
             engine.follow = postgres_url(args.postgres) is None
@@ -317,19 +317,19 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 worker = outbox.Outbox(engine, tracking, outbox.configured_clients(engine),
                                        max_attempts=args.max_attempts, backoff=args.backoff)
-                outbox.run_until_signalled(worker, open_waiter(engine, args.postgres),
-                                           poll=args.poll)
+                outbox.run(worker, open_waiter(engine, args.postgres), poll=args.poll,
+                           signals=True)
             finally:
                 tracking.close()
             return 0
         if args.command == "run":
-            from runners.entrypoints.projection_runner import run_until_signalled
+            from runners.entrypoints import projection_runner
 
             configure_logging("INFO", json=True)
-            run_until_signalled(engine, open_waiter(engine, args.postgres), args.projection,
-                                batch_size=args.batch_size, poll=args.poll,
-                                snapshots=load_settings().RUNNER_SNAPSHOTS
-                                .lower() in ("on", "1", "true", "yes"))
+            projection_runner.run(engine, open_waiter(engine, args.postgres), args.projection,
+                                  batch_size=args.batch_size, poll=args.poll, signals=True,
+                                  snapshots=load_settings().RUNNER_SNAPSHOTS
+                                  .lower() in ("on", "1", "true", "yes"))
             return 0
         if args.command == "lag":
             from runners.entrypoints.projection_runner import lag

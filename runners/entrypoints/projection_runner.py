@@ -8,12 +8,10 @@ is either written whole with its positions or not at all, so nothing is skipped 
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -21,14 +19,9 @@ from adapters.errors import StoreError
 from adapters.gc_pause import paused_gc
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.entrypoints.backoff import Backoff, attempt
+from runners.services.backoff import Backoff
 from runners.services.engine import Engine
-
-
-class Waiter(Protocol):
-    def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
+from runners.services.follower import LogFollower, Waiter
 
 
 def lag(engine: Engine) -> dict[str, dict[str, Any]]:
@@ -80,29 +73,35 @@ def keep(engine: Engine, projector: Projector, read: int) -> None:
 def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
         batch_size: int = 1000, poll: float = 1.0, stop: threading.Event | None = None,
         report_every: float = 10.0, snapshots: bool = False,
-        backoff: Backoff | None = None, sleep: Callable[[float], object] | None = None) -> None:
-    """Follow the log until `stop`. `snapshots`: start from the runners' snapshot and keep one
-    (a restart of a 1M-event log in 1.7 s instead of 34 s, but the restored state took about
-    130 MB more resident memory than a folded one, 603 against 475 MB: off by default).
+        backoff: Backoff | None = None, sleep: Callable[[float], object] | None = None,
+        signals: bool = False) -> None:
+    """Follow the log until `stop` (or, with `signals`, SIGTERM/SIGINT; the current batch
+    finishes or is rolled back, and the waiter is closed at the end). `snapshots`: start from
+    the runners' snapshot and keep one (a restart of a 1M-event log in 1.7 s instead of 34 s,
+    but the restored state took about 130 MB more resident memory than a folded one, 603
+    against 475 MB: off by default).
 
     A store outage (PostgreSQL restarting, unreachable) does not end the runner: it backs off
     (`backoff`, waiting with `sleep`, default `stop.wait`) and catches up again; a batch that
     failed was not written, and the next catch-up starts from the stored positions."""
     log = structlog.get_logger("crmsync.projections")
-    stop = stop or threading.Event()
-    backoff = backoff or Backoff()
-    sleep = sleep or stop.wait
+    # The projector reads the log itself (`catch_up`: batches written in one transaction with
+    # their positions, the next one folded meanwhile); the follower runs the rounds.
+    follower = LogFollower("catch up", batch=batch_size, waiter=waiter,
+                           stop=stop or threading.Event(), backoff=backoff or Backoff(),
+                           sleep=sleep, log=log)
     projector = Projector(names or list(PROJECTIONS))
     last_report = 0.0
     log.info("runner started", projections=projector.names, batch_size=batch_size)
     if snapshots:
         restore(engine, projector)
 
-    def step() -> int:
+    def catch_up_once() -> float:
         nonlocal last_report
         started = time.monotonic()
         with paused_gc():
             read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
+        follower.position = projector.position
         if snapshots:
             keep(engine, projector, read)
         now = time.monotonic()
@@ -114,26 +113,11 @@ def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
                              default=0),
                      stuck=sorted(projector.held))
             last_report = now
-        return read
+        return 0.0 if read else poll
 
-    while not stop.is_set():
-        ok, read = attempt(step, what="catch up", backoff=backoff, sleep=sleep, log=log)
-        if ok and not read:
-            waiter.wait(poll)
+    if signals:
+        follower.run_until_signalled(catch_up_once)
+    else:
+        follower.run(catch_up_once)
     log.info("runner stopped", position=projector.position)
 
-
-def run_until_signalled(engine: Engine, waiter: Waiter, names: Sequence[str] | None,
-                        **options: Any) -> None:
-    """Run until SIGTERM or SIGINT; the current batch finishes or is rolled back."""
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    try:
-        run(engine, waiter, names, stop=stop, **options)
-    finally:
-        waiter.close()

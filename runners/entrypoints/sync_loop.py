@@ -26,7 +26,8 @@ from adapters.errors import (
     StoreError,
 )
 from adapters.metrics import prometheus as metrics
-from runners.entrypoints.backoff import Backoff
+from runners.services.backoff import Backoff
+from runners.services.follower import run_until_signalled
 from runners.services.sync_worker import SyncWorker, describe
 
 log = structlog.get_logger("crmsync.sync")
@@ -226,18 +227,11 @@ async def pause(seconds: float, stop: threading.Event) -> None:
         await asyncio.sleep(min(0.2, left))
 
 
-def run_until_signalled(worker: SyncWorker, queue: WorkQueue,
-                        options: LoopOptions | None = None) -> None:
-    """Run until SIGTERM or SIGINT; the delivery in hand finishes first."""
-    import signal
-
+def run_process(worker: SyncWorker, queue: WorkQueue,
+                options: LoopOptions | None = None) -> None:
+    """`run` until SIGTERM or SIGINT (the delivery in hand finishes first), then close the
+    queue."""
     stop = threading.Event()
-
-    def handle(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
     async def main() -> None:
         try:
@@ -245,4 +239,4 @@ def run_until_signalled(worker: SyncWorker, queue: WorkQueue,
         finally:
             await queue.close()
 
-    asyncio.run(main())
+    run_until_signalled(stop, lambda: asyncio.run(main()))

@@ -240,8 +240,8 @@ def add_parsers(sub: Any, workers: Any) -> None:
 def run_sync(args: argparse.Namespace) -> int:
     from runners.bootstrap.config import open_engine
     from runners.bootstrap.logs import configure_logging
-    from runners.entrypoints.backoff import keep_trying
-    from runners.entrypoints.sync_loop import run_until_signalled
+    from runners.entrypoints.sync_loop import run_process
+    from runners.services.backoff import keep_trying
 
     configure_logging(load_settings().LOG_LEVEL or "INFO", json=True)
     # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the
@@ -252,7 +252,7 @@ def run_sync(args: argparse.Namespace) -> int:
     worker = build_worker(engine, args.db, args.postgres, args.batch_size,
                           push_settings(args.public_url, args.gmail_topic))
     try:
-        run_until_signalled(worker, open_queue(args.db), options_of(args))
+        run_process(worker, open_queue(args.db), options_of(args))
     finally:
         worker.locks.close()
         engine.close()

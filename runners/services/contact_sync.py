@@ -2,7 +2,7 @@
 
 Two jobs, one process:
 
-- **Outbound.** It follows the event log (like `runners/entrypoints/projection_runner.py`) for
+- **Outbound.** It follows the event log (a `runners.services.follower.LogFollower`) for
   `ExternalContactChangeQueued` and executes each change against the user's Graph address book:
   `upsert` → PATCH the external contact (POST a new one when `external_id` is None) with the
   fields and the Base categories (the contact's other categories are kept);
@@ -30,46 +30,27 @@ Which users: `connection_of(event)` is the one place that reads a contact-sync c
 an event (`ContactSyncConnected`, as the contact domain folds it). Their Graph token: the
 OAuth `access_token` stored for the user's connected `outlook` mailbox (the same Microsoft
 account), read from the credential store at every request; without one a user is not pulled and
-their queued changes are refused with the reason.
+their queued changes are refused with the reason. The process around it (clients, state store,
+lock, rounds): `runners.entrypoints.contacts_runner`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import structlog
 
-from adapters.errors import (
-    CredentialsRejected,
-    CursorExpired,
-    ProviderError,
-    ProviderThrottled,
-    StoreError,
-)
+from adapters.errors import CursorExpired, ProviderError, ProviderThrottled
 from adapters.metrics import prometheus as metrics
 from adapters.providers.graph.contact_payloads import ContactFolder, ExternalContact
-from adapters.providers.graph.contacts import (
-    DEFAULT_GRAPH_API_URL,
-    ContactsClient,
-    GraphContactsClient,
-)
-from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
-from adapters.tracking.contact_sync import (
-    ContactSyncStore,
-    MemoryKeyValues,
-    PostgresKeyValues,
-    SqliteKeyValues,
-)
+from adapters.providers.graph.contacts import ContactsClient
+from adapters.tracking.contact_sync import ContactSyncStore
 from domain.events import (
     ContactSyncConnected,
     DomainEvent,
@@ -78,10 +59,9 @@ from domain.events import (
     UserDeleted,
     UserReactivated,
 )
-from runners.bootstrap.settings import load_settings
-from runners.entrypoints.backoff import Backoff
-from runners.entrypoints.sync_runner import token_endpoints
+from projections.projector import Logged
 from runners.services.engine import Engine
+from runners.services.follower import LogFollower
 
 BASE_CATEGORIES = ("Base Person", "Base Company", "Base Lead", "Base Current Prospect",
                    "Base Lost Prospect", "Base Current Customer", "Base Past Customer")
@@ -90,12 +70,6 @@ ACTOR = "system:contacts"
 log = structlog.get_logger("crmsync.contacts")
 
 ClientFactory = Callable[[str, str], ContactsClient | None]  # (tenant, user) -> client or None
-
-
-class Waiter(Protocol):
-    def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -144,26 +118,25 @@ class ContactSyncRunner:
         self.clock = clock
         self.connections: dict[tuple[str, str], Connection] = {}
         self.paused_until: dict[tuple[str, str], float] = {}
-        self.folded = 0  # log position folded into `connections`
+        # `follower.position`: the log folded into `connections`
+        self.follower = LogFollower("contact sync", batch=batch_size, log=log)
         self.executed = store.position()  # queued changes up to here are done
+        self.last_pull = float("-inf")
 
     # -- following the log ------------------------------------------------------------------------
     def follow_log(self) -> int:
-        """Fold new events; execute the queued changes not executed yet. Returns events read."""
-        read = 0
-        while True:
-            batch = self.engine.store.read_log(self.folded, self.batch_size)
-            if not batch:
-                return read
-            for logged in batch:
-                self._fold(logged.event)
-                self.folded = logged.position
-                if logged.position > self.executed:
-                    if isinstance(logged.event, ExternalContactChangeQueued):
-                        self._execute(logged.event)
-                    self.executed = logged.position
-            self.store.set_position(self.executed)
-            read += len(batch)
+        """Fold new events; execute the queued changes not executed yet. Returns how far it
+        read."""
+        return self.follower.read(self.engine.store, self._follow)
+
+    def _follow(self, batch: Sequence[Logged]) -> None:
+        for logged in batch:
+            self._fold(logged.event)
+            if logged.position > self.executed:
+                if isinstance(logged.event, ExternalContactChangeQueued):
+                    self._execute(logged.event)
+                self.executed = logged.position
+        self.store.set_position(self.executed)
 
     def _fold(self, event: DomainEvent) -> None:
         connected = connection_of(event)
@@ -391,146 +364,12 @@ class ContactSyncRunner:
         self.pull_all()
         self.follow_log()
 
-    def run(self, waiter: Waiter, *, interval: float = 60.0, poll: float = 1.0,
-            stop: threading.Event | None = None) -> None:
-        stop = stop or threading.Event()
-        last_pull = float("-inf")
-        log.info("contact sync started", position=self.executed, interval=interval)
-        while not stop.is_set():
-            read = self.follow_log()
-            if self.clock() - last_pull >= interval:
-                self.pull_all()
-                last_pull = self.clock()
-                read += self.follow_log()
-            if not read:
-                waiter.wait(min(poll, interval))
-        log.info("contact sync stopped", position=self.executed)
-
-
-def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint] | None = None,
-                  **options: Any) -> ClientFactory:
-    """Graph clients whose token is the OAuth access token stored for the user's connected
-    `outlook` mailbox (read at every request, so a refreshed token is used at once). A 401
-    renews it once with the stored refresh token at `tokens["outlook"]` and writes it back,
-    as the sync workers do."""
-    endpoint = (tokens or {}).get("outlook")
-
-    def refresher(tenant: str, mailbox: str) -> Callable[[], None]:
-        def refresh() -> None:
-            store = engine.credentials
-            stored = store.get(tenant, mailbox) if store is not None else None
-            if store is None or stored is None:
-                raise CredentialsRejected("graph", "the access token was refused and the "
-                                          "mailbox's credentials were removed")
-
-            def still_set() -> bool:
-                found = engine.store.state(tenant).mailboxes.get(mailbox)
-                return found is not None and found.credentials_set
-
-            StoredOAuthToken(store, tenant, mailbox, stored, endpoint, provider="graph",
-                             still_set=still_set).refresh()
-
-        return refresh
-
-    def reader(tenant: str, mailbox: str) -> Callable[[], str]:
-        def token() -> str:
-            stored = engine.credentials.get(tenant, mailbox) if engine.credentials else None
-            value = (stored or {}).get("access_token")
-            if not isinstance(value, str):
-                raise ProviderError("graph", "the mailbox's credentials were removed")
-            return value
-
-        return token
-
-    def token_of(tenant: str, user: str) -> tuple[Callable[[], str], str] | None:
-        if engine.credentials is None:
-            return None
-        state = engine.store.state(tenant)
-        mailboxes = [m for m in state.mailboxes.values()
-                     if m.user == user and m.provider == "outlook" and m.credentials_set
-                     and m.status == "connected"]
-        for mailbox in sorted(mailboxes, key=lambda m: m.id):
-            stored = engine.credentials.get(tenant, mailbox.id)
-            if stored and isinstance(stored.get("access_token"), str):
-                return reader(tenant, mailbox.id), mailbox.id
-        return None
-
-    def factory(tenant: str, user: str) -> ContactsClient | None:
-        found = token_of(tenant, user)
-        if found is None:
-            return None
-        token, mailbox = found
-        return GraphContactsClient(token, base_url, refresh=refresher(tenant, mailbox), **options)
-
-    return factory
-
-
-def open_state(engine: Engine, postgres: str | None) -> ContactSyncStore:
-    """The runner's state beside the engine's: the PostgreSQL schema, else the SQLite file."""
-    if postgres:
-        return ContactSyncStore(PostgresKeyValues(postgres))
-    if engine.path is None:
-        return ContactSyncStore(MemoryKeyValues())
-    return ContactSyncStore(SqliteKeyValues(engine.path))
-
-
-def run_contacts(engine: Engine, postgres: str | None, waiter: Waiter, *, interval: float,
-                 poll: float, once: bool) -> int:
-    """`crmsync run contacts`: until SIGTERM/SIGINT (or one pass with `once`). A store outage
-    does not end it (issue #10 point 10): its state store is opened again after a backoff, the
-    lock taken again, and the runner starts over from the stored position."""
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    backoff = Backoff()
-    store: ContactSyncStore | None = None
-    try:
-        while not stop.is_set():
-            try:
-                if store is None:
-                    store = open_state(engine, postgres)
-                return _session(engine, store, waiter, stop, backoff, interval=interval,
-                                poll=poll, once=once)
-            except StoreError as exc:
-                if once:
-                    raise
-                delay = backoff.next_delay()
-                log.warning("store_unavailable", doing="contact sync", failures=backoff.failures,
-                            retry_in=round(delay, 3), error=str(exc))
-                if store is not None:
-                    with contextlib.suppress(Exception):
-                        store.close()
-                    store = None
-                stop.wait(delay)
-        return 0
-    finally:
-        waiter.close()
-        if store is not None:
-            store.close()
-
-
-def _session(engine: Engine, store: ContactSyncStore, waiter: Waiter, stop: threading.Event,
-             backoff: Backoff, *, interval: float, poll: float, once: bool) -> int:
-    """Take the runner lock, then run (one pass with `once`); 1 when another runner keeps it."""
-    base_url = load_settings().GRAPH_API_URL or DEFAULT_GRAPH_API_URL
-    give_up = time.monotonic() + 15.0  # `once`: a runner that just stopped lets go soon
-    while not store.try_lock():
-        if stop.is_set() or (once and time.monotonic() > give_up):
-            log.warning("another contact-sync runner holds the lock")
-            return 0 if stop.is_set() else 1
-        log.info("waiting: another contact-sync runner holds the lock")
-        waiter.wait(min(poll, 1.0) if once else max(poll, 5.0))
-    runner = ContactSyncRunner(engine, store, graph_clients(engine, base_url,
-                                                             token_endpoints()))
-    if backoff.failures:
-        log.info("store_reconnected", doing="contact sync", failures=backoff.failures)
-        backoff.reset()
-    if once:
-        runner.run_once()
-    else:
-        runner.run(waiter, interval=interval, poll=poll, stop=stop)
-    return 0
+    def round(self, *, interval: float, poll: float) -> float:
+        """One round of `crmsync run contacts`: the log followed, and every `interval` seconds
+        a pull. Returns how long to wait for new events (0: nothing was idle)."""
+        read = self.follow_log()
+        if self.clock() - self.last_pull >= interval:
+            self.pull_all()
+            self.last_pull = self.clock()
+            read += self.follow_log()
+        return 0.0 if read else min(poll, interval)

@@ -16,6 +16,8 @@ from adapters.errors import CredentialStoreError
 from domain.commands import Command, ConnectMailbox
 from domain.events import CredentialsRemoved, DomainEvent, MailboxConnected
 from domain.state import TenantState
+from projections.projector import Logged
+from runners.services.follower import LogFollower
 
 if TYPE_CHECKING:
     from runners.services.engine import Engine
@@ -66,6 +68,10 @@ def after_append(engine: Engine, command: Command, state: TenantState,
         store.erase(command.tenant, command.mailbox)
 
 
+def _credential_events(kind: type[DomainEvent], data: bytes) -> bool:
+    return issubclass(kind, MailboxConnected | CredentialsRemoved)  # the mail is skipped unread
+
+
 def erase_removed(engine: Engine) -> int:
     """Erase the credentials of every mailbox whose latest credentials event in the log is
     `CredentialsRemoved`; idempotent. Reads the log from where it stopped last time (kept in the
@@ -81,19 +87,20 @@ def erase_removed(engine: Engine) -> int:
         store.advance_erasure(end)
         return 0
     latest: dict[tuple[str, str], bool] = {}  # (tenant, mailbox) -> credentials set
-    while True:
-        batch = engine.store.read_log(position, _BATCH)
-        if not batch:
-            break
+
+    def fold(batch: Sequence[Logged]) -> None:
         for logged in batch:
             event = logged.event
             if isinstance(event, MailboxConnected) and event.credentials_set:
                 latest[event.tenant, event.mailbox] = True
             elif isinstance(event, CredentialsRemoved):
                 latest[event.tenant, event.mailbox] = False
-        position = batch[-1].position
+
+    follower = LogFollower("credential erasure", position=position, batch=_BATCH,
+                           keep=_credential_events)
+    follower.read(engine.store, fold)
     removed = sorted(key for key, is_set in latest.items() if not is_set)
     for tenant, mailbox in removed:
         store.erase(tenant, mailbox)
-    store.advance_erasure(position)
+    store.advance_erasure(follower.position)
     return len(removed)

@@ -12,11 +12,14 @@ until their cursor next moves), and every Graph subscription id ever recorded.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.deliveries.model import GmailPush, GraphChange
 from domain import events as ev
+from projections.projector import Logged
+from runners.services.follower import LogFollower
 
 if TYPE_CHECKING:
     from runners.services.engine import Engine
@@ -55,7 +58,8 @@ class Directory:
     without a delivery: first sync after MailboxConnected, catch-up after UserReactivated and
     MailboxReconnected (L3, S10), until their cursor next moves."""
 
-    position: int = 0
+    follower: LogFollower = field(default_factory=lambda: LogFollower(
+        "mail directory", batch=10_000, keep=_directory_kinds))
     mailboxes: dict[MailboxRef, _Known] = field(default_factory=dict)
     pending: set[MailboxRef] = field(default_factory=set)
     # every Graph subscription id ever recorded -> its mailbox (lifecycle notifications of a
@@ -83,18 +87,18 @@ class Directory:
         elif isinstance(e, ev.MailboxCursorAdvanced):
             self.pending.discard(MailboxRef(tenant, e.mailbox))
 
-    def follow(self, engine: Engine, limit: int = 10_000) -> int:
+    def follow(self, engine: Engine) -> int:
         """Fold the log's new events; only the kinds `fold` looks at are decoded (the mail that
         makes up most of the log is skipped unread: a worker follows every worker's appends)."""
-        read = 0
-        while True:
-            batch, last = engine.store.read_log_kept(self.position, limit, _directory_kinds)
-            for item in batch:
-                self.fold(item.event.tenant, item.event)
-            stepped, self.position = last - self.position, last
-            read += stepped
-            if stepped < limit:  # (a gap in the positions costs at most one more read)
-                return read
+        return self.follower.read(engine.store, self._fold_batch)
+
+    def _fold_batch(self, batch: Sequence[Logged]) -> None:
+        for item in batch:
+            self.fold(item.event.tenant, item.event)
+
+    @property
+    def position(self) -> int:
+        return self.follower.position
 
     def route(self, provider: str, address: str) -> list[MailboxRef]:
         address = address.lower()

@@ -21,15 +21,13 @@ Credentials come from the credential store and are handed to the client factory 
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,9 +40,11 @@ from domain import events as ev
 from domain.errors import Rejection
 from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
+from projections.projector import Logged
 from runners.bootstrap.settings import Settings, load_settings
-from runners.entrypoints.backoff import Backoff, attempt
+from runners.services.backoff import Backoff
 from runners.services.engine import Engine
+from runners.services.follower import LogFollower, Waiter
 
 if TYPE_CHECKING:
     from adapters.credentials.store import CredentialStore
@@ -54,12 +54,6 @@ log = structlog.get_logger("crmsync.outbox")
 
 # (tenant, mailbox, its stored credentials) -> a client for it
 ClientFactory = Callable[[str, Mailbox, "dict[str, Any] | None"], OutboundClient]
-
-
-class Waiter(Protocol):
-    def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -96,11 +90,21 @@ class Outbox:
         self.max_backoff = max_backoff
         self.batch_size = batch_size
         self.clock = clock
-        self.position = tracking.position()  # read up to here
+        self.follower = LogFollower("outbox", position=tracking.position(), batch=batch_size,
+                                    log=log)
         self._saved = self.position
         self.tracked: dict[tuple[str, str], Tracked] = {}  # (tenant, request), in log order
 
     # -- following the log ---------------------------------------------------------------------
+    @property
+    def position(self) -> int:
+        """Read up to here."""
+        return self.follower.position
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self.follower.position = value
+
     def resume(self) -> None:
         """Start again from the durable watermark (after taking the lock, which another worker
         may have held meanwhile): what is tracked is read again from the log."""
@@ -109,21 +113,17 @@ class Outbox:
 
     def read(self) -> int:
         """Read the log after `position`: track new requests, forget acknowledged ones."""
-        read = 0
-        while True:
-            batch = self.engine.store.read_log(self.position, self.batch_size)
-            if not batch:
-                return read
-            for item in batch:
-                e = item.event
-                request = _request_id(e)
-                if request is not None:
-                    self.tracked[(e.tenant, request)] = Tracked(
-                        item.position, e.tenant, e.mailbox)  # type: ignore[attr-defined]
-                elif isinstance(e, ev.OutboundMailAcknowledged):
-                    self.tracked.pop((e.tenant, e.request), None)
-            self.position = batch[-1].position
-            read += len(batch)
+        return self.follower.read(self.engine.store, self._track)
+
+    def _track(self, batch: Sequence[Logged]) -> None:
+        for item in batch:
+            e = item.event
+            request = _request_id(e)
+            if request is not None:
+                self.tracked[(e.tenant, request)] = Tracked(
+                    item.position, e.tenant, e.mailbox)  # type: ignore[attr-defined]
+            elif isinstance(e, ev.OutboundMailAcknowledged):
+                self.tracked.pop((e.tenant, e.request), None)
 
     def watermark(self) -> int:
         """Every request at or before this log position is acknowledged."""
@@ -361,45 +361,33 @@ def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
 
 def run(outbox: Outbox, waiter: Waiter, *, poll: float = 1.0,
         stop: threading.Event | None = None, backoff: Backoff | None = None,
-        sleep: Callable[[float], object] | None = None) -> None:
-    """Until `stop`. A store outage does not end the worker (issue #10 point 10): it lets go of
-    its lock, backs off, takes the lock again and resumes from the durable watermark (another
-    outbox may have run meanwhile; a send already made is found by its Message-ID)."""
-    stop = stop or threading.Event()
-    backoff = backoff or Backoff()
-    sleep = sleep or stop.wait
+        sleep: Callable[[float], object] | None = None, signals: bool = False) -> None:
+    """Until `stop` (or, with `signals`, SIGTERM/SIGINT; the waiter is closed at the end).
+    A store outage does not end the worker (issue #10 point 10): it lets go of its lock, backs
+    off, takes the lock again and resumes from the durable watermark (another outbox may have
+    run meanwhile; a send already made is found by its Message-ID)."""
+    follower = outbox.follower
+    follower.waiter, follower.stop = waiter, stop or threading.Event()
+    follower.backoff, follower.sleep = backoff or Backoff(), sleep
 
-    def session() -> None:
+    @contextmanager
+    def session() -> Iterator[None]:
         with outbox.tracking.exclusive():
             outbox.resume()
             log.info("outbox started", position=outbox.position)
-            while not stop.is_set():
-                tried = outbox.round()
-                if backoff.failures:
-                    log.info("store_reconnected", doing="outbox", failures=backoff.failures)
-                    backoff.reset()
-                if tried:
-                    continue
-                due_in = outbox.next_due_in()
-                waiter.wait(poll if due_in is None else min(poll, max(due_in, 0.01)))
+            yield
 
-    while not stop.is_set():
-        attempt(session, what="outbox", backoff=backoff, sleep=sleep, log=log)
+    def one_round() -> float:
+        if outbox.round():
+            return 0.0
+        due_in = outbox.next_due_in()
+        return poll if due_in is None else min(poll, max(due_in, 0.01))
+
+    if signals:
+        follower.run_until_signalled(one_round, session)
+    else:
+        follower.run(one_round, session)
     log.info("outbox stopped", position=outbox.position, open=len(outbox.tracked))
-
-
-def run_until_signalled(outbox: Outbox, waiter: Waiter, **options: Any) -> None:
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    try:
-        run(outbox, waiter, stop=stop, **options)
-    finally:
-        waiter.close()
 
 
 def in_background(db: str, postgres: str | None) -> Callable[[], None]:

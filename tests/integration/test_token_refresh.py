@@ -262,7 +262,7 @@ def test_contact_sync_refreshes_a_refused_graph_token_and_stores_it(
     from graph_contacts_server import GraphBook, graph_contacts_app
     from loopback import Server
 
-    from runners.services.contact_sync import graph_clients
+    from runners.entrypoints.contacts_runner import graph_clients
 
     monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
     engine = Engine.open_sqlite(str(tmp_path / "crm.db"))

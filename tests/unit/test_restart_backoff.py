@@ -28,10 +28,10 @@ from domain import events as ev
 from domain.commands import parse_command
 from domain.errors import Rejection
 from runners.entrypoints import projection_runner
-from runners.entrypoints.backoff import Backoff, keep_trying
+from runners.entrypoints.contacts_runner import run_contacts
 from runners.entrypoints.sync_loop import LoopOptions, Owed, process, run
 from runners.services import outbox
-from runners.services.contact_sync import run_contacts
+from runners.services.backoff import Backoff, keep_trying
 from runners.services.engine import Engine
 from runners.services.sync_worker import Outcome, SyncWorker
 
