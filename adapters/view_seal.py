@@ -179,22 +179,24 @@ class ViewSealer:
         sealed = _unmarked(doc)  # a copy (rows are shared); attachments copied below
         del sealed[text]
         content: dict[str, Any] = {text: value}
+        # what the box is reused for: its place (the first four: what `_place` binds) and content
+        memo: tuple[Any, ...]
         if projection in _THREAD_SUBJECT:  # one box for the thread's timeline and mailbox rows
-            place = ["thread", tenant, owner, doc.get("thread")]
-            memo: tuple[Any, ...] = (*place, value)
+            memo = ("thread", tenant, owner, doc.get("thread"), value)
         elif projection == "message":
             content["body"] = body = sealed.pop("body", None)
             atts = doc.get("attachments", [])
-            content["names"] = names = [a.get("name") for a in atts]
-            content["reasons"] = reasons = [a.get("reason") for a in atts]
             if atts:
+                content["names"] = names = [a.get("name") for a in atts]
+                content["reasons"] = reasons = [a.get("reason") for a in atts]
                 sealed["attachments"] = [_nameless(a) for a in atts]
-            place = [projection, tenant, owner, key]
-            memo = (*place, value, body, tuple(names), tuple(reasons))
+                memo = (projection, tenant, owner, key, value, body, tuple(names), tuple(reasons))
+            else:
+                content["names"], content["reasons"] = [], []
+                memo = (projection, tenant, owner, key, value, body)
         else:
-            place = [projection, tenant, owner, key]
-            memo = (*place, value)
-        sealed[SEALED_FIELD] = [owner, self._box(siv, memo, place, content)]
+            memo = (projection, tenant, owner, key, value)
+        sealed[SEALED_FIELD] = [owner, self._box(siv, memo, content)]
         return sealed
 
     def _view_key(self, tenant: str, owner: str, create: bool) -> object:
@@ -205,18 +207,18 @@ class ViewSealer:
             return _PLAIN
         return siv
 
-    def _box(self, siv: AESSIV, memo: tuple[Any, ...], place: list[Any],
-             content: dict[str, Any]) -> str:
-        """The box of `content` at `place`, reused when `memo` (the two as one tuple) was sealed
-        before: a reuse encodes nothing, and the memo keeps no JSON."""
+    def _box(self, siv: AESSIV, memo: tuple[Any, ...], content: dict[str, Any]) -> str:
+        """The box of `content` at the place `memo[:4]`, reused when `memo` was sealed before:
+        a reuse encodes nothing, and the memo keeps no JSON."""
         try:
             box = self._boxes.get(memo)
         except TypeError:  # a value that is no text (not from the projections): not kept
-            return _encrypt(siv, orjson.dumps(content), orjson.dumps(place))
+            return _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
         if box is None:
             if len(self._boxes) >= _MEMO:
                 self._boxes.clear()
-            box = self._boxes[memo] = _encrypt(siv, orjson.dumps(content), orjson.dumps(place))
+            box = self._boxes[memo] = _encrypt(siv, orjson.dumps(content),
+                                               orjson.dumps(memo[:4]))
         return box
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
