@@ -12,6 +12,8 @@ between them. "off" stores the
 content in plaintext (the baseline, chain still on); "on" seals it with the owner's key.
 `--what all`: off = plaintext log and views, on = both sealed; `--what views`: the log is sealed
 in both, only the view rows differ (the cost of sealing the views alone).
+Both also per CPU second of this process (both threads; PostgreSQL's server not included), which
+the load of other processes on a shared machine does not skew.
 Queries: `--queries` timelines (admin, a contact with ~1/50 of the threads) and thread answers
 (its owner, a random thread) per mode, alternating, in process (the CLI's path): p50 and p95 in ms.
 SQLite in a temporary directory, or fresh PostgreSQL schemas (dropped afterwards).
@@ -83,13 +85,14 @@ def prepare(engine: Engine, seal: bool, args: argparse.Namespace) -> None:
     engine.catch_up()
 
 
-def sync_batch(engine: Engine, start: int, args: argparse.Namespace) -> float:
-    began = time.perf_counter()
+def sync_batch(engine: Engine, start: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds taken and this process's CPU seconds (both threads) for one batch."""
+    began, cpu = time.perf_counter(), time.process_time()
     batch = [parse_command(sync_command(i, args.mailboxes))
              for i in range(start, min(start + args.batch, args.messages))]
     engine.execute_batch(batch, now=NOW, correlation_id=f"b{start}")
     engine.catch_up()
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
 def query_ms(engine: Engine, n: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -110,10 +113,12 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def rebuild(engine: Engine) -> float:
-    began = time.perf_counter()
+def rebuild(engine: Engine) -> tuple[float, float]:
+    """Events per second, and per CPU second of this process (the writer thread included)."""
+    began, cpu = time.perf_counter(), time.process_time()
     engine.rebuild()
-    return engine.store.max_position() / (time.perf_counter() - began)
+    events = engine.store.max_position()
+    return events / (time.perf_counter() - began), events / (time.process_time() - cpu)
 
 
 def fresh(args: argparse.Namespace, tmp: str, name: str) -> tuple[Engine, str | None]:
@@ -145,17 +150,23 @@ def main() -> None:
             for seal, (engine, _) in opened.items():
                 prepare(engine, seal, args)
             spent = {False: 0.0, True: 0.0}
+            cpu = {False: 0.0, True: 0.0}
             for n, start in enumerate(range(0, args.messages, args.batch)):
                 for seal in ((False, True) if n % 2 == 0 else (True, False)):
-                    spent[seal] += sync_batch(use(opened[seal][0], seal, args), start, args)
+                    took, used = sync_batch(use(opened[seal][0], seal, args), start, args)
+                    spent[seal] += took
+                    cpu[seal] += used
             latency: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
             for n in range(args.queries):
                 for seal in ((False, True) if n % 2 == 0 else (True, False)):
                     latency[seal].append(query_ms(use(opened[seal][0], seal, args), n, args))
             rates: dict[bool, list[float]] = {False: [], True: []}
+            cpu_rates: dict[bool, list[float]] = {False: [], True: []}
             for r in range(args.rounds):
                 for seal in ((False, True) if r % 2 == 0 else (True, False)):
-                    rates[seal].append(rebuild(use(opened[seal][0], seal, args)))
+                    rate, cpu_rate = rebuild(use(opened[seal][0], seal, args))
+                    rates[seal].append(rate)
+                    cpu_rates[seal].append(cpu_rate)
             events = opened[True][0].store.max_position()
         finally:
             for engine, schema in opened.values():
@@ -165,14 +176,22 @@ def main() -> None:
                         conn.execute(f"DROP SCHEMA {schema} CASCADE")
     print(f"{args.messages} messages in {args.mailboxes} mailboxes, {events} events, "
           f"{'PostgreSQL' if args.postgres else 'SQLite'}, sealed: {args.what}")
+    # per CPU second too: on a shared machine the load of others slows both modes' wall clock
+    # alike only on average, while this process's CPU time is its own
     sync = {seal: args.messages / spent[seal] for seal in spent}
+    sync_cpu = {seal: args.messages / cpu[seal] for seal in cpu}
     print(f"sync msg/s    off {sync[False]:8.0f}  on {sync[True]:8.0f}  "
-          f"cost {100 * (1 - sync[True] / sync[False]):5.1f} %")
+          f"cost {100 * (1 - sync[True] / sync[False]):5.1f} %   per CPU s: off "
+          f"{sync_cpu[False]:.0f} on {sync_cpu[True]:.0f} "
+          f"cost {100 * (1 - sync_cpu[True] / sync_cpu[False]):.1f} %")
     for seal in (False, True):
         print(f"rebuild ev/s {'on ' if seal else 'off'} runs: "
-              + ", ".join(f"{x:.0f}" for x in rates[seal]))
+              + ", ".join(f"{x:.0f}" for x in rates[seal]) + "   per CPU s: "
+              + ", ".join(f"{x:.0f}" for x in cpu_rates[seal]))
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %")
+    coff, con = statistics.median(cpu_rates[False]), statistics.median(cpu_rates[True])
+    print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %   "
+          f"per CPU s: off {coff:.0f} on {con:.0f} cost {100 * (1 - con / coff):.1f} %")
     for i, name in enumerate(("timeline", "thread")):
         cells = {seal: [x[i] for x in latency[seal]] for seal in latency}
         print(f"{name:8} ms   off p50 {pct(cells[False], 50):6.2f} p95 {pct(cells[False], 95):6.2f}"

@@ -22,9 +22,11 @@ used with AES-SIV: deterministic, so a rebuilt view equals the incremental one b
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import threading
 from abc import ABC, abstractmethod
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ def key_file_master_key(db_path: str) -> bytes:
     return key
 
 
+@functools.lru_cache(maxsize=4096)
 def _aad(kind: str, tenant: str, user: str) -> bytes:
     return orjson.dumps([kind, tenant, user])
 
@@ -210,14 +213,15 @@ class ContentKeys(ABC):
         assert aes is not None
         nonce = os.urandom(12)
         sealed = aes.encrypt(nonce, orjson.dumps(list(values)), _aad(_SEAL_AAD, tenant, user))
-        return base64.b64encode(nonce + sealed).decode()
+        return b2a_base64(nonce + sealed, newline=False).decode()
 
-    def open(self, tenant: str, user: str, sealed: str) -> list[str] | None:
+    def open(self, tenant: str, user: str, sealed: str | bytes) -> list[str] | None:
         """The values sealed for the user; None when the key is destroyed (erased)."""
-        aes = self.key(tenant, user, create=False)
+        cached = self._cache.get((tenant, user))  # the common case without a call: a rebuild
+        aes = cached[0] if cached is not None else self.key(tenant, user, create=False)
         if aes is None:
             return None
-        raw = base64.b64decode(sealed)
+        raw = memoryview(a2b_base64(sealed))  # nonce and ciphertext read in place, not copied
         try:
             values: list[str] = orjson.loads(aes.decrypt(raw[:12], raw[12:],
                                                          _aad(_SEAL_AAD, tenant, user)))

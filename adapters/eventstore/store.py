@@ -12,13 +12,13 @@ What is stored per event is still one JSON object, with two fields of ours in fr
   content encrypted under its owner's data key (adapters.eventstore.content_keys), as one string:
   base64url(owner) "." base64(nonce + ciphertext). The event's own content fields hold the
   erased placeholder (`domain.events.ERASED`), so an event whose key is destroyed decodes as
-  erased and everything downstream (state, views, replays at any `at`) shows it erased.
+  erased and everything downstream (state, views, replays at any `at`) shows it erased
+  (adapters.eventstore.seal).
 eventsourcing's whole-event cipher and compressor, when configured, wrap all of that.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
@@ -41,11 +41,12 @@ from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.eventstore.content_keys import ContentKeys, MemoryContentKeys
+from adapters.eventstore.seal import SEALED_KEY, SEALED_KINDS, opened, seal_values, with_sealed
 from adapters.eventstore.snapshots import Snapshots
 from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
 from domain import events as ev
-from domain.events import ERASED, DomainEvent
+from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 
 log = structlog.get_logger("crmsync.store")
@@ -70,9 +71,6 @@ class EventEnvelope:
 GENESIS = "0" * 64
 _CHAIN_HEAD = b'{"_chain":"'
 _CHAIN_END = len(_CHAIN_HEAD) + 64
-_SEALED_KEY = b'"_sealed":"'
-_SKIP_PREFIX = "attachment_not_allowed"
-ERASED_REASON = "[erased]"
 
 
 def chain_link(prev: str, topic: str, version: int, body: bytes) -> str:
@@ -99,97 +97,6 @@ def link_of(stored: StoredEvent) -> str:
     return chain_link("legacy", stored.topic, stored.originator_version, stored.state)
 
 
-def _seal_values(doc: dict[str, Any], kind: type[DomainEvent]) -> list[str] | None:
-    """Take the content out of an event's JSON (placeholders stay): the values to seal."""
-    if kind is ev.MessageSynced or kind is ev.EmailSent:
-        msg = doc["message"]
-        refused = doc.get("refused") or []  # S8's refused attachments: their names are content
-        values = [msg["subject"], msg["body"], *(a["name"] for a in msg["attachments"]),
-                  *(a["name"] for a in refused), *(a["reason"] for a in refused)]
-        msg["subject"], msg["body"] = ERASED, ""
-        for a in [*msg["attachments"], *refused]:
-            a["name"] = ERASED
-        for a in refused:
-            a["reason"] = ERASED_REASON
-        return values
-    if kind is ev.AttachmentRejected:
-        values = [doc["attachment"], doc["reason"]]
-        doc["attachment"], doc["reason"] = ERASED, ERASED_REASON
-        return values
-    if kind is ev.MessageSkipped and doc["reason"].startswith(_SKIP_PREFIX):
-        values = [doc["reason"]]  # names the attachments that were not allowed
-        doc["reason"] = f"{_SKIP_PREFIX}: {ERASED_REASON}"
-        return values
-    return None
-
-
-def _placeholder(field: str, value: str) -> bytes:
-    return b'"' + field.encode() + b'":' + orjson.dumps(value)
-
-
-# Where each sealed value goes back, in order: the placeholder as stored. A key pattern with
-# unescaped quotes only ever matches the JSON's own structure, never text inside a value.
-_SUBJECT = _placeholder("subject", ERASED)
-_BODY = _placeholder("body", "")
-_NAME = _placeholder("name", ERASED)
-_ATTACHMENT = _placeholder("attachment", ERASED)
-_REASON = _placeholder("reason", ERASED_REASON)
-_SKIP_REASON = _placeholder("reason", f"{_SKIP_PREFIX}: {ERASED_REASON}")
-
-
-def _unsealed(state: bytes, kind: type[DomainEvent], values: list[str]) -> bytes:
-    """The stored JSON with the content put back in place of the placeholders (then validated
-    once: rebuilding a dict or copying models cost a rebuild a third of its rate)."""
-    if kind is ev.MessageSynced or kind is ev.EmailSent:
-        # the names (the message's attachments', then the refused ones') in the order they
-        # stand in the JSON, then the refused ones' reasons: each placeholder is replaced first
-        # to last, so only the order within one kind of placeholder matters
-        names = state.count(_NAME)
-        slots = [(_SUBJECT, "subject"), (_BODY, "body")] + [(_NAME, "name")] * names \
-            + [(_REASON, "reason")] * (len(values) - 2 - names)
-    elif kind is ev.AttachmentRejected:
-        slots = [(_ATTACHMENT, "attachment"), (_REASON, "reason")]
-    else:
-        slots = [(_SKIP_REASON, "reason")]
-    for (placeholder, key), value in zip(slots, values, strict=True):
-        state = state.replace(placeholder, _placeholder(key, value), 1)
-    return state
-
-
-def _token(owner: str, sealed: str) -> str:
-    """`_sealed`: the owner (base64url, so the field is found without parsing) and the box."""
-    return base64.urlsafe_b64encode(owner.encode()).decode().rstrip("=") + "." + sealed
-
-
-def _owner_of(token: bytes) -> tuple[str, str]:
-    user, _, sealed = token.decode().partition(".")
-    return _user(user), sealed
-
-
-@functools.lru_cache(maxsize=4096)
-def _user(encoded: str) -> str:
-    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-
-
-_TENANT_KEY = b'{"tenant":'
-
-
-def _stored_tenant(body: bytes) -> str:
-    """The tenant of an event's JSON (its first field, as `DomainEvent` declares it)."""
-    end = body.find(b'",', len(_TENANT_KEY))
-    value = body[len(_TENANT_KEY):end + 1]
-    if body.startswith(_TENANT_KEY) and end > 0 and b"\\" not in value:
-        tenant = orjson.loads(value)
-    else:  # escapes in the id: parse it properly
-        tenant = orjson.loads(body)["tenant"]
-    if not isinstance(tenant, str):
-        raise StoreError("stored event without a tenant")
-    return tenant
-
-
-SEALED_KINDS = (ev.MessageSynced, ev.EmailSent, ev.AttachmentRejected, ev.MessageSkipped)
-
-
 class PydanticMapper(Mapper[UUID]):
     """Maps EventEnvelope <-> StoredEvent with orjson; pydantic restores the types. Content is
     sealed with its owner's key (`keys`, set by the EventStore) and every event is chained."""
@@ -205,14 +112,17 @@ class PydanticMapper(Mapper[UUID]):
         event = envelope.event
         kind = type(event)
         doc = event.model_dump(by_alias=True)
+        box = None
         if self.seal and isinstance(event, SEALED_KINDS) \
-                and (values := _seal_values(doc, kind)) is not None:
+                and (values := seal_values(doc, kind)) is not None:
             if owner is None or self.keys is None:
                 raise StoreError(f"cannot store {kind.__name__}: no owner or content keys to "
                                  "seal its content with")
-            doc = {"_sealed": _token(owner, self.keys.seal(event.tenant, owner, values)), **doc}
+            box = self.keys.seal(event.tenant, owner, values)
         topic = get_topic(kind)
         body = orjson.dumps(doc)
+        if box is not None:
+            body = with_sealed(body, cast(str, owner), box)
         link = chain_link(prev, topic, envelope.originator_version, body)
         state = _CHAIN_HEAD + link.encode() + b'",' + body[1:]
         if self.compressor:
@@ -238,17 +148,8 @@ class PydanticMapper(Mapper[UUID]):
             # past the chain link, without copying: where the event's own JSON goes on
             start = _CHAIN_END + 2 if state.startswith(_CHAIN_HEAD) else 1
             cls: type[DomainEvent] = resolve_topic(stored_event.topic)
-            if state.startswith(_SEALED_KEY, start):
-                begin = start + len(_SEALED_KEY)
-                end = state.index(b'"', begin)
-                body = b"{" + state[end + 2:]
-                if self.keys is None:
-                    raise StoreError("sealed content but no content keys")
-                owner, sealed = _owner_of(state[begin:end])
-                values = self.keys.open(_stored_tenant(body), owner, sealed)
-                if values is not None:  # None: the key is destroyed, the placeholders stay
-                    body = _unsealed(body, cls, values)
-                event = cls.model_validate_json(body)
+            if state.startswith(SEALED_KEY, start):
+                event = cls.model_validate_json(opened(state, start, cls, self.keys))
             else:
                 event = cls.model_validate_json(state if start == 1 else b"{" + state[start:])
         except StoreError:

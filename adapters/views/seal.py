@@ -25,11 +25,13 @@ so it never reaches an answer; stores without keys (in memory, replays) just dro
 from __future__ import annotations
 
 import base64
+from binascii import b2a_base64
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from adapters.errors import StoreError
 from adapters.eventstore.content_keys import ContentKeys
@@ -44,6 +46,39 @@ _MARK = b'"sealed":'  # in the stored bytes of a sealed row
 # name (S8 refusals), so it is sealed with the mailbox user's key too
 _TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
          "sync_status": "last_error"}
+
+# a batch's view keys by (tenant, owner, create): a key, None (destroyed) or _PLAIN
+_BatchKeys = dict[tuple[str, str, bool], object]
+_UNSEEN, _PLAIN = object(), object()
+_THREAD_SUBJECT = frozenset({"timeline", "mailbox"})
+
+
+def _encrypt(siv: AESSIV, plain: bytes, place: bytes) -> str:
+    return b2a_base64(siv.encrypt(plain, [place]), newline=False).decode()
+
+
+def _nameless(att: dict[str, Any]) -> dict[str, Any]:
+    """An attachment as a sealed row keeps it: its name (and refusal reason) taken out."""
+    att = att.copy()
+    att["name"] = None
+    if "reason" in att:
+        att["reason"] = None
+    return att
+
+
+def _unmarked(doc: Doc) -> Doc:
+    """A copy of the row without its owner mark."""
+    doc = doc.copy()
+    doc.pop(OWNER_FIELD, None)
+    return doc
+
+
+def _copy(doc: Doc) -> Doc:
+    """A row copied deep enough for `_erased` to change it, without its owner mark."""
+    doc = _unmarked(doc)
+    if "attachments" in doc:
+        doc["attachments"] = [dict(a) for a in doc["attachments"]]
+    return doc
 
 
 def _erased(projection: str, doc: Doc) -> Doc:
@@ -73,8 +108,9 @@ class ViewSealer:
         self._factory = keys
         self._keys: ContentKeys | None = None
         # (place, content) -> box: a thread's rows are rewritten at each of its events with the
-        # same subject; sealing is deterministic, so the box is reused (bounded, cleared whole)
-        self._boxes: dict[tuple[bytes, bytes], str] = {}
+        # same subject, a message's at each flag or label change with the same content; sealing
+        # is deterministic, so the box is reused (bounded, cleared whole)
+        self._boxes: dict[tuple[Any, ...], str] = {}
         # (place, box) -> content, for reads (in this process's memory only, never stored; used
         # only after the owner's key was found not destroyed)
         self._opened: dict[tuple[bytes, str], bytes] = {}
@@ -97,55 +133,93 @@ class ViewSealer:
     def encoded(self, changes: Changes) -> dict[str, list[tuple[str, str, str, bytes]]]:
         """Each projection's changed rows as (tenant, key, row key, sealed stored bytes), done
         before the store's write transaction: no key work while it holds its locks (a key
-        created on the way takes another connection to the same database)."""
-        return {projection: [(tenant, key, rk,
-                              encode_doc(self.seal(projection, tenant, key, rk, doc)))
-                             for (tenant, key), rows in keyed.items()
-                             for rk, doc in rows.items()]
-                for projection, keyed in changes.items()}
+        created on the way takes another connection to the same database). The batch's keys
+        are looked up once per owner (most rows of a batch share a few owners)."""
+        keys: _BatchKeys = {}
+        out: dict[str, list[tuple[str, str, str, bytes]]] = {}
+        for projection, keyed in changes.items():
+            if projection in SEALED_PROJECTIONS:
+                out[projection] = [(tenant, key, rk,
+                                    encode_doc(self._seal(projection, tenant, key, doc, keys)))
+                                   for (tenant, key), rows in keyed.items()
+                                   for rk, doc in rows.items()]
+            else:
+                out[projection] = [(tenant, key, rk, encode_doc(doc))
+                                   for (tenant, key), rows in keyed.items()
+                                   for rk, doc in rows.items()]
+        return out
 
     def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
+        """The row as stored: content sealed (a copy; rows are shared), `_owner` gone."""
         if projection not in SEALED_PROJECTIONS:
             return doc
-        owner = doc.get(OWNER_FIELD, doc.get("user" if projection == "sync_status" else "owner"))
-        if OWNER_FIELD in doc:
-            doc = {k: v for k, v in doc.items() if k != OWNER_FIELD}
+        return self._seal(projection, tenant, key, doc, {})
+
+    def _seal(self, projection: str, tenant: str, key: str, doc: Doc, keys: _BatchKeys
+              ) -> Doc:
+        marked = OWNER_FIELD in doc
+        owner = doc[OWNER_FIELD] if marked else doc.get(
+            "user" if projection == "sync_status" else "owner")
         text = _TEXT[projection]
-        if not self.sealing or not isinstance(doc.get(text), str) \
-                or not isinstance(owner, str):
-            return doc  # nothing to seal: erased already, or not a content row
-        doc = dict(doc)  # a copy we may change (rows are shared); attachments copied below
-        content: dict[str, Any] = {text: doc.pop(text)}
-        if projection == "message":
-            content["body"] = doc.pop("body", None)
-            atts = [dict(a) for a in doc.get("attachments", [])]
-            if "attachments" in doc:
-                doc["attachments"] = atts
-            content["names"] = [a.get("name") for a in atts]
-            content["reasons"] = [a.get("reason") for a in atts]
-            for att in atts:
-                att["name"] = None
-                if "reason" in att:
-                    att["reason"] = None
+        value = doc.get(text)
+        if not isinstance(value, str) or not isinstance(owner, str) or not self.sealing:
+            return _unmarked(doc) if marked else doc  # erased already, or not a content row
         # a sync status's error is content only for a user whose content the log holds (sealed
         # there under a key created then); one without a key (PostgreSQL without a master key
         # refuses content) is kept as it is rather than fail the projection
         create = projection != "sync_status"
+        found = keys.get((tenant, owner, create), _UNSEEN)
+        if found is _UNSEEN:
+            found = keys[(tenant, owner, create)] = self._view_key(tenant, owner, create)
+        if found is _PLAIN:
+            return _unmarked(doc) if marked else doc
+        if found is None:  # the owner's key is destroyed: the content is erased (L2)
+            return _erased(projection, _copy(doc))
+        siv = cast(AESSIV, found)
+        sealed = _unmarked(doc)  # a copy (rows are shared); attachments copied below
+        del sealed[text]
+        content: dict[str, Any] = {text: value}
+        # what the box is reused for: its place (the first four: what `_place` binds) and content
+        memo: tuple[Any, ...]
+        if projection in _THREAD_SUBJECT:  # one box for the thread's timeline and mailbox rows
+            memo = ("thread", tenant, owner, doc.get("thread"), value)
+        elif projection == "message":
+            content["body"] = body = sealed.pop("body", None)
+            atts = doc.get("attachments", [])
+            if atts:
+                content["names"] = names = [a.get("name") for a in atts]
+                content["reasons"] = reasons = [a.get("reason") for a in atts]
+                sealed["attachments"] = [_nameless(a) for a in atts]
+                memo = (projection, tenant, owner, key, value, body, tuple(names), tuple(reasons))
+            else:
+                content["names"], content["reasons"] = [], []
+                memo = (projection, tenant, owner, key, value, body)
+        else:
+            memo = (projection, tenant, owner, key, value)
+        sealed[SEALED_FIELD] = [owner, self._box(siv, memo, content)]
+        return sealed
+
+    def _view_key(self, tenant: str, owner: str, create: bool) -> object:
+        """The owner's view key; None: destroyed (erase); _PLAIN: none, and none is made."""
         keys = self.keys()
         siv = keys.view_key(tenant, owner, create=create)
         if siv is None and not create and not keys.destroyed(tenant, owner):
-            return {**doc, **content}
-        if siv is None:  # the owner's key is destroyed: the content is erased (L2)
-            return _erased(projection, doc)
-        place, plain = _place(projection, tenant, key, owner, doc), orjson.dumps(content)
-        box = self._boxes.get((place, plain))
+            return _PLAIN
+        return siv
+
+    def _box(self, siv: AESSIV, memo: tuple[Any, ...], content: dict[str, Any]) -> str:
+        """The box of `content` at the place `memo[:4]`, reused when `memo` was sealed before:
+        a reuse encodes nothing, and the memo keeps no JSON."""
+        try:
+            box = self._boxes.get(memo)
+        except TypeError:  # a value that is no text (not from the projections): not kept
+            return _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
         if box is None:
             if len(self._boxes) >= _MEMO:
                 self._boxes.clear()
-            box = self._boxes[(place, plain)] = base64.b64encode(
-                siv.encrypt(plain, [place])).decode()
-        doc[SEALED_FIELD] = [owner, box]
-        return doc
+            box = self._boxes[memo] = _encrypt(siv, orjson.dumps(content),
+                                               orjson.dumps(memo[:4]))
+        return box
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
                   ) -> bytes:

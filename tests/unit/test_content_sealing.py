@@ -72,3 +72,22 @@ def test_l2_destroyed_key_reads_as_erased_and_e7_link_covers_the_bytes() -> None
     link, body = split_chain(first.state)
     assert link == chain_link("0" * 64, first.topic, 1, body)
     assert link != chain_link("0" * 64, first.topic, 1, body.replace(b"u@x", b"v@x"))
+
+
+def test_l2_content_equal_to_its_placeholder_goes_back_in_its_own_place() -> None:
+    # an attachment named like the erased placeholder, then another: each name goes back to
+    # its own attachment (putting values back from the start would find the first one twice)
+    store = EventStore.in_memory()
+    events = history()
+    synced = events[2]
+    assert isinstance(synced, ev.MessageSynced)
+    names = [ev.ERASED, "second.pdf"]
+    message = synced.message.model_copy(update={"attachments": [
+        a.model_copy(update={"name": n}) for a, n in zip(synced.message.attachments, names,
+                                                        strict=True)]})
+    events[2] = synced.model_copy(update={"message": message})
+    store.append_raw('t"1', 0, events)
+    read = [e for _, e in store.tenant_events('t"1')][2]
+    assert isinstance(read, ev.MessageSynced)
+    assert [a.name for a in read.message.attachments] == names
+    assert [a.name for a in read.refused] == ["virus-Quokka.exe", TRICKY[0]]
