@@ -27,7 +27,8 @@ from adapters.errors import (
 )
 from adapters.work_queue import Delivery, WorkQueue
 from runners.backoff import Backoff
-from runners.sync_worker import SyncWorker, describe
+from runners.sync_common import describe
+from runners.sync_worker import SyncWorker
 
 log = structlog.get_logger("crmsync.sync")
 

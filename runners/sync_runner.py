@@ -42,8 +42,10 @@ if TYPE_CHECKING:
     from adapters.work_queue import WorkQueue
     from domain.state import Mailbox
     from runners.engine import Engine
+    from runners.push_channels import PushSettings
+    from runners.sync_common import MailboxLocks
     from runners.sync_loop import LoopOptions
-    from runners.sync_worker import MailboxLocks, PushSettings, SyncWorker
+    from runners.sync_worker import SyncWorker
 
 # provider -> (token URL variable, client id variable, client secret variable)
 TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
@@ -78,7 +80,7 @@ def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndp
 def push_settings(public_url: str | None = None, gmail_topic: str | None = None
                   ) -> PushSettings | None:
     """Push channels from flags and the environment; None when no provider is configured."""
-    from runners.sync_worker import PushSettings
+    from runners.push_channels import PushSettings
 
     env = load_settings()
     settings = PushSettings(

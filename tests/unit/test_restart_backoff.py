@@ -31,8 +31,9 @@ from runners import outbox, projection_runner
 from runners.backoff import Backoff, keep_trying
 from runners.contact_sync import run_contacts
 from runners.engine import Engine
+from runners.sync_common import Outcome
 from runners.sync_loop import LoopOptions, Owed, process, run
-from runners.sync_worker import Outcome, SyncWorker
+from runners.sync_worker import SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

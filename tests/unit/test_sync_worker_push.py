@@ -19,8 +19,9 @@ from adapters.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
 from adapters.work_queue import Delivery
 from domain import events as ev
 from runners.engine import Engine
+from runners.push_channels import PushSettings
 from runners.sync_loop import LoopOptions, process, run
-from runners.sync_worker import PushSettings, SyncWorker
+from runners.sync_worker import SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"
