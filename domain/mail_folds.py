@@ -93,7 +93,7 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
     if thread is None:
         thread = s.threads[thread_id] = Thread(thread_id, mailbox, seq, crm_initiated=crm_initiated)
         s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
-    thread.messages.append(msg.id)
+    thread.add_message(msg.id)
     s.mailboxes[mailbox].stored += 1
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
@@ -114,7 +114,7 @@ def _index_rfc(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessage
     thread. First come wins (`setdefault`): the fold gives the same index on replay and
     whatever the batch boundaries, and a reference loop cannot move anything."""
     if msg.message_id:
-        s.rfc_index.setdefault((mailbox, msg.message_id), thread_id)
+        s.messages.index_rfc(mailbox, msg.message_id, msg.id)
         s.missing_parents.pop((mailbox, msg.message_id), None)  # no longer missing
     for rfc in (msg.in_reply_to, *(msg.references or ())):
         if rfc and rfc != msg.message_id and (mailbox, rfc) not in s.rfc_index:

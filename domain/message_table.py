@@ -15,6 +15,8 @@ contains either separator, or an empty label or address, is packed as a JSON arr
 from __future__ import annotations
 
 import sys
+import zlib
+from array import array
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
@@ -91,51 +93,232 @@ def unpack(message_id: str, data: bytes) -> Message:
                    status if flags[3] == "1" else None, flags[1] == "1")
 
 
+class _Box:
+    """One mailbox's messages with no Python object per message (issue #15): the records (the
+    id, then the packed message) appended to one bytearray, `rows` the offset of each
+    message's latest record, and an open-addressing index of rows by a CRC-32 of the id (stable
+    across processes, so a pickled table needs no rebuilding). A rewrite appends a new record;
+    the old ones are dropped when they outweigh the live ones."""
+
+    __slots__ = ("data", "dead", "rfc_slots", "rfc_used", "rows", "slots", "used")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.rows = array("q")  # row -> offset of its record; -1: removed
+        self.slots = array("i", bytes(4 * 8))  # row + 1 per slot, 0: free
+        self.used = 0  # slots taken (removed rows keep theirs: probes go past them)
+        self.dead = 0  # bytes of records no row points at any more
+        # S13 on the command side: rows by a CRC-32 of their RFC Message-ID (the first row with
+        # that id), so the index costs a slot per message and no string
+        self.rfc_slots = array("i", bytes(4 * 8))
+        self.rfc_used = 0
+
+    def record(self, row: int) -> tuple[str, bytes]:
+        data, at = self.data, self.rows[row]
+        size = data[at] | data[at + 1] << 8
+        id_end = at + 2 + size
+        length = int.from_bytes(data[id_end:id_end + 4], "little")
+        text = data[at + 2:id_end].decode("utf-8", "surrogatepass")
+        return text, bytes(data[id_end + 4:id_end + 4 + length])
+
+    def _id_at(self, row: int) -> bytes:
+        data, at = self.data, self.rows[row]
+        return bytes(data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)])
+
+    def find(self, key: bytes) -> int:
+        """The row of the message with this (UTF-8) id; -1 if none."""
+        slots, mask = self.slots, len(self.slots) - 1
+        at = zlib.crc32(key) & mask
+        while (taken := slots[at]) != 0:
+            row = taken - 1
+            if self.rows[row] >= 0 and self._id_at(row) == key:
+                return row
+            at = (at + 1) & mask
+        return -1
+
+    def _append(self, key: bytes, packed: bytes) -> int:
+        if len(key) > 0xFFFF:
+            raise ValueError("a message id longer than 65,535 bytes")
+        at = len(self.data)
+        self.data += len(key).to_bytes(2, "little") + key + len(packed).to_bytes(4, "little")
+        self.data += packed
+        return at
+
+    def put(self, key: bytes, packed: bytes) -> bool:
+        """Store; True when the message is new."""
+        row = self.find(key)
+        if row >= 0:
+            old = self.rows[row]
+            self.dead += self._size(old)
+            self.rows[row] = self._append(key, packed)
+            if self.dead > 65536 and self.dead > len(self.data) // 2:
+                self._compact()
+            return False
+        if (self.used + 1) * 3 > len(self.slots) * 2:
+            self._grow()
+        self.rows.append(self._append(key, packed))
+        self._slot(key, len(self.rows) - 1)
+        return True
+
+    def rfc_row(self, rfc: str) -> int:
+        """The first row indexed under this RFC Message-ID; -1 if none."""
+        slots, mask = self.rfc_slots, len(self.rfc_slots) - 1
+        at = zlib.crc32(rfc.encode("utf-8", "surrogatepass")) & mask
+        while (taken := slots[at]) != 0:
+            if self.rows[taken - 1] >= 0 and self._rfc_of(taken - 1) == rfc:
+                return taken - 1
+            at = (at + 1) & mask
+        return -1
+
+    def index_rfc(self, rfc: str, row: int) -> None:
+        if self.rfc_row(rfc) >= 0:
+            return  # first come wins
+        if (self.rfc_used + 1) * 3 > len(self.rfc_slots) * 2:
+            taken = [r - 1 for r in self.rfc_slots if r != 0]
+            self.rfc_slots, self.rfc_used = array("i", bytes(8 * len(self.rfc_slots))), 0
+            for old in taken:
+                self._rfc_slot(self._rfc_of(old) or "", old)
+        self._rfc_slot(rfc, row)
+
+    def _rfc_slot(self, rfc: str, row: int) -> None:
+        slots, mask = self.rfc_slots, len(self.rfc_slots) - 1
+        at = zlib.crc32(rfc.encode("utf-8", "surrogatepass")) & mask
+        while slots[at] != 0:
+            at = (at + 1) & mask
+        slots[at] = row + 1
+        self.rfc_used += 1
+
+    def _rfc_of(self, row: int) -> str | None:
+        message_id, packed = self.record(row)
+        return unpack(message_id, packed).rfc_id
+
+    def remove(self, row: int) -> None:
+        self.dead += self._size(self.rows[row])
+        self.rows[row] = -1
+
+    def _size(self, at: int) -> int:
+        data = self.data
+        id_end = at + 2 + (data[at] | data[at + 1] << 8)
+        return id_end + 4 + int.from_bytes(data[id_end:id_end + 4], "little") - at
+
+    def _slot(self, key: bytes, row: int) -> None:
+        slots, mask = self.slots, len(self.slots) - 1
+        at = zlib.crc32(key) & mask
+        while slots[at] != 0:
+            at = (at + 1) & mask
+        slots[at] = row + 1
+        self.used += 1
+
+    def _grow(self) -> None:
+        live = sum(1 for at in self.rows if at >= 0)
+        size = len(self.slots)
+        while (live + 1) * 3 > size:  # at most a third full after growing
+            size *= 2
+        self.slots, self.used = array("i", bytes(4 * size)), 0
+        for row, at in enumerate(self.rows):
+            if at >= 0:
+                self._slot(self._id_at(row), row)
+
+    def _compact(self) -> None:
+        data, fresh = self.data, bytearray()
+        for row, at in enumerate(self.rows):
+            if at >= 0:
+                self.rows[row] = len(fresh)
+                fresh += data[at:at + self._size(at)]
+        self.data, self.dead = fresh, 0
+
+
 class MessageTable(MutableMapping[tuple[str, str], Message]):
-    """`(mailbox, message id) -> Message`, stored packed, one dict per mailbox."""
+    """`(mailbox, message id) -> Message`, stored packed, one `_Box` per mailbox."""
 
     __slots__ = ("_boxes", "_count")
 
     def __init__(self) -> None:
-        self._boxes: dict[str, dict[str, bytes]] = {}
+        self._boxes: dict[str, _Box] = {}
         self._count = 0
 
     def __getitem__(self, key: tuple[str, str]) -> Message:
-        mailbox, message_id = key
-        return unpack(message_id, self._boxes[mailbox][message_id])
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
 
     def get(self, key: tuple[str, str], default: Message | None = None  # type: ignore[override]
             ) -> Message | None:
         box = self._boxes.get(key[0])
-        data = None if box is None else box.get(key[1])
-        return default if data is None else unpack(key[1], data)
+        row = -1 if box is None else box.find(key[1].encode("utf-8", "surrogatepass"))
+        if row < 0:
+            return default
+        assert box is not None
+        return unpack(key[1], box.record(row)[1])
 
     def __setitem__(self, key: tuple[str, str], message: Message) -> None:
         mailbox, message_id = key
         if message.id != message_id:
             raise ValueError(f"message {message.id!r} stored under id {message_id!r}")
-        box = self._boxes.setdefault(sys.intern(mailbox), {})
-        if message_id not in box:
+        box = self._boxes.get(mailbox)
+        if box is None:
+            box = self._boxes[sys.intern(mailbox)] = _Box()
+        if box.put(message_id.encode("utf-8", "surrogatepass"), pack(message)):
             self._count += 1
-        box[message_id] = pack(message)
 
     def __delitem__(self, key: tuple[str, str]) -> None:
-        del self._boxes[key[0]][key[1]]
+        box = self._boxes.get(key[0])
+        row = -1 if box is None else box.find(key[1].encode("utf-8", "surrogatepass"))
+        if row < 0:
+            raise KeyError(key)
+        assert box is not None
+        box.remove(row)
         self._count -= 1
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, tuple) or len(key) != 2:
+        if not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[1], str):
             return False
         box = self._boxes.get(key[0])
-        return box is not None and key[1] in box
+        return box is not None and box.find(key[1].encode("utf-8", "surrogatepass")) >= 0
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for mailbox, box in self._boxes.items():
-            for message_id in box:
-                yield mailbox, message_id
+            for row in range(len(box.rows)):
+                if box.rows[row] >= 0:
+                    yield mailbox, box.record(row)[0]
 
     def __len__(self) -> int:
         return self._count
 
+    def index_rfc(self, mailbox: str, rfc: str, message_id: str) -> None:
+        """Index the stored message `message_id` under its RFC Message-ID `rfc` (S13), unless
+        another message of the mailbox is indexed under it already."""
+        box = self._boxes[mailbox]
+        box.index_rfc(rfc, box.find(message_id.encode("utf-8", "surrogatepass")))
+
+    def rfc_thread(self, mailbox: str, rfc: str) -> str | None:
+        """The thread of the first message indexed under `rfc` in the mailbox, if any."""
+        box = self._boxes.get(mailbox)
+        row = -1 if box is None else box.rfc_row(rfc)
+        if row < 0:
+            return None
+        assert box is not None
+        message_id, packed = box.record(row)
+        return unpack(message_id, packed).thread
+
     def __repr__(self) -> str:
         return f"MessageTable({self._count} messages)"
+
+
+class RfcIndex:
+    """`(mailbox, RFC Message-ID) -> thread` of the messages indexed in a table (S13), read as
+    the dict it replaced (`get`, `in`)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: MessageTable) -> None:
+        self.table = table
+
+    def get(self, key: tuple[str, str], default: str | None = None) -> str | None:
+        found = self.table.rfc_thread(*key)
+        return default if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) \
+            and isinstance(key[1], str) and self.table.rfc_thread(key[0], key[1]) is not None

@@ -1,0 +1,97 @@
+"""Memory per synced message (issue #15): the peak RSS slope of the processes that fold a tenant.
+
+    python -m benchmarks.memory_per_message [--dir DIR] [--small 40000] [--large 240000]
+
+Two histories (`benchmarks.generate`: 50 users, 5,000 records, 100 hot threads, N messages)
+are generated into SQLite files in DIR (kept: a second run reuses them). Each process below runs
+on each history in a fresh interpreter and reports its peak resident memory (VmHWM); the slope
+is (peak at large - peak at small) / (large - small messages), in bytes per message:
+
+- raw: reads and decodes the tenant's events, folds nothing (the baseline, same run);
+- command side: the tenant's state as the command side loads it (`EventStore.state`, with the
+  RFC Message-ID index of S13), no snapshot;
+- rebuild: `crmsync --db FILE rebuild` (every projection, into a copy of the file).
+
+Target: at most 100 bytes per message for the command side and the rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TARGET = 100
+KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+# each prints its peak RSS (kB) as its last line; argv[1] is the SQLite file
+_PEAK = ("import atexit\n"
+         "def _peak():\n"
+         "    for line in open('/proc/self/status'):\n"
+         "        if line.startswith('VmHWM:'):\n"
+         "            print('PEAK', line.split()[1], flush=True)\n"
+         "atexit.register(_peak)\n")
+PROGRAMS = {
+    "raw": _PEAK + ("import sys\nfrom runners.config import open_engine\n"
+                    "engine = open_engine(sys.argv[1], None)\n"
+                    "for _ in engine.store.tenant_events('bench'):\n    pass\n"),
+    "command side": _PEAK + ("import sys\nfrom runners.config import open_engine\n"
+                             "engine = open_engine(sys.argv[1], None)\n"
+                             "engine.store.snapshots = None\n"
+                             "engine.store.state('bench')\n"),
+    "rebuild": _PEAK + ("import runpy, sys\n"
+                        "sys.argv = ['crmsync', '--db', sys.argv[1], 'rebuild']\n"
+                        "runpy.run_module('runners.cli', run_name='__main__')\n"),
+}
+
+
+def generate(path: Path, messages: int) -> None:
+    if path.exists():
+        return
+    subprocess.run([sys.executable, "-m", "benchmarks.generate", "--db", str(path), "--users",
+                    "50", "--records", "5000", "--hot-threads", "100", "--messages",
+                    str(messages)], check=True, env=_env(), stdout=subprocess.DEVNULL)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CRMSYNC_CONTENT_KEY": os.environ.get("CRMSYNC_CONTENT_KEY", KEY)}
+
+
+def peak_kb(program: str, db: Path) -> int:
+    work = db
+    if program == "rebuild":  # it writes the views: into a copy, so each run starts alike
+        work = db.with_suffix(".rebuild.db")
+        shutil.copyfile(db, work)
+    done = subprocess.run([sys.executable, "-c", PROGRAMS[program], str(work)], check=True,
+                          env=_env(), capture_output=True, text=True)
+    if work != db:
+        work.unlink()
+    return int(done.stdout.strip().splitlines()[-1].split()[1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dir", default="./bench-memory")
+    p.add_argument("--small", type=int, default=40_000)
+    p.add_argument("--large", type=int, default=240_000)
+    args = p.parse_args()
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    small, large = folder / f"m{args.small}.db", folder / f"m{args.large}.db"
+    generate(small, args.small)
+    generate(large, args.large)
+    for program in PROGRAMS:
+        at_small, at_large = peak_kb(program, small), peak_kb(program, large)
+        slope = (at_large - at_small) * 1024 / (args.large - args.small)
+        verdict = "" if program == "raw" else f" (target <= {TARGET})"
+        sys.stdout.write(f"{program:>12}: peak {at_small / 1024:6.1f} MB at {args.small:,} "
+                         f"messages, {at_large / 1024:6.1f} MB at {args.large:,}: "
+                         f"{slope:5.0f} bytes/message{verdict}\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
