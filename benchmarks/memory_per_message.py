@@ -13,6 +13,13 @@ is (peak at large - peak at small) / (large - small messages), in bytes per mess
 - rebuild: `crmsync --db FILE rebuild` (every projection, into a copy of the file).
 
 Target: at most 100 bytes per message for the command side and the rebuild.
+
+    python -m benchmarks.memory_per_message --first-command URL [--tenant bench]
+
+instead times the first command after a start on a (large) PostgreSQL history: a fresh process
+opens the engine and applies one ConfigureTenant (which loads the tenant's state) without a
+snapshot, then with one (a first run takes it, the next one starts from it). It appends to that
+database: run it on a copy. Targets: < 10 s without a snapshot, < 1 s with one.
 """
 
 from __future__ import annotations
@@ -48,6 +55,34 @@ PROGRAMS = {
 }
 
 
+FIRST_COMMAND = _PEAK + (
+    "import sys, time\nfrom datetime import UTC, datetime\n"
+    "from domain.commands import parse_command\nfrom runners.config import open_engine\n"
+    "started = time.perf_counter()\n"
+    "engine = open_engine('unused.db', sys.argv[1])\n"
+    "command = parse_command({'cmd': 'ConfigureTenant', 'tenant': sys.argv[2],\n"
+    "                         'mass_delete_threshold': 0.5})\n"
+    "engine.execute(command, now=datetime.now(UTC), correlation_id='bench:first-command')\n"
+    "print('SECONDS', time.perf_counter() - started, flush=True)\n")
+
+
+def first_command(url: str, tenant: str) -> None:
+    """The first command's time (and peak RSS) without a snapshot, then with one."""
+    base = {k: v for k, v in _env().items() if k not in ("CRMSYNC_SNAPSHOTS",)}
+    runs = [("without a snapshot", {**base, "CRMSYNC_SNAPSHOTS": "off"}, 10.0),
+            ("taking a snapshot", {**base, "CRMSYNC_SNAPSHOT_KEY": "bench-" + "k" * 40}, None),
+            ("with a snapshot", {**base, "CRMSYNC_SNAPSHOT_KEY": "bench-" + "k" * 40}, 1.0)]
+    for label, env, target in runs:
+        done = subprocess.run([sys.executable, "-c", FIRST_COMMAND, url, tenant], check=True,
+                              env=env, capture_output=True, text=True)
+        lines = dict(line.split(maxsplit=1) for line in done.stdout.strip().splitlines())
+        seconds, peak = float(lines["SECONDS"]), int(lines["PEAK"]) / 1024
+        shown = f" (target < {target:g} s)" if target is not None else ""
+        sys.stdout.write(f"first command {label:>18}: {seconds:6.2f} s{shown}, "
+                         f"peak {peak:.0f} MB\n")
+        sys.stdout.flush()
+
+
 def generate(path: Path, messages: int) -> None:
     if path.exists():
         return
@@ -77,7 +112,12 @@ def main() -> None:
     p.add_argument("--dir", default="./bench-memory")
     p.add_argument("--small", type=int, default=40_000)
     p.add_argument("--large", type=int, default=240_000)
+    p.add_argument("--first-command", metavar="URL", help="PostgreSQL URL of a large history")
+    p.add_argument("--tenant", default="bench")
     args = p.parse_args()
+    if args.first_command:
+        first_command(args.first_command, args.tenant)
+        return
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     small, large = folder / f"m{args.small}.db", folder / f"m{args.large}.db"

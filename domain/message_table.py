@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 import orjson
@@ -93,48 +93,125 @@ def unpack(message_id: str, data: bytes) -> Message:
                    status if flags[3] == "1" else None, flags[1] == "1")
 
 
+_ROW_BITS = 26  # a slot: the top 6 bits of the key's CRC-32 (most probes stop there), row + 1
+_ROW_MASK = (1 << _ROW_BITS) - 1
+_MAX_ROWS = _ROW_MASK - 1
+
+
+def _crc(key: bytes) -> int:
+    return zlib.crc32(key)
+
+
+class _Index:
+    """An open-addressing index of rows by the CRC-32 of a key, 4 bytes a slot, at most two
+    thirds full. The caller checks a candidate row's key (`match`)."""
+
+    __slots__ = ("slots", "used")
+
+    def __init__(self, size: int = 8) -> None:
+        self.slots = array("I", bytes(4 * size))
+        self.used = 0
+
+    def find(self, crc: int, match: Callable[[int], bool]) -> int:
+        slots, mask, tag = self.slots, len(self.slots) - 1, crc >> _ROW_BITS
+        at = crc & mask
+        while (taken := slots[at]) != 0:
+            if taken >> _ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
+                return (taken & _ROW_MASK) - 1
+            at = (at + 1) & mask
+        return -1
+
+    def find_or_add(self, crc: int, match: Callable[[int], bool], row: int) -> int:
+        """The matching row if there is one; else `row` is added (-1 is returned)."""
+        slots, mask, tag = self.slots, len(self.slots) - 1, crc >> _ROW_BITS
+        at = crc & mask
+        while (taken := slots[at]) != 0:
+            if taken >> _ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
+                return (taken & _ROW_MASK) - 1
+            at = (at + 1) & mask
+        if row >= _MAX_ROWS:
+            raise ValueError(f"more than {_MAX_ROWS} messages in one mailbox")
+        slots[at] = tag << _ROW_BITS | (row + 1)
+        self.used += 1
+        return -1
+
+    def add(self, crc: int, row: int) -> None:
+        if row >= _MAX_ROWS:
+            raise ValueError(f"more than {_MAX_ROWS} messages in one mailbox")
+        slots, mask = self.slots, len(self.slots) - 1
+        at = crc & mask
+        while slots[at] != 0:
+            at = (at + 1) & mask
+        slots[at] = (crc >> _ROW_BITS) << _ROW_BITS | (row + 1)
+        self.used += 1
+
+    def full(self) -> bool:
+        return (self.used + 1) * 3 > len(self.slots) * 2
+
+
 class _Box:
     """One mailbox's messages with no Python object per message (issue #15): the records (the
-    id, then the packed message) appended to one bytearray, `rows` the offset of each
-    message's latest record, and an open-addressing index of rows by a CRC-32 of the id (stable
+    id, then the packed message) appended to one bytearray, `rows` the offset of each message's
+    latest record, and indexes of rows by a CRC-32 of the id and of the RFC Message-ID (stable
     across processes, so a pickled table needs no rebuilding). A rewrite appends a new record;
     the old ones are dropped when they outweigh the live ones."""
 
-    __slots__ = ("data", "dead", "rfc_slots", "rfc_used", "rows", "slots", "used")
+    __slots__ = ("data", "dead", "ids", "rfcs", "rows")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.rows = array("q")  # row -> offset of its record; -1: removed
-        self.slots = array("i", bytes(4 * 8))  # row + 1 per slot, 0: free
-        self.used = 0  # slots taken (removed rows keep theirs: probes go past them)
+        self.ids = _Index()  # removed rows keep their slots: probes go past them
+        # S13 on the command side: the first row with each RFC Message-ID (kept when asked)
+        self.rfcs = _Index()
         self.dead = 0  # bytes of records no row points at any more
-        # S13 on the command side: rows by a CRC-32 of their RFC Message-ID (the first row with
-        # that id), so the index costs a slot per message and no string
-        self.rfc_slots = array("i", bytes(4 * 8))
-        self.rfc_used = 0
 
     def record(self, row: int) -> tuple[str, bytes]:
         data, at = self.data, self.rows[row]
-        size = data[at] | data[at + 1] << 8
-        id_end = at + 2 + size
+        id_end = at + 2 + (data[at] | data[at + 1] << 8)
         length = int.from_bytes(data[id_end:id_end + 4], "little")
         text = data[at + 2:id_end].decode("utf-8", "surrogatepass")
         return text, bytes(data[id_end + 4:id_end + 4 + length])
 
-    def _id_at(self, row: int) -> bytes:
+    def _id_is(self, row: int, key: bytes) -> bool:
         data, at = self.data, self.rows[row]
-        return bytes(data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)])
+        return at >= 0 and data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)] == key
 
     def find(self, key: bytes) -> int:
         """The row of the message with this (UTF-8) id; -1 if none."""
-        slots, mask = self.slots, len(self.slots) - 1
-        at = zlib.crc32(key) & mask
-        while (taken := slots[at]) != 0:
-            row = taken - 1
-            if self.rows[row] >= 0 and self._id_at(row) == key:
-                return row
-            at = (at + 1) & mask
-        return -1
+        return self.ids.find(_crc(key), lambda row: self._id_is(row, key))
+
+    def put(self, key: bytes, packed: bytes) -> tuple[int, bool]:
+        """Store; the message's row, and True when the message is new."""
+        row = self.find(key)
+        if row >= 0:
+            self.dead += self._size(self.rows[row])
+            self.rows[row] = self._append(key, packed)
+            if self.dead > 65536 and self.dead > len(self.data) // 2:
+                self._compact()
+            return row, False
+        if self.ids.full():
+            self.ids = self._reindexed(self.ids, self._id)
+        self.rows.append(self._append(key, packed))
+        self.ids.add(_crc(key), len(self.rows) - 1)
+        return len(self.rows) - 1, True
+
+    def rfc_row(self, rfc: str) -> int:
+        """The first row indexed under this RFC Message-ID; -1 if none."""
+        key = rfc.encode("utf-8", "surrogatepass")
+        return self.rfcs.find(_crc(key), lambda row: self.rows[row] >= 0 and self._rfc(row) == key)
+
+    def index_rfc(self, rfc: str, row: int) -> None:
+        """Index `row` under `rfc` unless a row is indexed under it already (first come wins)."""
+        if self.rfcs.full():
+            self.rfcs = self._reindexed(self.rfcs, self._rfc)
+        key = rfc.encode("utf-8", "surrogatepass")
+        self.rfcs.find_or_add(_crc(key), lambda r: self.rows[r] >= 0 and self._rfc(r) == key,
+                              row)
+
+    def remove(self, row: int) -> None:
+        self.dead += self._size(self.rows[row])
+        self.rows[row] = -1
 
     def _append(self, key: bytes, packed: bytes) -> int:
         if len(key) > 0xFFFF:
@@ -144,80 +221,34 @@ class _Box:
         self.data += packed
         return at
 
-    def put(self, key: bytes, packed: bytes) -> bool:
-        """Store; True when the message is new."""
-        row = self.find(key)
-        if row >= 0:
-            old = self.rows[row]
-            self.dead += self._size(old)
-            self.rows[row] = self._append(key, packed)
-            if self.dead > 65536 and self.dead > len(self.data) // 2:
-                self._compact()
-            return False
-        if (self.used + 1) * 3 > len(self.slots) * 2:
-            self._grow()
-        self.rows.append(self._append(key, packed))
-        self._slot(key, len(self.rows) - 1)
-        return True
+    def _id(self, row: int) -> bytes:
+        data, at = self.data, self.rows[row]
+        return bytes(data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)])
 
-    def rfc_row(self, rfc: str) -> int:
-        """The first row indexed under this RFC Message-ID; -1 if none."""
-        slots, mask = self.rfc_slots, len(self.rfc_slots) - 1
-        at = zlib.crc32(rfc.encode("utf-8", "surrogatepass")) & mask
-        while (taken := slots[at]) != 0:
-            if self.rows[taken - 1] >= 0 and self._rfc_of(taken - 1) == rfc:
-                return taken - 1
-            at = (at + 1) & mask
-        return -1
-
-    def index_rfc(self, rfc: str, row: int) -> None:
-        if self.rfc_row(rfc) >= 0:
-            return  # first come wins
-        if (self.rfc_used + 1) * 3 > len(self.rfc_slots) * 2:
-            taken = [r - 1 for r in self.rfc_slots if r != 0]
-            self.rfc_slots, self.rfc_used = array("i", bytes(8 * len(self.rfc_slots))), 0
-            for old in taken:
-                self._rfc_slot(self._rfc_of(old) or "", old)
-        self._rfc_slot(rfc, row)
-
-    def _rfc_slot(self, rfc: str, row: int) -> None:
-        slots, mask = self.rfc_slots, len(self.rfc_slots) - 1
-        at = zlib.crc32(rfc.encode("utf-8", "surrogatepass")) & mask
-        while slots[at] != 0:
-            at = (at + 1) & mask
-        slots[at] = row + 1
-        self.rfc_used += 1
-
-    def _rfc_of(self, row: int) -> str | None:
+    def _rfc(self, row: int) -> bytes:
+        """The row's RFC Message-ID in UTF-8 (b"" for none), without unpacking the rest."""
         message_id, packed = self.record(row)
-        return unpack(message_id, packed).rfc_id
-
-    def remove(self, row: int) -> None:
-        self.dead += self._size(self.rows[row])
-        self.rows[row] = -1
+        if packed[:1] == _TEXT.encode():
+            return packed.split(_FIELD.encode(), 2)[1]
+        rfc = unpack(message_id, packed).rfc_id
+        return b"" if rfc is None else rfc.encode("utf-8", "surrogatepass")
 
     def _size(self, at: int) -> int:
         data = self.data
         id_end = at + 2 + (data[at] | data[at + 1] << 8)
         return id_end + 4 + int.from_bytes(data[id_end:id_end + 4], "little") - at
 
-    def _slot(self, key: bytes, row: int) -> None:
-        slots, mask = self.slots, len(self.slots) - 1
-        at = zlib.crc32(key) & mask
-        while slots[at] != 0:
-            at = (at + 1) & mask
-        slots[at] = row + 1
-        self.used += 1
-
-    def _grow(self) -> None:
-        live = sum(1 for at in self.rows if at >= 0)
-        size = len(self.slots)
-        while (live + 1) * 3 > size:  # at most a third full after growing
+    def _reindexed(self, old: _Index, key_of: Callable[[int], bytes]) -> _Index:
+        """A larger index of the live rows of `old` (at most a third full)."""
+        rows = [(s & _ROW_MASK) - 1 for s in old.slots if s != 0]
+        live = [r for r in rows if self.rows[r] >= 0]
+        size = len(old.slots)
+        while (len(live) + 1) * 3 > size:
             size *= 2
-        self.slots, self.used = array("i", bytes(4 * size)), 0
-        for row, at in enumerate(self.rows):
-            if at >= 0:
-                self._slot(self._id_at(row), row)
+        index = _Index(size)
+        for row in live:
+            index.add(_crc(key_of(row)), row)
+        return index
 
     def _compact(self) -> None:
         data, fresh = self.data, bytearray()
@@ -231,11 +262,12 @@ class _Box:
 class MessageTable(MutableMapping[tuple[str, str], Message]):
     """`(mailbox, message id) -> Message`, stored packed, one `_Box` per mailbox."""
 
-    __slots__ = ("_boxes", "_count")
+    __slots__ = ("_boxes", "_count", "_last")
 
     def __init__(self) -> None:
         self._boxes: dict[str, _Box] = {}
         self._count = 0
+        self._last: tuple[str, str, int] = ("", "", -1)  # the row written last (index_rfc)
 
     def __getitem__(self, key: tuple[str, str]) -> Message:
         found = self.get(key)
@@ -259,7 +291,9 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         box = self._boxes.get(mailbox)
         if box is None:
             box = self._boxes[sys.intern(mailbox)] = _Box()
-        if box.put(message_id.encode("utf-8", "surrogatepass"), pack(message)):
+        row, new = box.put(message_id.encode("utf-8", "surrogatepass"), pack(message))
+        self._last = (mailbox, message_id, row)
+        if new:
             self._count += 1
 
     def __delitem__(self, key: tuple[str, str]) -> None:
@@ -290,7 +324,10 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         """Index the stored message `message_id` under its RFC Message-ID `rfc` (S13), unless
         another message of the mailbox is indexed under it already."""
         box = self._boxes[mailbox]
-        box.index_rfc(rfc, box.find(message_id.encode("utf-8", "surrogatepass")))
+        last_mailbox, last_id, row = self._last
+        if last_mailbox != mailbox or last_id != message_id:
+            row = box.find(message_id.encode("utf-8", "surrogatepass"))
+        box.index_rfc(rfc, row)
 
     def rfc_thread(self, mailbox: str, rfc: str) -> str | None:
         """The thread of the first message indexed under `rfc` in the mailbox, if any."""
