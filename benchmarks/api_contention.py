@@ -32,7 +32,7 @@ import orjson
 
 from benchmarks.generate import T0, append_all, history
 from benchmarks.http_queries import percentile, rss_mb, wait_http
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 SECRET = "benchmark-secret-" + "x" * 32
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, db: str, pairs: list[tuple[str, str]], users: 
 def issued(env: dict[str, str], tenant: str, users: list[str]) -> dict[str, str]:
     """Tokens from the server's own code (its token format may differ from this tree's); the
     last user's is a service token."""
-    script = ("import json, os, sys; from adapters.tokens import issue; users = sys.argv[2:]; "
+    script = ("import json, os, sys; from adapters.http.tokens import issue; users = sys.argv[2:]; "
               "secret = os.environ['CRMSYNC_SECRET'].encode(); print(json.dumps({u: issue("
               "secret, sys.argv[1], u, u == users[-1]) for u in users}))")
     out = subprocess.run([sys.executable, "-c", script, tenant, *users], env=env, cwd="/",

@@ -24,7 +24,7 @@ import time
 
 import httpx
 
-from adapters.tokens import issue
+from adapters.http.tokens import issue
 from benchmarks.http_queries import wait_http
 
 AT = "2025-01-01T03:00:00+00:00"  # inside the hot threads' messages of the benchmark history

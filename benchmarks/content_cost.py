@@ -32,10 +32,10 @@ from typing import Any
 
 import psycopg
 
-from adapters.view_seal import ViewSealer
+from adapters.views.seal import ViewSealer
 from domain.commands import parse_command
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = T0 + timedelta(days=400)

@@ -18,10 +18,10 @@ from itertools import combinations
 from pathlib import Path
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from domain import commands as c
 from domain.events import MailMessage
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 FEDORA = "fedora-devel-2010-01"

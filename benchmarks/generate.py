@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from adapters.event_store import EventStore
+from adapters.eventstore.store import EventStore
 from domain import events as ev
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 LEVELS = ["not_visible", "visible", "visible_if_owner", "visible_if_owner_or_collaborator"]

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from adapters.tokens import issue
-from runners.config import open_engine
+from adapters.http.tokens import issue
+from runners.bootstrap.config import open_engine
 
 
 def rss_mb(pid: int) -> float:

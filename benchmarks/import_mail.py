@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from benchmarks.corpus import FEDORA, shared_dir
 from domain.commands import parse_command
-from runners.config import open_engine
-from runners.engine import Engine
-from runners.import_mail import import_mail, iter_mbox
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
+from runners.services.import_mail import import_mail, iter_mbox
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

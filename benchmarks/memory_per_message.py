@@ -42,22 +42,22 @@ _PEAK = ("import atexit\n"
          "            print('PEAK', line.split()[1], flush=True)\n"
          "atexit.register(_peak)\n")
 PROGRAMS = {
-    "raw": _PEAK + ("import sys\nfrom runners.config import open_engine\n"
+    "raw": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
                     "engine = open_engine(sys.argv[1], None)\n"
                     "for _ in engine.store.tenant_events('bench'):\n    pass\n"),
-    "command side": _PEAK + ("import sys\nfrom runners.config import open_engine\n"
+    "command side": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
                              "engine = open_engine(sys.argv[1], None)\n"
                              "engine.store.snapshots = None\n"
                              "engine.store.state('bench')\n"),
     "rebuild": _PEAK + ("import runpy, sys\n"
                         "sys.argv = ['crmsync', '--db', sys.argv[1], 'rebuild']\n"
-                        "runpy.run_module('runners.cli', run_name='__main__')\n"),
+                        "runpy.run_module('runners.entrypoints.cli', run_name='__main__')\n"),
 }
 
 
 FIRST_COMMAND = _PEAK + (
     "import sys, time\nfrom datetime import UTC, datetime\n"
-    "from domain.commands import parse_command\nfrom runners.config import open_engine\n"
+    "from domain.commands import parse_command\nfrom runners.bootstrap.config import open_engine\n"
     "started = time.perf_counter()\n"
     "engine = open_engine('unused.db', sys.argv[1])\n"
     "command = parse_command({'cmd': 'ConfigureTenant', 'tenant': sys.argv[2],\n"

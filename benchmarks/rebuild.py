@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -54,7 +54,7 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     """`crmsync rebuild` as its own process, as an operator runs it: its wall time and the peak
     resident memory of each of its processes (the coordinator and its part processes) and of
     all of them together, sampled every 0.1 s from /proc."""
-    command = [sys.executable, "-m", "runners.cli"]
+    command = [sys.executable, "-m", "runners.entrypoints.cli"]
     command += ["--postgres", args.postgres] if args.postgres else ["--db", args.db]
     command += ["rebuild"] + (["--projection", args.projection] if args.projection else [])
     command += ["--parts", str(args.parts)] if args.parts else []

@@ -39,13 +39,13 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from adapters.event_store import EventStore, stream_id
-from adapters.mail_sources import Changes, ResyncPage
-from adapters.mailbox_locks import PostgresLocks
+from adapters.eventstore.mailbox_locks import PostgresLocks
+from adapters.eventstore.store import EventStore, stream_id
+from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from domain.state import Mailbox
-from runners.config import open_engine, postgres_env
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine, postgres_env
+from runners.services.engine import Engine
 
 T0 = datetime.now(UTC) - timedelta(days=1)
 
@@ -89,10 +89,10 @@ class BenchSources:
 
 
 def worker_main(url: str, batch: int) -> None:
-    from runners.logs import configure_logging
-    from runners.sync_loop import LoopOptions, run_until_signalled
-    from runners.sync_runner import open_queue
-    from runners.sync_worker import SyncWorker
+    from runners.bootstrap.logs import configure_logging
+    from runners.entrypoints.sync_loop import LoopOptions, run_until_signalled
+    from runners.entrypoints.sync_runner import open_queue
+    from runners.services.sync_worker import SyncWorker
 
     configure_logging("WARNING", json=True)
     engine = open_engine("unused.db", url)
@@ -253,7 +253,7 @@ def main() -> None:
             for _, _, address in boxes:
                 conn.execute("INSERT INTO bench_heads VALUES (%s, 0)", (address,))
         port = free_port()
-        cmd = [sys.executable, "-m", "runners.cli"]
+        cmd = [sys.executable, "-m", "runners.entrypoints.cli"]
         procs.append(subprocess.Popen([*cmd, "run", "webhooks", "--port", str(port)], env=env))
         for _ in range(2):
             profile = (["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE_DIR']}/worker-"

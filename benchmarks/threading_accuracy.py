@@ -2,10 +2,10 @@
 
     python -m benchmarks.threading_accuracy [--shared PATH]
 
-Parses `fedora-devel-2010-01/2010-January.txt.gz` with `adapters.mime`, syncs the messages in date
-order into an in-memory engine (one SyncMessage each, no provider thread id), reads each message's
-thread back from the engine's state and compares with MHonArc's "Archive by Thread" page: pairwise
-precision and recall of "these two messages are in the same thread", with the corpus README's
+Parses `fedora-devel-2010-01/2010-January.txt.gz` with `adapters.providers.mime`, syncs the
+messages in date order into an in-memory engine (one SyncMessage each, no provider thread id),
+reads each message's thread back from the engine's state and compares with MHonArc's "Archive by
+Thread" page: pairwise precision and recall of "these two messages are in the same thread", with the corpus README's
 documented exclusions (the thread of message 3; messages 153 and 285) and, for reference, without.
 """
 

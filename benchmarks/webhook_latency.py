@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable]
     if args.profile:
         cmd += ["-m", "cProfile", "-o", args.profile]
-    cmd += ["-m", "runners.cli", "--db", str(Path(tmp.name) / "unused.db"),
+    cmd += ["-m", "runners.entrypoints.cli", "--db", str(Path(tmp.name) / "unused.db"),
             "run", "webhooks", "--port", str(port), "--workers", str(args.workers)]
     log_path = Path(tmp.name) / "receiver.log"
     with log_path.open("wb") as log:

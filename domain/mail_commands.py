@@ -118,7 +118,7 @@ class AdvanceMailboxCursor(Command):
 
     cmd: Literal["AdvanceMailboxCursor"]
     mailbox: str
-    # IMAP: one cursor per folder, each with its UID set (`adapters.imap_client`)
+    # IMAP: one cursor per folder, each with its UID set (`adapters.providers.imap.client`)
     cursor: str = Field(min_length=1, max_length=65536)
     delivery_id: str | None = None
 

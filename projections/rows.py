@@ -27,7 +27,7 @@ Doc = dict[str, Any]
 Rows = dict[str, Doc]  # row key -> document
 SEP = "\x1f"  # joins the parts of a compound key
 # L2: whose key seals a content row that does not name its owner (message rows); the view store
-# takes it out (adapters.view_seal), so answers never show it
+# takes it out (adapters.views.seal), so answers never show it
 OWNER_FIELD = "_owner"
 
 

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 
 GMAIL = "mia@acme.test"
 

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from adapters.errors import CursorExpired, ProviderError
-from adapters.graph_contact_payloads import (
+from adapters.providers.graph.contact_payloads import (
     ContactDeltaPage,
     ContactFolder,
     ExternalContact,

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from domain.events import DomainEvent
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 CRMSYNC = [shutil.which("crmsync") or ""] if shutil.which("crmsync") else [
-    sys.executable, "-m", "runners.cli"]
+    sys.executable, "-m", "runners.entrypoints.cli"]
 
 
 def free_port() -> int:

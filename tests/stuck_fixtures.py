@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain import events as ev
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 AT = datetime(2026, 1, 5, tzinfo=UTC)
 

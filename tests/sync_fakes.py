@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters.deliveries.work_queue import DeadLetter, Delivery
 from adapters.errors import (
     CredentialsRejected,
     CursorExpired,
@@ -18,9 +19,8 @@ from adapters.errors import (
     ProviderError,
     ProviderThrottled,
 )
-from adapters.mail_sources import Changes, PushTarget, ResyncPage
-from adapters.provider_client import PushSubscription
-from adapters.work_queue import DeadLetter, Delivery
+from adapters.providers.client import PushSubscription
+from adapters.providers.sources import Changes, PushTarget, ResyncPage
 from domain.events import MailMessage
 from domain.state import Mailbox
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from processes import CRMSYNC
 
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

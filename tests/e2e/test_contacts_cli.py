@@ -20,13 +20,13 @@ from graph_contacts_server import GraphBook, graph_contacts_app
 from loopback import Server
 from processes import CRMSYNC
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from domain.events import (
     ExternalContactChangeAcknowledged,
     ExternalContactChangeQueued,
 )
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

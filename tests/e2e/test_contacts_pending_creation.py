@@ -16,9 +16,9 @@ from loopback import Server
 from processes import CRMSYNC
 from test_contacts_cli import TOKEN, acks, recorded
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from domain.events import ExternalContactChangeQueued
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

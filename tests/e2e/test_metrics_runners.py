@@ -28,7 +28,7 @@ from services import corpus_file
 
 from benchmarks.corpus import split_mbox
 from domain import events as ev
-from runners.config import open_engine
+from runners.bootstrap.config import open_engine
 
 pytestmark = pytest.mark.e2e
 TENANT = "acme"
@@ -186,7 +186,7 @@ def test_every_runner_serves_health_and_metrics(runner: str, tmp_path: Path) -> 
                                  {"tenant": TENANT, "cmd": "AddUser", "user": "root",
                                   "email": "root@acme.test", "role": "admin"}))
     assert applied.returncode == 0, applied.stderr
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
     engine = Engine.open_sqlite(db)
     try:

@@ -21,11 +21,11 @@ import pytest
 from outbound_servers import MAILBOX, TOKEN, GmailServer
 from processes import CRMSYNC
 
-from adapters.credential_store import KEY_ENV
-from adapters.outbox_tracking import PostgresOutboxTracking
+from adapters.credentials.store import KEY_ENV
+from adapters.tracking.outbox import PostgresOutboxTracking
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from contact_story import DUPLICATE, STORY
 from loopback import Server
 from test_cli import jsonl, query, run
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
-from runners.engine import Engine
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 SECRET = b"test-secret-0123456789abcdef"

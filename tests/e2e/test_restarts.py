@@ -36,8 +36,8 @@ from services import corpus_file
 from adapters.errors import StoreError
 from benchmarks.corpus import split_mbox
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 TENANT = "acme"

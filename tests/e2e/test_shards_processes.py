@@ -17,7 +17,7 @@ import pytest
 from conftest import POSTGRES_URL
 from processes import Processes, embedded_env, free_port, wait_until
 
-from adapters.event_store import stream_id
+from adapters.eventstore.store import stream_id
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-shards-secret-" + "x" * 32

@@ -15,8 +15,8 @@ import pytest
 from processes import CRMSYNC, wait_until
 from stuck_fixtures import inject, lead, lead_event, setup_tenant
 
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

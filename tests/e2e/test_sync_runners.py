@@ -34,11 +34,11 @@ from gmail_fake import GMAIL, FakeGmail
 from processes import CRMSYNC, free_port
 from services import corpus_file
 
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from benchmarks.corpus import split_mbox
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,7 @@
 """Auditor queries on PostgreSQL, where the database filters the stream before Python reads it
-(adapters.event_scan): the same answers as the in-memory engine, also for a thread that no view
-shows any more (its owner was deleted, L2) and for thread questions `at` a past time."""
+(adapters.eventstore.scan_postgres): the same answers as the in-memory engine, also for a thread
+that no view shows any more (its owner was deleted, L2) and for thread questions `at` a past
+time."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from audit_story import STORY
 from histories import T0
 
 from domain.errors import NotFound
-from runners import audit
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services import audit
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from loopback import Server
 from services import missing
 from test_http_api import SECRET
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
-from runners.engine import Engine
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ import pytest
 from loopback import Server
 from sync_fakes import FakeSources, message
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
-from adapters.work_queue import Delivery
+from adapters.deliveries.work_queue import Delivery
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
-from runners.sync_worker import SyncWorker
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.contact_sync_store import (
+from adapters.tracking.contact_sync import (
     ContactSyncStore,
     MemoryKeyValues,
     PostgresKeyValues,

@@ -15,11 +15,11 @@ from contact_story import DUPLICATE, STORY, UNMERGE, check_merged
 from loopback import Server
 from test_http_api import JSONL, SECRET, jsonl, token
 
-from adapters.http_api import create_app
+from adapters.http.api import create_app
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 SERVICE = token("contact-sync", service=True)

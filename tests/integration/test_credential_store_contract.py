@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from adapters.credential_store import (
+from adapters.credentials.store import (
     KEY_ENV,
     CredentialStore,
     PostgresCredentialStore,

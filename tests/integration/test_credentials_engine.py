@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from adapters.errors import CredentialStoreError
-from runners.config import open_engine
-from runners.credentials import erase_removed
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.credentials import erase_removed
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import nats
 import pytest
 
+from adapters.deliveries.inbox_jetstream import JetStreamInbox
+from adapters.deliveries.inbox_sqlite import SqliteInbox
 from adapters.errors import DeliveryStoreError
-from adapters.jetstream_inbox import JetStreamInbox
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.webhook_api import DeliveryInbox
+from adapters.http.webhooks import DeliveryInbox
 
 pytestmark = pytest.mark.integration
 

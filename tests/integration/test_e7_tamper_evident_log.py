@@ -16,10 +16,10 @@ import psycopg
 import pytest
 
 from adapters.errors import ConcurrencyConflict
-from adapters.event_store import EventStore, stream_id
+from adapters.eventstore.store import EventStore, stream_id
 from domain import events as ev
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 from tests.integration.test_l2_crypto_shredding import MAIL, SETUP, apply, at
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,8 @@ def cli(db: str, url: str | None, *args: str) -> subprocess.CompletedProcess[str
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop("CRMSYNC_POSTGRES_URL", None)
     store = ["--postgres", url] if url else ["--db", db]
-    return subprocess.run([sys.executable, "-m", "runners.cli", *store, *args], check=False,
+    return subprocess.run([sys.executable, "-m", "runners.entrypoints.cli", *store, *args],
+    check=False,
                           env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 T = "acme"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import ConcurrencyConflict
-from adapters.event_store import EventStore
+from adapters.eventstore.store import EventStore
 from domain import events as ev
 from domain.state import TenantState
 

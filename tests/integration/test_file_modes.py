@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.credential_store import KEY_ENV, KEY_FILE_SUFFIX
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.sqlite_work import SqliteWork
-from runners.config import open_engine
-from runners.serve import webhook_inbox
+from adapters.credentials.store import KEY_ENV, KEY_FILE_SUFFIX
+from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.deliveries.work_sqlite import SqliteWork
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.serve import webhook_inbox
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.webhook_api import shared_client_state, webhook_app
-from runners.serve import gmail_push_auth, webhooks_from_env
+from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.http.webhooks import shared_client_state, webhook_app
+from runners.entrypoints.serve import gmail_push_auth, webhooks_from_env
 
 pytestmark = pytest.mark.integration
 

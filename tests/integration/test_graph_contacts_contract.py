@@ -12,8 +12,8 @@ from graph_contacts_server import FakeContactsClient, GraphBook, graph_contacts_
 from loopback import Server
 
 from adapters.errors import CursorExpired, ProviderError, ProviderThrottled
-from adapters.graph_contact_payloads import ContactDeltaPage
-from adapters.graph_contacts import ContactsClient, GraphContactsClient
+from adapters.providers.graph.contact_payloads import ContactDeltaPage
+from adapters.providers.graph.contacts import ContactsClient, GraphContactsClient
 
 pytestmark = pytest.mark.integration
 

@@ -15,18 +15,18 @@ from typing import Any
 import pytest
 from graph_fake import FakeGraph, make_certificate
 
-from adapters.graph_client import GraphClient
-from adapters.mail_sources import (
+from adapters.providers.graph.client import GraphClient
+from adapters.providers.sources import (
     Changes,
     GraphSource,
     ResyncPage,
     decode_graph_cursor,
 )
 from domain import events as ev
-from runners.engine import Engine
-from runners.mail_directory import MailboxRef
-from runners.sync_runner import ConfiguredSources
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_runner import ConfiguredSources
+from runners.services.engine import Engine
+from runners.services.mail_directory import MailboxRef
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from admin_story import MARKUP, STORY, lines
 from loopback import Server
 from test_http_api import SECRET, SERVICE, token
 
-from adapters.http_api import create_app
-from runners import admin
-from runners.engine import Engine
+from adapters.http.api import create_app
+from runners.services import admin
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

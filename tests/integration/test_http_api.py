@@ -16,11 +16,11 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.event_store import EventStore
-from adapters.http_api import create_app
-from adapters.memory_views import MemoryViews
-from adapters.tokens import issue
-from runners.engine import Engine
+from adapters.eventstore.store import EventStore
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
+from adapters.views.memory import MemoryViews
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from loopback import Server
 from office import OFFICE
 from test_http_api import JSONL, SECRET, SERVICE, jsonl, token
 
-from adapters.http_api import create_app
-from runners.engine import Engine
+from adapters.http.api import create_app
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.event_store import TENANT_PAGE, EventStore
-from adapters.http_api import COMMAND_CHUNK, create_app
-from adapters.sqlite_views import SqliteViews
-from adapters.tokens import issue
+from adapters.eventstore.store import TENANT_PAGE, EventStore
+from adapters.http.api import COMMAND_CHUNK, create_app
+from adapters.http.tokens import issue
+from adapters.views.sqlite import SqliteViews
 from domain.events import DomainEvent, LeadCreated
 from domain.state import TenantState
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +180,7 @@ def test_replays_beyond_the_queue_are_refused_with_retry_after_and_live_reads_go
 
 def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> None:
     from domain.errors import NotFound
-    from runners.replays import ReplayPool
+    from runners.services.replays import ReplayPool
 
     engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
     pool = ReplayPool(1, engine.store.env)

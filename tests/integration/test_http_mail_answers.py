@@ -14,9 +14,9 @@ import httpx
 import pytest
 from loopback import Server
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
-from runners.engine import Engine
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

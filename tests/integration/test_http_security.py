@@ -18,10 +18,10 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.http_api import RateLimit, TokenGate, create_app
-from adapters.tokens import issue
+from adapters.http.api import RateLimit, TokenGate, create_app
+from adapters.http.tokens import issue
 from domain.permissions import NOT_AVAILABLE
-from runners.engine import REJECTION_TEXT, Engine
+from runners.services.engine import REJECTION_TEXT, Engine
 
 pytestmark = pytest.mark.integration
 
@@ -242,7 +242,7 @@ def test_e5_a_members_outbox_command_id_does_not_stop_the_outbox_acknowledgement
     squatted = api.send(mia, {"cmd": "MarkThreadShared", "user": "mia", "threads": ["mb:t1"],
                               "command_id": f"outbox:{request}"})
     assert squatted.json()["applied"] == 1
-    # the outbox's acknowledgement, as runners.outbox sends it (actor system:outbox)
+    # the outbox's acknowledgement, as runners.services.outbox sends it (actor system:outbox)
     ack = {"cmd": "AcknowledgeOutboundMail", "mailbox": "mb", "request": request,
            "provider_id": "g-32", "command_id": f"outbox:{request}"}
     outbox = token("outbox", service=True)

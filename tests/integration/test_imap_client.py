@@ -20,7 +20,7 @@ from dovecot import DovecotServer, ensure_dovecot
 from services import corpus_file
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError
-from adapters.imap_client import (
+from adapters.providers.imap.client import (
     ImapAccount,
     ImapClient,
     ImapCursor,
@@ -28,7 +28,7 @@ from adapters.imap_client import (
     parse_uid_set,
     provider_id,
 )
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from benchmarks.corpus import split_mbox
 
 pytestmark = pytest.mark.integration

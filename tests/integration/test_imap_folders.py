@@ -21,7 +21,7 @@ import pytest
 from dovecot import DovecotServer, ensure_dovecot
 
 from adapters.errors import CursorExpired
-from adapters.imap_client import (
+from adapters.providers.imap.client import (
     INBOX,
     ImapAccount,
     ImapClient,
@@ -29,12 +29,12 @@ from adapters.imap_client import (
     parse_uid_set,
     provider_id,
 )
-from adapters.imap_outbound import ImapOutbound
-from adapters.mail_sources import Changes, ImapSource, ResyncPage
+from adapters.providers.imap.outbound import ImapOutbound
+from adapters.providers.sources import Changes, ImapSource, ResyncPage
 from domain import events as ev
-from runners.engine import Engine
-from runners.sync_runner import ConfiguredSources
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_runner import ConfiguredSources
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from domain.commands import parse_command
-from runners.config import open_engine
-from runners.engine import Engine
-from runners.import_mail import import_mail
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
+from runners.services.import_mail import import_mail
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from adapters.jetstream_inbox import MAX_AGE, JetStreamInbox
-from adapters.sqlite_inbox import SqliteInbox
+from adapters.deliveries.inbox_jetstream import MAX_AGE, JetStreamInbox
+from adapters.deliveries.inbox_sqlite import SqliteInbox
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ import psycopg
 import pytest
 
 from adapters.errors import StoreError
-from adapters.event_store import EventStore
-from adapters.sqlite_views import SqliteViews
+from adapters.eventstore.store import EventStore
+from adapters.views.sqlite import SqliteViews
 from domain.errors import NotFound
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 
@@ -247,8 +247,8 @@ def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_t
 def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
     from loopback import Server
 
-    from adapters.http_api import create_app
-    from adapters.tokens import issue
+    from adapters.http.api import create_app
+    from adapters.http.tokens import issue
 
     secret = b"test-secret-0123456789abcdef"
     engine = open_engine(str(tmp_path / "crm.db"))
@@ -279,7 +279,7 @@ def test_l2_http_answers_erased_content_as_the_cli_does(tmp_path: Path) -> None:
 def test_l2_export_with_content_shows_erased_content_as_erased(
         where: tuple[str, str | None]) -> None:
     """Export (SPEC §7): content only where not erased; the store's marker never leaks."""
-    from runners.export import export_lines
+    from runners.services.export import export_lines
 
     db, url = where
     engine = open_engine(db, url)
@@ -314,8 +314,8 @@ def test_l2_views_hold_no_plaintext_of_live_users_and_answer_as_before(
     HTTP) are the plaintext ones, equal to a replay of the log; rebuild and verify still hold."""
     from loopback import Server
 
-    from adapters.http_api import create_app
-    from adapters.tokens import issue
+    from adapters.http.api import create_app
+    from adapters.http.tokens import issue
 
     db, url = where
     engine = open_engine(db, url)

@@ -16,8 +16,8 @@ import pytest
 from processes import CRMSYNC, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from runners.config import open_engine
-from runners.health import Probe
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.health import Probe
 
 pytestmark = pytest.mark.integration
 SECRET = "metrics-test-secret-0123456789abcdef"
@@ -116,7 +116,7 @@ def test_serve_and_runner_metrics_and_readiness_follow_the_lag(postgres_url: str
 
 
 def test_readyz_503_when_postgresql_refuses_connections() -> None:
-    from runners.config import open_postgres
+    from runners.bootstrap.config import open_postgres
 
     port = free_port()  # nothing listens there
     url = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2"
@@ -154,10 +154,10 @@ def test_receiver_processes_counts_are_summed_with_the_store_gauges(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from adapters import metrics_prometheus as metrics
+    from adapters.metrics import prometheus as metrics
 
     env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path), "PYTHONPATH": os.getcwd()}
-    code = "from adapters import metrics_prometheus as m; m.webhook('graph', 'accepted', {})"
+    code = "from adapters.metrics import prometheus as m; m.webhook('graph', 'accepted', {})"
     for count in (3, 4):  # two processes, each its own file, both gone when scraped
         subprocess.run([sys.executable, "-c", code.format(count)], env=env, check=True,
                        timeout=60)

@@ -13,7 +13,7 @@ import pytest
 from services import missing
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from benchmarks.corpus import fedora_evaluation, shared_dir, thread_with_engine
 
 pytestmark = pytest.mark.integration

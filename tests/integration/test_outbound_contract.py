@@ -25,11 +25,11 @@ from outbound_servers import MAILBOX, TOKEN, GmailServer, GraphServer, Stored, i
 from services import missing
 
 from adapters.errors import MailboxGone, ProviderError
-from adapters.gmail_outbound import GmailOutbound
-from adapters.graph_outbound import GraphOutbound
-from adapters.imap_client import ImapAccount, provider_id
-from adapters.imap_outbound import ImapOutbound
-from adapters.outbound import MemoryOutbound, OutboundClient, OutboundMessage, Sent
+from adapters.providers.gmail.outbound import GmailOutbound
+from adapters.providers.graph.outbound import GraphOutbound
+from adapters.providers.imap.client import ImapAccount, provider_id
+from adapters.providers.imap.outbound import ImapOutbound
+from adapters.providers.outbound import MemoryOutbound, OutboundClient, OutboundMessage, Sent
 
 pytestmark = pytest.mark.integration
 

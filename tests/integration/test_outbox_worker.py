@@ -14,12 +14,12 @@ import orjson
 import pytest
 
 from adapters.errors import MailboxGone, ProviderError
-from adapters.outbound import MemoryOutbound, OutboundClient
-from adapters.outbox_tracking import SqliteOutboxTracking
+from adapters.providers.outbound import MemoryOutbound, OutboundClient
+from adapters.tracking.outbox import SqliteOutboxTracking
 from domain import events as ev
 from domain.state import Mailbox
-from runners.engine import Engine
-from runners.outbox import Outbox
+from runners.services.engine import Engine
+from runners.services.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 

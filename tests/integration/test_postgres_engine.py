@@ -18,12 +18,12 @@ import pytest
 from histories import history
 
 from adapters.errors import StoreError
-from adapters.postgres_views import PostgresViews
+from adapters.views.postgres import PostgresViews
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.config import open_engine, postgres_env
-from runners.engine import Engine
-from runners.rebuild import rebuild_in_parts
+from runners.bootstrap.config import open_engine, postgres_env
+from runners.services.engine import Engine
+from runners.services.rebuild import rebuild_in_parts
 
 pytestmark = pytest.mark.integration
 TENANT = "acme"

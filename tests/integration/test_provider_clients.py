@@ -33,8 +33,8 @@ from adapters.errors import (
     ProviderError,
     ProviderThrottled,
 )
-from adapters.gmail_client import GmailClient
-from adapters.graph_client import GraphClient
+from adapters.providers.gmail.client import GmailClient
+from adapters.providers.graph.client import GraphClient
 
 pytestmark = pytest.mark.integration
 

@@ -18,14 +18,14 @@ from conftest import POSTGRES_URL
 from histories import history
 from loopback import Server
 
-from adapters.event_store import stream_id
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.eventstore.store import stream_id
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from domain.errors import NotFound
-from runners import shards
-from runners.cli import main
-from runners.config import open_engine
-from runners.engine import Engine
+from runners.bootstrap import shards
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.cli import main
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 SECRET = b"s" * 32
@@ -239,8 +239,8 @@ def test_nats_subjects_per_shard_keep_deliveries_apart(nats_url: str) -> None:
 
     import nats
 
-    from adapters.jetstream_inbox import JetStreamInbox
-    from adapters.jetstream_work import JetStreamWork
+    from adapters.deliveries.inbox_jetstream import JetStreamInbox
+    from adapters.deliveries.work_jetstream import JetStreamWork
 
     tag = uuid.uuid4().hex[:8]
     base = {"CRMSYNC_NATS_STREAM": f"T_SHARDS_{tag}",
@@ -294,7 +294,7 @@ def test_shard_move_refuses_when_a_writer_was_not_stopped(
     """A command reaching the source between the copy and the flip: nothing moves, the copy is
     deleted from the target, the map and the source stay as they were."""
     from adapters.errors import StoreError
-    from runners.shard_move import move_tenant
+    from runners.services.shard_move import move_tenant
 
     default, eu, path = two_shards
     _apply(tmp_path, history(7, 30, "acme"))

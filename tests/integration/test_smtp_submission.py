@@ -17,9 +17,9 @@ import pytest
 from dovecot import DovecotServer, ensure_dovecot
 
 from adapters.errors import ProviderError
-from adapters.imap_client import ImapAccount
-from adapters.imap_outbound import ImapOutbound, SmtpSubmission
-from adapters.outbound import OutboundMessage
+from adapters.providers.imap.client import ImapAccount
+from adapters.providers.imap.outbound import ImapOutbound, SmtpSubmission
+from adapters.providers.outbound import OutboundMessage
 
 pytestmark = pytest.mark.integration
 

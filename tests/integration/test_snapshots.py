@@ -13,11 +13,11 @@ import psycopg
 import pytest
 from histories import history
 
-from adapters.event_store import EventStore
-from adapters.snapshots import Snapshots, SqliteSnapshotRows, code_version
+from adapters.eventstore.snapshots import Snapshots, SqliteSnapshotRows, code_version
+from adapters.eventstore.store import EventStore
 from domain.state import TenantState
-from runners.config import open_engine, snapshot_key
-from runners.engine import Engine
+from runners.bootstrap.config import open_engine, snapshot_key
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 TENANT = "acme"
@@ -110,7 +110,7 @@ def test_snapshots_need_a_key_and_can_be_switched_off() -> None:
 
 
 def test_postgres_snapshot_rows_keep_the_newest(postgres_url: str) -> None:
-    from adapters.snapshots import PostgresSnapshotRows
+    from adapters.eventstore.snapshots import PostgresSnapshotRows
 
     rows = PostgresSnapshotRows(postgres_url)
     rows.write("t", code_version(), 5, b"m5", b"s5")
@@ -125,7 +125,7 @@ def test_postgres_snapshot_rows_keep_the_newest(postgres_url: str) -> None:
 def test_a_restarted_projection_runner_starts_from_its_snapshot(
         where: tuple[str, str | None]) -> None:
     from projections.projector import Projector, catch_up
-    from runners.projection_runner import keep, restore
+    from runners.entrypoints.projection_runner import keep, restore
 
     db, url = where
     commands = history(12, length=240)
@@ -152,7 +152,7 @@ def test_a_runner_snapshot_ahead_of_the_views_starts_over(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     from projections.projector import Projector, catch_up
-    from runners.projection_runner import keep, restore
+    from runners.entrypoints.projection_runner import keep, restore
 
     monkeypatch.setenv("CRMSYNC_SECRET", SECRET)
     monkeypatch.setenv("CRMSYNC_SNAPSHOT_EVERY", "1")

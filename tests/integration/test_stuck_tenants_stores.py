@@ -14,13 +14,13 @@ import pytest
 from loopback import Server
 from stuck_fixtures import inject, lead, lead_event, records, setup_tenant, unfoldable
 
-from adapters.http_api import create_app
-from adapters.tokens import issue
+from adapters.http.api import create_app
+from adapters.http.tokens import issue
 from projections.projector import Projector
 from projections.rows import PROJECTIONS
-from runners.config import open_engine
-from runners.engine import Engine
-from runners.projection_runner import lag
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.projection_runner import lag
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 SECRET = b"test-secret-0123456789abcdef"

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, message
 
-from adapters.jetstream_inbox import JetStreamInbox
-from adapters.jetstream_work import JetStreamWork
-from adapters.mailbox_locks import PostgresLocks
+from adapters.deliveries.inbox_jetstream import JetStreamInbox
+from adapters.deliveries.work_jetstream import JetStreamWork
+from adapters.eventstore.mailbox_locks import PostgresLocks
 from domain import events as ev
-from runners.config import open_engine
-from runners.sync_loop import LoopOptions, run
-from runners.sync_worker import SyncWorker
+from runners.bootstrap.config import open_engine
+from runners.entrypoints.sync_loop import LoopOptions, run
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.event_store import EventStore
-from adapters.memory_views import MemoryViews
-from runners.engine import Engine
+from adapters.eventstore.store import EventStore
+from adapters.views.memory import MemoryViews
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

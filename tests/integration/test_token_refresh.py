@@ -19,14 +19,14 @@ from gmail_fake import GMAIL, FakeGmail
 from oauth_fake import FakeTokenEndpoint
 from sync_fakes import FakeWorkQueue
 
-from adapters.credential_store import KEY_ENV
+from adapters.credentials.store import KEY_ENV
 from adapters.errors import CredentialsRejected, ProviderError
-from adapters.oauth import StoredOAuthToken, TokenEndpoint
+from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
 from domain import events as ev
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process
-from runners.sync_runner import ConfiguredSources, token_endpoints
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.entrypoints.sync_runner import ConfiguredSources, token_endpoints
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_a_401_refreshes_the_token_stores_it_and_retries(engine: Engine, gmail: 
 
 
 def delivery(n: int) -> Any:
-    from adapters.work_queue import Delivery
+    from adapters.deliveries.work_queue import Delivery
 
     return Delivery("gmail", f"gmail:{n}", orjson.dumps(
         {"delivery_id": f"gmail:{n}", "subscription": "s", "email_address": GMAIL,
@@ -209,8 +209,8 @@ def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
     renews it with the stored refresh token, writes it back and sends, in one attempt."""
     from outbound_servers import MAILBOX, TOKEN, GmailServer
 
-    from adapters.outbox_tracking import SqliteOutboxTracking
-    from runners.outbox import Outbox, provider_clients
+    from adapters.tracking.outbox import SqliteOutboxTracking
+    from runners.services.outbox import Outbox, provider_clients
 
     class ExpiringGmail(GmailServer):
         def handle(self, method: str, path: str, query: dict[str, str],
@@ -262,7 +262,7 @@ def test_contact_sync_refreshes_a_refused_graph_token_and_stores_it(
     from graph_contacts_server import GraphBook, graph_contacts_app
     from loopback import Server
 
-    from runners.contact_sync import graph_clients
+    from runners.services.contact_sync import graph_clients
 
     monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
     engine = Engine.open_sqlite(str(tmp_path / "crm.db"))

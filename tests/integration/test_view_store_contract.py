@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import StoreError
-from adapters.memory_views import MemoryViews
-from adapters.postgres_views import PostgresViews
-from adapters.sqlite_views import SqliteViews
+from adapters.views.memory import MemoryViews
+from adapters.views.postgres import PostgresViews
+from adapters.views.sqlite import SqliteViews
 from projections.ports import ViewStore
 from projections.rows import Rows
 

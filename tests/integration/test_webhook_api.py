@@ -20,11 +20,11 @@ from fastapi import FastAPI
 from loopback import Server
 from structlog.testing import capture_logs
 
-from adapters.http_api import create_app
-from adapters.jetstream_inbox import JetStreamInbox
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.webhook_api import shared_client_state, webhook_app, webhook_router
-from runners.engine import Engine
+from adapters.deliveries.inbox_jetstream import JetStreamInbox
+from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.http.api import create_app
+from adapters.http.webhooks import shared_client_state, webhook_app, webhook_router
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 

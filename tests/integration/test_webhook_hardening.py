@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loopback import Server
 
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.webhook_api import shared_client_state, webhook_app
+from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.http.webhooks import shared_client_state, webhook_app
 
 pytestmark = pytest.mark.integration
 

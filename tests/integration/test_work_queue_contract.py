@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from sync_fakes import FakeWorkQueue
 
-from adapters.jetstream_inbox import JetStreamInbox
-from adapters.jetstream_work import JetStreamWork
-from adapters.sqlite_inbox import SqliteInbox
-from adapters.sqlite_work import SqliteWork
-from adapters.work_queue import WorkQueue
+from adapters.deliveries.inbox_jetstream import JetStreamInbox
+from adapters.deliveries.inbox_sqlite import SqliteInbox
+from adapters.deliveries.work_jetstream import JetStreamWork
+from adapters.deliveries.work_queue import WorkQueue
+from adapters.deliveries.work_sqlite import SqliteWork
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from admin_story import END, STORY, lines
 
 from domain.errors import NotFound
-from runners import admin
-from runners.engine import Engine
+from runners.services import admin
+from runners.services.engine import Engine
 
 HOUR = timedelta(hours=1)
 
@@ -117,8 +117,8 @@ def test_v12_admin_queries_are_not_found_for_anyone_but_active_admins(
 
 
 def test_v11_access_chart_draws_a_bar_per_interval_coloured_by_rule(engine: Engine) -> None:
-    from adapters.http_ui import CHART, RULE_COLOURS, chart
-    from runners import audit
+    from adapters.http.ui import CHART, RULE_COLOURS, chart
+    from runners.services import audit
 
     history = audit.thread_access_history(engine, "acme", "ada", "mb1:t1")
     drawn = chart(history)

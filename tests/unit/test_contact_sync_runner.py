@@ -15,11 +15,11 @@ import orjson
 import pytest
 from graph_contacts_server import FakeContactsClient, GraphBook
 
-from adapters.contact_sync_store import ContactSyncStore, MemoryKeyValues
 from adapters.errors import ProviderError, ProviderThrottled
-from adapters.event_store import LoggedEvent
-from adapters.graph_contact_payloads import ContactDeltaPage, ExternalContact
-from adapters.graph_contacts import ContactsClient
+from adapters.eventstore.store import LoggedEvent
+from adapters.providers.graph.contact_payloads import ContactDeltaPage, ExternalContact
+from adapters.providers.graph.contacts import ContactsClient
+from adapters.tracking.contact_sync import ContactSyncStore, MemoryKeyValues
 from domain.events import (
     ContactSyncConnected,
     DomainEvent,
@@ -28,8 +28,8 @@ from domain.events import (
     UserDeactivated,
     UserReactivated,
 )
-from runners.contact_sync import ContactSyncRunner, connection_of
-from runners.engine import ApplyReport
+from runners.services.contact_sync import ContactSyncRunner, connection_of
+from runners.services.engine import ApplyReport
 
 _changes = itertools.count(1)
 _at = datetime(2026, 3, 1, tzinfo=UTC)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from adapters.event_store import EventStore, chain_link, split_chain, stream_id
+from adapters.eventstore.store import EventStore, chain_link, split_chain, stream_id
 from domain import events as ev
 
 T = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,9 +9,9 @@ from typing import Any
 
 from histories import T0, history
 
-from adapters.event_scan import scan_tenant
-from runners.engine import Engine
-from runners.export import event_line, export_lines, strip_content
+from adapters.eventstore.scan_postgres import scan_tenant
+from runners.services.engine import Engine
+from runners.services.export import event_line, export_lines, strip_content
 
 SECRET_WORDS = ("Quarterly numbers", "the figures are", "budget-2026.pdf", "virus.exe")
 STORY: list[dict[str, Any]] = [

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapters.errors import MalformedWebhook
-from adapters.graph_contact_payloads import (
+from adapters.providers.graph.contact_payloads import (
     contact_body,
     content_fingerprint,
     graph_contact_fields,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from adapters.errors import MalformedWebhook
-from adapters.graph_payloads import GraphFolder, graph_attachments, graph_folders
-from adapters.mail_sources import (
+from adapters.providers.graph.payloads import GraphFolder, graph_attachments, graph_folders
+from adapters.providers.sources import (
     GraphCursor,
     decode_graph_cursor,
     encode_graph_cursor,

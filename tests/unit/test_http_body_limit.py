@@ -11,9 +11,9 @@ import asyncio
 import json
 from typing import Any
 
-from adapters.http_api import MAX_BODY, create_app
-from adapters.tokens import issue
-from runners.engine import Engine
+from adapters.http.api import MAX_BODY, create_app
+from adapters.http.tokens import issue
+from runners.services.engine import Engine
 
 SECRET = b"test-secret-0123456789abcdef"
 CHUNK = 64 * 1024

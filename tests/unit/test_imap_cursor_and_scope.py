@@ -9,7 +9,7 @@ import json
 import pytest
 
 from adapters.errors import CursorExpired
-from adapters.imap_client import (
+from adapters.providers.imap.client import (
     INBOX,
     FolderInfo,
     ImapAccount,
@@ -17,7 +17,7 @@ from adapters.imap_client import (
     decode_folder_cursors,
     encode_folder_cursors,
 )
-from adapters.mail_sources import ImapSource, folders_in_scope, scope_folders
+from adapters.providers.sources import ImapSource, folders_in_scope, scope_folders
 
 INBOX_CURSOR = ImapCursor(uidvalidity=1700000001, uidnext=43, highestmodseq=97, uids="1:40,42")
 SENT_CURSOR = ImapCursor(uidvalidity=1700000002, uidnext=5, highestmodseq=None, uids="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from runners.import_mail import iter_mbox, provider_id
+from runners.services.import_mail import iter_mbox, provider_id
 
 
 def mail(n: int, body: str = "hello\n", extra: str = "") -> str:

@@ -13,9 +13,9 @@ from sync_fakes import FakeSources, message
 from domain import commands as c
 from domain import events as ev
 from domain.errors import Rejection
-from runners.engine import Engine
-from runners.mail_directory import MailboxRef
-from runners.sync_worker import SyncWorker
+from runners.services.engine import Engine
+from runners.services.mail_directory import MailboxRef
+from runners.services.sync_worker import SyncWorker
 
 T = "acme"
 MSG = {"id": "m1", "from": "a@x.test", "to": ["b@x.test"], "subject": "hi", "body": "text",

@@ -1,4 +1,4 @@
-"""SPEC L2 in the views (adapters.view_seal): content rows are sealed with the owner's view key,
+"""SPEC L2 in the views (adapters.views.seal): content rows are sealed with the owner's view key,
 deterministically (E3: a rebuilt row equals the incremental one), opened back to the same row,
 and opened as erased once the owner's key is destroyed."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from adapters.content_keys import MemoryContentKeys
 from adapters.errors import StoreError
-from adapters.memory_views import MemoryViews
-from adapters.view_seal import ViewSealer
+from adapters.eventstore.content_keys import MemoryContentKeys
+from adapters.views.memory import MemoryViews
+from adapters.views.seal import ViewSealer
 from projections.ports import encode_doc
 from projections.rows import OWNER_FIELD, Doc
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from sync_fakes import NOW, message
 
-from adapters.mail_sources import ProviderSource
-from adapters.provider_client import BackfillPage, ChangePage
+from adapters.providers.client import BackfillPage, ChangePage
+from adapters.providers.sources import ProviderSource
 from domain.events import MailMessage
 
 

@@ -18,14 +18,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
-from adapters import metrics_prometheus as metrics
 from adapters.errors import StoreError
-from adapters.webhook_api import webhook_app
+from adapters.http.webhooks import webhook_app
+from adapters.metrics import prometheus as metrics
 from domain import events as ev
-from runners.engine import Engine
-from runners.health import EngineView, Probe, add_routes, answer, collector
-from runners.sync_loop import LoopOptions, process
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.health import EngineView, Probe, add_routes, answer, collector
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

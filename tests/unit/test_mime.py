@@ -1,4 +1,5 @@
-"""adapters.mime on small hand-written messages: the edge cases of parsing raw RFC 5322 mail."""
+"""adapters.providers.mime on small hand-written messages: the edge cases of parsing raw RFC 5322
+mail."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import (
+from adapters.providers.mime import (
     html_to_text,
     message_ids,
     normalise_message_id,

@@ -1,4 +1,5 @@
-"""adapters.mime on real-world mail shapes (issue #13 points 6-9), nothing dropped silently.
+"""adapters.providers.mime on real-world mail shapes (issue #13 points 6-9), nothing dropped
+silently.
 
 The fixtures in tests/fixtures/mime are written for these cases; each one failed before (empty
 body, lost attachments, lost From, a made-up address, the address as the parent id).
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import UnparseableMessage
-from adapters.mime import enriched_to_text, parse_message, valid_address
+from adapters.providers.mime import enriched_to_text, parse_message, valid_address
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mime"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 ADDRESS = "ann@acme.test"
 STEPS: list[dict[str, Any]] = [

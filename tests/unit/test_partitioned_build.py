@@ -9,13 +9,13 @@ import orjson
 import pytest
 from histories import history
 
-from adapters.memory_views import MemoryViews
+from adapters.views.memory import MemoryViews
 from domain import events as ev
 from domain.state import TenantState
 from projections.partition import Partition
 from projections.projector import Projector, build, extend
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from test_property_visibility import T0, TENANT, histories, iso
 
 from domain.errors import NotFound
-from runners import audit
-from runners.engine import Engine
+from runners.services import audit
+from runners.services.engine import Engine
 
 AUDITOR = "auditor-9"
 

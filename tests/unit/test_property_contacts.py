@@ -20,7 +20,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

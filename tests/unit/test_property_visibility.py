@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain.errors import NotFound
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from adapters.errors import CursorExpired, MailboxGone, ProviderError
-from adapters.gmail_client import GmailClient
-from adapters.graph_client import GraphClient
-from adapters.graph_contacts import GraphContactsClient
-from adapters.oauth import TokenEndpoint
+from adapters.providers.gmail.client import GmailClient
+from adapters.providers.graph.client import GraphClient
+from adapters.providers.graph.contacts import GraphContactsClient
+from adapters.providers.oauth import TokenEndpoint
 
 GRAPH = "https://graph.test/v1.0"
 GMAIL = "https://gmail.test"

@@ -1,4 +1,5 @@
-"""SPEC §8: Gmail pushes are authenticated by the Pub/Sub OIDC token (adapters/pubsub_auth.py).
+"""SPEC §8: Gmail pushes are authenticated by the Pub/Sub OIDC token
+(adapters/deliveries/pubsub_auth.py).
 
 The certificate endpoint is an httpx.MockTransport that counts its requests; the tokens are
 signed with keys generated here (tests/google_tokens.py)."""
@@ -12,7 +13,13 @@ import httpx
 import pytest
 from google_tokens import ACCOUNT, AUDIENCE, SigningKey, certs
 
-from adapters.pubsub_auth import GoogleCerts, PushRefused, PushVerifier, RouteDisabled, max_age
+from adapters.deliveries.pubsub_auth import (
+    GoogleCerts,
+    PushRefused,
+    PushVerifier,
+    RouteDisabled,
+    max_age,
+)
 
 KEY = SigningKey("key-1")
 OTHER = SigningKey("key-2")  # not published: a forger's key

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from histories import history
 
-from adapters.memory_views import MemoryViews
+from adapters.views.memory import MemoryViews
 from domain.errors import NotFound
 from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 TENANT = "acme"
 

@@ -19,21 +19,22 @@ from eventsourcing.persistence import OperationalError
 from psycopg_pool import PoolTimeout
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import DeliveryStoreError, StoreError
-from adapters.event_store import EventStore, LoggedEvent, postgres_defaults
-from adapters.outbox_tracking import MemoryOutboxTracking
-from adapters.postgres_recorder import bounded
-from adapters.work_queue import Delivery
+from adapters.eventstore.recorder_postgres import bounded
+from adapters.eventstore.store import EventStore, LoggedEvent, postgres_defaults
+from adapters.tracking.outbox import MemoryOutboxTracking
 from domain import events as ev
 from domain.commands import parse_command
 from domain.errors import Rejection
-from runners import outbox, projection_runner
-from runners.backoff import Backoff, keep_trying
-from runners.contact_sync import run_contacts
-from runners.engine import Engine
-from runners.sync_common import Outcome
-from runners.sync_loop import LoopOptions, Owed, process, run
-from runners.sync_worker import SyncWorker
+from runners.entrypoints import projection_runner
+from runners.entrypoints.backoff import Backoff, keep_trying
+from runners.entrypoints.sync_loop import LoopOptions, Owed, process, run
+from runners.services import outbox
+from runners.services.contact_sync import run_contacts
+from runners.services.engine import Engine
+from runners.services.sync_common import Outcome
+from runners.services.sync_worker import SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

@@ -91,7 +91,7 @@ def test_unknown_mailbox_and_bad_reason_are_rejected_with_the_field() -> None:
 def test_sync_status_shows_the_cursor_its_time_and_the_last_resync() -> None:
     import orjson
 
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
     engine = Engine.open_in_memory()
     lines = [{"cmd": "AddUser", "user": "bob", "email": "bob@acme.test", "role": "member"},

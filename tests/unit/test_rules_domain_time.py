@@ -17,19 +17,19 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import ConcurrencyConflict, StoreError
-from adapters.event_store import EventStore
-from adapters.memory_views import MemoryViews
-from adapters.work_queue import Delivery
+from adapters.eventstore.store import EventStore
+from adapters.views.memory import MemoryViews
 from domain import events as ev
 from domain.commands import Command, parse_command
 from domain.decide import decide
 from domain.errors import Rejection
 from domain.permissions import authorise
 from domain.state import TenantState, evolve
-from runners.engine import Engine
-from runners.sync_loop import LoopOptions, process
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process
+from runners.services.engine import Engine
+from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

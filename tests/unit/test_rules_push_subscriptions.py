@@ -10,7 +10,7 @@ import orjson
 from rulekit import apply, at, kinds, mailbox, rejection, run, user
 
 from domain.state import TenantState
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 
 def office() -> TenantState:

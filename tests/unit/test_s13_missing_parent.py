@@ -8,10 +8,10 @@ from typing import Any
 
 from rulekit import CUSTOMER, T0, TENANT, apply, msg, office, thread_of
 
-from adapters.mime import parse_message
+from adapters.providers.mime import parse_message
 from domain.commands import parse_command
 from domain.state import TenantState, evolve
-from runners.engine import Engine
+from runners.services.engine import Engine
 
 ANN = "ann@acme.test"
 

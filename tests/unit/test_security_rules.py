@@ -11,8 +11,8 @@ import orjson
 import pytest
 from rulekit import CUSTOMER, apply, at, kinds, lead, office, rejection, run
 
-from adapters.http_api import RateLimit
-from adapters.tokens import (
+from adapters.http.api import RateLimit
+from adapters.http.tokens import (
     SERVICE_TTL,
     USER_TTL,
     InvalidToken,
@@ -28,9 +28,9 @@ from domain.errors import Rejection
 from domain.permissions import NOT_AVAILABLE, NOT_FOUND, authorise
 from domain.state import TenantState
 from domain.visibility import access
-from runners.engine import REJECTION_TEXT, bounded, bounded_rejection
-from runners.serve import rate_limit
-from runners.settings import load_settings
+from runners.bootstrap.settings import load_settings
+from runners.entrypoints.serve import rate_limit
+from runners.services.engine import REJECTION_TEXT, bounded, bounded_rejection
 
 SECRET = b"unit-secret-0123456789abcdef"
 T = 1_800_000_000
@@ -231,7 +231,7 @@ def test_rate_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_e8_operator_rejections_are_stored_cut_on_the_cli() -> None:
     """The CLI (no gate) keeps its rejections, cut like any other: name, field, actor."""
-    from runners.engine import Engine
+    from runners.services.engine import Engine
 
     engine = Engine.open_in_memory()
     engine.apply_lines(['{"tenant": "acme", "cmd": "AddUser", "user": "ada", '

@@ -8,13 +8,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.gmail_client import DEFAULT_GMAIL_API_URL
-from adapters.graph_client import DEFAULT_GRAPH_API_URL
-from adapters.jetstream_inbox import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-from adapters.jetstream_work import DEFAULT_DURABLE
-from adapters.pubsub_auth import GOOGLE_CERTS_URL
-from runners.cli import build_parser, main, run
-from runners.settings import PREFIX, Settings, SettingsError, load_settings
+from adapters.deliveries.inbox_jetstream import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
+from adapters.deliveries.pubsub_auth import GOOGLE_CERTS_URL
+from adapters.deliveries.work_jetstream import DEFAULT_DURABLE
+from adapters.providers.gmail.client import DEFAULT_GMAIL_API_URL
+from adapters.providers.graph.client import DEFAULT_GRAPH_API_URL
+from runners.bootstrap.settings import PREFIX, Settings, SettingsError, load_settings
+from runners.entrypoints.cli import build_parser, main, run
 
 ROOT = Path(__file__).resolve().parents[2]
 

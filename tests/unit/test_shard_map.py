@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from runners import shards
-from runners.engine import ApplyReport
-from runners.shards import DEFAULT, ShardMap, ShardMapError
+from runners.bootstrap import shards
+from runners.bootstrap.shards import DEFAULT, ShardMap, ShardMapError
+from runners.services.engine import ApplyReport
 
 A = "postgresql://pg@h1/crm"
 B = "postgresql://pg@h2/crm?options=-csearch_path%3Deu"

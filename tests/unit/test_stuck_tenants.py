@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 import pytest
 from stuck_fixtures import inject, lead, lead_event, records, setup_tenant, unfoldable
 
-from adapters.event_store import EventStore
-from adapters.memory_views import MemoryViews
+from adapters.eventstore.store import EventStore
+from adapters.views.memory import MemoryViews
 from domain.errors import NotFound
 from projections.ports import Changes, StuckChanges, UnstorableRow
 from projections.projector import Projector
 from projections.rows import PROJECTIONS
-from runners.engine import Engine
-from runners.projection_runner import lag
+from runners.entrypoints.projection_runner import lag
+from runners.services.engine import Engine
 
 LATER = datetime(2100, 1, 1, tzinfo=UTC)
 

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, FakeWorkQueue, message
 
+from adapters.deliveries.work_queue import Delivery
 from adapters.errors import DeliveryStoreError
-from adapters.work_queue import Delivery
 from domain import events as ev
-from runners.engine import Engine
-from runners.mail_directory import MailboxRef, delivery_address
-from runners.sync_loop import LoopOptions, process, run
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process, run
+from runners.services.engine import Engine
+from runners.services.mail_directory import MailboxRef, delivery_address
+from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"

@@ -15,13 +15,13 @@ import orjson
 from structlog.testing import capture_logs
 from sync_fakes import NOW, FakeSources, FakeWorkQueue, message
 
-from adapters.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
-from adapters.work_queue import Delivery
+from adapters.deliveries.webhooks import GraphChange, GraphLifecycle, graph_delivery_id
+from adapters.deliveries.work_queue import Delivery
 from domain import events as ev
-from runners.engine import Engine
-from runners.push_channels import PushSettings
-from runners.sync_loop import LoopOptions, process, run
-from runners.sync_worker import SyncWorker
+from runners.entrypoints.sync_loop import LoopOptions, process, run
+from runners.services.engine import Engine
+from runners.services.push_channels import PushSettings
+from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"

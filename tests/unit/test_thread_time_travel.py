@@ -1,7 +1,7 @@
 """E4: a thread or explain question `--at` a past time is answered from one fold of the tenant's
-stream for that thread (runners.audit.thread_views). It must give exactly what a replay of all of
-the tenant's views gave (the engine's `reader(tenant, at)`), for every viewer and every minute:
-with deletions at the provider, the L5 guard, marks and links across mailboxes, an unmark, a
+stream for that thread (runners.services.audit.thread_views). It must give exactly what a replay of
+all of the tenant's views gave (the engine's `reader(tenant, at)`), for every viewer and every
+minute: with deletions at the provider, the L5 guard, marks and links across mailboxes, an unmark, a
 user's deletion, and on seeded random histories."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from histories import T0, history
 
 from domain.errors import NotFound
 from projections import queries
-from runners.audit import thread_views
-from runners.engine import Engine
+from runners.services.audit import thread_views
+from runners.services.engine import Engine
 
 
 def _apply(commands: list[dict[str, Any]]) -> Engine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.tokens import InvalidToken, issue, verify
+from adapters.http.tokens import InvalidToken, issue, verify
 
 SECRET = b"unit-secret-0123456789abcdef"
 

@@ -1,5 +1,6 @@
 """Provider payload parsing: Gmail push, Graph notifications, Graph delta and message resource,
-Gmail history and format=full messages (adapters.webhooks, graph_payloads, gmail_payloads).
+Gmail history and format=full messages (adapters.deliveries.webhooks, graph_payloads,
+gmail_payloads).
 
 Real samples: the Gmail push envelope is copied into tests/fixtures/webhooks/ (see its README);
 the Microsoft Graph samples and the Gmail discovery document are read from the shared corpus
@@ -18,10 +19,7 @@ from typing import Any
 import pytest
 from services import corpus_file
 
-from adapters.errors import MalformedWebhook
-from adapters.gmail_payloads import gmail_message_to_mail, parse_gmail_history
-from adapters.graph_payloads import graph_message_to_mail, parse_graph_delta
-from adapters.webhooks import (
+from adapters.deliveries.webhooks import (
     MAX_VALIDATION_TOKEN,
     GraphChange,
     GraphLifecycle,
@@ -30,6 +28,9 @@ from adapters.webhooks import (
     parse_gmail_push,
     parse_graph,
 )
+from adapters.errors import MalformedWebhook
+from adapters.providers.gmail.payloads import gmail_message_to_mail, parse_gmail_history
+from adapters.providers.graph.payloads import graph_message_to_mail, parse_graph_delta
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
 

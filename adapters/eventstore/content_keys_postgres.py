@@ -1,0 +1,75 @@
+"""Content keys (adapters.eventstore.content_keys) in the PostgreSQL schema of the events.
+
+Needs `$CRMSYNC_CONTENT_KEY`: there is no file beside a server to keep a master key in, so
+without it content is refused (StoreError), as the credential store refuses credentials. A
+destroyed key's tuple stays in the table's pages until VACUUM and in every earlier backup and
+WAL archive: see docs/decisions.md for what an operator has to do.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from adapters.errors import StoreError
+from adapters.eventstore.content_keys import KEY_ENV, TABLE, ContentKeys, master_key_from_env
+
+
+class PostgresContentKeys(ContentKeys):
+    def __init__(self, conninfo: str, schema: str | None) -> None:
+        super().__init__(master_key_from_env(), f"{KEY_ENV} is not set (PostgreSQL has no "
+                                                "key file)")
+        self._conninfo = conninfo
+        self._schema = schema
+        self._conn_lock = threading.Lock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._run(TABLE.format(blob="BYTEA"))
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            conninfo = self._conninfo if not self._schema else make_conninfo(
+                self._conninfo, options=f"-c search_path={self._schema}")
+            self._conn = psycopg.connect(conninfo, autocommit=True)
+        return self._conn
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._conn_lock:
+            try:
+                cur = self._connect().execute(sql.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+            except psycopg.Error as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                raise StoreError(f"content keys: {exc}") from exc
+
+    def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
+        self._run("INSERT INTO content_keys VALUES (?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING",
+                  (tenant, user, wrapped))
+
+    def _tombstone(self, tenant: str, user: str, at: str) -> bool:
+        with self._conn_lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    rows = conn.execute("DELETE FROM content_keys WHERE tenant = %s AND "
+                                        "user_id = %s AND wrapped IS NOT NULL RETURNING 1",
+                                        (tenant, user)).fetchall()
+                    conn.execute("INSERT INTO content_keys VALUES (%s, %s, NULL, %s, NULL) "
+                                 "ON CONFLICT DO NOTHING", (tenant, user, at))
+            except psycopg.Error as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                raise StoreError(f"cannot destroy the content key of {tenant}/{user}: {exc}"
+                                 ) from exc
+        return bool(rows)
+
+    def _destroyed_count(self) -> int:
+        return int(self._run("SELECT count(*) FROM content_keys WHERE destroyed_at IS NOT NULL"
+                             )[0][0])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -1,0 +1,70 @@
+"""Content keys (adapters.eventstore.content_keys) in the embedded SQLite file, beside the events.
+
+The connection runs with `PRAGMA secure_delete=ON`, so a destroyed key's page space is zeroed,
+and after a destruction checkpoints the WAL with TRUNCATE, so no copy of the page stays in the
+`-wal` file either (L2: the key bytes are gone from the files, not only from the table).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+from adapters.errors import StoreError
+from adapters.eventstore.content_keys import (
+    TABLE,
+    ContentKeys,
+    key_file_master_key,
+    master_key_from_env,
+)
+
+
+class SqliteContentKeys(ContentKeys):
+    def __init__(self, path: str) -> None:
+        super().__init__(master_key_from_env() or key_file_master_key(path))
+        self._db_lock = threading.Lock()  # one connection, used by the server's threads
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=10)
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute(TABLE.format(blob="BLOB"))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the content keys in {path}: {exc}") from exc
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._db_lock:
+                return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"content keys: {exc}") from exc
+
+    def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
+        self._run("INSERT OR IGNORE INTO content_keys VALUES (?, ?, ?, NULL, NULL)",
+                  (tenant, user, wrapped))
+
+    def _tombstone(self, tenant: str, user: str, at: str) -> bool:
+        with self._db_lock:
+            return self._tombstone_locked(tenant, user, at)
+
+    def _tombstone_locked(self, tenant: str, user: str, at: str) -> bool:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = self._db.execute("DELETE FROM content_keys WHERE tenant = ? AND user_id = ? "
+                                    "AND wrapped IS NOT NULL", (tenant, user)).rowcount
+            self._db.execute("INSERT OR IGNORE INTO content_keys VALUES (?, ?, NULL, ?, NULL)",
+                             (tenant, user, at))
+            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot destroy the content key of {tenant}/{user}: {exc}") from exc
+        return gone > 0
+
+    def _destroyed_count(self) -> int:
+        return int(self._run("SELECT count(*) FROM content_keys WHERE destroyed_at IS NOT NULL"
+                             )[0][0])
+
+    def close(self) -> None:
+        self._db.close()

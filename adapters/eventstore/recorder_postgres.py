@@ -1,0 +1,87 @@
+"""eventsourcing's PostgreSQL application recorder with bounded waits (issue #10 point 10).
+
+The library retries every recorder call 10 times on OperationalError/InterfaceError, and a pool
+that cannot connect makes each try wait the whole pool timeout: while PostgreSQL was down a call
+took 14 s or more before failing, and the API held every request behind it. Here:
+
+- a call is tried at most `ATTEMPTS` times, and not again when the pool itself timed out (it
+  has been trying to connect for the whole pool timeout already); for `FAIL_FAST` seconds after
+  a pool timeout every call fails at once;
+- the pool's connections carry a connect timeout, TCP keepalives (a silent peer is noticed in
+  about 25 s) and a statement timeout, so a stuck connection fails instead of hanging forever;
+- the pool gives up a reconnection after `RECONNECT_TIMEOUT` (the next call starts afresh);
+- `EventStore` sets the pool's pre-ping (a stale connection after a restart is replaced before
+  use, not failed on) and a short pool timeout, unless the environment says otherwise.
+
+Selected by `APPLICATION_RECORDER_TOPIC`, see `adapters.eventstore.store.postgres_defaults`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg_pool import PoolTimeout
+
+ATTEMPTS = 2
+RETRY_WAIT = 0.2
+CONNECT_TIMEOUT = 3  # seconds (libpq)
+STATEMENT_TIMEOUT_MS = 60_000
+# The pool's reconnection attempts back off exponentially without a cap until they give up
+# (psycopg_pool's reconnect_timeout, 5 minutes): after a minute's outage the next attempt could
+# be a minute away. Giving up after a few seconds lets the next caller start a fresh attempt.
+RECONNECT_TIMEOUT = 3.0
+# After a pool timeout, calls fail at once for this long instead of each waiting the pool
+# timeout again: an API serialises its store calls, so N waiting callers took N pool timeouts.
+FAIL_FAST = 1.0
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bounded(method: F) -> F:
+    """The library method without its own retry decorator, retried `ATTEMPTS` times."""
+    inner: Callable[..., Any] = getattr(method, "__wrapped__", method)
+
+    @functools.wraps(inner)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < getattr(self, "unavailable_until", 0.0):
+            raise OperationalError("PostgreSQL unavailable: no connection could be had just now")
+        for tries in range(1, ATTEMPTS + 1):
+            try:
+                return inner(self, *args, **kwargs)
+            except (InterfaceError, OperationalError) as exc:
+                if isinstance(exc.__cause__, PoolTimeout):
+                    self.unavailable_until = time.monotonic() + FAIL_FAST
+                    raise
+                if tries == ATTEMPTS:
+                    raise
+                time.sleep(RETRY_WAIT)
+        raise AssertionError("unreachable")
+
+    return cast(F, call)
+
+
+class BoundedPostgresRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: PostgresDatastore, **options: Any) -> None:
+        # Before the first connection: the factory calls create_table (which opens the pool)
+        # after constructing the recorder.
+        datastore.pool.reconnect_timeout = RECONNECT_TIMEOUT
+        kwargs = datastore.pool.kwargs
+        if isinstance(kwargs, dict):
+            kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+            for key, value in KEEPALIVES.items():
+                kwargs.setdefault(key, value)
+            kwargs.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        super().__init__(datastore, **options)
+        self.unavailable_until = 0.0
+
+    insert_events = bounded(PostgresApplicationRecorder.insert_events)
+    select_events = bounded(PostgresApplicationRecorder.select_events)
+    select_notifications = bounded(PostgresApplicationRecorder.select_notifications)
+    max_notification_id = bounded(PostgresApplicationRecorder.max_notification_id)

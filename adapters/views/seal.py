@@ -1,0 +1,210 @@
+"""Mail content in view rows, sealed with its owner's view key (SPEC L2: never plaintext in views).
+
+The projections stay pure and write plaintext rows; the view stores seal them on the way in and
+open them on the way out, here. Content is what L2 names: a thread row's subject (`timeline`,
+`mailbox`), a message row's subject, body, attachment names and refusal reasons (`message`), and
+a mailbox's last sync error (`sync_status`), which may quote a refused attachment's name.
+Sizes, content types, ids and addresses stay readable: queries and checksums need them.
+
+A sealed row keeps its shape with the content taken out (subject and body gone, attachment names
+and reasons null) and `"sealed": [owner, box]`, box = base64 of AES-SIV over the content's JSON
+with the row's place as associated data (tenant, owner and thread for a thread's subject, which its
+timeline and mailbox rows share; tenant, owner and row key for the rest). AES-SIV is
+deterministic: the same row sealed twice gives the same bytes, so rebuilt views equal incremental
+ones byte for byte (E3); checksums cover the opened content (`canonical`), so stores with other
+keys (and the in-memory one) compare too. Binding the place means equal
+subjects of different threads do not show as equal boxes. The view key is derived from the user's
+data key (adapters.eventstore.content_keys), so DeleteUser's destruction of that key erases the
+views too: a box whose key is gone opens as erased content (`"subject": null, "erased": true`),
+exactly as the projections answer content erased in the log.
+
+Message rows name their owner in `_owner` (projections.rows): the store moves it into the seal,
+so it never reaches an answer; stores without keys (in memory, replays) just drop it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from adapters.errors import StoreError
+from adapters.eventstore.content_keys import ContentKeys
+from projections.ports import Changes, encode_doc
+from projections.rows import OWNER_FIELD, Doc
+
+SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
+SEALED_FIELD = "sealed"
+_MEMO = 100_000  # boxes kept for reuse
+_MARK = b'"sealed":'  # in the stored bytes of a sealed row
+# the text each sealed projection holds; a sync status's last error may quote an attachment's
+# name (S8 refusals), so it is sealed with the mailbox user's key too
+_TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
+         "sync_status": "last_error"}
+
+
+def _erased(projection: str, doc: Doc) -> Doc:
+    """The row as the projections write erased content (rows._subject, rows._content)."""
+    if projection == "sync_status":
+        doc["last_error"] = None
+        return doc
+    doc["subject"] = None
+    doc["erased"] = True
+    if projection == "message":
+        doc["body"] = None
+        for att in doc.get("attachments", ()):
+            att["name"] = None
+            if "reason" in att:
+                att["reason"] = None
+    return doc
+
+
+class ViewSealer:
+    """Seals and opens the content of view rows; `keys` None: a store that keeps nothing (in
+    memory), whose rows are only stripped of `_owner`. Keys are opened on first use."""
+
+    # benchmarks.content_cost only: False writes plaintext rows (the baseline it measures)
+    enabled: ClassVar[bool] = True
+
+    def __init__(self, keys: Callable[[], ContentKeys] | None) -> None:
+        self._factory = keys
+        self._keys: ContentKeys | None = None
+        # (place, content) -> box: a thread's rows are rewritten at each of its events with the
+        # same subject; sealing is deterministic, so the box is reused (bounded, cleared whole)
+        self._boxes: dict[tuple[bytes, bytes], str] = {}
+        # (place, box) -> content, for reads (in this process's memory only, never stored; used
+        # only after the owner's key was found not destroyed)
+        self._opened: dict[tuple[bytes, str], bytes] = {}
+
+    @property
+    def sealing(self) -> bool:
+        return self._factory is not None and ViewSealer.enabled
+
+    def keys(self) -> ContentKeys:
+        if self._keys is None:
+            assert self._factory is not None
+            self._keys = self._factory()
+        return self._keys
+
+    def close(self) -> None:
+        if self._keys is not None:
+            self._keys.close()
+            self._keys = None
+
+    def encoded(self, changes: Changes) -> dict[str, list[tuple[str, str, str, bytes]]]:
+        """Each projection's changed rows as (tenant, key, row key, sealed stored bytes), done
+        before the store's write transaction: no key work while it holds its locks (a key
+        created on the way takes another connection to the same database)."""
+        return {projection: [(tenant, key, rk,
+                              encode_doc(self.seal(projection, tenant, key, rk, doc)))
+                             for (tenant, key), rows in keyed.items()
+                             for rk, doc in rows.items()]
+                for projection, keyed in changes.items()}
+
+    def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
+        if projection not in SEALED_PROJECTIONS:
+            return doc
+        owner = doc.get(OWNER_FIELD, doc.get("user" if projection == "sync_status" else "owner"))
+        if OWNER_FIELD in doc:
+            doc = {k: v for k, v in doc.items() if k != OWNER_FIELD}
+        text = _TEXT[projection]
+        if not self.sealing or not isinstance(doc.get(text), str) \
+                or not isinstance(owner, str):
+            return doc  # nothing to seal: erased already, or not a content row
+        doc = dict(doc)  # a copy we may change (rows are shared); attachments copied below
+        content: dict[str, Any] = {text: doc.pop(text)}
+        if projection == "message":
+            content["body"] = doc.pop("body", None)
+            atts = [dict(a) for a in doc.get("attachments", [])]
+            if "attachments" in doc:
+                doc["attachments"] = atts
+            content["names"] = [a.get("name") for a in atts]
+            content["reasons"] = [a.get("reason") for a in atts]
+            for att in atts:
+                att["name"] = None
+                if "reason" in att:
+                    att["reason"] = None
+        # a sync status's error is content only for a user whose content the log holds (sealed
+        # there under a key created then); one without a key (PostgreSQL without a master key
+        # refuses content) is kept as it is rather than fail the projection
+        create = projection != "sync_status"
+        keys = self.keys()
+        siv = keys.view_key(tenant, owner, create=create)
+        if siv is None and not create and not keys.destroyed(tenant, owner):
+            return {**doc, **content}
+        if siv is None:  # the owner's key is destroyed: the content is erased (L2)
+            return _erased(projection, doc)
+        place, plain = _place(projection, tenant, key, owner, doc), orjson.dumps(content)
+        box = self._boxes.get((place, plain))
+        if box is None:
+            if len(self._boxes) >= _MEMO:
+                self._boxes.clear()
+            box = self._boxes[(place, plain)] = base64.b64encode(
+                siv.encrypt(plain, [place])).decode()
+        doc[SEALED_FIELD] = [owner, box]
+        return doc
+
+    def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
+                  ) -> bytes:
+        """The stored bytes with sealed content opened (what checksums cover, so stores with
+        different keys compare); bytes that do not open are returned as stored, so `verify`
+        reports the difference instead of failing."""
+        if self._factory is None or projection not in SEALED_PROJECTIONS \
+                or _MARK not in raw:
+            return raw
+        try:
+            return encode_doc(self.open(projection, tenant, key, row_key, orjson.loads(raw)))
+        except (StoreError, ValueError, TypeError, KeyError):
+            return raw
+
+    def refresh(self, projection: str | None = None, docs: Iterable[bytes] = ()) -> None:
+        """Notice keys destroyed by other processes: once per read that found a sealed row
+        (`projection` and the stored `docs`), or unconditionally (no projection)."""
+        if self._keys is None:
+            return
+        if projection is not None and (projection not in SEALED_PROJECTIONS or not any(
+                _MARK in (doc if isinstance(doc, bytes) else str(doc).encode()) for doc in docs)):
+            return
+        self._keys.refresh()
+
+    def open(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
+        sealed = doc.pop(SEALED_FIELD, None) if projection in SEALED_PROJECTIONS else None
+        if sealed is None:
+            return doc
+        owner, box = sealed
+        siv = self.keys().view_key(tenant, owner, create=False)
+        if siv is None:
+            return _erased(projection, doc)
+        place = _place(projection, tenant, key, owner, doc)
+        plain = self._opened.get((place, box))  # checked above: the key is not destroyed
+        if plain is None:
+            try:
+                plain = siv.decrypt(base64.b64decode(box), [place])
+            except InvalidTag:
+                raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
+                                 "open (altered, or moved from another row)") from None
+            if len(self._opened) >= _MEMO:
+                self._opened.clear()
+            self._opened[(place, box)] = plain
+        content = orjson.loads(plain)
+        text = _TEXT[projection]
+        doc[text] = content[text]
+        if projection == "message":
+            doc["body"] = content["body"]
+            for att, name, reason in zip(doc.get("attachments", ()), content["names"],
+                                         content["reasons"], strict=True):
+                att["name"] = name
+                if "reason" in att:
+                    att["reason"] = reason
+        return doc
+
+
+def _place(projection: str, tenant: str, key: str, owner: str, doc: Doc) -> bytes:
+    """What a box is bound to: a thread's subject to the thread (its timeline and mailbox rows
+    hold the same subject, so one box serves them), other content to its row's key."""
+    if projection in ("timeline", "mailbox"):
+        return orjson.dumps(["thread", tenant, owner, doc.get("thread")])
+    return orjson.dumps([projection, tenant, owner, key])

@@ -1,0 +1,56 @@
+"""Admin queries (SPEC §7): problems (the attention list) and settings, for active admins only.
+
+The asker is checked like the auditor queries (`audit.require_admin`: anyone else, NotFound).
+Problems read the tenant's stream once, only the few event types `projections.admin.EVENTS`
+(the database leaves the others out), plus the command-side state.
+
+Stale sync is measured against `now`, the wall clock of the asking process (decision in
+docs/decisions.md): a tenant whose sync stopped appends nothing, so its own latest domain time
+would never make it look stale. CRMSYNC_STALE_SYNC_SECONDS sets the default threshold.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from adapters.eventstore.scan_postgres import Prefilter, scan_tenant
+from domain import events as ev
+from projections import admin
+from runners.services.audit import require_admin
+
+if TYPE_CHECKING:
+    from runners.services.engine import Engine
+
+STALE_ENV = "CRMSYNC_STALE_SYNC_SECONDS"
+MAX_STALE_SECONDS = 100 * 366 * 86400  # a century: beyond it, timedelta arithmetic overflows
+
+
+def stale_after(seconds: int | None = None) -> timedelta:
+    """The given threshold, else CRMSYNC_STALE_SYNC_SECONDS, else 24 h."""
+    if seconds is None:
+        value = os.environ.get(STALE_ENV, "")
+        seconds = int(value) if value.isdigit() and int(value) > 0 else None
+    if seconds is None:
+        return admin.DEFAULT_STALE_AFTER
+    return timedelta(seconds=min(seconds, MAX_STALE_SECONDS))
+
+
+def problems(engine: Engine, tenant: str, viewer: str, *, now: datetime | None = None,
+             stale_seconds: int | None = None) -> list[dict[str, Any]]:
+    require_admin(engine, tenant, viewer)
+    others = frozenset(ev.EVENT_TYPES) - admin.EVENTS
+
+    def keep(kind: type[ev.DomainEvent], state: bytes) -> bool:
+        return kind in admin.EVENTS
+
+    log = admin.ProblemLog().feed_all(
+        scan_tenant(engine.store, tenant, keep, prefilter=Prefilter(others, frozenset(), b"")))
+    return admin.problems(engine.store.state(tenant), log, now or datetime.now(UTC),
+                          stale_after(stale_seconds))
+
+
+def settings(engine: Engine, tenant: str, viewer: str) -> dict[str, Any]:
+    require_admin(engine, tenant, viewer)
+    return admin.settings(engine.store.state(tenant))
