@@ -28,7 +28,8 @@ from adapters.errors import (
 from adapters.metrics import prometheus as metrics
 from runners.services.backoff import Backoff
 from runners.services.follower import run_until_signalled
-from runners.services.sync_worker import SyncWorker, describe
+from runners.services.sync_common import describe
+from runners.services.sync_worker import SyncWorker
 
 log = structlog.get_logger("crmsync.sync")
 

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from domain.state import Mailbox
     from runners.entrypoints.sync_loop import LoopOptions
     from runners.services.engine import Engine
-    from runners.services.sync_worker import MailboxLocks, PushSettings, SyncWorker
+    from runners.services.push_channels import PushSettings
+    from runners.services.sync_common import MailboxLocks
+    from runners.services.sync_worker import SyncWorker
 
 # provider -> (token URL variable, client id variable, client secret variable)
 TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
@@ -78,7 +80,7 @@ def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndp
 def push_settings(public_url: str | None = None, gmail_topic: str | None = None
                   ) -> PushSettings | None:
     """Push channels from flags and the environment; None when no provider is configured."""
-    from runners.services.sync_worker import PushSettings
+    from runners.services.push_channels import PushSettings
 
     env = load_settings()
     settings = PushSettings(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.message_table import Message, MessageTable, pack, unpack
+from domain.message_table import Message, MessageTable, RfcIndex, pack, unpack
 
 texts = st.text(max_size=20)
 messages = st.builds(
@@ -63,3 +64,44 @@ def test_utc_times_are_packed_short_and_come_back_as_the_same_text(sent_at: str)
     if sent_at.endswith("+00:00") and len(sent_at) >= 25 and sent_at.isascii() \
             and "a" not in sent_at and "x" not in sent_at and " " not in sent_at:
         assert sent_at.encode() not in packed  # stored without its punctuation
+
+
+def _message(i: int, **changes: object) -> Message:
+    base = Message(f"m{i}", f"mb:t{i // 4}", f"<m{i}@x>", ("a@x", f"b{i}@y"), f"S {i}",
+                   "2025-01-01T00:00:01+00:00", ("INBOX",), False, None)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_thousands_of_messages_rewritten_many_times_read_back_as_last_written() -> None:
+    table = MessageTable()
+    for i in range(5000):
+        table[("mb", f"m{i}")] = _message(i)
+    for _ in range(3):  # rewrites leave dead records behind until they are compacted away
+        for i in range(0, 5000, 2):
+            table[("mb", f"m{i}")] = replace(table[("mb", f"m{i}")], read=not table[
+                ("mb", f"m{i}")].read)
+    assert len(table) == 5000
+    assert all(table[("mb", f"m{i}")] == _message(i, read=i % 2 == 0) for i in range(5000))
+    assert [k for k in table][:3] == [("mb", "m0"), ("mb", "m1"), ("mb", "m2")]
+
+
+def test_a_pickled_table_finds_its_messages_by_id_and_by_rfc_id() -> None:
+    table = MessageTable()
+    for i in range(100):
+        table[("mb", f"m{i}")] = _message(i)
+        table.index_rfc("mb", f"<m{i}@x>", f"m{i}")
+    copy = pickle.loads(pickle.dumps(table))
+    assert copy[("mb", "m42")] == _message(42) and ("mb", "m100") not in copy
+    assert RfcIndex(copy).get(("mb", "<m42@x>")) == "mb:t10"
+
+
+def test_s13_the_first_message_with_an_rfc_id_keeps_it() -> None:
+    table = MessageTable()
+    table[("mb", "m1")] = _message(1, rfc_id="<same@x>", thread="mb:first")
+    table[("mb", "m2")] = _message(2, rfc_id="<same@x>", thread="mb:second")
+    table.index_rfc("mb", "<same@x>", "m1")
+    table.index_rfc("mb", "<same@x>", "m2")
+    index = RfcIndex(table)
+    assert index.get(("mb", "<same@x>")) == "mb:first"
+    assert ("mb", "<same@x>") in index and ("mb2", "<same@x>") not in index
+    assert index.get(("mb", "<other@x>")) is None

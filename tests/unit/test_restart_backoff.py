@@ -33,7 +33,8 @@ from runners.entrypoints.sync_loop import LoopOptions, Owed, process, run
 from runners.services import outbox
 from runners.services.backoff import Backoff, keep_trying
 from runners.services.engine import Engine
-from runners.services.sync_worker import Outcome, SyncWorker
+from runners.services.sync_common import Outcome
+from runners.services.sync_worker import SyncWorker
 
 TENANT, ADDRESS = "acme", "mia@acme.test"
 

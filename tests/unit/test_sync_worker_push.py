@@ -21,7 +21,8 @@ from adapters.deliveries.work_queue import Delivery
 from domain import events as ev
 from runners.entrypoints.sync_loop import LoopOptions, process, run
 from runners.services.engine import Engine
-from runners.services.sync_worker import PushSettings, SyncWorker
+from runners.services.push_channels import PushSettings
+from runners.services.sync_worker import SyncWorker
 
 TENANT = "acme"
 ADDRESS = "mia@acme.test"

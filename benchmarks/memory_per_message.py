@@ -1,0 +1,137 @@
+"""Memory per synced message (issue #15): the peak RSS slope of the processes that fold a tenant.
+
+    python -m benchmarks.memory_per_message [--dir DIR] [--small 40000] [--large 240000]
+
+Two histories (`benchmarks.generate`: 50 users, 5,000 records, 100 hot threads, N messages)
+are generated into SQLite files in DIR (kept: a second run reuses them). Each process below runs
+on each history in a fresh interpreter and reports its peak resident memory (VmHWM); the slope
+is (peak at large - peak at small) / (large - small messages), in bytes per message:
+
+- raw: reads and decodes the tenant's events, folds nothing (the baseline, same run);
+- command side: the tenant's state as the command side loads it (`EventStore.state`, with the
+  RFC Message-ID index of S13), no snapshot;
+- rebuild: `crmsync --db FILE rebuild` (every projection, into a copy of the file).
+
+Target: at most 100 bytes per message for the command side and the rebuild.
+
+    python -m benchmarks.memory_per_message --first-command URL [--tenant bench]
+
+instead times the first command after a start on a (large) PostgreSQL history: a fresh process
+opens the engine and applies one ConfigureTenant (which loads the tenant's state) without a
+snapshot, then with one (a first run takes it, the next one starts from it). It appends to that
+database: run it on a copy. Targets: < 10 s without a snapshot, < 1 s with one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TARGET = 100
+KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+# each prints its peak RSS (kB) as its last line; argv[1] is the SQLite file
+_PEAK = ("import atexit\n"
+         "def _peak():\n"
+         "    for line in open('/proc/self/status'):\n"
+         "        if line.startswith('VmHWM:'):\n"
+         "            print('PEAK', line.split()[1], flush=True)\n"
+         "atexit.register(_peak)\n")
+PROGRAMS = {
+    "raw": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
+                    "engine = open_engine(sys.argv[1], None)\n"
+                    "for _ in engine.store.tenant_events('bench'):\n    pass\n"),
+    "command side": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
+                             "engine = open_engine(sys.argv[1], None)\n"
+                             "engine.store.snapshots = None\n"
+                             "engine.store.state('bench')\n"),
+    "rebuild": _PEAK + ("import runpy, sys\n"
+                        "sys.argv = ['crmsync', '--db', sys.argv[1], 'rebuild']\n"
+                        "runpy.run_module('runners.entrypoints.cli', run_name='__main__')\n"),
+}
+
+
+FIRST_COMMAND = _PEAK + (
+    "import sys, time\nfrom datetime import UTC, datetime\n"
+    "from domain.commands import parse_command\nfrom runners.bootstrap.config import open_engine\n"
+    "started = time.perf_counter()\n"
+    "engine = open_engine('unused.db', sys.argv[1])\n"
+    "command = parse_command({'cmd': 'ConfigureTenant', 'tenant': sys.argv[2],\n"
+    "                         'mass_delete_threshold': 0.5})\n"
+    "engine.execute(command, now=datetime.now(UTC), correlation_id='bench:first-command')\n"
+    "print('SECONDS', time.perf_counter() - started, flush=True)\n")
+
+
+def first_command(url: str, tenant: str) -> None:
+    """The first command's time (and peak RSS) without a snapshot, then with one."""
+    base = {k: v for k, v in _env().items() if k not in ("CRMSYNC_SNAPSHOTS",)}
+    runs = [("without a snapshot", {**base, "CRMSYNC_SNAPSHOTS": "off"}, 10.0),
+            ("taking a snapshot", {**base, "CRMSYNC_SNAPSHOT_KEY": "bench-" + "k" * 40}, None),
+            ("with a snapshot", {**base, "CRMSYNC_SNAPSHOT_KEY": "bench-" + "k" * 40}, 1.0)]
+    for label, env, target in runs:
+        done = subprocess.run([sys.executable, "-c", FIRST_COMMAND, url, tenant], check=True,
+                              env=env, capture_output=True, text=True)
+        lines = dict(line.split(maxsplit=1) for line in done.stdout.strip().splitlines())
+        seconds, peak = float(lines["SECONDS"]), int(lines["PEAK"]) / 1024
+        shown = f" (target < {target:g} s)" if target is not None else ""
+        sys.stdout.write(f"first command {label:>18}: {seconds:6.2f} s{shown}, "
+                         f"peak {peak:.0f} MB\n")
+        sys.stdout.flush()
+
+
+def generate(path: Path, messages: int) -> None:
+    if path.exists():
+        return
+    subprocess.run([sys.executable, "-m", "benchmarks.generate", "--db", str(path), "--users",
+                    "50", "--records", "5000", "--hot-threads", "100", "--messages",
+                    str(messages)], check=True, env=_env(), stdout=subprocess.DEVNULL)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CRMSYNC_CONTENT_KEY": os.environ.get("CRMSYNC_CONTENT_KEY", KEY)}
+
+
+def peak_kb(program: str, db: Path) -> int:
+    work = db
+    if program == "rebuild":  # it writes the views: into a copy, so each run starts alike
+        work = db.with_suffix(".rebuild.db")
+        shutil.copyfile(db, work)
+    done = subprocess.run([sys.executable, "-c", PROGRAMS[program], str(work)], check=True,
+                          env=_env(), capture_output=True, text=True)
+    if work != db:
+        work.unlink()
+    return int(done.stdout.strip().splitlines()[-1].split()[1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dir", default="./bench-memory")
+    p.add_argument("--small", type=int, default=40_000)
+    p.add_argument("--large", type=int, default=240_000)
+    p.add_argument("--first-command", metavar="URL", help="PostgreSQL URL of a large history")
+    p.add_argument("--tenant", default="bench")
+    args = p.parse_args()
+    if args.first_command:
+        first_command(args.first_command, args.tenant)
+        return
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    small, large = folder / f"m{args.small}.db", folder / f"m{args.large}.db"
+    generate(small, args.small)
+    generate(large, args.large)
+    for program in PROGRAMS:
+        at_small, at_large = peak_kb(program, small), peak_kb(program, large)
+        slope = (at_large - at_small) * 1024 / (args.large - args.small)
+        verdict = "" if program == "raw" else f" (target <= {TARGET})"
+        sys.stdout.write(f"{program:>12}: peak {at_small / 1024:6.1f} MB at {args.small:,} "
+                         f"messages, {at_large / 1024:6.1f} MB at {args.large:,}: "
+                         f"{slope:5.0f} bytes/message{verdict}\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
