@@ -72,7 +72,7 @@ def sync_command(i: int, users: int) -> dict[str, Any]:
 def use(engine: Engine, seal: bool, args: argparse.Namespace) -> Engine:
     """The engine of a mode, with view sealing set for it (a process-wide switch)."""
     ViewSealer.enabled = seal
-    engine.store.mapper.seal = seal or args.what == "views"
+    engine.stores().events.mapper.seal = seal or args.what == "views"
     return engine
 
 
@@ -113,7 +113,7 @@ def pct(values: list[float], p: float) -> float:
 def rebuild(engine: Engine) -> float:
     began = time.perf_counter()
     engine.rebuild()
-    return engine.store.max_position() / (time.perf_counter() - began)
+    return engine.head() / (time.perf_counter() - began)
 
 
 def fresh(args: argparse.Namespace, tmp: str, name: str) -> tuple[Engine, str | None]:

@@ -46,7 +46,8 @@ from domain.input_rules import could_be_id
 from domain.state import TenantState
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
-    from runners.services.engine import ApplyReport, Engine
+    from runners.services.apply import ApplyReport
+    from runners.services.engine import Engine
 
 T = TypeVar("T")
 log = structlog.get_logger("crmsync.http")
@@ -276,7 +277,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
 
     def look_up(tenant: str, user: str) -> tuple[bool, float | None]:
         """Under the writer lane: the user's status from the tenant's fresh state."""
-        found = engine.store.state(tenant).users.get(user)
+        found = engine.state(tenant).users.get(user)
         seen = (False, None) if found is None else (
             found.active,
             None if found.tokens_revoked_at is None else found.tokens_revoked_at.timestamp())
@@ -310,11 +311,11 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         if min_position is None or min_position == 0:
             return min_position
         with writer:
-            latest = engine.store.state(who.tenant).seq
+            latest = engine.state(who.tenant).seq
             if min_position > latest:
                 raise invalid("min_position", f"{min_position} is beyond your tenant's latest "
                               f"position ({latest})")
-            return engine.store.log_position(who.tenant, min_position)
+            return engine.log_position(who.tenant, min_position)
 
     app.state.refusal = refused
 
@@ -323,22 +324,14 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         live reads run beside commands and replays (which take a slot of `replays`, see
         Engine.reader)."""
         if min_position is not None:
-            deadline = time.monotonic() + max_wait
-            while True:
-                end = engine.store.max_position()
-                reached = min(engine.views.positions().values())
-                if min_position > end:
-                    raise invalid("min_position", f"{min_position} is beyond the end of the "
-                                  f"event log (position {end})")
-                if reached >= min_position:
-                    break
-                if time.monotonic() >= deadline:
-                    raise ApiError(503, f"projections are at position {reached}, not yet at "
-                                   f"min_position {min_position} after {max_wait:g} s; retry",
-                                   {"Retry-After": "1"})
-                if engine.follow:  # embedded: the engine's follower projects; else runners
-                    engine.request_catch_up()
-                time.sleep(0.01)
+            reached = engine.wait_for(min_position, max_wait)
+            if min_position > reached.log:
+                raise invalid("min_position", f"{min_position} is beyond the end of the "
+                              f"event log (position {reached.log})")
+            if reached.views < min_position:
+                raise ApiError(503, f"projections are at position {reached.views}, not yet at "
+                               f"min_position {min_position} after {max_wait:g} s; retry",
+                               {"Retry-After": "1"})
         return query()
 
     def apply_in_chunks(lines: list[bytes], gate: TokenGate) -> "ApplyReport":

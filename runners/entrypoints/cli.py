@@ -22,7 +22,8 @@ from projections.rows import PROJECTIONS
 from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 from runners.bootstrap.logs import configure_logging
 from runners.bootstrap.settings import SettingsError, load_settings
-from runners.services.engine import ApplyReport, Engine
+from runners.services.apply import ApplyReport
+from runners.services.engine import Engine
 
 EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 1, 2, 3, 4
 REBUILD_PARTS_ENV = "CRMSYNC_REBUILD_PARTS"
@@ -394,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
                     return EXIT_USAGE
                 engine.rebuild(args.projection, progress, parts=parts)
                 sys.stdout.write(f"rebuilt {args.projection or 'all projections'} up to position "
-                                 f"{engine.store.max_position()}\n")
+                                 f"{engine.head()}\n")
                 return 0
             results = engine.verify(progress)
         finally:
@@ -469,8 +470,8 @@ def _report_applied(report: ApplyReport) -> int:
 
 
 def _caught_up(engine: Engine) -> bool:
-    positions = engine.views.positions()
-    end = engine.store.max_position()
+    positions = engine.positions()
+    end = engine.head()
     return all(positions.get(name, 0) >= end for name in PROJECTIONS)
 
 
@@ -481,7 +482,7 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     lines = export_lines(engine, args.tenant, args.since, args.until, args.with_content)
     first = next(lines, None)
-    if first is None and not tenant_exists(engine.store, args.tenant):
+    if first is None and not tenant_exists(engine.stores().events, args.tenant):
         sys.stderr.write("not found\n")
         return EXIT_NOT_FOUND
     if first is not None:
@@ -494,7 +495,7 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
 
 def _verify_log(engine: Engine, tenant: str | None) -> int:
     """E7: the chain of every tenant (or one); prints each stream's head to keep elsewhere."""
-    check = engine.store.verify_log(tenant)
+    check = engine.verify_log(tenant)
     if check.failure is not None:
         sys.stderr.write(f"chain broken at {check.failure}\n")
         sys.stdout.write(f"checked {check.events} events: FAILED\n")

@@ -167,11 +167,12 @@ def rate_limit(settings: Settings) -> RateLimit | None:
 
 def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
     """Replays in `workers` processes, off the interpreter that answers the live queries."""
-    if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
+    env = engine.stores().events.env  # the replay processes open the same log
+    if workers == 0 or env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
         return None  # an in-memory store cannot be opened by another process
     from runners.services.replays import ReplayPool
 
-    pool = ReplayPool(workers, engine.store.env)
+    pool = ReplayPool(workers, env)
     engine.replay = pool
     return pool
 

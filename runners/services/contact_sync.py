@@ -152,7 +152,7 @@ class ContactSyncRunner:
         """Fold new events; execute the queued changes not executed yet. Returns events read."""
         read = 0
         while True:
-            batch = self.engine.store.read_log(self.folded, self.batch_size)
+            batch = self.engine.read_log(self.folded, self.batch_size)
             if not batch:
                 return read
             for logged in batch:
@@ -424,7 +424,7 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
                                           "mailbox's credentials were removed")
 
             def still_set() -> bool:
-                found = engine.store.state(tenant).mailboxes.get(mailbox)
+                found = engine.state(tenant).mailboxes.get(mailbox)
                 return found is not None and found.credentials_set
 
             StoredOAuthToken(store, tenant, mailbox, stored, endpoint, provider="graph",
@@ -445,7 +445,7 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
     def token_of(tenant: str, user: str) -> tuple[Callable[[], str], str] | None:
         if engine.credentials is None:
             return None
-        state = engine.store.state(tenant)
+        state = engine.state(tenant)
         mailboxes = [m for m in state.mailboxes.values()
                      if m.user == user and m.provider == "outlook" and m.credentials_set
                      and m.status == "connected"]

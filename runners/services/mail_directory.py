@@ -89,7 +89,7 @@ class Directory:
         makes up most of the log is skipped unread: a worker follows every worker's appends)."""
         read = 0
         while True:
-            batch, last = engine.store.read_log_kept(self.position, limit, _directory_kinds)
+            batch, last = engine.read_log_kept(self.position, limit, _directory_kinds)
             for item in batch:
                 self.fold(item.event.tenant, item.event)
             stepped, self.position = last - self.position, last

@@ -330,7 +330,7 @@ class SyncWorker:
             if not self.push.enabled(known.provider):
                 continue
             if ref.tenant not in states:
-                states[ref.tenant] = self.engine.store.state(ref.tenant)
+                states[ref.tenant] = self.engine.state(ref.tenant)
             mbx = states[ref.tenant].mailboxes.get(ref.mailbox)
             if mbx is None or not mbx.credentials_set or \
                     push_due(states[ref.tenant], mbx, now) is None:
@@ -352,7 +352,7 @@ class SyncWorker:
         out = Outcome(mailboxes=[ref])
         catch_up = False
         with self.locks.hold(ref.tenant, ref.mailbox):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             mbx = state.mailboxes.get(ref.mailbox)
             if mbx is None:
                 return out
@@ -447,7 +447,7 @@ class SyncWorker:
     # -- one mailbox ------------------------------------------------------------------------------
     def sync_mailbox(self, ref: MailboxRef, delivery_id: str | None) -> Outcome:
         with self.locks.hold(ref.tenant, ref.mailbox):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             mbx = state.mailboxes.get(ref.mailbox)
             out = Outcome(mailboxes=[ref])
             if mbx is None:
@@ -490,7 +490,7 @@ class SyncWorker:
                          reason=exc.reason)
                 self._resync(ref, mbx, source, "cursor_expired", delivery_id, out)
                 return
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             commands = self._change_commands(state, ref, changes)
             out.synced += sum(isinstance(x, c.SyncMessage) for x in commands)
             commands.append(c.AdvanceMailboxCursor(
@@ -538,7 +538,7 @@ class SyncWorker:
             return  # rejected (recorded): the mailbox cannot resync now
         out.resynced = True
         for page in source.resync(mbx.address, since):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             fresh = [m for m in page.messages if (ref.mailbox, m.id) not in state.messages]
             # Newest batches first (S2, L3); inside a batch oldest first, so replies find their
             # parents (S13).

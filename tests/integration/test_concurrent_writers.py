@@ -79,7 +79,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engines]:
 
 def counted(engine: Engine) -> dict[str, int]:
     out: dict[str, int] = {}
-    for _, event in engine.store.tenant_events(TENANT):
+    for _, event in engine.events(TENANT):
         out[type(event).__name__] = out.get(type(event).__name__, 0) + 1
     return out
 

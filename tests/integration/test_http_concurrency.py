@@ -183,7 +183,7 @@ def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> Non
     from runners.services.replays import ReplayPool
 
     engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
-    pool = ReplayPool(1, engine.store.env)
+    pool = ReplayPool(1, engine.stores().events.env)
     try:
         assert engine.apply_lines(jsonl(OFFICE, timed=True).splitlines()).applied == len(OFFICE)
         engine.apply_lines([json.dumps({"tenant": "acme", "cmd": "CreateLead", "record":
