@@ -232,7 +232,8 @@ def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_t
         apply(dying, MAIL, 10)
         with pytest.raises(RuntimeError, match="killed"):
             apply(dying, [{"cmd": "DeleteUser", "user": "leo"}], 20)
-        assert dying.store.keys.key("acme", "leo", create=False) is not None  # not shredded
+        keys = dying.stores().events.keys
+        assert keys.key("acme", "leo", create=False) is not None  # not shredded
     finally:
         dying.close()
     engine = open_engine(db)

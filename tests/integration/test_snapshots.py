@@ -55,18 +55,18 @@ def test_a_restarted_process_restores_the_snapshot_and_folds_only_what_came_afte
     first.close()
 
     second = open_engine(db, url)  # its first load folds the whole stream: it takes a snapshot
-    assert second.store.snapshots is not None
-    loaded = second.store.state(TENANT)
-    taken = second.store.snapshots.restore(TENANT)
+    assert second.stores().events.snapshots is not None
+    loaded = second.state(TENANT)
+    taken = second.stores().events.snapshots.restore(TENANT)
     assert taken is not None and taken.seq == loaded.seq > 20
     apply(second, commands[120:])
     second.close()
 
     third = open_engine(db, url)
-    assert third.store.snapshots is not None
-    restored = third.store.snapshots.restore(TENANT)
+    assert third.stores().events.snapshots is not None
+    restored = third.stores().events.snapshots.restore(TENANT)
     assert restored is not None and restored.seq == taken.seq  # still the one from the load
-    state = third.store.state(TENANT)
+    state = third.state(TENANT)
     assert state.seq > taken.seq  # folded on from the snapshot
     assert state == folded_from_the_log(third)
     third.close()
