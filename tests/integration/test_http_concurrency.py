@@ -22,7 +22,8 @@ from loopback import Server
 from office import OFFICE
 
 from adapters.eventstore.store import TENANT_PAGE, EventStore
-from adapters.http.api import COMMAND_CHUNK, create_app
+from adapters.http.api import create_app
+from adapters.http.commands import COMMAND_CHUNK
 from adapters.http.tokens import issue
 from adapters.views.sqlite import SqliteViews
 from domain.events import DomainEvent, LeadCreated

@@ -18,7 +18,9 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.http.api import RateLimit, TokenGate, create_app
+from adapters.http.api import create_app
+from adapters.http.commands import TokenGate
+from adapters.http.limits import RateLimit
 from adapters.http.tokens import issue
 from domain.permissions import NOT_AVAILABLE
 from runners.services.apply import REJECTION_TEXT

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from rulekit import CUSTOMER, apply, at, kinds, lead, office, rejection, run
 
-from adapters.http.api import RateLimit
+from adapters.http.limits import RateLimit
 from adapters.http.tokens import (
     SERVICE_TTL,
     USER_TTL,
