@@ -52,6 +52,9 @@ class Reached(NamedTuple):
 
 
 class Engine(CommandApplication, Rebuilding):
+    """One event store and its views. Commands: `execute`, `execute_batch`, `apply_lines`
+    (runners.services.apply); rebuild and verify (runners.services.rebuild); reads below."""
+
     def __init__(self, store: EventStore, views: ViewStore, path: str | None = None,
                  scratch: ScratchFactory | None = None,
                  credentials: CredentialStore | None = None) -> None:
