@@ -78,21 +78,21 @@ def main() -> None:
     db = args.db or os.path.join(workdir, "contention.db")
     engine = open_engine(db, args.postgres)
     try:
-        if engine.store.state(args.tenant).seq == 0:
+        if engine.state(args.tenant).seq == 0:
             started = time.perf_counter()
-            count = append_all(engine.store, args.tenant, history(
+            count = append_all(engine.stores().events, args.tenant, history(
                 args.tenant, args.users, args.records, args.messages, 200, 1), 1000)
             sys.stdout.write(f"generated {count} events in {time.perf_counter() - started:.1f} s"
                              "\n")
-        head = engine.store.max_position()
+        head = engine.head()
         engine.catch_up()  # the views are current before the server starts (both modes)
         end_of_history = T0 + timedelta(milliseconds=10 * head)  # generate.py's event clock
-        records = sorted(engine.views.scan("directory", args.tenant, "record:"))
+        records = sorted(engine.committed_views().scan("directory", args.tenant, "record:"))
         users = {k[5:]: rows[k[5:]] for k, rows in
-                 engine.views.scan("directory", args.tenant, "user:").items()}
+                 engine.committed_views().scan("directory", args.tenant, "user:").items()}
         pairs = []
         for key in records[:: max(1, len(records) // 400)]:
-            doc = engine.views.rows("directory", args.tenant, key)[key[7:]]
+            doc = engine.committed_views().rows("directory", args.tenant, key)[key[7:]]
             pairs.append((doc["owner"], doc["record"]))
     finally:
         engine.close()

@@ -74,7 +74,7 @@ def sync_command(i: int, users: int) -> dict[str, Any]:
 def use(engine: Engine, seal: bool, args: argparse.Namespace) -> Engine:
     """The engine of a mode, with view sealing set for it (a process-wide switch)."""
     ViewSealer.enabled = seal
-    engine.store.mapper.seal = seal or args.what == "views"
+    engine.stores().events.mapper.seal = seal or args.what == "views"
     return engine
 
 
@@ -117,7 +117,7 @@ def rebuild(engine: Engine) -> tuple[float, float]:
     """Events per second, and per CPU second of this process (the writer thread included)."""
     began, cpu = time.perf_counter(), time.process_time()
     engine.rebuild()
-    events = engine.store.max_position()
+    events = engine.head()
     return events / (time.perf_counter() - began), events / (time.process_time() - cpu)
 
 

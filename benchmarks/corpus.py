@@ -174,7 +174,7 @@ def thread_with_engine(messages: Iterable[MailMessage], mailbox: str = "list",
             at = t0 + timedelta(seconds=n)
             engine.execute(c.SyncMessage(cmd="SyncMessage", tenant=tenant, mailbox=mailbox,
                                          message=msg, at=at), now=at, correlation_id=f"sync:{n}")
-        state = engine.store.state(tenant)
+        state = engine.state(tenant)
         return {m.id: state.messages[(mailbox, m.id)].thread for m in ordered}
     finally:
         engine.close()

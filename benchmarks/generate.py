@@ -111,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
     engine = open_engine(args.db, args.postgres)
     started = time.perf_counter()
-    count = append_all(engine.store, args.tenant,
+    count = append_all(engine.stores().events, args.tenant,
                        history(args.tenant, args.users, args.records, args.messages,
                                args.hot_threads, args.seed), args.batch)
     elapsed = time.perf_counter() - started

@@ -88,18 +88,18 @@ def main() -> None:
         base = f"http://127.0.0.1:{args.port}"
         with httpx.Client(base_url=base, timeout=300) as client:
             wait_http(client)
-            head = engine.store.max_position()
+            head = engine.head()
             runner_log = "the runner folds the log on start"
             deadline = time.monotonic() + 600
-            while min(engine.views.positions().values()) < head or not runner_caught_up(args):
+            while min(engine.positions().values()) < head or not runner_caught_up(args):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"timed out waiting: {runner_log}")
                 time.sleep(1)
             sys.stdout.write(f"projection runner after folding the log on start: RSS "
                              f"{rss_mb(runner.pid):.0f} MB; server: {rss_mb(server.pid):.0f} MB\n")
-            records = engine.views.scan("directory", args.tenant, "record:")
+            records = engine.committed_views().scan("directory", args.tenant, "record:")
             users = {k[5:]: rows[k[5:]] for k, rows in
-                     engine.views.scan("directory", args.tenant, "user:").items()}
+                     engine.committed_views().scan("directory", args.tenant, "user:").items()}
             rng = random.Random(args.seed)
             pairs = []
             for key in rng.sample(sorted(records), min(len(records), args.requests)):

@@ -44,11 +44,11 @@ _PEAK = ("import atexit\n"
 PROGRAMS = {
     "raw": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
                     "engine = open_engine(sys.argv[1], None)\n"
-                    "for _ in engine.store.tenant_events('bench'):\n    pass\n"),
+                    "for _ in engine.stores()[0].tenant_events('bench'):\n    pass\n"),
     "command side": _PEAK + ("import sys\nfrom runners.bootstrap.config import open_engine\n"
                              "engine = open_engine(sys.argv[1], None)\n"
-                             "engine.store.snapshots = None\n"
-                             "engine.store.state('bench')\n"),
+                             "engine.stores()[0].snapshots = None\n"
+                             "engine.state('bench')\n"),
     "rebuild": _PEAK + ("import runpy, sys\n"
                         "sys.argv = ['crmsync', '--db', sys.argv[1], 'rebuild']\n"
                         "runpy.run_module('runners.entrypoints.cli', run_name='__main__')\n"),

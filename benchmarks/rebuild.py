@@ -88,10 +88,10 @@ def main() -> None:
                    help="rebuild in this process (RSS per phase) instead of `crmsync rebuild`")
     args = p.parse_args()
     engine = open_engine(args.db, args.postgres)
-    total = engine.store.max_position()
+    total = engine.head()
 
     # The raw rate the issue names: eventsourcing's select_notifications + our mapper's decode.
-    recorder, mapper = engine.store.app.recorder, engine.store.app.mapper
+    recorder, mapper = engine.stores().events.app.recorder, engine.stores().events.app.mapper
     started = time.perf_counter()
     position = read = 0
     while True:
@@ -108,7 +108,7 @@ def main() -> None:
     started = time.perf_counter()
     position = ours = 0
     while True:
-        batch = engine.store.read_log(position, args.batch)
+        batch = engine.read_log(position, args.batch)
         if not batch:
             break
         ours += len(batch)

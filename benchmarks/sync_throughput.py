@@ -179,7 +179,7 @@ def stored_counts(reader: psycopg.Connection[Any], engine: Engine,
         return int(row[0]) if row else 0
 
     status = [doc for tenant in sorted({t for t, _, _ in boxes})
-              for rows in engine.views.scan("sync_status", tenant).values()
+              for rows in engine.committed_views().scan("sync_status", tenant).values()
               for doc in rows.values()]
     return {
         "MessageSynced events": one("SELECT count(*) FROM crmsync_events WHERE topic LIKE %s",
@@ -305,8 +305,8 @@ def main() -> None:
         wait(lambda: all(c == str(per_box) for c in cursors()), 3600, 0.2)
         durable = time.perf_counter() - started
         cpu_used = [b - a for a, b in zip(cpu_before, cpu_snapshot(procs), strict=True)]
-        log_head = engine.store.max_position()
-        wait(lambda: min(engine.views.positions().values()) >= log_head, 3600, 0.5)
+        log_head = engine.head()
+        wait(lambda: min(engine.positions().values()) >= log_head, 3600, 0.5)
         projected = time.perf_counter() - started
         total = per_box * len(boxes)
         counts = stored_counts(reader, engine, boxes)

@@ -28,6 +28,7 @@ user of the tenant are refused altogether.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from domain.commands import Command
@@ -100,17 +101,13 @@ def _manages(state: TenantState, user: str, owner: str) -> bool:
 
 
 def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> None:
-    """Raise Rejection(cmd, field, reason) unless the caller may issue `cmd` on `state`."""
+    """Raise Rejection(cmd, field, reason) unless the caller may issue `cmd` on `state`: the
+    caller first (tenant, active, `at`), then the command's rule, then every id it names."""
     if cmd.tenant != state.tenant:
         raise Rejection(cmd.cmd, "tenant", "not the tenant of your token")
     if service:
         return
-    me = state.users.get(user)
-    if me is None or not me.active:
-        raise Rejection(cmd.cmd, "actor", f"{user!r} is not an active user of this tenant")
-    admin = me.role == "admin"
-    if cmd.at is not None and not admin:
-        raise Rejection(cmd.cmd, "at", "only admins and service tokens may set a command's time")
+    admin = _active_caller(state, cmd, user)
     rule = RULES.get(cmd.cmd, "admin")
     if rule == "service":
         raise Rejection(cmd.cmd, "cmd", "provider-side input needs a service token")
@@ -118,20 +115,49 @@ def authorise(state: TenantState, cmd: Command, *, user: str, service: bool) -> 
         if not admin:
             raise Rejection(cmd.cmd, "cmd", "only an admin may issue this command")
         return
-    named_user = getattr(cmd, "user", None)
-    if rule == "self_or_admin" and named_user != user and not admin:
-        raise Rejection(cmd.cmd, "user", "must be you, unless you are an admin")
-    if rule == "self" and named_user != user:
+    _RULE_CHECKS[rule](state, cmd, user, admin)
+    _check_ids_named(state, cmd, rule, user, admin)
+
+
+def _active_caller(state: TenantState, cmd: Command, user: str) -> bool:
+    """Whether the caller, an active user of the tenant (else Rejection), is an admin; only
+    admins may date a command (E6)."""
+    me = state.users.get(user)
+    if me is None or not me.active:
+        raise Rejection(cmd.cmd, "actor", f"{user!r} is not an active user of this tenant")
+    admin = me.role == "admin"
+    if cmd.at is not None and not admin:
+        raise Rejection(cmd.cmd, "at", "only admins and service tokens may set a command's time")
+    return admin
+
+
+def _check_self(state: TenantState, cmd: Command, user: str, admin: bool) -> None:
+    if getattr(cmd, "user", None) != user:
         raise Rejection(cmd.cmd, "user", "must be you: you may act only on your own mail")
-    if rule == "mailbox":
-        _check_mailbox(state, cmd, user, admin)
-    if rule == "create":
-        owner = getattr(cmd, "owner", user)
-        if not admin and not _manages(state, user, owner):
-            raise Rejection(cmd.cmd, "owner", "must be you or a user you manage")
-        taken = state.records.get(getattr(cmd, "record", ""))
-        if taken is not None and user not in access(state, taken):
-            raise Rejection(cmd.cmd, "record", NOT_AVAILABLE)
+
+
+def _check_self_or_admin(state: TenantState, cmd: Command, user: str, admin: bool) -> None:
+    if getattr(cmd, "user", None) != user and not admin:
+        raise Rejection(cmd.cmd, "user", "must be you, unless you are an admin")
+
+
+def _check_create(state: TenantState, cmd: Command, user: str, admin: bool) -> None:
+    owner = getattr(cmd, "owner", user)
+    if not admin and not _manages(state, user, owner):
+        raise Rejection(cmd.cmd, "owner", "must be you or a user you manage")
+    taken = state.records.get(getattr(cmd, "record", ""))
+    if taken is not None and user not in access(state, taken):
+        raise Rejection(cmd.cmd, "record", NOT_AVAILABLE)
+
+
+def _check_on_records(state: TenantState, cmd: Command, user: str, admin: bool) -> None:
+    """`access` and `manage`: decided on each record named (`_check_ids_named`)."""
+
+
+def _check_ids_named(state: TenantState, cmd: Command, rule: str, user: str,
+                     admin: bool) -> None:
+    """The caller's own mailbox for their mail, and every thread and record named visible to
+    them (else NOT_FOUND, V12); `manage`: each record theirs to change."""
     if cmd.cmd in ("SendEmail", "DeleteMessage", "MarkMessageRead"):
         mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
         if mailbox is None or mailbox.user != user:
@@ -160,3 +186,8 @@ def _check_mailbox(state: TenantState, cmd: Command, user: str, admin: bool) -> 
     mailbox = state.mailboxes.get(getattr(cmd, "mailbox", ""))
     if mailbox is None or (not admin and mailbox.user != user):
         raise Rejection(cmd.cmd, "mailbox", NOT_FOUND)
+
+
+_RULE_CHECKS: dict[str, Callable[[TenantState, Command, str, bool], None]] = {
+    "self": _check_self, "self_or_admin": _check_self_or_admin, "mailbox": _check_mailbox,
+    "create": _check_create, "access": _check_on_records, "manage": _check_on_records}

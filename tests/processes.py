@@ -68,7 +68,7 @@ class Processes:
         """The tenant's events as stored now (read through an engine of the test's own)."""
         engine = Engine.open_sqlite(self.db)
         try:
-            return [e for _, e in engine.store.tenant_events(tenant)]
+            return [e for _, e in engine.events(tenant)]
         finally:
             engine.close()
 

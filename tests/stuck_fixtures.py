@@ -44,10 +44,10 @@ def unfoldable(tenant: str) -> ev.UserDeactivated:
 def inject(engine: Engine, tenant: str, *events: ev.DomainEvent) -> int:
     """Append `events` to the tenant's stream as they are (not folded, not validated); returns
     the log position of the first."""
-    state = engine.store.state(tenant)
-    first = engine.store.max_position() + 1
-    engine.store.append_folded(state, state.seq, list(events))
-    engine.store.forget(tenant)
+    state = engine.state(tenant)
+    first = engine.head() + 1
+    engine.stores().events.append_folded(state, state.seq, list(events))
+    engine.stores().events.forget(tenant)
     return first
 
 

@@ -47,7 +47,7 @@ def admin_user(principal: Principal) -> str:
 
 
 def add_admin_routes(app: FastAPI, engine: "Engine", answer: Answer) -> None:
-    from adapters.http.api import Who
+    from adapters.http.params import Who
     from runners.services import admin
     from runners.services.admin import MAX_STALE_SECONDS
 

@@ -59,7 +59,8 @@ def add_audit_routes(app: FastAPI, engine: "Engine", answer: Answer, lock: threa
                      log_position: Callable[[Principal, int | None], int | None]) -> None:
     """Registers the routes; called before the catch-all `/v1/threads/{thread}` route.
     `log_position` maps a caller's tenant position (§8) to the log position to wait for."""
-    from adapters.http.api import At, MinPosition, Who, _parse_at
+    from adapters.http.params import At, MinPosition, Who
+    from adapters.http.params import parse_at as _parse_at
     from runners.services import audit
     from runners.services.export import export_lines
 

@@ -27,9 +27,9 @@ from adapters.eventstore.store import EventStore
 from adapters.views.postgres import PostgresViews, startup_lock
 from runners.bootstrap.settings import load_settings
 from runners.services.credentials import erase_removed
-from runners.services.engine import Engine, Progress
+from runners.services.engine import Engine
 from runners.services.follower import PollingWaiter, Waiter
-from runners.services.rebuild import rebuild_in_parts
+from runners.services.rebuild import Progress, rebuild_in_parts
 
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
 
@@ -85,12 +85,14 @@ def open_postgres(url: str) -> Engine:
         except BaseException:
             views.close()
             raise
-    engine = Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix),
-                    credentials=credentials)
+    def scratch(suffix: str) -> PostgresViews:
+        return PostgresViews(url, suffix=suffix)
+
+    engine = Engine(store, views, scratch=scratch, credentials=credentials)
     store_env = postgres_env(url, schema=views.schema)
 
     def in_parts(names: list[str], parts: int, progress: Progress | None) -> None:
-        rebuild_in_parts(engine, url, store_env, names, parts, progress)
+        rebuild_in_parts(store, views, scratch, url, store_env, names, parts, progress)
 
     engine.rebuild_in_parts = in_parts
     return engine
@@ -118,7 +120,8 @@ def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
             rows = PostgresSnapshotRows(url)
     else:
         rows = SqliteSnapshotRows(db)
-    engine.store.snapshots = Snapshots(rows, key, every=load_settings().SNAPSHOT_EVERY)
+    engine.stores().events.snapshots = Snapshots(rows, key,
+                                                 every=load_settings().SNAPSHOT_EVERY)
 
 
 def open_engine(db: str, postgres: str | None = None) -> Engine:
@@ -142,7 +145,7 @@ def postgres_url(postgres: str | None = None) -> str | None:
 def open_waiter(engine: Engine, postgres: str | None = None) -> Waiter:
     """How a runner waits for new events: LISTEN/NOTIFY on PostgreSQL, else polling."""
     url = postgres_url(postgres)
-    channel = getattr(engine.store.app.recorder, "channel_name", None)
+    channel = getattr(engine.stores().events.app.recorder, "channel_name", None)
     if url and isinstance(channel, str):
         from adapters.eventstore.waiter_postgres import PostgresWaiter
 

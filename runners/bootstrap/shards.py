@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg.conninfo import conninfo_to_dict
 
 if TYPE_CHECKING:
-    from runners.services.engine import ApplyReport, Engine
+    from runners.services.apply import ApplyReport
+    from runners.services.engine import Engine
 
 SHARDS_ENV, SHARD_MAP_ENV = "CRMSYNC_SHARDS", "CRMSYNC_SHARD_MAP"
 DEFAULT = "default"
@@ -233,7 +234,7 @@ def apply_routed(lines: Sequence[str | bytes], shard_map: ShardMap,
     default shard, which rejects them as one engine would). A shard sees its own lines in their
     order with the others blanked, so line numbers stay those of the whole input; tenants are
     independent, so the order between shards does not matter."""
-    from runners.services.engine import ApplyReport
+    from runners.services.apply import ApplyReport
 
     routed: dict[str, list[str | bytes]] = {}
     for number, line in enumerate(lines):

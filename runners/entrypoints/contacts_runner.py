@@ -55,7 +55,7 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
                                           "mailbox's credentials were removed")
 
             def still_set() -> bool:
-                found = engine.store.state(tenant).mailboxes.get(mailbox)
+                found = engine.state(tenant).mailboxes.get(mailbox)
                 return found is not None and found.credentials_set
 
             StoredOAuthToken(store, tenant, mailbox, stored, endpoint, provider="graph",
@@ -76,7 +76,7 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
     def token_of(tenant: str, user: str) -> tuple[Callable[[], str], str] | None:
         if engine.credentials is None:
             return None
-        state = engine.store.state(tenant)
+        state = engine.state(tenant)
         mailboxes = [m for m in state.mailboxes.values()
                      if m.user == user and m.provider == "outlook" and m.credentials_set
                      and m.status == "connected"]

@@ -56,14 +56,13 @@ class EngineView:
         self.engine = engine
 
     def head(self) -> int:
-        return self.engine.store.max_position()
+        return self.engine.head()
 
     def positions(self) -> Mapping[str, int]:
-        return self.engine.views.positions()
+        return self.engine.positions()
 
     def mailbox_states(self) -> Mapping[tuple[str, bool], int] | None:
-        states = getattr(self.engine.views, "mailbox_states", None)
-        return states() if callable(states) else None
+        return self.engine.mailbox_states()
 
 
 class Probe:

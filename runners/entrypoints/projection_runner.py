@@ -27,20 +27,20 @@ from runners.services.follower import LogFollower, Waiter
 def lag(engine: Engine) -> dict[str, dict[str, Any]]:
     """Each projection's tracking position, how many events it is behind the log, and its
     stuck tenants (E8): where each tenant's events are held back and why."""
-    head = engine.store.max_position()
+    head = engine.head()
     stuck: dict[str, list[dict[str, Any]]] = {}
-    for (projection, tenant), mark in sorted(engine.views.stuck().items()):
+    for (projection, tenant), mark in sorted(engine.stuck().items()):
         stuck.setdefault(projection, []).append(
             {"tenant": tenant, "position": mark.position, "error": mark.error})
     return {name: {"position": pos, "lag": max(0, head - pos), "stuck": stuck.get(name, [])}
-            for name, pos in engine.views.positions().items()}
+            for name, pos in engine.positions().items()}
 
 
 def restore(engine: Engine, projector: Projector) -> None:
     """Start from the runners' newest snapshot (see adapters.eventstore.snapshots) instead of
     folding the whole log again; the first catch-up folds on from its position (and starts over if
     the views are behind it)."""
-    snapshots = engine.store.snapshots
+    snapshots = engine.stores().events.snapshots
     if snapshots is None:
         return
     try:
@@ -57,7 +57,7 @@ def restore(engine: Engine, projector: Projector) -> None:
 def keep(engine: Engine, projector: Projector, read: int) -> None:
     """After a catch-up that folded many events (the first one after a start, above all),
     leave a snapshot for the next start."""
-    snapshots = engine.store.snapshots
+    snapshots = engine.stores().events.snapshots
     if snapshots is None or read < snapshots.every:
         return
     try:
@@ -95,12 +95,13 @@ def run(engine: Engine, waiter: Waiter, names: Sequence[str] | None = None, *,
     log.info("runner started", projections=projector.names, batch_size=batch_size)
     if snapshots:
         restore(engine, projector)
+    store, views = engine.stores()  # this runner is the views' writer
 
     def catch_up_once() -> float:
         nonlocal last_report
         started = time.monotonic()
         with paused_gc():
-            read = catch_up(engine.store, engine.views, projector, batch_size=batch_size)
+            read = catch_up(store, views, projector, batch_size=batch_size)
         follower.position = projector.position
         if snapshots:
             keep(engine, projector, read)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from adapters.deliveries.inbox import DeliveryInbox
     from adapters.deliveries.pubsub_auth import GmailPushAuth
-    from adapters.http.api import RateLimit
+    from adapters.http.limits import RateLimit
     from runners.bootstrap.settings import Settings
     from runners.services.replays import ReplayPool
 
@@ -152,14 +152,14 @@ def gmail_push_auth(production: bool) -> GmailPushAuth | None:
 def replay_workers() -> int:
     """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
     server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
-    wait (adapters.http.api.ReplayLane)."""
+    wait (adapters.http.limits.ReplayLane)."""
     value = load_settings().REPLAY_WORKERS
     return int(value) if value.isdigit() else 1
 
 
 def rate_limit(settings: Settings) -> RateLimit | None:
     """CRMSYNC_COMMAND_RATE commands/s per principal (0: no limit), CRMSYNC_COMMAND_BURST."""
-    from adapters.http.api import RateLimit
+    from adapters.http.limits import RateLimit
 
     return RateLimit(settings.COMMAND_RATE, settings.COMMAND_BURST) \
         if settings.COMMAND_RATE > 0 else None
@@ -167,11 +167,12 @@ def rate_limit(settings: Settings) -> RateLimit | None:
 
 def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
     """Replays in `workers` processes, off the interpreter that answers the live queries."""
-    if workers == 0 or engine.store.env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
+    env = engine.stores().events.env  # the replay processes open the same log
+    if workers == 0 or env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
         return None  # an in-memory store cannot be opened by another process
     from runners.services.replays import ReplayPool
 
-    pool = ReplayPool(workers, engine.store.env)
+    pool = ReplayPool(workers, env)
     engine.replay = pool
     return pool
 

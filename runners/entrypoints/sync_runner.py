@@ -187,7 +187,7 @@ def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
 
     def still_set(tenant: str, mailbox: str) -> bool:
         """Does the log still say the mailbox has credentials (no DisconnectMailbox since)?"""
-        found = engine.store.state(tenant).mailboxes.get(mailbox)
+        found = engine.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
     return SyncWorker(engine, ConfiguredSources(engine.credentials, still_set=still_set),
@@ -307,7 +307,7 @@ def deadletters(args: argparse.Namespace) -> int:
         from datetime import UTC, datetime
 
         for dead in done:
-            if dead.tenant and engine.store.state(dead.tenant).seq:
+            if dead.tenant and engine.state(dead.tenant).seq:
                 engine.execute_batch([RecordDeadLetterReplay(
                     cmd="RecordDeadLetterReplay", tenant=dead.tenant, actor="system:cli",
                     dead_letter_id=dead.id, delivery_id=dead.delivery_id)],

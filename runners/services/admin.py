@@ -46,11 +46,12 @@ def problems(engine: Engine, tenant: str, viewer: str, *, now: datetime | None =
         return kind in admin.EVENTS
 
     log = admin.ProblemLog().feed_all(
-        scan_tenant(engine.store, tenant, keep, prefilter=Prefilter(others, frozenset(), b"")))
-    return admin.problems(engine.store.state(tenant), log, now or datetime.now(UTC),
+        scan_tenant(engine.stores().events, tenant, keep,
+                    prefilter=Prefilter(others, frozenset(), b"")))
+    return admin.problems(engine.state(tenant), log, now or datetime.now(UTC),
                           stale_after(stale_seconds))
 
 
 def settings(engine: Engine, tenant: str, viewer: str) -> dict[str, Any]:
     require_admin(engine, tenant, viewer)
-    return admin.settings(engine.store.state(tenant))
+    return admin.settings(engine.state(tenant))

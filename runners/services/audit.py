@@ -42,7 +42,7 @@ def require_admin(engine: Engine, tenant: str, viewer: str) -> None:
 def _mailbox_of(engine: Engine, tenant: str, thread: str) -> str:
     """The thread's mailbox: from its live row, else (a thread no view shows any more: owner
     deleted, every message deleted) from the first event that wrote to it. NotFound if none."""
-    row = engine.views.rows("thread", tenant, thread).get("t")
+    row = engine.committed_views().rows("thread", tenant, thread).get("t")
     if row is not None:
         return str(row["mailbox"])
     needle = orjson.dumps({"thread": thread})[1:-1]
@@ -53,7 +53,7 @@ def _mailbox_of(engine: Engine, tenant: str, thread: str) -> str:
         return kind in writers and needle in state
 
     others = frozenset(ev.EVENT_TYPES) - writers
-    for _, event in scan_tenant(engine.store, tenant, keep,
+    for _, event in scan_tenant(engine.stores().events, tenant, keep,
                                 prefilter=Prefilter(others, writers, needle)):
         if isinstance(event, ev.MessageSynced | ev.EmailSent) and event.thread == thread:
             return event.mailbox
@@ -69,7 +69,7 @@ def _events(engine: Engine, tenant: str, scope: ThreadScope
             ) -> Iterator[tuple[int, ev.DomainEvent]]:
     found = scope.prefilter()
     pre = Prefilter(*found) if found is not None else None
-    return scan_tenant(engine.store, tenant, scope.keep_stored, prefilter=pre)
+    return scan_tenant(engine.stores().events, tenant, scope.keep_stored, prefilter=pre)
 
 
 def thread_access(engine: Engine, tenant: str, viewer: str, thread: str,

@@ -127,7 +127,7 @@ class ContactSyncRunner:
     def follow_log(self) -> int:
         """Fold new events; execute the queued changes not executed yet. Returns how far it
         read."""
-        return self.follower.read(self.engine.store, self._follow)
+        return self.follower.read(self.engine, self._follow)
 
     def _follow(self, batch: Sequence[Logged]) -> None:
         for logged in batch:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from adapters.credentials.store import CredentialStore
 from adapters.errors import CredentialStoreError
+from adapters.eventstore.store import EventStore
 from domain.commands import Command, ConnectMailbox
 from domain.events import CredentialsRemoved, DomainEvent, MailboxConnected
 from domain.state import TenantState
@@ -32,15 +33,14 @@ def check_ready(store: CredentialStore | None, command: Command) -> None:
         store.ready()
 
 
-def after_append(engine: Engine, command: Command, state: TenantState,
-                 events: Sequence[DomainEvent]) -> None:
+def after_append(store: CredentialStore | None, log: EventStore, command: Command,
+                 state: TenantState, events: Sequence[DomainEvent]) -> None:
     """Write or erase credentials for events just appended (`state` includes them).
 
     A ConnectMailbox sent again with its command_id (no events: already applied) writes its
     credentials again if the mailbox still has them set but the store has none — the way to
     finish after a store failure. Raises CredentialStoreError; the events stay appended.
     """
-    store = engine.credentials
     if store is None:
         return  # in memory: no credential store, the credentials are not kept
     for event in events:
@@ -63,7 +63,7 @@ def after_append(engine: Engine, command: Command, state: TenantState,
             "the credentials missing") from None
     # A DisconnectMailbox/DeleteUser appended by another writer between our append and our put
     # erased nothing; look again now that the row exists (the log is read after the put).
-    latest = engine.store.state(command.tenant).mailboxes.get(command.mailbox)
+    latest = log.state(command.tenant).mailboxes.get(command.mailbox)
     if latest is None or not latest.credentials_set:
         store.erase(command.tenant, command.mailbox)
 
@@ -79,7 +79,7 @@ def erase_removed(engine: Engine) -> int:
     store = engine.credentials
     if store is None:
         return 0
-    end = engine.store.max_position()
+    end = engine.head()
     position = store.erasure_position()
     if position >= end:
         return 0
@@ -98,7 +98,7 @@ def erase_removed(engine: Engine) -> int:
 
     follower = LogFollower("credential erasure", position=position, batch=_BATCH,
                            keep=_credential_events)
-    follower.read(engine.store, fold)
+    follower.read(engine, fold)
     removed = sorted(key for key, is_set in latest.items() if not is_set)
     for tenant, mailbox in removed:
         store.erase(tenant, mailbox)

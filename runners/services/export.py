@@ -86,7 +86,7 @@ def export_lines(engine: Engine, tenant: str, since: datetime | None = None,
     """The tenant's events with `since` <= occurred_at <= `until`, one JSON line each (with the
     newline), in stream order. Domain time runs forward per tenant (E6): the first event past
     `until` ends the export."""
-    for seq, event in scan_tenant(engine.store, tenant):
+    for seq, event in scan_tenant(engine.stores().events, tenant):
         if since is not None and event.occurred_at < since:
             continue
         if until is not None and event.occurred_at > until:

@@ -266,7 +266,7 @@ def import_mail(engine: Engine, tenant: str, mailbox: str, paths: Sequence[str],
     """Import every message under `paths`; at most `batch_size` parsed messages are held."""
     report = ImportReport()
     batch: list[tuple[str, c.SyncMessage]] = []
-    state = engine.store.state(tenant)
+    state = engine.state(tenant)
 
     def flush() -> None:
         nonlocal state
@@ -283,7 +283,7 @@ def import_mail(engine: Engine, tenant: str, mailbox: str, paths: Sequence[str],
             else:
                 report.unchanged += 1
         batch.clear()
-        state = engine.store.state(tenant)
+        state = engine.state(tenant)
 
     for found in find_messages(paths):
         if found.raw is None:
@@ -324,7 +324,7 @@ def add_parser(sub: Any) -> None:
 
 def run_import(engine: Engine, args: argparse.Namespace) -> int:
     """Exit 0, 1 when anything was rejected, 2 when the mailbox does not exist."""
-    if args.mailbox not in engine.store.state(args.tenant).mailboxes:
+    if args.mailbox not in engine.state(args.tenant).mailboxes:
         sys.stderr.write(f"crmsync: no mailbox {args.mailbox!r} in tenant {args.tenant!r}\n")
         return 2
     bar: Any = None

@@ -90,7 +90,7 @@ class Directory:
     def follow(self, engine: Engine) -> int:
         """Fold the log's new events; only the kinds `fold` looks at are decoded (the mail that
         makes up most of the log is skipped unread: a worker follows every worker's appends)."""
-        return self.follower.read(engine.store, self._fold_batch)
+        return self.follower.read(engine, self._fold_batch)
 
     def _fold_batch(self, batch: Sequence[Logged]) -> None:
         for item in batch:

@@ -113,7 +113,7 @@ class Outbox:
 
     def read(self) -> int:
         """Read the log after `position`: track new requests, forget acknowledged ones."""
-        return self.follower.read(self.engine.store, self._track)
+        return self.follower.read(self.engine, self._track)
 
     def _track(self, batch: Sequence[Logged]) -> None:
         for item in batch:
@@ -162,7 +162,7 @@ class Outbox:
 
     def attempt(self, tenant: str, request: str) -> None:
         tracked = self.tracked[(tenant, request)]
-        state = self.engine.store.state(tenant)
+        state = self.engine.state(tenant)
         pending = state.outbound.get(request)
         if pending is None:  # acknowledged meanwhile (by an ack we have not read yet)
             self.tracked.pop((tenant, request), None)
@@ -256,7 +256,7 @@ class Outbox:
         return found.provider_id if found is not None else None
 
     def _outbound_message(self, state: TenantState, pending: OutboundRequest) -> OutboundMessage:
-        sent = next(iter(self.engine.store.tenant_events(state.tenant, after=pending.seq - 1)),
+        sent = next(iter(self.engine.events(state.tenant, after=pending.seq - 1)),
                     None)
         if sent is None or not isinstance(sent[1], ev.EmailSent):
             raise StoreError(f"tenant {state.tenant!r}: event {pending.seq} is not the EmailSent "
@@ -347,7 +347,7 @@ def configured_clients(engine: Engine) -> ClientFactory:
     from runners.entrypoints.sync_runner import token_endpoints
 
     def still_set(tenant: str, mailbox: str) -> bool:
-        found = engine.store.state(tenant).mailboxes.get(mailbox)
+        found = engine.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
     return provider_clients(load_settings(), engine.credentials, still_set, token_endpoints())

@@ -130,7 +130,7 @@ class PushChannels:
             if not self.push.enabled(known.provider):
                 continue
             if ref.tenant not in states:
-                states[ref.tenant] = self.engine.store.state(ref.tenant)
+                states[ref.tenant] = self.engine.state(ref.tenant)
             mbx = states[ref.tenant].mailboxes.get(ref.mailbox)
             if mbx is None or not mbx.credentials_set or \
                     push_due(states[ref.tenant], mbx, now) is None:
@@ -152,7 +152,7 @@ class PushChannels:
         out = Outcome(mailboxes=[ref])
         catch_up = False
         with self.locks.hold(ref.tenant, ref.mailbox):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             mbx = state.mailboxes.get(ref.mailbox)
             if mbx is None:
                 return out

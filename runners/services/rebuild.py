@@ -1,16 +1,18 @@
-"""A PostgreSQL rebuild partitioned by mailbox over several processes (`crmsync rebuild --parts N`).
+"""Rebuilding projections from the event log (`crmsync rebuild`, `crmsync verify`).
 
-One process folds a million events on one core; the fold and the rows from the final state are
-independent per mailbox once the tenant-wide events are folded by everyone
-(`projections.partition`). The coordinator (the `crmsync rebuild` process) resets the scratch
-tables, spreads the mailboxes over the parts by their message counts in the live sync status
-(`partition.balanced`; mailboxes it does not know go by hash) and starts N part processes. Each
-reads the log up to the same target position, decodes only its own mailboxes' mail, and writes
-its keys into the shared scratch tables (fresh writes: a key written twice fails the build).
-When every part has built, the coordinator takes the live writer lock, tells the parts to catch
-up to the log's end (the events appended meanwhile), then sets the positions and swaps the
-tables in, as the one-process rebuild does. A part that fails or dies fails the rebuild with
-positions still 0; it is simply run again.
+`Rebuilding` is the Engine's part: one process builds into scratch tables swapped in (SQL) or in
+place (memory). On PostgreSQL, `rebuild_in_parts` partitions it by mailbox over several processes
+(`crmsync rebuild --parts N`): one process folds a million events on one core; the fold and the
+rows from the final state are independent per mailbox once the tenant-wide events are folded by
+everyone (`projections.partition`). The coordinator (the `crmsync rebuild` process) resets the
+scratch tables, spreads the mailboxes over the parts by their message counts in the live sync
+status (`partition.balanced`; mailboxes it does not know go by hash) and starts N part processes.
+Each reads the log up to the same target position, decodes only its own mailboxes' mail, and writes
+its keys into the shared scratch tables (fresh writes: a key written twice fails the build). When
+every part has built, the coordinator takes the live writer lock, tells the parts to catch up to
+the log's end (the events appended meanwhile), then sets the positions and swaps the tables in, as
+the one-process rebuild does. A part that fails or dies fails the rebuild with positions still 0;
+it is simply run again.
 """
 
 from __future__ import annotations
@@ -20,13 +22,138 @@ import multiprocessing
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import structlog
 
 from adapters.errors import StoreError
+from adapters.eventstore.store import EventStore
+from adapters.gc_pause import paused_gc
+from adapters.views.memory import MemoryViews
 from projections.partition import balanced
+from projections.ports import ViewStore
+from projections.projector import Projector, build, catch_up
+from projections.rows import PROJECTIONS
 
-if TYPE_CHECKING:
-    from runners.services.engine import Engine, Progress
+Progress = Callable[[int, int], None]
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim, where there is one: hands freed heap pages back to the system."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def call() -> None:
+        trim(0)
+
+    return call
+
+
+def trimming(progress: Progress | None, every: int = 50) -> Progress:
+    """`progress`, also returning freed memory to the system every `every` batches: a rebuild's
+    reader and writer threads churn through buffers that glibc would otherwise keep."""
+    trim = _malloc_trim()
+    calls = [0]
+
+    def report(done: int, total: int) -> None:
+        calls[0] += 1
+        if calls[0] % every == 0:
+            trim()
+        if progress is not None:
+            progress(done, total)
+
+    return report
+
+
+class ScratchViews(ViewStore, Protocol):
+    """A view store in scratch tables (rebuild, verify) next to the live ones."""
+
+    def drop(self) -> None: ...
+
+    def swap_into_live(self, projection: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ScratchFactory = Callable[[str], ScratchViews]  # table suffix -> scratch store
+
+
+class Rebuilding:
+    """The Engine's rebuild and verify: what it needs from the rest of the Engine is declared
+    here."""
+
+    _store: EventStore
+    _views: ViewStore
+    scratch: ScratchFactory | None
+    rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None
+    projector: Projector
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        raise NotImplementedError  # the Engine's (runners.services.engine)
+
+    def rebuild(self, projection: str | None = None, progress: Progress | None = None,
+                parts: int = 1) -> None:
+        """Rebuild projections from the log: into new tables swapped in (SQL), or in place.
+        `parts` > 1: in that many processes, partitioned by mailbox, where the store allows it
+        (PostgreSQL, see `rebuild_in_parts`); else in this process."""
+        if parts > 1 and self.rebuild_in_parts is not None and self._views.stuck():
+            # a stuck tenant (E8) is narrowed to its failing event only by one process: parts
+            # would each hold back their own share of it (docs/decisions.md)
+            structlog.get_logger("crmsync.rebuild").warning(
+                "rebuild_in_one_process", reason="stuck tenants", parts=parts)
+            parts = 1
+        if parts > 1 and self.rebuild_in_parts is not None:
+            names = [projection] if projection else list(PROJECTIONS)
+            self.rebuild_in_parts(names, parts, progress)
+            self.projector.reset()
+            return
+        with paused_gc():
+            self._rebuild(projection, trimming(progress))
+
+    def _rebuild(self, projection: str | None, progress: Progress | None) -> None:
+        names = [projection] if projection else list(PROJECTIONS)
+        if self.scratch is not None:
+            scratch = self.scratch("__new")
+            try:
+                with scratch.exclusive():  # one rebuild at a time uses the scratch tables
+                    for name in names:
+                        scratch.reset(name)
+                    builder = Projector(names)
+                    build(self._store, scratch, builder, progress=progress)
+                    with self._views.exclusive():  # no live writer between last batch and swap
+                        catch_up(self._store, scratch, builder)
+                        for name in names:
+                            scratch.swap_into_live(name)
+                        scratch.drop()
+            finally:
+                scratch.close()
+        else:
+            with self._views.exclusive():
+                for name in names:
+                    self._views.reset(name)
+                build(self._store, self._views, Projector(names), progress=progress)
+        self.projector.reset()
+
+    def verify(self, progress: Progress | None = None) -> dict[str, tuple[str, str]]:
+        """Rebuild every projection into scratch views; return {name: (live, rebuilt) checksum}."""
+        self.catch_up()
+        tables = self.scratch("__verify") if self.scratch is not None else None
+        scratch: ViewStore = tables if tables is not None else MemoryViews()
+        try:
+            for name in PROJECTIONS:
+                scratch.reset(name)
+            with scratch.exclusive():
+                build(self._store, scratch, Projector(), progress=progress)
+            return {name: (self._views.checksum(name), scratch.checksum(name))
+                    for name in PROJECTIONS}
+        finally:
+            if tables is not None:
+                tables.drop()
+                tables.close()
+
 
 PROGRESS_EVERY = 25  # batches between progress reports of a part
 _Message = tuple[str, int, str]  # (kind, number, text)
@@ -36,12 +163,9 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
                count: int, target: int, batch_size: int, assigned: dict[str, int],
                conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
-    from adapters.eventstore.store import EventStore
-    from adapters.gc_pause import paused_gc
     from adapters.views.postgres import PostgresViews, startup_lock
     from projections.partition import Partition
-    from projections.projector import Projector, build, extend
-    from runners.services.engine import trimming
+    from projections.projector import extend
 
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time
@@ -135,23 +259,19 @@ class Parts:
             pipe.close()
 
 
-def rebuild_in_parts(engine: Engine, url: str, store_env: dict[str, str], names: Sequence[str],
-                     count: int, progress: Progress | None = None, *,
-                     batch_size: int = 1000) -> int:
-    """Rebuild `names` into scratch tables with `count` part processes and swap them in.
-    Returns the number of events the parts read together."""
-    from runners.services.engine import ScratchViews
-
-    if engine.scratch is None:
-        raise StoreError("a partitioned rebuild needs scratch tables (PostgreSQL)")
+def rebuild_in_parts(store: EventStore, views: ViewStore, scratch_tables: ScratchFactory,
+                     url: str, store_env: dict[str, str], names: Sequence[str], count: int,
+                     progress: Progress | None = None, *, batch_size: int = 1000) -> int:
+    """Rebuild `names` of the live `views` into scratch tables with `count` part processes
+    reading `store`, and swap them in. Returns the number of events the parts read together."""
     suffix = "__new"
-    scratch: ScratchViews = engine.scratch(suffix)
+    scratch: ScratchViews = scratch_tables(suffix)
     try:
         with scratch.exclusive():  # one rebuild at a time uses the scratch tables
             for name in names:
                 scratch.reset(name)
-            target = engine.store.max_position()
-            sizes = getattr(engine.views, "mailbox_sizes", None)
+            target = store.max_position()
+            sizes = getattr(views, "mailbox_sizes", None)
             assigned = balanced(sizes(), count) if sizes is not None else {}
             at = [0] * count
 
@@ -164,8 +284,8 @@ def rebuild_in_parts(engine: Engine, url: str, store_env: dict[str, str], names:
                                         batch_size, assigned))
             try:
                 parts.wait_all("built", moved)
-                with engine.views.exclusive():  # no live writer between catch-up and swap
-                    end = engine.store.max_position()
+                with views.exclusive():  # no live writer between catch-up and swap
+                    end = store.max_position()
                     parts.send(("extend", end, ""))
                     read = sum(parts.wait_all("done"))  # every event each part read
                     scratch.write({}, {name: end for name in names})

@@ -51,8 +51,18 @@ class MoveReport:
     note: str = ""
 
 
+def _recorder(engine: Engine) -> Any:
+    """The PostgreSQL recorder of the engine's log: a move copies stored events as they are."""
+    return engine.stores().events.app.recorder
+
+
+def _schema(engine: Engine) -> str:
+    """The schema of the engine's PostgreSQL views (and events)."""
+    return str(engine.stores().views.schema)  # type: ignore[attr-defined]
+
+
 def _events_table(engine: Engine) -> str:
-    return str(engine.store.app.recorder.events_table_name)  # type: ignore[attr-defined]
+    return str(_recorder(engine).events_table_name)
 
 
 def _conn(url: str, schema: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -62,7 +72,7 @@ def _conn(url: str, schema: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 
 def _stored(engine: Engine, tenant: str) -> Iterator[list[Any]]:
-    recorder = engine.store.app.recorder
+    recorder = _recorder(engine)
     after = 0
     while True:
         page = list(recorder.select_events(stream_id(tenant), gt=after, limit=PAGE))
@@ -74,7 +84,7 @@ def _stored(engine: Engine, tenant: str) -> Iterator[list[Any]]:
 
 def view_digest(engine: Engine, url: str, tenant: str) -> dict[str, tuple[int, str]]:
     """projection -> (rows, SHA-256 over the tenant's rows in key order): what must match."""
-    schema = engine.views.schema  # type: ignore[attr-defined]
+    schema = _schema(engine)
     out: dict[str, tuple[int, str]] = {}
     with _conn(url, schema) as conn:
         for name in sorted(PROJECTIONS):
@@ -120,26 +130,26 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
         raise ShardMapError(f"tenant {tenant!r} is on shard {to!r} already")
     source, target = open_url(src_url), open_url(dst_url)
     try:
-        if target.store.app.recorder.select_events(stream_id(tenant), limit=1):
+        if _recorder(target).select_events(stream_id(tenant), limit=1):
             raise StoreError(f"shard {to!r} holds events of {tenant!r} already (an earlier "
                              "move? `crmsync shard move --abort` deletes that copy)")
-        before, pinned = source.store.verify_log(tenant), _head(source, tenant)
+        before, pinned = source.verify_log(tenant), _head(source, tenant)
         if pinned is None:
             raise StoreError(f"shard {src_name!r} holds no events of {tenant!r}")
         if before.failure is not None:
             raise StoreError(f"the source chain of {tenant!r} fails at {before.failure}")
-        src_schema = source.views.schema  # type: ignore[attr-defined]
-        dst_schema = target.views.schema  # type: ignore[attr-defined]
+        src_schema = _schema(source)
+        dst_schema = _schema(target)
         with _conn(src_url, src_schema) as sconn, _conn(dst_url, dst_schema) as tconn:
             for table in KEPT_TABLES:
                 say(f"copied {_copy_rows(sconn, tconn, table, tenant)} rows of {table}")
         copied = 0
         for page in _stored(source, tenant):
-            target.store.app.recorder.insert_events(page)
+            _recorder(target).insert_events(page)
             copied += len(page)
         say(f"copied {copied} events")
         target.catch_up()
-        after = target.store.verify_log(tenant)
+        after = target.verify_log(tenant)
         head = before.heads.get(tenant)
         if after.failure is not None or after.events != before.events or \
                 after.heads.get(tenant) != head:
@@ -180,7 +190,7 @@ def move_tenant(shard_map: ShardMap, tenant: str, to: str,
 
 def _head(engine: Engine, tenant: str) -> tuple[int, str] | None:
     """(version, stored bytes' hash) of the stream's last event, read from the store now."""
-    last = engine.store.app.recorder.select_events(stream_id(tenant), desc=True, limit=1)
+    last = _recorder(engine).select_events(stream_id(tenant), desc=True, limit=1)
     if not last:
         return None
     return last[0].originator_version, hashlib.sha256(last[0].state).hexdigest()
@@ -188,14 +198,14 @@ def _head(engine: Engine, tenant: str) -> tuple[int, str] | None:
 
 def _delete(engine: Engine, url: str, tenant: str) -> None:
     """The tenant's events and every row naming it, in one transaction."""
-    schema = engine.views.schema  # type: ignore[attr-defined]
+    schema = _schema(engine)
     with _conn(url, schema) as conn, conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {} WHERE originator_id = %s").format(
             sql.Identifier(_events_table(engine))), (stream_id(tenant),))
         for table in _tenant_tables(conn, schema):
             conn.execute(sql.SQL("DELETE FROM {} WHERE tenant = %s").format(
                 sql.Identifier(table)), (tenant,))
-    engine.store.forget(tenant)
+    engine.stores().events.forget(tenant)
 
 
 def abort_copy(shard_map: ShardMap, tenant: str, to: str,

@@ -199,7 +199,7 @@ class SyncWorker(PushChannels):
     # -- one mailbox ------------------------------------------------------------------------------
     def sync_mailbox(self, ref: MailboxRef, delivery_id: str | None) -> Outcome:
         with self.locks.hold(ref.tenant, ref.mailbox):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             mbx = state.mailboxes.get(ref.mailbox)
             out = Outcome(mailboxes=[ref])
             if mbx is None:
@@ -242,7 +242,7 @@ class SyncWorker(PushChannels):
                          reason=exc.reason)
                 self._resync(ref, mbx, source, "cursor_expired", delivery_id, out)
                 return
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             commands = self._change_commands(state, ref, changes)
             out.synced += sum(isinstance(x, c.SyncMessage) for x in commands)
             commands.append(c.AdvanceMailboxCursor(
@@ -291,7 +291,7 @@ class SyncWorker(PushChannels):
             return  # rejected (recorded): the mailbox cannot resync now
         out.resynced = True
         for page in source.resync(mbx.address, since):
-            state = self.engine.store.state(ref.tenant)
+            state = self.engine.state(ref.tenant)
             fresh = [m for m in page.messages if (ref.mailbox, m.id) not in state.messages]
             # Newest batches first (S2, L3); inside a batch oldest first, so replies find their
             # parents (S13).

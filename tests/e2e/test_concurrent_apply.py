@@ -65,7 +65,7 @@ def test_e6_concurrent_apply_processes_lose_nothing(store: tuple[list[str], str 
     engine: Engine = open_engine(flags[1], url)
     try:
         kinds: dict[str, int] = {}
-        for _, event in engine.store.tenant_events(TENANT):
+        for _, event in engine.events(TENANT):
             kinds[type(event).__name__] = kinds.get(type(event).__name__, 0) + 1
     finally:
         engine.close()

@@ -65,7 +65,7 @@ def recorded(engine: Engine, prefix: str) -> list[dict[str, Any]]:
     recorded: per command, the first event naming the external contact — the command as
     recorded, or the contact domain's own event of it."""
     out: dict[str, dict[str, Any]] = {}
-    for _, event in engine.store.tenant_events("acme"):
+    for _, event in engine.events("acme"):
         command_id = event.command_id or ""
         data = event.model_dump(mode="json")
         data = data.get("payload", data)
@@ -75,13 +75,13 @@ def recorded(engine: Engine, prefix: str) -> list[dict[str, Any]]:
 
 
 def acks(engine: Engine) -> dict[str, ExternalContactChangeAcknowledged]:
-    return {e.change_id: e for _, e in engine.store.tenant_events("acme")
+    return {e.change_id: e for _, e in engine.events("acme")
             if isinstance(e, ExternalContactChangeAcknowledged)}
 
 
 def queue(engine: Engine, change_id: str, **fields: Any) -> None:
-    state = engine.store.state("acme")
-    engine.store.append(state, [ExternalContactChangeQueued(
+    state = engine.state("acme")
+    engine.stores().events.append(state, [ExternalContactChangeQueued(
         tenant="acme", actor="system:test", occurred_at=datetime.now(UTC),
         correlation_id=f"test:{change_id}", change_id=change_id, user="mia", **fields)])
 
@@ -89,7 +89,7 @@ def queue(engine: Engine, change_id: str, **fields: Any) -> None:
 def change_for(engine: Engine, record: str, since: int) -> str:
     """The upsert the contact domain queued for mia's book and `record` after log position
     `since` (C6: mia may access the record)."""
-    for logged in engine.store.read_log(since, 10_000):
+    for logged in engine.read_log(since, 10_000):
         event = logged.event
         if (isinstance(event, ExternalContactChangeQueued) and event.record == record
                 and event.user == "mia" and event.operation == "upsert"):
@@ -131,7 +131,7 @@ def test_run_contacts_syncs_both_ways_without_echo_and_resumes(
             assert synced["fields"] == {"name": "Ann", "emails": ["ann@x.test"]}
             # an external edit comes in; a CRM change made while it runs goes out
             book.put({"companyName": "Acme"}, contact_id=ann["id"])
-            mark = engine.store.max_position()
+            mark = engine.head()
             report = engine.apply_lines([orjson.dumps({
                 "cmd": "UpdateContact", "tenant": "acme", "record": "c-1",
                 "fields": {"name": "Grace Hopper"}})])

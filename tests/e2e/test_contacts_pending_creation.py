@@ -55,7 +55,7 @@ def test_c4_change_made_before_the_first_upsert_is_acknowledged_reaches_exchange
             assert done.returncode == 0, done.stderr.decode()
     engine = Engine.open_sqlite(db)
     try:
-        changes = [e for _, e in engine.store.tenant_events("acme")
+        changes = [e for _, e in engine.events("acme")
                    if isinstance(e, ExternalContactChangeQueued)]
         answered = acks(engine)
         echoes = recorded(engine, "xc-in:")

@@ -90,7 +90,7 @@ def test_metrics_after_sync_runners(postgres_url: str, nats_url: str, tmp_path: 
     engine.follow = False
 
     def synced() -> int:
-        return sum(isinstance(e, ev.MessageSynced) for _, e in engine.store.tenant_events(TENANT))
+        return sum(isinstance(e, ev.MessageSynced) for _, e in engine.events(TENANT))
 
     def push(n: int) -> None:
         data = json.dumps({"emailAddress": GMAIL, "historyId": gmail.history_id}).encode()
@@ -147,7 +147,7 @@ def test_metrics_after_sync_runners(postgres_url: str, nats_url: str, tmp_path: 
         assert value(seen, "crmsync_events_appended_total", type="MessageSynced") == 20 + pushes
         assert value(seen, "crmsync_dead_letters_total") == 0
 
-        head = engine.store.max_position()
+        head = engine.head()
 
         def caught_up() -> bool:
             seen = scrape(proj_port)
@@ -190,7 +190,7 @@ def test_every_runner_serves_health_and_metrics(runner: str, tmp_path: Path) -> 
 
     engine = Engine.open_sqlite(db)
     try:
-        head = engine.store.max_position()
+        head = engine.head()
     finally:
         engine.close()
     with (tmp_path / "runner.log").open("ab") as log:

@@ -69,7 +69,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def acks(engine: Engine) -> list[ev.OutboundMailAcknowledged]:
-    return [e for _, e in engine.store.tenant_events("acme")
+    return [e for _, e in engine.events("acme")
             if isinstance(e, ev.OutboundMailAcknowledged)]
 
 
@@ -91,7 +91,7 @@ def test_s7_outbox_process_delivers_retries_and_trashes_on_postgres(
         [first] = acks(engine)
         assert first.ok and first.provider_id in gmail.messages
         assert gmail.messages[first.provider_id].message_id == f"<{first.id}.acme@crmsync.invalid>"
-        state = engine.store.state("acme")
+        state = engine.state("acme")
         assert state.messages[("mb-mia", first.id)].delivery_status == "sent"
 
         # the provider fails once (500): retried after the backoff, sent once
@@ -115,7 +115,7 @@ def test_s7_outbox_process_delivers_retries_and_trashes_on_postgres(
     assert "outbox_acknowledged" in output and TOKEN not in output
     tracking = PostgresOutboxTracking(postgres_url)
     try:
-        assert tracking.position() == engine.store.max_position()
+        assert tracking.position() == engine.head()
     finally:
         tracking.close()
 

@@ -46,14 +46,14 @@ def wait_until(condition, timeout: float = 60.0) -> float:  # type: ignore[no-un
 
 
 def lowest(engine: Engine) -> int:
-    return min(engine.views.positions().values())
+    return min(engine.positions().values())
 
 
 def test_e3_runner_killed_mid_batch_resumes_with_no_gap_and_no_duplicate(
         engine: Engine, postgres_url: str, tmp_path: Path) -> None:
     first = [orjson.dumps(c) for c in history(11, length=900)]
     engine.apply_lines(first)
-    total = engine.store.max_position()
+    total = engine.head()
     runner = start_runner(postgres_url, tmp_path, "--batch-size", "7", "--poll", "0.2")
     try:
         wait_until(lambda: lowest(engine) >= total // 5)
@@ -67,7 +67,7 @@ def test_e3_runner_killed_mid_batch_resumes_with_no_gap_and_no_duplicate(
     engine.apply_lines([orjson.dumps(c) for c in history(12, length=200, tenant="beta")])
     runner = start_runner(postgres_url, tmp_path, "--batch-size", "50", "--poll", "0.2")
     try:
-        head = engine.store.max_position()
+        head = engine.head()
         wait_until(lambda: lowest(engine) == head)
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(20) == 0
@@ -80,7 +80,7 @@ def test_e3_runner_killed_mid_batch_resumes_with_no_gap_and_no_duplicate(
     reference.apply_lines(first)
     reference.apply_lines([orjson.dumps(c) for c in history(12, length=200, tenant="beta")])
     for name in results:
-        assert reference.views.checksum(name) == engine.views.checksum(name), name
+        assert reference.checksums()[name] == engine.checksums()[name], name
 
 
 def test_runner_is_woken_by_notify_not_by_its_poll(engine: Engine, postgres_url: str,
@@ -89,7 +89,7 @@ def test_runner_is_woken_by_notify_not_by_its_poll(engine: Engine, postgres_url:
     try:
         time.sleep(1.5)  # started and listening
         engine.apply_lines([orjson.dumps(c) for c in history(3, length=5)])
-        head = engine.store.max_position()
+        head = engine.head()
         took = wait_until(lambda: lowest(engine) == head, timeout=10)
         assert took < 5, f"NOTIFY should wake the runner long before its 30 s poll ({took:.1f} s)"
     finally:
@@ -113,7 +113,7 @@ def test_runner_keeps_polling_when_its_notification_connection_is_lost(
         wait_until(kill_listener, timeout=20)
         assert killed, "the runner had a LISTEN connection"
         engine.apply_lines([orjson.dumps(c) for c in history(4, length=5)])
-        head = engine.store.max_position()
+        head = engine.head()
         wait_until(lambda: lowest(engine) == head, timeout=15)
         assert runner.poll() is None, "the runner survived the lost connection"
     finally:
@@ -123,7 +123,7 @@ def test_runner_keeps_polling_when_its_notification_connection_is_lost(
 
 def test_lag_reports_each_projection_behind_the_log(engine: Engine, postgres_url: str) -> None:
     engine.apply_lines([orjson.dumps(c) for c in history(5, length=10)])
-    head = engine.store.max_position()
+    head = engine.head()
     out = subprocess.run([*CRMSYNC, "--postgres", postgres_url, "lag", "--json"],
                          capture_output=True, text=True, timeout=60, check=True,
                          env={**os.environ})

@@ -204,7 +204,7 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
         return out
 
     def synced() -> list[str]:
-        return [e.message.id for _, e in engine.store.tenant_events(TENANT)
+        return [e.message.id for _, e in engine.events(TENANT)
                 if isinstance(e, ev.MessageSynced)]
 
     def progress(more: int) -> Callable[[], bool]:
@@ -266,8 +266,8 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
         pushed = {f"gmail:p{n}" for n in range(1, ingest.accepted + 1)}
         until(lambda: handled() >= pushed, 75, "every delivery handled",
               lambda: f"missing {sorted(pushed - handled())}")
-        head = engine.store.max_position()
-        until(lambda: min(engine.views.positions().values()) >= head, 30, "views caught up")
+        head = engine.head()
+        until(lambda: min(engine.positions().values()) >= head, 30, "views caught up")
         api.stop.set()
         api.thread.join(30)
 
@@ -275,7 +275,7 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
         assert len(ids) == len(set(ids)) == len(sent) > 40  # none lost, none twice
         threads = {t["thread"] for t in engine.query_mailbox(TENANT, "mia")}
         assert threads == {f"mia-gmail:t{mid}" for mid in sent}
-        dead = [e for _, e in engine.store.tenant_events(TENANT)
+        dead = [e for _, e in engine.events(TENANT)
                 if isinstance(e, ev.DeliveryDeadLettered)]
         assert not dead, "an outage must not dead-letter deliveries"
         for name in RUNNERS:  # nothing exited, nothing was restarted by hand
@@ -286,7 +286,7 @@ def test_restarts_of_postgres_and_nats_under_ingest_lose_and_duplicate_nothing(
         assert verify.returncode == 0, verify.stdout + verify.stderr
         # during the outages the API answered 503 with Retry-After, never a 500 or a hang;
         # every write it answered 200 for is stored, and nothing it was not asked for
-        users = {e.user for _, e in engine.store.tenant_events(TENANT)
+        users = {e.user for _, e in engine.events(TENANT)
                  if isinstance(e, ev.UserAdded) and e.user.startswith("w")}
         assert set(api.added) <= users <= set(api.tried) and len(api.added) > 20
         # E6: a write that waited on the store while others appended is not rejected for time

@@ -30,7 +30,7 @@ def engine(postgres_url: str) -> Iterator[Engine]:
 
 
 def has(engine: Engine, tenant: str, record: str) -> bool:
-    return bool(engine.views.rows("directory", tenant, f"record:{record}"))
+    return bool(engine.committed_views().rows("directory", tenant, f"record:{record}"))
 
 
 def test_e8_runner_goes_on_past_a_tenant_whose_event_cannot_be_stored(
@@ -45,8 +45,8 @@ def test_e8_runner_goes_on_past_a_tenant_whose_event_cannot_be_stored(
                                   env=env)
     try:
         lead(engine, "b", "lead-b2")
-        head = engine.store.max_position()
-        wait_until(lambda: min(engine.views.positions().values()) == head, timeout=60,
+        head = engine.head()
+        wait_until(lambda: min(engine.positions().values()) == head, timeout=60,
                    what="the runner reaches the head of the log")
         assert runner.poll() is None, "the runner is still running"
         assert has(engine, "b", "lead-b2")

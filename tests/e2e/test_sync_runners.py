@@ -129,10 +129,10 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
         assert not report.rejected, report.rejected
 
     def mailbox(name: str) -> Any:
-        return engine.store.state(TENANT).mailboxes[name]
+        return engine.state(TENANT).mailboxes[name]
 
     def synced_ids(name: str) -> list[str]:
-        return [e.message.id for _, e in engine.store.tenant_events(TENANT)
+        return [e.message.id for _, e in engine.events(TENANT)
                 if isinstance(e, ev.MessageSynced) and e.mailbox == name]
 
     pushes = iter(range(1, 10_000))
@@ -187,11 +187,11 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
         assert mailbox("mia-gmail").cursor == str(gmail.history_id)
 
         # 2. a redelivered webhook changes nothing (the same push again; a new empty push)
-        seq = engine.store.state(TENANT).seq
+        seq = engine.state(TENANT).seq
         push(int(first.split(":")[1]))
         again = push()
         wait_until(lambda: done(again), 30, "empty delivery done")
-        assert engine.store.state(TENANT).seq == seq
+        assert engine.state(TENANT).seq == seq
 
         # 3. SIGKILL the worker in the middle of a delivery's batches: nothing lost or doubled
         gmail.add(150)
@@ -222,8 +222,8 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
         gmail.add(3)
         skipped = push()
         wait_until(lambda: any(isinstance(e, ev.DeliverySkipped) and e.delivery_id == skipped
-                               for _, e in engine.store.tenant_events(TENANT)), 30, "skip")
-        skip = next(e for _, e in engine.store.tenant_events(TENANT)
+                               for _, e in engine.events(TENANT)), 30, "skip")
+        skip = next(e for _, e in engine.events(TENANT)
                     if isinstance(e, ev.DeliverySkipped) and e.delivery_id == skipped)
         assert skip.reason == "user_deactivated"
         assert mailbox("mia-gmail").cursor == cursor
@@ -233,8 +233,8 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
 
         # 5. L4: the account is deleted at the provider while the user is deactivated; on
         # reactivation the mailbox becomes gone and keeps every thread
-        head = engine.store.max_position()
-        wait_until(lambda: min(engine.views.positions().values()) >= head, 30, "views")
+        head = engine.head()
+        wait_until(lambda: min(engine.positions().values()) >= head, 30, "views")
         threads_before = {t["thread"] for t in engine.query_mailbox(TENANT, "mia")}
         stored = mailbox("mia-gmail").stored
         apply({"cmd": "DeactivateUser", "user": "mia"})
@@ -243,9 +243,9 @@ def test_sync_runners_end_to_end(postgres_url: str, nats_url: str, dovecot: Dove
         wait_until(lambda: mailbox("mia-gmail").status == "gone", 30, "gone")
         assert mailbox("mia-gmail").stored == stored
         assert not any(isinstance(e, ev.MessageDeletedAtProvider | ev.MessageDeletionHeld)
-                       for _, e in engine.store.tenant_events(TENANT))
-        head = engine.store.max_position()
-        wait_until(lambda: min(engine.views.positions().values()) >= head, 30, "views")
+                       for _, e in engine.events(TENANT))
+        head = engine.head()
+        wait_until(lambda: min(engine.positions().values()) >= head, 30, "views")
         assert {t["thread"] for t in engine.query_mailbox(TENANT, "mia")} == threads_before
         assert len(threads_before) > before + 153  # Gmail's threads and IMAP's
         # the IMAP mailbox goes on syncing meanwhile

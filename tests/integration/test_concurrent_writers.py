@@ -79,7 +79,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engines]:
 
 def counted(engine: Engine) -> dict[str, int]:
     out: dict[str, int] = {}
-    for _, event in engine.store.tenant_events(TENANT):
+    for _, event in engine.events(TENANT):
         out[type(event).__name__] = out.get(type(event).__name__, 0) + 1
     return out
 
@@ -171,7 +171,7 @@ def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(stores:
     reader = stores.reader
     events = counted(reader)
     assert "CommandRejected" not in events
-    synced = [e for _, e in reader.store.tenant_events(TENANT) if isinstance(e, ev.MessageSynced)]
+    synced = [e for _, e in reader.events(TENANT) if isinstance(e, ev.MessageSynced)]
     assert sorted({(e.mailbox, e.message.id) for e in synced}) == sorted(
         (f"{a.split('@')[0]}-gmail", f"{a.split('@')[0]}-{i}")
         for a in addresses for i in range(per_box))
@@ -180,7 +180,7 @@ def test_e6_two_sync_workers_on_two_mailboxes_of_one_tenant_lose_nothing(stores:
         (status,) = reader.query_status(TENANT, "ada", f"{user}-gmail")
         assert (status["synced"], status["rejected"], status["cursor"]) == (
             per_box, 0, str(per_box))
-    rows = reader.views.scan("message", TENANT)
+    rows = reader.committed_views().scan("message", TENANT)
     assert sum(len(r) for r in rows.values()) == 2 * per_box
 
 
@@ -218,7 +218,7 @@ def test_e6_concurrent_http_posts_lose_nothing(stores: Engines) -> None:
     events = counted(reader)
     assert events["LeadCreated"] == total
     assert events.get("CommandRejected", 0) == 1  # the member's `at`, recorded
-    latest = max(e.occurred_at for _, e in reader.store.tenant_events(TENANT))
+    latest = max(e.occurred_at for _, e in reader.events(TENANT))
     assert latest < datetime.now(UTC) + timedelta(minutes=5)  # not frozen in 2999
     records = reader.query_records(TENANT, "ada")
     assert len([r for r in records if r["record"].startswith("w")]) == total

@@ -66,7 +66,7 @@ def stored(engine: Engine, mailbox: str) -> dict[str, Any] | None:
 
 def all_events(engine: Engine) -> bytes:
     return b"\n".join(orjson.dumps(logged.event.model_dump(mode="json"))
-                      for logged in engine.store.read_log(0, 1_000_000))
+                      for logged in engine.read_log(0, 1_000_000))
 
 
 def test_connect_stores_credentials_and_no_event_carries_them(engine: Engine, db: str) -> None:
@@ -93,7 +93,7 @@ def test_disconnect_erases(engine: Engine) -> None:
     # reconnecting does not bring them back: the mailbox stays without credentials
     engine.apply_lines(lines({"cmd": "ReconnectMailbox", "mailbox": "mia-imap"}), now=NOW)
     assert stored(engine, "mia-imap") is None
-    assert not engine.store.state("acme").mailboxes["mia-imap"].credentials_set
+    assert not engine.state("acme").mailboxes["mia-imap"].credentials_set
 
 
 def test_delete_user_erases_every_mailbox_of_the_user(engine: Engine) -> None:
@@ -115,7 +115,7 @@ def test_a_crash_between_append_and_erase_is_healed_at_start(
     with pytest.raises(CredentialStoreError, match="simulated"):
         engine.apply_lines(lines({"cmd": "DeleteUser", "user": "mia"}), now=NOW)
     monkeypatch.undo()
-    assert engine.store.state("acme").users["mia"].status == "deleted"  # the event stands
+    assert engine.state("acme").users["mia"].status == "deleted"  # the event stands
     assert stored(engine, "mia-imap") == IMAP  # ... but the erase did not happen
     engine.close()
 
@@ -158,7 +158,7 @@ def test_a_failed_write_leaves_the_event_and_is_finished_by_the_same_command(
             engine.apply_lines(lines(SETUP[2]), now=NOW)
         assert PASSWORD not in str(caught.value)
         monkeypatch.undo()
-        mailbox = engine.store.state("acme").mailboxes["mia-imap"]
+        mailbox = engine.state("acme").mailboxes["mia-imap"]
         assert mailbox.credentials_set  # the mailbox says set ...
         assert stored(engine, "mia-imap") is None  # ... the sync reports them missing
         report = engine.apply_lines(lines(SETUP[2]), now=NOW)  # the same command_id again
@@ -189,6 +189,6 @@ def test_postgres_without_a_key_refuses_before_appending(
         assert engine.apply_lines(lines(*SETUP[:2]), now=NOW).applied == 2
         with pytest.raises(CredentialStoreError, match=f"{KEY_ENV} is not set"):
             engine.apply_lines(lines(SETUP[2]), now=NOW)
-        assert "mia-imap" not in engine.store.state("acme").mailboxes  # nothing half-done
+        assert "mia-imap" not in engine.state("acme").mailboxes  # nothing half-done
     finally:
         engine.close()

@@ -42,7 +42,7 @@ def filled(db: str, url: str | None) -> Engine:
 
 
 def position_of(engine: Engine, tenant: str, seq: int) -> int:
-    notes = engine.store.app.recorder.select_notifications(start=0, limit=10_000)
+    notes = engine.stores().events.app.recorder.select_notifications(start=0, limit=10_000)
     return next(n.id for n in notes if n.originator_id == stream_id(tenant)
                 and n.originator_version == seq)
 
@@ -91,7 +91,7 @@ def test_e7_an_untouched_log_verifies_and_a_flipped_bit_is_found_by_position(
     db, url = where
     engine = filled(db, url)
     try:
-        check = engine.store.verify_log()
+        check = engine.verify_log()
         assert check.failure is None and check.events == len(SETUP) + len(MAIL) + 1
         assert sorted(check.heads) == ["acme", "other"]
         assert check.heads["acme"][0] == len(SETUP) + len(MAIL)
@@ -120,7 +120,7 @@ def test_e7_a_deleted_event_breaks_the_chain(where: tuple[str, str | None]) -> N
     tamper(db, url, "acme", 3, "delete")
     engine = open_engine(db, url)
     try:
-        check = engine.store.verify_log("acme")
+        check = engine.verify_log("acme")
         assert check.failure is not None and "seq 4 follows seq 2" in check.failure
     finally:
         engine.close()
@@ -129,12 +129,12 @@ def test_e7_a_deleted_event_breaks_the_chain(where: tuple[str, str | None]) -> N
 def test_e7_the_last_event_is_covered_too(where: tuple[str, str | None]) -> None:
     db, url = where
     engine = filled(db, url)
-    last = engine.store.state("acme").seq
+    last = engine.state("acme").seq
     engine.close()
     tamper(db, url, "acme", last, "flip")
     engine = open_engine(db, url)
     try:
-        failure = engine.store.verify_log().failure
+        failure = engine.verify_log().failure
         assert failure is not None and f"seq {last})" in failure
     finally:
         engine.close()

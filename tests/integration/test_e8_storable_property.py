@@ -66,7 +66,7 @@ def test_e8_every_stored_event_fits_postgres_jsonb_and_sqlite(postgres_url: str,
     assert not engine.apply_lines([json.dumps({"tenant": T, **x}) for x in setup]).rejected
     lite = sqlite3.connect(tmp_path / "events.db")
     lite.execute("CREATE TABLE e (doc TEXT NOT NULL)")
-    seen = [engine.store.max_position()]
+    seen = [engine.head()]
     counts = {"accepted": 0, "rejected": 0, "events": 0}
     with psycopg.connect(postgres_url, autocommit=True) as pg:
         pg.execute("CREATE TABLE e (doc jsonb NOT NULL, raw text NOT NULL)")
@@ -77,8 +77,8 @@ def test_e8_every_stored_event_fits_postgres_jsonb_and_sqlite(postgres_url: str,
         def check(raw: dict[str, Any]) -> None:
             report = engine.apply_lines([json.dumps({"tenant": T, **raw})])
             counts["accepted" if not report.rejected else "rejected"] += 1
-            stored = engine.store.read_log(seen[0], 1000)
-            seen[0] = engine.store.max_position()
+            stored = engine.read_log(seen[0], 1000)
+            seen[0] = engine.head()
             counts["events"] += len(stored)
             for item in stored:
                 doc = orjson.dumps(item.event.model_dump(by_alias=True))  # as the mapper does
@@ -88,7 +88,7 @@ def test_e8_every_stored_event_fits_postgres_jsonb_and_sqlite(postgres_url: str,
                 kept = lite.execute("INSERT INTO e VALUES (?) RETURNING doc",
                                     (doc.decode(),)).fetchone()
                 assert kept is not None and orjson.loads(kept[0]) == orjson.loads(doc)
-            assert engine.views.stuck() == {}, "an accepted command stuck its tenant"
+            assert engine.stuck() == {}, "an accepted command stuck its tenant"
 
         check()
     lite.close()

@@ -178,7 +178,7 @@ def apply(engine: Engine, *commands: dict[str, Any]) -> Any:
 
 
 def of(engine: Engine, kind: type[Any]) -> list[Any]:
-    return [e for _, e in engine.store.tenant_events("acme") if isinstance(e, kind)]
+    return [e for _, e in engine.events("acme") if isinstance(e, kind)]
 
 
 def test_s1_outlook_reply_sent_from_outlook_joins_the_crm_thread(
@@ -198,7 +198,7 @@ def test_s1_outlook_reply_sent_from_outlook_joins_the_crm_thread(
     [unrelated] = graph.add(1, folder="F-sentitems",
                             **{"from": {"emailAddress": {"address": ADDRESS}}})
     worker.sync_mailbox(ref, None)
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     thread = state.threads["mia-outlook:conv-deal"]
     assert thread.messages == [incoming, reply]
     assert state.messages[("mia-outlook", reply)].labels == ("Sent Items",)
@@ -220,7 +220,7 @@ def test_s1_outlook_change_mailbox_scope_is_followed_by_the_worker(
     graph.add(1, folder=projects)
     [first] = worker.catch_up()  # the first sync follows MailboxConnected
     assert first.mailboxes == [ref] and first.resynced
-    assert {m for _, m in engine.store.state("acme").messages} == set(inbox)
+    assert {m for _, m in engine.state("acme").messages} == set(inbox)
     assert worker.catch_up() == []  # nothing pending any more
     apply(engine, {"cmd": "ChangeMailboxScope", "mailbox": "mia-outlook",
                    "scope": {"mode": "labels", "labels": ["Projects"]}})
@@ -228,7 +228,7 @@ def test_s1_outlook_change_mailbox_scope_is_followed_by_the_worker(
     later_projects = graph.add(1, folder=projects)
     [followed] = worker.catch_up()  # the scope change is followed without a delivery
     assert followed.mailboxes == [ref] and not followed.resynced
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     assert set(later_projects) <= {m for _, m in state.messages}
     assert not set(later_inbox) & {m for _, m in state.messages}
     assert state.mailboxes["mia-outlook"].scope == {"mode": "labels", "labels": ["Projects"]}

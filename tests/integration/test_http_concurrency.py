@@ -22,7 +22,8 @@ from loopback import Server
 from office import OFFICE
 
 from adapters.eventstore.store import TENANT_PAGE, EventStore
-from adapters.http.api import COMMAND_CHUNK, create_app
+from adapters.http.api import create_app
+from adapters.http.commands import COMMAND_CHUNK
 from adapters.http.tokens import issue
 from adapters.views.sqlite import SqliteViews
 from domain.events import DomainEvent, LeadCreated
@@ -183,7 +184,7 @@ def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> Non
     from runners.services.replays import ReplayPool
 
     engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
-    pool = ReplayPool(1, engine.store.env)
+    pool = ReplayPool(1, engine.stores().events.env)
     try:
         assert engine.apply_lines(jsonl(OFFICE, timed=True).splitlines()).applied == len(OFFICE)
         engine.apply_lines([json.dumps({"tenant": "acme", "cmd": "CreateLead", "record":

@@ -18,10 +18,13 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.http.api import RateLimit, TokenGate, create_app
+from adapters.http.api import create_app
+from adapters.http.commands import TokenGate
+from adapters.http.limits import RateLimit
 from adapters.http.tokens import issue
 from domain.permissions import NOT_AVAILABLE
-from runners.services.engine import REJECTION_TEXT, Engine
+from runners.services.apply import REJECTION_TEXT
+from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +139,7 @@ def test_s8_revoke_tokens_refuses_earlier_tokens_at_once(api: Api) -> None:
     # an admin revokes anyone's
     assert api.send(token("ada"), {"cmd": "RevokeTokens", "user": "max"}).status_code == 200
     refused(api.client.get("/v1/records", headers=old_max))
-    events = [e.event for e in api.engine.store.read_log(0, 1000)]
+    events = [e.event for e in api.engine.read_log(0, 1000)]
     assert [(type(e).__name__, e.user, e.actor) for e in events
             if type(e).__name__ == "TokensRevoked"] == [("TokensRevoked", "mia", "mia"),
                                                          ("TokensRevoked", "max", "ada")]
@@ -154,7 +157,7 @@ def test_e8_a_huge_rejected_command_stores_at_most_about_a_kibibyte(api: Api) ->
     print(f"\n2 MB command name: log grew by {grew[0]} event, {grew[1]} bytes "
           "(main: 1 event, 2,000,413 bytes)")
     assert grew[0] == 1 and grew[1] < REJECTION_TEXT + 600  # + the envelope (time, ids)
-    stored = api.engine.store.read_log(before[0], 10)[0].event
+    stored = api.engine.read_log(before[0], 10)[0].event
     # an unstorable name is never repeated back (E8: "?"); a long one would be cut to 128 bytes
     assert stored.cmd in ("?",) or stored.cmd.endswith("…[cut]")  # type: ignore[attr-defined]
     assert len(stored.cmd.encode()) <= 128  # type: ignore[attr-defined]
@@ -238,7 +241,7 @@ def test_e5_a_members_outbox_command_id_does_not_stop_the_outbox_acknowledgement
                           "to": ["olga@x.test"], "subject": "Offer", "body": "b",
                           "from": "mia@acme.test"})
     assert sent.json()["applied"] == 1
-    request = next(iter(api.engine.store.state("acme").outbound))
+    request = next(iter(api.engine.state("acme").outbound))
     squatted = api.send(mia, {"cmd": "MarkThreadShared", "user": "mia", "threads": ["mb:t1"],
                               "command_id": f"outbox:{request}"})
     assert squatted.json()["applied"] == 1
@@ -260,7 +263,7 @@ def test_s8_positions_are_the_tenants_and_say_nothing_of_other_tenants(api: Api)
     mia = token("mia")
     first = api.send(mia, {"cmd": "CreateLead", "record": "lead-p1", "owner": "mia",
                            "name": "P1", "emails": ["p1@x.test"]}).json()
-    assert first["position"] == api.engine.store.state("acme").seq == len(OFFICE) + 1
+    assert first["position"] == api.engine.state("acme").seq == len(OFFICE) + 1
     other = [{"cmd": "AddUser", "user": "oz", "email": "oz@o.test", "role": "admin"}] + [
         {"cmd": "CreateLead", "record": f"o-{i}", "owner": "oz", "name": "O", "emails": []}
         for i in range(30)]
@@ -268,7 +271,7 @@ def test_s8_positions_are_the_tenants_and_say_nothing_of_other_tenants(api: Api)
     second = api.send(mia, {"cmd": "CreateLead", "record": "lead-p2", "owner": "mia",
                             "name": "P2", "emails": ["p2@x.test"]}).json()
     assert second["position"] == first["position"] + 1  # the other tenant's 31 do not show
-    assert api.engine.store.max_position() == second["position"] + 31
+    assert api.engine.head() == second["position"] + 31
     seen = api.client.get("/v1/records", params={"email": "p2@x.test",
                                                   "min_position": second["position"]},
                           headers=mia)
@@ -276,4 +279,4 @@ def test_s8_positions_are_the_tenants_and_say_nothing_of_other_tenants(api: Api)
     beyond = api.client.get("/v1/records", params={"min_position": second["position"] + 1},
                             headers=mia)
     assert beyond.status_code == 422 and beyond.json()["errors"][0]["field"] == "min_position"
-    assert str(api.engine.store.max_position()) not in beyond.json()["detail"]
+    assert str(api.engine.head()) not in beyond.json()["detail"]

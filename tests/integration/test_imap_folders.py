@@ -358,10 +358,10 @@ def test_s12_l5_moves_apply_through_the_worker_and_trash_is_guarded(
     worker = SyncWorker(engine, ConfiguredSources(Credentials({("acme", "mia-imap"): creds})))
 
     def state() -> Any:
-        return engine.store.state("acme")
+        return engine.state("acme")
 
     def of(kind: type[ev.DomainEvent]) -> list[Any]:
-        return [e for _, e in engine.store.tenant_events("acme") if isinstance(e, kind)]
+        return [e for _, e in engine.events("acme") if isinstance(e, kind)]
 
     [first] = worker.poll()
     assert first.resynced and first.synced == 4

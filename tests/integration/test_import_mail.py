@@ -80,7 +80,7 @@ def check_first_and_second_run(engine: Engine, inputs: dict[str, Path]) -> None:
     assert (first.imported, first.unchanged) == (9, 0)
     assert first.rejected == [(f"{inputs['from']}#2",
                                "invalid From address: 'develop!nextmime@ebony@sblab.att.com'")]
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     assert state.mailboxes["mb-ann"].stored == 9  # counted in, counted out
     subjects = sorted(state.messages[("mb-ann", m)].subject
                       for t in state.mailbox_threads["mb-ann"] for m in state.threads[t].messages)
@@ -88,7 +88,7 @@ def check_first_and_second_run(engine: Engine, inputs: dict[str, Path]) -> None:
                                *(f"s{n}" for n in range(1, 8))])
     second = import_mail(engine, "acme", "mb-ann", paths(inputs))
     assert (second.imported, second.unchanged, len(second.rejected)) == (0, 9, 1)
-    assert engine.store.state("acme").mailboxes["mb-ann"].stored == 9
+    assert engine.state("acme").mailboxes["mb-ann"].stored == 9
 
 
 def test_s14_import_eml_mbox_and_maildir_then_again_is_unchanged(inputs: dict[str, Path]) -> None:
@@ -113,7 +113,7 @@ def test_s13_imported_replies_thread_and_share_their_missing_parent(
     try:
         setup(engine)
         import_mail(engine, "acme", "mb-ann", paths(inputs))
-        state = engine.store.state("acme")
+        state = engine.state("acme")
         by_subject = {m.subject: m for m in state.messages.values()}
         assert by_subject["s2"].thread == by_subject["s3"].thread == by_subject["s1"].thread
         # 4 and 5 answer the missing <m99>, 6 answers 4 (from the Maildir): one thread
@@ -167,7 +167,7 @@ def test_s14_a_message_synced_from_the_provider_is_not_imported_again(
         engine.execute(parse_command(synced), now=T0, correlation_id="provider")
         report = import_mail(engine, "acme", "mb-ann", [str(inputs["cl"])])
         assert (report.imported, report.unchanged, report.rejected) == (2, 1, [])
-        state = engine.store.state("acme")
+        state = engine.state("acme")
         stored = sorted((m.rfc_id or "", m.id.split(":")[0]) for m in state.messages.values())
         assert stored == [("<m1@customer.test>", "imap-7"), ("<m2@customer.test>", "import"),
                           ("<m3@customer.test>", "import")]

@@ -98,7 +98,7 @@ def where(request: pytest.FixtureRequest, tmp_path: Path,
 
 def stored_log(engine: Engine) -> bytes:
     """Every stored event's bytes as the recorder holds them."""
-    notes = engine.store.app.recorder.select_notifications(start=0, limit=1_000_000)
+    notes = engine.stores().events.app.recorder.select_notifications(start=0, limit=1_000_000)
     return b"\n".join(n.state for n in notes)
 
 
@@ -129,7 +129,7 @@ def test_l2_content_is_sealed_in_the_log_and_gone_from_the_store_after_delete_us
         assert before["messages"][0]["subject"] == SECRETS[0].decode()
         assert before["messages"][0]["body"] == SECRETS[1].decode()
         apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
-        kinds = [e.event.__class__.__name__ for e in engine.store.read_log(0, 10_000)]
+        kinds = [e.event.__class__.__name__ for e in engine.read_log(0, 10_000)]
         assert kinds[-2:] == ["UserDeleted", "UserContentErased"]
         with pytest.raises(NotFound):
             engine.query_thread("acme", "max", THREAD)
@@ -162,7 +162,7 @@ def test_e4_l2_replay_before_the_deletion_answers_erased_and_rebuild_verify_stil
         engine.rebuild()
         results = engine.verify()
         assert results and all(live == rebuilt for live, rebuilt in results.values()), results
-        check = engine.store.verify_log("acme")
+        check = engine.verify_log("acme")
         assert check.failure is None and check.events == len(SETUP) + len(MAIL) + 2
     finally:
         engine.close()
@@ -182,7 +182,7 @@ def test_l2_no_new_key_for_a_deleted_user(where: tuple[str, str | None]) -> None
         apply(engine, MAIL, 10)
         apply(engine, [{"cmd": "DeleteUser", "user": "leo"}], 20)
         with pytest.raises(StoreError, match="destroyed"):
-            engine.store.keys.seal("acme", "leo", ["late content"])
+            engine.stores().events.keys.seal("acme", "leo", ["late content"])
     finally:
         engine.close()
 
@@ -232,12 +232,13 @@ def test_l2_an_erasure_interrupted_before_the_key_was_destroyed_is_finished_on_t
         apply(dying, MAIL, 10)
         with pytest.raises(RuntimeError, match="killed"):
             apply(dying, [{"cmd": "DeleteUser", "user": "leo"}], 20)
-        assert dying.store.keys.key("acme", "leo", create=False) is not None  # not shredded
+        keys = dying.stores().events.keys
+        assert keys.key("acme", "leo", create=False) is not None  # not shredded
     finally:
         dying.close()
     engine = open_engine(db)
     try:
-        assert engine.store.keys.key("acme", "leo", create=False) is None
+        assert engine.stores().events.keys.key("acme", "leo", create=False) is None
         answer = engine.query_thread("acme", "max", THREAD, at=at(15))
         assert answer["messages"][0]["subject"] is None
     finally:

@@ -144,7 +144,7 @@ def test_mailbox_states_count_every_tenants_mailboxes(kind: str, postgres_url: s
         lines.append({"tenant": "acme", "cmd": "DisconnectMailbox", "mailbox": "b1"})
         report = engine.apply_lines([json.dumps(line) for line in lines])
         assert not report.rejected, report.rejected
-        states = engine.views.mailbox_states()  # type: ignore[attr-defined]
+        states = engine.mailbox_states()
         assert states == {("connected", False): 2, ("disconnected", False): 1}
     finally:
         engine.close()

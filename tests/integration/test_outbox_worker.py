@@ -72,13 +72,13 @@ def outbox(engine: Engine, db: str, fake: MemoryOutbound, clock: Clock | None = 
 
 def sent_message(engine: Engine) -> tuple[str, str | None, str | None]:
     """(crm id, delivery status, provider id) of the one CRM-sent message."""
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     (mailbox, mid), provider_id = next(iter(state.sent_provider_ids.items()))
     return mid, state.messages[(mailbox, mid)].delivery_status, provider_id
 
 
 def acks(engine: Engine) -> list[ev.OutboundMailAcknowledged]:
-    return [e for _, e in engine.store.tenant_events("acme")
+    return [e for _, e in engine.events("acme")
             if isinstance(e, ev.OutboundMailAcknowledged)]
 
 
@@ -90,10 +90,10 @@ def test_s7_send_is_executed_acknowledged_and_shown_as_sent(engine: Engine, db: 
     mid, status, provider_id = sent_message(engine)
     assert fake.sends == [(ADDRESS, f"<{mid}.acme@crmsync.invalid>")]
     assert (status, provider_id) == ("sent", "mem-1")
-    thread = engine.store.state("acme").messages[("mb-ann", mid)].thread
+    thread = engine.state("acme").messages[("mb-ann", mid)].thread
     answer = engine.query_thread("acme", "ann", thread)
     assert [m["delivery_status"] for m in answer["messages"]] == ["sent"]
-    assert worker.tracking.position() == engine.store.max_position()
+    assert worker.tracking.position() == engine.head()
     assert worker.round() == 0 and len(fake.sends) == 1
 
 
@@ -198,7 +198,7 @@ def test_s12_read_flag_and_deletion_are_executed_at_the_provider(engine: Engine,
     assert fake.is_read(ADDRESS, "p-1") is None  # trashed
     assert [a.operation for a in acks(engine)] == ["read", "delete"]
     assert all(a.ok for a in acks(engine))
-    assert engine.store.state("acme").outbound == {}
+    assert engine.state("acme").outbound == {}
 
 
 def test_s12_deleting_crm_sent_mail_trashes_the_providers_copy(engine: Engine, db: str) -> None:
@@ -223,7 +223,7 @@ def test_s14_graph_like_send_without_id_maps_the_synced_copy(engine: Engine, db:
         "id": "mem-1", "message_id": f"<{mid}.acme@crmsync.invalid>", "thread_id": "conv-1",
         "from": ADDRESS, "to": ["carla@customer.test"], "subject": "Offer",
         "sent_at": "2026-03-01T00:00:00Z", "labels": ["SentItems"]}})
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     assert ("mb-ann", "mem-1") not in state.messages
     assert state.sent_provider_ids[("mb-ann", mid)] == "mem-1"
 
@@ -233,10 +233,10 @@ def test_restart_resumes_from_the_durable_watermark(engine: Engine, db: str) -> 
     apply(engine, SEND)
     first = outbox(engine, db, fake)
     first.round()  # failed once: the request stays open, the watermark stays before it
-    assert first.tracking.position() < engine.store.max_position()
+    assert first.tracking.position() < engine.head()
     second = outbox(engine, db, fake)
     assert second.position == first.tracking.position()
     second.round()
     assert [a.ok for a in acks(engine)] == [True]
-    assert second.tracking.position() == engine.store.max_position()
-    assert outbox(engine, db, fake).position == engine.store.max_position()
+    assert second.tracking.position() == engine.head()
+    assert outbox(engine, db, fake).position == engine.head()

@@ -60,7 +60,7 @@ def answers(engine: Engine, at: datetime | None = None) -> dict[str, Any]:
 
 
 def checksums(engine: Engine) -> dict[str, str]:
-    return {p: engine.views.checksum(p) for p in PROJECTIONS}
+    return engine.checksums()
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_e3_postgres_and_sqlite_give_identical_answers_and_checksums(
     for chunk in (lines[:40], lines[40:]):  # two batches, as two CLI calls would
         a, b = lite.apply_lines(chunk), pg.apply_lines(chunk)
         assert (a.applied, a.unchanged, a.rejected) == (b.applied, b.unchanged, b.rejected)
-    assert pg.store.max_position() == lite.store.max_position()
+    assert pg.head() == lite.head()
     live = answers(lite)
     assert answers(pg) == live
     assert sum(1 for v in live.values() if v and v != "not found") >= 20  # non-trivial
@@ -111,10 +111,10 @@ def test_e3_rebuild_and_verify_on_postgres(engines: tuple[Engine, Engine],
     assert checksums(pg) == expected
     assert answers(pg) == before
     assert all(live == rebuilt for live, rebuilt in pg.verify().values())
-    assert pg.views.positions() == dict.fromkeys(PROJECTIONS, pg.store.max_position())
+    assert pg.positions() == dict.fromkeys(PROJECTIONS, pg.head())
     assert not {t for t in _tables(postgres_url) if "__" in t}  # scratch tables dropped
 
-    pg.views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
+    pg.stores().views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
     results = pg.verify()
     assert results["timeline"][0] != results["timeline"][1]
     assert results["mailbox"][0] == results["mailbox"][1]
@@ -137,22 +137,24 @@ def test_e3_rebuild_in_parts_equals_one_build_and_takes_in_what_was_appended_mea
         [orjson.dumps(c) for c in commands[250:]]
     lite.apply_lines(first + later)
     pg.apply_lines(first)
-    pg.views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
+    pg.stores().views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
     appended: list[int] = []
 
     def meanwhile(done: int, total: int) -> None:  # a writer appends while the parts build
         if not appended and done < total:
             appended.append(pg.apply_lines(later).applied)
 
-    sizes = pg.views.mailbox_sizes()  # type: ignore[attr-defined]
+    sizes = pg.stores().views.mailbox_sizes()  # type: ignore[attr-defined]
     assert sizes and sum(sizes.values()) == sum(
-        m.synced for m in pg.store.state(TENANT).mailboxes.values())  # parts balance by them
-    rebuild_in_parts(pg, postgres_url, postgres_env(postgres_url, schema=pg.views.schema),
-                     list(PROJECTIONS), 3, meanwhile, batch_size=5)
+        m.synced for m in pg.state(TENANT).mailboxes.values())  # parts balance by them
+    store, views = pg.stores()
+    env = postgres_env(postgres_url, schema=views.schema)  # type: ignore[attr-defined]
+    rebuild_in_parts(store, views, lambda suffix: PostgresViews(postgres_url, suffix=suffix),
+                     postgres_url, env, list(PROJECTIONS), 3, meanwhile, batch_size=5)
     assert appended and appended[0] > 0
-    assert pg.store.max_position() == lite.store.max_position()
+    assert pg.head() == lite.head()
     assert checksums(pg) == checksums(lite)  # the forged row is gone, the later events are in
-    assert pg.views.positions() == dict.fromkeys(PROJECTIONS, pg.store.max_position())
+    assert pg.positions() == dict.fromkeys(PROJECTIONS, pg.head())
     assert not {t for t in _tables(postgres_url) if "__" in t}  # scratch tables dropped
     pg.rebuild(parts=2)  # the CLI's way in (PostgreSQL: part processes)
     assert checksums(pg) == checksums(lite)
@@ -170,7 +172,7 @@ def test_a_rebuild_part_that_fails_fails_the_rebuild_and_swaps_nothing(
     with pytest.raises(StoreError, match=r"rebuild part \d of 2 failed: .*NoSuchEvent"):
         pg.rebuild(parts=2)
     assert checksums(pg) == before  # live views untouched
-    assert all(pos < pg.store.max_position() for pos in pg.views.positions().values())
+    assert all(pos < pg.head() for pos in pg.positions().values())
 
 
 def test_events_and_views_share_the_urls_schema(postgres_url: str, tmp_path: Path) -> None:
@@ -184,7 +186,7 @@ def test_events_and_views_share_the_urls_schema(postgres_url: str, tmp_path: Pat
     assert any(t.endswith("events") for t in tables), tables
     assert not (tmp_path / "unused.db").exists()
     again = open_engine(str(tmp_path / "unused.db"), postgres_url)  # second start: idempotent
-    assert again.store.max_position() > 5
+    assert again.head() > 5
     again.close()
 
 
@@ -210,11 +212,11 @@ def test_open_engine_reads_the_environment_and_falls_back_to_sqlite(
         postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMSYNC_POSTGRES_URL", postgres_url)
     engine = open_engine(str(tmp_path / "no.db"))
-    assert isinstance(engine.views, PostgresViews)
+    assert isinstance(engine.stores().views, PostgresViews)
     engine.close()
     monkeypatch.delenv("CRMSYNC_POSTGRES_URL")
     engine = open_engine(str(tmp_path / "yes.db"))
-    assert not isinstance(engine.views, PostgresViews)
+    assert not isinstance(engine.stores().views, PostgresViews)
     engine.close()
     assert (tmp_path / "yes.db").exists()
     assert not (tmp_path / "no.db").exists()

@@ -160,7 +160,7 @@ def test_shard_move_keeps_events_chain_and_answers(
     engine = open_engine("unused.db", default)
     try:
         before_answers = answers(engine, "acme")
-        before_log = engine.store.verify_log("acme")
+        before_log = engine.verify_log("acme")
     finally:
         engine.close()
     before_rows = rows_of(default, "acme")
@@ -180,7 +180,7 @@ def test_shard_move_keeps_events_chain_and_answers(
     assert rows_of(eu, "beta") == beta_rows  # the target's own tenant untouched
     engine = open_engine("unused.db", eu)
     try:
-        after_log = engine.store.verify_log("acme")
+        after_log = engine.verify_log("acme")
         assert after_log.failure is None and after_log.events == before_log.events
         assert after_log.heads == before_log.heads  # same chain head: events as stored
         assert answers(engine, "acme") == before_answers

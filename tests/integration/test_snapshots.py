@@ -41,8 +41,8 @@ def apply(engine: Engine, commands: list[dict[str, object]]) -> None:
 
 def folded_from_the_log(engine: Engine) -> TenantState:
     fresh = EventStore.__new__(EventStore)  # the same store, without snapshots or cache
-    fresh.app, fresh._states, fresh.snapshots = engine.store.app, {}, None
-    fresh.keys = engine.store.keys
+    fresh.app, fresh._states, fresh.snapshots = engine.stores().events.app, {}, None
+    fresh.keys = engine.stores().events.keys
     return fresh.state(TENANT)
 
 
@@ -55,18 +55,18 @@ def test_a_restarted_process_restores_the_snapshot_and_folds_only_what_came_afte
     first.close()
 
     second = open_engine(db, url)  # its first load folds the whole stream: it takes a snapshot
-    assert second.store.snapshots is not None
-    loaded = second.store.state(TENANT)
-    taken = second.store.snapshots.restore(TENANT)
+    assert second.stores().events.snapshots is not None
+    loaded = second.state(TENANT)
+    taken = second.stores().events.snapshots.restore(TENANT)
     assert taken is not None and taken.seq == loaded.seq > 20
     apply(second, commands[120:])
     second.close()
 
     third = open_engine(db, url)
-    assert third.store.snapshots is not None
-    restored = third.store.snapshots.restore(TENANT)
+    assert third.stores().events.snapshots is not None
+    restored = third.stores().events.snapshots.restore(TENANT)
     assert restored is not None and restored.seq == taken.seq  # still the one from the load
-    state = third.store.state(TENANT)
+    state = third.state(TENANT)
     assert state.seq > taken.seq  # folded on from the snapshot
     assert state == folded_from_the_log(third)
     third.close()
@@ -77,7 +77,7 @@ def test_a_snapshot_that_does_not_verify_or_comes_from_other_code_is_ignored(
     db = str(tmp_path / "crm.db")
     engine = Engine.open_sqlite(db)
     apply(engine, history(3, length=80))
-    state = engine.store.state(TENANT)
+    state = engine.state(TENANT)
     rows = SqliteSnapshotRows(db)
     snapshots = Snapshots(rows, SECRET.encode())
     snapshots.take(state)
@@ -94,8 +94,9 @@ def test_a_snapshot_that_does_not_verify_or_comes_from_other_code_is_ignored(
     assert version == code_version()
     assert snapshots.restore(TENANT) is None  # other code took it
     assert snapshots.restore("nobody") is None
-    engine.store.snapshots, engine.store._states = snapshots, {}
-    assert engine.store.state(TENANT) == state  # folded from the log instead
+    store = engine.stores().events
+    store.snapshots, store._states = snapshots, {}
+    assert engine.state(TENANT) == state  # folded from the log instead
     engine.close()
 
 
@@ -132,8 +133,9 @@ def test_a_restarted_projection_runner_starts_from_its_snapshot(
     engine = open_engine(db, url)
     engine.follow = False  # the views are written by the runner below, not by apply
     apply(engine, commands[:150])
+    store, views = engine.stores()  # the runner's way: it writes the views itself
     first = Projector()
-    read = catch_up(engine.store, engine.views, first)
+    read = catch_up(store, views, first)
     keep(engine, first, read)  # folded 20+ events: a snapshot at its position
     apply(engine, commands[150:])
 
@@ -141,8 +143,8 @@ def test_a_restarted_projection_runner_starts_from_its_snapshot(
     restore(engine, second)
     assert second.position == first.position > 20
     assert second.states == first.states
-    assert catch_up(engine.store, engine.views, second) == \
-        engine.store.max_position() - first.position  # only what came after the snapshot
+    assert catch_up(store, views, second) == \
+        engine.head() - first.position  # only what came after the snapshot
     verified = engine.verify()
     assert all(live == rebuilt for live, rebuilt in verified.values()), verified
     engine.close()
@@ -159,14 +161,15 @@ def test_a_runner_snapshot_ahead_of_the_views_starts_over(tmp_path: Path,
     engine = open_engine(str(tmp_path / "crm.db"), None)
     engine.follow = False
     apply(engine, history(4, length=60))
+    store, views = engine.stores()  # the runner's way: it writes the views itself
     projector = Projector()
-    keep(engine, projector, catch_up(engine.store, engine.views, projector))
+    keep(engine, projector, catch_up(store, views, projector))
     for name in ("timeline", "mailbox"):
-        engine.views.reset(name)  # e.g. restored from an older backup
+        views.reset(name)  # e.g. restored from an older backup
     again = Projector()
     restore(engine, again)
     assert again.position == projector.position
-    catch_up(engine.store, engine.views, again)
+    catch_up(store, views, again)
     verified = engine.verify()
     assert all(live == rebuilt for live, rebuilt in verified.values()), verified
     engine.close()

@@ -58,7 +58,7 @@ def test_e8_nul_in_a_stored_record_id_sticks_only_its_tenant(opener: str) -> Non
         assert records(engine, "b") == {"lead-b1", "lead-b2"}
         assert records(engine, "a") == {"lead-a1"}
         assert stuck_tenants(engine) == {"a": {bad}}
-        head = engine.store.max_position()
+        head = engine.head()
         assert all(v["position"] == head for v in lag(engine).values())
         engine.rebuild()  # does not die on it, and finds the same
         assert stuck_tenants(engine) == {"a": {bad}}

@@ -68,9 +68,9 @@ def test_two_workers_share_one_queue_and_lock_each_mailbox(postgres_url: str,
                  "history_id": n}))
         total = len(box.current())
         for _ in range(300):
-            synced = [e for _, e in setup.store.tenant_events("acme")
+            synced = [e for _, e in setup.events("acme")
                       if isinstance(e, ev.MessageSynced)]
-            state = setup.store.state("acme")
+            state = setup.state("acme")
             if len(synced) >= total and state.mailboxes["mbx"].cursor == str(len(box.history)):
                 break
             await asyncio.sleep(0.1)
@@ -81,8 +81,8 @@ def test_two_workers_share_one_queue_and_lock_each_mailbox(postgres_url: str,
             engine.close()
 
     asyncio.run(scenario())
-    ids = [e.message.id for _, e in setup.store.tenant_events("acme")
+    ids = [e.message.id for _, e in setup.events("acme")
            if isinstance(e, ev.MessageSynced)]
     assert len(ids) == len(set(ids)) == 60  # every message once (S14), none lost
-    assert setup.store.state("acme").mailboxes["mbx"].cursor == str(len(box.history))
+    assert setup.state("acme").mailboxes["mbx"].cursor == str(len(box.history))
     setup.close()

@@ -71,7 +71,7 @@ def worker_for(engine: Engine, gmail: FakeGmail, endpoint: FakeTokenEndpoint) ->
     tokens = {"gmail": TokenEndpoint("gmail", endpoint.url, "crm-client", "client-S3CRET")}
 
     def still_set(tenant: str, mailbox: str) -> bool:
-        found = engine.store.state(tenant).mailboxes.get(mailbox)
+        found = engine.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
     sources = ConfiguredSources(engine.credentials, gmail_url=gmail.url, tokens=tokens,
@@ -92,7 +92,7 @@ def test_a_401_refreshes_the_token_stores_it_and_retries(engine: Engine, gmail: 
     gmail.valid_tokens = {"ya29.fresh-1"}
     worker = worker_for(engine, gmail, endpoint)
     worker.catch_up()  # the first sync: its first request is refused, refreshed, retried
-    synced = [e for _, e in engine.store.tenant_events("acme") if isinstance(e, ev.MessageSynced)]
+    synced = [e for _, e in engine.events("acme") if isinstance(e, ev.MessageSynced)]
     assert len(synced) == 3
     assert endpoint.requests == [{"grant_type": "refresh_token", "refresh_token": REFRESH,
                                   "client_id": "crm-client", "client_secret": "client-S3CRET"}]
@@ -107,7 +107,7 @@ def test_a_401_refreshes_the_token_stores_it_and_retries(engine: Engine, gmail: 
     assert outcome.synced == 2 and len(endpoint.requests) == 1
     assert set(gmail.tokens_seen[2:]) == {"ya29.fresh-1"}
     # no token ever reaches the event log
-    log = b"".join(e.model_dump_json().encode() for _, e in engine.store.tenant_events("acme"))
+    log = b"".join(e.model_dump_json().encode() for _, e in engine.events("acme"))
     assert b"ya29." not in log and REFRESH.encode() not in log
 
 
@@ -145,7 +145,7 @@ def test_a_refused_refresh_token_fails_the_delivery_with_the_reason_and_no_secre
             return await process(worker, queue, fetched, LoopOptions(max_attempts=5))
 
         assert asyncio.run(once()) == "dead"  # at once: retrying cannot help
-        (dead,) = [e for _, e in engine.store.tenant_events("acme")
+        (dead,) = [e for _, e in engine.events("acme")
                    if isinstance(e, ev.DeliveryDeadLettered)]
         assert dead.attempts == 1 and "invalid_grant" in dead.error
         assert "reconnect the mailbox" in dead.error
@@ -248,7 +248,7 @@ def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
         stored = engine.credentials.get("acme", "mia-gmail")
         assert stored is not None and stored["access_token"] == "ya29.fresh-1"
         assert stored["refresh_token"] == REFRESH
-        state = engine.store.state("acme")
+        state = engine.state("acme")
         assert [m.delivery_status for m in state.messages.values()] == ["sent"]
     finally:
         server.close()

@@ -28,35 +28,28 @@ from domain.events import (
     UserDeactivated,
     UserReactivated,
 )
+from runners.services.apply import ApplyReport
 from runners.services.contact_sync import ContactSyncRunner, connection_of
-from runners.services.engine import ApplyReport
 
 _changes = itertools.count(1)
 _at = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-class FakeLog:
-    """The engine's event log as the runner reads it (`read_log`)."""
+class FakeEngine:
+    """What the runner needs of the Engine: the log to follow (`read_log`) and `apply_lines`
+    for the commands it issues (kept in `sent`). No domain behind it, so the runner's own
+    decisions are what the tests see, whatever the contact domain makes of the commands."""
 
     def __init__(self) -> None:
         self.events: list[LoggedEvent] = []
-
-    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
-        return [e for e in self.events if e.position > after][:limit]
-
-
-class FakeEngine:
-    """What the runner needs of the Engine: the log to follow and `apply_lines` for the
-    commands it issues (kept in `sent`). No domain behind it, so the runner's own decisions are
-    what the tests see, whatever the contact domain makes of the commands."""
-
-    def __init__(self) -> None:
-        self.store = FakeLog()
         self.sent: list[dict[str, Any]] = []
 
     def append(self, event: DomainEvent) -> None:
-        position = len(self.store.events) + 1
-        self.store.events.append(LoggedEvent(position, position, event))
+        position = len(self.events) + 1
+        self.events.append(LoggedEvent(position, position, event))
+
+    def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
+        return [e for e in self.events if e.position > after][:limit]
 
     def apply_lines(self, lines: Any, now: Any = None, **options: Any) -> ApplyReport:
         commands = [orjson.loads(line) for line in lines]

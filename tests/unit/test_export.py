@@ -59,8 +59,8 @@ def test_strip_content_nulls_content_fields_at_any_depth() -> None:
 
 def test_export_pages_through_the_stream_and_keeps_every_event_once_in_order() -> None:
     engine = _engine(history(3, length=80))
-    whole = list(scan_tenant(engine.store, "acme"))
-    paged = list(scan_tenant(engine.store, "acme", page=7))
+    whole = list(scan_tenant(engine.stores().events, "acme"))
+    paged = list(scan_tenant(engine.stores().events, "acme", page=7))
     assert [seq for seq, _ in paged] == list(range(1, len(whole) + 1))
     assert paged == whole
     lines = [json.loads(x) for x in export_lines(engine, "acme")]

@@ -11,7 +11,8 @@ import asyncio
 import json
 from typing import Any
 
-from adapters.http.api import MAX_BODY, create_app
+from adapters.http.api import create_app
+from adapters.http.limits import MAX_BODY
 from adapters.http.tokens import issue
 from runners.services.engine import Engine
 

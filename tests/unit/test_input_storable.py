@@ -132,7 +132,7 @@ def test_e8_rejected_over_the_cli_path_and_nothing_stored() -> None:
     report = engine.apply_lines([json.dumps({"tenant": T, **x}) for x in lines])
     assert report.applied == 1
     assert [(r[1], r[2]) for r in report.rejected] == [("CreateLead", "record")]
-    assert not [e for _, e in engine.store.tenant_events(T) if isinstance(e, ev.LeadCreated)]
+    assert not [e for _, e in engine.events(T) if isinstance(e, ev.LeadCreated)]
 
 
 def test_e8_a_provider_message_with_nul_is_skipped_and_the_batch_goes_on() -> None:
@@ -146,11 +146,11 @@ def test_e8_a_provider_message_with_nul_is_skipped_and_the_batch_goes_on() -> No
     sources.box("mia@acme.test").add(message(1), bad, message(3))
     worker = SyncWorker(engine, sources, batch_size=10)
     outcome = worker.sync_mailbox(MailboxRef(T, "mia-gmail"), None)
-    synced = [e.message.id for _, e in engine.store.tenant_events(T)
+    synced = [e.message.id for _, e in engine.events(T)
               if isinstance(e, ev.MessageSynced)]
     assert sorted(synced) == ["m1", "m3"]
     assert outcome.synced == 2
-    assert engine.store.state(T).mailboxes["mia-gmail"].cursor is not None
+    assert engine.state(T).mailboxes["mia-gmail"].cursor is not None
 
 
 def test_e8_service_diagnostics_are_cleaned_not_refused() -> None:

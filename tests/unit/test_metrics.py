@@ -40,7 +40,7 @@ def apply(engine: Engine, *commands: dict[str, Any]) -> list[tuple[int, str, str
 
 
 def appended_by_type(engine: Engine) -> Counter[str]:
-    return Counter(type(e).__name__ for _, e in engine.store.tenant_events(TENANT))
+    return Counter(type(e).__name__ for _, e in engine.events(TENANT))
 
 
 def test_events_appended_are_counted_by_type() -> None:
@@ -174,7 +174,7 @@ def test_sync_deliveries_latency_provider_errors_and_dead_letters_are_counted() 
     assert sample("crmsync_provider_errors_total", provider="gmail", kind="ProviderError") \
         - errors == 2
     assert sample("crmsync_dead_letters_total", runner="sync") - dead == 1
-    stored = sum(isinstance(e, ev.MessageSynced) for _, e in engine.store.tenant_events(TENANT))
+    stored = sum(isinstance(e, ev.MessageSynced) for _, e in engine.events(TENANT))
     assert sample("crmsync_events_appended_total", type="MessageSynced") - synced == stored == 1
 
 
@@ -212,14 +212,14 @@ class SqlView(EngineView):
     """An engine view with the SQL stores' mailbox_states (the memory views have none)."""
 
     def mailbox_states(self) -> Mapping[tuple[str, bool], int] | None:
-        docs = [row for rows in self.engine.views.scan("sync_status", TENANT).values()
+        docs = [row for rows in self.engine.committed_views().scan("sync_status", TENANT).values()
                 for row in rows.values()]
         return metrics.count_states(docs)
 
 
 def test_store_gauges_show_the_projection_lag_until_the_views_catch_up() -> None:
     engine = connected_engine()
-    head = engine.store.max_position()
+    head = engine.head()
     seen = families(metrics.StoreCollector(lambda: SqlView(engine)).collect())
     assert seen["crmsync_store_up"] == {(): 1}
     assert seen["crmsync_log_head_position"] == {(): head}

@@ -37,7 +37,7 @@ def test_e3_outbox_events_rebuild_equals_incremental_and_answers_follow() -> Non
     engine = Engine.open_in_memory()
     for step in STEPS:
         run(engine, step)
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     first, second = sorted(mid for (_, mid) in state.sent_provider_ids)
     run(engine,
         {"cmd": "AcknowledgeOutboundMail", "mailbox": "mb", "request": first,

@@ -28,13 +28,13 @@ def engine_with(seed: int, length: int = 160) -> Engine:
 
 def partitioned(engine: Engine, parts: int, target: int, end: int | None = None
                 ) -> tuple[MemoryViews, list[Projector]]:
-    views = MemoryViews()
+    views, log = MemoryViews(), engine.stores().events
     projectors = []
     for index in range(parts):
         projector = Projector(partition=Partition(index, parts))
-        build(engine.store, views, projector, batch_size=7, target=target, set_positions=False)
+        build(log, views, projector, batch_size=7, target=target, set_positions=False)
         if end is not None:
-            extend(engine.store, views, projector, end, batch_size=5)
+            extend(log, views, projector, end, batch_size=5)
         projectors.append(projector)
     views.write({}, {p: end or target for p in PROJECTIONS})
     return views, projectors
@@ -44,11 +44,11 @@ def partitioned(engine: Engine, parts: int, target: int, end: int | None = None
 @pytest.mark.parametrize("parts", [2, 3])
 def test_e3_partitioned_build_equals_one_build(seed: int, parts: int) -> None:
     engine = engine_with(seed)
-    end = engine.store.max_position()
-    live = {p: engine.views.checksum(p) for p in PROJECTIONS}
+    end = engine.head()
+    live = engine.checksums()
     views, projectors = partitioned(engine, parts, end)
     assert {p: views.checksum(p) for p in PROJECTIONS} == live
-    total = len(engine.store.state(TENANT).messages)
+    total = len(engine.state(TENANT).messages)
     held = [len(p.states[TENANT].messages) for p in projectors]
     assert sum(held) == total  # each message folded by exactly one part
     if parts == 3:  # the history's three mailboxes fall into three different parts
@@ -58,10 +58,10 @@ def test_e3_partitioned_build_equals_one_build(seed: int, parts: int) -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_e3_parts_that_catch_up_after_their_build_equal_one_build(seed: int) -> None:
     engine = engine_with(seed)
-    end = engine.store.max_position()
+    end = engine.head()
     views, _ = partitioned(engine, 2, end // 2, end)
     assert {p: views.checksum(p) for p in PROJECTIONS} == \
-        {p: engine.views.checksum(p) for p in PROJECTIONS}
+        engine.checksums()
 
 
 def test_the_filter_before_decoding_keeps_every_part_its_own_mail_and_everything_else() -> None:
@@ -76,7 +76,7 @@ def test_the_filter_before_decoding_keeps_every_part_its_own_mail_and_everything
 
 def test_a_thread_mark_is_narrowed_to_the_parts_threads() -> None:
     engine = engine_with(2)
-    state = engine.store.state(TENANT)
+    state = engine.state(TENANT)
     part = Partition(0, 3)
     own = [t for t, th in state.threads.items() if part.owns_mailbox(th.mailbox)]
     other = [t for t, th in state.threads.items() if not part.owns_mailbox(th.mailbox)]
@@ -127,11 +127,11 @@ def test_balanced_parts_take_mailboxes_largest_first_to_the_least_loaded() -> No
 @pytest.mark.parametrize("seed", range(3))
 def test_e3_parts_with_an_assignment_equal_one_build(seed: int) -> None:
     engine = engine_with(seed)
-    end = engine.store.max_position()
-    views = MemoryViews()
+    end = engine.head()
+    views, log = MemoryViews(), engine.stores().events
     for index in range(2):  # mb0 alone in part 1, the rest (and anything new) by hash
-        build(engine.store, views, Projector(partition=Partition(index, 2, {"mb0": 1})),
+        build(log, views, Projector(partition=Partition(index, 2, {"mb0": 1})),
               batch_size=9, target=end, set_positions=False)
     views.write({}, dict.fromkeys(PROJECTIONS, end))
     assert {p: views.checksum(p) for p in PROJECTIONS} == \
-        {p: engine.views.checksum(p) for p in PROJECTIONS}
+        engine.checksums()

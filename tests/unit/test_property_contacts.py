@@ -99,11 +99,12 @@ class Run:
         return f"{field}-{self.serial}"
 
     def contacts(self) -> list[str]:
-        state = self.engine.store.state(TENANT)
+        state = self.engine.state(TENANT)
         return sorted(r.id for r in state.records.values() if r.type == "contact")
 
     def rows(self) -> dict[str, Any]:
-        return {rid: self.engine.views.rows("contact", TENANT, rid) for rid in self.contacts()}
+        views = self.engine.committed_views()
+        return {rid: views.rows("contact", TENANT, rid) for rid in self.contacts()}
 
 
 def iso(when: datetime) -> str:
@@ -117,7 +118,7 @@ def pick(options: list[str], slot: int) -> str:
 def _step(run: Run, step: Step) -> None:
     kind, args = step
     contacts = run.contacts()
-    state = run.engine.store.state(TENANT)
+    state = run.engine.state(TENANT)
     merged_away = sorted(state.contacts.merged_into)
     live = [c for c in contacts if c not in state.contacts.merged_into]
     if kind == "ext":

@@ -59,12 +59,13 @@ def test_e3_rebuild_equals_incremental_whatever_the_batches_and_restarts(seed: i
         position += step
         if rng.random() < 0.3:
             engine.projector = Projector()  # a killed runner comes back with nothing in memory
-    live = {p: engine.views.checksum(p) for p in PROJECTIONS}
+    live = engine.checksums()
 
+    log = engine.stores().events
     for order in (list(PROJECTIONS), list(reversed(PROJECTIONS))):
         scratch = MemoryViews()
         for name in order:  # projections rebuilt one by one, in either order, tiny batches
-            catch_up(engine.store, scratch, Projector([name]), batch_size=rng.randint(1, 50))
+            catch_up(log, scratch, Projector([name]), batch_size=rng.randint(1, 50))
         assert {p: scratch.checksum(p) for p in PROJECTIONS} == live
 
     results = engine.verify()
@@ -75,7 +76,7 @@ def test_e3_rebuild_equals_incremental_whatever_the_batches_and_restarts(seed: i
 def test_e3_a_view_that_differs_is_reported_by_verify() -> None:
     engine = Engine.open_in_memory()
     engine.apply_lines(lines(history(1, length=30)))
-    engine.views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
+    engine.stores().views.write({"timeline": {(TENANT, "c0"): {"forged": {"thread": "x"}}}}, {})
     results = engine.verify()
     assert results["timeline"][0] != results["timeline"][1]
     assert results["mailbox"][0] == results["mailbox"][1]
@@ -100,16 +101,16 @@ def test_e5_applying_the_same_file_twice_with_command_ids_changes_nothing() -> N
     engine = Engine.open_in_memory()
     first = engine.apply_lines(lines(commands))
     before = answers(engine)
-    checksums = {p: engine.views.checksum(p) for p in PROJECTIONS}
-    seq = engine.store.state(TENANT).seq
+    checksums = engine.checksums()
+    seq = engine.state(TENANT).seq
     second = engine.apply_lines(lines(commands))
     assert first.applied > 20
     assert second.applied == 0
     assert second.unchanged == first.applied + first.unchanged
     assert answers(engine) == before
-    assert {p: engine.views.checksum(p) for p in PROJECTIONS} == checksums
+    assert engine.checksums() == checksums
     # only audit records of the rejected lines were added, no state change
-    assert engine.store.state(TENANT).seq - seq == len(second.rejected)
+    assert engine.state(TENANT).seq - seq == len(second.rejected)
 
 
 def test_e5_redelivered_provider_message_is_one_message() -> None:
@@ -117,7 +118,7 @@ def test_e5_redelivered_provider_message_is_one_message() -> None:
     sync = next(c for c in commands if c["cmd"] == "SyncMessage")
     engine = Engine.open_in_memory()
     engine.apply_lines(lines(commands))
-    seq = engine.store.state(TENANT).seq
+    seq = engine.state(TENANT).seq
     report = engine.apply_lines(lines([{**sync, "at": "2027-01-01T00:00:00+00:00"}]))
     assert report.unchanged == 1
-    assert engine.store.state(TENANT).seq == seq
+    assert engine.state(TENANT).seq == seq

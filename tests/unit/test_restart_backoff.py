@@ -113,7 +113,7 @@ class StopWhenCaughtUp:
 
     def wait(self, timeout: float) -> bool:
         self.waits += 1
-        if min(self.engine.views.positions().values()) >= self.store.max_position():
+        if min(self.engine.positions().values()) >= self.store.max_position():
             self.stop.set()
         return False
 
@@ -129,36 +129,38 @@ def users(engine: Engine, n: int) -> None:
 
 
 def test_projection_runner_outlives_a_store_outage_and_catches_up() -> None:
-    engine = Engine.open_in_memory()
+    seeded = Engine.open_in_memory()
+    seeded.follow = False
+    users(seeded, 7)
+    real, views = seeded.stores()
+    engine = Engine(cast(EventStore, FlakyLog(real, failures=4)), views)  # the same stores
     engine.follow = False
-    users(engine, 7)
-    real = engine.store
-    engine.store = cast(EventStore, FlakyLog(real, failures=4))
     stop, slept = threading.Event(), []
     waiter = StopWhenCaughtUp(engine, real, stop)
     projection_runner.run(engine, waiter, stop=stop, batch_size=3,
                           backoff=Backoff(base=1.0, cap=3.0, jitter=lambda: 1.0),
                           sleep=slept.append)
     assert slept == [1.0, 2.0, 3.0, 3.0]  # backed off through the outage, capped
-    positions = engine.views.positions()
+    positions = engine.positions()
     assert set(positions.values()) == {real.max_position()} and real.max_position() == 7
-    engine.store = real
-    checks = engine.verify()  # the views equal a rebuild from the log: nothing lost or doubled
+    checks = seeded.verify()  # the views equal a rebuild from the log: nothing lost or doubled
     assert checks and all(live == rebuilt for live, rebuilt in checks.values())
 
 
 def test_projection_runner_still_ends_on_a_bug() -> None:
-    engine = Engine.open_in_memory()
-    users(engine, 1)
+    seeded = Engine.open_in_memory()
+    users(seeded, 1)
 
     class Broken(FlakyLog):
         def max_position(self) -> int:
             raise RuntimeError("a bug")
 
-    engine.store = cast(EventStore, Broken(engine.store, 0))
+    store, views = seeded.stores()
+    broken = cast(EventStore, Broken(store, 0))
+    engine = Engine(broken, views)
     stop = threading.Event()
     try:
-        projection_runner.run(engine, StopWhenCaughtUp(engine, engine.store, stop), stop=stop,
+        projection_runner.run(engine, StopWhenCaughtUp(engine, broken, stop), stop=stop,
                               sleep=lambda _: None)
     except RuntimeError as exc:
         assert str(exc) == "a bug"
@@ -218,7 +220,7 @@ class Queue(FakeWorkQueue):
 
 
 def synced(engine: Engine) -> list[str]:
-    return [e.message.id for _, e in engine.store.tenant_events(TENANT)
+    return [e.message.id for _, e in engine.events(TENANT)
             if isinstance(e, ev.MessageSynced)]
 
 
@@ -314,7 +316,7 @@ def test_the_outbox_takes_its_lock_again_after_an_outage_and_resumes_from_the_wa
     outbox.run(worker, StopAfterWaits(stop), stop=stop, sleep=slept.append,
                backoff=Backoff(base=1.0, cap=10.0, jitter=lambda: 0.0))
     assert slept == [0.5, 1.0, 2.0] and tracking.sessions == 1
-    assert worker.position == engine.store.max_position() == 2  # read on from the watermark
+    assert worker.position == engine.head() == 2  # read on from the watermark
 
 
 # -- bounded PostgreSQL recorder calls ------------------------------------------------------------
@@ -374,7 +376,7 @@ def test_postgres_event_store_defaults_leave_explicit_settings_alone() -> None:
 def test_e6_a_command_without_at_read_its_clock_before_the_latest_event_is_applied() -> None:
     engine = Engine.open_in_memory()
     users(engine, 1)
-    latest = engine.store.state(TENANT).last_at
+    latest = engine.state(TENANT).last_at
     assert latest is not None
     earlier = latest - timedelta(seconds=3)  # `now` read before another writer appended
     command = parse_command(json.dumps({"tenant": TENANT, "cmd": "AddUser", "user": "late",
@@ -415,10 +417,11 @@ class TermWhenIdle:
 
 
 def test_contact_sync_outlives_a_store_outage() -> None:
-    engine = Engine.open_in_memory()
-    users(engine, 2)
-    flaky = CountingLog(engine.store, failures=2)
-    engine.store = cast(EventStore, flaky)
+    seeded = Engine.open_in_memory()
+    users(seeded, 2)
+    store, views = seeded.stores()
+    flaky = CountingLog(store, failures=2)
+    engine = Engine(cast(EventStore, flaky), views)
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         assert run_contacts(engine, None, TermWhenIdle(), interval=3600, poll=0.01,

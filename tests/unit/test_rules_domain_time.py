@@ -126,7 +126,7 @@ def test_e6_a_recorded_rejection_of_a_future_at_does_not_date_the_tenant_ahead()
         {"cmd": "CreateLead", "record": "next", "owner": "mia", "name": "N",
          "emails": ["n@x.test"]})], now=now)
     assert [(n, f) for n, _, f, _ in report.rejected] == [(2, "at")]
-    events = [e for _, e in engine.store.tenant_events(TENANT)]
+    events = [e for _, e in engine.events(TENANT)]
     assert [type(e).__name__ for e in events] == ["UserAdded", "CommandRejected", "LeadCreated"]
     assert all(e.occurred_at <= now for e in events)  # recorded at the clock, not in 2999
 
@@ -190,7 +190,7 @@ def raced_engine(races: int, ahead: timedelta = timedelta(hours=1)) -> tuple[Eng
 
 def kinds(engine: Engine) -> dict[str, int]:
     out: dict[str, int] = {}
-    for _, event in engine.store.tenant_events(TENANT):
+    for _, event in engine.events(TENANT):
         out[type(event).__name__] = out.get(type(event).__name__, 0) + 1
     return out
 
@@ -251,7 +251,7 @@ def test_e6_a_batch_that_still_fails_is_not_acked_and_moves_no_cursor(error: Exc
     sources = FakeSources()
     worker = SyncWorker(engine, sources, batch_size=3)
     worker.catch_up()  # first sync: an empty mailbox, cursor "0"
-    assert engine.store.state(TENANT).mailboxes["mia-gmail"].cursor == "0"
+    assert engine.state(TENANT).mailboxes["mia-gmail"].cursor == "0"
     sources.box(ADDRESS).add(*(message(i) for i in range(1, 8)))
     queue = FakeWorkQueue()
     payload = orjson.dumps({"delivery_id": "gmail:1", "subscription": "s",
@@ -267,7 +267,7 @@ def test_e6_a_batch_that_still_fails_is_not_acked_and_moves_no_cursor(error: Exc
     # given back either way: a conflict as a retry, a store error as an outage (no attempt counted)
     assert asyncio.run(once()) in ("retry", "outage")
     assert queue.acked == [] and "gmail:1" in queue.items  # given back to the queue
-    state = engine.store.state(TENANT)
+    state = engine.state(TENANT)
     assert state.mailboxes["mia-gmail"].cursor == "0"
     assert kinds(engine).get("MessageSynced", 0) == 0
     store.failing = False

@@ -122,10 +122,10 @@ def _engine_threads(batch: int) -> tuple[dict[str, str], dict[str, str]]:
         for start in range(0, len(commands), batch):
             engine.execute_batch(commands[start:start + batch], now=T0 + timedelta(days=1),
                                  correlation_id="b")  # E6: `at` not ahead of the clock
-        live = engine.store.state(TENANT)
+        live = engine.state(TENANT)
         got = {pid: live.messages[("mb-ann", pid)].thread for pid, *_ in RAW}
         folded = TenantState(TENANT)  # a rebuild: fold the stored events afresh
-        for seq, event in engine.store.tenant_events(TENANT, after=0):
+        for seq, event in engine.events(TENANT, after=0):
             evolve(folded, event, seq)
         rebuilt = {pid: folded.messages[("mb-ann", pid)].thread for pid, *_ in RAW}
         return got, rebuilt

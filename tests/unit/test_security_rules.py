@@ -11,7 +11,7 @@ import orjson
 import pytest
 from rulekit import CUSTOMER, apply, at, kinds, lead, office, rejection, run
 
-from adapters.http.api import RateLimit
+from adapters.http.limits import RateLimit
 from adapters.http.tokens import (
     SERVICE_TTL,
     USER_TTL,
@@ -30,7 +30,7 @@ from domain.state import TenantState
 from domain.visibility import access
 from runners.bootstrap.settings import load_settings
 from runners.entrypoints.serve import rate_limit
-from runners.services.engine import REJECTION_TEXT, bounded, bounded_rejection
+from runners.services.apply import REJECTION_TEXT, bounded, bounded_rejection
 
 SECRET = b"unit-secret-0123456789abcdef"
 T = 1_800_000_000
@@ -239,7 +239,7 @@ def test_e8_operator_rejections_are_stored_cut_on_the_cli() -> None:
     junk = orjson.dumps({"tenant": "acme", "cmd": "Q" * 1_000_000, "actor": "A" * 1_000_000})
     report = engine.apply_lines([junk])
     assert len(report.rejected) == 1
-    log = engine.store.read_log(0, 10)
+    log = engine.read_log(0, 10)
     assert len(log) == 2
     stored = log[1].event
     text = stored.model_dump_json().encode()

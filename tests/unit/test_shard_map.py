@@ -14,7 +14,7 @@ import pytest
 
 from runners.bootstrap import shards
 from runners.bootstrap.shards import DEFAULT, ShardMap, ShardMapError
-from runners.services.engine import ApplyReport
+from runners.services.apply import ApplyReport
 
 A = "postgresql://pg@h1/crm"
 B = "postgresql://pg@h2/crm?options=-csearch_path%3Deu"

@@ -23,7 +23,7 @@ LATER = datetime(2100, 1, 1, tzinfo=UTC)
 
 def stuck_at(engine: Engine) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
-    for (_, tenant), mark in engine.views.stuck().items():
+    for (_, tenant), mark in engine.stuck().items():
         out.setdefault(tenant, set()).add(mark.position)
     return out
 
@@ -37,7 +37,7 @@ def test_e8_a_tenant_whose_event_cannot_be_folded_is_stuck_and_the_others_go_on(
     assert records(engine, "b") == {"lead-b1", "lead-b2"}
     assert records(engine, "a") == {"lead-a1"}  # what came before stays; later events wait
     assert stuck_at(engine) == {"a": {bad}}
-    marks = engine.views.stuck()
+    marks = engine.stuck()
     assert {p for p, _ in marks} == set(PROJECTIONS)
     assert "KeyError" in marks[("timeline", "a")].error
     assert str(bad) in marks[("timeline", "a")].error
@@ -58,7 +58,7 @@ def test_e8_a_row_that_cannot_be_stored_sticks_its_tenant_only() -> None:
     assert records(engine, "b") == {"lead-b1", "lead-b2"}
     assert records(engine, "a") == {"lead-a1"}
     assert stuck_at(engine) == {"a": {bad}}
-    assert "cannot be stored" in engine.views.stuck()[("directory", "a")].error
+    assert "cannot be stored" in engine.stuck()[("directory", "a")].error
 
 
 class Refusing(MemoryViews):

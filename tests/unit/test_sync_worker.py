@@ -53,7 +53,7 @@ def gmail_delivery(n: int, address: str = ADDRESS, attempts: int = 1) -> Deliver
 
 
 def events(engine: Engine) -> list[ev.DomainEvent]:
-    return [e for _, e in engine.store.tenant_events(TENANT)]
+    return [e for _, e in engine.events(TENANT)]
 
 
 def of(engine: Engine, cls: type[ev.DomainEvent]) -> list[Any]:
@@ -61,7 +61,7 @@ def of(engine: Engine, cls: type[ev.DomainEvent]) -> list[Any]:
 
 
 def mailbox(engine: Engine) -> Any:
-    return engine.store.state(TENANT).mailboxes["mia-gmail"]
+    return engine.state(TENANT).mailboxes["mia-gmail"]
 
 
 def test_s2_first_sync_backfills_the_window_only_and_stores_the_cursor() -> None:
@@ -80,10 +80,10 @@ def test_s14_a_redelivered_webhook_changes_nothing() -> None:
     engine, sources, worker = setup()
     sources.box(ADDRESS).add(message(1), message(2))
     worker.handle(gmail_delivery(1))
-    before = engine.store.state(TENANT).seq
+    before = engine.state(TENANT).seq
     again = worker.handle(gmail_delivery(1))
     assert again.synced == 0 and again.events == 0
-    assert engine.store.state(TENANT).seq == before
+    assert engine.state(TENANT).seq == before
 
 
 def test_changes_since_the_cursor_sync_update_and_advance_in_batches() -> None:
@@ -93,14 +93,14 @@ def test_changes_since_the_cursor_sync_update_and_advance_in_batches() -> None:
     worker.handle(gmail_delivery(1))
     box.add(*(message(i) for i in range(2, 9)))
     box.update(message(1, labels=["INBOX", "STARRED"], read=True))
-    seq_before = engine.store.state(TENANT).seq
+    seq_before = engine.state(TENANT).seq
     outcome = worker.handle(gmail_delivery(2))
     assert outcome.synced == 7
     updated = of(engine, ev.MessageUpdated)
     assert [(u.id, u.labels, u.read) for u in updated] == [("m1", ["INBOX", "STARRED"], True)]
     assert mailbox(engine).cursor == str(len(box.history))
     # 7 SyncMessage + 1 UpdateMessage + 1 AdvanceMailboxCursor in batches of 3 commands
-    assert engine.store.state(TENANT).seq == seq_before + 9
+    assert engine.state(TENANT).seq == seq_before + 9
     cursor_events = of(engine, ev.MailboxCursorAdvanced)
     assert cursor_events[-1].delivery_id == "gmail:2"
 

@@ -64,11 +64,11 @@ def command(engine: Engine, clock: Clock, cmd: dict[str, Any]) -> None:
 
 
 def of(engine: Engine, cls: type[Any]) -> list[Any]:
-    return [e for _, e in engine.store.tenant_events(TENANT) if isinstance(e, cls)]
+    return [e for _, e in engine.events(TENANT) if isinstance(e, cls)]
 
 
 def push_of(engine: Engine) -> Any:
-    return engine.store.state(TENANT).mailboxes["mbx"].push
+    return engine.state(TENANT).mailboxes["mbx"].push
 
 
 def lifecycle(subscription: str, event: str, n: int = 1) -> Delivery:
@@ -109,7 +109,7 @@ def test_the_tick_creates_a_subscription_for_a_connected_mailbox_and_records_it(
     assert sources.box(ADDRESS).calls[calls_before:] == ["subscribe", "changes"]
     assert worker.maintain_push() == []  # nothing due now
     # the clientState never enters an event
-    assert all("s3cret" not in e.model_dump_json() for _, e in engine.store.tenant_events(TENANT))
+    assert all("s3cret" not in e.model_dump_json() for _, e in engine.events(TENANT))
 
 
 def test_missed_lifecycle_notification_catches_up_from_the_cursor() -> None:
@@ -122,7 +122,7 @@ def test_missed_lifecycle_notification_catches_up_from_the_cursor() -> None:
     outcome = worker.handle(lifecycle("sub-1", "missed"))
     assert outcome.synced == 2 and synced(engine) == {"m1", "m2", "m3"}
     assert not outcome.resynced  # a delta from the stored cursor, not a backfill
-    assert engine.store.state(TENANT).mailboxes["mbx"].cursor == str(len(box.history))
+    assert engine.state(TENANT).mailboxes["mbx"].cursor == str(len(box.history))
     assert of(engine, ev.MailboxCursorAdvanced)[-1].delivery_id == \
         lifecycle("sub-1", "missed").delivery_id
 
@@ -166,7 +166,7 @@ def test_unknown_subscription_id_is_logged_and_acknowledged_like_an_unknown_mail
     queue = FakeWorkQueue()
     delivery = lifecycle("nobody-knows-me", "missed")
     asyncio.run(queue.publish("graph", delivery.delivery_id, delivery.payload))
-    seq = engine.store.state(TENANT).seq
+    seq = engine.state(TENANT).seq
 
     async def once() -> str:
         (fetched,) = await queue.fetch(1, 0)
@@ -178,7 +178,7 @@ def test_unknown_subscription_id_is_logged_and_acknowledged_like_an_unknown_mail
     assert [(x["event"], x["subscription_id"]) for x in logs
             if x["event"] == "delivery_unknown_subscription"] == [
         ("delivery_unknown_subscription", "nobody-knows-me")]
-    assert engine.store.state(TENANT).seq == seq  # recorded in no tenant
+    assert engine.state(TENANT).seq == seq  # recorded in no tenant
 
 
 def test_renewal_on_the_tick_follows_the_clock() -> None:

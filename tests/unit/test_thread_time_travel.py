@@ -66,7 +66,7 @@ def test_e4_thread_fold_answers_as_the_full_replay_with_deletions_and_marks() ->
 def test_e4_thread_fold_answers_as_the_full_replay_on_random_histories(seed: int) -> None:
     commands = history(seed, length=60)
     engine = _apply(commands)
-    state = engine.store.state("acme")
+    state = engine.state("acme")
     users = sorted(state.users)
     threads = sorted(state.threads)
     assert threads
