@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from adapters.credentials.store import PostgresCredentialStore
+from adapters.credentials.store_postgres import PostgresCredentialStore
 from adapters.errors import StoreError
 from adapters.eventstore.snapshots import (
     PostgresSnapshotRows,

@@ -19,7 +19,8 @@ from typing import Any, Protocol, cast
 import orjson
 import structlog
 
-from adapters.credentials.store import CredentialStore, SqliteCredentialStore
+from adapters.credentials.store import CredentialStore
+from adapters.credentials.store_sqlite import SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.eventstore.store import EventStore
 from adapters.gc_pause import paused_gc
