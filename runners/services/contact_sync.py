@@ -64,12 +64,7 @@ from adapters.providers.graph.contacts import (
     GraphContactsClient,
 )
 from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
-from adapters.tracking.contact_sync import (
-    ContactSyncStore,
-    MemoryKeyValues,
-    PostgresKeyValues,
-    SqliteKeyValues,
-)
+from adapters.tracking.contact_sync import ContactSyncStore, MemoryKeyValues
 from domain.events import (
     ContactSyncConnected,
     DomainEvent,
@@ -468,9 +463,13 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
 def open_state(engine: Engine, postgres: str | None) -> ContactSyncStore:
     """The runner's state beside the engine's: the PostgreSQL schema, else the SQLite file."""
     if postgres:
+        from adapters.tracking.contact_sync_postgres import PostgresKeyValues
+
         return ContactSyncStore(PostgresKeyValues(postgres))
     if engine.path is None:
         return ContactSyncStore(MemoryKeyValues())
+    from adapters.tracking.contact_sync_sqlite import SqliteKeyValues
+
     return ContactSyncStore(SqliteKeyValues(engine.path))
 
 
