@@ -39,7 +39,7 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from adapters.eventstore.mailbox_locks import PostgresLocks
+from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 from adapters.eventstore.store import EventStore, stream_id
 from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
