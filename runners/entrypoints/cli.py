@@ -475,7 +475,7 @@ def _caught_up(engine: Engine) -> bool:
 
 
 def _export(engine: Engine, args: argparse.Namespace) -> int:
-    from adapters.eventstore.scan_postgres import tenant_exists
+    from adapters.eventstore.scan import tenant_exists
     from runners.services.export import export_lines
 
     out = sys.stdout.buffer

@@ -15,7 +15,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from adapters.eventstore.scan_postgres import Prefilter, scan_tenant
+from adapters.eventstore.scan import Prefilter, scan_tenant
 from domain import events as ev
 from projections import admin
 from runners.services.audit import require_admin
