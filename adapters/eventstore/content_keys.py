@@ -8,7 +8,8 @@ by a tombstone (no key bytes, the time of destruction): the content sealed with 
 read again, and no new key is ever issued for that user, so a writer racing the deletion cannot
 store readable content of theirs afterwards.
 
-The master key is `$CRMSYNC_CONTENT_KEY` (32 bytes, base64). Without it the embedded SQLite store
+The master key is `$CRMSYNC_CONTENT_KEY` (32 bytes, base64), handed in by the composition root
+(runners.bootstrap; adapters do not read the environment). Without it the embedded SQLite store
 uses a 0600 key file beside the database (`<db>.content-key`), created on first use; PostgreSQL
 refuses to seal content (StoreError naming the variable). Keys are cached unwrapped in memory;
 `refresh()` (called once per page read) drops the cache when any key was destroyed since, so
@@ -249,8 +250,3 @@ class MemoryContentKeys(ContentKeys):
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return []  # in memory nothing survives a crash: no intents to keep
-
-
-def master_key_from_env() -> bytes | None:
-    text = os.environ.get(KEY_ENV)
-    return parse_master_key(text, KEY_ENV) if text else None

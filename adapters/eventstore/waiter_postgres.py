@@ -1,4 +1,4 @@
-"""Waiting for new events: LISTEN/NOTIFY on PostgreSQL, with polling as the fallback.
+"""Waiting for new events on PostgreSQL: LISTEN/NOTIFY, with polling as the fallback.
 
 eventsourcing's PostgreSQL recorder sends NOTIFY on its channel when events are committed. A
 waiter returns when a notification arrives or when the poll interval has passed, whichever comes
@@ -8,7 +8,6 @@ runner can never fall silent.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg
@@ -16,24 +15,6 @@ from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Identifier
 
 from adapters.views.postgres import KEEPALIVES
-
-
-class PollingWaiter:
-    """Waits the poll interval (SQLite, in-memory); `wake` ends a wait early."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def wait(self, timeout: float) -> bool:
-        woken = self._event.wait(timeout)
-        self._event.clear()
-        return woken
-
-    def wake(self) -> None:
-        self._event.set()
-
-    def close(self) -> None:
-        self._event.set()
 
 
 class PostgresWaiter:

@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from psycopg.conninfo import conninfo_to_dict
-
 if TYPE_CHECKING:
     from runners.services.engine import ApplyReport, Engine
 
@@ -89,14 +87,12 @@ class ShardMap:
 
 def _location(name: str, url: str) -> tuple[str, ...]:
     """(host, port, dbname, schema) of a shard's URL: two shards may not share one."""
-    from runners.bootstrap.config import search_path_schema
+    from runners.bootstrap.config_postgres import location
 
     try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    except Exception as exc:  # psycopg.ProgrammingError and friends: say which shard
+        return location(url)
+    except ValueError as exc:
         raise ShardMapError(f"shard {name!r}: not a PostgreSQL URL: {exc}") from None
-    return (params.get("host", ""), params.get("port", ""), params.get("dbname", ""),
-            search_path_schema(params.get("options", "")) or "")
 
 
 def parse_line(text: str) -> ShardMap:

@@ -250,13 +250,17 @@ def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | Non
         return lambda: None
     probe = None
     if worker != "webhooks":
-        from runners.bootstrap.config import open_postgres, postgres_url
+        from runners.bootstrap.config import postgres_url
         from runners.services.engine import Engine
 
         url = postgres_url(postgres)
 
         def opener() -> Engine:
-            return open_postgres(url) if url else Engine.open_sqlite(db)
+            if url:
+                from runners.bootstrap.config_postgres import open_postgres
+
+                return open_postgres(url)
+            return Engine.open_sqlite(db)
 
         probe = Probe(opener, names=names, gate_lag=url is not None)
     return serve_probe(port, probe)

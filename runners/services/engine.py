@@ -198,9 +198,10 @@ class Engine:
 
     @classmethod
     def open_sqlite(cls, path: str) -> Engine:
-        key = load_settings().secret("CREDENTIALS_KEY")
-        return cls(EventStore.sqlite(path), SqliteViews(path), path,
-                   credentials=SqliteCredentialStore(path, key))
+        settings = load_settings()
+        return cls(EventStore.sqlite(path, settings.secret("CONTENT_KEY")), SqliteViews(path),
+                   path, credentials=SqliteCredentialStore(path,
+                                                           settings.secret("CREDENTIALS_KEY")))
 
     def close(self) -> None:
         if self._follower is not None:

@@ -116,7 +116,7 @@ def test_serve_and_runner_metrics_and_readiness_follow_the_lag(postgres_url: str
 
 
 def test_readyz_503_when_postgresql_refuses_connections() -> None:
-    from runners.bootstrap.config import open_postgres
+    from runners.bootstrap.config_postgres import open_postgres
 
     port = free_port()  # nothing listens there
     url = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2"

@@ -21,7 +21,8 @@ from adapters.errors import StoreError
 from adapters.views.postgres import PostgresViews
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.bootstrap.config import open_engine, postgres_env
+from runners.bootstrap.config import open_engine
+from runners.bootstrap.config_postgres import postgres_env
 from runners.services.engine import Engine
 from runners.services.rebuild import rebuild_in_parts
 
