@@ -262,10 +262,13 @@ UNSET_LIMIT = RateLimit(1, 1)  # placeholder: `create_app` makes a default limit
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                token_max_age: int | None = None,
                rate_limit: RateLimit | None = UNSET_LIMIT, replay_slots: int = REPLAY_SLOTS,
-               replay_queue: int = REPLAY_QUEUE) -> FastAPI:
-    """The API over `engine`; `rate_limit` None: no limit, unset: the default limit."""
+               replay_queue: int = REPLAY_QUEUE, stale_sync_seconds: int | None = None
+               ) -> FastAPI:
+    """The API over `engine`; `rate_limit` None: no limit, unset: the default limit;
+    `stale_sync_seconds`: the problems' default stale threshold (None: 24 h)."""
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
+    app.state.stale_sync_seconds = stale_sync_seconds
     limit = RateLimit(DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST) \
         if rate_limit is UNSET_LIMIT else rate_limit
     engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)

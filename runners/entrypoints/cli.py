@@ -234,7 +234,8 @@ def _query(engine: Engine, args: argparse.Namespace) -> Any:
         from runners.services import admin
 
         if args.kind == "problems":
-            return admin.problems(engine, *common, stale_seconds=args.stale_after)
+            return admin.problems(engine, *common, stale_seconds=args.stale_after
+                                  or load_settings().STALE_SYNC_SECONDS)
         return admin.settings(engine, *common)
     return engine.query_status(*common, args.mailbox, at=args.at)
 

@@ -78,7 +78,8 @@ def serve(engine: Engine, host: str, port: int) -> int:
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     workers = replay_workers()
     app = create_app(engine, secret, token_max_age=max_token_age(),
-                     replay_slots=max(1, workers), rate_limit=rate_limit(settings))
+                     replay_slots=max(1, workers), rate_limit=rate_limit(settings),
+                     stale_sync_seconds=settings.STALE_SYNC_SECONDS)
     pool = replay_pool(engine, workers)
     # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
     # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
@@ -111,7 +112,9 @@ def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
     from adapters.metrics import prometheus as metrics
     from runners.entrypoints.health import Probe, add_routes, collector
 
-    probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False)
+    settings = load_settings()
+    probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False,
+                  max_lag=settings.READY_MAX_LAG, timeout=settings.READY_TIMEOUT)
     add_routes(app, probe.ready)
     return metrics.register(collector(probe))
 
