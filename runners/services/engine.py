@@ -20,13 +20,11 @@ import orjson
 import structlog
 
 from adapters.credentials.store import CredentialStore
-from adapters.credentials.store_sqlite import SqliteCredentialStore
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.eventstore.store import EventStore
 from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
 from adapters.views.memory import MemoryViews
-from adapters.views.sqlite import SqliteViews
 from domain.commands import Command, parse_command
 from domain.decide import MAX_AHEAD, decide, rejection_event
 from domain.errors import Rejection
@@ -157,6 +155,13 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
 
 
+def _sqlite_scratch(path: str) -> ScratchFactory:
+    """Scratch views (rebuild, verify) beside an embedded engine's SQLite file."""
+    from adapters.views.sqlite import SqliteViews
+
+    return lambda suffix: SqliteViews(path, suffix=suffix)
+
+
 class Engine:
     # seconds a command (or a sync batch) keeps retrying against concurrent writers
     retry_for: float = 60.0
@@ -169,7 +174,7 @@ class Engine:
         self.credentials = credentials  # None (in memory): ConnectMailbox credentials are dropped
         self.path = path
         if scratch is None and path is not None:
-            scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
+            scratch = _sqlite_scratch(path)
         self.scratch = scratch  # None: rebuild in place, verify in memory
         # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
         self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
@@ -198,6 +203,11 @@ class Engine:
 
     @classmethod
     def open_sqlite(cls, path: str) -> Engine:
+        # imported here: the engine's own module loads no database driver (the SQLite ones are
+        # the embedded engine's; PostgreSQL engines are built in runners.bootstrap)
+        from adapters.credentials.store_sqlite import SqliteCredentialStore
+        from adapters.views.sqlite import SqliteViews
+
         settings = load_settings()
         return cls(EventStore.sqlite(path, settings.secret("CONTENT_KEY")), SqliteViews(path),
                    path, credentials=SqliteCredentialStore(path,
