@@ -59,6 +59,12 @@ def parse_master_key(text: str, source: str) -> bytes:
         raise StoreError(str(exc)) from None
 
 
+def configured_master_key(text: str | None) -> bytes | None:
+    """The configured master key (base64 text of $CRMSYNC_CONTENT_KEY, handed in), None when
+    none is configured."""
+    return parse_master_key(text, KEY_ENV) if text else None
+
+
 def key_file_master_key(db_path: str) -> bytes:
     """The master key of an embedded store: `<db>.content-key`, created 0600 when missing."""
     path = Path(db_path + KEY_FILE_SUFFIX)

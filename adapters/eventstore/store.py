@@ -41,10 +41,9 @@ from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
 from adapters.eventstore.content_keys import (
-    KEY_ENV,
     ContentKeys,
     MemoryContentKeys,
-    parse_master_key,
+    configured_master_key,
 )
 from adapters.eventstore.snapshots import Snapshots
 from adapters.gc_pause import paused_gc
@@ -683,8 +682,7 @@ def _content_keys(env: dict[str, str]) -> ContentKeys:
     """The content key store beside the events (L2), by persistence module; the master key is
     the env's CONTENT_KEY (passed by the composition root: adapters do not read the
     environment)."""
-    text = env.get(CONTENT_KEY)
-    master = parse_master_key(text, KEY_ENV) if text else None
+    master = configured_master_key(env.get(CONTENT_KEY))
     module = env.get("PERSISTENCE_MODULE", "")
     if module == "eventsourcing.sqlite":
         path = env["SQLITE_DBNAME"]

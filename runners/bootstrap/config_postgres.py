@@ -72,17 +72,23 @@ def postgres_env(url: str, schema: str | None = None,
 
 
 def open_postgres(url: str) -> Engine:
+    settings = load_settings()
+    content_key = settings.secret("CONTENT_KEY")
     with startup_lock(url):  # processes starting together create the tables one at a time
-        views = PostgresViews(url)  # creates the schema and view tables on first start
+        # creates the schema and view tables on first start
+        views = PostgresViews(url, content_key=content_key)
         try:
-            store = EventStore(postgres_env(url, schema=views.schema))
-            credentials = PostgresCredentialStore(url, load_settings().secret("CREDENTIALS_KEY"))
+            store = EventStore(postgres_env(url, schema=views.schema, settings=settings))
+            credentials = PostgresCredentialStore(url, settings.secret("CREDENTIALS_KEY"))
         except BaseException:
             views.close()
             raise
-    engine = Engine(store, views, scratch=lambda suffix: PostgresViews(url, suffix=suffix),
-                    credentials=credentials)
-    store_env = postgres_env(url, schema=views.schema)
+
+    def scratch(suffix: str) -> PostgresViews:
+        return PostgresViews(url, suffix=suffix, content_key=content_key)
+
+    engine = Engine(store, views, scratch=scratch, credentials=credentials)
+    store_env = postgres_env(url, schema=views.schema, settings=settings)
 
     def in_parts(names: list[str], parts: int, progress: Progress | None) -> None:
         rebuild_in_parts(engine, url, store_env, names, parts, progress)

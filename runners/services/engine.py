@@ -21,7 +21,7 @@ import structlog
 
 from adapters.credentials.store import CredentialStore
 from adapters.errors import ConcurrencyConflict, StoreError
-from adapters.eventstore.store import EventStore
+from adapters.eventstore.store import CONTENT_KEY, EventStore
 from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
 from adapters.views.memory import MemoryViews
@@ -155,11 +155,11 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
 
 
-def _sqlite_scratch(path: str) -> ScratchFactory:
+def _sqlite_scratch(path: str, content_key: str | None) -> ScratchFactory:
     """Scratch views (rebuild, verify) beside an embedded engine's SQLite file."""
     from adapters.views.sqlite import SqliteViews
 
-    return lambda suffix: SqliteViews(path, suffix=suffix)
+    return lambda suffix: SqliteViews(path, suffix=suffix, content_key=content_key)
 
 
 class Engine:
@@ -174,7 +174,7 @@ class Engine:
         self.credentials = credentials  # None (in memory): ConnectMailbox credentials are dropped
         self.path = path
         if scratch is None and path is not None:
-            scratch = _sqlite_scratch(path)
+            scratch = _sqlite_scratch(path, store.env.get(CONTENT_KEY))
         self.scratch = scratch  # None: rebuild in place, verify in memory
         # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
         self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
@@ -209,7 +209,8 @@ class Engine:
         from adapters.views.sqlite import SqliteViews
 
         settings = load_settings()
-        return cls(EventStore.sqlite(path, settings.secret("CONTENT_KEY")), SqliteViews(path),
+        content_key = settings.secret("CONTENT_KEY")
+        return cls(EventStore.sqlite(path, content_key), SqliteViews(path, content_key=content_key),
                    path, credentials=SqliteCredentialStore(path,
                                                            settings.secret("CREDENTIALS_KEY")))
 

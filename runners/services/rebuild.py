@@ -36,7 +36,7 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
                count: int, target: int, batch_size: int, assigned: dict[str, int],
                conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
-    from adapters.eventstore.store import EventStore
+    from adapters.eventstore.store import CONTENT_KEY, EventStore
     from adapters.gc_pause import paused_gc
     from adapters.views.postgres import PostgresViews, startup_lock
     from projections.partition import Partition
@@ -46,7 +46,7 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time
             store = EventStore(store_env)
-            views = PostgresViews(url, suffix=suffix)
+            views = PostgresViews(url, suffix=suffix, content_key=store_env.get(CONTENT_KEY))
         try:
             projector = Projector(names, partition=Partition(index, count, assigned))
             batches = [0]
