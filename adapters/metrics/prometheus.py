@@ -8,14 +8,16 @@ providers, outcomes, route templates), never from caller input, so cardinality s
 
 Several receiver processes on one port (`run webhooks --workers N`) share
 PROMETHEUS_MULTIPROC_DIR: each writes its own files there and any of them (or the parent's
-metrics port) exposes the sum (`registry()`).
+metrics port) exposes the sum (`registry(multiproc_dir)`). prometheus_client reads that
+variable itself, at import, to keep values in files; the directory to sum is handed in by the
+entrypoint (runners.entrypoints.health), as every setting is: adapters do not read the
+environment.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -200,16 +202,15 @@ def count_states(docs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, bool], in
 
 
 # -- exposition ----------------------------------------------------------------------------------
-def registry() -> CollectorRegistry:
+def registry(multiproc_dir: str | None = None) -> CollectorRegistry:
     """The registry to expose: this process's, or the sum over every process writing to
-    PROMETHEUS_MULTIPROC_DIR."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if not path:
+    `multiproc_dir` (PROMETHEUS_MULTIPROC_DIR)."""
+    if not multiproc_dir:
         return REGISTRY
     from prometheus_client import multiprocess
 
     merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(merged, multiproc_dir)  # type: ignore[no-untyped-call]
     for collector in list(_collectors):  # the store gauges: read, not summed
         merged.register(collector)
     return merged
@@ -230,8 +231,9 @@ def register(collector: Collector) -> Callable[[], None]:
     return remove
 
 
-def exposition(source: CollectorRegistry | None = None) -> tuple[bytes, str]:
-    return generate_latest(source or registry()), CONTENT_TYPE_LATEST
+def exposition(source: CollectorRegistry | None = None, multiproc_dir: str | None = None
+               ) -> tuple[bytes, str]:
+    return generate_latest(source or registry(multiproc_dir)), CONTENT_TYPE_LATEST
 
 
 class RouteTimer:

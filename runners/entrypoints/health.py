@@ -16,6 +16,7 @@ at start makes the runner not ready rather than unable to answer.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -156,7 +157,9 @@ def answer(path: str, ready: Ready | None) -> tuple[int, bytes, str]:
             return 200, b'{"status":"ready"}', "application/json"
         return 503, orjson.dumps({"status": "not ready", "reason": reason}), "application/json"
     if path == "/metrics":
-        body, kind = metrics.exposition()
+        # prometheus_client's own variable (not a crmsync setting): `run webhooks` sets it
+        # for its receiver processes, which all expose the sum over its files
+        body, kind = metrics.exposition(multiproc_dir=os.environ.get(metrics.MULTIPROC_ENV))
         return 200, body, kind
     return 404, b'{"detail":"not found"}', "application/json"
 

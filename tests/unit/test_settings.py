@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_variable_the_code_names_is_a_documented_setting() -> None:
     named: set[str] = set()
     for folder in ("adapters", "runners", "projections", "domain"):
-        for path in (ROOT / folder).glob("*.py"):
+        for path in (ROOT / folder).rglob("*.py"):
             named |= set(re.findall(r"\bCRMSYNC_[A-Z_]*[A-Z]\b", path.read_text()))
     named -= {"CRMSYNC_WEBHOOKS"}  # the default JetStream stream's name, not a variable
     known = {PREFIX + name for name in Settings.model_fields}
