@@ -230,7 +230,10 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
         sys.stderr.write("crmsync: --workers N > 1 needs CRMSYNC_NATS_URL (JetStream); the "
                          "SQLite inbox takes one receiver process\n")
         return EXIT_USAGE
-    os.environ[WEBHOOK_DB_ENV] = db  # read by every receiver process's factory
+    # uvicorn starts each receiver process from an import string (`factory=True`), with no
+    # arguments: the environment is the one channel to it, so `--db` goes there as a setting
+    # that the factory's load_settings() reads (a write here; the read stays in settings.py)
+    os.environ[WEBHOOK_DB_ENV] = db
     log.info("serving_webhooks", host=host, port=port, workers=workers,
              inbox="JetStreamInbox" if settings.NATS_URL else "SqliteInbox")
     with shared_metrics(workers):
