@@ -17,7 +17,6 @@ and replays (`at`) are bounded (`ReplayLane`).
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,12 +30,12 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.errors import StoreError
 from adapters.http import models as m
 from adapters.http.admin import add_admin_routes
 from adapters.http.audit import add_audit_routes
+from adapters.http.request_timing import RequestTiming
 from adapters.http.tokens import InvalidToken, Principal, refusal, status_refusal, verify
 from adapters.http.ui import add_ui_routes
 from domain import permissions
@@ -124,40 +123,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                                                   "retry after Retry-After seconds"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
 }
-
-
-class RequestLog:
-    """One JSON log line per request with its id (X-Request-ID, given or made), as a plain ASGI
-    middleware: Starlette's BaseHTTPMiddleware cost about a millisecond per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", ())
-                      if k == b"x-request-id"), "")
-        rid = given if given.isascii() and 0 < len(given) <= 64 and given.isprintable() \
-            else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()),
-                                      (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info("request", request_id=rid, method=scope["method"], path=scope["path"],
-                     status=status, ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 class RateLimit:
@@ -402,7 +367,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
         log.exception("internal_error", request_id=getattr(request.state, "request_id", None))
         return JSONResponse({"detail": "internal error"}, 500)
 
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestTiming)  # the one middleware: timed once, logged, measured
     # auditor routes (access, access history, export) before the catch-all thread route
     add_audit_routes(app, engine, answer, writer, log_position)
 

@@ -165,7 +165,8 @@ def answer(path: str, ready: Ready | None) -> tuple[int, bytes, str]:
 
 
 def add_routes(app: FastAPI, ready: Ready | None) -> None:
-    """/healthz, /readyz and /metrics on an application, and its requests timed by route."""
+    """/healthz, /readyz and /metrics on an application, and its requests timed by route
+    (by the API's own RequestTiming where it has one: one middleware times a request once)."""
     from fastapi import Response
     from starlette.concurrency import run_in_threadpool
 
@@ -184,7 +185,10 @@ def add_routes(app: FastAPI, ready: Ready | None) -> None:
 
     for path, handler in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics_)):
         app.add_api_route(path, handler, methods=["GET"], include_in_schema=False)
-    app.add_middleware(metrics.RouteTimer)
+    from adapters.http.request_timing import RequestTiming
+
+    if not any(getattr(m, "cls", None) is RequestTiming for m in app.user_middleware):
+        app.add_middleware(RequestTiming, log=False)
 
 
 class _Handler(BaseHTTPRequestHandler):
