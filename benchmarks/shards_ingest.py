@@ -48,7 +48,7 @@ def writer(url: str, tenants: list[str], messages: int, batch: int, start_at: An
            out: Any) -> None:
     from adapters.eventstore.store import EventStore
     from benchmarks.generate import append_all, history
-    from runners.bootstrap.config import postgres_env
+    from runners.bootstrap.config_postgres import postgres_env
 
     store = EventStore(postgres_env(url))
     prepared = {t: list(history(t, 20, 100, messages, 0, seed=hash(t) & 0xFFFF))
@@ -72,7 +72,7 @@ def run_layout(base: str, shards: int, tenants: int, messages: int, writers: int
         urls = [_db_url(base, n) for n in names]
         for url in urls:  # tables made once, before the writers race to make them
             from adapters.eventstore.store import EventStore
-            from runners.bootstrap.config import postgres_env
+            from runners.bootstrap.config_postgres import postgres_env
 
             EventStore(postgres_env(url)).close()
         ctx = mp.get_context("spawn")

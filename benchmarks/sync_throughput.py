@@ -39,12 +39,13 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from adapters.eventstore.mailbox_locks import PostgresLocks
+from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 from adapters.eventstore.store import EventStore, stream_id
 from adapters.providers.sources import Changes, ResyncPage
 from domain import events as ev
 from domain.state import Mailbox
-from runners.bootstrap.config import open_engine, postgres_env
+from runners.bootstrap.config import open_engine
+from runners.bootstrap.config_postgres import postgres_env
 from runners.services.engine import Engine
 
 T0 = datetime.now(UTC) - timedelta(days=1)

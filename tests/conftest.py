@@ -40,13 +40,15 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def postgres_env(postgres_url: str) -> dict[str, str]:
-    """eventsourcing's settings for the same fresh schema."""
+    """eventsourcing's settings for the same fresh schema, with the content master key."""
     url = urlparse(POSTGRES_URL)
     schema = postgres_url.rsplit("%3D", 1)[1]
-    return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": url.path[1:],
-            "POSTGRES_HOST": url.hostname or "127.0.0.1", "POSTGRES_PORT": str(url.port or 5432),
-            "POSTGRES_USER": url.username or "postgres", "POSTGRES_PASSWORD": url.password or "",
-            "POSTGRES_SCHEMA": schema}
+    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": url.path[1:],
+           "POSTGRES_HOST": url.hostname or "127.0.0.1", "POSTGRES_PORT": str(url.port or 5432),
+           "POSTGRES_USER": url.username or "postgres", "POSTGRES_PASSWORD": url.password or "",
+           "POSTGRES_SCHEMA": schema}
+    key = os.environ.get("CRMSYNC_CONTENT_KEY")
+    return {**env, "CONTENT_KEY": key} if key else env
 
 
 @pytest.fixture

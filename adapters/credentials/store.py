@@ -11,37 +11,33 @@ The key is `$CRMSYNC_CREDENTIALS_KEY` (32 bytes, base64). Without it, the embedd
 uses a key file beside the database (`<db>.credentials-key`, created 0600 on the first write);
 the PostgreSQL store refuses to store credentials. Library errors become CredentialStoreError;
 no secret (key, token, password, plaintext) is ever logged or put in a message.
+
+This module is the port and what both backends share; each backend is a module of its own that
+imports only its driver (`store_sqlite`, `store_postgres`), so the embedded engine never loads
+psycopg.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import os
-import sqlite3
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from psycopg.rows import TupleRow
 
 from adapters.errors import CredentialStoreError
 from adapters.key_text import decode_key
-from adapters.private_files import private_file
 
 KEY_ENV = "CRMSYNC_CREDENTIALS_KEY"
 KEY_FILE_SUFFIX = ".credentials-key"
 _AAD_VERSION = "crmsync.credentials.v1"
 
-_TABLES = (
+TABLES = (
     "CREATE TABLE IF NOT EXISTS mailbox_credentials (tenant TEXT NOT NULL, mailbox TEXT NOT NULL, "
     "nonce {blob} NOT NULL, ciphertext {blob} NOT NULL, key_id TEXT NOT NULL, "
     "updated_at TEXT NOT NULL, PRIMARY KEY (tenant, mailbox))",
@@ -89,7 +85,7 @@ def _aad(tenant: str, mailbox: str) -> bytes:
     return orjson.dumps([_AAD_VERSION, tenant, mailbox])
 
 
-class _SqlCredentialStore(ABC):
+class SqlCredentialStore(ABC):
     """The shared implementation; subclasses run SQL (written with `?` placeholders)."""
 
     backend = ""
@@ -184,125 +180,3 @@ class _SqlCredentialStore(ABC):
                   "ON CONFLICT (id) DO UPDATE SET position = CASE WHEN excluded.position > "
                   "mailbox_credentials_erasure.position THEN excluded.position "
                   "ELSE mailbox_credentials_erasure.position END", (position,))
-
-
-class SqliteCredentialStore(_SqlCredentialStore):
-    """In the engine's SQLite file; the configured key, else the key file beside it."""
-
-    backend = "SQLite"
-
-    def __init__(self, path: str, key: str | None = None) -> None:
-        super().__init__(key)
-        self.path = path
-        self.key_path = f"{path}{KEY_FILE_SUFFIX}"
-        self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
-                                         check_same_thread=False)
-            for statement in _TABLES:
-                self._conn.execute(statement.format(blob="BLOB"))
-        except sqlite3.Error as exc:
-            raise CredentialStoreError(f"cannot open the credential store (SQLite): {exc}"
-                                       ) from exc
-
-    def _run(self, doing: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return list(self._conn.execute(sql, tuple(params)).fetchall())
-            except sqlite3.Error as exc:
-                raise CredentialStoreError(f"cannot {doing} (SQLite): {exc}") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def _load_key(self, create: bool) -> bytes | None:
-        try:
-            return self._read_key_file()
-        except FileNotFoundError:
-            if not create:
-                return None
-        key = os.urandom(32)
-        tmp = f"{self.key_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(base64.b64encode(key).decode() + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, self.key_path)  # atomic, and never over another process's key
-            except FileExistsError:
-                return self._read_key_file()
-            return key
-        except OSError as exc:
-            raise CredentialStoreError(f"cannot create the key file {self.key_path}: "
-                                       f"{exc.strerror}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    def _read_key_file(self) -> bytes:
-        try:
-            with open(self.key_path, encoding="ascii") as key_file:
-                mode = os.fstat(key_file.fileno()).st_mode
-                text = key_file.read()
-        except FileNotFoundError:
-            raise
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not ASCII"
-            raise CredentialStoreError(f"cannot read the key file {self.key_path}: {reason}"
-                                       ) from None
-        if mode & 0o077:
-            raise CredentialStoreError(f"the key file {self.key_path} is readable by others "
-                                       f"(mode {mode & 0o777:o}); chmod 600 it")
-        return parse_key(text, f"the key file {self.key_path}")
-
-
-class PostgresCredentialStore(_SqlCredentialStore):
-    """In the URL's schema; stores credentials only with $CRMSYNC_CREDENTIALS_KEY set."""
-
-    backend = "PostgreSQL"
-
-    def __init__(self, url: str, key: str | None = None) -> None:
-        super().__init__(key)
-        self.url = url
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[TupleRow] | None = None
-        for statement in _TABLES:
-            self._run("create the credential tables", statement.format(blob="bytea"))
-
-    def _connect(self) -> psycopg.Connection[TupleRow]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        return self._conn
-
-    def _run(self, doing: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                with self._cursor() as cur:
-                    cur.execute(sql.replace("?", "%s"), tuple(params))
-                    return list(cur.fetchall()) if cur.description is not None else []
-            except psycopg.Error as exc:
-                raise CredentialStoreError(f"cannot {doing} (PostgreSQL): {exc}") from None
-
-    @contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor[TupleRow]]:
-        conn = self._connect()
-        with conn.transaction(), conn.cursor() as cur:
-            yield cur
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _load_key(self, create: bool) -> bytes | None:
-        if create:
-            raise CredentialStoreError(f"cannot store mailbox credentials: {KEY_ENV} is not set "
-                                       "(32 random bytes, base64; e.g. `openssl rand -base64 "
-                                       "32`); with PostgreSQL no key is generated")
-        return None

@@ -30,29 +30,15 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from adapters.deliveries.delivery_ids import check_delivery_id, check_provider
 from adapters.deliveries.model import WebhookDelivery, encode
 from adapters.errors import DeliveryStoreError
 
 DEFAULT_STREAM = "CRMSYNC_WEBHOOKS"
 DEFAULT_SUBJECT_PREFIX = "crmsync.webhooks"
 MAX_AGE = 7 * 24 * 3600.0  # seconds a delivery stays in the stream
-_PROVIDER = re.compile(r"[a-z0-9_-]{1,32}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 log = structlog.get_logger("crmsync.jetstream_inbox")
-
-
-def check_provider(provider: str) -> str:
-    """Providers name subjects and rows: lowercase letters, digits, `_` and `-` only."""
-    if not _PROVIDER.fullmatch(provider):
-        raise ValueError(f"not a provider name: {provider[:40]!r}")
-    return provider
-
-
-def check_delivery_id(delivery_id: str) -> str:
-    """Dedup ids go into a header: 1-512 printable ASCII characters without spaces."""
-    if not (0 < len(delivery_id) <= 512 and re.fullmatch(r"[\x21-\x7e]+", delivery_id)):
-        raise ValueError(f"not a delivery id: {delivery_id[:40]!r}")
-    return delivery_id
 
 
 class JetStreamInbox:

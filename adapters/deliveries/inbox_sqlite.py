@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from adapters.deliveries.inbox_jetstream import check_delivery_id, check_provider
+from adapters.deliveries.delivery_ids import check_delivery_id, check_provider
 from adapters.deliveries.model import WebhookDelivery, encode
 from adapters.errors import DeliveryStoreError
 from adapters.private_files import private_file

@@ -29,11 +29,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from adapters.deliveries.inbox_jetstream import (
-    DEFAULT_STREAM,
-    DEFAULT_SUBJECT_PREFIX,
-    check_provider,
-)
+from adapters.deliveries.delivery_ids import check_provider
+from adapters.deliveries.inbox_jetstream import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
 from adapters.deliveries.work_queue import DeadLetter, Delivery
 from adapters.errors import DeliveryStoreError
 

@@ -8,7 +8,8 @@ by a tombstone (no key bytes, the time of destruction): the content sealed with 
 read again, and no new key is ever issued for that user, so a writer racing the deletion cannot
 store readable content of theirs afterwards.
 
-The master key is `$CRMSYNC_CONTENT_KEY` (32 bytes, base64). Without it the embedded SQLite store
+The master key is `$CRMSYNC_CONTENT_KEY` (32 bytes, base64), handed in by the composition root
+(runners.bootstrap; adapters do not read the environment). Without it the embedded SQLite store
 uses a 0600 key file beside the database (`<db>.content-key`), created on first use; PostgreSQL
 refuses to seal content (StoreError naming the variable). Keys are cached unwrapped in memory;
 `refresh()` (called once per page read) drops the cache when any key was destroyed since, so
@@ -58,6 +59,12 @@ def parse_master_key(text: str, source: str) -> bytes:
         return decode_key(text, source)
     except ValueError as exc:
         raise StoreError(str(exc)) from None
+
+
+def configured_master_key(text: str | None) -> bytes | None:
+    """The configured master key (base64 text of $CRMSYNC_CONTENT_KEY, handed in), None when
+    none is configured."""
+    return parse_master_key(text, KEY_ENV) if text else None
 
 
 def key_file_master_key(db_path: str) -> bytes:
@@ -253,8 +260,3 @@ class MemoryContentKeys(ContentKeys):
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return []  # in memory nothing survives a crash: no intents to keep
-
-
-def master_key_from_env() -> bytes | None:
-    text = os.environ.get(KEY_ENV)
-    return parse_master_key(text, KEY_ENV) if text else None

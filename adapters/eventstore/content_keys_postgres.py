@@ -1,32 +1,42 @@
 """Content keys (adapters.eventstore.content_keys) in the PostgreSQL schema of the events.
 
-Needs `$CRMSYNC_CONTENT_KEY`: there is no file beside a server to keep a master key in, so
-without it content is refused (StoreError), as the credential store refuses credentials. A
-destroyed key's tuple stays in the table's pages until VACUUM and in every earlier backup and
-WAL archive: see docs/decisions.md for what an operator has to do.
+Needs `$CRMSYNC_CONTENT_KEY` (the `master` it is given): there is no file beside a server to
+keep a master key in, so without it content is refused (StoreError), as the credential store
+refuses credentials. A destroyed key's tuple stays in the table's pages until VACUUM and in every
+earlier backup and WAL archive: see docs/decisions.md for what an operator has to do.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from adapters.errors import StoreError
-from adapters.eventstore.content_keys import KEY_ENV, TABLE, ContentKeys, master_key_from_env
+from adapters.eventstore.content_keys import KEY_ENV, TABLE, ContentKeys
 
 
 class PostgresContentKeys(ContentKeys):
-    def __init__(self, conninfo: str, schema: str | None) -> None:
-        super().__init__(master_key_from_env(), f"{KEY_ENV} is not set (PostgreSQL has no "
-                                                "key file)")
+    def __init__(self, conninfo: str, schema: str | None, master: bytes | None = None) -> None:
+        super().__init__(master, f"{KEY_ENV} is not set (PostgreSQL has no key file)")
         self._conninfo = conninfo
         self._schema = schema
         self._conn_lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._run(TABLE.format(blob="BYTEA"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], master: bytes | None) -> PostgresContentKeys:
+        """Beside the events of an eventsourcing PostgreSQL env (POSTGRES_* settings)."""
+        conninfo = make_conninfo(
+            dbname=env.get("POSTGRES_DBNAME"), host=env.get("POSTGRES_HOST"),
+            port=env.get("POSTGRES_PORT"), user=env.get("POSTGRES_USER"),
+            password=env.get("POSTGRES_PASSWORD") or None,
+            connect_timeout=env.get("POSTGRES_CONNECT_TIMEOUT") or None)
+        return cls(conninfo, env.get("POSTGRES_SCHEMA"), master)
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:

@@ -12,17 +12,13 @@ import threading
 from typing import Any
 
 from adapters.errors import StoreError
-from adapters.eventstore.content_keys import (
-    TABLE,
-    ContentKeys,
-    key_file_master_key,
-    master_key_from_env,
-)
+from adapters.eventstore.content_keys import TABLE, ContentKeys, key_file_master_key
 
 
 class SqliteContentKeys(ContentKeys):
-    def __init__(self, path: str) -> None:
-        super().__init__(master_key_from_env() or key_file_master_key(path))
+    def __init__(self, path: str, master: bytes | None = None) -> None:
+        """`master`: the configured master key; None: the key file beside `path`."""
+        super().__init__(master or key_file_master_key(path))
         self._db_lock = threading.Lock()  # one connection, used by the server's threads
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

@@ -22,9 +22,11 @@ import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
+from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, Recorder
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.sql import SQL, Identifier
 from psycopg_pool import PoolTimeout
 
 ATTEMPTS = 2
@@ -85,3 +87,15 @@ class BoundedPostgresRecorder(PostgresApplicationRecorder):
     select_events = bounded(PostgresApplicationRecorder.select_events)
     select_notifications = bounded(PostgresApplicationRecorder.select_notifications)
     max_notification_id = bounded(PostgresApplicationRecorder.max_notification_id)
+
+
+def log_position(recorder: Recorder, stream: UUID, seq: int) -> int | None:
+    """The log position (notification id) of event `seq` of `stream`; None without one."""
+    assert isinstance(recorder, PostgresApplicationRecorder)
+    query = SQL("SELECT notification_id FROM {}.{} WHERE originator_id = %s AND "
+                "originator_version = %s").format(
+        Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+    with recorder.datastore.transaction(commit=False) as cur:
+        cur.execute(query, (stream, seq))
+        found = cur.fetchone()
+        return int(found["notification_id"]) if found else None

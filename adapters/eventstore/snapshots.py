@@ -15,7 +15,8 @@ state holds mail subjects (SPEC L2: content is never stored in plaintext). A use
 hold that user's subjects; the states folded after it hold none.
 
 Stored one row per tenant (the newest wins), in the event store's database: SQLite beside the
-events, PostgreSQL in the URL's schema. Errors are `StoreError`.
+events, PostgreSQL in the URL's schema (`snapshots_sqlite`, `snapshots_postgres`: each imports
+only its driver). Errors are `StoreError`.
 """
 
 from __future__ import annotations
@@ -25,31 +26,26 @@ import hashlib
 import hmac
 import os
 import pickle
-import sqlite3
 import sys
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import domain
-from adapters.errors import StoreError
 from adapters.gc_pause import paused_gc
 from domain.state import TenantState
 
-_TABLE = ("CREATE TABLE IF NOT EXISTS tenant_snapshots (tenant TEXT PRIMARY KEY, version TEXT "
-          "NOT NULL, seq BIGINT NOT NULL, mac {blob} NOT NULL, state {blob} NOT NULL)")
-_UPSERT = ("INSERT INTO tenant_snapshots VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (tenant) "
-           "DO UPDATE SET version = excluded.version, seq = excluded.seq, mac = excluded.mac, "
-           "state = excluded.state WHERE tenant_snapshots.version <> excluded.version "
-           "OR tenant_snapshots.seq < excluded.seq")
+TABLE = ("CREATE TABLE IF NOT EXISTS tenant_snapshots (tenant TEXT PRIMARY KEY, version TEXT "
+         "NOT NULL, seq BIGINT NOT NULL, mac {blob} NOT NULL, state {blob} NOT NULL)")
+UPSERT = ("INSERT INTO tenant_snapshots VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (tenant) "
+          "DO UPDATE SET version = excluded.version, seq = excluded.seq, mac = excluded.mac, "
+          "state = excluded.state WHERE tenant_snapshots.version <> excluded.version "
+          "OR tenant_snapshots.seq < excluded.seq")
 PROJECTOR = "\x1fprojection-runner"  # the row of the projection runners' states (no tenant's id)
-_SELECT = "SELECT version, seq, mac, state FROM tenant_snapshots WHERE tenant = {p}"
-_DELETE = "DELETE FROM tenant_snapshots WHERE tenant IN ({p}, {p})"
+SELECT = "SELECT version, seq, mac, state FROM tenant_snapshots WHERE tenant = {p}"
+DELETE = "DELETE FROM tenant_snapshots WHERE tenant IN ({p}, {p})"
 
 
 @functools.cache
@@ -165,70 +161,3 @@ class Snapshots:
 
     def close(self) -> None:
         self.rows.close()
-
-
-class SqliteSnapshotRows:
-    def __init__(self, path: str) -> None:
-        try:
-            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.execute("PRAGMA secure_delete=ON")  # a discarded snapshot's pages
-            self.conn.execute(_TABLE.format(blob="BLOB"))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the snapshot table: {exc}") from exc
-
-    def delete(self, tenant: str) -> None:
-        try:
-            self.conn.execute(_DELETE.format(p="?"), (tenant, PROJECTOR))
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot delete a snapshot: {exc}") from exc
-
-    def read(self, tenant: str) -> tuple[str, int, bytes, bytes] | None:
-        try:
-            row = self.conn.execute(_SELECT.format(p="?"), (tenant,)).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read a snapshot: {exc}") from exc
-        return None if row is None else (str(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]))
-
-    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
-        try:
-            self.conn.execute(_UPSERT.format(p="?"), (tenant, version, seq, mac, blob))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write a snapshot: {exc}") from exc
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class PostgresSnapshotRows:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        with self._conn("create the table of") as conn:
-            conn.execute(_TABLE.format(blob="BYTEA"))
-
-    @contextmanager
-    def _conn(self, doing: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        try:
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot {doing} snapshots (PostgreSQL): {exc}") from exc
-
-    def read(self, tenant: str) -> tuple[str, int, bytes, bytes] | None:
-        with self._conn("read") as conn:
-            row = conn.execute(_SELECT.format(p="%s"), (tenant,)).fetchone()
-        if row is None:
-            return None
-        return str(row[0]), int(str(row[1])), bytes(row[2]), bytes(row[3])  # type: ignore[call-overload]
-
-    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
-        with self._conn("write") as conn:
-            conn.execute(_UPSERT.format(p="%s"), (tenant, version, seq, mac, blob))
-
-    def delete(self, tenant: str) -> None:
-        with self._conn("delete") as conn:
-            conn.execute(_DELETE.format(p="%s"), (tenant, PROJECTOR))
-
-    def close(self) -> None:
-        pass

@@ -40,7 +40,11 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
-from adapters.eventstore.content_keys import ContentKeys, MemoryContentKeys
+from adapters.eventstore.content_keys import (
+    ContentKeys,
+    MemoryContentKeys,
+    configured_master_key,
+)
 from adapters.eventstore.seal import SEALED_KEY, SEALED_KINDS, opened, seal_values, with_sealed
 from adapters.eventstore.snapshots import Snapshots
 from adapters.gc_pause import paused_gc
@@ -52,6 +56,9 @@ from domain.state import TenantState, evolve
 log = structlog.get_logger("crmsync.store")
 TENANT_PAGE = 5000  # events per read of a tenant's stream
 TENANT_NAMESPACE = UUID("5c1f3a52-8a53-4a8e-9f5e-3c9b2f0e6d11")
+# the store env's entry for base64 of the content master key ($CRMSYNC_CONTENT_KEY, L2); it
+# travels with the env to the processes that open the store again (replays, rebuild parts)
+CONTENT_KEY = "CONTENT_KEY"
 
 
 def stream_id(tenant: str) -> UUID:
@@ -234,12 +241,13 @@ class EventStore:
         return cls({"PERSISTENCE_MODULE": "eventsourcing.popo"})
 
     @classmethod
-    def sqlite(cls, path: str) -> EventStore:
+    def sqlite(cls, path: str, content_key: str | None = None) -> EventStore:
+        """`content_key`: base64 of the content master key (else a key file beside `path`)."""
         from adapters.private_files import private_file
 
-        return cls({"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                    "SQLITE_DBNAME": private_file(path),
-                    "SQLITE_LOCK_TIMEOUT": "10"})
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+               "SQLITE_DBNAME": private_file(path), "SQLITE_LOCK_TIMEOUT": "10"}
+        return cls({**env, CONTENT_KEY: content_key} if content_key else env)
 
     def close(self) -> None:
         self.app.close()
@@ -436,31 +444,22 @@ class EventStore:
         tenant positions (§8), and waits on the views need the log's. One indexed lookup on the
         (stream, version) key of whichever recorder holds the log."""
         from eventsourcing.popo import POPOApplicationRecorder
-        from eventsourcing.postgres import PostgresApplicationRecorder
-        from eventsourcing.sqlite import SQLiteApplicationRecorder
 
+        # each technology's lookup lives with its driver (one driver per module)
         recorder, stream = self.app.recorder, stream_id(tenant)
+        module = self.env.get("PERSISTENCE_MODULE")
         try:
             if isinstance(recorder, POPOApplicationRecorder):
                 index = recorder._stored_events_index.get(str(stream), {})
                 return index[seq] + 1 if seq in index else None
-            if isinstance(recorder, SQLiteApplicationRecorder):
-                with recorder.datastore.transaction(commit=False) as c:
-                    c.execute(f"SELECT rowid FROM {recorder.events_table_name} "
-                              "WHERE originator_id = ? AND originator_version = ?",
-                              (stream.hex, seq))
-                    row = c.fetchone()
-                    return int(row[0]) if row else None
-            if isinstance(recorder, PostgresApplicationRecorder):
-                from psycopg.sql import SQL, Identifier
+            if module == "eventsourcing.sqlite":
+                from adapters.eventstore.recorder_sqlite import log_position as sqlite_position
 
-                query = SQL("SELECT notification_id FROM {}.{} WHERE originator_id = %s AND "
-                            "originator_version = %s").format(
-                    Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-                with recorder.datastore.transaction(commit=False) as cur:
-                    cur.execute(query, (stream, seq))
-                    found = cur.fetchone()
-                    return int(found["notification_id"]) if found else None
+                return sqlite_position(recorder, stream, seq)
+            if module == "eventsourcing.postgres":
+                from adapters.eventstore.recorder_postgres import log_position as pg_position
+
+                return pg_position(recorder, stream, seq)
         except PersistenceError as exc:
             raise StoreError(f"cannot read the event log: {exc}") from exc
         raise StoreError(f"no position lookup for {type(recorder).__name__}")
@@ -581,21 +580,17 @@ def _tenant_of(body: bytes, stream: UUID) -> str:
 
 
 def _content_keys(env: dict[str, str]) -> ContentKeys:
-    """The content key store beside the events (L2), by persistence module."""
+    """The content key store beside the events (L2), by persistence module; the master key is
+    the env's CONTENT_KEY (passed by the composition root: adapters do not read the
+    environment)."""
+    master = configured_master_key(env.get(CONTENT_KEY))
     module = env.get("PERSISTENCE_MODULE", "")
     if module == "eventsourcing.sqlite":
         path = env["SQLITE_DBNAME"]
         if path != ":memory:" and "mode=memory" not in path:
             from adapters.eventstore.content_keys_sqlite import SqliteContentKeys
-            return SqliteContentKeys(path)
+            return SqliteContentKeys(path, master)
     elif module == "eventsourcing.postgres":
-        from psycopg.conninfo import make_conninfo
-
         from adapters.eventstore.content_keys_postgres import PostgresContentKeys
-        conninfo = make_conninfo(
-            dbname=env.get("POSTGRES_DBNAME"), host=env.get("POSTGRES_HOST"),
-            port=env.get("POSTGRES_PORT"), user=env.get("POSTGRES_USER"),
-            password=env.get("POSTGRES_PASSWORD") or None,
-            connect_timeout=env.get("POSTGRES_CONNECT_TIMEOUT") or None)
-        return PostgresContentKeys(conninfo, env.get("POSTGRES_SCHEMA"))
+        return PostgresContentKeys.from_env(env, master)
     return MemoryContentKeys()

@@ -60,7 +60,7 @@ def add_admin_routes(app: FastAPI, engine: "Engine", answer: Answer) -> None:
                  ) -> list[dict[str, Any]]:
         asker = admin_user(who)
         found: list[dict[str, Any]] = answer(None, lambda: admin.problems(
-            engine, who.tenant, asker, stale_seconds=stale_after))
+            engine, who.tenant, asker, stale_seconds=stale_after or app.state.stale_sync_seconds))
         return found
 
     @app.get("/v1/admin/settings", response_model=Settings)

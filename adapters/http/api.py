@@ -14,13 +14,10 @@ process-wide lock: reads run beside commands, commands take a writer lane one ch
 and replays (`at`) are bounded (`ReplayLane`).
 """
 
-import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.http import models as m
 from adapters.http.admin import add_admin_routes
@@ -38,6 +35,7 @@ from adapters.http.limits import (
     ReplayLane,
 )
 from adapters.http.queries import add_query_routes
+from adapters.http.request_timing import RequestTiming
 from adapters.http.ui import add_ui_routes
 
 if TYPE_CHECKING:  # the composition root builds the engine; the API only uses it
@@ -56,54 +54,25 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class RequestLog:
-    """One JSON log line per request with its id (X-Request-ID, given or made), as a plain ASGI
-    middleware: Starlette's BaseHTTPMiddleware cost about a millisecond per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", ())
-                      if k == b"x-request-id"), "")
-        rid = given if given.isascii() and 0 < len(given) <= 64 and given.isprintable() \
-            else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()),
-                                      (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info("request", request_id=rid, method=scope["method"], path=scope["path"],
-                     status=status, ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                token_max_age: int | None = None,
                rate_limit: RateLimit | None = UNSET_LIMIT, replay_slots: int = REPLAY_SLOTS,
-               replay_queue: int = REPLAY_QUEUE) -> FastAPI:
-    """The API over `engine`; `rate_limit` None: no limit, unset: the default limit."""
+               replay_queue: int = REPLAY_QUEUE, stale_sync_seconds: int | None = None
+               ) -> FastAPI:
+    """The API over `engine`; `rate_limit` None: no limit, unset: the default limit;
+    `stale_sync_seconds`: the problems' default stale threshold (None: 24 h)."""
     app = FastAPI(title="crmsync", version="1", description=__doc__, responses=RESPONSES)
     app.state.secret, app.state.token_max_age = secret, token_max_age
+    app.state.stale_sync_seconds = stale_sync_seconds
     limit = RateLimit(DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST) \
         if rate_limit is UNSET_LIMIT else rate_limit
     engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)
     lanes = Lanes(engine, max_wait)
     app.state.refusal = lanes.refused  # read by adapters.http.params.principal
     add_error_handlers(app)
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestTiming)  # the one middleware: timed once, logged, measured
     # auditor routes (access, access history, export) before the catch-all thread route
     add_audit_routes(app, engine, lanes.answer, lanes.writer, lanes.log_position)
     add_admin_routes(app, engine, lanes.answer_from_state)  # problems, settings (issue #14)

@@ -180,7 +180,8 @@ def add_ui_routes(app: FastAPI, engine: Engine, answer: Answer) -> None:
     @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
     def problems_page(request: Request) -> HTMLResponse:
         return admin_page(request, "problems.html", lambda t, u: {
-            "problems": admin.problems(engine, t, u)})
+            "problems": admin.problems(engine, t, u,
+                                       stale_seconds=app.state.stale_sync_seconds)})
 
     @app.get("/ui/mailboxes", response_class=HTMLResponse, include_in_schema=False)
     def mailboxes_page(request: Request) -> HTMLResponse:

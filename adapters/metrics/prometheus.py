@@ -1,6 +1,6 @@
 """Prometheus metrics (issue #14): the counters and histograms every process moves, the gauges
-read from the stores at scrape time, an ASGI middleware timing HTTP requests by route template,
-and the text exposition. `docs/operations.md` documents each metric.
+read from the stores at scrape time, HTTP request durations by route template, and the text
+exposition. `docs/operations.md` documents each metric.
 
 Counters count in the process that did the thing; Prometheus sums them over processes
 (`sum by (type) (rate(...))`). Label values come from code (event and command class names,
@@ -8,15 +8,16 @@ providers, outcomes, route templates), never from caller input, so cardinality s
 
 Several receiver processes on one port (`run webhooks --workers N`) share
 PROMETHEUS_MULTIPROC_DIR: each writes its own files there and any of them (or the parent's
-metrics port) exposes the sum (`registry()`).
+metrics port) exposes the sum (`registry(multiproc_dir)`). prometheus_client reads that
+variable itself, at import, to keep values in files; the directory to sum is handed in by the
+entrypoint (runners.entrypoints.health), as every setting is: adapters do not read the
+environment.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -30,7 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -200,16 +200,15 @@ def count_states(docs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, bool], in
 
 
 # -- exposition ----------------------------------------------------------------------------------
-def registry() -> CollectorRegistry:
+def registry(multiproc_dir: str | None = None) -> CollectorRegistry:
     """The registry to expose: this process's, or the sum over every process writing to
-    PROMETHEUS_MULTIPROC_DIR."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if not path:
+    `multiproc_dir` (PROMETHEUS_MULTIPROC_DIR)."""
+    if not multiproc_dir:
         return REGISTRY
     from prometheus_client import multiprocess
 
     merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged, path)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(merged, multiproc_dir)  # type: ignore[no-untyped-call]
     for collector in list(_collectors):  # the store gauges: read, not summed
         merged.register(collector)
     return merged
@@ -230,34 +229,14 @@ def register(collector: Collector) -> Callable[[], None]:
     return remove
 
 
-def exposition(source: CollectorRegistry | None = None) -> tuple[bytes, str]:
-    return generate_latest(source or registry()), CONTENT_TYPE_LATEST
+def exposition(source: CollectorRegistry | None = None, multiproc_dir: str | None = None
+               ) -> tuple[bytes, str]:
+    return generate_latest(source or registry(multiproc_dir)), CONTENT_TYPE_LATEST
 
 
-class RouteTimer:
-    """ASGI middleware: each HTTP request's duration under its route template
+def http_request(method: str, route: object, status: int, seconds: float) -> None:
+    """One HTTP request's duration (adapters.http.request_timing) under its route template
     (`/v1/threads/{thread}`), never the raw path; unmatched paths share one label."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = getattr(scope.get("route"), "path", None)
-            method = scope.get("method", "GET")
-            HTTP_SECONDS.labels(method if method in _METHODS else "other",
-                                route if isinstance(route, str) else "unmatched",
-                                str(status[0])).observe(time.perf_counter() - started)
+    HTTP_SECONDS.labels(method if method in _METHODS else "other",
+                        route if isinstance(route, str) else "unmatched",
+                        str(status)).observe(seconds)

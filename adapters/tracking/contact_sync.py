@@ -12,23 +12,19 @@ the runner issues — it is where the runner is:
   (a crash between the provider call and the acknowledgement does not call the provider twice).
 
 `put` writes several keys in one transaction; on PostgreSQL `try_lock` makes one runner per
-schema the one that executes changes. Library errors become `StoreError`.
+schema the one that executes changes. Library errors become `StoreError`. The backends are
+modules of their own, each importing only its driver: `contact_sync_sqlite`,
+`contact_sync_postgres`.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
-import psycopg
-from psycopg.rows import TupleRow
 
-from adapters.errors import StoreError
-
-_TABLE = ("CREATE TABLE IF NOT EXISTS contact_sync_state (tenant TEXT NOT NULL, key TEXT NOT NULL, "
+TABLE = ("CREATE TABLE IF NOT EXISTS contact_sync_state (tenant TEXT NOT NULL, key TEXT NOT NULL, "
           "value TEXT NOT NULL, PRIMARY KEY (tenant, key))")
 
 
@@ -64,106 +60,6 @@ class MemoryKeyValues:
 
     def close(self) -> None:
         pass
-
-
-class SqliteKeyValues:
-    def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(path, timeout=10, check_same_thread=False,
-                                         isolation_level=None)
-            self._conn.execute(_TABLE)
-        except sqlite3.Error as exc:
-            raise StoreError(f"contact sync state: {exc}") from None
-
-    def get(self, tenant: str, key: str) -> str | None:
-        with self._lock:
-            try:
-                row = self._conn.execute("SELECT value FROM contact_sync_state WHERE tenant = ? "
-                                         "AND key = ?", (tenant, key)).fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(f"contact sync state: {exc}") from None
-        return None if row is None else str(row[0])
-
-    def put(self, tenant: str, items: Mapping[str, str | None]) -> None:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for key, value in items.items():
-                        if value is None:
-                            self._conn.execute("DELETE FROM contact_sync_state WHERE tenant = ? "
-                                               "AND key = ?", (tenant, key))
-                        else:
-                            self._conn.execute(
-                                "INSERT INTO contact_sync_state (tenant, key, value) VALUES "
-                                "(?, ?, ?) ON CONFLICT (tenant, key) DO UPDATE SET value = "
-                                "excluded.value", (tenant, key, value))
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"contact sync state: {exc}") from None
-
-    def try_lock(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class PostgresKeyValues:
-    """One connection, serialised by a lock; the table lives in the URL's search_path schema
-    (created by the engine's view store on first start)."""
-
-    def __init__(self, url: str) -> None:
-        self._lock = threading.Lock()
-        try:
-            self._conn: psycopg.Connection[TupleRow] = psycopg.connect(
-                url, autocommit=True, connect_timeout=10)
-            self._conn.execute(_TABLE)
-        except psycopg.Error as exc:
-            raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
-
-    def get(self, tenant: str, key: str) -> str | None:
-        with self._lock:
-            try:
-                row = self._conn.execute("SELECT value FROM contact_sync_state WHERE tenant = %s "
-                                         "AND key = %s", (tenant, key)).fetchone()
-            except psycopg.Error as exc:
-                raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
-        return None if row is None else str(row[0])
-
-    def put(self, tenant: str, items: Mapping[str, str | None]) -> None:
-        with self._lock:
-            try:
-                with self._conn.transaction():
-                    for key, value in items.items():
-                        if value is None:
-                            self._conn.execute("DELETE FROM contact_sync_state WHERE tenant = %s "
-                                               "AND key = %s", (tenant, key))
-                        else:
-                            self._conn.execute(
-                                "INSERT INTO contact_sync_state (tenant, key, value) VALUES "
-                                "(%s, %s, %s) ON CONFLICT (tenant, key) DO UPDATE SET value = "
-                                "excluded.value", (tenant, key, value))
-            except psycopg.Error as exc:
-                raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
-
-    def try_lock(self) -> bool:
-        """A session advisory lock per schema: one `run contacts` executes the changes."""
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended('crmsync.contacts.' || "
-                    "current_schema(), 0))").fetchone()
-            except psycopg.Error as exc:
-                raise StoreError(f"contact sync state: {type(exc).__name__}: {exc}") from None
-        return bool(row and row[0])
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def _folder(folder: str | None) -> str:

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from adapters.errors import StoreError
+from adapters.eventstore.content_keys import configured_master_key
 from adapters.eventstore.content_keys_postgres import PostgresContentKeys
 from adapters.metrics.prometheus import count_states
 from adapters.views.errors import refused
@@ -72,7 +73,9 @@ def startup_lock(url: str) -> Iterator[None]:
 
 
 class PostgresViews:
-    def __init__(self, url: str, suffix: str = "") -> None:
+    def __init__(self, url: str, suffix: str = "", content_key: str | None = None) -> None:
+        """`content_key`: base64 of the content master key (as the event store's); without
+        it content is refused."""
         self.url = url
         self.suffix = suffix
         self._lock = threading.RLock()  # one connection: callers are serialised
@@ -80,7 +83,8 @@ class PostgresViews:
         self._writer = threading.RLock()
         self._writer_conn: psycopg.Connection[TupleRow] | None = None
         # L2: content in rows sealed with its owner's view key (the keys beside the events)
-        self._seal = ViewSealer(lambda: PostgresContentKeys(url, self.schema))
+        self._seal = ViewSealer(lambda: PostgresContentKeys(
+            url, self.schema, configured_master_key(content_key)))
         with self._tx("create the view tables") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s || "
                         "current_setting('search_path')))", (_LOCK_KEY,))

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import orjson
 
 from adapters.errors import StoreError
+from adapters.eventstore.content_keys import configured_master_key
 from adapters.eventstore.content_keys_sqlite import SqliteContentKeys
 from adapters.metrics.prometheus import count_states
 from adapters.private_files import private_file
@@ -38,7 +39,9 @@ from projections.rows import PROJECTIONS, Rows
 
 
 class SqliteViews:
-    def __init__(self, path: str, suffix: str = "") -> None:
+    def __init__(self, path: str, suffix: str = "", content_key: str | None = None) -> None:
+        """`content_key`: base64 of the content master key (as the event store's), else the
+        key file beside `path`."""
         self.suffix = suffix
         self._lock_path = f"{path}.projector{suffix}.lock"
         self._thread_lock = threading.RLock()
@@ -51,7 +54,8 @@ class SqliteViews:
         # L2: content in rows sealed with its owner's view key, kept beside the events in this
         # file; an in-memory database keeps nothing, so nothing is sealed there
         memory = path == ":memory:" or "mode=memory" in path
-        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(path))
+        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(
+            path, configured_master_key(content_key)))
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)

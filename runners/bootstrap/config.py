@@ -3,99 +3,20 @@
 The PostgreSQL URL comes from `--postgres`, else `$CRMSYNC_POSTGRES_URL`. Events (eventsourcing's
 recorder) and views (PostgresViews) land in the same schema: the `search_path` of the URL's
 `options=-csearch_path=X`, else the schema the server picks for the connection.
+
+This module chooses; the PostgreSQL engine is built in config_postgres, imported only when a URL
+is configured (a module imports at most one driver; the embedded engine loads no psycopg).
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import re
 from collections.abc import Mapping
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from adapters.credentials.store import PostgresCredentialStore
-from adapters.errors import StoreError
-from adapters.eventstore.snapshots import (
-    PostgresSnapshotRows,
-    SnapshotRows,
-    Snapshots,
-    SqliteSnapshotRows,
-)
-from adapters.eventstore.store import EventStore
-from adapters.views.postgres import PostgresViews, startup_lock
+from adapters.eventstore.snapshots import SnapshotRows, Snapshots
 from runners.bootstrap.settings import load_settings
 from runners.services.credentials import erase_removed
 from runners.services.engine import Engine
 from runners.services.follower import PollingWaiter, Waiter
-from runners.services.rebuild import Progress, rebuild_in_parts
-
-_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*((?:\\.|[^\s\\])+)")
-
-
-def search_path_schema(options: str) -> str | None:
-    """The first schema of a `-c search_path=...` in libpq `options`, if any."""
-    match = _SEARCH_PATH.search(options)
-    if match is None:
-        return None
-    value = re.sub(r"\\(.)", r"\1", match.group(1))
-    for entry in value.split(","):
-        name = entry.strip()
-        if name.startswith('"') and name.endswith('"') and len(name) > 1:
-            name = name[1:-1]
-        if name and name != "$user":
-            return name
-    return None
-
-
-def postgres_env(url: str, schema: str | None = None) -> dict[str, str]:
-    """eventsourcing's settings for a PostgreSQL URL (libpq URL or key=value conninfo).
-
-    libpq defaults apply to what the URL leaves out (PGHOST, PGPORT, PGUSER, PGPASSWORD, the
-    OS user). `schema` is used when the URL's options name none.
-    """
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    except psycopg.Error as exc:
-        raise StoreError(f"not a PostgreSQL URL: {exc}") from exc
-    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": params.get("dbname") or os.environ.get("PGDATABASE") or user,
-        "POSTGRES_HOST": params.get("host") or os.environ.get("PGHOST") or "localhost",
-        "POSTGRES_PORT": params.get("port") or os.environ.get("PGPORT") or "5432",
-        "POSTGRES_USER": user,
-        "POSTGRES_PASSWORD": params.get("password") or os.environ.get("PGPASSWORD") or "",
-    }
-    if "connect_timeout" in params:
-        env["POSTGRES_CONNECT_TIMEOUT"] = params["connect_timeout"]
-    chosen = search_path_schema(params.get("options", "")) or schema
-    if chosen:
-        env["POSTGRES_SCHEMA"] = chosen
-    return env
-
-
-def open_postgres(url: str) -> Engine:
-    with startup_lock(url):  # processes starting together create the tables one at a time
-        views = PostgresViews(url)  # creates the schema and view tables on first start
-        try:
-            store = EventStore(postgres_env(url, schema=views.schema))
-            credentials = PostgresCredentialStore(url, load_settings().secret("CREDENTIALS_KEY"))
-        except BaseException:
-            views.close()
-            raise
-    def scratch(suffix: str) -> PostgresViews:
-        return PostgresViews(url, suffix=suffix)
-
-    engine = Engine(store, views, scratch=scratch, credentials=credentials)
-    store_env = postgres_env(url, schema=views.schema)
-
-    def in_parts(names: list[str], parts: int, progress: Progress | None) -> None:
-        rebuild_in_parts(store, views, scratch, url, store_env, names, parts, progress)
-
-    engine.rebuild_in_parts = in_parts
-    return engine
 
 
 def snapshot_key(env: Mapping[str, str] | None = None) -> bytes | None:
@@ -116,9 +37,12 @@ def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
         return
     rows: SnapshotRows
     if url:
-        with startup_lock(url):
-            rows = PostgresSnapshotRows(url)
+        from runners.bootstrap.config_postgres import snapshot_rows
+
+        rows = snapshot_rows(url)
     else:
+        from adapters.eventstore.snapshots_sqlite import SqliteSnapshotRows
+
         rows = SqliteSnapshotRows(db)
     engine.stores().events.snapshots = Snapshots(rows, key,
                                                  every=load_settings().SNAPSHOT_EVERY)
@@ -127,7 +51,12 @@ def attach_snapshots(engine: Engine, url: str | None, db: str) -> None:
 def open_engine(db: str, postgres: str | None = None) -> Engine:
     """PostgreSQL at `postgres`, else at $CRMSYNC_POSTGRES_URL, else the SQLite file `db`."""
     url = postgres_url(postgres)
-    engine = open_postgres(url) if url else Engine.open_sqlite(db)
+    if url:
+        from runners.bootstrap.config_postgres import open_postgres
+
+        engine = open_postgres(url)
+    else:
+        engine = Engine.open_sqlite(db)
     try:
         attach_snapshots(engine, url, db)
         erase_removed(engine)  # finish erasures a crash interrupted (credentials follow the log)
@@ -147,7 +76,8 @@ def open_waiter(engine: Engine, postgres: str | None = None) -> Waiter:
     url = postgres_url(postgres)
     channel = getattr(engine.stores().events.app.recorder, "channel_name", None)
     if url and isinstance(channel, str):
-        from adapters.eventstore.waiter_postgres import PostgresWaiter
+        from runners.bootstrap.config_postgres import waiter
 
-        return PostgresWaiter(url, channel)
+        return waiter(url, channel)
     return PollingWaiter()
+

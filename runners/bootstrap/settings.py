@@ -7,9 +7,11 @@ webhooks` handing its `--db` to its receiver processes) still applies. An empty 
 as unset, as `os.environ.get(...) or default` did. Secrets are `SecretStr`: `crmsync config`
 prints them as `***`.
 
-One variable is still read where it is used: CRMSYNC_CONTENT_KEY, by the content-key stores
-that `EventStore` opens (tests, benchmarks and child processes construct it directly); it is
-listed here so the one list is complete (see docs/decisions.md, issue #12).
+Nothing else reads a CRMSYNC_* variable from the environment (tests/unit/test_settings.py
+checks it): entrypoints and the bootstrap pass values on, adapters take them as arguments (the
+content master key, for instance, as the event store's `CONTENT_KEY` entry and the views'
+`content_key`). Writes stay where a value must reach a process started without arguments:
+`run webhooks` hands `--db` to uvicorn's receiver processes, `--shard` its NATS names.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ class Settings(BaseSettings):
                                 "request thread)")
     WEBHOOK_INBOX: str | None = Field(None, description="the SQLite webhook inbox (default: "
                                       "<db>.webhooks.db)")
-    # operations (issue #14): read where the endpoints start (runners/entrypoints/health.py,
-    # runners/services/admin.py)
+    # operations (issue #14): passed where the endpoints start (runners/entrypoints/health.py,
+    # serve's create_app for the admin problems)
     METRICS_PORT: int | None = Field(None, description="runners: serve /metrics, /healthz and "
                                      "/readyz on this port (unset or 0: off)")
     METRICS_HOST: str = Field("127.0.0.1", description="the address of the runners' metrics port")

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from psycopg.conninfo import conninfo_to_dict
+from runners.bootstrap.settings import load_settings
 
 if TYPE_CHECKING:
     from runners.services.apply import ApplyReport
@@ -90,14 +90,12 @@ class ShardMap:
 
 def _location(name: str, url: str) -> tuple[str, ...]:
     """(host, port, dbname, schema) of a shard's URL: two shards may not share one."""
-    from runners.bootstrap.config import search_path_schema
+    from runners.bootstrap.config_postgres import location
 
     try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    except Exception as exc:  # psycopg.ProgrammingError and friends: say which shard
+        return location(url)
+    except ValueError as exc:
         raise ShardMapError(f"shard {name!r}: not a PostgreSQL URL: {exc}") from None
-    return (params.get("host", ""), params.get("port", ""), params.get("dbname", ""),
-            search_path_schema(params.get("options", "")) or "")
 
 
 def parse_line(text: str) -> ShardMap:
@@ -140,9 +138,10 @@ def parse_json(doc: object, path: str | None = None) -> ShardMap:
 
 
 def load(env: Mapping[str, str] | None = None) -> ShardMap | None:
-    """The configured map, None without one; ShardMapError when malformed or set twice."""
-    env = os.environ if env is None else env
-    line, path = env.get(SHARDS_ENV, "").strip(), env.get(SHARD_MAP_ENV, "").strip()
+    """The configured map (settings from `env`, default the process environment), None
+    without one; ShardMapError when malformed or set twice."""
+    settings = load_settings(env)
+    line, path = (settings.SHARDS or "").strip(), (settings.SHARD_MAP or "").strip()
     if line and path:
         raise ShardMapError(f"set {SHARDS_ENV} or {SHARD_MAP_ENV}, not both")
     if path:
@@ -168,16 +167,14 @@ def save(shard_map: ShardMap) -> None:
 
 
 # -- runners: one process per shard -------------------------------------------------------------
-def nats_names(shard: str, env: Mapping[str, str]) -> dict[str, str]:
+def nats_names(shard: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The shard's JetStream stream, subject prefix and consumer: the default shard keeps the
-    configured names (a one-shard deployment is unchanged), shard X appends `-X` / `_X`, so
-    the streams' subjects never overlap (`crmsync.webhooks-eu.>` beside `crmsync.webhooks.>`)."""
-    from adapters.deliveries.inbox_jetstream import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
-    from adapters.deliveries.work_jetstream import DEFAULT_DURABLE
-
-    stream = env.get("CRMSYNC_NATS_STREAM", DEFAULT_STREAM)
-    prefix = env.get("CRMSYNC_NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX)
-    durable = env.get("CRMSYNC_NATS_DURABLE", DEFAULT_DURABLE)
+    configured names (settings from `env`, default the process environment; a one-shard
+    deployment is unchanged), shard X appends `-X` / `_X`, so the streams' subjects never
+    overlap (`crmsync.webhooks-eu.>` beside `crmsync.webhooks.>`)."""
+    settings = load_settings(env)
+    stream, prefix = settings.NATS_STREAM, settings.NATS_SUBJECT_PREFIX
+    durable = settings.NATS_DURABLE
     if shard == DEFAULT:
         return {"CRMSYNC_NATS_STREAM": stream, "CRMSYNC_NATS_SUBJECT_PREFIX": prefix,
                 "CRMSYNC_NATS_DURABLE": durable}
@@ -214,7 +211,9 @@ def select(args: argparse.Namespace, shard_map: ShardMap | None) -> str | None:
         args.postgres = shard_map.url(shard)
     except ShardMapError as exc:
         return str(exc)
-    os.environ.update(nats_names(shard, os.environ))  # read by the sync and webhook runners
+    # handed to the sync and webhook runners as settings: they and the receiver processes
+    # `run webhooks` starts build theirs from the environment (a write, not a read)
+    os.environ.update(nats_names(shard))
     return None
 
 
@@ -316,8 +315,6 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
     secret = single._secret()
     if secret is None:
         return single.EXIT_USAGE
-    from runners.bootstrap.settings import load_settings
-
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     engines: dict[str, Engine] = {}
@@ -331,7 +328,8 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
         for name, engine in engines.items():
             apps[name] = create_app(engine, secret, token_max_age=single.max_token_age(),
                                     rate_limit=single.rate_limit(settings),
-                                    replay_slots=max(1, workers))
+                                    replay_slots=max(1, workers),
+                                    stale_sync_seconds=settings.STALE_SYNC_SECONDS)
             pool = single.replay_pool(engine, workers)
             if pool is not None:
                 pools.append(pool)

@@ -222,7 +222,8 @@ def answer(engine: Engine, args: argparse.Namespace) -> Any:
         from runners.services import admin
 
         if args.kind == "problems":
-            return admin.problems(engine, *common, stale_seconds=args.stale_after)
+            return admin.problems(engine, *common, stale_seconds=args.stale_after
+                                  or load_settings().STALE_SYNC_SECONDS)
         return admin.settings(engine, *common)
     asked: dict[str, Callable[[], Any]] = {
         "timeline": lambda: engine.query_timeline(*common, args.record, at=args.at),
@@ -237,7 +238,7 @@ def answer(engine: Engine, args: argparse.Namespace) -> Any:
 
 @with_engine
 def export(engine: Engine, args: argparse.Namespace) -> int:
-    from adapters.eventstore.scan_postgres import tenant_exists
+    from adapters.eventstore.scan import tenant_exists
     from runners.services.export import export_lines
 
     out = sys.stdout.buffer

@@ -26,8 +26,6 @@ from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
 from adapters.tracking.contact_sync import (
     ContactSyncStore,
     MemoryKeyValues,
-    PostgresKeyValues,
-    SqliteKeyValues,
 )
 from runners.bootstrap.settings import load_settings
 from runners.entrypoints.sync_runner import token_endpoints
@@ -99,9 +97,13 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
 def open_state(engine: Engine, postgres: str | None) -> ContactSyncStore:
     """The runner's state beside the engine's: the PostgreSQL schema, else the SQLite file."""
     if postgres:
+        from adapters.tracking.contact_sync_postgres import PostgresKeyValues
+
         return ContactSyncStore(PostgresKeyValues(postgres))
     if engine.path is None:
         return ContactSyncStore(MemoryKeyValues())
+    from adapters.tracking.contact_sync_sqlite import SqliteKeyValues
+
     return ContactSyncStore(SqliteKeyValues(engine.path))
 
 

@@ -5,7 +5,8 @@ and every runner (`--metrics-port` / CRMSYNC_METRICS_PORT, a small HTTP server i
 - `/readyz`: 200 when the event store answers and, where projection runners keep the views
   (PostgreSQL), no projection is more than CRMSYNC_READY_MAX_LAG events behind the log (default
   1000); else 503 with the reason. The check runs in a thread of its own and gives up after
-  CRMSYNC_READY_TIMEOUT seconds (default 5): a store that does not answer is not ready.
+  CRMSYNC_READY_TIMEOUT seconds (default 5): a store that does not answer is not ready. Both
+  come from the entrypoint's settings (runners.bootstrap.settings), as the port and host do.
 - `/metrics`: the Prometheus text exposition (adapters.metrics.prometheus).
 
 A runner's probe opens its own engine, lazily and again after a failure, so a store that is down
@@ -32,21 +33,7 @@ if TYPE_CHECKING:
 
     from runners.services.engine import Engine
 
-READY_MAX_LAG_ENV, READY_TIMEOUT_ENV = "CRMSYNC_READY_MAX_LAG", "CRMSYNC_READY_TIMEOUT"
-METRICS_PORT_ENV, METRICS_HOST_ENV = "CRMSYNC_METRICS_PORT", "CRMSYNC_METRICS_HOST"
 DEFAULT_MAX_LAG, DEFAULT_TIMEOUT = 1000, 5.0
-
-
-def _number(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, ""))
-    except ValueError:
-        return default
-    return value if value >= 0 else default
-
-
-def max_lag_from_env() -> int:
-    return int(_number(READY_MAX_LAG_ENV, DEFAULT_MAX_LAG))
 
 
 class EngineView:
@@ -70,11 +57,12 @@ class Probe:
     whether the process is ready."""
 
     def __init__(self, opener: Callable[[], Engine], *, names: Sequence[str] | None = None,
-                 gate_lag: bool = True, max_lag: int | None = None,
-                 timeout: float | None = None, owned: bool = True) -> None:
+                 gate_lag: bool = True, max_lag: int = DEFAULT_MAX_LAG,
+                 timeout: float = DEFAULT_TIMEOUT, owned: bool = True) -> None:
         self.opener, self.names, self.gate_lag, self.owned = opener, names, gate_lag, owned
-        self.max_lag = max_lag_from_env() if max_lag is None else max_lag
-        self.timeout = _number(READY_TIMEOUT_ENV, DEFAULT_TIMEOUT) if timeout is None else timeout
+        # negative values (a typo) mean the defaults, as they always did
+        self.max_lag = max_lag if max_lag >= 0 else DEFAULT_MAX_LAG
+        self.timeout = timeout if timeout >= 0 else DEFAULT_TIMEOUT
         self._engine: Engine | None = None
         self._lock = threading.Lock()  # the check in flight
         self._opening = threading.Lock()  # the engine (opening may wait on the store)
@@ -168,13 +156,16 @@ def answer(path: str, ready: Ready | None) -> tuple[int, bytes, str]:
             return 200, b'{"status":"ready"}', "application/json"
         return 503, orjson.dumps({"status": "not ready", "reason": reason}), "application/json"
     if path == "/metrics":
-        body, kind = metrics.exposition()
+        # prometheus_client's own variable (not a crmsync setting): `run webhooks` sets it
+        # for its receiver processes, which all expose the sum over its files
+        body, kind = metrics.exposition(multiproc_dir=os.environ.get(metrics.MULTIPROC_ENV))
         return 200, body, kind
     return 404, b'{"detail":"not found"}', "application/json"
 
 
 def add_routes(app: FastAPI, ready: Ready | None) -> None:
-    """/healthz, /readyz and /metrics on an application, and its requests timed by route."""
+    """/healthz, /readyz and /metrics on an application, and its requests timed by route
+    (by the API's own RequestTiming where it has one: one middleware times a request once)."""
     from fastapi import Response
     from starlette.concurrency import run_in_threadpool
 
@@ -193,7 +184,10 @@ def add_routes(app: FastAPI, ready: Ready | None) -> None:
 
     for path, handler in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics_)):
         app.add_api_route(path, handler, methods=["GET"], include_in_schema=False)
-    app.add_middleware(metrics.RouteTimer)
+    from adapters.http.request_timing import RequestTiming
+
+    if not any(getattr(m, "cls", None) is RequestTiming for m in app.user_middleware):
+        app.add_middleware(RequestTiming, log=False)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -211,21 +205,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def metrics_port(given: int | None) -> int | None:
-    """`--metrics-port`, else CRMSYNC_METRICS_PORT; None (0 or unset): no server."""
-    if given is None:
-        text = os.environ.get(METRICS_PORT_ENV, "").strip()
-        given = int(text) if text.isdigit() else None
-    return given or None
-
-
-def start_server(port: int, ready: Ready | None, host: str | None = None
+def start_server(port: int, ready: Ready | None, host: str = "127.0.0.1"
                  ) -> Callable[[], None]:
     """Serve /healthz, /readyz and /metrics on `port` in a daemon thread; returns the stop."""
     handler = type("HealthHandler", (_Handler,), {"ready": staticmethod(ready) if ready
                                                   else None})
-    server = ThreadingHTTPServer((host or os.environ.get(METRICS_HOST_ENV, "127.0.0.1"), port),
-                                 handler)
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="crmsync-metrics", daemon=True)
     thread.start()
@@ -241,27 +226,35 @@ def start_server(port: int, ready: Ready | None, host: str | None = None
 def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | None,
                      names: Sequence[str] | None = None) -> Callable[[], None]:
     """`crmsync run WORKER`'s endpoints when a port is configured (`port`, else
-    CRMSYNC_METRICS_PORT; else nothing). Readiness and the store gauges go through a probe
-    engine of the runner's stores; the webhook receivers have none (ready while up). Views are
-    gated on lag where projection runners keep them (PostgreSQL)."""
-    port = metrics_port(port)
-    if port is None:
+    CRMSYNC_METRICS_PORT; 0 or neither: nothing). Readiness and the store gauges go through a
+    probe engine of the runner's stores; the webhook receivers have none (ready while up).
+    Views are gated on lag where projection runners keep them (PostgreSQL)."""
+    from runners.bootstrap.settings import load_settings
+
+    settings = load_settings()
+    port = settings.METRICS_PORT if port is None else port
+    if not port:
         return lambda: None
     probe = None
     if worker != "webhooks":
-        from runners.bootstrap.config import open_postgres, postgres_url
+        from runners.bootstrap.config import postgres_url
         from runners.services.engine import Engine
 
         url = postgres_url(postgres)
 
         def opener() -> Engine:
-            return open_postgres(url) if url else Engine.open_sqlite(db)
+            if url:
+                from runners.bootstrap.config_postgres import open_postgres
 
-        probe = Probe(opener, names=names, gate_lag=url is not None)
-    return serve_probe(port, probe)
+                return open_postgres(url)
+            return Engine.open_sqlite(db)
+
+        probe = Probe(opener, names=names, gate_lag=url is not None,
+                      max_lag=settings.READY_MAX_LAG, timeout=settings.READY_TIMEOUT)
+    return serve_probe(port, probe, settings.METRICS_HOST)
 
 
-def serve_probe(port: int, probe: Probe | None, host: str | None = None) -> Callable[[], None]:
+def serve_probe(port: int, probe: Probe | None, host: str = "127.0.0.1") -> Callable[[], None]:
     """The endpoints on `port`, with `probe`'s store gauges and readiness (None: ready)."""
     unregister = metrics.register(collector(probe)) if probe is not None else None
     stop_server = start_server(port, probe.ready if probe is not None else None, host)

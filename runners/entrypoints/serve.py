@@ -78,7 +78,8 @@ def serve(engine: Engine, host: str, port: int) -> int:
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     workers = replay_workers()
     app = create_app(engine, secret, token_max_age=max_token_age(),
-                     replay_slots=max(1, workers), rate_limit=rate_limit(settings))
+                     replay_slots=max(1, workers), rate_limit=rate_limit(settings),
+                     stale_sync_seconds=settings.STALE_SYNC_SECONDS)
     pool = replay_pool(engine, workers)
     # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
     # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
@@ -111,7 +112,9 @@ def observe(app: FastAPI, engine: Engine) -> Callable[[], None]:
     from adapters.metrics import prometheus as metrics
     from runners.entrypoints.health import Probe, add_routes, collector
 
-    probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False)
+    settings = load_settings()
+    probe = Probe(lambda: engine, gate_lag=not engine.follow, owned=False,
+                  max_lag=settings.READY_MAX_LAG, timeout=settings.READY_TIMEOUT)
     add_routes(app, probe.ready)
     return metrics.register(collector(probe))
 
@@ -228,7 +231,10 @@ def serve_webhooks(db: str, host: str, port: int, workers: int = 1) -> int:
         sys.stderr.write("crmsync: --workers N > 1 needs CRMSYNC_NATS_URL (JetStream); the "
                          "SQLite inbox takes one receiver process\n")
         return EXIT_USAGE
-    os.environ[WEBHOOK_DB_ENV] = db  # read by every receiver process's factory
+    # uvicorn starts each receiver process from an import string (`factory=True`), with no
+    # arguments: the environment is the one channel to it, so `--db` goes there as a setting
+    # that the factory's load_settings() reads (a write here; the read stays in settings.py)
+    os.environ[WEBHOOK_DB_ENV] = db
     log.info("serving_webhooks", host=host, port=port, workers=workers,
              inbox="JetStreamInbox" if settings.NATS_URL else "SqliteInbox")
     with shared_metrics(workers):

@@ -172,11 +172,13 @@ def open_queue(db: str) -> WorkQueue:
 
 
 def open_locks(db: str, postgres: str | None) -> MailboxLocks:
-    from adapters.eventstore.mailbox_locks import FileLocks, PostgresLocks
+    from adapters.eventstore.mailbox_locks import FileLocks
     from runners.bootstrap.config import postgres_url
 
     url = postgres_url(postgres)
     if url:
+        from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
+
         return PostgresLocks(url)
     return FileLocks((db[:-3] if db.endswith(".db") else db) + ".sync.lock")
 

@@ -6,16 +6,16 @@ Problems read the tenant's stream once, only the few event types `projections.ad
 
 Stale sync is measured against `now`, the wall clock of the asking process (decision in
 docs/decisions.md): a tenant whose sync stopped appends nothing, so its own latest domain time
-would never make it look stale. CRMSYNC_STALE_SYNC_SECONDS sets the default threshold.
+would never make it look stale. The threshold is given by the caller (a request's
+`stale_after`, else CRMSYNC_STALE_SYNC_SECONDS from the entrypoint's settings).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from adapters.eventstore.scan_postgres import Prefilter, scan_tenant
+from adapters.eventstore.scan import Prefilter, scan_tenant
 from domain import events as ev
 from projections import admin
 from runners.services.audit import require_admin
@@ -23,16 +23,12 @@ from runners.services.audit import require_admin
 if TYPE_CHECKING:
     from runners.services.engine import Engine
 
-STALE_ENV = "CRMSYNC_STALE_SYNC_SECONDS"
 MAX_STALE_SECONDS = 100 * 366 * 86400  # a century: beyond it, timedelta arithmetic overflows
 
 
 def stale_after(seconds: int | None = None) -> timedelta:
-    """The given threshold, else CRMSYNC_STALE_SYNC_SECONDS, else 24 h."""
-    if seconds is None:
-        value = os.environ.get(STALE_ENV, "")
-        seconds = int(value) if value.isdigit() and int(value) > 0 else None
-    if seconds is None:
+    """The given threshold (seconds), else 24 h (None or not positive)."""
+    if seconds is None or seconds <= 0:
         return admin.DEFAULT_STALE_AFTER
     return timedelta(seconds=min(seconds, MAX_STALE_SECONDS))
 

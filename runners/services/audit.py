@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.eventstore.scan_postgres import Prefilter, scan_tenant
+from adapters.eventstore.scan import Prefilter, scan_tenant
 from domain import events as ev
 from domain.errors import NotFound
 from projections import queries

@@ -19,11 +19,10 @@ from typing import Any, NamedTuple, cast
 
 import structlog
 
-from adapters.credentials.store import CredentialStore, SqliteCredentialStore
+from adapters.credentials.store import CredentialStore
 from adapters.errors import StoreError
-from adapters.eventstore.store import EventStore, LogCheck, LoggedEvent
+from adapters.eventstore.store import CONTENT_KEY, EventStore, LogCheck, LoggedEvent
 from adapters.views.memory import MemoryViews
-from adapters.views.sqlite import SqliteViews
 from domain.events import DomainEvent
 from domain.state import TenantState
 from projections import queries
@@ -51,6 +50,14 @@ class Reached(NamedTuple):
     log: int
 
 
+
+def _sqlite_scratch(path: str, content_key: str | None) -> ScratchFactory:
+    """Scratch views (rebuild, verify) beside an embedded engine's SQLite file."""
+    from adapters.views.sqlite import SqliteViews
+
+    return lambda suffix: SqliteViews(path, suffix=suffix, content_key=content_key)
+
+
 class Engine(CommandApplication, Rebuilding):
     """One event store and its views. Commands: `execute`, `execute_batch`, `apply_lines`
     (runners.services.apply); rebuild and verify (runners.services.rebuild); reads below."""
@@ -63,7 +70,7 @@ class Engine(CommandApplication, Rebuilding):
         self.credentials = credentials  # None (in memory): ConnectMailbox credentials are dropped
         self.path = path
         if scratch is None and path is not None:
-            scratch = lambda suffix: SqliteViews(path, suffix=suffix)  # noqa: E731
+            scratch = _sqlite_scratch(path, store.env.get(CONTENT_KEY))
         self.scratch = scratch  # None: rebuild in place, verify in memory
         # (names, parts, progress) -> None: a rebuild in part processes (set for PostgreSQL)
         self.rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None = None
@@ -92,9 +99,16 @@ class Engine(CommandApplication, Rebuilding):
 
     @classmethod
     def open_sqlite(cls, path: str) -> Engine:
-        key = load_settings().secret("CREDENTIALS_KEY")
-        return cls(EventStore.sqlite(path), SqliteViews(path), path,
-                   credentials=SqliteCredentialStore(path, key))
+        # imported here: the engine's own module loads no database driver (the SQLite ones are
+        # the embedded engine's; PostgreSQL engines are built in runners.bootstrap)
+        from adapters.credentials.store_sqlite import SqliteCredentialStore
+        from adapters.views.sqlite import SqliteViews
+
+        settings = load_settings()
+        content_key = settings.secret("CONTENT_KEY")
+        return cls(EventStore.sqlite(path, content_key), SqliteViews(path, content_key=content_key),
+                   path, credentials=SqliteCredentialStore(path,
+                                                           settings.secret("CREDENTIALS_KEY")))
 
     def close(self) -> None:
         if self._follower is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.eventstore.scan_postgres import scan_tenant
+from adapters.eventstore.scan import scan_tenant
 from domain.events import ERASED, DomainEvent
 
 if TYPE_CHECKING:

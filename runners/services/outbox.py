@@ -354,9 +354,13 @@ def configured_clients(engine: Engine) -> ClientFactory:
 
 
 def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
-    from adapters.tracking.outbox import PostgresOutboxTracking, SqliteOutboxTracking
+    if postgres_url:
+        from adapters.tracking.outbox_postgres import PostgresOutboxTracking
 
-    return PostgresOutboxTracking(postgres_url) if postgres_url else SqliteOutboxTracking(db)
+        return PostgresOutboxTracking(postgres_url)
+    from adapters.tracking.outbox_sqlite import SqliteOutboxTracking
+
+    return SqliteOutboxTracking(db)
 
 
 def run(outbox: Outbox, waiter: Waiter, *, poll: float = 1.0,

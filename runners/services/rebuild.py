@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from adapters.errors import StoreError
-from adapters.eventstore.store import EventStore
+from adapters.eventstore.store import CONTENT_KEY, EventStore
 from adapters.gc_pause import paused_gc
 from adapters.views.memory import MemoryViews
 from projections.partition import balanced
@@ -170,7 +170,7 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time
             store = EventStore(store_env)
-            views = PostgresViews(url, suffix=suffix)
+            views = PostgresViews(url, suffix=suffix, content_key=store_env.get(CONTENT_KEY))
         try:
             projector = Projector(names, partition=Partition(index, count, assigned))
             batches = [0]

@@ -22,7 +22,7 @@ from outbound_servers import MAILBOX, TOKEN, GmailServer
 from processes import CRMSYNC
 
 from adapters.credentials.store import KEY_ENV
-from adapters.tracking.outbox import PostgresOutboxTracking
+from adapters.tracking.outbox_postgres import PostgresOutboxTracking
 from domain import events as ev
 from runners.bootstrap.config import open_engine
 from runners.services.engine import Engine

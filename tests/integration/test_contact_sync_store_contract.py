@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.tracking.contact_sync import (
-    ContactSyncStore,
-    MemoryKeyValues,
-    PostgresKeyValues,
-    SqliteKeyValues,
-)
+from adapters.tracking.contact_sync import ContactSyncStore, MemoryKeyValues
+from adapters.tracking.contact_sync_postgres import PostgresKeyValues
+from adapters.tracking.contact_sync_sqlite import SqliteKeyValues
 
 pytestmark = pytest.mark.integration
 

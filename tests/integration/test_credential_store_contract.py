@@ -16,12 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from adapters.credentials.store import (
-    KEY_ENV,
-    CredentialStore,
-    PostgresCredentialStore,
-    SqliteCredentialStore,
-)
+from adapters.credentials.store import KEY_ENV, CredentialStore
+from adapters.credentials.store_postgres import PostgresCredentialStore
+from adapters.credentials.store_sqlite import SqliteCredentialStore
 from adapters.errors import CredentialStoreError, StoreError
 
 pytestmark = pytest.mark.integration

@@ -20,6 +20,7 @@ from adapters.eventstore.store import EventStore
 from adapters.http.api import create_app
 from adapters.http.tokens import issue
 from adapters.views.memory import MemoryViews
+from runners.bootstrap.settings import load_settings
 from runners.services.engine import Engine
 
 pytestmark = pytest.mark.integration
@@ -300,7 +301,8 @@ def test_min_position_waits_for_another_writer_or_answers_503(tmp_path: Path) ->
     up. With max_wait 0 the server does not wait: 503 with Retry-After, then 200 once caught up."""
     path = str(tmp_path / "crmsync.db")
     engine = Engine.open_sqlite(path)
-    writer = Engine(EventStore.sqlite(path), MemoryViews())  # writes the log, not the views
+    # writes the log (with the configured content key, as the server's engine), not the views
+    writer = Engine(EventStore.sqlite(path, load_settings().secret("CONTENT_KEY")), MemoryViews())
     try:
         writer.apply_lines(jsonl("acme", SETUP, 0).splitlines())
         for max_wait, expected in ((0.0, 503), (2.0, 200)):

@@ -17,7 +17,7 @@ from processes import CRMSYNC, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from runners.bootstrap.config import open_engine
-from runners.entrypoints.health import Probe
+from runners.entrypoints.health import Probe, answer
 
 pytestmark = pytest.mark.integration
 SECRET = "metrics-test-secret-0123456789abcdef"
@@ -116,7 +116,7 @@ def test_serve_and_runner_metrics_and_readiness_follow_the_lag(postgres_url: str
 
 
 def test_readyz_503_when_postgresql_refuses_connections() -> None:
-    from runners.bootstrap.config import open_postgres
+    from runners.bootstrap.config_postgres import open_postgres
 
     port = free_port()  # nothing listens there
     url = f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2"
@@ -164,7 +164,7 @@ def test_receiver_processes_counts_are_summed_with_the_store_gauges(
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
     remove = metrics.register(metrics.StoreCollector(lambda: None))
     try:
-        text = metrics.exposition()[0].decode()
+        text = answer("/metrics", None)[1].decode()  # the directory from the environment
     finally:
         remove()
     seen = {(s.name, frozenset(s.labels.items())): s.value

@@ -15,7 +15,7 @@ import pytest
 
 from adapters.errors import MailboxGone, ProviderError
 from adapters.providers.outbound import MemoryOutbound, OutboundClient
-from adapters.tracking.outbox import SqliteOutboxTracking
+from adapters.tracking.outbox_sqlite import SqliteOutboxTracking
 from domain import events as ev
 from domain.state import Mailbox
 from runners.services.engine import Engine

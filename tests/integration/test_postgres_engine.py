@@ -21,7 +21,9 @@ from adapters.errors import StoreError
 from adapters.views.postgres import PostgresViews
 from domain.errors import NotFound
 from projections.rows import PROJECTIONS
-from runners.bootstrap.config import open_engine, postgres_env
+from runners.bootstrap.config import open_engine
+from runners.bootstrap.config_postgres import postgres_env
+from runners.bootstrap.settings import load_settings
 from runners.services.engine import Engine
 from runners.services.rebuild import rebuild_in_parts
 
@@ -223,12 +225,16 @@ def test_open_engine_reads_the_environment_and_falls_back_to_sqlite(
 
 
 def test_postgres_env_parses_libpq_urls() -> None:
-    env = postgres_env("postgresql://bob:p%40ss@db.example:6543/crm"
-                       "?options=-c%20search_path%3Dcrm_prod,public&connect_timeout=4")
+    url = ("postgresql://bob:p%40ss@db.example:6543/crm"
+           "?options=-c%20search_path%3Dcrm_prod,public&connect_timeout=4")
+    env = postgres_env(url, settings=load_settings({}))
     assert env == {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "crm",
                    "POSTGRES_HOST": "db.example", "POSTGRES_PORT": "6543",
                    "POSTGRES_USER": "bob", "POSTGRES_PASSWORD": "p@ss",
                    "POSTGRES_CONNECT_TIMEOUT": "4", "POSTGRES_SCHEMA": "crm_prod"}
+    # the content master key travels with the store's settings (replay and rebuild processes)
+    keyed = postgres_env(url, settings=load_settings({"CRMSYNC_CONTENT_KEY": "a2V5"}))
+    assert keyed == {**env, "CONTENT_KEY": "a2V5"}
     assert postgres_env("postgresql://u@h/d", schema="fallback")["POSTGRES_SCHEMA"] == "fallback"
     assert "POSTGRES_SCHEMA" not in postgres_env("postgresql://u@h/d")
     assert "POSTGRES_ENABLE_DB_FUNCTIONS" not in env

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from histories import history
 
-from adapters.eventstore.snapshots import Snapshots, SqliteSnapshotRows, code_version
+from adapters.eventstore.snapshots import Snapshots, code_version
+from adapters.eventstore.snapshots_sqlite import SqliteSnapshotRows
 from adapters.eventstore.store import EventStore
 from domain.state import TenantState
 from runners.bootstrap.config import open_engine, snapshot_key
@@ -111,7 +112,7 @@ def test_snapshots_need_a_key_and_can_be_switched_off() -> None:
 
 
 def test_postgres_snapshot_rows_keep_the_newest(postgres_url: str) -> None:
-    from adapters.eventstore.snapshots import PostgresSnapshotRows
+    from adapters.eventstore.snapshots_postgres import PostgresSnapshotRows
 
     rows = PostgresSnapshotRows(postgres_url)
     rows.write("t", code_version(), 5, b"m5", b"s5")

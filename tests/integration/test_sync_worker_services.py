@@ -14,7 +14,7 @@ from sync_fakes import FakeSources, message
 
 from adapters.deliveries.inbox_jetstream import JetStreamInbox
 from adapters.deliveries.work_jetstream import JetStreamWork
-from adapters.eventstore.mailbox_locks import PostgresLocks
+from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 from domain import events as ev
 from runners.bootstrap.config import open_engine
 from runners.entrypoints.sync_loop import LoopOptions, run

@@ -209,7 +209,7 @@ def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
     renews it with the stored refresh token, writes it back and sends, in one attempt."""
     from outbound_servers import MAILBOX, TOKEN, GmailServer
 
-    from adapters.tracking.outbox import SqliteOutboxTracking
+    from adapters.tracking.outbox_sqlite import SqliteOutboxTracking
     from runners.services.outbox import Outbox, provider_clients
 
     class ExpiringGmail(GmailServer):

@@ -9,7 +9,7 @@ from typing import Any
 
 from histories import T0, history
 
-from adapters.eventstore.scan_postgres import scan_tenant
+from adapters.eventstore.scan import scan_tenant
 from runners.services.engine import Engine
 from runners.services.export import event_line, export_lines, strip_content
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -19,15 +21,109 @@ from runners.entrypoints.cli import build_parser, main, run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_variable_the_code_names_is_a_documented_setting() -> None:
+def product_modules() -> dict[Path, str]:
+    return {path: path.read_text() for folder in ("adapters", "runners", "projections", "domain")
+            for path in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def string_constants(sources: Iterable[str]) -> dict[str, set[str]]:
+    """Module-level `NAME = "text"` (and `A, B = "x", "y"`) of every module, by name."""
+    found: dict[str, set[str]] = {}
+    for source in sources:
+        for node in ast.parse(source).body:
+            if not isinstance(node, ast.Assign):
+                continue
+            for target in node.targets:
+                pairs = (zip(target.elts, node.value.elts, strict=False)
+                         if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple)
+                         else [(target, node.value)])
+                for name, value in pairs:
+                    if isinstance(name, ast.Name) and isinstance(value, ast.Constant) \
+                            and isinstance(value.value, str):
+                        found.setdefault(name.id, set()).add(value.value)
+    return found
+
+
+def environment_reads(source: str, constants: dict[str, set[str]]) -> list[str]:
+    """Each read of the process environment that may be of a CRMSYNC_* variable: a key looked
+    up in `os.environ` (`get`, `[...]`, `in`, `setdefault`, `os.getenv`) that is, or may be, a
+    CRMSYNC_ name, or the whole `os.environ` handed on (whoever takes it reads it). Writes
+    (`os.environ[K] = v`, `update`, `pop`) hand values to child processes and are not reads."""
+
+    def names(key: ast.expr | None) -> set[str]:
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            return {key.value}
+        if isinstance(key, ast.Name | ast.Attribute):
+            found = constants.get(key.id if isinstance(key, ast.Name) else key.attr)
+            if found:
+                return found
+        return {"CRMSYNC_?"}  # computed: it may be one of ours
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ" \
+            and isinstance(node.value, ast.Name) and node.value.id == "os"
+
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    reads = []
+    for node in ast.walk(tree):
+        keys: set[str] | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "getenv" and isinstance(node.func.value, ast.Name) \
+                and node.func.value.id == "os":
+            keys = names(node.args[0] if node.args else None)
+        elif is_environ(node):
+            parent = parents[node]
+            if isinstance(parent, ast.Attribute) and parent.attr in ("update", "pop"):
+                continue
+            if isinstance(parent, ast.Attribute) and parent.attr in ("get", "setdefault"):
+                call = parents[parent]
+                keys = names(call.args[0] if isinstance(call, ast.Call) and call.args else None)
+            elif isinstance(parent, ast.Subscript):
+                if not isinstance(parent.ctx, ast.Load):
+                    continue
+                keys = names(parent.slice)
+            elif isinstance(parent, ast.Compare):
+                keys = names(parent.left)
+            else:
+                keys = {"CRMSYNC_?"}  # the mapping itself, handed on
+        if keys and any(key.startswith("CRMSYNC_") for key in keys):
+            reads.append(f"line {node.lineno}: {sorted(keys)}")
+    return reads
+
+
+def test_every_variable_the_code_names_is_a_documented_setting_read_in_settings_only() -> None:
+    modules = product_modules()
     named: set[str] = set()
-    for folder in ("adapters", "runners", "projections", "domain"):
-        for path in (ROOT / folder).glob("*.py"):
-            named |= set(re.findall(r"\bCRMSYNC_[A-Z_]*[A-Z]\b", path.read_text()))
+    for source in modules.values():
+        named |= set(re.findall(r"\bCRMSYNC_[A-Z_]*[A-Z]\b", source))
     named -= {"CRMSYNC_WEBHOOKS"}  # the default JetStream stream's name, not a variable
     known = {PREFIX + name for name in Settings.model_fields}
     assert sorted(named - known) == []
     assert all(field.description for field in Settings.model_fields.values())
+    # ...and read from the environment in one place: runners/bootstrap/settings.py
+    constants = string_constants(modules.values())
+    reads = {str(path.relative_to(ROOT)): found for path, source in modules.items()
+             if path != ROOT / "runners" / "bootstrap" / "settings.py"
+             and (found := environment_reads(source, constants))}
+    assert reads == {}
+
+
+def test_the_environment_read_check_sees_reads_and_lets_writes_pass() -> None:
+    constants = {"KEY_ENV": {"CRMSYNC_CONTENT_KEY"}, "OTHER": {"PGUSER"}}
+    assert len(environment_reads(
+        "import os\n"
+        "a = os.environ.get(KEY_ENV)\n"
+        "b = os.environ['CRMSYNC_DB']\n"
+        "c = 'CRMSYNC_DB' in os.environ\n"
+        "d = os.getenv(name)\n"
+        "e = load(os.environ)\n", constants)) == 5
+    assert environment_reads(
+        "import os\n"
+        "a = os.environ.get(OTHER)\n"
+        "os.environ['CRMSYNC_DB'] = 'x'\n"
+        "os.environ.update(names())\n"
+        "os.environ.pop('CRMSYNC_DB', None)\n", constants) == []
 
 
 def test_defaults_match_the_adapters_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
