@@ -33,8 +33,9 @@ from cryptography.exceptions import InvalidTag
 
 from adapters.content_keys import ContentKeys
 from adapters.errors import StoreError
+from projections.history import BASES
 from projections.ports import Changes, encode_doc
-from projections.rows import OWNER_FIELD, Doc
+from projections.rows import OWNER_FIELD, Doc, Rows
 
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
 SEALED_FIELD = "sealed"
@@ -98,11 +99,23 @@ class ViewSealer:
         """Each projection's changed rows as (tenant, key, row key, sealed stored bytes), done
         before the store's write transaction: no key work while it holds its locks (a key
         created on the way takes another connection to the same database)."""
-        return {projection: [(tenant, key, rk,
-                              encode_doc(self.seal(projection, tenant, key, rk, doc)))
+        return {projection: [(tenant, key, rk, self.sealed(projection, tenant, key, rk, doc))
                              for (tenant, key), rows in keyed.items()
                              for rk, doc in rows.items()]
                 for projection, keyed in changes.items()}
+
+    def sealed(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> bytes:
+        """The stored bytes of one row; a history's row (a version: the key's rows at a time)
+        has each of its rows sealed as its projection seals them."""
+        base = BASES.get(projection)
+        if base is None:
+            return encode_doc(self.seal(projection, tenant, key, row_key, doc))
+        return encode_doc({rk: self.seal(base, tenant, key, rk, d) for rk, d in doc.items()})
+
+    def opened(self, projection: str, tenant: str, key: str, raw: bytes) -> Rows:
+        """A history version's rows, opened (`projection` is the history's projection)."""
+        return {rk: self.open(projection, tenant, key, rk, d)
+                for rk, d in orjson.loads(raw).items()}
 
     def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
         if projection not in SEALED_PROJECTIONS:
@@ -152,10 +165,13 @@ class ViewSealer:
         """The stored bytes with sealed content opened (what checksums cover, so stores with
         different keys compare); bytes that do not open are returned as stored, so `verify`
         reports the difference instead of failing."""
-        if self._factory is None or projection not in SEALED_PROJECTIONS \
+        base = BASES.get(projection)
+        if self._factory is None or (base or projection) not in SEALED_PROJECTIONS \
                 or _MARK not in raw:
             return raw
         try:
+            if base is not None:
+                return encode_doc(self.opened(base, tenant, key, raw))
             return encode_doc(self.open(projection, tenant, key, row_key, orjson.loads(raw)))
         except (StoreError, ValueError, TypeError, KeyError):
             return raw
@@ -165,7 +181,8 @@ class ViewSealer:
         (`projection` and the stored `docs`), or unconditionally (no projection)."""
         if self._keys is None:
             return
-        if projection is not None and (projection not in SEALED_PROJECTIONS or not any(
+        if projection is not None and (BASES.get(projection, projection) not in
+                                       SEALED_PROJECTIONS or not any(
                 _MARK in (doc if isinstance(doc, bytes) else str(doc).encode()) for doc in docs)):
             return
         self._keys.refresh()
