@@ -15,9 +15,6 @@ from projections.history import BASES, HISTORIES, canonical_versions, with_histo
 from projections.ports import Changes, Stuck, StuckChanges, checksum
 from projections.rows import PROJECTIONS, Rows
 
-# in memory nothing is stored: rows are kept as they are, without their `_owner` marks
-_PLAIN = ViewSealer(None)
-
 
 class MemoryViews:
     def __init__(self) -> None:
@@ -27,6 +24,13 @@ class MemoryViews:
             p: {} for p in (*PROJECTIONS, *HISTORIES.values())}
         self._positions: dict[str, int] = {}
         self._stuck: dict[tuple[str, str], Stuck] = {}
+        # in memory nothing is stored: rows are kept as they are, without their `_owner` marks;
+        # a deleted user's content is erased from the history when read (L2)
+        self._plain = ViewSealer(None, self._deleted)
+
+    def _deleted(self, tenant: str, user: str) -> bool:
+        doc = self.rows("directory", tenant, f"user:{user}").get(user)
+        return doc is not None and doc.get("status") == "deleted"
 
     def positions(self) -> dict[str, int]:
         return {p: self._positions.get(p, 0) for p in PROJECTIONS}
@@ -47,7 +51,7 @@ class MemoryViews:
         for projection, keyed in changes.items():
             table = self._rows[projection]
             for (tenant, key), rows in keyed.items():
-                encoded = {rk: _PLAIN.sealed(projection, tenant, key, rk, doc)
+                encoded = {rk: self._plain.sealed(projection, tenant, key, rk, doc)
                            for rk, doc in rows.items()}
                 if projection in BASES:  # versions are added (one of the same time replaced)
                     table.setdefault((tenant, key), {}).update(encoded)
@@ -83,7 +87,7 @@ class MemoryViews:
     def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
         versions = self._rows[HISTORIES[projection]].get((tenant, key), {})
         found = [m for m in versions if m <= moment]
-        return orjson.loads(versions[max(found)]) if found else {}
+        return self._plain.opened(projection, tenant, key, versions[max(found)]) if found else {}
 
     def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
                    ) -> dict[str, Rows]:
@@ -102,9 +106,10 @@ class MemoryViews:
         self._stuck = {k: v for k, v in self._stuck.items() if k[0] != projection}
 
     def checksum(self, projection: str) -> str:
-        past = self._rows[HISTORIES[projection]]
+        name = HISTORIES[projection]
         return with_history(
             checksum((t, k, rk, doc) for (t, k), rows in self._rows[projection].items()
                      for rk, doc in rows.items()),
-            canonical_versions((t, k, m, doc) for (t, k), versions in past.items()
+            canonical_versions((t, k, m, self._plain.canonical(name, t, k, m, doc))
+                               for (t, k), versions in self._rows[name].items()
                                for m, doc in versions.items()))

@@ -52,7 +52,8 @@ class SqliteViews:
         # L2: content in rows sealed with its owner's view key, kept beside the events in this
         # file; an in-memory database keeps nothing, so nothing is sealed there
         memory = path == ":memory:" or "mode=memory" in path
-        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(path))
+        self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(path),
+                                self._deleted)
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -71,6 +72,12 @@ class SqliteViews:
                     "PRIMARY KEY (tenant, key, row_key)) WITHOUT ROWID")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open views in {path}: {exc}") from exc
+
+    def _deleted(self, tenant: str, user: str) -> bool:
+        """Whether a user is deleted now (an in-memory database erases their content from the
+        history when reading it, L2; a file's destroyed keys do)."""
+        doc = self.rows("directory", tenant, f"user:{user}").get(user)
+        return doc is not None and doc.get("status") == "deleted"
 
     def _table(self, projection: str) -> str:
         if projection not in PROJECTIONS and projection not in BASES:

@@ -70,8 +70,12 @@ class ViewSealer:
     # benchmarks.content_cost only: False writes plaintext rows (the baseline it measures)
     enabled: ClassVar[bool] = True
 
-    def __init__(self, keys: Callable[[], ContentKeys] | None) -> None:
+    def __init__(self, keys: Callable[[], ContentKeys] | None,
+                 deleted: Callable[[str, str], bool] | None = None) -> None:
         self._factory = keys
+        # (tenant, user) -> deleted now: a store that keeps plaintext (in memory) erases a
+        # deleted user's content from its history when reading it (L2), as destroyed keys do
+        self._deleted = deleted
         self._keys: ContentKeys | None = None
         # (place, content) -> box: a thread's rows are rewritten at each of its events with the
         # same subject; sealing is deterministic, so the box is reused (bounded, cleared whole)
@@ -110,12 +114,23 @@ class ViewSealer:
         base = BASES.get(projection)
         if base is None:
             return encode_doc(self.seal(projection, tenant, key, row_key, doc))
+        if self._factory is None:  # plaintext: owners kept, for erasure when read
+            return encode_doc(doc)
         return encode_doc({rk: self.seal(base, tenant, key, rk, d) for rk, d in doc.items()})
 
     def opened(self, projection: str, tenant: str, key: str, raw: bytes) -> Rows:
         """A history version's rows, opened (`projection` is the history's projection)."""
-        return {rk: self.open(projection, tenant, key, rk, d)
+        rows = {rk: self.open(projection, tenant, key, rk, d)
                 for rk, d in orjson.loads(raw).items()}
+        if self._factory is not None or projection not in SEALED_PROJECTIONS:
+            return rows
+        for rk, doc in rows.items():
+            owner = doc.pop(OWNER_FIELD, doc.get("user" if projection == "sync_status"
+                                                  else "owner"))
+            if isinstance(owner, str) and isinstance(doc.get(_TEXT[projection]), str) \
+                    and self._deleted is not None and self._deleted(tenant, owner):
+                rows[rk] = _erased(projection, doc)
+        return rows
 
     def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
         if projection not in SEALED_PROJECTIONS:
@@ -166,12 +181,15 @@ class ViewSealer:
         different keys compare); bytes that do not open are returned as stored, so `verify`
         reports the difference instead of failing."""
         base = BASES.get(projection)
-        if self._factory is None or (base or projection) not in SEALED_PROJECTIONS \
+        if base is not None:  # opened, or in plaintext stores erased and without owners
+            try:
+                return encode_doc(self.opened(base, tenant, key, raw))
+            except (StoreError, ValueError, TypeError, KeyError):
+                return raw
+        if self._factory is None or projection not in SEALED_PROJECTIONS \
                 or _MARK not in raw:
             return raw
         try:
-            if base is not None:
-                return encode_doc(self.opened(base, tenant, key, raw))
             return encode_doc(self.open(projection, tenant, key, row_key, orjson.loads(raw)))
         except (StoreError, ValueError, TypeError, KeyError):
             return raw

@@ -108,5 +108,5 @@ def thread_reader(engine: Engine, tenant: str, thread: str, at: datetime) -> Thr
 
 
 def thread_views(engine: Engine, tenant: str, thread: str, at: datetime | None) -> ViewReader:
-    """Live views, or the thread's reader as of `at`."""
-    return engine.reader(tenant) if at is None else thread_reader(engine, tenant, thread, at)
+    """Live views, or the views as of `at` (their histories)."""
+    return engine.reader(tenant, at)
