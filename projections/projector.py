@@ -134,7 +134,6 @@ class Projector:
         position, seq = first
         self.held[tenant] = position
         self.retrying.pop(tenant, None)
-        self.groups.pop(tenant, None)
         self.forget_versions(tenant)
         for p in self.names:
             self.unsaved[(p, tenant)] = Stuck(position, error)
@@ -206,10 +205,10 @@ class Projector:
             try:
                 self._one(item, positions, everyone, behind)
             except Exception as exc:
-                self.groups.pop(tenant, None)
                 self.fail(tenant, (item.position, item.seq),
                           f"event at position {item.position}: {describe(exc)}")
                 self.position = item.position
+                self._flush_before_failure(tenant, live=True)
         for tenant in list(self.groups):
             try:
                 self._flush(tenant)
@@ -226,6 +225,14 @@ class Projector:
             if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
                 changes = _without(changes, {tenant})  # stuck before its first event here
         return changes
+
+    def _flush_before_failure(self, tenant: str, live: bool) -> None:
+        """The tenant's group, on its state refolded to just before the event that failed: the
+        rows of the events of its time before that one."""
+        try:
+            self._flush(tenant, live)
+        except Exception:
+            self.groups.pop(tenant, None)
 
     def _fold_only(self, item: Logged) -> None:
         """Fold an event of a tenant whose rows are narrowed at the batch's end."""
@@ -331,12 +338,12 @@ class Projector:
         cannot be stored (the group is then dropped)."""
         group = self.groups.pop(tenant)
         state = self.states[tenant]
-        dirty = {p: set(group.dirty.get(p, ())) for p in self.names}
+        dirty = {p: set(keys) for p, keys in group.dirty.items()}
         for tid, first in group.threads.items():
             for found in (first, thread_keys(state, tid)):
                 for p, ks in found.items():
-                    if p in dirty and ks:
-                        dirty[p].update(ks)
+                    if ks and p in self.names:
+                        dirty.setdefault(p, set()).update(ks)
         changes: Changes = {}
         cache: Cache = {}
         for p, keys in dirty.items():
@@ -355,6 +362,10 @@ class Projector:
             if live:
                 self.out.setdefault(p, {}).update(keyed)
             history = self.out.setdefault(HISTORIES[p], {})
+            if p == "message":  # written by the events that change them: always new
+                for tk, rows in keyed.items():
+                    history.setdefault(tk, {})[at] = rows
+                continue
             for (t, key), rows in keyed.items():
                 mark = (p, t, key)
                 if mark in memo and memo[mark] == rows:
@@ -410,6 +421,7 @@ class Projector:
             except Exception as exc:
                 self.fail(tenant, (item.position, item.seq),
                           f"event at position {item.position}: {describe(exc)}")
+                self._flush_before_failure(tenant, live=False)
                 states = self.states
                 self.position = item.position
                 continue
@@ -522,6 +534,7 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
             if pending is not None:
                 for tenant, first, error in pending.result():  # re-raises other failures
                     projector.fail(tenant, first, error)
+                    projector.groups.pop(tenant, None)
                     dropped.add(tenant)
                 pending = None
 
@@ -718,6 +731,7 @@ def _settle(projector: Projector, failed: list[Failed], changes: Changes) -> Cha
     """Hold the tenants a write could not store; drop them from the next batch's `changes`."""
     for tenant, first, error in failed:
         projector.fail(tenant, first, error)
+        projector.groups.pop(tenant, None)
     return _without(changes, {tenant for tenant, _, _ in failed})
 
 
