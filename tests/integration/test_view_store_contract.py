@@ -234,3 +234,16 @@ def test_e3_checksum_covers_the_history_but_not_versions_that_change_nothing(
     assert views.checksum("directory") == once
     views.write({history: {("t", "k"): {"0030": {"a": {"x": 2}}}}}, {})
     assert views.checksum("directory") != once
+
+
+def test_e4_a_scan_as_of_a_moment_over_keys_with_many_versions(views: ViewStore) -> None:
+    """Sync status keys get a version per synced message (PostgreSQL walks their keys)."""
+    history = HISTORIES["sync_status"]
+    views.write({history: {("t", f"mb{i}"): {f"{m:04d}": {f"mb{i}": {"synced": m}}
+                                             for m in range(i, 40, 3)} for i in range(3)}}, {})
+    assert views.scan_as_of("sync_status", "t", "", "0010") == {
+        "mb0": {"mb0": {"synced": 9}}, "mb1": {"mb1": {"synced": 10}},
+        "mb2": {"mb2": {"synced": 8}}}
+    assert views.scan_as_of("sync_status", "t", "mb1", "0000") == {}
+    assert views.scan_as_of("sync_status", "t", "mb", "0001") == {"mb0": {"mb0": {"synced": 0}},
+                                                                 "mb1": {"mb1": {"synced": 1}}}
