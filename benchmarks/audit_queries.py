@@ -6,10 +6,11 @@
 
 Starts `crmsync serve` on loopback (PostgreSQL: it reads the views the rebuild left), then times
 each query once over HTTP and once as `crmsync --postgres URL query ...` (wall time of the
-process, start-up included): the hot record's timeline and a hot thread live, the thread and
-its explain `at` a past time, access at a time and access history of the hot thread (asked by
-the admin u0). `--full-replay` adds the timeline `at` a past time, which still replays every
-view of the tenant (about two minutes each on the 1M history). `--export` times a full
+process, start-up included), live and `at` a past time, side by side: timeline (the hot
+record), mailbox, records, sync status, contact merge, thread and explain (a hot thread, as its
+owner u11), access (asked by the admin u0), and access history. `--full-replay` also times, in
+this process, the full replay of the tenant's views that `at` answers cost before the views
+kept their histories (about two minutes on the 1M history). `--export` times a full
 `crmsync export` and prints its peak RSS (constant memory: pages of 5,000 events).
 """
 
@@ -17,22 +18,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import httpx
 
 from adapters.http.tokens import issue
 from benchmarks.http_queries import wait_http
 
-AT = "2025-01-01T03:00:00+00:00"  # inside the hot threads' messages of the benchmark history
+# domain time of event ~540,000 of the 1M benchmark history (10 ms apart): past the hot threads,
+# half way through the mail (the 105k history: pass --at 2025-01-01T00:12:00+00:00)
+AT = "2025-01-01T01:30:00+00:00"
 
 
-def cli(crmsync: str, url: str, *args: str) -> tuple[float, int]:
+def cli(crmsync: list[str], url: str, *args: str) -> tuple[float, int]:
     started = time.perf_counter()
-    done = subprocess.run([crmsync, "--postgres", url, *args], capture_output=True, check=False)
+    done = subprocess.run([*crmsync, "--postgres", url, *args], capture_output=True, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{args}: exit {done.returncode}: {done.stderr.decode()[-500:]}")
@@ -46,53 +49,78 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--thread", default="mb11:hot5")
     p.add_argument("--record", default="hot-contact")
+    p.add_argument("--mailbox", default="mb11")
+    p.add_argument("--at", default=AT, help="the past domain time asked")
     p.add_argument("--full-replay", action="store_true")
     p.add_argument("--export", action="store_true")
     args = p.parse_args()
     secret = os.environ.setdefault("CRMSYNC_SECRET", "benchmark-secret-" + "x" * 32).encode()
-    crmsync = shutil.which("crmsync") or "crmsync"
+    # this checkout's code (with PYTHONPATH), whatever `crmsync` script is installed
+    crmsync = [sys.executable, "-m", "runners.entrypoints.cli"]
     env = {**os.environ, "CRMSYNC_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([crmsync, "--postgres", args.postgres, "serve", "--port",
+    server = subprocess.Popen([*crmsync, "--postgres", args.postgres, "serve", "--port",
                                str(args.port)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    t, th, rec = args.tenant, args.thread, args.record
-    queries: list[tuple[str, str, dict[str, str], str, list[str]]] = [
-        ("timeline live", f"/v1/records/{rec}/timeline", {}, "u11",
-         ["timeline", "--record", rec]),
-        ("thread live", f"/v1/threads/{th}", {}, "u11", ["thread", "--thread", th]),
-        ("thread at", f"/v1/threads/{th}", {"at": AT}, "u11",
-         ["thread", "--thread", th, "--at", AT]),
-        ("explain at", f"/v1/threads/{th}/explain", {"at": AT}, "u11",
-         ["explain", "--thread", th, "--at", AT]),
-        ("access at", f"/v1/threads/{th}/access", {"at": AT}, "u0",
-         ["access", "--thread", th, "--at", AT]),
-        ("access-history", f"/v1/threads/{th}/access-history", {}, "u0",
-         ["access-history", "--thread", th]),
+    t, th, rec, box = args.tenant, args.thread, args.record, args.mailbox
+    # (name, HTTP path, viewer, CLI arguments): each timed live and `at` AT
+    queries: list[tuple[str, str, str, list[str]]] = [
+        ("timeline", f"/v1/records/{rec}/timeline", "u11", ["timeline", "--record", rec]),
+        ("mailbox", "/v1/mailbox", "u11", ["mailbox"]),
+        ("records", "/v1/records", "u11", ["records"]),
+        ("status", f"/v1/mailboxes/{box}/status", "u11", ["status", "--mailbox", box]),
+        ("contact", f"/v1/contacts/{rec}/merge", "u11", ["contact", "--record", rec]),
+        ("thread", f"/v1/threads/{th}", "u11", ["thread", "--thread", th]),
+        ("explain", f"/v1/threads/{th}/explain", "u11", ["explain", "--thread", th]),
+        ("access", f"/v1/threads/{th}/access", "u0", ["access", "--thread", th]),
     ]
-    if args.full_replay:
-        queries.append(("timeline at (full replay)", f"/v1/records/{rec}/timeline", {"at": AT},
-                        "u11", ["timeline", "--record", rec, "--at", AT]))
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600) as client:
             wait_http(client)
-            sys.stdout.write(f"{'query':28} {'HTTP s':>8} {'CLI s':>8} {'CLI/HTTP':>8}\n")
-            for name, path, params, viewer, argv in queries:
+
+            def timed(name: str, path: str, viewer: str, argv: list[str], at: str | None
+                      ) -> tuple[float, float]:
                 headers = {"Authorization": f"Bearer {issue(secret, t, viewer)}"}
                 started = time.perf_counter()
-                answer = client.get(path, params=params, headers=headers)
+                answer = client.get(path, params={"at": at} if at else {}, headers=headers)
                 http = time.perf_counter() - started
                 if answer.status_code != 200:
                     raise SystemExit(f"{name}: HTTP {answer.status_code} {answer.text[:200]}")
                 took, _ = cli(crmsync, args.postgres, "query", argv[0], "--tenant", t,
-                              "--viewer", viewer, *argv[1:], "--json")
-                sys.stdout.write(f"{name:28} {http:8.2f} {took:8.2f} {took / http:8.1f}\n")
+                              "--viewer", viewer, *argv[1:], *(["--at", at] if at else []),
+                              "--json")
+                return http, took
+
+            # untimed: the server's follower folds the log once at its first live request
+            client.get(queries[0][1], headers={
+                "Authorization": f"Bearer {issue(secret, t, queries[0][2])}"})
+            sys.stdout.write(f"{'query':16} {'live HTTP':>9} {'live CLI':>9} {'at HTTP':>9} "
+                             f"{'at CLI':>9} {'at CLI/HTTP':>11}\n")
+            for name, path, viewer, argv in queries:
+                live = timed(name, path, viewer, argv, None)
+                past = timed(name, path, viewer, argv, args.at)
+                sys.stdout.write(f"{name:16} {live[0]:9.3f} {live[1]:9.2f} {past[0]:9.3f} "
+                                 f"{past[1]:9.2f} {past[1] / past[0]:11.1f}\n")
                 sys.stdout.flush()
+            http, took = timed("access-history", f"/v1/threads/{th}/access-history", "u0",
+                               ["access-history", "--thread", th], None)
+            sys.stdout.write(f"{'access-history':16} {'':>9} {'':>9} {http:9.3f} {took:9.2f} "
+                             f"{took / http:11.1f}\n")
     finally:
+        if args.full_replay:  # the baseline: what an `at` answer cost before the histories
+            from runners.bootstrap.config import open_engine
+            from runners.services.engine import replayed
+
+            engine = open_engine("unused.db", args.postgres)
+            started = time.perf_counter()
+            replayed(engine.stores().events, t, datetime.fromisoformat(args.at))
+            sys.stdout.write(f"full replay of the tenant's views to AT (in process, the old "
+                             f"`at`): {time.perf_counter() - started:.1f} s\n")
+            engine.close()
         server.terminate()
         server.wait(timeout=30)
     if args.export:
         started = time.perf_counter()
-        done = subprocess.run(["/usr/bin/time", "-f", "%M", crmsync, "--postgres", args.postgres,
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", *crmsync, "--postgres", args.postgres,
                                "export", "--tenant", t], capture_output=True, check=False)
         took = time.perf_counter() - started
         lines = done.stdout.count(b"\n")

@@ -26,8 +26,6 @@ import orjson
 from domain import events as ev
 from domain.state import EventRef, TenantState, Thread, evolve
 from domain.visibility import access_reason_of, links, manager_chain, shared
-from projections.ports import encode_doc
-from projections.rows import SEP, STATE_ROWS, Cache, Rows, event_rows
 
 # Events whose fold touches only their own mailbox's messages, threads, counters or cursor.
 MAILBOX_LOCAL: frozenset[type[ev.DomainEvent]] = frozenset({
@@ -299,48 +297,3 @@ def fold_until(tenant: str, scope: ThreadScope, events: Iterable[tuple[int, ev.D
             evolve(state, admitted, seq)
             refs.see(admitted, seq)
     return state, refs
-
-
-class ThreadReader:
-    """A ViewReader over a state folded for one thread (`fold_until` with its ThreadScope):
-    the rows a thread, explain or access question reads, computed on demand with the same
-    row functions as the projections (E3), and the thread's message rows collected from the
-    events as the `message` projection writes them. Docs round-trip through JSON like stored
-    rows."""
-
-    def __init__(self, state: TenantState, messages: dict[str, Rows]) -> None:
-        self.state = state
-        self.messages = messages
-        self._cache: Cache = {}
-
-    def rows(self, projection: str, tenant: str, key: str) -> Rows:
-        if tenant != self.state.tenant:
-            return {}
-        if projection == "message":
-            found = self.messages.get(key, {})
-        else:
-            found = STATE_ROWS[projection](self.state, key, self._cache)
-        return {k: orjson.loads(encode_doc(doc)) for k, doc in found.items()}
-
-    def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
-        if projection != "message":
-            raise NotImplementedError(f"a thread's reader does not scan {projection}")
-        return {key: self.rows(projection, tenant, key) for key, rows in self.messages.items()
-                if rows and key.startswith(prefix) and tenant == self.state.tenant}
-
-
-def fold_thread(tenant: str, scope: ThreadScope, events: Iterable[tuple[int, ev.DomainEvent]],
-                at: datetime | None) -> ThreadReader:
-    """The state and message rows for `scope`'s thread after every event up to `at`."""
-    state = TenantState(tenant, index_rfc=False)
-    messages: dict[str, Rows] = {}
-    for seq, event in events:
-        if at is not None and event.occurred_at > at:
-            break
-        admitted = scope.admit(event)
-        if admitted is not None:
-            evolve(state, admitted, seq)
-            for key, rows in event_rows(state, admitted).items():
-                if key.startswith(scope.thread + SEP):
-                    messages[key] = rows
-    return ThreadReader(state, messages)

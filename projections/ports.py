@@ -125,7 +125,18 @@ class ViewStore(ViewReader, Protocol):
         """Forget a projection's rows, position and stuck marks."""
         ...
 
-    def checksum(self, projection: str) -> str: ...
+    def checksum(self, projection: str) -> str:
+        """Over the live rows and the history's canonical versions (projections.history)."""
+        ...
+
+    def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
+        """The key's rows as of a moment (projections.history): its latest version then."""
+        ...
+
+    def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                   ) -> dict[str, Rows]:
+        """`scan` as of a moment: every key with a prefix, its latest non-empty version then."""
+        ...
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Held by a projector while it writes: one writer per view store at a time, across

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import structlog
 
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
+from projections.history import HISTORIES, moment
 from projections.partition import Partition
 from projections.ports import (
     Changes,
@@ -64,8 +66,29 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
+@dataclass
+class Group:
+    """What a tenant's events of one domain time may have changed (rows computed at its end)."""
+
+    at: datetime
+    first: First  # its first event
+    dirty: dict[str, set[str]] = field(default_factory=dict)  # projection -> keys
+    threads: dict[str, Keys] = field(default_factory=dict)  # thread -> keys when first touched
+    direct: dict[str, Rows] = field(default_factory=dict)  # message rows written by events
+
+
+_MEMO = 100_000  # keys whose last version is remembered (to skip versions that change nothing)
+
+
 class Projector:
-    """Folds events into tenant states and collects which keys of which projection changed."""
+    """Folds events into tenant states and collects which keys of which projection changed.
+
+    History (projections.history): a tenant's events are grouped by domain time; after the last
+    event of a time, the rows of every key the group touched are computed and become the live
+    rows and a version of the key's history at that time (unless equal to the key's last
+    version). A catch-up computes rows after each time rather than once per batch; a build,
+    which otherwise writes rows only once from the final state, computes them per time for the
+    history too (docs/decisions.md, "Views as of any time")."""
 
     def __init__(self, names: Iterable[str] = PROJECTIONS,
                  partition: Partition | None = None) -> None:
@@ -81,6 +104,9 @@ class Projector:
         self.first_seen: dict[str, First] = {}  # tenant -> its first event (builds)
         self.firsts: dict[str, First] = {}  # tenant -> its first event in the last batch
         self.row_failed: set[str] = set()  # tenants whose rows failed in a build
+        self.groups: dict[str, Group] = {}  # tenant -> its events of one time not yet computed
+        self.out: Changes = {}  # rows and versions computed, not yet handed to the store
+        self.memo: dict[tuple[str, str, str], Rows] = {}  # (projection, tenant, key) -> last
 
     def reset(self) -> None:
         """Forget everything folded so far (the next catch-up starts from the beginning)."""
@@ -89,6 +115,7 @@ class Projector:
         self.held, self.retrying, self.unsaved, self.loaded = {}, {}, {}, False
         self.first_seen = {}
         self.row_failed = set()
+        self.groups, self.out, self.memo = {}, {}, {}
 
     def load(self, stuck: Mapping[tuple[str, str], Stuck]) -> None:
         """Retry the tenants the store has stuck (this projector starts from the beginning)."""
@@ -107,10 +134,16 @@ class Projector:
         position, seq = first
         self.held[tenant] = position
         self.retrying.pop(tenant, None)
+        self.forget_versions(tenant)
         for p in self.names:
             self.unsaved[(p, tenant)] = Stuck(position, error)
         log.warning("tenant_stuck", tenant=tenant, position=position, error=error)
         self.states[tenant] = self._refold(tenant, seq)
+
+    def forget_versions(self, tenant: str) -> None:
+        """Forget the tenant's last versions: rows computed for it may not have been stored."""
+        for mark in [m for m in self.memo if m[1] == tenant]:
+            del self.memo[mark]
 
     def _refold(self, tenant: str, before_seq: int) -> TenantState:
         state = TenantState(tenant, index_rfc=False)
@@ -142,17 +175,16 @@ class Projector:
         return hold is not None and position >= hold
 
     def process(self, batch: Sequence[Logged], positions: dict[str, int]) -> Changes:
-        """Fold the batch; return the complete rows of every key it may have changed.
+        """Fold the batch; return the complete rows of every key it may have changed, and the
+        versions of their histories (one per tenant and domain time).
 
-        A thread's keys are taken when the batch first touches it (before the event) and again
-        at the end, so a record that stops being linked loses its row.
+        A thread's keys are taken when a time group first touches it (before the event) and
+        again at the group's end, so a record that stops being linked loses its row.
         """
-        dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
-        threads: dict[str, dict[str, Keys]] = {}  # tenant -> thread -> keys when first touched
-        direct: dict[str, dict[str, Rows]] = {}  # tenant -> message rows written by events
         everyone = frozenset(self.names)
         behind = max((positions.get(p, 0) for p in self.names), default=0)
         self.firsts = {}  # each tenant's first event in this batch
+        failed: set[str] = set()  # tenants whose rows failed: narrowed below
         for item in batch:
             if item.position <= self.position:
                 continue
@@ -161,24 +193,60 @@ class Projector:
                 self.position = item.position  # stuck: held back until retried
                 continue
             self.firsts.setdefault(tenant, (item.position, item.seq))
+            if tenant in failed:
+                self._fold_only(item)
+                continue
             try:
-                self._one(item, positions, everyone, behind, dirty, threads, direct)
+                self._next_time(tenant, item)
+            except Exception:
+                failed.add(tenant)
+                self._fold_only(item)
+                continue
+            try:
+                self._one(item, positions, everyone, behind)
             except Exception as exc:
                 self.fail(tenant, (item.position, item.seq),
                           f"event at position {item.position}: {describe(exc)}")
                 self.position = item.position
-        changes: Changes = {}
-        for tenant in {t for per in dirty.values() for t in per} | set(threads) | set(direct):
-            if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
-                continue  # stuck before its first event here: nothing of it to write
+                self._flush_before_failure(tenant, live=True)
+        for tenant in list(self.groups):
             try:
-                found = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
-                                          direct.get(tenant, {}))
-            except Exception:  # find the event after which its rows fail
-                found = self._narrow(tenant, batch, positions, everyone, behind)
+                self._flush(tenant)
+            except Exception:
+                failed.add(tenant)
+        changes, self.out = self.out, {}
+        for tenant in failed:  # find the event after which its rows fail
+            changes = _without(changes, {tenant})
+            self.groups.pop(tenant, None)
+            found = self._narrow(tenant, batch, positions, everyone, behind)
             for p, keyed in found.items():
                 changes.setdefault(p, {}).update(keyed)
+        for tenant in {t for per in changes.values() for t, _ in per}:
+            if tenant in self.held and self.held[tenant] <= self.firsts[tenant][0]:
+                changes = _without(changes, {tenant})  # stuck before its first event here
         return changes
+
+    def _flush_before_failure(self, tenant: str, live: bool) -> None:
+        """The tenant's group, on its state refolded to just before the event that failed: the
+        rows of the events of its time before that one."""
+        try:
+            self._flush(tenant, live)
+        except Exception:
+            self.groups.pop(tenant, None)
+
+    def _fold_only(self, item: Logged) -> None:
+        """Fold an event of a tenant whose rows are narrowed at the batch's end."""
+        state = self._state(item.event.tenant)
+        event = self._admit(state, item.event)
+        if event is not None:
+            evolve(state, event, item.seq)
+        self.position = item.position
+
+    def _next_time(self, tenant: str, item: Logged) -> None:
+        """Compute the tenant's pending group when this event starts a later time."""
+        group = self.groups.get(tenant)
+        if group is not None and group.at != item.event.occurred_at:
+            self._flush(tenant)
 
     def _narrow(self, tenant: str, batch: Sequence[Logged], positions: dict[str, int],
                 everyone: frozenset[str], behind: int) -> Changes:
@@ -191,30 +259,34 @@ class Projector:
         items = [it for it in batch if it.event.tenant == tenant and it.position >= first[0]
                  and (hold is None or it.position < hold)]
         self.states[tenant] = self._refold(tenant, first[1])
-        dirty: dict[str, dict[str, set[str]]] = {p: {} for p in self.names}
-        threads: dict[str, dict[str, Keys]] = {}
-        direct: dict[str, dict[str, Rows]] = {}
-        good: Changes = {}
+        self.forget_versions(tenant)
+        kept, self.out = self.out, {}
         for it in items:
             try:
-                self._one(it, positions, everyone, behind, dirty, threads, direct)
-                good = self._tenant_rows(tenant, dirty, threads.get(tenant, {}),
-                                         direct.get(tenant, {}))
+                self._one(it, positions, everyone, behind)
+                self._flush(tenant)  # after each event: a later one of its time overrides
+                bad = unstorable_keys(self.out)
+                if bad is not None:
+                    raise bad
             except Exception as exc:
+                self.groups.pop(tenant, None)
                 self.fail(tenant, (it.position, it.seq),
                           f"rows of the event at position {it.position}: {describe(exc)}")
                 break
+        good, self.out = self.out, kept
         self.position = end
         return good
 
-    def _one(self, item: Logged, positions: dict[str, int], everyone: frozenset[str],
-             behind: int, dirty: dict[str, dict[str, set[str]]],
-             threads: dict[str, dict[str, Keys]], direct: dict[str, dict[str, Rows]]) -> None:
-        """Fold one event and collect the keys it may have changed (`process`)."""
-        state = self.states.get(item.event.tenant)
+    def _state(self, tenant: str) -> TenantState:
+        state = self.states.get(tenant)
         if state is None:
-            state = self.states[item.event.tenant] = TenantState(item.event.tenant,
-                                                                  index_rfc=False)
+            state = self.states[tenant] = TenantState(tenant, index_rfc=False)
+        return state
+
+    def _one(self, item: Logged, positions: dict[str, int], everyone: frozenset[str],
+             behind: int) -> None:
+        """Fold one event and collect the keys it may have changed in its tenant's group."""
+        state = self._state(item.event.tenant)
         event = self._admit(state, item.event)
         if event is None:
             self.position = item.position
@@ -228,60 +300,96 @@ class Projector:
             evolve(state, event, item.seq)
             self.position = item.position
             return
-        seen = threads.setdefault(event.tenant, {})
+        self._collect(state, item, event, writing)
+        self.position = item.position
+
+    def _collect(self, state: TenantState, item: Logged, event: DomainEvent,
+                 writing: frozenset[str]) -> dict[str, Rows]:
+        """Fold the event, noting in its tenant's group the keys it may change; returns the
+        `message` rows it writes."""
+        group = self.groups.get(event.tenant)
+        if group is None:
+            group = self.groups[event.tenant] = Group(event.occurred_at,
+                                                      (item.position, item.seq))
+        seen = group.threads
         keys, touched_threads = touched(state, event)
         for tid in touched_threads:
             if tid not in seen:
                 seen[tid] = thread_keys(state, tid)
         evolve(state, event, item.seq)
-        self.position = item.position
         after, touched_threads = touched(state, event)
         for tid in touched_threads:
             if tid not in seen:
                 # found only after the event: the event added it or its links, so the keys
                 # it has now include every key it had before
                 seen[tid] = thread_keys(state, tid)
-        if "message" in writing:
-            direct.setdefault(event.tenant, {}).update(event_rows(state, event))
+        direct = event_rows(state, event) if "message" in writing else {}
+        group.direct.update(direct)
         for found in (keys, after):
             for p, ks in found.items():
                 if p in writing:
-                    dirty[p].setdefault(event.tenant, set()).update(ks)
+                    group.dirty.setdefault(p, set()).update(ks)
+        return direct
 
-    def _tenant_rows(self, tenant: str, dirty: dict[str, dict[str, set[str]]],
-                     seen: dict[str, Keys], direct: dict[str, Rows]) -> Changes:
-        """The rows of every key of `tenant` the batch may have changed (`process`); raises
-        UnstorableRow for a key no store can hold."""
+    def _flush(self, tenant: str, live: bool = True) -> None:
+        """The rows of every key the tenant's group touched, into `out`: the live rows (unless
+        `live` is False: a build writes those from the final state) and a version of each
+        key's history at the group's time. Raises when the rows cannot be computed or a key
+        cannot be stored (the group is then dropped)."""
+        group = self.groups.pop(tenant)
         state = self.states[tenant]
-        for tid, first in seen.items():
+        dirty = {p: set(keys) for p, keys in group.dirty.items()}
+        for tid, first in group.threads.items():
             for found in (first, thread_keys(state, tid)):
                 for p, ks in found.items():
-                    if p in dirty and ks:
-                        dirty[p].setdefault(tenant, set()).update(ks)
+                    if ks and p in self.names:
+                        dirty.setdefault(p, set()).update(ks)
         changes: Changes = {}
         cache: Cache = {}
-        for p, per_tenant in dirty.items():
-            for key in sorted(per_tenant.get(tenant, ())):
-                if self.partition is None or self.partition.owns_key(p, key):
+        for p, keys in dirty.items():
+            for key in sorted(keys):
+                if p in STATE_ROWS and (self.partition is None
+                                        or self.partition.owns_key(p, key)):
                     changes.setdefault(p, {})[(tenant, key)] = STATE_ROWS[p](state, key, cache)
-        for key, rows in direct.items():
+        for key, rows in group.direct.items():
             changes.setdefault("message", {})[(tenant, key)] = rows
         bad = unstorable_keys(changes)
         if bad is not None:
             raise bad
-        return changes
+        at = moment(group.at)
+        memo = self.memo
+        for p, keyed in changes.items():
+            if live:
+                self.out.setdefault(p, {}).update(keyed)
+            history = self.out.setdefault(HISTORIES[p], {})
+            if p == "message":  # written by the events that change them: always new
+                for tk, rows in keyed.items():
+                    history.setdefault(tk, {})[at] = rows
+                continue
+            for (t, key), rows in keyed.items():
+                mark = (p, t, key)
+                if mark in memo and memo[mark] == rows:
+                    continue  # the key's last version already says so
+                if len(memo) >= _MEMO:
+                    memo.clear()
+                memo[mark] = rows
+                history.setdefault((t, key), {})[at] = rows
 
     def _admit(self, state: TenantState, event: DomainEvent) -> DomainEvent | None:
         return event if self.partition is None else self.partition.admit(state, event)
 
     def fold(self, batch: Sequence[Logged]) -> tuple[dict[tuple[str, str], Rows],
                                                      dict[tuple[str, str], Rows]]:
-        """Fold the batch without computing state rows (a build writes those once, at the end);
-        return the `message` rows its events write when that projection is built: those of keys
-        written for the first time since the log's start (no rows to replace), and the others."""
+        """Fold the batch for a build: live state rows are written once, at the end, from the
+        final state; the history's versions of each time are computed into `out` (a tenant's
+        last time is computed by `flush_all`, as its events may go on in the next batch).
+        Returns the live `message` rows its events write when that projection is built: those
+        of keys written for the first time since the log's start (no rows to replace), and the
+        others."""
         created: dict[tuple[str, str], Rows] = {}
         changed: dict[tuple[str, str], Rows] = {}
         messages = "message" in self.names
+        everyone = frozenset(self.names)
         states = self.states
         for item in batch:
             if item.position <= self.position:
@@ -294,17 +402,26 @@ class Projector:
             if state is None:
                 state = states[tenant] = TenantState(tenant, index_rfc=False)
                 self.first_seen[tenant] = (item.position, item.seq)
+            group = self.groups.get(tenant)
+            if group is not None and group.at != item.event.occurred_at:
+                try:
+                    self._flush(tenant, live=False)
+                except Exception as exc:  # its rows: `build` processes it again event by event
+                    self._rows_failed(tenant, exc)
+                    states = self.states
+                    self.position = item.position
+                    continue
             try:
                 event = self._admit(state, item.event)
                 if event is None:
                     self.position = item.position
                     continue
                 first = messages and creates_message(state, event)
-                evolve(state, event, item.seq)
-                rows_of = event_rows(state, event) if messages else {}
+                rows_of = self._collect(state, item, event, everyone)
             except Exception as exc:
                 self.fail(tenant, (item.position, item.seq),
                           f"event at position {item.position}: {describe(exc)}")
+                self._flush_before_failure(tenant, live=False)
                 states = self.states
                 self.position = item.position
                 continue
@@ -316,6 +433,26 @@ class Projector:
                     created.pop((tenant, key), None)
                     changed[(tenant, key)] = rows
         return created, changed
+
+    def flush_all(self) -> None:
+        """A build's last times of every tenant, into `out` (history versions only)."""
+        for tenant in list(self.groups):
+            try:
+                self._flush(tenant, live=False)
+            except Exception as exc:
+                self._rows_failed(tenant, exc)
+
+    def take_out(self) -> Changes:
+        out, self.out = self.out, {}
+        return out
+
+    def _rows_failed(self, tenant: str, exc: Exception) -> None:
+        """A build could not compute or store a tenant's rows: it is held from its first event
+        and processed again event by event once the build is done (`build`, `_again`)."""
+        self.groups.pop(tenant, None)
+        self.out = _without(self.out, {tenant})
+        self.fail(tenant, self.first_seen[tenant], f"rows: {describe(exc)}")
+        self.row_failed.add(tenant)
 
     def final_changes(self, chunk: int = 2000) -> Iterator[Changes]:
         """The rows of every key of the state-derived projections, from the folded states, in
@@ -342,8 +479,7 @@ class Projector:
                                     yield changes
                                     changes, count = {}, 0
             except Exception as exc:  # its rows: `build` processes it again event by event
-                self.fail(tenant, self.first_seen[tenant], f"rows: {describe(exc)}")
-                self.row_failed.add(tenant)
+                self._rows_failed(tenant, exc)
                 for keyed in changes.values():
                     for tk in [tk for tk in keyed if tk[0] == tenant]:
                         del keyed[tk]
@@ -398,6 +534,7 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
             if pending is not None:
                 for tenant, first, error in pending.result():  # re-raises other failures
                     projector.fail(tenant, first, error)
+                    projector.groups.pop(tenant, None)
                     dropped.add(tenant)
                 pending = None
 
@@ -417,9 +554,16 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
                 write({"message": created}, {}, fresh=True)
             if changed:
                 write({"message": changed}, {})
+            versions = projector.take_out()
+            if versions:
+                write(versions, {}, fresh=True)
             read += len(batch)
             if progress is not None:
                 progress(projector.position, target)
+        projector.flush_all()
+        versions = projector.take_out()
+        if versions:
+            write(versions, {}, fresh=True)
         for changes in projector.final_changes():  # each key once, into empty tables
             write(changes, {}, fresh=True)
         settle()
@@ -587,6 +731,7 @@ def _settle(projector: Projector, failed: list[Failed], changes: Changes) -> Cha
     """Hold the tenants a write could not store; drop them from the next batch's `changes`."""
     for tenant, first, error in failed:
         projector.fail(tenant, first, error)
+        projector.groups.pop(tenant, None)
     return _without(changes, {tenant for tenant, _, _ in failed})
 
 

@@ -285,7 +285,11 @@ def sync_status(views: ViewReader, tenant: str, viewer: str, mailbox_id: str | N
     if user is None or user["status"] != "active":
         raise NotFound()
     out = []
-    for rows in views.scan("sync_status", tenant).values():
+    # one mailbox: its key only (a status has a past version per synced message: scanning
+    # every mailbox's to find one is what an `at` question must not do)
+    found = [views.rows("sync_status", tenant, mailbox_id)] if mailbox_id is not None \
+        else views.scan("sync_status", tenant).values()
+    for rows in found:
         for doc in rows.values():
             if doc["user"] == viewer or user["role"] == "admin":
                 out.append(doc)

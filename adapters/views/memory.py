@@ -11,20 +11,26 @@ import orjson
 from adapters.errors import StoreError
 from adapters.views.errors import refused
 from adapters.views.seal import ViewSealer
-from projections.ports import Changes, Stuck, StuckChanges, checksum, encode_doc
+from projections.history import BASES, HISTORIES, canonical_versions, with_history
+from projections.ports import Changes, Stuck, StuckChanges, checksum
 from projections.rows import PROJECTIONS, Rows
-
-# in memory nothing is stored: rows are kept as they are, without their `_owner` marks
-_PLAIN = ViewSealer(None)
 
 
 class MemoryViews:
     def __init__(self) -> None:
         self._writer = threading.RLock()
+        # every projection's rows, and its history's versions (row key: the version's moment)
         self._rows: dict[str, dict[tuple[str, str], dict[str, bytes]]] = {
-            p: {} for p in PROJECTIONS}
+            p: {} for p in (*PROJECTIONS, *HISTORIES.values())}
         self._positions: dict[str, int] = {}
         self._stuck: dict[tuple[str, str], Stuck] = {}
+        # in memory nothing is stored: rows are kept as they are, without their `_owner` marks;
+        # a deleted user's content is erased from the history when read (L2)
+        self._plain = ViewSealer(None, self._deleted)
+
+    def _deleted(self, tenant: str, user: str) -> bool:
+        doc = self.rows("directory", tenant, f"user:{user}").get(user)
+        return doc is not None and doc.get("status") == "deleted"
 
     def positions(self) -> dict[str, int]:
         return {p: self._positions.get(p, 0) for p in PROJECTIONS}
@@ -45,10 +51,12 @@ class MemoryViews:
         for projection, keyed in changes.items():
             table = self._rows[projection]
             for (tenant, key), rows in keyed.items():
-                if rows:
-                    table[(tenant, key)] = {
-                        rk: encode_doc(_PLAIN.seal(projection, tenant, key, rk, doc))
-                        for rk, doc in rows.items()}
+                encoded = {rk: self._plain.sealed(projection, tenant, key, rk, doc)
+                           for rk, doc in rows.items()}
+                if projection in BASES:  # versions are added (one of the same time replaced)
+                    table.setdefault((tenant, key), {}).update(encoded)
+                elif rows:
+                    table[(tenant, key)] = encoded
                 else:
                     table.pop((tenant, key), None)
         self._positions.update(positions)
@@ -62,8 +70,8 @@ class MemoryViews:
         return dict(self._stuck)
 
     def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
-        for p in projections:
-            table = self._rows[p]
+        for name in [n for p in projections for n in (p, HISTORIES[p])]:
+            table = self._rows[name]
             for tenant_key in [tk for tk in table if tk[0] == tenant]:
                 del table[tenant_key]
 
@@ -76,14 +84,32 @@ class MemoryViews:
                 for (t, key) in sorted(self._rows[projection])
                 if t == tenant and key.startswith(prefix)}
 
+    def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
+        versions = self._rows[HISTORIES[projection]].get((tenant, key), {})
+        found = [m for m in versions if m <= moment]
+        return self._plain.opened(projection, tenant, key, versions[max(found)]) if found else {}
+
+    def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                   ) -> dict[str, Rows]:
+        out = {key: self.rows_as_of(projection, tenant, key, moment)
+               for (t, key) in sorted(self._rows[HISTORIES[projection]])
+               if t == tenant and key.startswith(prefix)}
+        return {key: rows for key, rows in out.items() if rows}
+
     def exclusive(self) -> AbstractContextManager[None]:
         return self._writer  # type: ignore[return-value]
 
     def reset(self, projection: str) -> None:
         self._rows[projection] = {}
+        self._rows[HISTORIES[projection]] = {}
         self._positions[projection] = 0
         self._stuck = {k: v for k, v in self._stuck.items() if k[0] != projection}
 
     def checksum(self, projection: str) -> str:
-        return checksum((t, k, rk, doc) for (t, k), rows in self._rows[projection].items()
-                        for rk, doc in rows.items())
+        name = HISTORIES[projection]
+        return with_history(
+            checksum((t, k, rk, doc) for (t, k), rows in self._rows[projection].items()
+                     for rk, doc in rows.items()),
+            canonical_versions((t, k, m, self._plain.canonical(name, t, k, m, doc))
+                               for (t, k), versions in self._rows[name].items()
+                               for m, doc in versions.items()))

@@ -28,6 +28,7 @@ from adapters.eventstore.content_keys_postgres import PostgresContentKeys
 from adapters.metrics.prometheus import count_states
 from adapters.views.errors import refused
 from adapters.views.seal import ViewSealer
+from projections.history import BASES, HISTORIES, canonical_versions, with_history
 from projections.ports import (
     Changes,
     Stuck,
@@ -45,6 +46,8 @@ CONNECT_TIMEOUT = 3
 KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                               "keepalives_count": 3}
 _MAX_CHAR = 0x10FFFF
+# histories whose keys get a version at most events (a mailbox's counters): scanned key by key
+MANY_VERSIONS = frozenset({"sync_status"})
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -94,7 +97,7 @@ class PostgresViews:
             cur.execute("CREATE TABLE IF NOT EXISTS view_stuck (projection text COLLATE \"C\" "
                         "NOT NULL, tenant text COLLATE \"C\" NOT NULL, position bigint NOT NULL, "
                         "error text NOT NULL, PRIMARY KEY (projection, tenant))")
-            for p in PROJECTIONS:
+            for p in (*PROJECTIONS, *HISTORIES.values()):
                 cur.execute(self._create(self._table(p)))
 
     # -- connection -----------------------------------------------------------------------------
@@ -180,7 +183,7 @@ class PostgresViews:
 
     # -- tables ---------------------------------------------------------------------------------
     def _table(self, projection: str) -> str:
-        if projection not in PROJECTIONS:
+        if projection not in PROJECTIONS and projection not in BASES:
             raise StoreError(f"unknown projection {projection!r}")
         return f"view_{projection}{self.suffix}"
 
@@ -222,7 +225,14 @@ class PostgresViews:
                 table = self._id(projection)
                 tenants = [tenant for tenant, _ in keyed]
                 keys = [key for _, key in keyed]
-                if not fresh:  # fresh: the primary key rejects a row that exists
+                if projection in BASES and not fresh:  # a version of the same time replaced
+                    cur.execute(sql.SQL(
+                        "DELETE FROM {} AS v USING unnest(%s::text[], %s::text[], %s::text[]) "
+                        "AS d(tenant, key, row_key) WHERE v.tenant = d.tenant AND v.key = d.key "
+                        "AND v.row_key = d.row_key").format(table),
+                        ([r[0] for r in encoded[projection]], [r[1] for r in encoded[projection]],
+                         [r[2] for r in encoded[projection]]))
+                elif not fresh:  # fresh: the primary key rejects a row that exists
                     cur.execute(sql.SQL(
                         "DELETE FROM {} AS v USING unnest(%s::text[], %s::text[]) AS d(tenant, "
                         "key) WHERE v.tenant = d.tenant AND v.key = d.key").format(table),
@@ -252,8 +262,8 @@ class PostgresViews:
         if not storable_text(tenant):
             return  # no row can hold it
         with self._tx("remove a tenant's rows") as cur:
-            for p in projections:
-                cur.execute(sql.SQL("DELETE FROM {} WHERE tenant = %s").format(self._id(p)),
+            for name in [n for p in projections for n in (p, HISTORIES[p])]:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE tenant = %s").format(self._id(name)),
                             (tenant,))
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
@@ -294,22 +304,81 @@ class PostgresViews:
                                                           orjson.loads(_bytes(doc)))
         return out
 
+    def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
+        if not (storable_text(tenant) and storable_text(key)):
+            return {}
+        with self._read("read past views") as cur:
+            cur.execute(sql.SQL("SELECT doc FROM {} WHERE tenant = %s AND key = %s AND row_key "
+                                "<= %s ORDER BY row_key DESC LIMIT 1")
+                        .format(self._id(HISTORIES[projection])), (tenant, key, moment))
+            found = cur.fetchall()
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
+        return self._seal.opened(projection, tenant, key, _bytes(found[0][0])) if found else {}
+
+    def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                   ) -> dict[str, Rows]:
+        if not (storable_text(tenant) and storable_text(prefix)):
+            return {}
+        if projection in MANY_VERSIONS:
+            return self._skip_scan_as_of(projection, tenant, prefix, moment)
+        query = sql.SQL("SELECT DISTINCT ON (key) key, doc FROM {} WHERE tenant = %s AND "
+                        "key >= %s AND row_key <= %s").format(self._id(HISTORIES[projection]))
+        params: list[str] = [tenant, prefix, moment]
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            query += sql.SQL(" AND key < %s")
+            params.append(upper)
+        with self._read("read past views") as cur:
+            cur.execute(query + sql.SQL(" ORDER BY key, row_key DESC"), params)
+            found = cur.fetchall()
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
+        out = {key: self._seal.opened(projection, tenant, key, _bytes(doc)) for key, doc in found}
+        return {key: rows for key, rows in out.items() if rows}
+
+    def _skip_scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                         ) -> dict[str, Rows]:
+        """`scan_as_of` by a walk over the distinct keys (one index probe each, then one for
+        the key's version): for histories whose keys have thousands of versions each."""
+        # no bound: above every key but those starting with two U+10FFFF (no mailbox id does)
+        upper = prefix_upper_bound(prefix) or chr(_MAX_CHAR) * 2
+        query = sql.SQL(
+            "WITH RECURSIVE k(key) AS ("
+            " SELECT min(key) FROM {t} WHERE tenant = %(t)s AND key >= %(lo)s AND key < %(hi)s"
+            " UNION ALL SELECT (SELECT min(h.key) FROM {t} h WHERE h.tenant = %(t)s"
+            " AND h.key > k.key AND h.key < %(hi)s) FROM k WHERE k.key IS NOT NULL)"
+            " SELECT k.key, v.doc FROM k CROSS JOIN LATERAL (SELECT doc FROM {t} h"
+            " WHERE h.tenant = %(t)s AND h.key = k.key AND h.row_key <= %(m)s"
+            " ORDER BY h.row_key DESC LIMIT 1) v WHERE k.key IS NOT NULL ORDER BY k.key"
+        ).format(t=self._id(HISTORIES[projection]))
+        with self._read("read past views") as cur:
+            cur.execute(query, {"t": tenant, "lo": prefix, "hi": upper, "m": moment})
+            found = cur.fetchall()
+        self._seal.refresh(projection, (_bytes(d[-1]) for d in found))
+        out = {key: self._seal.opened(projection, tenant, key, _bytes(doc)) for key, doc in found}
+        return {key: rows for key, rows in out.items() if rows}
+
     def reset(self, projection: str) -> None:
         with self._tx("reset a view") as cur:
-            cur.execute(sql.SQL("TRUNCATE {}").format(self._id(projection)))
+            cur.execute(sql.SQL("TRUNCATE {}, {}").format(self._id(projection),
+                                                          self._id(HISTORIES[projection])))
             cur.execute("DELETE FROM view_tracking WHERE projection = %s",
                         (projection + self.suffix,))
             cur.execute("DELETE FROM view_stuck WHERE projection = %s",
                         (projection + self.suffix,))
 
     def checksum(self, projection: str) -> str:
+        """Over the live rows and the history's canonical versions (`projections.history`)."""
+        found = {}
         with self._tx("checksum a view") as cur:
-            cur.execute(sql.SQL("SELECT tenant, key, row_key, doc FROM {}")
-                        .format(self._id(projection)))
-            found = cur.fetchall()
+            for name in (projection, HISTORIES[projection]):
+                cur.execute(sql.SQL("SELECT tenant, key, row_key, doc FROM {}")
+                            .format(self._id(name)))
+                found[name] = cur.fetchall()
         self._seal.refresh()  # sealed content opened: stores with other keys compare (E3)
-        return checksum((t, k, rk, self._seal.canonical(projection, t, k, rk, _bytes(doc)))
-                        for t, k, rk, doc in found)
+        opened = {name: [(t, k, rk, self._seal.canonical(name, t, k, rk, _bytes(doc)))
+                         for t, k, rk, doc in rows] for name, rows in found.items()}
+        return with_history(checksum(opened[projection]),
+                            canonical_versions(opened[HISTORIES[projection]]))
 
     def mailbox_sizes(self) -> dict[str, int]:
         """Messages synced per mailbox id (all tenants), from the sync status rows: what a
@@ -337,7 +406,7 @@ class PostgresViews:
         if not self.suffix:
             raise StoreError("refusing to drop the live views")
         with self._tx("drop scratch views") as cur:
-            for p in PROJECTIONS:
+            for p in (*PROJECTIONS, *HISTORIES.values()):
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._id(p)))
             cur.execute("DELETE FROM view_tracking WHERE projection = ANY(%s)",
                         ([p + self.suffix for p in PROJECTIONS],))
@@ -352,18 +421,19 @@ class PostgresViews:
         """
         if not self.suffix:
             raise StoreError("swap needs a scratch store")
-        live, new = f"view_{projection}", self._table(projection)
         with self._tx("swap a rebuilt view in") as cur:
             cur.execute("SELECT position FROM view_tracking WHERE projection = %s",
                         (projection + self.suffix,))
             row = cur.fetchone()
             position = int(row[0]) if row else 0
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(live)))
-            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(new), sql.Identifier(live)))
-            cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                sql.Identifier(live), sql.Identifier(f"{new}_pkey"),
-                sql.Identifier(f"{live}_pkey")))
+            for name in (projection, HISTORIES[projection]):  # the history goes with its view
+                live, new = f"view_{name}", self._table(name)
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(live)))
+                cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(new), sql.Identifier(live)))
+                cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    sql.Identifier(live), sql.Identifier(f"{new}_pkey"),
+                    sql.Identifier(f"{live}_pkey")))
             cur.execute("INSERT INTO view_tracking VALUES (%s, %s) ON CONFLICT (projection) "
                         "DO UPDATE SET position = excluded.position", (projection, position))
             cur.execute("DELETE FROM view_tracking WHERE projection = %s",

@@ -35,8 +35,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from adapters.errors import StoreError
 from adapters.eventstore.content_keys import ContentKeys
+from projections.history import BASES
 from projections.ports import Changes, encode_doc
-from projections.rows import OWNER_FIELD, Doc
+from projections.rows import OWNER_FIELD, Doc, Rows
 
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
 SEALED_FIELD = "sealed"
@@ -104,8 +105,12 @@ class ViewSealer:
     # benchmarks.content_cost only: False writes plaintext rows (the baseline it measures)
     enabled: ClassVar[bool] = True
 
-    def __init__(self, keys: Callable[[], ContentKeys] | None) -> None:
+    def __init__(self, keys: Callable[[], ContentKeys] | None,
+                 deleted: Callable[[str, str], bool] | None = None) -> None:
         self._factory = keys
+        # (tenant, user) -> deleted now: a store that keeps plaintext (in memory) erases a
+        # deleted user's content from its history when reading it (L2), as destroyed keys do
+        self._deleted = deleted
         self._keys: ContentKeys | None = None
         # (place, content) -> box: a thread's rows are rewritten at each of its events with the
         # same subject, a message's at each flag or label change with the same content; sealing
@@ -136,18 +141,42 @@ class ViewSealer:
         created on the way takes another connection to the same database). The batch's keys
         are looked up once per owner (most rows of a batch share a few owners)."""
         keys: _BatchKeys = {}
-        out: dict[str, list[tuple[str, str, str, bytes]]] = {}
-        for projection, keyed in changes.items():
-            if projection in SEALED_PROJECTIONS:
-                out[projection] = [(tenant, key, rk,
-                                    encode_doc(self._seal(projection, tenant, key, doc, keys)))
-                                   for (tenant, key), rows in keyed.items()
-                                   for rk, doc in rows.items()]
-            else:
-                out[projection] = [(tenant, key, rk, encode_doc(doc))
-                                   for (tenant, key), rows in keyed.items()
-                                   for rk, doc in rows.items()]
-        return out
+        return {projection: [(tenant, key, rk, self._sealed(projection, tenant, key, doc, keys))
+                             for (tenant, key), rows in keyed.items()
+                             for rk, doc in rows.items()]
+                for projection, keyed in changes.items()}
+
+    def sealed(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> bytes:
+        """The stored bytes of one row; a history's row (a version: the key's rows at a time)
+        has each of its rows sealed as its projection seals them."""
+        return self._sealed(projection, tenant, key, doc, {})
+
+    def _sealed(self, projection: str, tenant: str, key: str, doc: Doc, keys: _BatchKeys
+                ) -> bytes:
+        base = BASES.get(projection)
+        if base is None:
+            if projection not in SEALED_PROJECTIONS:
+                return encode_doc(doc)
+            return encode_doc(self._seal(projection, tenant, key, doc, keys))
+        if self._factory is None:  # plaintext: owners kept, for erasure when read
+            return encode_doc(doc)
+        if base not in SEALED_PROJECTIONS:
+            return encode_doc(doc)
+        return encode_doc({rk: self._seal(base, tenant, key, d, keys) for rk, d in doc.items()})
+
+    def opened(self, projection: str, tenant: str, key: str, raw: bytes) -> Rows:
+        """A history version's rows, opened (`projection` is the history's projection)."""
+        rows = {rk: self.open(projection, tenant, key, rk, d)
+                for rk, d in orjson.loads(raw).items()}
+        if self._factory is not None or projection not in SEALED_PROJECTIONS:
+            return rows
+        for rk, doc in rows.items():
+            owner = doc.pop(OWNER_FIELD, doc.get("user" if projection == "sync_status"
+                                                  else "owner"))
+            if isinstance(owner, str) and isinstance(doc.get(_TEXT[projection]), str) \
+                    and self._deleted is not None and self._deleted(tenant, owner):
+                rows[rk] = _erased(projection, doc)
+        return rows
 
     def seal(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> Doc:
         """The row as stored: content sealed (a copy; rows are shared), `_owner` gone."""
@@ -226,6 +255,12 @@ class ViewSealer:
         """The stored bytes with sealed content opened (what checksums cover, so stores with
         different keys compare); bytes that do not open are returned as stored, so `verify`
         reports the difference instead of failing."""
+        base = BASES.get(projection)
+        if base is not None:  # opened, or in plaintext stores erased and without owners
+            try:
+                return encode_doc(self.opened(base, tenant, key, raw))
+            except (StoreError, ValueError, TypeError, KeyError):
+                return raw
         if self._factory is None or projection not in SEALED_PROJECTIONS \
                 or _MARK not in raw:
             return raw
@@ -239,7 +274,8 @@ class ViewSealer:
         (`projection` and the stored `docs`), or unconditionally (no projection)."""
         if self._keys is None:
             return
-        if projection is not None and (projection not in SEALED_PROJECTIONS or not any(
+        if projection is not None and (BASES.get(projection, projection) not in
+                                       SEALED_PROJECTIONS or not any(
                 _MARK in (doc if isinstance(doc, bytes) else str(doc).encode()) for doc in docs)):
             return
         self._keys.refresh()

@@ -28,6 +28,7 @@ from adapters.metrics.prometheus import count_states
 from adapters.private_files import private_file
 from adapters.views.errors import UnstorableViewRow, refused
 from adapters.views.seal import ViewSealer
+from projections.history import BASES, HISTORIES, canonical_versions, with_history
 from projections.ports import (
     Changes,
     Stuck,
@@ -55,7 +56,7 @@ class SqliteViews:
         # file; an in-memory database keeps nothing, so nothing is sealed there
         memory = path == ":memory:" or "mode=memory" in path
         self._seal = ViewSealer(None if memory else lambda: SqliteContentKeys(
-            path, configured_master_key(content_key)))
+            path, configured_master_key(content_key)), self._deleted)
         try:
             self.conn = sqlite3.connect(private_file(path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
@@ -67,7 +68,7 @@ class SqliteViews:
             self.conn.execute("CREATE TABLE IF NOT EXISTS view_stuck (projection TEXT NOT NULL, "
                               "tenant TEXT NOT NULL, position INTEGER NOT NULL, error TEXT NOT "
                               "NULL, PRIMARY KEY (projection, tenant))")
-            for p in PROJECTIONS:
+            for p in (*PROJECTIONS, *HISTORIES.values()):
                 self.conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {self._table(p)} (tenant TEXT NOT NULL, "
                     "key TEXT NOT NULL, row_key TEXT NOT NULL, doc BLOB NOT NULL, "
@@ -75,8 +76,14 @@ class SqliteViews:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open views in {path}: {exc}") from exc
 
+    def _deleted(self, tenant: str, user: str) -> bool:
+        """Whether a user is deleted now (an in-memory database erases their content from the
+        history when reading it, L2; a file's destroyed keys do)."""
+        doc = self.rows("directory", tenant, f"user:{user}").get(user)
+        return doc is not None and doc.get("status") == "deleted"
+
     def _table(self, projection: str) -> str:
-        if projection not in PROJECTIONS:
+        if projection not in PROJECTIONS and projection not in BASES:
             raise StoreError(f"unknown projection {projection!r}")
         return f"view_{projection}{self.suffix}"
 
@@ -164,10 +171,13 @@ class SqliteViews:
                     for (tenant, key), rows in keyed.items():  # SQLite would keep a NUL
                         if "\x00" in key or "\x00" in tenant or any("\x00" in rk for rk in rows):
                             raise UnstorableViewRow(tenant, projection, "NUL in a key")
-                    if not fresh:  # fresh: the primary key rejects a row that exists
+                    insert = "INSERT"
+                    if projection in BASES:  # versions are added; one of the same time replaced
+                        insert = "INSERT" if fresh else "INSERT OR REPLACE"
+                    elif not fresh:  # fresh: the primary key rejects a row that exists
                         self.conn.executemany(f"DELETE FROM {table} WHERE tenant=? AND key=?",
                                               list(keyed))
-                    self.conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?)",
+                    self.conn.executemany(f"{insert} INTO {table} VALUES (?, ?, ?, ?)",
                                           encoded[projection])
                 self.conn.executemany(
                     "INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
@@ -193,8 +203,8 @@ class SqliteViews:
     def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for p in projections:
-                self.conn.execute(f"DELETE FROM {self._table(p)} WHERE tenant=?", (tenant,))
+            for name in [n for p in projections for n in (p, HISTORIES[p])]:
+                self.conn.execute(f"DELETE FROM {self._table(name)} WHERE tenant=?", (tenant,))
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot remove a tenant's rows: {exc}") from exc
@@ -240,10 +250,35 @@ class SqliteViews:
                                                           orjson.loads(doc))
         return out
 
+    def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
+        if not (storable_text(tenant) and storable_text(key)):
+            return {}
+        history = self._table(HISTORIES[projection])
+        found = self._reader().execute(
+            f"SELECT doc FROM {history} WHERE tenant=? AND key=? AND row_key<=? "
+            "ORDER BY row_key DESC LIMIT 1", (tenant, key, moment)).fetchall()
+        self._seal.refresh(projection, (d[-1] for d in found))
+        return self._seal.opened(projection, tenant, key, found[0][0]) if found else {}
+
+    def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                   ) -> dict[str, Rows]:
+        if not (storable_text(tenant) and storable_text(prefix)):
+            return {}
+        history = self._table(HISTORIES[projection])
+        # SQLite: the bare `doc` beside max() is the one of the row holding the maximum
+        found = self._reader().execute(
+            f"SELECT key, doc, max(row_key) FROM {history} WHERE tenant=? AND key >= ? AND "
+            "key < ? AND row_key <= ? GROUP BY key ORDER BY key",
+            (tenant, prefix, prefix + "\U0010ffff", moment)).fetchall()
+        self._seal.refresh(projection, (d[1] for d in found))
+        out = {key: self._seal.opened(projection, tenant, key, doc) for key, doc, _ in found}
+        return {key: rows for key, rows in out.items() if rows}
+
     def reset(self, projection: str) -> None:
         table = self._table(projection)
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute(f"DELETE FROM {table}")
+        self.conn.execute(f"DELETE FROM {self._table(HISTORIES[projection])}")
         self.conn.execute("DELETE FROM view_tracking WHERE projection=?",
                           (projection + self.suffix,))
         self.conn.execute("DELETE FROM view_stuck WHERE projection=?",
@@ -251,13 +286,18 @@ class SqliteViews:
         self.conn.execute("COMMIT")
 
     def checksum(self, projection: str) -> str:
-        cur = self.conn.execute(f"SELECT tenant, key, row_key, doc FROM {self._table(projection)}")
+        """Over the live rows and the history's canonical versions (`projections.history`)."""
         # a document edited by hand may come back as text: checksum whatever is stored; sealed
         # content opened, so stores with different keys (and the in-memory one) compare (E3)
         self._seal.refresh()
-        return checksum((t, k, rk, self._seal.canonical(
-            projection, t, k, rk, doc if isinstance(doc, bytes) else str(doc).encode()))
-            for t, k, rk, doc in cur.fetchall())
+        found = {}
+        for name in (projection, HISTORIES[projection]):
+            cur = self.conn.execute(f"SELECT tenant, key, row_key, doc FROM {self._table(name)}")
+            found[name] = [(t, k, rk, self._seal.canonical(
+                name, t, k, rk, doc if isinstance(doc, bytes) else str(doc).encode()))
+                for t, k, rk, doc in cur.fetchall()]
+        return with_history(checksum(found[projection]),
+                            canonical_versions(found[HISTORIES[projection]]))
 
     def drop(self) -> None:
         """Drop this store's tables (scratch stores only)."""
@@ -266,6 +306,7 @@ class SqliteViews:
         self.conn.execute("BEGIN IMMEDIATE")
         for p in PROJECTIONS:
             self.conn.execute(f"DROP TABLE IF EXISTS {self._table(p)}")
+            self.conn.execute(f"DROP TABLE IF EXISTS {self._table(HISTORIES[p])}")
             self.conn.execute("DELETE FROM view_tracking WHERE projection=?", (p + self.suffix,))
             self.conn.execute("DELETE FROM view_stuck WHERE projection=?", (p + self.suffix,))
         self.conn.execute("COMMIT")
@@ -278,8 +319,10 @@ class SqliteViews:
         position = self.positions()[projection]
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.execute(f"DROP TABLE {live}")
-            self.conn.execute(f"ALTER TABLE {new} RENAME TO {live}")
+            for old, rebuilt in ((live, new), (f"view_{HISTORIES[projection]}",
+                                               self._table(HISTORIES[projection]))):
+                self.conn.execute(f"DROP TABLE {old}")
+                self.conn.execute(f"ALTER TABLE {rebuilt} RENAME TO {old}")
             self.conn.execute("INSERT INTO view_tracking VALUES (?, ?) ON CONFLICT(projection) "
                               "DO UPDATE SET position=excluded.position", (projection, position))
             self.conn.execute("DELETE FROM view_tracking WHERE projection=?",

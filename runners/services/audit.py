@@ -20,10 +20,8 @@ from domain.errors import NotFound
 from projections import queries
 from projections.access import (
     AccessHistory,
-    ThreadReader,
     ThreadScope,
     access_answer,
-    fold_thread,
     fold_until,
 )
 from projections.ports import ViewReader
@@ -100,13 +98,6 @@ def explain_for(engine: Engine, tenant: str, asker: str, viewer: str, thread: st
                            record, audited=True)
 
 
-def thread_reader(engine: Engine, tenant: str, thread: str, at: datetime) -> ThreadReader:
-    """The views a question about one thread reads, as of `at`: one filtered fold of the
-    tenant's stream for that thread instead of a replay of every view of the tenant."""
-    scope = ThreadScope(thread, _mailbox_of(engine, tenant, thread))
-    return fold_thread(tenant, scope, _events(engine, tenant, scope), at)
-
-
 def thread_views(engine: Engine, tenant: str, thread: str, at: datetime | None) -> ViewReader:
-    """Live views, or the thread's reader as of `at`."""
-    return engine.reader(tenant) if at is None else thread_reader(engine, tenant, thread, at)
+    """Live views, or the views as of `at` (their histories)."""
+    return engine.reader(tenant, at)

@@ -26,6 +26,7 @@ from adapters.views.memory import MemoryViews
 from domain.events import DomainEvent
 from domain.state import TenantState
 from projections import queries
+from projections.history import AsOf
 from projections.ports import Stuck, ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
@@ -247,25 +248,20 @@ class Engine(CommandApplication, Rebuilding):
 
     # -- queries --------------------------------------------------------------------------------
     def reader(self, tenant: str, at: datetime | None = None) -> ViewReader:
-        """Live views (caught up first unless another thread is catching up), or the tenant's
-        state replayed up to domain time `at` (in the calling thread, on its own views).
+        """Live views (caught up first unless another thread is catching up), or the same
+        views as of domain time `at`, read from their histories (projections.history): no
+        replay, the cost of a live read.
 
         Thread-safe for readers: the view stores read on per-thread connections (SQLite) or a
         connection of their own (PostgreSQL), the event store from its pool."""
-        if at is None:
-            if self.follow and self._background:
-                self.request_catch_up()
-            elif self.follow:
-                self.try_catch_up()
-            return self._views
-        with self.replay_slot():
-            return replayed(self._store, tenant, at)
+        if self.follow and self._background:
+            self.request_catch_up()
+        elif self.follow:
+            self.try_catch_up()
+        return self._views if at is None else AsOf(self._views, at)
 
     def _answer(self, name: str, tenant: str, viewer: str, at: datetime | None,
                 *args: Any) -> Any:
-        if at is not None and self.replay is not None:  # replayed elsewhere (a process pool)
-            with self.replay_slot():
-                return self.replay(name, tenant, viewer, args, at)
         return QUERIES[name](self.reader(tenant, at), tenant, viewer, *args)
 
     def query_timeline(self, tenant: str, viewer: str, record: str, at: datetime | None = None
@@ -278,25 +274,11 @@ class Engine(CommandApplication, Rebuilding):
 
     def query_thread(self, tenant: str, viewer: str, thread: str, at: datetime | None = None
                      ) -> dict[str, Any]:
-        if at is None:
-            return cast(dict[str, Any], self._answer("thread", tenant, viewer, None, thread))
-        from runners.services.audit import (
-            thread_reader,  # `at`: fold one thread, not the tenant's views
-        )
-
-        with self.replay_slot():  # bounded like every replay (the HTTP API's ReplayLane)
-            return queries.thread(thread_reader(self, tenant, thread, at), tenant, viewer, thread)
+        return cast(dict[str, Any], self._answer("thread", tenant, viewer, at, thread))
 
     def query_explain(self, tenant: str, viewer: str, thread: str, record: str | None = None,
                       at: datetime | None = None) -> dict[str, Any]:
-        if at is None:
-            return cast(dict[str, Any], self._answer("explain", tenant, viewer, None, thread,
-                                                     record))
-        from runners.services.audit import thread_reader
-
-        with self.replay_slot():
-            return queries.explain(thread_reader(self, tenant, thread, at), tenant, viewer,
-                                   thread, record)
+        return cast(dict[str, Any], self._answer("explain", tenant, viewer, at, thread, record))
 
     def query_records(self, tenant: str, viewer: str, email: str | None = None,
                       at: datetime | None = None) -> list[dict[str, Any]]:
@@ -318,7 +300,8 @@ QUERIES: dict[str, Callable[..., Any]] = {
 
 
 def replayed(store: EventStore, tenant: str, at: datetime) -> MemoryViews:
-    """The tenant's views as of domain time `at`: the live projector over its stream up to `at`."""
+    """The tenant's views as of domain time `at`: the live projector over its stream up to `at`
+    (the reference the histories are tested against; `Engine.reader` reads those)."""
     events = []
     for seq, event in store.tenant_events(tenant):
         if event.occurred_at > at:

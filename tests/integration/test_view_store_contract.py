@@ -13,6 +13,7 @@ from adapters.errors import StoreError
 from adapters.views.memory import MemoryViews
 from adapters.views.postgres import PostgresViews
 from adapters.views.sqlite import SqliteViews
+from projections.history import HISTORIES
 from projections.ports import ViewStore
 from projections.rows import Rows
 
@@ -195,3 +196,54 @@ def test_postgres_errors_become_store_errors(postgres_url: str) -> None:
     with pytest.raises(StoreError):
         views.drop()  # the live views are never dropped
     views.close()
+
+
+def test_e4_history_versions_answer_as_of_a_moment_and_go_with_reset_and_forget(
+        views: ViewStore) -> None:
+    """A key's history (projections.history): its latest version at or before the moment; an
+    empty version means no rows then; a version of the same moment replaces the earlier one
+    (a catch-up writing a time cut by its batch end again); reset and forget_tenant clear it."""
+    history = HISTORIES["timeline"]
+    views.write({history: {("t", "r1"): {"0010": {"a": {"x": 1}}, "0020": {}},
+                           ("t", "r2"): {"0015": {"a": {"x": 2}, "b": {"x": 3}}},
+                           ("u", "r1"): {"0001": {"a": {"x": 9}}}}}, {}, fresh=True)
+    assert views.rows_as_of("timeline", "t", "r1", "0009") == {}
+    assert views.rows_as_of("timeline", "t", "r1", "0010") == {"a": {"x": 1}}
+    assert views.rows_as_of("timeline", "t", "r1", "0019") == {"a": {"x": 1}}
+    assert views.rows_as_of("timeline", "t", "r1", "0020") == {}
+    assert views.scan_as_of("timeline", "t", "r", "0016") == {
+        "r1": {"a": {"x": 1}}, "r2": {"a": {"x": 2}, "b": {"x": 3}}}
+    assert views.scan_as_of("timeline", "t", "r", "0030") == {"r2": {"a": {"x": 2}, "b": {"x": 3}}}
+    with pytest.raises(StoreError):  # a build writes each version once
+        views.write({history: {("t", "r1"): {"0010": {"a": {"x": 5}}}}}, {}, fresh=True)
+    views.write({history: {("t", "r1"): {"0010": {"a": {"x": 5}}}}}, {})
+    assert views.rows_as_of("timeline", "t", "r1", "0011") == {"a": {"x": 5}}
+    assert views.rows("timeline", "t", "r1") == {}  # live rows are not the history
+    views.forget_tenant("u", ["timeline"])
+    assert views.rows_as_of("timeline", "u", "r1", "0030") == {}
+    views.reset("timeline")
+    assert views.scan_as_of("timeline", "t", "", "0030") == {}
+
+
+def test_e3_checksum_covers_the_history_but_not_versions_that_change_nothing(
+        views: ViewStore) -> None:
+    history = HISTORIES["directory"]
+    views.write({history: {("t", "k"): {"0010": {"a": {"x": 1}}}}}, {})
+    once = views.checksum("directory")
+    views.write({history: {("t", "k"): {"0005": {}, "0020": {"a": {"x": 1}}}}}, {})
+    assert views.checksum("directory") == once
+    views.write({history: {("t", "k"): {"0030": {"a": {"x": 2}}}}}, {})
+    assert views.checksum("directory") != once
+
+
+def test_e4_a_scan_as_of_a_moment_over_keys_with_many_versions(views: ViewStore) -> None:
+    """Sync status keys get a version per synced message (PostgreSQL walks their keys)."""
+    history = HISTORIES["sync_status"]
+    views.write({history: {("t", f"mb{i}"): {f"{m:04d}": {f"mb{i}": {"synced": m}}
+                                             for m in range(i, 40, 3)} for i in range(3)}}, {})
+    assert views.scan_as_of("sync_status", "t", "", "0010") == {
+        "mb0": {"mb0": {"synced": 9}}, "mb1": {"mb1": {"synced": 10}},
+        "mb2": {"mb2": {"synced": 8}}}
+    assert views.scan_as_of("sync_status", "t", "mb1", "0000") == {}
+    assert views.scan_as_of("sync_status", "t", "mb", "0001") == {"mb0": {"mb0": {"synced": 0}},
+                                                                 "mb1": {"mb1": {"synced": 1}}}

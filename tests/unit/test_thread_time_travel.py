@@ -1,6 +1,6 @@
-"""E4: a thread or explain question `--at` a past time is answered from one fold of the tenant's
-stream for that thread (runners.services.audit.thread_views). It must give exactly what a replay of
-all of the tenant's views gave (the engine's `reader(tenant, at)`), for every viewer and every
+"""E4: a thread or explain question `--at` a past time is answered from the views' histories
+(runners.services.audit.thread_views, projections.history). It must give exactly what a replay of
+all of the tenant's views gives (`runners.services.engine.replayed`), for every viewer and every
 minute: with deletions at the provider, the L5 guard, marks and links across mailboxes, an unmark, a
 user's deletion, and on seeded random histories."""
 
@@ -17,7 +17,7 @@ from histories import T0, history
 from domain.errors import NotFound
 from projections import queries
 from runners.services.audit import thread_views
-from runners.services.engine import Engine
+from runners.services.engine import Engine, replayed
 
 
 def _apply(commands: list[dict[str, Any]]) -> Engine:
@@ -39,7 +39,8 @@ def _compare(engine: Engine, length: int, threads: list[str], users: list[str]) 
     compared = 0
     for minute in range(length + 1):
         at = T0 + timedelta(minutes=minute, seconds=30)
-        replayed = engine.reader("acme", at)  # every view of the tenant, replayed
+        # every view of the tenant, replayed
+        reference = replayed(engine.stores().events, "acme", at)
         for thread in threads:
             try:
                 folded = thread_views(engine, "acme", thread, at)
@@ -47,7 +48,7 @@ def _compare(engine: Engine, length: int, threads: list[str], users: list[str]) 
                 folded = None
             for viewer in users:
                 for query in (queries.thread, queries.explain):
-                    want = _answer(query, replayed, "acme", viewer, thread)
+                    want = _answer(query, reference, "acme", viewer, thread)
                     got = "NotFound" if folded is None else _answer(query, folded, "acme",
                                                                      viewer, thread)
                     assert got == want, f"{query.__name__}({viewer}, {thread}) at {at}"
