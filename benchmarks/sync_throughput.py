@@ -48,7 +48,7 @@ from eventsourcing.utils import get_topic
 
 from adapters.eventstore.mailbox_locks import PostgresLocks
 from adapters.eventstore.store import EventStore, stream_id
-from adapters.providers.sources import Changes, ResyncPage
+from adapters.providers.sources import Changes, PushChannel, ResyncPage
 from benchmarks.delivery_latency import DeliveryClock, summary
 from domain import events as ev
 from domain.state import Mailbox
@@ -68,6 +68,8 @@ def message(address: str, i: int) -> ev.MailMessage:
 
 
 class BenchSource:
+    push: PushChannel | None = None
+
     def __init__(self, url: str, page: int) -> None:
         self.url, self.page = url, page
         self.conn = psycopg.connect(url, autocommit=True)
