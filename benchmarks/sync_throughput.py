@@ -295,7 +295,7 @@ def main() -> None:
                 seen["position"] = position
             return [latest.get(m) for _, m, _ in boxes]
 
-        wait(lambda: all(c == "0" for c in cursors()), 120)
+        wait(lambda: all(c == "0" for c in cursors()), 900)
         wait(lambda: _up(port), 60)
         per_box = args.messages // len(boxes)
         pushes = 0
