@@ -52,7 +52,8 @@ def summary(values: list[float]) -> str:
 class DeliveryClock:
     """Times each accepted push until it is durable and then visible (a polling thread)."""
 
-    def __init__(self, url: str, mailbox_of: dict[str, str], every: float = 0.05) -> None:
+    def __init__(self, url: str, mailbox_of: dict[str, str], every: float = 0.05, *,
+                 poll: bool = True) -> None:
         self.url, self.every = url, every
         self.mailbox_of = mailbox_of  # address -> mailbox id (the cursor events name the id)
         self.pending: dict[str, list[_Pending]] = {}
@@ -62,10 +63,12 @@ class DeliveryClock:
         self.latest: dict[str, tuple[int, int]] = {}  # mailbox -> (cursor, its position)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        if poll:  # without: the caller feeds `cursor_seen` and `projected_to` (unit tests)
+            self.thread.start()
 
-    def accepted(self, address: str, head: int) -> None:
-        mailbox, item = self.mailbox_of[address], _Pending(head, time.perf_counter())
+    def accepted(self, address: str, head: int, at: float | None = None) -> None:
+        mailbox = self.mailbox_of[address]
+        item = _Pending(head, time.perf_counter() if at is None else at)
         with self.lock:
             cursor, position = self.latest.get(mailbox, (-1, 0))
             if cursor >= head:  # a worker synced the raised head before the push was answered
@@ -78,8 +81,32 @@ class DeliveryClock:
 
     def stop(self) -> Latencies:
         self.stopping.set()
-        self.thread.join()
+        if self.thread.is_alive():
+            self.thread.join()
         return self.result
+
+    def cursor_seen(self, mailbox: str, cursor: int, position: int, now: float) -> None:
+        """The log holds `mailbox`'s cursor event at `position`: it makes durable every
+        pending push of that mailbox whose head it reaches."""
+        with self.lock:
+            for item in self.pending.get(mailbox, []):
+                if item.durable_at is None and cursor >= item.head:
+                    item.durable_at, item.position = now, position
+            self.latest[mailbox] = (cursor, position)
+            self.position = max(self.position, position)
+
+    def projected_to(self, projected: int, now: float) -> None:
+        """Every projection has passed `projected`: durable pushes at or before it are visible."""
+        with self.lock:
+            for mailbox, items in self.pending.items():
+                keep = []
+                for item in items:
+                    if item.durable_at is not None and item.position <= projected:
+                        self.result.durable.append(item.durable_at - item.at)
+                        self.result.visible.append(now - item.at)
+                    else:
+                        keep.append(item)
+                self.pending[mailbox] = keep
 
     def _run(self) -> None:
         reader = psycopg.connect(self.url, autocommit=True)
@@ -98,24 +125,8 @@ class DeliveryClock:
             "AND topic LIKE %s ORDER BY notification_id",
             (self.position, "%MailboxCursorAdvanced")).fetchall()
         now = time.perf_counter()
-        with self.lock:
-            for position, state in rows:
-                data = orjson.loads(state)
-                cursor = int(data["cursor"])
-                for item in self.pending.get(data["mailbox"], []):
-                    if item.durable_at is None and cursor >= item.head:
-                        item.durable_at, item.position = now, int(position)
-                self.latest[data["mailbox"]] = (cursor, int(position))
-                self.position = int(position)
+        for position, state in rows:
+            data = orjson.loads(state)
+            self.cursor_seen(data["mailbox"], int(data["cursor"]), int(position), now)
         projected = min(views.positions().values())
-        now = time.perf_counter()
-        with self.lock:
-            for mailbox, items in self.pending.items():
-                keep = []
-                for item in items:
-                    if item.durable_at is not None and item.position <= projected:
-                        self.result.durable.append(item.durable_at - item.at)
-                        self.result.visible.append(now - item.at)
-                    else:
-                        keep.append(item)
-                self.pending[mailbox] = keep
+        self.projected_to(projected, time.perf_counter())
