@@ -2,13 +2,15 @@
 
     python -m benchmarks.generate --postgres URL ...      # the history (with `hot-contact`)
     python -m benchmarks.rebuild --postgres URL           # or a running projection runner
-    python -m benchmarks.http_queries --postgres URL [--requests 3000]
+    python -m benchmarks.http_queries --postgres URL [--requests 3000] [--clients 1,4,16]
 
 Starts `crmsync serve` and `crmsync run projections` as processes on loopback (PostgreSQL mode:
 the server reads views, the runner writes them), then:
 1. timeline: GET /v1/records/{record}/timeline for random (viewer, record) pairs the viewer may
    access (the record's owner, a manager above the owner, or the admin), one keep-alive client;
-   prints p50/p95/p99/max.
+   prints p50/p95/p99/max. With --clients, once per count of concurrent closed-loop clients
+   (each its own keep-alive connection), beside GET /healthz at the same concurrency on the
+   same server (the raw HTTP floor: no view read, no access check).
 2. owner change: ChangeOwner of `hot-contact` (10,000 linked threads) through POST /v1/commands,
    then polls the timeline of the new owner's manager until the answer reflects the new owner;
    prints the time from the command's answer to the first changed answer.
@@ -22,6 +24,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -43,6 +46,43 @@ def rss_mb(pid: int) -> float:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def concurrent(base: str, requests: list[tuple[str, str]], clients: int
+               ) -> tuple[list[float], float]:
+    """(path, token) requests spread over `clients` threads, each its own keep-alive client
+    sending its share back to back: every latency in ms, and the requests per second."""
+    latencies: list[float] = []
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def run(share: list[tuple[str, str]]) -> None:
+        mine = []
+        with httpx.Client(base_url=base, timeout=300) as client:
+            for path, token in share:
+                started = time.perf_counter()
+                answer = client.get(path, headers={"Authorization": f"Bearer {token}"})
+                mine.append((time.perf_counter() - started) * 1000)
+                if answer.status_code != 200:
+                    failed.append(f"{answer.status_code} for {path}")
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(requests[i::clients],))
+               for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise SystemExit(failed[0])
+    return latencies, len(requests) / (time.perf_counter() - started)
+
+
+def figures(latencies: list[float]) -> str:
+    return (f"p50 {percentile(latencies, 50):.2f} ms, p95 {percentile(latencies, 95):.2f} ms, "
+            f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms")
 
 
 def wait_http(client: httpx.Client, seconds: float = 30) -> None:
@@ -73,6 +113,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--runner-log", default="/tmp/crmsync-bench-runner.log")
+    p.add_argument("--clients", default="", help="comma-separated client counts, e.g. 1,4,16")
     args = p.parse_args()
     secret = os.environ.setdefault("CRMSYNC_SECRET", "benchmark-secret-" + "x" * 32).encode()
     crmsync = shutil.which("crmsync") or "crmsync"
@@ -125,6 +166,15 @@ def main() -> None:
                 f"threads per answer): p50 {percentile(latencies, 50):.2f} ms, "
                 f"p95 {percentile(latencies, 95):.2f} ms, p99 {percentile(latencies, 99):.2f} ms,"
                 f" max {max(latencies):.2f} ms\n")
+            for count in [int(c) for c in args.clients.split(",") if c]:
+                paths = [(f"/v1/records/{record}/timeline", tokens[viewer])
+                         for viewer, record in pairs]
+                floor = [("/healthz", tokens[viewer]) for viewer, _ in pairs]
+                raw, raw_rate = concurrent(base, floor, count)
+                ours, rate = concurrent(base, paths, count)
+                sys.stdout.write(
+                    f"{count:3d} clients: timeline {figures(ours)}, {rate:.0f} req/s | raw "
+                    f"GET /healthz {figures(raw)}, {raw_rate:.0f} req/s\n")
 
             hot = records.get("record:hot-contact")
             if hot is None:

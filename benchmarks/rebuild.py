@@ -7,6 +7,8 @@ Prints: events, raw read+decode events/s (select_notifications + our mapper), th
 `EventStore.read_log` (what the projector uses), then runs `crmsync rebuild` as its own process
 (as an operator does; `--in-process` rebuilds here instead, with RSS per phase) and prints its
 events/s (every projection into new tables, swapped in) and its peak resident memory.
+`--in-process --profile FILE`: the same under cProfile, with the time per phase (read, decode,
+evolve, rows, writes; `benchmarks.rebuild_profile`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     command += ["rebuild"] + (["--projection", args.projection] if args.projection else [])
     command += ["--parts", str(args.parts)] if args.parts else []
     started = time.perf_counter()
+    cpu_before = _children_cpu()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     peak, peak_total, seen = 0.0, 0.0, 1
     while proc.poll() is None:
@@ -68,13 +71,22 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
         peak, peak_total = max(peak, *sizes), max(peak_total, sum(sizes))
         time.sleep(0.1)
     elapsed = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
     if proc.returncode != 0:
         raise SystemExit(f"crmsync rebuild failed with exit code {proc.returncode}")
     sys.stdout.write(f"rebuild (`crmsync rebuild`, {args.projection or 'all projections'}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, process start "
                      f"included; {100 * total / elapsed / raw:.0f}% of raw)\n")
+    sys.stdout.write(f"  CPU of its processes: {cpu:.1f} s = {total / cpu:,.0f} events per CPU "
+                     f"second ({cpu / elapsed:.2f} cores busy on average)\n")
     sys.stdout.write(f"peak RSS of one rebuild process: {peak:.0f} MB; of all {seen} together: "
                      f"{peak_total:.0f} MB (sampled every 0.1 s)\n")
+
+
+def _children_cpu() -> float:
+    """User + system CPU of the waited-for children (and theirs) of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -86,13 +98,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--in-process", action="store_true",
                    help="rebuild in this process (RSS per phase) instead of `crmsync rebuild`")
+    p.add_argument("--no-read-log", action="store_true",
+                   help="skip the second pass through EventStore.read_log (long logs)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="with --in-process: cProfile the rebuild, print time per phase")
     args = p.parse_args()
     engine = open_engine(args.db, args.postgres)
     total = engine.head()
 
     # The raw rate the issue names: eventsourcing's select_notifications + our mapper's decode.
     recorder, mapper = engine.stores().events.app.recorder, engine.stores().events.app.mapper
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     position = read = 0
     while True:
         notifications = recorder.select_notifications(start=position, limit=args.batch,
@@ -104,19 +120,22 @@ def main() -> None:
         read += len(notifications)
         position = notifications[-1].id
     raw = read / (time.perf_counter() - started)
+    raw_cpu = read / (time.process_time() - cpu)
     # What the projector reads through: EventStore.read_log (binary SELECT + the same decode).
     started = time.perf_counter()
     position = ours = 0
-    while True:
+    while not args.no_read_log:
         batch = engine.read_log(position, args.batch)
         if not batch:
             break
         ours += len(batch)
         position = batch[-1].position
-    log_rate = ours / (time.perf_counter() - started)
+    log_rate = ours / (time.perf_counter() - started) if ours else 0.0
     sys.stdout.write(f"events in log:           {total}\n")
     sys.stdout.write(f"raw read+decode:         {raw:,.0f} events/s "
-                     "(select_notifications + mapper)\n")
+                     f"(select_notifications + mapper); {raw_cpu:,.0f} per CPU second of "
+                     f"this process; load average {os.getloadavg()[0]:.1f} on "
+                     f"{os.cpu_count()} CPUs\n")
     sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s (EventStore.read_log, "
                      "what the projector reads through)\n")
 
@@ -138,18 +157,27 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started = time.perf_counter()
-    engine.rebuild(args.projection, progress)
+    started, cpu = time.perf_counter(), time.process_time()
+    if args.profile:
+        from benchmarks.rebuild_profile import profiled
+
+        report = profiled(lambda: engine.rebuild(args.projection, progress), args.profile)
+    else:
+        engine.rebuild(args.projection, progress)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     done.set()
     sampler.join()
     sys.stdout.write(f"rebuild in this process ({args.projection or 'all projections'}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, "
-                     f"{100 * total / elapsed / raw:.0f}% of raw)\n")
+                     f"{100 * total / elapsed / raw:.0f}% of raw); {total / cpu:,.0f} events per "
+                     f"CPU second ({100 * total / cpu / raw_cpu:.0f}% of raw per CPU second)\n")
     sys.stdout.write(f"peak RSS while folding:   {peak['fold']:.0f} MB; while writing rows from "
                      f"the final state: {peak['rows']:.0f} MB; process max "
                      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
                      "(this process also did the raw reads above)\n")
+    if args.profile:
+        sys.stdout.write(report)
     engine.close()
 
 

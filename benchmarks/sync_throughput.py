@@ -3,7 +3,14 @@ PostgreSQL -> projections, beside the raw eventsourcing PostgreSQL insert rate a
 size, measured in the same run.
 
     python -m benchmarks.sync_throughput --postgres URL --nats nats://127.0.0.1:4222 \
-        [--messages 100000] [--mailboxes 8] [--tenants 4] [--batch 500]
+        [--messages 100000] [--mailboxes 8] [--tenants 4] [--batch 500] [--workers 2] \
+        [--round 1000] [--rate PUSHES_PER_S]
+
+Without --rate the pushes are sent as fast as the receiver answers (throughput: the backlog is
+the whole run); with --rate they are paced (open loop), each raising the next mailbox's head by
+--round messages, so the per-delivery latency is the engine's at that load, not a backlog's.
+Every delivery is timed from the receiver's 202 until its mail is durable in the log and until
+it is visible in the views (`benchmarks.delivery_latency`).
 
 The provider is synthetic and in-process in each worker (no HTTP to a provider): a mailbox's
 messages 0..head-1 exist, `head` is a row per mailbox in `bench_heads` that this driver raises
@@ -41,7 +48,8 @@ from eventsourcing.utils import get_topic
 
 from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 from adapters.eventstore.store import EventStore, stream_id
-from adapters.providers.sources import Changes, ResyncPage
+from adapters.providers.sources import Changes, PushChannel, ResyncPage
+from benchmarks.delivery_latency import DeliveryClock, summary
 from domain import events as ev
 from domain.state import Mailbox
 from runners.bootstrap.config import open_engine
@@ -61,6 +69,8 @@ def message(address: str, i: int) -> ev.MailMessage:
 
 
 class BenchSource:
+    push: PushChannel | None = None
+
     def __init__(self, url: str, page: int) -> None:
         self.url, self.page = url, page
         self.conn = psycopg.connect(url, autocommit=True)
@@ -211,6 +221,8 @@ def main() -> None:
     p.add_argument("--tenants", type=int, default=4)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--round", type=int, default=1000, help="messages per mailbox per push")
+    p.add_argument("--workers", type=int, default=2, help="sync worker processes")
+    p.add_argument("--rate", type=float, help="pushes per second, paced (default: unpaced)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -255,7 +267,7 @@ def main() -> None:
         port = free_port()
         cmd = [sys.executable, "-m", "runners.entrypoints.cli"]
         procs.append(subprocess.Popen([*cmd, "run", "webhooks", "--port", str(port)], env=env))
-        for _ in range(2):
+        for _ in range(args.workers):
             profile = (["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE_DIR']}/worker-"
                         f"{len(procs)}.prof"] if os.environ.get("BENCH_PROFILE_DIR") else [])
             procs.append(subprocess.Popen([sys.executable, *profile, "-m",
@@ -283,18 +295,22 @@ def main() -> None:
                 seen["position"] = position
             return [latest.get(m) for _, m, _ in boxes]
 
-        wait(lambda: all(c == "0" for c in cursors()), 120)
+        wait(lambda: all(c == "0" for c in cursors()), 900)
         wait(lambda: _up(port), 60)
         per_box = args.messages // len(boxes)
         pushes = 0
+        clock = DeliveryClock(url, {address: m for _, m, address in boxes})
         cpu_before = cpu_snapshot(procs)
         started = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn, httpx.Client() as http:
             head = 0
             while head < per_box:
                 head = min(per_box, head + args.round)
-                conn.execute("UPDATE bench_heads SET head = %s", (head,))
                 for _, _, address in boxes:
+                    if args.rate:  # open loop: the push's slot, whatever the answers so far
+                        time.sleep(max(0.0, started + pushes / args.rate - time.perf_counter()))
+                    conn.execute("UPDATE bench_heads SET head = %s WHERE address = %s",
+                                 (head, address))
                     pushes += 1
                     data = json.dumps({"emailAddress": address, "historyId": head}).encode()
                     answer = http.post(f"http://127.0.0.1:{port}/webhooks/gmail", json={
@@ -302,6 +318,7 @@ def main() -> None:
                                     "messageId": f"{pushes}"},
                         "subscription": "projects/p/subscriptions/bench"})
                     assert answer.status_code == 202
+                    clock.accepted(address, head)
         posted = time.perf_counter() - started
         wait(lambda: all(c == str(per_box) for c in cursors()), 3600, 0.2)
         durable = time.perf_counter() - started
@@ -309,18 +326,26 @@ def main() -> None:
         log_head = engine.head()
         wait(lambda: min(engine.positions().values()) >= log_head, 3600, 0.5)
         projected = time.perf_counter() - started
+        wait(lambda: clock.outstanding() == 0, 60)
+        latencies = clock.stop()
         total = per_box * len(boxes)
         counts = stored_counts(reader, engine, boxes)
         lost = shortfalls(counts, total)
         reader.close()
         raw = raw_insert_rate(args.postgres, total, args.batch)
         print(f"messages: {total} in {len(boxes)} mailboxes of {args.tenants} tenants, "
-              f"{pushes} webhook pushes (posted in {posted:.1f} s), batch {args.batch}")
+              f"{pushes} webhook pushes of {args.round} messages (posted in {posted:.1f} s: "
+              f"{pushes / posted:.0f}/s{', paced at ' + str(args.rate) if args.rate else ''}), "
+              f"batch {args.batch}, {args.workers} sync workers")
         print(f"webhook -> events durable:  {total / durable:8.0f} msg/s ({durable:.1f} s)")
         print(f"webhook -> projected:       {total / projected:8.0f} msg/s ({projected:.1f} s)")
         print(f"raw eventsourcing insert:   {raw:8.0f} events/s (batch {args.batch})")
         print(f"durable / raw:              {total / durable / raw:8.0%}")
-        names = ["webhooks", "worker 1", "worker 2", "projections", "postgres", "nats", "driver"]
+        print(f"per delivery, 202 -> durable in the log: {summary(latencies.durable)}")
+        print(f"per delivery, 202 -> visible in views:   {summary(latencies.visible)} "
+              f"(polled every {clock.every * 1000:.0f} ms)")
+        names = ["webhooks", *(f"worker {i + 1}" for i in range(args.workers)), "projections",
+                 "postgres", "nats", "driver"]
         print(f"CPU seconds until durable ({durable:.1f} s wall x {os.cpu_count()} CPUs): "
               + ", ".join(f"{n} {c:.1f}" for n, c in zip(names, cpu_used, strict=True)))
         print("stored: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
