@@ -180,7 +180,8 @@ def categories_of(s: TenantState, record: Record, *, status: str | None = None,
     elif found and all(st in ("lost", "unqualified") for st in found):
         out.append("Base Lost Prospect")
     # Sell 004: current customers are the contacts "with won deals and the status current
-    # customer"; a won deal makes one unless the CRM says the customer is past (decisions.md)
+    # customer"; a won deal makes one unless the CRM says the customer is past
+    # (docs/decisions/contacts.md)
     status = status if status is not None else record.customer_status
     if status == "past":
         out.append("Base Past Customer")

@@ -3,7 +3,8 @@
 Every event, view row and key must be storable as UTF-8 text in PostgreSQL (no NUL in `text`
 or `jsonb`), in SQLite and in JSON: so no string may hold NUL or a lone surrogate anywhere. On
 top of that (SPEC E8) ids, addresses, labels and names hold no control character at all, and
-sizes are bounded. The bounds (docs/decisions.md, "Input that cannot be stored"):
+sizes are bounded. The bounds (docs/decisions/events-and-projections.md, "Input that cannot be
+stored"):
 
 - Free text — `body`, `subject`, `error` and the values of a contact's `fields` — may hold tab,
   line feed and carriage return (mail bodies and notes are multi-line, folded subjects keep a

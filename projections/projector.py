@@ -88,7 +88,7 @@ class Projector:
     rows and a version of the key's history at that time (unless equal to the key's last
     version). A catch-up computes rows after each time rather than once per batch; a build,
     which otherwise writes rows only once from the final state, computes them per time for the
-    history too (docs/decisions.md, "Views as of any time")."""
+    history too (docs/decisions/audit-and-erasure.md, "Views as of any time")."""
 
     def __init__(self, names: Iterable[str] = PROJECTIONS,
                  partition: Partition | None = None) -> None:

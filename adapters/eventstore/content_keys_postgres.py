@@ -3,7 +3,8 @@
 Needs `$CRMSYNC_CONTENT_KEY` (the `master` it is given): there is no file beside a server to
 keep a master key in, so without it content is refused (StoreError), as the credential store
 refuses credentials. A destroyed key's tuple stays in the table's pages until VACUUM and in every
-earlier backup and WAL archive: see docs/decisions.md for what an operator has to do.
+earlier backup and WAL archive: see docs/decisions/audit-and-erasure.md for what an operator
+has to do.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class Lanes:
         """§8: why a valid token is refused now, or None. Reads fresh state when the writer lane
         is free (or the user was never seen); while a command chunk holds it, the status as of
         the last chunk (`republish`), so readers never stall behind writers."""
-        if who.service:  # services are revoked by rotating the secret (docs/decisions.md)
+        # services are revoked by rotating the secret (docs/decisions/http-and-security.md)
+        if who.service:
             return None
         key = (who.tenant, who.user)
         if self.writer.acquire(blocking=who.user not in self.principals.get(who.tenant, {})):

@@ -84,7 +84,7 @@ def serve(engine: Engine, host: str, port: int) -> int:
     # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
     # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
     # call): 1 ms instead of 5 (embedded, a reader's p99 beside a 5,000-line post: 29-32 ms
-    # against 40-52 ms; see docs/decisions.md for how noisy that was).
+    # against 40-52 ms; see docs/decisions/ for how noisy that was).
     sys.setswitchinterval(0.001)
     from adapters.http.webhooks import shared_client_state, webhook_router
 

@@ -5,8 +5,8 @@ Problems read the tenant's stream once, only the few event types `projections.ad
 (the database leaves the others out), plus the command-side state.
 
 Stale sync is measured against `now`, the wall clock of the asking process (decision in
-docs/decisions.md): a tenant whose sync stopped appends nothing, so its own latest domain time
-would never make it look stale. The threshold is given by the caller (a request's
+docs/decisions/http-and-security.md): a tenant whose sync stopped appends nothing, so its own
+latest domain time would never make it look stale. The threshold is given by the caller (a request's
 `stale_after`, else CRMSYNC_STALE_SYNC_SECONDS from the entrypoint's settings).
 """
 

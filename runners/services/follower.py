@@ -8,7 +8,8 @@ round found nothing to do, and outlive store outages with the capped backoff of
 `runners.services.backoff` (issue #10 point 10). `run_until_signalled` is the one place that
 turns SIGTERM and SIGINT into a stop.
 
-Why not eventsourcing's `ProjectionRunner`: docs/decisions.md, "One log follower (issue #12)".
+Why not eventsourcing's `ProjectionRunner`: docs/decisions/architecture.md, "One log follower
+(issue #12)".
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class Rebuilding:
         (PostgreSQL, see `rebuild_in_parts`); else in this process."""
         if parts > 1 and self.rebuild_in_parts is not None and self._views.stuck():
             # a stuck tenant (E8) is narrowed to its failing event only by one process: parts
-            # would each hold back their own share of it (docs/decisions.md)
+            # would each hold back their own share of it (docs/decisions/events-and-projections.md)
             structlog.get_logger("crmsync.rebuild").warning(
                 "rebuild_in_one_process", reason="stuck tenants", parts=parts)
             parts = 1

@@ -7,7 +7,8 @@ the store exactly once and in the views, and `crmsync verify` passes.
 
 The ack wait is 30 s here, not the default 120 s: in about one run in six, one delivery NAKed
 with a delay while PostgreSQL crash-restarted was not redelivered by nats-server 2.9 until the
-ack wait (the NAK was sent; under investigation, see docs/decisions.md). The test proves that
+ack wait (the NAK was sent; under investigation, see docs/decisions/deliveries-and-workers.md).
+The test proves that
 nothing is lost or duplicated and that every delivery is handled within the ack wait, no longer
 that none ever waits for it."""
 
