@@ -126,11 +126,13 @@ class _Memo(Generic[_V]):
         self._size = 0  # of `_new`
 
     def get(self, key: bytes) -> _V | None:
-        value = self._new.get(key)
-        if value is None:
-            value = self._old.pop(key, None)
-            if value is not None:
-                self.put(key, value)
+        return self._new.get(key) or self.older(key)  # values are never empty
+
+    def older(self, key: bytes) -> _V | None:
+        """A value of the older generation, moved to the newer one."""
+        value = self._old.pop(key, None)
+        if value is not None:
+            self.put(key, value)
         return value
 
     def put(self, key: bytes, value: _V) -> None:
@@ -295,7 +297,7 @@ class ViewSealer:
     def _box(self, siv: AESSIV, memo: tuple[Any, ...], content: dict[str, Any]) -> str:
         """The box of `content` at the place `memo[:4]`, reused when `memo` (place and content
         as one JSON array: distinct ones encode differently) was sealed before."""
-        digest = _digest(orjson.dumps(memo))
+        digest = blake2b(orjson.dumps(memo), digest_size=16).digest()  # as _digest, inlined
         box = self._boxes.get(digest)
         if box is None:
             box = _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
