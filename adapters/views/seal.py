@@ -137,6 +137,8 @@ class _Memo(Generic[_V]):
 
     def put(self, key: bytes, value: _V) -> None:
         size = len(value) + _ENTRY
+        if size > self._half:  # larger than a generation: not kept (the budget holds)
+            return
         if self._size + size > self._half:
             self._old, self._new, self._size = self._new, {}, 0
         self._new[key] = value

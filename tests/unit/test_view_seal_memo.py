@@ -124,3 +124,5 @@ def test_view_memo_keeps_what_was_used_recently_and_counts_its_bytes() -> None:
     assert memo.get(b"0") is not None  # ...so it outlives entries put after it
     assert memo.get(b"1") is None or memo.get(b"2") is None
     assert memo.held() <= 10 * (100 + _ENTRY)
+    memo.put(b"large", b"v" * 2000)  # more than a generation holds: not kept
+    assert memo.get(b"large") is None and memo.held() <= 10 * (100 + _ENTRY)
