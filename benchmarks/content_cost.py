@@ -167,7 +167,7 @@ def main() -> None:
                     rate, cpu_rate = rebuild(use(opened[seal][0], seal, args))
                     rates[seal].append(rate)
                     cpu_rates[seal].append(cpu_rate)
-            events = opened[True][0].store.max_position()
+            events = opened[True][0].head()
         finally:
             for engine, schema in opened.values():
                 engine.close()

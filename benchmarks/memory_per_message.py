@@ -14,6 +14,13 @@ is (peak at large - peak at small) / (large - small messages), in bytes per mess
 
 Target: at most 100 bytes per message for the command side and the rebuild.
 
+    python -m benchmarks.memory_per_message --profile [--small 40000] [--top 25]
+
+instead rebuilds the small history once under tracemalloc (several times slower) and prints
+what is allocated and still held, by file:line, when the log is folded (the peak's side: the
+states, the versions remembered, the rows waiting to be written) and after the rebuild (what a
+process keeps between batches: memos).
+
     python -m benchmarks.memory_per_message --first-command URL [--tenant bench]
 
 instead times the first command after a start on a (large) PostgreSQL history: a fresh process
@@ -55,6 +62,25 @@ PROGRAMS = {
 }
 
 
+PROFILE = (
+    "import sys, tracemalloc\nfrom runners.bootstrap.config import open_engine\n"
+    "top = int(sys.argv[2])\n"
+    "def show(label):\n"
+    "    stats = tracemalloc.take_snapshot().statistics('lineno')\n"
+    "    print(f'{label}: {sum(s.size for s in stats) / 1e6:.1f} MB held, peak '\n"
+    "          f'{tracemalloc.get_traced_memory()[1] / 1e6:.1f} MB')\n"
+    "    for s in stats[:top]:\n"
+    "        where = s.traceback[0]\n"
+    "        print(f'{s.size / 1e6:8.2f} MB {s.count:9,} {where.filename}:{where.lineno}')\n"
+    "engine = open_engine(sys.argv[1], None)\n"
+    "tracemalloc.start(1)\n"
+    "folded = []\n"
+    "def progress(done, total):\n"
+    "    if done >= total and not folded:\n"
+    "        folded.append(show('log folded'))\n"
+    "engine.rebuild(None, progress)\n"
+    "show('rebuilt')\n")
+
 FIRST_COMMAND = _PEAK + (
     "import sys, time\nfrom datetime import UTC, datetime\n"
     "from domain.commands import parse_command\nfrom runners.bootstrap.config import open_engine\n"
@@ -95,16 +121,37 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CRMSYNC_CONTENT_KEY": os.environ.get("CRMSYNC_CONTENT_KEY", KEY)}
 
 
+def scratch_copy(db: Path) -> Path:
+    """A copy of `db` to rebuild into, so each run starts alike (without a write-ahead log
+    left by an earlier copy's run: SQLite would apply it to this one and find it malformed)."""
+    work = db.with_suffix(".rebuild.db")
+    drop(work)
+    shutil.copyfile(db, work)
+    return work
+
+
+def drop(work: Path) -> None:
+    for path in work.parent.glob(work.name + "*"):
+        path.unlink()
+
+
 def peak_kb(program: str, db: Path) -> int:
-    work = db
-    if program == "rebuild":  # it writes the views: into a copy, so each run starts alike
-        work = db.with_suffix(".rebuild.db")
-        shutil.copyfile(db, work)
+    work = scratch_copy(db) if program == "rebuild" else db
     done = subprocess.run([sys.executable, "-c", PROGRAMS[program], str(work)], check=True,
                           env=_env(), capture_output=True, text=True)
     if work != db:
-        work.unlink()
+        drop(work)
     return int(done.stdout.strip().splitlines()[-1].split()[1])
+
+
+def profile(db: Path, top: int) -> None:
+    work = scratch_copy(db)
+    try:
+        done = subprocess.run([sys.executable, "-c", PROFILE, str(work), str(top)], check=True,
+                              env=_env(), capture_output=True, text=True)
+    finally:
+        drop(work)
+    sys.stdout.write(done.stdout.replace(os.getcwd() + os.sep, ""))
 
 
 def main() -> None:
@@ -114,6 +161,8 @@ def main() -> None:
     p.add_argument("--large", type=int, default=240_000)
     p.add_argument("--first-command", metavar="URL", help="PostgreSQL URL of a large history")
     p.add_argument("--tenant", default="bench")
+    p.add_argument("--profile", action="store_true", help="tracemalloc the small rebuild")
+    p.add_argument("--top", type=int, default=25, help="with --profile: lines shown")
     args = p.parse_args()
     if args.first_command:
         first_command(args.first_command, args.tenant)
@@ -122,6 +171,9 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     small, large = folder / f"m{args.small}.db", folder / f"m{args.large}.db"
     generate(small, args.small)
+    if args.profile:
+        profile(small, args.top)
+        return
     generate(large, args.large)
     for program in PROGRAMS:
         at_small, at_large = peak_kb(program, small), peak_kb(program, large)

@@ -27,7 +27,8 @@ from __future__ import annotations
 import base64
 from binascii import b2a_base64
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, cast
+from hashlib import blake2b
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -41,7 +42,10 @@ from projections.rows import OWNER_FIELD, Doc, Rows
 
 SEALED_PROJECTIONS = frozenset({"timeline", "mailbox", "message", "sync_status"})
 SEALED_FIELD = "sealed"
-_MEMO = 100_000  # boxes kept for reuse
+# bytes each memo of a sealer may hold (boxes to reuse, contents opened): a budget in bytes, not
+# entries, so long bodies cannot make it large (docs/decisions/operations-and-scale.md)
+MEMO_BUDGET = 4 << 20
+_ENTRY = 160  # what an entry costs beside its value: digest, object headers, its dict slot
 _MARK = b'"sealed":'  # in the stored bytes of a sealed row
 # the text each sealed projection holds; a sync status's last error may quote an attachment's
 # name (S8 refusals), so it is sealed with the mailbox user's key too
@@ -98,6 +102,56 @@ def _erased(projection: str, doc: Doc) -> Doc:
     return doc
 
 
+_V = TypeVar("_V", str, bytes)
+
+
+def _digest(data: bytes) -> bytes:
+    """A fixed-size key for a memo: 128 bits, so distinct contents do not meet in practice."""
+    return blake2b(data, digest_size=16).digest()
+
+
+class _Memo(Generic[_V]):
+    """Values by digest, within `budget` bytes (values plus `_ENTRY` each): two generations of
+    half the budget each; when the newer one is full it becomes the older and the former older
+    one is dropped, and a value found in the older one moves to the newer one. So what was used
+    recently stays (a thread's rows are rewritten at each of its events), without the order
+    bookkeeping of an LRU on every hit."""
+
+    __slots__ = ("_half", "_new", "_old", "_size")
+
+    def __init__(self, budget: int) -> None:
+        self._half = budget // 2
+        self._new: dict[bytes, _V] = {}
+        self._old: dict[bytes, _V] = {}
+        self._size = 0  # of `_new`
+
+    def get(self, key: bytes) -> _V | None:
+        return self._new.get(key) or self.older(key)  # values are never empty
+
+    def older(self, key: bytes) -> _V | None:
+        """A value of the older generation, moved to the newer one."""
+        value = self._old.pop(key, None)
+        if value is not None:
+            self.put(key, value)
+        return value
+
+    def put(self, key: bytes, value: _V) -> None:
+        size = len(value) + _ENTRY
+        if size > self._half:  # larger than a generation: not kept (the budget holds)
+            return
+        if self._size + size > self._half:
+            self._old, self._new, self._size = self._new, {}, 0
+        self._new[key] = value
+        self._size += size
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def held(self) -> int:
+        """The bytes held, as the budget counts them."""
+        return sum(len(v) + _ENTRY for d in (self._new, self._old) for v in d.values())
+
+
 class ViewSealer:
     """Seals and opens the content of view rows; `keys` None: a store that keeps nothing (in
     memory), whose rows are only stripped of `_owner`. Keys are opened on first use."""
@@ -106,19 +160,21 @@ class ViewSealer:
     enabled: ClassVar[bool] = True
 
     def __init__(self, keys: Callable[[], ContentKeys] | None,
-                 deleted: Callable[[str, str], bool] | None = None) -> None:
+                 deleted: Callable[[str, str], bool] | None = None,
+                 memo_budget: int = MEMO_BUDGET) -> None:
         self._factory = keys
         # (tenant, user) -> deleted now: a store that keeps plaintext (in memory) erases a
         # deleted user's content from its history when reading it (L2), as destroyed keys do
         self._deleted = deleted
         self._keys: ContentKeys | None = None
-        # (place, content) -> box: a thread's rows are rewritten at each of its events with the
-        # same subject, a message's at each flag or label change with the same content; sealing
-        # is deterministic, so the box is reused (bounded, cleared whole)
-        self._boxes: dict[tuple[Any, ...], str] = {}
-        # (place, box) -> content, for reads (in this process's memory only, never stored; used
-        # only after the owner's key was found not destroyed)
-        self._opened: dict[tuple[bytes, str], bytes] = {}
+        # digest of (place, content) -> box: a thread's rows are rewritten at each of its events
+        # with the same subject, a message's at each flag or label change with the same content;
+        # sealing is deterministic, so the box is reused. Keyed by a digest, not the content:
+        # a key holding the content would keep every body it saw alive (issue #15)
+        self._boxes: _Memo[str] = _Memo(memo_budget)
+        # digest of (place, box) -> content, for reads (in this process's memory only, never
+        # stored; used only after the owner's key was found not destroyed)
+        self._opened: _Memo[bytes] = _Memo(memo_budget)
 
     @property
     def sealing(self) -> bool:
@@ -129,6 +185,10 @@ class ViewSealer:
             assert self._factory is not None
             self._keys = self._factory()
         return self._keys
+
+    def memo_bytes(self) -> int:
+        """What its memos hold now, in bytes as their budget counts them (each <= the budget)."""
+        return self._boxes.held() + self._opened.held()
 
     def close(self) -> None:
         if self._keys is not None:
@@ -237,17 +297,13 @@ class ViewSealer:
         return siv
 
     def _box(self, siv: AESSIV, memo: tuple[Any, ...], content: dict[str, Any]) -> str:
-        """The box of `content` at the place `memo[:4]`, reused when `memo` was sealed before:
-        a reuse encodes nothing, and the memo keeps no JSON."""
-        try:
-            box = self._boxes.get(memo)
-        except TypeError:  # a value that is no text (not from the projections): not kept
-            return _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
+        """The box of `content` at the place `memo[:4]`, reused when `memo` (place and content
+        as one JSON array: distinct ones encode differently) was sealed before."""
+        digest = blake2b(orjson.dumps(memo), digest_size=16).digest()  # as _digest, inlined
+        box = self._boxes.get(digest)
         if box is None:
-            if len(self._boxes) >= _MEMO:
-                self._boxes.clear()
-            box = self._boxes[memo] = _encrypt(siv, orjson.dumps(content),
-                                               orjson.dumps(memo[:4]))
+            box = _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
+            self._boxes.put(digest, box)
         return box
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
@@ -289,16 +345,16 @@ class ViewSealer:
         if siv is None:
             return _erased(projection, doc)
         place = _place(projection, tenant, key, owner, doc)
-        plain = self._opened.get((place, box))  # checked above: the key is not destroyed
+        # the whole box is in the digest, not only its SIV tag: an altered box must not open
+        digest = _digest(place + b"\0" + box.encode())
+        plain = self._opened.get(digest)  # checked above: the key is not destroyed
         if plain is None:
             try:
                 plain = siv.decrypt(base64.b64decode(box), [place])
             except InvalidTag:
                 raise StoreError(f"sealed {projection} row {key!r} of {tenant}/{owner} does not "
                                  "open (altered, or moved from another row)") from None
-            if len(self._opened) >= _MEMO:
-                self._opened.clear()
-            self._opened[(place, box)] = plain
+            self._opened.put(digest, plain)
         content = orjson.loads(plain)
         text = _TEXT[projection]
         doc[text] = content[text]

@@ -1,0 +1,128 @@
+"""The view sealer's memos (adapters.views.seal, issue #15): bounded by bytes, keyed by a digest
+(no content kept alive by a key), reusing boxes without changing a byte of what is stored (E3),
+and never opening an altered box because its row was opened before (L2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
+from adapters.errors import StoreError
+from adapters.eventstore.content_keys import MemoryContentKeys
+from adapters.views.seal import _ENTRY, ViewSealer, _Memo
+from projections.ports import encode_doc
+from projections.rows import OWNER_FIELD, Doc
+
+BUDGET = 64 * 1024
+
+
+class CountingSIV:
+    """An AES-SIV key that counts what it seals and opens (how often a memo was missed)."""
+
+    def __init__(self, siv: AESSIV) -> None:
+        self.siv, self.sealed, self.opened = siv, 0, 0
+
+    def encrypt(self, data: bytes, associated: list[bytes]) -> bytes:
+        self.sealed += 1
+        return self.siv.encrypt(data, associated)
+
+    def decrypt(self, data: bytes, associated: list[bytes]) -> bytes:
+        self.opened += 1
+        return self.siv.decrypt(data, associated)
+
+
+class CountingKeys(MemoryContentKeys):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counters: dict[tuple[str, str], CountingSIV] = {}
+
+    def view_key(self, tenant: str, user: str, create: bool) -> Any:
+        siv = super().view_key(tenant, user, create)
+        if siv is None:
+            return None
+        return self.counters.setdefault((tenant, user), CountingSIV(siv))
+
+
+def message_row(n: int, body_size: int = 2000) -> Doc:
+    return {"id": f"m{n}", "message_id": f"<m{n}@x>", "from": "a@x", "to": ["b@x"], "cc": [],
+            "subject": f"Subject {n}", "body": f"{n:08d}" + "b" * body_size,
+            "sent_at": "2026-03-01T09:00:00Z", "attachments": [], OWNER_FIELD: "leo"}
+
+
+def test_l2_view_memos_stay_within_their_byte_budget_whatever_the_bodies() -> None:
+    keys = MemoryContentKeys()
+    sealer = ViewSealer(lambda: keys, memo_budget=BUDGET)
+    for n in range(2000):  # ~4 MB of bodies sealed, then opened, through a 64 KB budget each
+        stored = encode_doc(sealer.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
+        sealer.open("message", "acme", f"t\x1fm{n}", "m", orjson.loads(stored))
+    assert 0 < sealer.memo_bytes() <= 2 * BUDGET
+
+
+def test_l2_memo_keys_are_digests_not_the_content() -> None:
+    keys = MemoryContentKeys()
+    sealer = ViewSealer(lambda: keys, memo_budget=BUDGET)
+    stored = sealer.seal("message", "acme", "t\x1fm1", "m", message_row(1))
+    held = sealer._boxes._new  # what the memo keeps is the point here
+    assert [len(k) for k in held] == [16]  # a digest: no body kept alive by a key
+    assert list(held.values()) == [stored["sealed"][1]]
+
+
+def test_e3_reused_and_evicted_boxes_are_the_bytes_a_fresh_sealer_writes() -> None:
+    keys = CountingKeys()
+    tight = ViewSealer(lambda: keys, memo_budget=8 * 1024)  # evicts after a few rows
+    first = [encode_doc(tight.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
+             for n in range(40)]
+    again = [encode_doc(tight.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
+             for n in range(40)]
+    fresh = ViewSealer(lambda: keys)
+    assert first == again == [
+        encode_doc(fresh.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
+        for n in range(40)]
+
+
+def test_view_memo_reuses_a_box_for_the_same_place_and_content() -> None:
+    keys = CountingKeys()
+    sealer = ViewSealer(lambda: keys)
+    thread = {"thread": "t1", "mailbox": "mb", "owner": "leo", "subject": "Otter",
+              "messages": []}
+    for _ in range(5):  # a thread's timeline and mailbox rows rewritten at each of its events
+        sealer.seal("timeline", "acme", "r1\x1ft1", "t", thread)
+        sealer.seal("mailbox", "acme", "leo\x1ft1", "t", thread)
+    counter = keys.counters[("acme", "leo")]
+    assert counter.sealed == 1
+    sealer.seal("timeline", "acme", "r1\x1ft1", "t", {**thread, "subject": "Other"})
+    assert counter.sealed == 2  # other content: a box of its own
+    stored = encode_doc(sealer.seal("message", "acme", "t1\x1fm1", "m", message_row(1)))
+    for _ in range(3):
+        sealer.open("message", "acme", "t1\x1fm1", "m", orjson.loads(stored))
+    assert counter.opened == 1
+
+
+def test_l2_an_altered_box_does_not_open_though_its_row_was_opened_before() -> None:
+    keys = MemoryContentKeys()
+    sealer = ViewSealer(lambda: keys)
+    doc = orjson.loads(encode_doc(sealer.seal("message", "acme", "t\x1fm1", "m",
+                                              message_row(1, 40))))
+    sealer.open("message", "acme", "t\x1fm1", "m", dict(doc))
+    owner, box = doc["sealed"]
+    tail = "A" if box[-6] != "A" else "B"  # past the SIV tag: the tag alone would still match
+    doc["sealed"] = [owner, box[:-6] + tail + box[-5:]]
+    with pytest.raises(StoreError, match="does not open"):
+        sealer.open("message", "acme", "t\x1fm1", "m", doc)
+
+
+def test_view_memo_keeps_what_was_used_recently_and_counts_its_bytes() -> None:
+    memo: _Memo[bytes] = _Memo(10 * (100 + _ENTRY))  # five entries of 100 bytes a generation
+    for n in range(5):
+        memo.put(b"%d" % n, b"v" * 100)
+    assert memo.get(b"0") is not None  # used: moved forward...
+    for n in range(5, 9):
+        memo.put(b"%d" % n, b"v" * 100)
+    assert memo.get(b"0") is not None  # ...so it outlives entries put after it
+    assert memo.get(b"1") is None or memo.get(b"2") is None
+    assert memo.held() <= 10 * (100 + _ENTRY)
+    memo.put(b"large", b"v" * 2000)  # more than a generation holds: not kept
+    assert memo.get(b"large") is None and memo.held() <= 10 * (100 + _ENTRY)
