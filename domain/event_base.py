@@ -73,7 +73,8 @@ class MailMessage(BaseModel):
 
 
 class DomainEvent(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: validators built at first use (a CLI query decodes few or no events)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     tenant: str
     actor: str
     occurred_at: datetime

@@ -1,4 +1,4 @@
-"""The query side of SPEC §7, answered from view rows (live, or replayed for `at`).
+"""The query side of SPEC §7, answered from view rows (live, or as of `at` from their histories).
 
 Access (V8) and the owner-dependent part of sharing (V3, V7) are evaluated here from the user and
 record rows, so that changes to owners, collaborators, levels and the hierarchy are O(1) in rows.

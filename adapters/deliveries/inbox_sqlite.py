@@ -47,6 +47,19 @@ CREATE INDEX IF NOT EXISTS webhook_inbox_processed ON webhook_inbox (processed_a
 """
 
 
+def connect(path: str, busy_timeout: float, schema: str) -> sqlite3.Connection:
+    """The delivery file (owner-only), in WAL mode with full syncs: a 202 means on disk."""
+    try:
+        conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+    except sqlite3.Error as exc:
+        raise DeliveryStoreError(f"webhook inbox {path}: {exc}") from exc
+    return conn
+
+
 @dataclass(frozen=True)
 class StoredDelivery:
     delivery_id: str
@@ -67,14 +80,7 @@ class SqliteInbox:
                                                                  prune_batch)
         self._pruned_at: datetime | None = None
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
-                                         isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise DeliveryStoreError(f"webhook inbox {path}: {exc}") from exc
+        self._conn = connect(path, busy_timeout, SCHEMA)
 
     async def deliver(self, delivery: WebhookDelivery) -> bool:
         return await self.store(delivery.provider, delivery.delivery_id, encode(delivery))

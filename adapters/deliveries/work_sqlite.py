@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from adapters.deliveries.inbox_sqlite import SCHEMA as INBOX_SCHEMA
+from adapters.deliveries.inbox_sqlite import connect
 from adapters.deliveries.work_queue import DeadLetter, Delivery
 from adapters.errors import DeliveryStoreError
-from adapters.private_files import private_file
 
 T = TypeVar("T")
 
@@ -52,14 +52,7 @@ class SqliteWork:
     def __init__(self, path: str, *, lease: float = 300.0, busy_timeout: float = 10.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.path, self.lease, self.clock = path, lease, clock
-        try:
-            self._conn = sqlite3.connect(private_file(path), timeout=busy_timeout,
-                                         isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise DeliveryStoreError(f"webhook inbox {path}: {exc}") from exc
+        self._conn = connect(path, busy_timeout, SCHEMA)
 
     def _tx(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:

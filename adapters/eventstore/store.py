@@ -1,51 +1,44 @@
 """The event store: eventsourcing's recorders, with our pydantic events serialised by orjson.
 
 One stream per tenant (originator id = uuid5 of the tenant id); the stream version is the event's
-`seq`. Datetimes and UUIDs round-trip typed because pydantic validates the stored JSON back into
-the event class named by the stored topic.
-
-What is stored per event is still one JSON object, with two fields of ours in front:
-- `_chain` (E7): H(previous link || topic || version || the rest of the stored JSON), hex
-  SHA-256, per tenant stream; the previous link of seq 1 is zeros. It covers the stored bytes,
-  ciphertext included, so destroying a key does not break it. `verify_log` recomputes it.
-- `_sealed` (L2), on events that carry mail content (subject, body, attachment names): the
-  content encrypted under its owner's data key (adapters.eventstore.content_keys), as one string:
-  base64url(owner) "." base64(nonce + ciphertext). The event's own content fields hold the
-  erased placeholder (`domain.events.ERASED`), so an event whose key is destroyed decodes as
-  erased and everything downstream (state, views, replays at any `at`) shows it erased
-  (adapters.eventstore.seal).
-eventsourcing's whole-event cipher and compressor, when configured, wrap all of that.
+`seq`. Appends seal mail content with its owner's key and chain every event (the stored form:
+adapters.eventstore.mapper; the chain and its check: adapters.eventstore.chain); a tenant's state
+is its events folded, cached per process and restored from snapshots. Reads of the whole log
+(all tenants, in recording order) are in adapters.eventstore.log_reads.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 from uuid import UUID, uuid5
 
-import orjson
 import structlog
 from eventsourcing.application import Application
-from eventsourcing.persistence import (
-    IntegrityError,
-    Mapper,
-    MapperDeserialisationError,
-    PersistenceError,
-    StoredEvent,
-)
-from eventsourcing.utils import TopicError, get_topic, resolve_topic
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.utils import get_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
+from adapters.eventstore import log_reads
+from adapters.eventstore.chain import (
+    GENESIS,
+    LogCheck,
+    chain_link,
+    link_of,
+    split_chain,
+    stored_events,
+    unwrap,
+    verify_chain,
+)
 from adapters.eventstore.content_keys import (
     ContentKeys,
     MemoryContentKeys,
     configured_master_key,
 )
-from adapters.eventstore.seal import SEALED_KEY, SEALED_KINDS, opened, seal_values, with_sealed
+from adapters.eventstore.log_reads import LoggedEvent
+from adapters.eventstore.mapper import EventEnvelope, PydanticMapper, event_class
+from adapters.eventstore.seal import SEALED_KINDS
 from adapters.eventstore.snapshots import Snapshots
 from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
@@ -53,130 +46,22 @@ from domain import events as ev
 from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 
+# What callers import from here; some of it lives in the modules split off this one (issue #12)
+__all__ = ["CONTENT_KEY", "TENANT_PAGE", "EventEnvelope", "EventStore", "LogCheck", "LoggedEvent",
+           "PydanticMapper", "_event_class", "chain_link", "postgres_defaults", "split_chain",
+           "stream_id"]
+_event_class = event_class  # adapters.eventstore.scan's name for it
+
 log = structlog.get_logger("crmsync.store")
 TENANT_PAGE = 5000  # events per read of a tenant's stream
 TENANT_NAMESPACE = UUID("5c1f3a52-8a53-4a8e-9f5e-3c9b2f0e6d11")
 # the store env's entry for base64 of the content master key ($CRMSYNC_CONTENT_KEY, L2); it
-# travels with the env to the processes that open the store again (replays, rebuild parts)
+# travels with the env to the processes that open the store again (rebuild parts)
 CONTENT_KEY = "CONTENT_KEY"
 
 
 def stream_id(tenant: str) -> UUID:
     return uuid5(TENANT_NAMESPACE, tenant)
-
-
-@dataclass(frozen=True)
-class EventEnvelope:
-    """An event as the library stores it: our event plus its stream id and version."""
-
-    originator_id: UUID
-    originator_version: int
-    timestamp: datetime
-    event: DomainEvent
-
-
-GENESIS = "0" * 64
-_CHAIN_HEAD = b'{"_chain":"'
-_CHAIN_END = len(_CHAIN_HEAD) + 64
-
-
-def chain_link(prev: str, topic: str, version: int, body: bytes) -> str:
-    """E7: the link of one stored event (`body`: its JSON without the `_chain` field)."""
-    digest = hashlib.sha256(prev.encode())
-    digest.update(b"\0" + topic.encode() + b"\0" + str(version).encode() + b"\0")
-    digest.update(body)
-    return digest.hexdigest()
-
-
-def split_chain(state: bytes) -> tuple[str | None, bytes]:
-    """(the stored link, the JSON it covers); (None, state) for an event stored without one."""
-    if state.startswith(_CHAIN_HEAD) and state[_CHAIN_END:_CHAIN_END + 2] == b'",':
-        return state[len(_CHAIN_HEAD):_CHAIN_END].decode(), b"{" + state[_CHAIN_END + 2:]
-    return None, state
-
-
-def link_of(stored: StoredEvent) -> str:
-    """What the next event of the stream chains to: this one's link; for an event written
-    before the chain existed, a hash of its stored bytes (so it is pinned all the same)."""
-    link, _ = split_chain(stored.state)
-    if link is not None:
-        return link
-    return chain_link("legacy", stored.topic, stored.originator_version, stored.state)
-
-
-class PydanticMapper(Mapper[UUID]):
-    """Maps EventEnvelope <-> StoredEvent with orjson; pydantic restores the types. Content is
-    sealed with its owner's key (`keys`, set by the EventStore) and every event is chained."""
-
-    keys: ContentKeys | None = None
-    # Only benchmarks.content_cost turns this off, to measure the same workload without
-    # sealing in the same run; nothing else may (L2: content is never stored in plaintext).
-    seal = True
-
-    def encode(self, envelope: EventEnvelope, owner: str | None, prev: str
-               ) -> tuple[StoredEvent, str]:
-        """The stored event and its chain link. `owner`: whose key seals the content."""
-        event = envelope.event
-        kind = type(event)
-        doc = event.model_dump(by_alias=True)
-        box = None
-        if self.seal and isinstance(event, SEALED_KINDS) \
-                and (values := seal_values(doc, kind)) is not None:
-            if owner is None or self.keys is None:
-                raise StoreError(f"cannot store {kind.__name__}: no owner or content keys to "
-                                 "seal its content with")
-            box = self.keys.seal(event.tenant, owner, values)
-        topic = get_topic(kind)
-        body = orjson.dumps(doc)
-        if box is not None:
-            body = with_sealed(body, cast(str, owner), box)
-        link = chain_link(prev, topic, envelope.originator_version, body)
-        state = _CHAIN_HEAD + link.encode() + b'",' + body[1:]
-        if self.compressor:
-            state = self.compressor.compress(state)
-        if self.cipher:
-            state = self.cipher.encrypt(state)
-        return StoredEvent(originator_id=envelope.originator_id,
-                           originator_version=envelope.originator_version,
-                           topic=topic, state=state), link
-
-    def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        """The library's path (Application.save): only for events without content, and it
-        cannot chain; the EventStore appends through `encode`."""
-        raise StoreError("append through EventStore: events are sealed and chained there")
-
-    def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        state = stored_event.state
-        try:
-            if self.cipher:
-                state = self.cipher.decrypt(state)
-            if self.compressor:
-                state = self.compressor.decompress(state)
-            # past the chain link, without copying: where the event's own JSON goes on
-            start = _CHAIN_END + 2 if state.startswith(_CHAIN_HEAD) else 1
-            cls: type[DomainEvent] = resolve_topic(stored_event.topic)
-            if state.startswith(SEALED_KEY, start):
-                event = cls.model_validate_json(opened(state, start, cls, self.keys))
-            else:
-                event = cls.model_validate_json(state if start == 1 else b"{" + state[start:])
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise MapperDeserialisationError(
-                f"cannot decode event {stored_event.topic} "
-                f"v{stored_event.originator_version}: {exc}"
-            ) from exc
-        originator = stored_event.originator_id
-        return EventEnvelope(originator if isinstance(originator, UUID) else UUID(originator),
-                             stored_event.originator_version, event.occurred_at, event)
-
-
-@functools.lru_cache(maxsize=256)
-def _event_class(topic: str) -> type[DomainEvent]:
-    kind = resolve_topic(topic)
-    if not (isinstance(kind, type) and issubclass(kind, DomainEvent)):
-        raise TopicError(f"{topic!r} is not an event class")
-    return kind
 
 
 class CrmSyncApplication(Application[UUID]):
@@ -201,20 +86,11 @@ def postgres_defaults(env: dict[str, str]) -> dict[str, str]:
             "APPLICATION_RECORDER_TOPIC": get_topic(BoundedPostgresRecorder), **env}
 
 
-@dataclass(frozen=True)
-class LoggedEvent:
-    """An event read from the application log: its global position and its tenant sequence."""
-
-    position: int
-    seq: int
-    event: DomainEvent
-
-
 class EventStore:
     """Port over the eventsourcing application: append to a tenant stream, read streams and log."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        # how to open this store again (runners.services.replays: other processes)
+        # how to open this store again (other processes: rebuild parts)
         self.env = dict(env)
         try:
             self.app = CrmSyncApplication(env=postgres_defaults(env))
@@ -400,19 +276,7 @@ class EventStore:
         if not found or found[0].originator_version != after:
             # the append fails on the version anyway; this only keeps the message clear
             raise IntegrityError(f"tenant {tenant!r} has no event {after}")
-        return link_of(self._unwrap(found[0]))
-
-    def _unwrap(self, stored: StoredEvent) -> StoredEvent:
-        """The stored event with the library's cipher and compressor undone (when configured)."""
-        mapper = self.app.mapper
-        if not (mapper.cipher or mapper.compressor):
-            return stored
-        state = stored.state
-        if mapper.cipher:
-            state = mapper.cipher.decrypt(state)
-        if mapper.compressor:
-            state = mapper.compressor.decompress(state)
-        return StoredEvent(stored.originator_id, stored.originator_version, stored.topic, state)
+        return link_of(unwrap(self.app.mapper, found[0]))
 
     def _owner(self, event: DomainEvent, state: TenantState | None) -> str | None:
         """Whose key seals the event's content: the user of its mailbox."""
@@ -432,151 +296,33 @@ class EventStore:
         """Drop the cached state of `tenant` (it was changed in place and not saved)."""
         self._states.pop(tenant, None)
 
-    # -- the application log (all tenants, in recording order) ----------------------------------
+    # -- the application log (all tenants, in recording order: adapters.eventstore.log_reads) --
     def max_position(self) -> int:
-        try:
-            return self.app.recorder.max_notification_id() or 0
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
+        return log_reads.max_position(self.app)
 
     def log_position(self, tenant: str, seq: int) -> int | None:
         """The log position of the tenant's event `seq` (None: no such event): callers are handed
-        tenant positions (§8), and waits on the views need the log's. One indexed lookup on the
-        (stream, version) key of whichever recorder holds the log."""
-        from eventsourcing.popo import POPOApplicationRecorder
+        tenant positions (§8), and waits on the views need the log's."""
+        return log_reads.log_position(self.app, self.env.get("PERSISTENCE_MODULE"),
+                                      stream_id(tenant), seq)
 
-        # each technology's lookup lives with its driver (one driver per module)
-        recorder, stream = self.app.recorder, stream_id(tenant)
-        module = self.env.get("PERSISTENCE_MODULE")
-        try:
-            if isinstance(recorder, POPOApplicationRecorder):
-                index = recorder._stored_events_index.get(str(stream), {})
-                return index[seq] + 1 if seq in index else None
-            if module == "eventsourcing.sqlite":
-                from adapters.eventstore.recorder_sqlite import log_position as sqlite_position
-
-                return sqlite_position(recorder, stream, seq)
-            if module == "eventsourcing.postgres":
-                from adapters.eventstore.recorder_postgres import log_position as pg_position
-
-                return pg_position(recorder, stream, seq)
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
-        raise StoreError(f"no position lookup for {type(recorder).__name__}")
-
-    def read_log_kept(self, after: int, limit: int,
-                      keep: Callable[[type[DomainEvent], bytes], bool] | None
+    def read_log_kept(self, after: int, limit: int, keep: log_reads.Keep | None
                       ) -> tuple[list[LoggedEvent], int]:
         """Like `read_log`, decoding only the events `keep(event class, stored JSON)` accepts
         (all of them without `keep`, or when stored events are compressed or encrypted); also
         returns the last position read (`after` when there was nothing)."""
-        mapper = self.app.mapper
-        filtering = keep is not None and not (mapper.cipher or mapper.compressor)
-        try:
-            self.keys.refresh()
-            notifications = self.app.recorder.select_notifications(
-                start=after, limit=limit, inclusive_of_start=False)
-            out = []
-            for n in notifications:
-                if filtering:
-                    assert keep is not None
-                    try:
-                        wanted = keep(_event_class(n.topic), n.state)
-                    except (orjson.JSONDecodeError, TopicError) as exc:
-                        raise MapperDeserialisationError(
-                            f"cannot decode event {n.topic} v{n.originator_version}: {exc}"
-                        ) from exc
-                    if not wanted:
-                        continue
-                envelope = cast(EventEnvelope, mapper.to_domain_event(n))
-                out.append(LoggedEvent(n.id, envelope.originator_version, envelope.event))
-            return out, notifications[-1].id if notifications else after
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
+        return log_reads.read_log_kept(self.app, self.keys, after, limit, keep)
 
     def read_log(self, after: int, limit: int) -> list[LoggedEvent]:
         """Events after log position `after`, at most `limit`, in log order."""
         return self.read_log_kept(after, limit, None)[0]
 
-    # -- E7: the hash chain ---------------------------------------------------------------------
+    # -- E7: the hash chain (adapters.eventstore.chain) ---------------------------------------
     def verify_log(self, tenant: str | None = None, page: int = TENANT_PAGE) -> LogCheck:
         """Recompute every tenant's chain (or `tenant`'s) from the stored bytes, in log order;
         stops at the first event that fails: a changed byte, a missing or reordered seq."""
-        check = LogCheck()
-        heads: dict[UUID, tuple[int, str]] = {}
-        names: dict[UUID, str] = {}
-        for position, recorded in self._stored(tenant, page):
-            check.events += 1
-            stream = recorded.originator_id
-            stream = stream if isinstance(stream, UUID) else UUID(str(stream))
-            seq, prev = heads.get(stream, (0, GENESIS))
-            stored = self._unwrap(recorded)
-            link, body = split_chain(stored.state)
-            problem = None
-            if stored.originator_version != seq + 1:
-                problem = f"seq {stored.originator_version} follows seq {seq}"
-            elif link is None:
-                if check.chained.get(stream):
-                    problem = "event has no chain link"
-                check.unchained += 1
-            elif link != chain_link(prev, stored.topic, stored.originator_version, body):
-                problem = "stored bytes do not match their chain link"
-            if problem is not None:
-                check.failure = (f"position {position} (tenant {_tenant_of(body, stream)}, "
-                                 f"seq {stored.originator_version}): {problem}")
-                return check
-            if link is not None:
-                check.chained[stream] = True
-            if stream not in names:
-                names[stream] = _tenant_of(body, stream)
-            heads[stream] = (stored.originator_version, link_of(stored))
-        check.heads = {names[k]: v for k, v in heads.items()}
-        return check
-
-    def _stored(self, tenant: str | None, page: int) -> Iterator[tuple[int | str, StoredEvent]]:
-        recorder = self.app.recorder
-        try:
-            if tenant is not None:
-                after = 0
-                while True:
-                    found = recorder.select_events(stream_id(tenant), gt=after or None,
-                                                   limit=page)
-                    for stored in found:
-                        yield f"seq {stored.originator_version}", stored
-                    if len(found) < page:
-                        return
-                    after = found[-1].originator_version
-            position = 0
-            while True:
-                notes = recorder.select_notifications(start=position, limit=page,
-                                                      inclusive_of_start=False)
-                for n in notes:
-                    yield n.id, n
-                if len(notes) < page:
-                    return
-                position = notes[-1].id
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read the event log: {exc}") from exc
-
-
-@dataclass
-class LogCheck:
-    """The result of `verify_log`: events read, the first failure (None: the chain holds) and
-    each tenant's last (seq, link), which an operator may keep elsewhere to detect truncation."""
-
-    events: int = 0
-    unchained: int = 0
-    failure: str | None = None
-    heads: dict[str, tuple[int, str]] = field(default_factory=dict)
-    chained: dict[UUID, bool] = field(default_factory=dict)
-
-
-def _tenant_of(body: bytes, stream: UUID) -> str:
-    try:
-        tenant = orjson.loads(body).get("tenant")
-    except (orjson.JSONDecodeError, AttributeError):
-        tenant = None
-    return tenant if isinstance(tenant, str) else str(stream)
+        stream = None if tenant is None else stream_id(tenant)
+        return verify_chain(stored_events(self.app.recorder, stream, page), self.app.mapper)
 
 
 def _content_keys(env: dict[str, str]) -> ContentKeys:

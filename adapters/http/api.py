@@ -10,8 +10,8 @@ domain.permissions; one JSON command that is rejected answers 422 (404 for an un
 invisible id), JSON Lines answer 200 per line. Each principal's commands pass a token bucket
 (`RateLimit`, in this process). Positions handed out and taken (`min_position`) are the
 tenant's stream version (§8), mapped to the log position to wait on the views. There is no
-process-wide lock: reads run beside commands, commands take a writer lane one chunk at a time,
-and replays (`at`) are bounded (`ReplayLane`).
+process-wide lock: reads (live or `at`, which reads the views' histories) run beside commands,
+and commands take a writer lane one chunk at a time.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -28,11 +28,8 @@ from adapters.http.lanes import Lanes
 from adapters.http.limits import (
     DEFAULT_COMMAND_BURST,
     DEFAULT_COMMAND_RATE,
-    REPLAY_QUEUE,
-    REPLAY_SLOTS,
     UNSET_LIMIT,
     RateLimit,
-    ReplayLane,
 )
 from adapters.http.queries import add_query_routes
 from adapters.http.request_timing import RequestTiming
@@ -48,8 +45,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
           "token, or a user who is not an active user of the tenant"},
     404: {"model": m.ErrorAnswer, "description": "unknown, foreign or invisible id"},
     422: {"model": m.InvalidAnswer, "description": "malformed input, naming the field"},
-    429: {"model": m.ErrorAnswer, "description": "too many replays (`at`) in progress; "
-                                                  "retry after Retry-After seconds"},
     503: {"model": m.ErrorAnswer, "description": "projections could not catch up in time"},
 }
 
@@ -58,8 +53,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
                token_max_age: int | None = None,
-               rate_limit: RateLimit | None = UNSET_LIMIT, replay_slots: int = REPLAY_SLOTS,
-               replay_queue: int = REPLAY_QUEUE, stale_sync_seconds: int | None = None
+               rate_limit: RateLimit | None = UNSET_LIMIT, stale_sync_seconds: int | None = None
                ) -> FastAPI:
     """The API over `engine`; `rate_limit` None: no limit, unset: the default limit;
     `stale_sync_seconds`: the problems' default stale threshold (None: 24 h)."""
@@ -68,7 +62,7 @@ def create_app(engine: "Engine", secret: bytes, *, max_wait: float = 5.0,
     app.state.stale_sync_seconds = stale_sync_seconds
     limit = RateLimit(DEFAULT_COMMAND_RATE, DEFAULT_COMMAND_BURST) \
         if rate_limit is UNSET_LIMIT else rate_limit
-    engine.share_between_threads(ReplayLane(replay_slots, replay_queue).slot)
+    engine.share_between_threads()
     lanes = Lanes(engine, max_wait)
     app.state.refusal = lanes.refused  # read by adapters.http.params.principal
     add_error_handlers(app)

@@ -73,8 +73,8 @@ class Lanes:
 
     def answer(self, min_position: int | None, query: Callable[[], T]) -> T:
         """Wait for the projections when asked to (bounded), then query. No process-wide lock:
-        live reads run beside commands and replays (which take a slot of `replays`, see
-        Engine.reader)."""
+        reads, live or as of `at` (the views' histories, see Engine.reader), run beside
+        commands."""
         if min_position is not None:
             reached = self.engine.wait_for(min_position, self.max_wait)
             if min_position > reached.log:

@@ -1,22 +1,16 @@
-"""The HTTP API's limits: a token bucket per principal on commands (`RateLimit`), bounded
-replays (`ReplayLane`), and a bounded request body (`read_body`).
+"""The HTTP API's limits: a token bucket per principal on commands (`RateLimit`) and a bounded
+request body (`read_body`).
 """
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from fastapi import Request
 
 from adapters.http.errors import ApiError
 
 MAX_BODY = 10 * 1024 * 1024
-# Replays (`at`) fold a tenant's stream in Python, holding the GIL: this many run at once (in
-# this process, or in `crmsync serve`'s replay processes, one slot each), this many more wait;
-# beyond that 429 + Retry-After. In-process, more slots would not replay faster (one GIL) and
-# would take more of the interpreter from the live readers.
-REPLAY_SLOTS, REPLAY_QUEUE = 1, 16
 
 
 class RateLimit:
@@ -44,32 +38,6 @@ class RateLimit:
                 return (1 - tokens) / self.rate
             self._buckets[key] = (tokens - cost, now)
             return 0.0
-
-
-class ReplayLane:
-    """Bounded concurrency for replays: `slots` at a time, `queue` more waiting (in their
-    worker threads), and any further one refused at once with 429 + Retry-After, so a burst of
-    replays neither starves the live readers of the interpreter nor fills the thread pool."""
-
-    def __init__(self, slots: int, queue: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-        self._limit = slots + queue
-        self._admitted = 0
-        self._count = threading.Lock()
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        with self._count:
-            if self._admitted >= self._limit:
-                raise ApiError(429, f"{self._limit} replays (at=) are in progress or waiting; "
-                                    "retry", {"Retry-After": "1"})
-            self._admitted += 1
-        try:
-            with self._slots:
-                yield
-        finally:
-            with self._count:
-                self._admitted -= 1
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -66,7 +66,7 @@ def postgres_env(url: str, schema: str | None = None,
     if chosen:
         env["POSTGRES_SCHEMA"] = chosen
     content_key = (settings or load_settings()).secret("CONTENT_KEY")
-    if content_key:  # the store's own setting: it follows the env into replay/rebuild processes
+    if content_key:  # the store's own setting: it follows the env into rebuild part processes
         env[CONTENT_KEY] = content_key
     return env
 

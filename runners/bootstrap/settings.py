@@ -57,8 +57,6 @@ class Settings(BaseSettings):
                                       "seconds")
     COMMAND_RATE: float = Field(20, description="commands/s per principal (0: no limit)")
     COMMAND_BURST: float = Field(1000, description="command burst per principal")
-    REPLAY_WORKERS: str = Field("1", description="processes answering `at` replays (0: in the "
-                                "request thread)")
     WEBHOOK_INBOX: str | None = Field(None, description="the SQLite webhook inbox (default: "
                                       "<db>.webhooks.db)")
     # operations (issue #14): passed where the endpoints start (runners/entrypoints/health.py,

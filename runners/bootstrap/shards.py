@@ -318,21 +318,15 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     engines: dict[str, Engine] = {}
-    pools: list[Any] = []
     try:
         for name in shard_map.shards:
             engines[name] = open_url(shard_map.url(name))
             engines[name].follow = False
-        workers = single.replay_workers()
         apps: dict[str, Any] = {}
         for name, engine in engines.items():
             apps[name] = create_app(engine, secret, token_max_age=single.max_token_age(),
                                     rate_limit=single.rate_limit(settings),
-                                    replay_slots=max(1, workers),
                                     stale_sync_seconds=settings.STALE_SYNC_SECONDS)
-            pool = single.replay_pool(engine, workers)
-            if pool is not None:
-                pools.append(pool)
         apps[DEFAULT].include_router(webhook_router(
             single.webhook_inbox(None), shared_client_state(settings.secret(
                 "GRAPH_CLIENT_STATE")), single.gmail_push_auth(True)))
@@ -349,7 +343,5 @@ def serve_sharded(shard_map: ShardMap, open_url: Callable[[str], Engine], host: 
             unregister()
         return 0
     finally:
-        for pool in pools:
-            pool.close()
         for engine in engines.values():
             engine.close()

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from adapters.deliveries.pubsub_auth import GmailPushAuth
     from adapters.http.limits import RateLimit
     from runners.bootstrap.settings import Settings
-    from runners.services.replays import ReplayPool
 
 EXIT_USAGE = 2
 WEBHOOK_DB_ENV = "CRMSYNC_WEBHOOK_ENGINE_DB"  # `run webhooks --db`, for the receiver processes
@@ -76,11 +75,9 @@ def serve(engine: Engine, host: str, port: int) -> int:
 
     settings = load_settings()
     configure_logging(settings.LOG_LEVEL or "INFO", json=True)
-    workers = replay_workers()
     app = create_app(engine, secret, token_max_age=max_token_age(),
-                     replay_slots=max(1, workers), rate_limit=rate_limit(settings),
+                     rate_limit=rate_limit(settings),
                      stale_sync_seconds=settings.STALE_SYNC_SECONDS)
-    pool = replay_pool(engine, workers)
     # A thread wanting the GIL waits up to this long for a CPU-bound one (a command chunk being
     # decided) to yield it, at each of a query's handoffs (loop, worker thread, every SQLite
     # call): 1 ms instead of 5 (embedded, a reader's p99 beside a 5,000-line post: 29-32 ms
@@ -99,8 +96,6 @@ def serve(engine: Engine, host: str, port: int) -> int:
         uvicorn.run(app, host=host, port=port, access_log=False, log_config=None,
                     log_level="warning")
     finally:
-        if pool is not None:
-            pool.close()
         unregister()
     return 0
 
@@ -152,32 +147,12 @@ def gmail_push_auth(production: bool) -> GmailPushAuth | None:
     return None
 
 
-def replay_workers() -> int:
-    """CRMSYNC_REPLAY_WORKERS: processes answering replays (`at`), default 1; 0 = in the
-    server's own threads. As many replays run at once, and the HTTP API lets REPLAY_QUEUE more
-    wait (adapters.http.limits.ReplayLane)."""
-    value = load_settings().REPLAY_WORKERS
-    return int(value) if value.isdigit() else 1
-
-
 def rate_limit(settings: Settings) -> RateLimit | None:
     """CRMSYNC_COMMAND_RATE commands/s per principal (0: no limit), CRMSYNC_COMMAND_BURST."""
     from adapters.http.limits import RateLimit
 
     return RateLimit(settings.COMMAND_RATE, settings.COMMAND_BURST) \
         if settings.COMMAND_RATE > 0 else None
-
-
-def replay_pool(engine: Engine, workers: int) -> ReplayPool | None:
-    """Replays in `workers` processes, off the interpreter that answers the live queries."""
-    env = engine.stores().events.env  # the replay processes open the same log
-    if workers == 0 or env.get("PERSISTENCE_MODULE") == "eventsourcing.popo":
-        return None  # an in-memory store cannot be opened by another process
-    from runners.services.replays import ReplayPool
-
-    pool = ReplayPool(workers, env)
-    engine.replay = pool
-    return pool
 
 
 def webhook_inbox(db: str | None) -> DeliveryInbox:

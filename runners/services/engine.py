@@ -10,7 +10,6 @@ the event store and the view store are its own. The few services that own the st
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,12 +86,6 @@ class Engine(CommandApplication, Rebuilding):
         # Embedded: commands and queries bring the views up to date in this process. False when
         # projection runners run as processes of their own (`crmsync run projections`).
         self.follow = True
-        # Held while a replay (`at`) folds its stream: the HTTP API bounds how many run at once.
-        self.replay_slot: Callable[[], contextlib.AbstractContextManager[object]] = \
-            contextlib.nullcontext
-        # (query, tenant, viewer, args, at) -> answer: replays run there instead of in the
-        # calling thread (runners.services.replays: a process pool, off this interpreter's GIL)
-        self.replay: Callable[[str, str, str, tuple[Any, ...], datetime], Any] | None = None
 
     @classmethod
     def open_in_memory(cls) -> Engine:
@@ -206,14 +199,10 @@ class Engine(CommandApplication, Rebuilding):
         with self._projecting:
             return catch_up(self._store, self._views, self.projector, progress=progress)
 
-    def share_between_threads(self, replay_slot: Callable[[], contextlib.AbstractContextManager[
-            object]] | None = None) -> None:
+    def share_between_threads(self) -> None:
         """Serve many threads at once (the HTTP API): live queries no longer catch up in their
-        own thread (they read the committed views and ask the follower thread to catch up),
-        and replays hold a `replay_slot` while they fold."""
+        own thread (they read the committed views and ask the follower thread to catch up)."""
         self._background = True
-        if replay_slot is not None:
-            self.replay_slot = replay_slot
 
     def request_catch_up(self) -> None:
         """Have the follower thread catch up (started on first use), without waiting for it."""

@@ -48,8 +48,7 @@ def test_serve_and_runners_per_shard_route_by_tenant(postgres_url: str, eu_schem
                                      "tenants": {"beta": "eu"}}))
     port = free_port()
     env = embedded_env(str(tmp_path / "unused.db"), CRMSYNC_SHARD_MAP=str(shard_map),
-                       CRMSYNC_SECRET=SECRET, CRMSYNC_GMAIL_PUSH_AUTH="off",
-                       CRMSYNC_REPLAY_WORKERS="0")
+                       CRMSYNC_SECRET=SECRET, CRMSYNC_GMAIL_PUSH_AUTH="off")
     procs = Processes(tmp_path, str(tmp_path / "unused.db"), env)
     try:
         procs.start("serve", "serve", "--port", str(port))

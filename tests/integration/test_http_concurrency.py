@@ -1,9 +1,9 @@
-"""No process-wide lock in the HTTP API (issue #10, point 6): live reads answer while a command
-is inside its apply and while `at` questions run; a long post is applied in chunks with every
-line counted once. (`at` answers read the views' histories since issue #11: no replay to bound.)
+"""No process-wide lock in the HTTP API (issue #10, point 6): live and `at` reads answer while a
+command is inside its apply; a long post is applied in chunks with every line counted once.
+(`at` answers read the views' histories since issue #11, at the cost of a live read.)
 
 A real uvicorn on loopback and a SQLite engine whose event store can be held inside an append
-or a replay's read (threading.Event gates, no sleeps).
+(a threading.Event gate, no sleeps).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,12 @@ import pytest
 from loopback import Server
 from office import OFFICE
 
-from adapters.eventstore.store import TENANT_PAGE, EventStore
+from adapters.eventstore.store import EventStore
 from adapters.http.api import create_app
 from adapters.http.commands import COMMAND_CHUNK
 from adapters.http.tokens import issue
 from adapters.views.sqlite import SqliteViews
-from domain.events import DomainEvent, LeadCreated
+from domain.events import LeadCreated
 from domain.state import TenantState
 from runners.services.engine import Engine
 
@@ -57,12 +56,12 @@ def leads(prefix: str, count: int) -> list[dict[str, Any]]:
 
 
 class GatedStore(EventStore):
-    """The SQLite event store, with one append or one replay read held until `release`."""
+    """The SQLite event store, with one append held until `release`."""
 
     def __init__(self, path: str) -> None:
         super().__init__({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
                           "SQLITE_LOCK_TIMEOUT": "10"})
-        self.hold_append = self.hold_replay = False
+        self.hold_append = False
         self.entered, self.release = threading.Event(), threading.Event()
         self._gate = threading.Lock()
 
@@ -79,19 +78,13 @@ class GatedStore(EventStore):
         self._held("hold_append")
         super().append(state, events)
 
-    def tenant_events(self, tenant: str, after: int = 0, page: int = TENANT_PAGE
-                      ) -> Iterator[tuple[int, DomainEvent]]:
-        if after == 0:  # a replay reads the whole stream; the command side only the tail
-            self._held("hold_replay")
-        yield from super().tenant_events(tenant, after, page)
-
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[httpx.Client, GatedStore, Engine]]:
     path = str(tmp_path / "crmsync.db")
     store = GatedStore(path)
     engine = Engine(store, SqliteViews(path), path)
-    app = create_app(engine, SECRET, max_wait=5, replay_slots=1, replay_queue=1)
+    app = create_app(engine, SECRET, max_wait=5)
     with Server(app) as server, httpx.Client(base_url=server.url, timeout=20) as client:
         answer = client.post("/v1/commands", content=jsonl(OFFICE, timed=True),
                              headers={**SERVICE, **JSONL})
@@ -118,13 +111,13 @@ def test_live_reads_answer_while_a_command_is_held_inside_its_append(
         assert store.entered.wait(10), "the command never reached its append"
         # the writer is inside the engine: the old code queued these behind its lock
         during = client.get("/v1/records/lead-1/timeline", headers=ADA)
-        replay = client.get("/v1/records/lead-1/timeline", params={"at": AT}, headers=ADA)
+        as_of = client.get("/v1/records/lead-1/timeline", params={"at": AT}, headers=ADA)
         records = client.get("/v1/records", headers=ADA)
         assert not post.done()
         store.release.set()
         answer = post.result(timeout=30).json()
     assert during.status_code == 200 and during.json() == before.json()
-    assert replay.status_code == 200 and replay.json() == before.json()
+    assert as_of.status_code == 200 and as_of.json() == before.json()
     assert records.status_code == 200
     assert not any(r["record"].startswith("held-") for r in records.json())
     assert answer["applied"] == 30 and answer["rejected"] == 0
@@ -149,28 +142,3 @@ def test_a_long_post_is_applied_in_chunks_each_line_once_numbered_in_the_body(
     assert body["applied"] == len(commands) - 3 and body["rejected"] == 3
     in_log = lead_ids_in_log(store, "bulk-")
     assert sorted(in_log) == sorted(f"bulk-{i}" for i in range(len(commands)) if i not in bad)
-
-
-def test_replays_in_the_process_pool_answer_as_in_process(tmp_path: Path) -> None:
-    from domain.errors import NotFound
-    from runners.services.replays import ReplayPool
-
-    engine = Engine.open_sqlite(str(tmp_path / "crmsync.db"))
-    pool = ReplayPool(1, engine.stores().events.env)
-    try:
-        assert engine.apply_lines(jsonl(OFFICE, timed=True).splitlines()).applied == len(OFFICE)
-        engine.apply_lines([json.dumps({"tenant": "acme", "cmd": "CreateLead", "record":
-                                        "late", "owner": "mia", "name": "Late"})])
-        at = datetime.fromisoformat(AT)
-        asked = [("timeline", "ada", "lead-1"), ("records", "ada", None),
-                 ("mailbox", "mia", None), ("thread", "ada", "mb:t1")]
-        local = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
-        engine.replay = pool
-        pooled = [getattr(engine, f"query_{q}")("acme", who, arg, at=at) for q, who, arg in asked]
-        with pytest.raises(NotFound):
-            engine.query_timeline("acme", "ada", "late", at=at)  # created after `at`
-    finally:
-        pool.close()
-        engine.close()
-    assert pooled == local
-    assert len(local[0]) == 1 and {r["record"] for r in local[1]} == {"lead-1"}

@@ -301,7 +301,7 @@ def test_l2_export_with_content_shows_erased_content_as_erased(
 
 
 def answers(engine: Engine, at_: datetime | None = None) -> dict[str, Any]:
-    """What the CLI answers about the mail: thread, timeline, mailbox (live, or replayed)."""
+    """What the CLI answers about the mail: thread, timeline, mailbox (live, or as of `at_`)."""
     return {"thread_max": engine.query_thread("acme", "max", "mia-gmail:t3", at=at_),
             "thread_leo": engine.query_thread("acme", "leo", THREAD, at=at_),
             "timeline": engine.query_timeline("acme", "max", "contact-carl", at=at_),
@@ -312,7 +312,7 @@ def answers(engine: Engine, at_: datetime | None = None) -> dict[str, Any]:
 def test_l2_views_hold_no_plaintext_of_live_users_and_answer_as_before(
         where: tuple[str, str | None]) -> None:
     """The view rows seal a live user's subject, body and attachment names; answers (CLI and
-    HTTP) are the plaintext ones, equal to a replay of the log; rebuild and verify still hold."""
+    HTTP) are the plaintext ones, live and as of a past time; rebuild and verify still hold."""
     from loopback import Server
 
     from adapters.http.api import create_app
@@ -324,8 +324,8 @@ def test_l2_views_hold_no_plaintext_of_live_users_and_answer_as_before(
         apply(engine, SETUP, 0)
         apply(engine, MAIL + REFUSED, 10)
         live = answers(engine)
-        replayed = answers(engine, at(30))  # folded in memory from the log: never sealed
-        assert live == replayed
+        as_of = answers(engine, at(30))  # from the views' histories, sealed as the live rows
+        assert live == as_of
         message = live["thread_max"]["messages"][0]
         assert (message["subject"], message["body"], message["attachments"][0]["name"]) == (
             KEPT.decode(), KEPT_BODY.decode(), KEPT_NAME.decode())

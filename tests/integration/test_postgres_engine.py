@@ -95,7 +95,7 @@ def test_e3_postgres_and_sqlite_give_identical_answers_and_checksums(
     assert answers(pg) == live
     assert sum(1 for v in live.values() if v and v != "not found") >= 20  # non-trivial
     assert checksums(pg) == checksums(lite)
-    assert answers(pg, at=middle) == answers(lite, at=middle)  # E4 replay on both
+    assert answers(pg, at=middle) == answers(lite, at=middle)  # E4 on both
 
 
 def test_e3_rebuild_and_verify_on_postgres(engines: tuple[Engine, Engine],
@@ -232,7 +232,7 @@ def test_postgres_env_parses_libpq_urls() -> None:
                    "POSTGRES_HOST": "db.example", "POSTGRES_PORT": "6543",
                    "POSTGRES_USER": "bob", "POSTGRES_PASSWORD": "p@ss",
                    "POSTGRES_CONNECT_TIMEOUT": "4", "POSTGRES_SCHEMA": "crm_prod"}
-    # the content master key travels with the store's settings (replay and rebuild processes)
+    # the content master key travels with the store's settings (rebuild part processes)
     keyed = postgres_env(url, settings=load_settings({"CRMSYNC_CONTENT_KEY": "a2V5"}))
     assert keyed == {**env, "CONTENT_KEY": "a2V5"}
     assert postgres_env("postgresql://u@h/d", schema="fallback")["POSTGRES_SCHEMA"] == "fallback"

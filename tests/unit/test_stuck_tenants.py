@@ -129,7 +129,7 @@ def test_e8_rebuild_and_verify_go_past_a_stuck_tenant() -> None:
     assert all(live == rebuilt for live, rebuilt in sums.values())
 
 
-def test_e8_replays_at_a_past_time_skip_a_failing_event_too() -> None:
+def test_e8_answers_at_a_past_time_skip_a_failing_event_too() -> None:
     engine = Engine.open_in_memory()
     setup_tenant(engine, "a", "lead-a1")
     inject(engine, "a", unfoldable("a"), lead_event("a", "lead-a2"))
