@@ -3,10 +3,10 @@
 `python -m benchmarks.rebuild --postgres URL --in-process --profile FILE` calls `profiled`:
 cProfile on the rebuilding thread, and a second profiler inside the view-writer thread (the
 build writes on one background thread, which cProfile's default hook does not see), installed
-by wrapping `projections.projector._write` for this process only. The rebuilding thread's time
-waiting for the writer is its own line ("waiting for the writer"): that is what writes cost the
-critical path; the writer's own profile is printed under it. Both profiles are dumped
-(FILE and FILE.writer) for `python -m pstats`.
+by wrapping `write_batch` where `projections.build` calls it, for this process only. The
+rebuilding thread's time waiting for the writer is its own line ("waiting for the writer"):
+that is what writes cost the critical path; the writer's own profile is printed under it. Both
+profiles are dumped (FILE and FILE.writer) for `python -m pstats`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import projections.projector as projector_module
+import projections.build as build_module
 
 # (line in the report, (module path fragment, function name)): cumulative times of these
 PHASES: list[tuple[str, tuple[str, str]]] = [
@@ -28,7 +28,8 @@ PHASES: list[tuple[str, tuple[str, str]]] = [
     ("  of which pydantic validation", ("", "model_validate_json")),
     ("evolve: domain evolve", ("", "evolve")),
     ("message rows from events (event_rows)", ("", "event_rows")),
-    ("rows from the final state (final_changes)", ("projector.py", "final_changes")),
+    ("rows from the final state (final_changes)", ("build.py", "final_changes")),
+    ("history versions per time (Versions.flush)", ("versions.py", "flush")),
     ("waiting for the writer (Future.result)", ("_base.py", "result")),
 ]
 WRITER: list[tuple[str, tuple[str, str]]] = [
@@ -47,7 +48,7 @@ def cumulative(stats: pstats.Stats, where: str, name: str) -> float:
 
 def profiled(rebuild: Callable[[], None], out: str) -> str:
     writer = cProfile.Profile()
-    original = projector_module._write
+    original = build_module.write_batch
 
     def profiled_write(*args: Any, **kwargs: Any) -> Any:
         writer.enable()
@@ -56,7 +57,7 @@ def profiled(rebuild: Callable[[], None], out: str) -> str:
         finally:
             writer.disable()
 
-    projector_module._write = profiled_write
+    build_module.write_batch = profiled_write
     main = cProfile.Profile()
     started = time.perf_counter()
     try:
@@ -64,7 +65,7 @@ def profiled(rebuild: Callable[[], None], out: str) -> str:
         rebuild()
         main.disable()
     finally:
-        projector_module._write = original
+        build_module.write_batch = original
     wall = time.perf_counter() - started
     main.dump_stats(out)
     writer.dump_stats(out + ".writer")

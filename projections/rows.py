@@ -36,19 +36,20 @@ def _iso(m: Message) -> str:
 
 
 def ordered_messages(state: TenantState, thread: Thread) -> list[Message]:
-    live = state.live_messages(thread)
-    order = {mid: i for i, mid in enumerate(thread.messages)}
-    return sorted(live, key=lambda m: (m.sent_at, order[m.id]))
+    """The thread's live messages by send time (ties: in the thread's order: the sort is
+    stable and `live_messages` keeps that order)."""
+    return sorted(state.live_messages(thread), key=_iso)
 
 
-def _live_thread(state: TenantState, thread_id: str) -> Thread | None:
-    """The thread if it shows anywhere: threads of deleted users leave every view (L2), empty
-    threads show nowhere."""
+def _live_thread(state: TenantState, thread_id: str) -> tuple[Thread, list[Message]] | None:
+    """The thread and its ordered live messages if it shows anywhere: threads of deleted users
+    leave every view (L2), empty threads show nowhere. (Each message is unpacked once: the
+    message table packs them, and this runs for every thread a time group touches.)"""
     thread = state.threads.get(thread_id)
     if thread is None or state.users[state.thread_owner(thread)].status == "deleted":
         return None
-    return thread if any(not state.messages[(thread.mailbox, m)].deleted
-                         for m in thread.messages) else None
+    messages = ordered_messages(state, thread)
+    return (thread, messages) if messages else None
 
 
 def basis(state: TenantState, thread: Thread, record_id: str) -> Doc:
@@ -97,13 +98,13 @@ Cache = dict[str, "ThreadFacts | None"]
 
 def thread_facts(state: TenantState, thread_id: str, cache: Cache) -> ThreadFacts | None:
     if thread_id not in cache:
-        thread = _live_thread(state, thread_id)
-        if thread is None:
+        found = _live_thread(state, thread_id)
+        if found is None:
             cache[thread_id] = None
         else:
+            thread, messages = found
             linked = links(state, thread)
-            cache[thread_id] = ThreadFacts(thread, state.thread_owner(thread),
-                                           ordered_messages(state, thread), linked,
+            cache[thread_id] = ThreadFacts(thread, state.thread_owner(thread), messages, linked,
                                            {r: basis(state, thread, r) for r in sorted(linked)})
     return cache[thread_id]
 

@@ -9,7 +9,7 @@ threads involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from domain import events as ev
 from domain.state import TenantState
@@ -146,26 +146,27 @@ def thread_keys(state: TenantState, thread_id: str) -> Keys:
     thread = state.threads.get(thread_id)
     if thread is None:
         return {}
-    owner = state.thread_owner(thread)
-    return {"timeline": {f"{r}{SEP}{thread_id}" for r in links(state, thread)},
+    return keys_of_thread(thread_id, state.thread_owner(thread), links(state, thread))
+
+
+def keys_of_thread(thread_id: str, owner: str, linked: Iterable[str]) -> Keys:
+    """The thread-derived keys of a thread owned by `owner` and linked to `linked` (from
+    `thread_facts` when they are at hand: its links are computed once)."""
+    return {"timeline": {f"{r}{SEP}{thread_id}" for r in linked},
             "mailbox": {f"{owner}{SEP}{thread_id}"}, "thread": {thread_id},
             "explain": {thread_id}}
 
 
-# The projections `key_groups` knows the keys of: a new state-derived projection must be added
-# there, or a rebuild would leave it empty (checked at import).
+# The projections `state_keys` and `keys_of_thread` know the keys of: a new state-derived
+# projection must be added there, or a rebuild would leave it empty (checked at import).
 GROUPED = frozenset({"directory", "sync_status", "contact", "timeline", "mailbox", "thread",
                      "explain"})
 
 
-def key_groups(state: TenantState) -> Iterator[Keys]:
-    """Every key of every state-derived projection that may have rows now, in groups whose rows
-    share cached facts (one group per thread): what a build from the final state writes.
-    A generator: a tenant's keys are never all held at once."""
-    yield {
+def state_keys(state: TenantState) -> Keys:
+    """Every key of the projections not derived from threads that may have rows now."""
+    return {
         "directory": {f"user:{u}" for u in state.users} | {f"record:{r}" for r in state.records},
         "sync_status": set(state.mailboxes),
         "contact": {r for r, record in state.records.items() if record.type == "contact"},
     }
-    for tid in state.threads:
-        yield thread_keys(state, tid)

@@ -30,9 +30,10 @@ from adapters.errors import StoreError
 from adapters.eventstore.store import CONTENT_KEY, EventStore
 from adapters.gc_pause import paused_gc
 from adapters.views.memory import MemoryViews
+from projections.build import build
 from projections.partition import balanced
 from projections.ports import ViewStore
-from projections.projector import Projector, build, catch_up
+from projections.projector import Projector, catch_up
 from projections.rows import PROJECTIONS
 
 Progress = Callable[[int, int], None]
@@ -164,8 +165,8 @@ def _part_main(store_env: dict[str, str], url: str, suffix: str, names: list[str
                conn: Connection) -> None:
     """One part, in its own process: build up to `target`, wait, catch up to the end given."""
     from adapters.views.postgres import PostgresViews, startup_lock
+    from projections.build import extend
     from projections.partition import Partition
-    from projections.projector import extend
 
     try:
         with startup_lock(url):  # opening runs CREATE … IF NOT EXISTS: one process at a time

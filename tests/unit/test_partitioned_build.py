@@ -12,8 +12,9 @@ from histories import history
 from adapters.views.memory import MemoryViews
 from domain import events as ev
 from domain.state import TenantState
+from projections.build import build, extend
 from projections.partition import Partition
-from projections.projector import Projector, build, extend
+from projections.projector import Projector
 from projections.rows import PROJECTIONS
 from runners.services.engine import Engine
 
