@@ -10,6 +10,7 @@ messages and bases computed once), which also names the thread's keys after the 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -18,7 +19,7 @@ from domain.events import DomainEvent
 from domain.state import TenantState, evolve
 from projections.history import HISTORIES, moment
 from projections.partition import Partition
-from projections.ports import Changes, unstorable_keys
+from projections.ports import Changes, encode_doc, unstorable_keys
 from projections.rows import STATE_ROWS, Cache, Rows, event_rows, thread_facts
 from projections.touched import Keys, keys_of_thread, thread_keys, touched
 
@@ -57,7 +58,8 @@ class Versions:
         self.partition = partition
         self.groups: dict[str, Group] = {}  # tenant -> its events of one time not yet computed
         self.out: Changes = {}  # rows and versions computed, not yet handed to the store
-        self.memo: dict[tuple[str, str, str], Rows] = {}  # (projection, tenant, key) -> last
+        # (projection, tenant, key) -> digest of its last version
+        self.memo: dict[tuple[str, str, str], bytes] = {}
 
     def reset(self) -> None:
         self.groups, self.out, self.memo = {}, {}, {}
@@ -150,9 +152,11 @@ class Versions:
                 continue
             for (t, key), rows in keyed.items():
                 mark = (p, t, key)
-                if memo.get(mark) == rows:
+                # a digest, not the rows: the memo would otherwise keep 100k keys' rows alive
+                digest = hashlib.blake2b(encode_doc(rows), digest_size=16).digest()
+                if memo.get(mark) == digest:
                     continue  # the key's last version already says so
                 if len(memo) >= _MEMO:
                     memo.clear()
-                memo[mark] = rows
+                memo[mark] = digest
                 history.setdefault((t, key), {})[at] = rows
