@@ -14,6 +14,7 @@ a stream holding any `ENTANGLING` event is not narrowed (every record event is f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -46,6 +47,29 @@ def _strings(values: list[Any]) -> Iterator[str]:
             yield from _strings(value)
 
 
+_KEY = rb'"(?:' + b"|".join(sorted(k.encode() for k in NAMING_KEYS)) + rb')":'
+# a naming field's value: a plain string, a flat list of plain strings, or (both groups empty)
+# something else, which sends the event to the parser
+_FIELD = re.compile(_KEY + rb'(?:"([^"\\]*)"|(\[[^\[\]{}"\\]*(?:"[^"\\]*"[^\[\]{}"\\]*)*\])|)')
+_STRING = re.compile(rb'"([^"\\]*)"')
+
+
+def names_of_stored(state: bytes) -> set[str] | None:
+    """`names` read straight from an event's stored JSON (a fraction of the cost of parsing
+    it), or None when that is not certain: sealed content, an escape, a nested list, a null."""
+    if b"\\" in state or b'"_sealed"' in state:
+        return None
+    found: set[str] = set()
+    for text, items in _FIELD.findall(state):
+        if text:
+            found.add(text.decode().lower())
+        elif items:
+            found.update(v.decode().lower() for v in _STRING.findall(items))
+        else:  # null, "", a nested list...: let the parser say
+            return None
+    return found
+
+
 def names(payload: dict[str, Any]) -> set[str]:
     """What an event's stored payload names (lower case: addresses are folded lower case)."""
     found: set[str] = set()
@@ -58,8 +82,16 @@ def names(payload: dict[str, Any]) -> set[str]:
                 found.add(value.lower())
             elif isinstance(value, list):
                 found.update(_strings(value))
-        todo.extend(v for v in fields.values() if isinstance(v, dict))
+        todo.extend(_dicts(list(fields.values())))
     return found
+
+
+def _dicts(values: list[Any]) -> Iterator[dict[str, Any]]:
+    for value in values:
+        if isinstance(value, dict):
+            yield value
+        elif isinstance(value, list):
+            yield from _dicts(value)
 
 
 def related(seeds: Iterable[str], named: list[set[str]]) -> list[bool]:

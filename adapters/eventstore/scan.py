@@ -53,25 +53,27 @@ class Selection:
 
 class Stored:
     """One selected event before decoding: its class and, for plain JSON, its stored bytes
-    (`payload()` reads them without building the event); `event()` decodes it (once)."""
+    (`state`; `payload()` parses them without building the event); `event()` decodes it."""
 
-    __slots__ = ("_event", "_item", "_mapper", "kind", "seq")
+    __slots__ = ("_event", "_mapper", "_stream", "_topic", "kind", "seq", "state")
 
-    def __init__(self, seq: int, kind: type[DomainEvent], item: StoredEvent | None,
-                 mapper: Any, event: DomainEvent | None = None) -> None:
-        self.seq, self.kind, self._item, self._mapper, self._event = seq, kind, item, mapper, event
+    def __init__(self, seq: int, kind: type[DomainEvent], state: bytes | None, mapper: Any,
+                 stream: Any = None, topic: str = "", event: DomainEvent | None = None) -> None:
+        self.seq, self.kind, self.state = seq, kind, state
+        self._mapper, self._stream, self._topic, self._event = mapper, stream, topic, event
 
     def payload(self) -> dict[str, Any]:
         """The event's fields as stored (sealed content opened, by decoding, when sealed)."""
-        if self._item is not None and b'"_sealed"' not in self._item.state:
-            return cast(dict[str, Any], orjson.loads(self._item.state))
+        if self.state is not None and b'"_sealed"' not in self.state:
+            return cast(dict[str, Any], orjson.loads(self.state))
         return self.event().model_dump(mode="json")
 
     def event(self) -> DomainEvent:
         if self._event is None:
-            assert self._item is not None
-            envelope = cast(EventEnvelope, self._mapper.to_domain_event(self._item))
-            self._event = envelope.event
+            assert self.state is not None
+            item = StoredEvent(originator_id=self._stream, originator_version=self.seq,
+                               topic=self._topic, state=self.state)
+            self._event = cast(EventEnvelope, self._mapper.to_domain_event(item)).event
         return self._event
 
 
@@ -86,17 +88,18 @@ def read_selected(store: EventStore, tenant: str, keep: Keep, selection: Selecti
         from adapters.eventstore.scan_postgres import indexable, select_by_index
 
         if indexable(selection.thread):
+            stream = stream_id(tenant)
             try:
-                for item in select_by_index(store.app.recorder, stream_id(tenant), selection,
-                                            PAGE):
-                    kind = _event_class(item.topic)
-                    if keep(kind, item.state):
-                        yield Stored(item.originator_version, kind, item, mapper)
+                for seq, topic, state in select_by_index(store.app.recorder, stream, selection,
+                                                         PAGE):
+                    kind = _event_class(topic)
+                    if keep(kind, state):
+                        yield Stored(seq, kind, state, mapper, stream, topic)
             except PersistenceError as exc:
                 raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc
             return
     for seq, event in scan_tenant(store, tenant, keep):
-        yield Stored(seq, type(event), None, mapper, event)
+        yield Stored(seq, type(event), None, mapper, event=event)
 
 
 def scan_selected(store: EventStore, tenant: str, keep: Keep, selection: Selection | None

@@ -76,8 +76,9 @@ def indexable(thread: str) -> bool:
 
 
 def select_by_index(recorder: Recorder, stream: Any, selection: Selection, page: int
-                    ) -> Iterator[StoredEvent]:
-    """The stream's events `selection` names, in order, streamed a page at a time."""
+                    ) -> Iterator[tuple[int, str, bytes]]:
+    """(version, topic, state) of the stream's events `selection` names, in order, streamed a
+    page at a time."""
     assert isinstance(recorder, PostgresAggregateRecorder)
     assert selection.by_thread <= set(_WRITERS), "only the writers' thread is indexed"
     schema = Identifier(recorder.datastore.schema)
@@ -101,8 +102,7 @@ def select_by_index(recorder: Recorder, stream: Any, selection: Selection, page:
             curs.itersize = page
             curs.execute(statement, params)
             for version, topic, state in curs:
-                yield StoredEvent(originator_id=stream, originator_version=version,
-                                  topic=topic, state=bytes(state))
+                yield version, topic, bytes(state)
 
 
 def select_prefiltered(recorder: Recorder, stream: Any, after: int, page: int,

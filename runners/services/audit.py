@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.eventstore.scan import Selection, read_selected, scan_selected
+from adapters.eventstore.scan import Selection, Stored, read_selected, scan_selected
 from domain import events as ev
 from domain.errors import NotFound
 from domain.tenant import addresses
@@ -27,7 +27,13 @@ from projections.access import (
     access_answer,
     fold_until,
 )
-from projections.access_records import ENTANGLING, RECORD_EVENTS, names, related
+from projections.access_records import (
+    ENTANGLING,
+    RECORD_EVENTS,
+    names,
+    names_of_stored,
+    related,
+)
 from projections.ports import ViewReader
 
 if TYPE_CHECKING:
@@ -64,6 +70,11 @@ def _scope(engine: Engine, tenant: str, viewer: str, thread: str) -> ThreadScope
     return ThreadScope(thread, _mailbox_of(engine, tenant, thread))
 
 
+def _names(item: Stored) -> set[str]:
+    found = names_of_stored(item.state) if item.state is not None else None
+    return found if found is not None else names(item.payload())
+
+
 def _events(engine: Engine, tenant: str, scope: ThreadScope
             ) -> Iterator[tuple[int, ev.DomainEvent]]:
     """The events the scope keeps, less the record events of records that could never be
@@ -84,7 +95,7 @@ def _events(engine: Engine, tenant: str, scope: ThreadScope
                     msg = event.message
                     seeds.update(addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]))
         records = [i for i, item in enumerate(items) if item.kind in RECORD_EVENTS]
-        kept = related(seeds, [names(items[i].payload()) for i in records])
+        kept = related(seeds, [_names(items[i]) for i in records])
         dropped = {i for i, keep in zip(records, kept, strict=True) if not keep}
     return ((item.seq, item.event()) for i, item in enumerate(items) if i not in dropped)
 

@@ -17,6 +17,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_property_visibility import T0, TENANT, histories, iso
@@ -35,6 +36,7 @@ from projections.access_records import (
     OTHER_KEYS,
     RECORD_EVENTS,
     names,
+    names_of_stored,
     related,
 )
 from runners.services import audit
@@ -124,3 +126,17 @@ def test_v11_record_narrowing_keeps_the_deal_of_a_contact_named_later() -> None:
     assert related({"mb1:t1", "A@b.test"}, named) == [True, False, True, True, False]
     assert names({"record": "C1", "fields": {"emails": ["X@Y.test"], "name": "n"},
                   "owner": "u1", "contacts": [["c7"]]}) == {"c1", "x@y.test", "c7"}
+
+
+_TEXT = st.text(alphabet=st.sampled_from('aB1@."\\\x00é:-'), max_size=6)
+_VALUE = st.recursive(st.none() | _TEXT, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from([*sorted(NAMING_KEYS), "name", "x"]),
+                                        inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from([*sorted(NAMING_KEYS), "owner", "fields", "_chain"]),
+                       _VALUE, max_size=5))
+def test_v11_names_read_from_stored_bytes_equal_the_parsed_ones(payload: dict[str, Any]) -> None:
+    """The byte reading of what a record event names either declines or agrees with parsing."""
+    found = names_of_stored(orjson.dumps(payload))
+    assert found is None or found == names(payload)
