@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--record", default="hot-contact")
     p.add_argument("--mailbox", default="mb11")
     p.add_argument("--at", default=AT, help="the past domain time asked")
+    p.add_argument("--only", default="", help="comma-separated query names to time (default: "
+                   "all), e.g. access,access-history")
     p.add_argument("--full-replay", action="store_true")
     p.add_argument("--export", action="store_true")
     args = p.parse_args()
@@ -95,16 +97,20 @@ def main() -> None:
                 "Authorization": f"Bearer {issue(secret, t, queries[0][2])}"})
             sys.stdout.write(f"{'query':16} {'live HTTP':>9} {'live CLI':>9} {'at HTTP':>9} "
                              f"{'at CLI':>9} {'at CLI/HTTP':>11}\n")
+            only = set(filter(None, args.only.split(",")))
             for name, path, viewer, argv in queries:
+                if only and name not in only:
+                    continue
                 live = timed(name, path, viewer, argv, None)
                 past = timed(name, path, viewer, argv, args.at)
                 sys.stdout.write(f"{name:16} {live[0]:9.3f} {live[1]:9.2f} {past[0]:9.3f} "
                                  f"{past[1]:9.2f} {past[1] / past[0]:11.1f}\n")
                 sys.stdout.flush()
-            http, took = timed("access-history", f"/v1/threads/{th}/access-history", "u0",
-                               ["access-history", "--thread", th], None)
-            sys.stdout.write(f"{'access-history':16} {'':>9} {'':>9} {http:9.3f} {took:9.2f} "
-                             f"{took / http:11.1f}\n")
+            if not only or "access-history" in only:
+                http, took = timed("access-history", f"/v1/threads/{th}/access-history", "u0",
+                                   ["access-history", "--thread", th], None)
+                sys.stdout.write(f"{'access-history':16} {'':>9} {'':>9} {http:9.3f} {took:9.2f} "
+                                 f"{took / http:11.1f}\n")
     finally:
         if args.full_replay:  # the baseline: what an `at` answer cost before the histories
             from runners.bootstrap.config import open_engine

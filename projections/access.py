@@ -4,9 +4,11 @@ Pure: folds one tenant's events with the command side's `evolve` and evaluates t
 ONE thread for every user of the tenant. No I/O, no clocks; the caller reads the events.
 
 - `ThreadScope` says which events a fold for thread T may skip without changing anything T's
-  visibility depends on: message-level events of other mailboxes (their folds touch only their
-  own mailbox's messages, threads and counters) and audit-only events. Events of T's mailbox,
-  users, records, settings and links are always folded, so the state is exact for T.
+  visibility depends on: message-level events of other threads (their folds touch only their
+  own mailbox's messages, threads and counters; S14: a message id belongs to one thread of its
+  mailbox), message events that change no one's view (labels, cursors, outbox acks...) and
+  audit-only events. T's own messages and their deletions, users, mailboxes, records, settings
+  and links are always folded, so the state is exact for T (not for the rest of the tenant).
 - `decide_access(state, T)`: one decision per user (visible, rule, detail, record, event):
   O(users x linked records), the shared(owner, T, R) step computed once per record.
 - `AccessHistory`: folds events in order and re-evaluates only after events that may change T's
@@ -51,6 +53,14 @@ _NO_VISIBILITY = frozenset({
     ev.PushSubscriptionEnded, ev.MessageReadRequested, ev.OutboundMailAcknowledged,
     ev.OutboundCopyMatched, ev.MessageUpdated, ev.MessageDeletionHeld, ev.CredentialsRemoved,
 })
+# The mailbox-local events that may change who sees a thread: its messages and their deletions.
+THREAD_WRITERS = frozenset[type[ev.DomainEvent]]((ev.MessageSynced, ev.EmailSent))
+MESSAGE_DELETIONS: frozenset[type[ev.DomainEvent]] = frozenset({
+    ev.MessageDeletedAtProvider, ev.MessageDeletionRequested, ev.MailboxDeletionsConfirmed})
+assert MAILBOX_LOCAL - _NO_VISIBILITY == THREAD_WRITERS | MESSAGE_DELETIONS
+# Folded whole for every thread: users, mailboxes, records, settings, links, marks.
+TENANT_WIDE: frozenset[type[ev.DomainEvent]] = frozenset(ev.EVENT_TYPES) - MAILBOX_LOCAL \
+    - AUDIT_ONLY
 _STATUS = {ev.UserAdded: "added", ev.UserDeactivated: "deactivated",
            ev.UserReactivated: "reactivated", ev.UserDeleted: "deleted"}
 
@@ -61,48 +71,73 @@ def _ref(event: ev.DomainEvent, seq: int) -> EventRef:
 
 class ThreadScope:
     """Which events a fold for `thread` may skip. `mailbox`: the thread's mailbox when known
-    (then other mailboxes' message events are skipped), else None (fold them all)."""
+    (then only the thread's own message events are folded), else None (fold them all).
+    One scope per fold: it remembers the thread's message ids to admit their deletions."""
 
     def __init__(self, thread: str, mailbox: str | None) -> None:
         self.thread = thread
         self.mailbox = mailbox
-        # the exact bytes of `"mailbox":"<id>"` in a stored event (orjson, compact)
-        self._needle = orjson.dumps({"mailbox": mailbox})[1:-1] if mailbox is not None else None
+        # the exact bytes of `"mailbox":"<id>"` / `"thread":"<id>"` in a stored event (orjson,
+        # compact; the closing quote makes `mb1:t1` miss `mb1:t10`)
+        self.mailbox_needle = orjson.dumps({"mailbox": mailbox})[1:-1] \
+            if mailbox is not None else None
+        self._thread_needle = orjson.dumps({"thread": thread})[1:-1]
+        self._messages: set[str] = set()
 
     def keep_stored(self, kind: type[ev.DomainEvent], state: bytes) -> bool:
         """Before decoding: False only for events that certainly do not matter. A stored event
-        without the needle has another mailbox (the needle is its exact serialised field)."""
+        without the needle has another mailbox or thread (the needle is its exact field)."""
         if kind in AUDIT_ONLY:
             return False
-        if kind in MAILBOX_LOCAL and self._needle is not None:
-            return self._needle in state
-        return True
+        if kind not in MAILBOX_LOCAL or self.mailbox_needle is None:
+            return True
+        if kind in THREAD_WRITERS:
+            return self._thread_needle in state
+        if kind in MESSAGE_DELETIONS:
+            return self.mailbox_needle in state
+        return False
 
-    def prefilter(self) -> tuple[frozenset[type[ev.DomainEvent]],
-                                 frozenset[type[ev.DomainEvent]], bytes] | None:
-        """What `keep_stored` rejects, for a store that filters before reading: (classes never
-        kept, classes kept only when their stored bytes hold the needle, the needle)."""
-        if self._needle is None:
+    def selection(self) -> tuple[frozenset[type[ev.DomainEvent]], frozenset[type[ev.DomainEvent]],
+                                 bytes, frozenset[type[ev.DomainEvent]], str] | None:
+        """What `keep_stored` keeps, for a store that selects before reading: (classes kept
+        whole, classes kept when their bytes hold the mailbox needle, that needle, classes kept
+        when their `thread` is this thread, the thread). None: keep every message event."""
+        if self.mailbox_needle is None:
             return None
-        return AUDIT_ONLY, MAILBOX_LOCAL, self._needle
+        return TENANT_WIDE, MESSAGE_DELETIONS, self.mailbox_needle, THREAD_WRITERS, self.thread
 
     def admit(self, event: ev.DomainEvent) -> ev.DomainEvent | None:
         """The event as the fold for this thread should see it, or None to skip it."""
         kind = type(event)
         if kind in AUDIT_ONLY:
             return None
-        if kind in MAILBOX_LOCAL and self.mailbox is not None \
-                and getattr(event, "mailbox", None) != self.mailbox:
-            return None
-        if self.mailbox is not None:
-            if isinstance(event, ev.ThreadMarked):
-                if self.thread not in event.threads:
-                    return None
-                return event.model_copy(update={"threads": [self.thread]})
-            if isinstance(event, ev.ThreadLinked | ev.ThreadUnlinked) \
-                    and event.thread != self.thread:
+        if self.mailbox is None:
+            return event
+        if kind in MAILBOX_LOCAL:
+            return self._admit_message_event(event)
+        if isinstance(event, ev.ThreadMarked):
+            if self.thread not in event.threads:
                 return None
+            return event.model_copy(update={"threads": [self.thread]})
+        if isinstance(event, ev.ThreadLinked | ev.ThreadUnlinked) \
+                and event.thread != self.thread:
+            return None
         return event
+
+    def _admit_message_event(self, event: ev.DomainEvent) -> ev.DomainEvent | None:
+        if isinstance(event, ev.MessageSynced | ev.EmailSent):
+            if event.thread != self.thread:
+                return None
+            self._messages.add(event.message.id)
+            return event
+        if getattr(event, "mailbox", None) != self.mailbox:
+            return None
+        if isinstance(event, ev.MessageDeletedAtProvider | ev.MessageDeletionRequested):
+            return event if event.id in self._messages else None
+        if isinstance(event, ev.MailboxDeletionsConfirmed):
+            ids = [i for i in event.ids if i in self._messages]
+            return event.model_copy(update={"ids": ids}) if ids else None
+        return None  # labels, cursors, outbox acks...: nobody's view of the thread changes
 
     def relevant(self, event: ev.DomainEvent) -> bool:
         """May this (admitted) event change who sees the thread?"""

@@ -10,6 +10,7 @@ took 14 s or more before failing, and the API held every request behind it. Here
 - the pool's connections carry a connect timeout, TCP keepalives (a silent peer is noticed in
   about 25 s) and a statement timeout, so a stuck connection fails instead of hanging forever;
 - the pool gives up a reconnection after `RECONNECT_TIMEOUT` (the next call starts afresh);
+- `create_table` also makes the indexes the auditor queries read (scan_postgres);
 - `EventStore` sets the pool's pre-ping (a stale connection after a restart is replaced before
   use, not failed on) and a short pool timeout, unless the environment says otherwise.
 
@@ -82,6 +83,13 @@ class BoundedPostgresRecorder(PostgresApplicationRecorder):
             kwargs.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
         super().__init__(datastore, **options)
         self.unavailable_until = 0.0
+
+    def create_table(self) -> None:
+        super().create_table()
+        # imported here: scan_postgres imports the store, which names this module
+        from adapters.eventstore.scan_postgres import create_scan_indexes
+
+        create_scan_indexes(self.datastore, self.events_table_name)
 
     insert_events = bounded(PostgresApplicationRecorder.insert_events)
     select_events = bounded(PostgresApplicationRecorder.select_events)

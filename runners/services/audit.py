@@ -2,8 +2,9 @@
 
 Composition: the asker is checked on the live views (E4: their current status and role decide
 whether they may ask; anyone but an active admin gets NotFound, V12), then one tenant's stream is
-read once, skipping what the thread's visibility cannot depend on (`projections.access`), and
-folded for that one thread. No replay of the tenant's views, no per-user replay.
+read once, skipping what the thread's visibility cannot depend on (`projections.access`): on
+PostgreSQL only the thread's own events and the tenant-wide ones are read, by index. Then they
+are folded for that one thread. No replay of the tenant's views, no per-user replay.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.eventstore.scan import Prefilter, scan_tenant
+from adapters.eventstore.scan import Selection, Stored, read_selected, scan_selected
 from domain import events as ev
 from domain.errors import NotFound
+from domain.tenant import addresses
 from projections import queries
 from projections.access import (
+    THREAD_WRITERS,
     AccessHistory,
     ThreadScope,
     access_answer,
     fold_until,
+)
+from projections.access_records import (
+    ENTANGLING,
+    RECORD_EVENTS,
+    names,
+    names_of_stored,
+    related,
 )
 from projections.ports import ViewReader
 
@@ -45,14 +55,11 @@ def _mailbox_of(engine: Engine, tenant: str, thread: str) -> str:
         return str(row["mailbox"])
     needle = orjson.dumps({"thread": thread})[1:-1]
 
-    writers = frozenset[type[ev.DomainEvent]]((ev.MessageSynced, ev.EmailSent))
-
     def keep(kind: type[ev.DomainEvent], state: bytes) -> bool:
-        return kind in writers and needle in state
+        return kind in THREAD_WRITERS and needle in state
 
-    others = frozenset(ev.EVENT_TYPES) - writers
-    for _, event in scan_tenant(engine.stores().events, tenant, keep,
-                                prefilter=Prefilter(others, writers, needle)):
+    writers = Selection(frozenset(), frozenset(), b"", THREAD_WRITERS, thread)
+    for _, event in scan_selected(engine.stores().events, tenant, keep, writers):
         if isinstance(event, ev.MessageSynced | ev.EmailSent) and event.thread == thread:
             return event.mailbox
     raise NotFound()
@@ -63,11 +70,34 @@ def _scope(engine: Engine, tenant: str, viewer: str, thread: str) -> ThreadScope
     return ThreadScope(thread, _mailbox_of(engine, tenant, thread))
 
 
+def _names(item: Stored) -> set[str]:
+    found = names_of_stored(item.state) if item.state is not None else None
+    return found if found is not None else names(item.payload())
+
+
 def _events(engine: Engine, tenant: str, scope: ThreadScope
             ) -> Iterator[tuple[int, ev.DomainEvent]]:
-    found = scope.prefilter()
-    pre = Prefilter(*found) if found is not None else None
-    return scan_tenant(engine.stores().events, tenant, scope.keep_stored, prefilter=pre)
+    """The events the scope keeps, less the record events of records that could never be
+    linked to the thread (`projections.access_records`): on PostgreSQL read by index (the
+    thread's own events and the tenant-wide ones), elsewhere a scan that skips the rest before
+    decoding. Record events are left out before they are decoded."""
+    found = scope.selection()
+    items = list(read_selected(engine.stores().events, tenant, scope.keep_stored,
+                               Selection(*found) if found is not None else None))
+    dropped: set[int] = set()
+    if scope.mailbox is not None and not any(i.kind in ENTANGLING for i in items):
+        seeds = {scope.thread}
+        for item in items:
+            if item.kind in THREAD_WRITERS:
+                event = item.event()
+                if isinstance(event, ev.MessageSynced | ev.EmailSent) \
+                        and event.thread == scope.thread:
+                    msg = event.message
+                    seeds.update(addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]))
+        records = [i for i, item in enumerate(items) if item.kind in RECORD_EVENTS]
+        kept = related(seeds, [_names(items[i]) for i in records])
+        dropped = {i for i, keep in zip(records, kept, strict=True) if not keep}
+    return ((item.seq, item.event()) for i, item in enumerate(items) if i not in dropped)
 
 
 def thread_access(engine: Engine, tenant: str, viewer: str, thread: str,

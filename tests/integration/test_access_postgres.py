@@ -1,7 +1,7 @@
-"""Auditor queries on PostgreSQL, where the database filters the stream before Python reads it
-(adapters.eventstore.scan_postgres): the same answers as the in-memory engine, also for a thread
-that no view shows any more (its owner was deleted, L2) and for thread questions `at` a past
-time."""
+"""Auditor queries on PostgreSQL, where the database selects a thread's events by index before
+Python reads them (adapters.eventstore.scan_postgres): the same events as a scan filtered in
+Python, the same answers as the in-memory engine, also for a thread that no view shows any more
+(its owner was deleted, L2) and for thread questions `at` a past time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import pytest
 from audit_story import STORY
 from histories import T0
 
+from adapters.eventstore.scan import Selection, scan_selected, scan_tenant
+from domain import events as ev
 from domain.errors import NotFound
+from projections.access import ThreadScope
 from runners.bootstrap.config import open_engine
 from runners.services import audit
 from runners.services.engine import Engine
@@ -75,3 +78,20 @@ def test_v12_unknown_thread_on_postgres_is_not_found(engines: tuple[Engine, Engi
         audit.thread_access_history(pg, "acme", "ada", "mb1:nope")
     with pytest.raises(NotFound):
         audit.thread_access(pg, "acme", "mia", "mb1:t1")
+
+
+def test_v11_index_selection_on_postgres_equals_filtered_scan(
+        engines: tuple[Engine, Engine]) -> None:
+    pg, _ = engines
+    store = pg.stores().events
+    for thread, mailbox in (("mb1:t1", "mb1"), ("mb1:t2", "mb1"), ("mb2:t9", "mb2"),
+                            ("mb1:none", "mb1")):
+        found = ThreadScope(thread, mailbox).selection()
+        assert found is not None
+        selected = list(scan_selected(store, "acme", ThreadScope(thread, mailbox).keep_stored,
+                                      Selection(*found)))
+        scanned = list(scan_tenant(store, "acme", ThreadScope(thread, mailbox).keep_stored))
+        assert selected == scanned, thread
+        # the thread's own messages are there, the other threads' are not
+        threads = {e.thread for _, e in selected if isinstance(e, ev.MessageSynced)}
+        assert threads == ({thread} if thread != "mb1:none" else set())
