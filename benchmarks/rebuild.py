@@ -136,8 +136,9 @@ def main() -> None:
                      f"(select_notifications + mapper); {raw_cpu:,.0f} per CPU second of "
                      f"this process; load average {os.getloadavg()[0]:.1f} on "
                      f"{os.cpu_count()} CPUs\n")
-    sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s (EventStore.read_log, "
-                     "what the projector reads through)\n")
+    if not args.no_read_log:  # skipped: no rate to print (it printed "0 events/s")
+        sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s "
+                         "(EventStore.read_log, what the projector reads through)\n")
 
     if not args.in_process:
         fresh_process(args, total, raw)
