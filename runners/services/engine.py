@@ -29,7 +29,6 @@ from projections.history import AsOf
 from projections.ports import Stuck, ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
-from runners.bootstrap.settings import load_settings
 from runners.services.apply import CommandApplication, Progress
 from runners.services.rebuild import Rebuilding, ScratchFactory
 
@@ -92,17 +91,17 @@ class Engine(CommandApplication, Rebuilding):
         return cls(EventStore.in_memory(), MemoryViews())
 
     @classmethod
-    def open_sqlite(cls, path: str) -> Engine:
+    def open_sqlite(cls, path: str, *, content_key: str | None = None,
+                    credentials_key: str | None = None) -> Engine:
+        """The embedded engine on the SQLite file `path`; the keys are the settings' CONTENT_KEY
+        and CREDENTIALS_KEY (None: key files beside the db)."""
         # imported here: the engine's own module loads no database driver (the SQLite ones are
         # the embedded engine's; PostgreSQL engines are built in runners.bootstrap)
         from adapters.credentials.store_sqlite import SqliteCredentialStore
         from adapters.views.sqlite import SqliteViews
 
-        settings = load_settings()
-        content_key = settings.secret("CONTENT_KEY")
         return cls(EventStore.sqlite(path, content_key), SqliteViews(path, content_key=content_key),
-                   path, credentials=SqliteCredentialStore(path,
-                                                           settings.secret("CREDENTIALS_KEY")))
+                   path, credentials=SqliteCredentialStore(path, credentials_key))
 
     def close(self) -> None:
         if self._follower is not None:
