@@ -60,8 +60,7 @@ def open_engine(db: str, postgres: str | None = None,
 
         engine = open_postgres(url, settings)
     else:
-        engine = Engine.open_sqlite(db, content_key=settings.secret("CONTENT_KEY"),
-                                    credentials_key=settings.secret("CREDENTIALS_KEY"))
+        engine = Engine.open_sqlite(db, settings)
     try:
         attach_snapshots(engine, url, db, settings)
         erase_removed(engine)  # finish erasures a crash interrupted (credentials follow the log)

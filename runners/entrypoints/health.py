@@ -246,8 +246,7 @@ def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | Non
                 from runners.bootstrap.config_postgres import open_postgres
 
                 return open_postgres(url, settings)
-            return Engine.open_sqlite(db, content_key=settings.secret("CONTENT_KEY"),
-                                      credentials_key=settings.secret("CREDENTIALS_KEY"))
+            return Engine.open_sqlite(db, settings)
 
         probe = Probe(opener, names=names, gate_lag=url is not None,
                       max_lag=settings.READY_MAX_LAG, timeout=settings.READY_TIMEOUT)

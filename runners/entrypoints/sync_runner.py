@@ -333,8 +333,7 @@ def start_embedded(db: str, settings: Settings) -> threading.Event:
     stop = threading.Event()
 
     def main() -> None:
-        engine = Engine.open_sqlite(db, content_key=settings.secret("CONTENT_KEY"),
-                                    credentials_key=settings.secret("CREDENTIALS_KEY"))
+        engine = Engine.open_sqlite(db, settings)
         worker = build_worker(engine, db, None, 500, settings, push_settings(settings))
 
         async def loop() -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import structlog
 
@@ -31,6 +31,9 @@ from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
 from runners.services.apply import CommandApplication, Progress
 from runners.services.rebuild import Rebuilding, ScratchFactory
+
+if TYPE_CHECKING:
+    from runners.bootstrap.settings import Settings
 
 log = structlog.get_logger("crmsync.engine")
 
@@ -91,15 +94,19 @@ class Engine(CommandApplication, Rebuilding):
         return cls(EventStore.in_memory(), MemoryViews())
 
     @classmethod
-    def open_sqlite(cls, path: str, *, content_key: str | None = None,
-                    credentials_key: str | None = None) -> Engine:
-        """The embedded engine on the SQLite file `path`; the keys are the settings' CONTENT_KEY
-        and CREDENTIALS_KEY (None: key files beside the db)."""
+    def open_sqlite(cls, path: str, settings: Settings | None = None) -> Engine:
+        """The embedded engine on the SQLite file `path`, keyed by the settings' CONTENT_KEY and
+        CREDENTIALS_KEY (unset: key files beside the db). Runners pass their settings; without
+        them the environment's are read (~35 test call sites do that; issue #12 leftover)."""
         # imported here: the engine's own module loads no database driver (the SQLite ones are
         # the embedded engine's; PostgreSQL engines are built in runners.bootstrap)
         from adapters.credentials.store_sqlite import SqliteCredentialStore
         from adapters.views.sqlite import SqliteViews
+        from runners.bootstrap.settings import load_settings
 
+        settings = settings or load_settings()
+        content_key = settings.secret("CONTENT_KEY")
+        credentials_key = settings.secret("CREDENTIALS_KEY")
         return cls(EventStore.sqlite(path, content_key), SqliteViews(path, content_key=content_key),
                    path, credentials=SqliteCredentialStore(path, credentials_key))
 
