@@ -71,8 +71,10 @@ def postgres_env(url: str, schema: str | None = None,
     return env
 
 
-def open_postgres(url: str) -> Engine:
-    settings = load_settings()
+def open_postgres(url: str, settings: Settings | None = None) -> Engine:
+    """The engine whose stores live in `url`'s schema, keyed by `settings` (default: the
+    environment's, read now)."""
+    settings = settings or load_settings()
     content_key = settings.secret("CONTENT_KEY")
     with startup_lock(url):  # processes starting together create the tables one at a time
         # creates the schema and view tables on first start

@@ -7,11 +7,10 @@ import sys
 
 import structlog
 
-from runners.bootstrap.settings import load_settings
-
 
 def configure_logging(level: str | None = None, json: bool = False) -> None:
-    name = (level or load_settings().LOG_LEVEL or "WARNING").upper()
+    """structlog at `level` (callers pass the settings' LOG_LEVEL; unset: WARNING)."""
+    name = (level or "WARNING").upper()
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json
         else structlog.dev.ConsoleRenderer(colors=False))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runners.bootstrap.settings import load_settings
+from runners.bootstrap.settings import PREFIX, Settings, load_settings
 
 if TYPE_CHECKING:
     from runners.services.apply import ApplyReport
@@ -137,10 +137,10 @@ def parse_json(doc: object, path: str | None = None) -> ShardMap:
     return ShardMap(dict(shards), {t: s for t, s in tenants.items() if s != DEFAULT}, path)
 
 
-def load(env: Mapping[str, str] | None = None) -> ShardMap | None:
-    """The configured map (settings from `env`, default the process environment), None
-    without one; ShardMapError when malformed or set twice."""
-    settings = load_settings(env)
+def load(env: Settings | Mapping[str, str] | None = None) -> ShardMap | None:
+    """The configured map (the given settings, or settings from `env`, default the process
+    environment), None without one; ShardMapError when malformed or set twice."""
+    settings = env if isinstance(env, Settings) else load_settings(env)
     line, path = (settings.SHARDS or "").strip(), (settings.SHARD_MAP or "").strip()
     if line and path:
         raise ShardMapError(f"set {SHARDS_ENV} or {SHARD_MAP_ENV}, not both")
@@ -167,12 +167,12 @@ def save(shard_map: ShardMap) -> None:
 
 
 # -- runners: one process per shard -------------------------------------------------------------
-def nats_names(shard: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def nats_names(shard: str, env: Settings | Mapping[str, str] | None = None) -> dict[str, str]:
     """The shard's JetStream stream, subject prefix and consumer: the default shard keeps the
     configured names (settings from `env`, default the process environment; a one-shard
     deployment is unchanged), shard X appends `-X` / `_X`, so the streams' subjects never
     overlap (`crmsync.webhooks-eu.>` beside `crmsync.webhooks.>`)."""
-    settings = load_settings(env)
+    settings = env if isinstance(env, Settings) else load_settings(env)
     stream, prefix = settings.NATS_STREAM, settings.NATS_SUBJECT_PREFIX
     durable = settings.NATS_DURABLE
     if shard == DEFAULT:
@@ -213,7 +213,12 @@ def select(args: argparse.Namespace, shard_map: ShardMap | None) -> str | None:
         return str(exc)
     # handed to the sync and webhook runners as settings: they and the receiver processes
     # `run webhooks` starts build theirs from the environment (a write, not a read)
-    os.environ.update(nats_names(shard))
+    given: Settings | None = getattr(args, "settings", None)
+    names = nats_names(shard, given)
+    os.environ.update(names)
+    if given is not None:  # the process's one Settings follows the write
+        args.settings = given.model_copy(update={
+            name.removeprefix(PREFIX): value for name, value in names.items()})
     return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from adapters.errors import StoreError
 from runners.bootstrap.logs import configure_logging
-from runners.bootstrap.settings import SettingsError
+from runners.bootstrap.settings import SettingsError, load_settings
 from runners.entrypoints.cli_handlers import (
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from runners.bootstrap import shards
 
     try:
-        shard_map = shards.load()
+        shard_map = shards.load(args.settings)
     except shards.ShardMapError as exc:
         sys.stderr.write(f"crmsync: shard map: {exc}\n")
         return EXIT_USAGE
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     # every runner serves /metrics, /healthz and /readyz when given a port
     stop = runner_endpoints(args.metrics_port, args.worker, args.db, args.postgres,
-                            getattr(args, "projection", None))
+                            getattr(args, "projection", None), settings=args.settings)
     try:
         return handler(args)
     finally:
@@ -62,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        settings = load_settings()  # the process's one Settings: everything below gets it
     except SettingsError as exc:  # a CRMSYNC_* variable that does not parse
         sys.stderr.write(f"crmsync: {exc}\n")
         return EXIT_USAGE
-    configure_logging()
+    args = build_parser(settings).parse_args(argv)
+    configure_logging(settings.LOG_LEVEL)
     try:
         return run(args)
     except StoreError as exc:

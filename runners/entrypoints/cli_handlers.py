@@ -22,7 +22,6 @@ import orjson
 from domain.errors import NotFound
 from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 from runners.bootstrap.logs import configure_logging
-from runners.bootstrap.settings import load_settings
 from runners.services.apply import ApplyReport
 from runners.services.engine import Engine
 
@@ -38,7 +37,7 @@ def with_engine(handler: EngineHandler) -> Handler:
     """`handler` with the engine of `--db` / `--postgres`, closed after it."""
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        engine = open_engine(args.db, args.postgres)
+        engine = open_engine(args.db, args.postgres, args.settings)
         try:
             return handler(engine, args)
         finally:
@@ -54,7 +53,7 @@ def long_running(handler: EngineHandler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from runners.services.backoff import keep_trying
 
-        engine = keep_trying(lambda: open_engine(args.db, args.postgres),
+        engine = keep_trying(lambda: open_engine(args.db, args.postgres, args.settings),
                              what="open the stores", stop=threading.Event())
         assert engine is not None  # never stopped
         try:
@@ -75,7 +74,7 @@ def demo(args: argparse.Namespace) -> int:
 def config(args: argparse.Namespace) -> int:
     from runners.bootstrap.settings import print_settings
 
-    return print_settings(load_settings(), sys.stdout, as_json=args.json)
+    return print_settings(args.settings, sys.stdout, as_json=args.json)
 
 
 def token(args: argparse.Namespace) -> int:
@@ -113,10 +112,10 @@ def run_contacts(engine: Engine, args: argparse.Namespace) -> int:
     from runners.entrypoints.contacts_runner import run_contacts as follow_contacts
 
     configure_logging("INFO", json=True)
-    engine.follow = postgres_url(args.postgres) is None
-    return follow_contacts(engine, postgres_url(args.postgres),
-                           open_waiter(engine, args.postgres), interval=args.interval,
-                           poll=args.poll, once=args.once)
+    url = postgres_url(args.postgres, args.settings)
+    engine.follow = url is None
+    return follow_contacts(engine, url, open_waiter(engine, args.postgres, args.settings),
+                           interval=args.interval, poll=args.poll, once=args.once)
 
 
 @long_running
@@ -124,11 +123,12 @@ def run_outbox(engine: Engine, args: argparse.Namespace) -> int:
     from runners.services import outbox
 
     configure_logging("INFO", json=True)
-    tracking = outbox.open_tracking(args.db, postgres_url(args.postgres))
+    tracking = outbox.open_tracking(args.db, postgres_url(args.postgres, args.settings))
     try:
-        worker = outbox.Outbox(engine, tracking, outbox.configured_clients(engine),
+        worker = outbox.Outbox(engine, tracking, outbox.configured_clients(engine, args.settings),
                                max_attempts=args.max_attempts, backoff=args.backoff)
-        outbox.run(worker, open_waiter(engine, args.postgres), poll=args.poll, signals=True)
+        outbox.run(worker, open_waiter(engine, args.postgres, args.settings), poll=args.poll,
+                   signals=True)
     finally:
         tracking.close()
     return 0
@@ -139,9 +139,9 @@ def run_projections(engine: Engine, args: argparse.Namespace) -> int:
     from runners.entrypoints import projection_runner
 
     configure_logging("INFO", json=True)
-    projection_runner.run(engine, open_waiter(engine, args.postgres), args.projection,
-                          batch_size=args.batch_size, poll=args.poll, signals=True,
-                          snapshots=load_settings().RUNNER_SNAPSHOTS
+    projection_runner.run(engine, open_waiter(engine, args.postgres, args.settings),
+                          args.projection, batch_size=args.batch_size, poll=args.poll,
+                          signals=True, snapshots=args.settings.RUNNER_SNAPSHOTS
                           .lower() in ("on", "1", "true", "yes"))
     return 0
 
@@ -151,17 +151,17 @@ def serve(engine: Engine, args: argparse.Namespace) -> int:
     from runners.entrypoints.serve import serve as serve_api
 
     # with PostgreSQL, `crmsync run projections` processes keep the views current
-    engine.follow = postgres_url(args.postgres) is None
+    engine.follow = postgres_url(args.postgres, args.settings) is None
     stop_sync = None
     if engine.follow and engine.path is not None:
         from runners.entrypoints.sync_runner import start_embedded
 
-        stop_sync = start_embedded(engine.path)  # embedded: sync in-process too
+        stop_sync = start_embedded(engine.path, args.settings)  # embedded: sync in-process too
     stop_outbox = None
     if args.outbox:
         from runners.services import outbox as outbox_runner
 
-        stop_outbox = outbox_runner.in_background(args.db, args.postgres)
+        stop_outbox = outbox_runner.in_background(args.db, args.postgres, args.settings)
     try:
         return serve_api(engine, args.host, args.port)
     finally:
@@ -197,7 +197,7 @@ def lag(engine: Engine, args: argparse.Namespace) -> int:
 
 @with_engine
 def query(engine: Engine, args: argparse.Namespace) -> int:
-    if postgres_url(args.postgres) is not None and engine.caught_up():
+    if postgres_url(args.postgres, args.settings) is not None and engine.caught_up():
         # views kept by projection runners and at lag 0: read them as `serve` does,
         # without folding the whole log in this process first (60 s on 1M events)
         engine.follow = False
@@ -223,7 +223,7 @@ def answer(engine: Engine, args: argparse.Namespace) -> Any:
 
         if args.kind == "problems":
             return admin.problems(engine, *common, stale_seconds=args.stale_after
-                                  or load_settings().STALE_SYNC_SECONDS)
+                                  or args.settings.STALE_SYNC_SECONDS)
         return admin.settings(engine, *common)
     asked: dict[str, Callable[[], Any]] = {
         "timeline": lambda: engine.query_timeline(*common, args.record, at=args.at),
@@ -258,7 +258,7 @@ def export(engine: Engine, args: argparse.Namespace) -> int:
 @with_engine
 def rebuild(engine: Engine, args: argparse.Namespace) -> int:
     try:
-        parts = rebuild_parts(args.parts)
+        parts = rebuild_parts(args.parts, args.settings.REBUILD_PARTS)
     except ValueError as exc:
         sys.stderr.write(f"crmsync: {exc}\n")
         return EXIT_USAGE
@@ -304,7 +304,7 @@ def verify_log(engine: Engine, tenant: str | None) -> int:
 
 # -- with a shard map (runners.bootstrap.shards): routed by tenant ------------------------------
 def _open_url(args: argparse.Namespace) -> Callable[[str], Engine]:
-    return lambda url: open_engine(args.db, url)
+    return lambda url: open_engine(args.db, url, args.settings)
 
 
 def sharded_serve(args: argparse.Namespace, shard_map: Any) -> int:
@@ -413,10 +413,10 @@ def parts(text: str) -> int:
     return value
 
 
-def rebuild_parts(given: int | None) -> int:
+def rebuild_parts(given: int | None, configured: str | None) -> int:
+    """`--parts`, else $CRMSYNC_REBUILD_PARTS (`configured`), else the CPUs (1 to 4)."""
     if given is not None:
         return given
-    configured = load_settings().REBUILD_PARTS
     if configured:
         try:
             return parts(configured)

@@ -9,7 +9,7 @@ import argparse
 from datetime import datetime
 
 from projections.rows import PROJECTIONS
-from runners.bootstrap.settings import load_settings
+from runners.bootstrap.settings import Settings, load_settings
 from runners.entrypoints import cli_handlers as do
 
 DESCRIPTION = """The `crmsync` command line (the contract of issue #2).
@@ -34,9 +34,13 @@ def _seconds(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The parser; every parsed command carries `settings` (`args.settings`: the process's one
+    Settings, built by `cli.main`; default: from the environment, read now)."""
+    settings = settings or load_settings()
     parser = argparse.ArgumentParser(prog="crmsync", description=DESCRIPTION)
-    parser.add_argument("--db", default=load_settings().DB,
+    parser.set_defaults(settings=settings)
+    parser.add_argument("--db", default=settings.DB,
                         help="SQLite file for events and views (env CRMSYNC_DB)")
     parser.add_argument("--postgres", metavar="URL",
                         help="PostgreSQL for events and views instead of SQLite, e.g. "
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     contacts.set_defaults(func=do.run_contacts)
     from runners.entrypoints.sync_runner import add_parsers as add_sync_parsers
 
-    add_sync_parsers(sub, workers)  # `run sync`, `deadletters` (issue #4)
+    add_sync_parsers(sub, workers, settings)  # `run sync`, `deadletters` (issue #4)
     workers.choices["sync"].set_defaults(func=do.run_sync)
     sub.choices["deadletters"].set_defaults(func=do.deadletters)
     from runners.services.import_mail import add_parser as add_import_parser

@@ -31,6 +31,7 @@ from adapters.metrics import prometheus as metrics
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from runners.bootstrap.settings import Settings
     from runners.services.engine import Engine
 
 DEFAULT_MAX_LAG, DEFAULT_TIMEOUT = 1000, 5.0
@@ -224,14 +225,12 @@ def start_server(port: int, ready: Ready | None, host: str = "127.0.0.1"
 
 
 def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | None,
-                     names: Sequence[str] | None = None) -> Callable[[], None]:
+                     names: Sequence[str] | None = None, *,
+                     settings: Settings) -> Callable[[], None]:
     """`crmsync run WORKER`'s endpoints when a port is configured (`port`, else
     CRMSYNC_METRICS_PORT; 0 or neither: nothing). Readiness and the store gauges go through a
     probe engine of the runner's stores; the webhook receivers have none (ready while up).
     Views are gated on lag where projection runners keep them (PostgreSQL)."""
-    from runners.bootstrap.settings import load_settings
-
-    settings = load_settings()
     port = settings.METRICS_PORT if port is None else port
     if not port:
         return lambda: None
@@ -240,14 +239,14 @@ def runner_endpoints(port: int | None, worker: str, db: str, postgres: str | Non
         from runners.bootstrap.config import postgres_url
         from runners.services.engine import Engine
 
-        url = postgres_url(postgres)
+        url = postgres_url(postgres, settings)
 
         def opener() -> Engine:
             if url:
                 from runners.bootstrap.config_postgres import open_postgres
 
-                return open_postgres(url)
-            return Engine.open_sqlite(db)
+                return open_postgres(url, settings)
+            return Engine.open_sqlite(db, settings)
 
         probe = Probe(opener, names=names, gate_lag=url is not None,
                       max_lag=settings.READY_MAX_LAG, timeout=settings.READY_TIMEOUT)

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from runners.bootstrap.settings import PREFIX, load_settings
+from runners.bootstrap.settings import PREFIX, Settings, load_settings
 
 # Light imports only: `runners.entrypoints.cli` builds its parser with `add_parsers` on every
 # command, so the provider clients and the worker are imported when a sync command runs.
@@ -54,7 +54,8 @@ TOKEN_ENV = {"gmail": ("CRMSYNC_GOOGLE_TOKEN_URL", "CRMSYNC_GOOGLE_CLIENT_ID",
                          "CRMSYNC_MICROSOFT_CLIENT_SECRET")}
 
 
-def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndpoint]:
+def token_endpoints(env: Settings | Mapping[str, str] | None = None
+                    ) -> dict[str, TokenEndpoint]:
     """The OAuth token endpoints of the providers whose client id is configured."""
     from adapters.providers.oauth import (
         DEFAULT_GOOGLE_TOKEN_URL,
@@ -62,7 +63,7 @@ def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndp
         TokenEndpoint,
     )
 
-    settings = load_settings(env)
+    settings = env if isinstance(env, Settings) else load_settings(env)
     defaults = {"gmail": DEFAULT_GOOGLE_TOKEN_URL, "outlook": DEFAULT_MICROSOFT_TOKEN_URL}
     out: dict[str, TokenEndpoint] = {}
     for provider, (url_var, id_var, secret_var) in TOKEN_ENV.items():
@@ -77,12 +78,11 @@ def token_endpoints(env: Mapping[str, str] | None = None) -> dict[str, TokenEndp
     return out
 
 
-def push_settings(public_url: str | None = None, gmail_topic: str | None = None
+def push_settings(env: Settings, public_url: str | None = None, gmail_topic: str | None = None
                   ) -> PushSettings | None:
-    """Push channels from flags and the environment; None when no provider is configured."""
+    """Push channels from flags and the settings; None when no provider is configured."""
     from runners.services.push_channels import PushSettings
 
-    env = load_settings()
     settings = PushSettings(
         public_url=public_url or env.PUBLIC_URL,
         client_state=env.secret("GRAPH_CLIENT_STATE"),
@@ -98,20 +98,21 @@ class ConfiguredSources:
     def __init__(self, credentials: CredentialStore | None, *, gmail_url: str | None = None,
                  graph_url: str | None = None, graph_ca: str | None = None,
                  tokens: dict[str, TokenEndpoint] | None = None,
-                 still_set: Callable[[str, str], bool] | None = None) -> None:
+                 still_set: Callable[[str, str], bool] | None = None,
+                 settings: Settings | None = None) -> None:
         import ssl
 
         from adapters.providers.gmail.client import DEFAULT_GMAIL_API_URL
         from adapters.providers.graph.client import DEFAULT_GRAPH_API_URL
 
-        settings = load_settings()
+        settings = settings or load_settings()  # tests build sources without an entry point
         self.credentials = credentials
         self.gmail_url = gmail_url or settings.GMAIL_API_URL or DEFAULT_GMAIL_API_URL
         self.graph_url = graph_url or settings.GRAPH_API_URL or DEFAULT_GRAPH_API_URL
         ca = graph_ca or settings.GRAPH_CA_FILE
         self.graph_verify: ssl.SSLContext | bool = \
             ssl.create_default_context(cafile=ca) if ca else True
-        self.tokens = token_endpoints() if tokens is None else tokens
+        self.tokens = token_endpoints(settings) if tokens is None else tokens
         self.still_set = still_set
 
     def open(self, tenant: str, mailbox: Mailbox) -> MailSource | None:
@@ -150,16 +151,15 @@ class ConfiguredSources:
                            backfill_days=mailbox.backfill_days, push=GraphSubscriptions(graph))
 
 
-def inbox_path(db: str) -> str:
+def inbox_path(db: str, settings: Settings) -> str:
     """The SQLite webhook inbox `crmsync serve` writes (runners.entrypoints.serve.webhook_inbox)."""
-    path = load_settings().WEBHOOK_INBOX
+    path = settings.WEBHOOK_INBOX
     if path:
         return path
     return (db[:-3] if db.endswith(".db") else db) + ".webhooks.db"
 
 
-def open_queue(db: str) -> WorkQueue:
-    settings = load_settings()
+def open_queue(db: str, settings: Settings) -> WorkQueue:
     if settings.NATS_URL:
         from adapters.deliveries.work_jetstream import JetStreamWork
 
@@ -168,14 +168,14 @@ def open_queue(db: str) -> WorkQueue:
                              durable=settings.NATS_DURABLE, ack_wait=settings.NATS_ACK_WAIT)
     from adapters.deliveries.work_sqlite import SqliteWork
 
-    return SqliteWork(inbox_path(db))
+    return SqliteWork(inbox_path(db, settings))
 
 
-def open_locks(db: str, postgres: str | None) -> MailboxLocks:
+def open_locks(db: str, postgres: str | None, settings: Settings) -> MailboxLocks:
     from adapters.eventstore.mailbox_locks import FileLocks
     from runners.bootstrap.config import postgres_url
 
-    url = postgres_url(postgres)
+    url = postgres_url(postgres, settings)
     if url:
         from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 
@@ -184,7 +184,7 @@ def open_locks(db: str, postgres: str | None) -> MailboxLocks:
 
 
 def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
-                 push: PushSettings | None = None) -> SyncWorker:
+                 settings: Settings, push: PushSettings | None = None) -> SyncWorker:
     from runners.services.sync_worker import SyncWorker
 
     def still_set(tenant: str, mailbox: str) -> bool:
@@ -192,8 +192,9 @@ def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
         found = engine.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
-    return SyncWorker(engine, ConfiguredSources(engine.credentials, still_set=still_set),
-                      open_locks(db, postgres), batch_size=batch_size, push=push)
+    return SyncWorker(engine, ConfiguredSources(engine.credentials, still_set=still_set,
+                                                settings=settings),
+                      open_locks(db, postgres, settings), batch_size=batch_size, push=push)
 
 
 def options_of(args: argparse.Namespace) -> LoopOptions:
@@ -204,7 +205,7 @@ def options_of(args: argparse.Namespace) -> LoopOptions:
                        push_interval=args.push_interval)
 
 
-def add_parsers(sub: Any, workers: Any) -> None:
+def add_parsers(sub: Any, workers: Any, settings: Settings) -> None:
     """`crmsync run sync` and `crmsync deadletters` (called by
     runners.entrypoints.cli.build_parser)."""
     sync = workers.add_parser("sync", help="sync mailboxes from webhook deliveries and IMAP "
@@ -214,7 +215,7 @@ def add_parsers(sub: Any, workers: Any) -> None:
     sync.add_argument("--poll", type=float, default=1.0,
                       help="seconds to wait for deliveries before looking at the log again")
     sync.add_argument("--imap-interval", type=float,
-                      default=load_settings().IMAP_POLL_SECONDS,
+                      default=settings.IMAP_POLL_SECONDS,
                       help="seconds between IMAP polls (env CRMSYNC_IMAP_POLL_SECONDS)")
     sync.add_argument("--max-attempts", type=int, default=5,
                       help="deliveries of one webhook before it is dead-lettered")
@@ -228,7 +229,7 @@ def add_parsers(sub: Any, workers: Any) -> None:
                       help="Cloud Pub/Sub topic for Gmail watches, projects/P/topics/T "
                       "(env CRMSYNC_GMAIL_TOPIC)")
     sync.add_argument("--push-interval", type=float,
-                      default=load_settings().PUSH_INTERVAL,
+                      default=settings.PUSH_INTERVAL,
                       help="seconds between checks that create and renew push subscriptions "
                       "(env CRMSYNC_PUSH_INTERVAL)")
     dead = sub.add_parser("deadletters", help="list or replay dead-lettered deliveries")
@@ -247,16 +248,17 @@ def run_sync(args: argparse.Namespace) -> int:
     from runners.entrypoints.sync_loop import run_process
     from runners.services.backoff import keep_trying
 
-    configure_logging(load_settings().LOG_LEVEL or "INFO", json=True)
+    settings: Settings = args.settings
+    configure_logging(settings.LOG_LEVEL or "INFO", json=True)
     # PostgreSQL still down at start: wait for it with backoff (SIGTERM meanwhile ends the
     # process by default: no handler is installed yet)
-    engine = keep_trying(lambda: open_engine(args.db, args.postgres), what="open the stores",
-                         stop=threading.Event())
+    engine = keep_trying(lambda: open_engine(args.db, args.postgres, settings),
+                         what="open the stores", stop=threading.Event())
     assert engine is not None  # never stopped
-    worker = build_worker(engine, args.db, args.postgres, args.batch_size,
-                          push_settings(args.public_url, args.gmail_topic))
+    worker = build_worker(engine, args.db, args.postgres, args.batch_size, settings,
+                          push_settings(settings, args.public_url, args.gmail_topic))
     try:
-        run_process(worker, open_queue(args.db), options_of(args))
+        run_process(worker, open_queue(args.db, settings), options_of(args))
     finally:
         worker.locks.close()
         engine.close()
@@ -269,7 +271,7 @@ def deadletters(args: argparse.Namespace) -> int:
     from domain.commands import RecordDeadLetterReplay
     from runners.bootstrap.config import open_engine
 
-    queue = open_queue(args.db)
+    queue = open_queue(args.db, args.settings)
 
     async def listing() -> list[Any]:
         try:
@@ -289,7 +291,7 @@ def deadletters(args: argparse.Namespace) -> int:
             if not found:
                 sys.stdout.write("(nothing)\n")
         return 0
-    engine = open_engine(args.db, args.postgres)
+    engine = open_engine(args.db, args.postgres, args.settings)
 
     async def replay() -> tuple[list[Any], list[str]]:
         try:
@@ -322,7 +324,7 @@ def deadletters(args: argparse.Namespace) -> int:
         engine.close()
 
 
-def start_embedded(db: str) -> threading.Event:
+def start_embedded(db: str, settings: Settings) -> threading.Event:
     """An embedded `crmsync serve`: the sync worker in a thread of its own, on its own engine
     (SQLite file) and the SQLite inbox. Set the returned event to stop it."""
     from runners.entrypoints.sync_loop import LoopOptions, run
@@ -331,14 +333,14 @@ def start_embedded(db: str) -> threading.Event:
     stop = threading.Event()
 
     def main() -> None:
-        engine = Engine.open_sqlite(db)
-        worker = build_worker(engine, db, None, 500, push_settings())
+        engine = Engine.open_sqlite(db, settings)
+        worker = build_worker(engine, db, None, 500, settings, push_settings(settings))
 
         async def loop() -> None:
-            queue = open_queue(db)
+            queue = open_queue(db, settings)
             try:
                 await run(worker, queue, stop, LoopOptions(
-                    push_interval=load_settings().PUSH_INTERVAL))
+                    push_interval=settings.PUSH_INTERVAL))
             finally:
                 await queue.close()
 

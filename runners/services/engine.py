@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import structlog
 
@@ -29,9 +29,11 @@ from projections.history import AsOf
 from projections.ports import Stuck, ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
-from runners.bootstrap.settings import load_settings
 from runners.services.apply import CommandApplication, Progress
 from runners.services.rebuild import Rebuilding, ScratchFactory
+
+if TYPE_CHECKING:
+    from runners.bootstrap.settings import Settings
 
 log = structlog.get_logger("crmsync.engine")
 
@@ -92,17 +94,21 @@ class Engine(CommandApplication, Rebuilding):
         return cls(EventStore.in_memory(), MemoryViews())
 
     @classmethod
-    def open_sqlite(cls, path: str) -> Engine:
+    def open_sqlite(cls, path: str, settings: Settings | None = None) -> Engine:
+        """The embedded engine on the SQLite file `path`, keyed by the settings' CONTENT_KEY and
+        CREDENTIALS_KEY (unset: key files beside the db). Runners pass their settings; without
+        them the environment's are read (~35 test call sites do that; issue #12 leftover)."""
         # imported here: the engine's own module loads no database driver (the SQLite ones are
         # the embedded engine's; PostgreSQL engines are built in runners.bootstrap)
         from adapters.credentials.store_sqlite import SqliteCredentialStore
         from adapters.views.sqlite import SqliteViews
+        from runners.bootstrap.settings import load_settings
 
-        settings = load_settings()
+        settings = settings or load_settings()
         content_key = settings.secret("CONTENT_KEY")
+        credentials_key = settings.secret("CREDENTIALS_KEY")
         return cls(EventStore.sqlite(path, content_key), SqliteViews(path, content_key=content_key),
-                   path, credentials=SqliteCredentialStore(path,
-                                                           settings.secret("CREDENTIALS_KEY")))
+                   path, credentials=SqliteCredentialStore(path, credentials_key))
 
     def close(self) -> None:
         if self._follower is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ from domain.errors import Rejection
 from domain.mail import skip_reason
 from domain.state import Mailbox, OutboundRequest, TenantState
 from projections.projector import Logged
-from runners.bootstrap.settings import Settings, load_settings
+from runners.bootstrap.settings import Settings
 from runners.services.backoff import Backoff
 from runners.services.engine import Engine
 from runners.services.follower import LogFollower, Waiter
@@ -286,10 +286,10 @@ def _provider_thread(state: TenantState, thread_id: str, mailbox: str) -> str | 
     return None
 
 
-def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore | None = None,
+def provider_clients(settings: Settings, store: CredentialStore | None = None,
                      still_set: Callable[[str, str], bool] | None = None,
                      tokens: dict[str, TokenEndpoint] | None = None) -> ClientFactory:
-    """The real adapters, configured from the environment: `CRMSYNC_GMAIL_API_URL`,
+    """The real adapters, configured from the settings: `CRMSYNC_GMAIL_API_URL`,
     `CRMSYNC_GRAPH_API_URL` (base URLs, for tests and sovereign clouds), `CRMSYNC_SMTP_PORT`
     (587 STARTTLS by default; IMAP mailboxes submit over SMTP at their IMAP host with the same
     user and password). Without stored credentials a mailbox cannot be written to.
@@ -306,7 +306,6 @@ def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore |
     from adapters.providers.imap.outbound import ImapOutbound, SmtpSubmission
     from adapters.providers.oauth import StoredOAuthToken
 
-    settings = env if isinstance(env, Settings) else load_settings(env)
 
     def make(tenant: str, mbx: Mailbox, credentials: dict[str, Any] | None) -> OutboundClient:
         if not credentials:
@@ -341,16 +340,17 @@ def provider_clients(env: Mapping[str, str] | Settings, store: CredentialStore |
     return make
 
 
-def configured_clients(engine: Engine) -> ClientFactory:
+def configured_clients(engine: Engine, settings: Settings) -> ClientFactory:
     """`provider_clients` as the runners use it: with the engine's credential store, the token
-    endpoints from the environment, and the log's word on whether credentials are still set."""
+    endpoints of the settings, and the log's word on whether credentials are still set."""
     from runners.entrypoints.sync_runner import token_endpoints
 
     def still_set(tenant: str, mailbox: str) -> bool:
         found = engine.state(tenant).mailboxes.get(mailbox)
         return found is not None and found.credentials_set
 
-    return provider_clients(load_settings(), engine.credentials, still_set, token_endpoints())
+    return provider_clients(settings, engine.credentials, still_set,
+                            token_endpoints(settings))
 
 
 def open_tracking(db: str, postgres_url: str | None) -> OutboxTracking:
@@ -394,15 +394,15 @@ def run(outbox: Outbox, waiter: Waiter, *, poll: float = 1.0,
     log.info("outbox stopped", position=outbox.position, open=len(outbox.tracked))
 
 
-def in_background(db: str, postgres: str | None) -> Callable[[], None]:
+def in_background(db: str, postgres: str | None, settings: Settings) -> Callable[[], None]:
     """`crmsync serve --outbox`: the worker in a thread of the serving process, on an engine of
     its own (the API's engine is used under the API's lock). Returns the function that stops it."""
     from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 
-    engine = open_engine(db, postgres)
-    tracking = open_tracking(db, postgres_url(postgres))
-    worker = Outbox(engine, tracking, configured_clients(engine))
-    waiter = open_waiter(engine, postgres)
+    engine = open_engine(db, postgres, settings)
+    tracking = open_tracking(db, postgres_url(postgres, settings))
+    worker = Outbox(engine, tracking, configured_clients(engine, settings))
+    waiter = open_waiter(engine, postgres, settings)
     stop = threading.Event()
 
     def main() -> None:

@@ -23,6 +23,7 @@ from adapters.credentials.store import KEY_ENV
 from adapters.errors import CredentialsRejected, ProviderError
 from adapters.providers.oauth import StoredOAuthToken, TokenEndpoint
 from domain import events as ev
+from runners.bootstrap.settings import load_settings
 from runners.entrypoints.sync_loop import LoopOptions, process
 from runners.entrypoints.sync_runner import ConfiguredSources, token_endpoints
 from runners.services.engine import Engine
@@ -238,8 +239,8 @@ def test_the_outbox_refreshes_a_refused_token_stores_it_and_sends(
             now=datetime.now(UTC))
         assert not report.rejected, report.rejected
         tokens = {"gmail": TokenEndpoint("gmail", endpoint.url, "crm-client", "client-S3CRET")}
-        clients = provider_clients({"CRMSYNC_GMAIL_API_URL": server.origin}, engine.credentials,
-                                   lambda tenant, mailbox: True, tokens)
+        clients = provider_clients(load_settings({"CRMSYNC_GMAIL_API_URL": server.origin}),
+                                   engine.credentials, lambda tenant, mailbox: True, tokens)
         worker = Outbox(engine, SqliteOutboxTracking(db), clients)
         assert worker.round() == 1
         assert len(server.messages) == 1  # sent, at the first attempt
