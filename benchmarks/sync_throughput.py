@@ -101,6 +101,7 @@ class BenchSources:
 
 def worker_main(url: str, batch: int) -> None:
     from runners.bootstrap.logs import configure_logging
+    from runners.bootstrap.settings import load_settings
     from runners.entrypoints.sync_loop import LoopOptions, run_process
     from runners.entrypoints.sync_runner import open_queue
     from runners.services.sync_worker import SyncWorker
@@ -109,7 +110,8 @@ def worker_main(url: str, batch: int) -> None:
     engine = open_engine("unused.db", url)
     engine.follow = False
     worker = SyncWorker(engine, BenchSources(url, batch), PostgresLocks(url), batch_size=batch)
-    run_process(worker, open_queue("unused.db"), LoopOptions(poll=0.2, imap_interval=1e9))
+    run_process(worker, open_queue("unused.db", load_settings()),
+                LoopOptions(poll=0.2, imap_interval=1e9))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -258,7 +260,7 @@ def main() -> None:
            "CRMSYNC_NATS_SUBJECT_PREFIX": f"b{suffix}.hooks", "CRMSYNC_NATS_DURABLE": "bench",
            "CRMSYNC_LOG_LEVEL": "WARNING", "PYTHONPATH": os.getcwd(),
            "CRMSYNC_GMAIL_PUSH_AUTH": "off"}  # its Gmail pushes are unsigned
-    procs: list[subprocess.Popen[bytes]] = []
+    procs = CHILDREN
     lost: list[str] = []
     engine = open_engine("unused.db", url)
     engine.follow = False
@@ -384,9 +386,17 @@ def main() -> None:
         sys.exit(1)
 
 
+# the receiver, workers and runner of the run: a wait fails at once when one of them died (a
+# worker that cannot start would otherwise leave the driver waiting for cursors until timeout)
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
 def wait(condition: object, timeout: float, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
+        dead = [(p.args, p.returncode) for p in CHILDREN if p.poll() is not None]
+        if dead:
+            raise SystemExit(f"a process of the run exited: {dead}")
         if time.monotonic() > deadline:
             raise SystemExit("timed out")
         time.sleep(every)

@@ -4,8 +4,11 @@ histogram take the same measurement; the webhook receiver app (no API) gets the 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
 
 import httpx
+import pytest
 import structlog
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
@@ -20,6 +23,16 @@ from runners.services.engine import Engine
 SECRET = b"test-secret-0123456789abcdef"
 HEALTHZ = {"method": "GET", "route": "/healthz", "status": "200"}
 MAILBOX = {"method": "GET", "route": "/v1/mailbox", "status": "200"}
+
+
+@pytest.fixture(autouse=True)
+def info_logged() -> Iterator[None]:
+    """Info lines pass whatever level an earlier test in this process configured (a CLI run in
+    process sets WARNING, and capture_logs keeps the filtering wrapper)."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(**saved)
 
 
 def count(**labels: str) -> float:
