@@ -10,6 +10,7 @@ import contextlib
 import random
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,7 +102,7 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
 
 
-class CommandApplication:
+class CommandApplication(ABC):
     """The Engine's commands: what it needs from the rest of the Engine is declared here."""
 
     _store: EventStore
@@ -110,8 +111,9 @@ class CommandApplication:
     # seconds a command (or a sync batch) keeps retrying against concurrent writers
     retry_for: float = 60.0
 
+    @abstractmethod
     def catch_up(self, progress: Progress | None = None) -> int:
-        raise NotImplementedError  # the Engine's (runners.services.engine)
+        """The Engine's (runners.services.engine): bring the views up to the log."""
 
     def execute(self, command: Command, *, now: datetime, correlation_id: str,
                 gate: Gate | None = None) -> list[DomainEvent]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -82,7 +83,7 @@ class ScratchViews(ViewStore, Protocol):
 ScratchFactory = Callable[[str], ScratchViews]  # table suffix -> scratch store
 
 
-class Rebuilding:
+class Rebuilding(ABC):
     """The Engine's rebuild and verify: what it needs from the rest of the Engine is declared
     here."""
 
@@ -92,8 +93,9 @@ class Rebuilding:
     rebuild_in_parts: Callable[[list[str], int, Progress | None], None] | None
     projector: Projector
 
+    @abstractmethod
     def catch_up(self, progress: Progress | None = None) -> int:
-        raise NotImplementedError  # the Engine's (runners.services.engine)
+        """The Engine's (runners.services.engine): bring the views up to the log."""
 
     def rebuild(self, projection: str | None = None, progress: Progress | None = None,
                 parts: int = 1) -> None:
