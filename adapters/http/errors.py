@@ -28,7 +28,25 @@ def invalid(field: str, reason: str) -> ApiError:
     return ApiError(422, f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
 
 
+def add_base_handlers(app: FastAPI) -> None:
+    """What every app of ours answers alike (the API and the webhook receiver): an HTTP error
+    as JSON, 404 as "not found" whatever the detail (V12), a bug as 500 without its details."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = "not found" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal_error", request_id=getattr(request.state, "request_id", None),
+                      path=request.url.path)
+        return JSONResponse({"detail": "internal error"}, 500)
+
+
 def add_error_handlers(app: FastAPI) -> None:
+    add_base_handlers(app)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         body: dict[str, Any] = {"detail": exc.detail}
@@ -39,11 +57,6 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": "not found"}, 404)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = "not found" if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -58,7 +71,3 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "store unavailable; retry"}, 503,
                             headers={"Retry-After": "1"})
 
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal_error", request_id=getattr(request.state, "request_id", None))
-        return JSONResponse({"detail": "internal error"}, 500)

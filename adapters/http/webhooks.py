@@ -26,7 +26,6 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.deliveries.inbox import DeliveryInbox
 from adapters.deliveries.pubsub_auth import GmailPushAuth, PushRefused
@@ -37,6 +36,7 @@ from adapters.deliveries.webhooks import (
     parse_graph,
 )
 from adapters.errors import DeliveryStoreError, MalformedWebhook
+from adapters.http.errors import add_base_handlers
 from adapters.metrics import prometheus as metrics
 
 MAX_WEBHOOK_BODY = 1 << 20
@@ -199,16 +199,6 @@ def webhook_app(inbox: DeliveryInbox, client_state: ClientStateLookup,
     """The webhook routes alone (`crmsync run webhooks`): JSON errors, never details of a bug."""
     app = FastAPI(title="crmsync webhooks", version="1", description=__doc__)
     app.include_router(webhook_router(inbox, client_state, gmail_auth))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = "not found" if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal_error", path=request.url.path)
-        return JSONResponse({"detail": "internal error"}, 500)
-
+    add_base_handlers(app)
     return app
 
