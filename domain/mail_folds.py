@@ -9,7 +9,8 @@ from typing import Any
 
 from domain import events as ev
 from domain.message_table import Message
-from domain.tenant import Mailbox, OutboundRequest, Push, TenantState, Thread, addresses, utc_iso
+from domain.tenant import Mailbox, OutboundRequest, Push, TenantState, addresses, utc_iso
+from domain.thread_table import Thread
 
 
 def _mailbox_connected(s: TenantState, e: ev.MailboxConnected, seq: int) -> None:
@@ -91,13 +92,12 @@ def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessa
                  crm_initiated: bool) -> None:
     thread = s.threads.get(thread_id)
     if thread is None:
-        thread = s.threads[thread_id] = Thread(thread_id, mailbox, seq, crm_initiated=crm_initiated)
-        s.mailbox_threads.setdefault(mailbox, []).append(thread_id)
-    thread.add_message(msg.id)
+        thread = s.threads.create(thread_id, mailbox, seq, crm_initiated)
     s.mailboxes[mailbox].stored += 1
     message = s.messages[(mailbox, msg.id)] = Message(
         msg.id, thread_id, msg.message_id, addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
         msg.subject, utc_iso(msg.sent_at), tuple(msg.labels), msg.read, msg.delivery_status)
+    thread.add_message(msg.id)  # after storing it: the thread chains the message's row
     if s.index_rfc:
         _index_rfc(s, mailbox, thread_id, msg)
     have = thread.participants

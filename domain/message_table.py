@@ -1,54 +1,57 @@
-"""The messages of a tenant, each packed into one bytes object (pure, no I/O).
+"""The messages of a tenant, each packed into a few dozen bytes (pure, no I/O; issue #15).
 
-A projection runner holds every message of a tenant in memory; as Python objects (a dataclass,
-its strings, a tuple key) one costs about 600 bytes, packed about 150. `MessageTable` is a
-mapping `(mailbox, provider message id) -> Message` that packs on write and unpacks on read:
-a `Message` read from it is a frozen copy, so a change is written back with
-`table[key] = dataclasses.replace(msg, ...)` and a forgotten write-back fails loudly.
+A tenant holds every message in memory: as Python objects (a dataclass, its strings, a tuple
+key) one costs about 600 bytes. `MessageTable` is a mapping `(mailbox, provider message id) ->
+Message` that packs on write and unpacks on read: a `Message` read from it is a frozen copy, so
+a change is written back with `table[key] = dataclasses.replace(msg, ...)` and a forgotten
+write-back fails loudly.
 
-Packing: `\\x02` + the fields joined by `\\x1f` (lists by `\\x1e`) in UTF-8, a UTC time as
-`~YYYYMMDDhhmmss[.fraction]` (the ISO text without its punctuation); a message whose text
-contains either separator, or an empty label or address, is packed as a JSON array instead
-(first byte `[`).
+A packed message (`Codec`) holds numbers instead of repeated text: its thread's number (the
+tenant's thread ids, `TextRows`), its participants', label set's and delivery status's numbers
+(`Names`), its RFC Message-ID as the text before the last `@` and the number of the rest (the
+domain half repeats), its UTC time as the 14 digits of `YYYYMMDDhhmmss` in 6 bytes. Every text
+comes back exactly as written (a time that is not such UTC ISO text is kept as text).
 """
 
 from __future__ import annotations
 
 import sys
-import zlib
 from array import array
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
-import orjson
+from domain.packing import (
+    Names,
+    Records,
+    SlotIndex,
+    TextRows,
+    crc,
+    read_varint,
+    text_bytes,
+    text_of,
+    varint,
+)
 
-_TEXT, _FIELD, _ITEM = "\x02", "\x1f", "\x1e"
+_READ, _DELETED, _RFC, _STATUS, _TIME, _FRACTION = 1, 2, 4, 8, 16, 32
 
 
-def _compact_time(iso: str) -> str:
-    """`2025-01-01T00:00:01+00:00` -> `~20250101000001` (a fraction kept: `~…01.250000`), by
-    slicing (no date arithmetic: this runs for every message folded); anything else is kept as
-    it is (a text of its own that starts with `~` gets a second one)."""
-    if iso.startswith("~"):
-        return "~" + iso
+def _compact_time(iso: str) -> tuple[int, str] | None:
+    """`2025-01-01T00:00:01.25+00:00` -> (20250101000001, ".25"), by slicing (no date
+    arithmetic: this runs for every message folded); None for any other text."""
     if len(iso) < 25 or not iso.endswith("+00:00") or iso[4] != "-" or iso[7] != "-" \
             or iso[10] != "T" or iso[13] != ":" or iso[16] != ":":
-        return iso
+        return None
     digits = iso[0:4] + iso[5:7] + iso[8:10] + iso[11:13] + iso[14:16] + iso[17:19]
     fraction = iso[19:-6]
     if not (digits.isascii() and digits.isdigit()) or (fraction and not (
             fraction[0] == "." and fraction[1:].isascii() and fraction[1:].isdigit())):
-        return iso
-    return "~" + digits + fraction
+        return None
+    return int(digits), fraction
 
 
-def _full_time(text: str) -> str:
-    if not text.startswith("~"):
-        return text
-    if text.startswith("~~"):
-        return text[1:]
-    return (f"{text[1:5]}-{text[5:7]}-{text[7:9]}T{text[9:11]}:{text[11:13]}:{text[13:15]}"
-            f"{text[15:]}+00:00")
+def _full_time(digits: int, fraction: str) -> str:
+    t = f"{digits:014d}"
+    return f"{t[0:4]}-{t[4:6]}-{t[6:8]}T{t[8:10]}:{t[10:12]}:{t[12:14]}{fraction}+00:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,206 +71,196 @@ class Message:
     deleted: bool = False
 
 
-def pack(m: Message) -> bytes:
-    texts = (m.thread, m.rfc_id or "", *m.participants, m.subject, m.sent_at, *m.labels,
-             m.delivery_status or "")
-    if "" in m.participants or "" in m.labels or any(_FIELD in t or _ITEM in t for t in texts):
-        return orjson.dumps([m.thread, m.rfc_id, m.participants, m.subject, m.sent_at, m.labels,
-                             m.read, m.delivery_status, m.deleted])
-    flags = ("1" if m.read else "0") + ("1" if m.deleted else "0") + (
-        "0" if m.rfc_id is None else "1") + ("0" if m.delivery_status is None else "1")
-    return _FIELD.join((_TEXT + m.thread, m.rfc_id or "", _ITEM.join(m.participants), m.subject,
-                        _compact_time(m.sent_at), _ITEM.join(m.labels), flags,
-                        m.delivery_status or "")).encode()
+class Codec:
+    """Packs a message into bytes and back, numbering what repeats in the tenant's tables (the
+    numbers are given in fold order, so a refold packs alike)."""
 
-
-def unpack(message_id: str, data: bytes) -> Message:
-    if data[:1] == b"[":
-        thread, rfc, people, subject, sent, labels, read, status, deleted = orjson.loads(data)
-        return Message(message_id, thread, rfc, tuple(people), subject, sent, tuple(labels),
-                       read, status, deleted)
-    thread, rfc, people, subject, sent, labels, flags, status = data.decode().split(_FIELD)
-    return Message(message_id, thread[1:], rfc if flags[2] == "1" else None,
-                   tuple(people.split(_ITEM)) if people else (), subject, _full_time(sent),
-                   tuple(labels.split(_ITEM)) if labels else (), flags[0] == "1",
-                   status if flags[3] == "1" else None, flags[1] == "1")
-
-
-_ROW_BITS = 26  # a slot: the top 6 bits of the key's CRC-32 (most probes stop there), row + 1
-_ROW_MASK = (1 << _ROW_BITS) - 1
-_MAX_ROWS = _ROW_MASK - 1
-
-
-def _crc(key: bytes) -> int:
-    return zlib.crc32(key)
-
-
-class _Index:
-    """An open-addressing index of rows by the CRC-32 of a key, 4 bytes a slot, at most two
-    thirds full. The caller checks a candidate row's key (`match`)."""
-
-    __slots__ = ("slots", "used")
-
-    def __init__(self, size: int = 8) -> None:
-        self.slots = array("I", bytes(4 * size))
-        self.used = 0
-
-    def find(self, crc: int, match: Callable[[int], bool]) -> int:
-        slots, mask, tag = self.slots, len(self.slots) - 1, crc >> _ROW_BITS
-        at = crc & mask
-        while (taken := slots[at]) != 0:
-            if taken >> _ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
-                return (taken & _ROW_MASK) - 1
-            at = (at + 1) & mask
-        return -1
-
-    def find_or_add(self, crc: int, match: Callable[[int], bool], row: int) -> int:
-        """The matching row if there is one; else `row` is added (-1 is returned)."""
-        slots, mask, tag = self.slots, len(self.slots) - 1, crc >> _ROW_BITS
-        at = crc & mask
-        while (taken := slots[at]) != 0:
-            if taken >> _ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
-                return (taken & _ROW_MASK) - 1
-            at = (at + 1) & mask
-        if row >= _MAX_ROWS:
-            raise ValueError(f"more than {_MAX_ROWS} messages in one mailbox")
-        slots[at] = tag << _ROW_BITS | (row + 1)
-        self.used += 1
-        return -1
-
-    def add(self, crc: int, row: int) -> None:
-        if row >= _MAX_ROWS:
-            raise ValueError(f"more than {_MAX_ROWS} messages in one mailbox")
-        slots, mask = self.slots, len(self.slots) - 1
-        at = crc & mask
-        while slots[at] != 0:
-            at = (at + 1) & mask
-        slots[at] = (crc >> _ROW_BITS) << _ROW_BITS | (row + 1)
-        self.used += 1
-
-    def full(self) -> bool:
-        return (self.used + 1) * 3 > len(self.slots) * 2
-
-
-class _Box:
-    """One mailbox's messages with no Python object per message (issue #15): the records (the
-    id, then the packed message) appended to one bytearray, `rows` the offset of each message's
-    latest record, and indexes of rows by a CRC-32 of the id and of the RFC Message-ID (stable
-    across processes, so a pickled table needs no rebuilding). A rewrite appends a new record;
-    the old ones are dropped when they outweigh the live ones."""
-
-    __slots__ = ("data", "dead", "ids", "rfcs", "rows")
+    __slots__ = ("label_sets", "names", "thread_ids")
 
     def __init__(self) -> None:
-        self.data = bytearray()
-        self.rows = array("q")  # row -> offset of its record; -1: removed
-        self.ids = _Index()  # removed rows keep their slots: probes go past them
-        # S13 on the command side: the first row with each RFC Message-ID (kept when asked)
-        self.rfcs = _Index()
-        self.dead = 0  # bytes of records no row points at any more
+        self.names: Names[str] = Names()  # addresses, mailboxes, statuses, Message-ID domains
+        self.label_sets: Names[tuple[str, ...]] = Names()
+        self.thread_ids = TextRows()
 
-    def record(self, row: int) -> tuple[str, bytes]:
-        data, at = self.data, self.rows[row]
-        id_end = at + 2 + (data[at] | data[at + 1] << 8)
-        length = int.from_bytes(data[id_end:id_end + 4], "little")
-        text = data[at + 2:id_end].decode("utf-8", "surrogatepass")
-        return text, bytes(data[id_end + 4:id_end + 4 + length])
+    def pack(self, m: Message) -> bytes:
+        """The message without its id (the table keeps the id in front)."""
+        number = self.names.number
+        time = _compact_time(m.sent_at)
+        flags = (_READ if m.read else 0) | (_DELETED if m.deleted else 0) | (
+            0 if m.rfc_id is None else _RFC) | (0 if m.delivery_status is None else _STATUS) | (
+            0 if time is None else _TIME | (_FRACTION if time[1] else 0))
+        out = bytearray((flags,))
+        out += varint(self.thread_ids.number(m.thread))
+        if m.rfc_id is not None:
+            cut = m.rfc_id.rfind("@")
+            local = text_bytes(m.rfc_id[:cut] if cut >= 0 else m.rfc_id)
+            out += varint(len(local)) + local + varint(number(m.rfc_id[cut:] if cut >= 0 else ""))
+        out += varint(len(m.participants))
+        for a in m.participants:
+            out += varint(number(a))
+        subject = text_bytes(m.subject)
+        out += varint(len(subject)) + subject
+        if time is None:
+            sent = text_bytes(m.sent_at)
+            out += varint(len(sent)) + sent
+        else:
+            out += time[0].to_bytes(6, "little")
+            if time[1]:
+                out += varint(len(time[1])) + time[1].encode()
+        out += varint(self.label_sets.number(m.labels))
+        if m.delivery_status is not None:
+            out += varint(number(m.delivery_status))
+        return bytes(out)
 
-    def _id_is(self, row: int, key: bytes) -> bool:
-        data, at = self.data, self.rows[row]
-        return at >= 0 and data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)] == key
+    def unpack(self, message_id: str, data: bytes | bytearray, at: int = 0) -> Message:
+        """The message packed at `at` in `data`."""
+        names = self.names.values
+        flags = data[at]
+        thread, at = read_varint(data, at + 1)
+        rfc = None
+        if flags & _RFC:
+            n, at = read_varint(data, at)
+            local = text_of(data[at:at + n])
+            domain, at = read_varint(data, at + n)
+            rfc = local + names[domain]
+        count, at = read_varint(data, at)
+        people = []
+        for _ in range(count):
+            a, at = read_varint(data, at)
+            people.append(names[a])
+        n, at = read_varint(data, at)
+        subject = text_of(data[at:at + n])
+        at += n
+        if flags & _TIME:
+            digits = int.from_bytes(data[at:at + 6], "little")
+            at += 6
+            fraction = ""
+            if flags & _FRACTION:
+                n, at = read_varint(data, at)
+                fraction = data[at:at + n].decode()
+                at += n
+            sent = _full_time(digits, fraction)
+        else:
+            n, at = read_varint(data, at)
+            sent = text_of(data[at:at + n])
+            at += n
+        labels, at = read_varint(data, at)
+        status = names[read_varint(data, at)[0]] if flags & _STATUS else None
+        return Message(message_id, self.thread_ids.text(thread), rfc, tuple(people), subject,
+                       sent, self.label_sets.values[labels], bool(flags & _READ), status,
+                       bool(flags & _DELETED))
+
+    def rfc(self, data: bytes | bytearray, at: int) -> bytes:
+        """The RFC Message-ID (UTF-8, b"" for none) of the message packed at `at`, without
+        unpacking the rest."""
+        flags = data[at]
+        if not flags & _RFC:
+            return b""
+        at = read_varint(data, at + 1)[1]
+        n, at = read_varint(data, at)
+        return bytes(data[at:at + n]) + text_bytes(self.names.values[read_varint(data, at + n)[0]])
+
+    def thread(self, data: bytes | bytearray, at: int) -> int:
+        """The thread number of the message packed at `at`."""
+        return read_varint(data, at + 1)[0]
+
+
+class Box:
+    """One mailbox's messages with no Python object per message: each row's record is the id
+    (UTF-8, after its length) then the packed message; indexes of rows by a CRC-32 of the id and
+    of the RFC Message-ID (S13 on the command side: the first row with each, kept when asked).
+    `prev[row]` chains a thread's rows (-2: in no chain, -1: the first of its thread)."""
+
+    __slots__ = ("codec", "ids", "prev", "records", "rfcs")
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.records = Records()
+        self.ids = SlotIndex()  # removed rows keep their slots: probes go past them
+        self.rfcs = SlotIndex()
+        self.prev = array("i")
+
+    def message_at(self, row: int) -> tuple[bytearray, int]:
+        """A copy of the row's record, and where its packed message starts in it."""
+        start, end = self.records.body(row)
+        data = self.records.data[start:end]
+        n, at = read_varint(data, 0)
+        return data, at + n
+
+    def message(self, row: int) -> Message:
+        data, at = self.message_at(row)
+        return self.codec.unpack(self.id(row), data, at)
+
+    def id(self, row: int) -> str:
+        return text_of(self._id(row))
+
+    def _id(self, row: int) -> bytes:
+        data = self.records.data
+        n, at = read_varint(data, self.records.body(row)[0])
+        return bytes(data[at:at + n])
 
     def find(self, key: bytes) -> int:
         """The row of the message with this (UTF-8) id; -1 if none."""
-        return self.ids.find(_crc(key), lambda row: self._id_is(row, key))
+        return self.ids.find(crc(key), lambda row: self.records.at[row] >= 0
+                             and self._id(row) == key)
 
     def put(self, key: bytes, packed: bytes) -> tuple[int, bool]:
         """Store; the message's row, and True when the message is new."""
         row = self.find(key)
+        blob = varint(len(key)) + key + packed
         if row >= 0:
-            self.dead += self._size(self.rows[row])
-            self.rows[row] = self._append(key, packed)
-            if self.dead > 65536 and self.dead > len(self.data) // 2:
-                self._compact()
+            self.records.put(row, blob)
             return row, False
         if self.ids.full():
-            self.ids = self._reindexed(self.ids, self._id)
-        self.rows.append(self._append(key, packed))
-        self.ids.add(_crc(key), len(self.rows) - 1)
-        return len(self.rows) - 1, True
+            self.ids = self.ids.grown(self._live(self.ids), self._id)
+        row = self.records.append(blob)
+        self.prev.append(-2)
+        self.ids.add(crc(key), row)
+        return row, True
 
     def rfc_row(self, rfc: str) -> int:
         """The first row indexed under this RFC Message-ID; -1 if none."""
-        key = rfc.encode("utf-8", "surrogatepass")
-        return self.rfcs.find(_crc(key), lambda row: self.rows[row] >= 0 and self._rfc(row) == key)
+        key = text_bytes(rfc)
+        return self.rfcs.find(crc(key), lambda row: self.records.at[row] >= 0
+                              and self._rfc(row) == key)
 
     def index_rfc(self, rfc: str, row: int) -> None:
         """Index `row` under `rfc` unless a row is indexed under it already (first come wins)."""
         if self.rfcs.full():
-            self.rfcs = self._reindexed(self.rfcs, self._rfc)
-        key = rfc.encode("utf-8", "surrogatepass")
-        self.rfcs.find_or_add(_crc(key), lambda r: self.rows[r] >= 0 and self._rfc(r) == key,
-                              row)
-
-    def remove(self, row: int) -> None:
-        self.dead += self._size(self.rows[row])
-        self.rows[row] = -1
-
-    def _append(self, key: bytes, packed: bytes) -> int:
-        if len(key) > 0xFFFF:
-            raise ValueError("a message id longer than 65,535 bytes")
-        at = len(self.data)
-        self.data += len(key).to_bytes(2, "little") + key + len(packed).to_bytes(4, "little")
-        self.data += packed
-        return at
-
-    def _id(self, row: int) -> bytes:
-        data, at = self.data, self.rows[row]
-        return bytes(data[at + 2:at + 2 + (data[at] | data[at + 1] << 8)])
+            self.rfcs = self.rfcs.grown(self._live(self.rfcs), self._rfc)
+        key = text_bytes(rfc)
+        self.rfcs.find_or_add(crc(key), lambda r: self.records.at[r] >= 0
+                              and self._rfc(r) == key, row)
 
     def _rfc(self, row: int) -> bytes:
-        """The row's RFC Message-ID in UTF-8 (b"" for none), without unpacking the rest."""
-        message_id, packed = self.record(row)
-        if packed[:1] == _TEXT.encode():
-            return packed.split(_FIELD.encode(), 2)[1]
-        rfc = unpack(message_id, packed).rfc_id
-        return b"" if rfc is None else rfc.encode("utf-8", "surrogatepass")
+        return self.codec.rfc(*self.message_at(row))
 
-    def _size(self, at: int) -> int:
-        data = self.data
-        id_end = at + 2 + (data[at] | data[at + 1] << 8)
-        return id_end + 4 + int.from_bytes(data[id_end:id_end + 4], "little") - at
+    def _live(self, index: SlotIndex) -> list[int]:
+        return [r for r in index.rows() if self.records.at[r] >= 0]
 
-    def _reindexed(self, old: _Index, key_of: Callable[[int], bytes]) -> _Index:
-        """A larger index of the live rows of `old` (at most a third full)."""
-        rows = [(s & _ROW_MASK) - 1 for s in old.slots if s != 0]
-        live = [r for r in rows if self.rows[r] >= 0]
-        size = len(old.slots)
-        while (len(live) + 1) * 3 > size:
-            size *= 2
-        index = _Index(size)
-        for row in live:
-            index.add(_crc(key_of(row)), row)
-        return index
-
-    def _compact(self) -> None:
-        data, fresh = self.data, bytearray()
-        for row, at in enumerate(self.rows):
-            if at >= 0:
-                self.rows[row] = len(fresh)
-                fresh += data[at:at + self._size(at)]
-        self.data, self.dead = fresh, 0
+    def chain(self, last: int) -> list[str]:
+        """The ids of a thread's rows, first to last, from its last row."""
+        ids: list[str] = []
+        while last >= 0:
+            ids.append(self.id(last))
+            last = self.prev[last]
+        ids.reverse()
+        return ids
 
 
 class MessageTable(MutableMapping[tuple[str, str], Message]):
-    """`(mailbox, message id) -> Message`, stored packed, one `_Box` per mailbox."""
+    """`(mailbox, message id) -> Message`, stored packed, one `Box` per mailbox."""
 
-    __slots__ = ("_boxes", "_count", "_last")
+    __slots__ = ("_boxes", "_count", "_last", "codec")
 
     def __init__(self) -> None:
-        self._boxes: dict[str, _Box] = {}
+        self.codec = Codec()
+        self._boxes: dict[str, Box] = {}
         self._count = 0
         self._last: tuple[str, str, int] = ("", "", -1)  # the row written last (index_rfc)
+
+    def box(self, mailbox: str) -> Box | None:
+        return self._boxes.get(mailbox)
 
     def __getitem__(self, key: tuple[str, str]) -> Message:
         found = self.get(key)
@@ -278,11 +271,12 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
     def get(self, key: tuple[str, str], default: Message | None = None  # type: ignore[override]
             ) -> Message | None:
         box = self._boxes.get(key[0])
-        row = -1 if box is None else box.find(key[1].encode("utf-8", "surrogatepass"))
+        row = -1 if box is None else box.find(text_bytes(key[1]))
         if row < 0:
             return default
         assert box is not None
-        return unpack(key[1], box.record(row)[1])
+        data, at = box.message_at(row)
+        return self.codec.unpack(key[1], data, at)
 
     def __setitem__(self, key: tuple[str, str], message: Message) -> None:
         mailbox, message_id = key
@@ -290,44 +284,50 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
             raise ValueError(f"message {message.id!r} stored under id {message_id!r}")
         box = self._boxes.get(mailbox)
         if box is None:
-            box = self._boxes[sys.intern(mailbox)] = _Box()
-        row, new = box.put(message_id.encode("utf-8", "surrogatepass"), pack(message))
+            box = self._boxes[sys.intern(mailbox)] = Box(self.codec)
+        row, new = box.put(text_bytes(message_id), self.codec.pack(message))
         self._last = (mailbox, message_id, row)
         if new:
             self._count += 1
 
     def __delitem__(self, key: tuple[str, str]) -> None:
         box = self._boxes.get(key[0])
-        row = -1 if box is None else box.find(key[1].encode("utf-8", "surrogatepass"))
+        row = -1 if box is None else box.find(text_bytes(key[1]))
         if row < 0:
             raise KeyError(key)
         assert box is not None
-        box.remove(row)
+        if box.prev[row] != -2:  # a thread lists it: the fold marks it deleted instead
+            raise ValueError(f"message {key!r} belongs to a thread")
+        box.records.remove(row)
         self._count -= 1
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[1], str):
             return False
         box = self._boxes.get(key[0])
-        return box is not None and box.find(key[1].encode("utf-8", "surrogatepass")) >= 0
+        return box is not None and box.find(text_bytes(key[1])) >= 0
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for mailbox, box in self._boxes.items():
-            for row in range(len(box.rows)):
-                if box.rows[row] >= 0:
-                    yield mailbox, box.record(row)[0]
+            for row in range(len(box.records.at)):
+                if box.records.at[row] >= 0:
+                    yield mailbox, box.id(row)
 
     def __len__(self) -> int:
         return self._count
 
+    def row(self, mailbox: str, message_id: str) -> int:
+        """The message's row in its mailbox's box; -1 if none."""
+        last_mailbox, last_id, row = self._last
+        if last_mailbox == mailbox and last_id == message_id:
+            return row
+        box = self._boxes.get(mailbox)
+        return -1 if box is None else box.find(text_bytes(message_id))
+
     def index_rfc(self, mailbox: str, rfc: str, message_id: str) -> None:
         """Index the stored message `message_id` under its RFC Message-ID `rfc` (S13), unless
         another message of the mailbox is indexed under it already."""
-        box = self._boxes[mailbox]
-        last_mailbox, last_id, row = self._last
-        if last_mailbox != mailbox or last_id != message_id:
-            row = box.find(message_id.encode("utf-8", "surrogatepass"))
-        box.index_rfc(rfc, row)
+        self._boxes[mailbox].index_rfc(rfc, self.row(mailbox, message_id))
 
     def rfc_thread(self, mailbox: str, rfc: str) -> str | None:
         """The thread of the first message indexed under `rfc` in the mailbox, if any."""
@@ -336,8 +336,7 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         if row < 0:
             return None
         assert box is not None
-        message_id, packed = box.record(row)
-        return unpack(message_id, packed).thread
+        return self.codec.thread_ids.text(self.codec.thread(*box.message_at(row)))
 
     def __repr__(self) -> str:
         return f"MessageTable({self._count} messages)"

@@ -21,10 +21,10 @@ from domain.tenant import (
     Record,
     TenantSettings,
     TenantState,
-    Thread,
     User,
     utc_iso,
 )
+from domain.thread_table import Thread
 
 __all__ = ["FOLDS", "EventRef", "Mailbox", "OutboundRequest", "Push", "Record", "TenantSettings",
            "TenantState", "Thread", "User", "evolve", "utc_iso"]

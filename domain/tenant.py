@@ -12,6 +12,7 @@ from typing import Any
 from domain import contact_state
 from domain import events as ev
 from domain.message_table import Message, MessageTable, RfcIndex
+from domain.thread_table import MailboxThreads, Thread, ThreadTable
 
 DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx",
                          "txt")
@@ -122,30 +123,6 @@ class Mailbox:
         return bool(self.pending_deletions)
 
 
-@dataclass(slots=True)
-class Thread:
-    id: str
-    mailbox: str
-    created_seq: int
-    # provider message ids in arrival order, NUL-separated (no command carries a NUL, E8): one
-    # str per thread instead of a list of strs, ~60 bytes less per message (issue #15)
-    message_ids: str = ""
-    flag: tuple[bool, EventRef] | None = None  # V1: (shared?, event)
-    manual: dict[str, tuple[bool, EventRef]] | None = None  # record -> linked? (None: none)
-    crm_initiated: bool = False
-    # the distinct addresses of its live messages (a tuple: a dict of counts per thread cost
-    # ~110 bytes more for each of hundreds of thousands of threads; deletions recount)
-    participants: tuple[str, ...] = ()
-
-    @property
-    def messages(self) -> list[str]:
-        return self.message_ids.split("\x00") if self.message_ids else []
-
-    def add_message(self, message_id: str) -> None:
-        self.message_ids = f"{self.message_ids}\x00{message_id}" if self.message_ids \
-            else message_id
-
-
 @dataclass(frozen=True, slots=True)
 class OutboundRequest:
     """A CRM-side change the outbox has not yet had acknowledged (S7, S12)."""
@@ -166,8 +143,8 @@ class TenantState:
     users: dict[str, User] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)
     mailboxes: dict[str, Mailbox] = field(default_factory=dict)
-    threads: dict[str, Thread] = field(default_factory=dict)
     messages: MessageTable = field(default_factory=MessageTable)
+    threads: ThreadTable = field(init=False)  # over `messages` (their rows chain threads)
     # S13 (amended): ids referenced by synced messages but never synced themselves -> the thread
     # of the first message that referenced them (jwz's empty containers). Kept apart from
     # `rfc_index` because the outbox and S7 must only ever match messages that exist.
@@ -177,7 +154,6 @@ class TenantState:
     address_threads: dict[str, set[str]] | None = None
     deals_of_contact: dict[str, set[str]] = field(default_factory=dict)
     manual_threads: dict[str, set[str]] = field(default_factory=dict)  # record -> threads
-    mailbox_threads: dict[str, list[str]] = field(default_factory=dict)
     user_addresses: set[str] = field(default_factory=set)
     # E5: (actor, command_id) of every command applied; a key belongs to the principal (actor)
     # that sent it, so one principal's key never turns another's command into a no-op
@@ -192,6 +168,14 @@ class TenantState:
     contacts: contact_state.ContactSync = field(default_factory=contact_state.ContactSync)
     # the command side threads replies by Message-ID; projections never need that index
     index_rfc: bool = True
+
+    def __post_init__(self) -> None:
+        self.threads = ThreadTable(self.messages)
+
+    @property
+    def mailbox_threads(self) -> MailboxThreads:
+        """mailbox -> its threads' ids in creation order."""
+        return MailboxThreads(self.threads)
 
     @property
     def rfc_index(self) -> RfcIndex:

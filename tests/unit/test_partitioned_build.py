@@ -84,7 +84,8 @@ def test_a_thread_mark_is_narrowed_to_the_parts_threads() -> None:
     assert own and other
     held = TenantState(TENANT)
     for tid in own:
-        held.threads[tid] = state.threads[tid]
+        thread = state.threads[tid]
+        held.threads.create(tid, thread.mailbox, thread.created_seq, thread.crm_initiated)
     mark = ev.ThreadMarked(tenant=TENANT, actor="u0", occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
                            correlation_id="c", user="u0", threads=[own[0], other[0]], shared=True)
     narrowed = part.admit(held, mark)

@@ -1,0 +1,216 @@
+"""The threads of a tenant as rows of columns, no Python object per thread (pure; issue #15).
+
+`ThreadTable` is a mapping `thread id -> Thread` read as the dict of `Thread` objects it
+replaced: a `Thread` is a view of one row that reads and writes the table, made when asked for.
+A thread's number is its id's number in the tenant's thread ids (`Codec.thread_ids`, given when
+the fold creates the thread, so iteration is in creation order). Its columns: the mailbox's
+number, the creating event's seq, CRM-initiated, its participants (address numbers, `Records`)
+and its last message's row; the messages of a thread are chained row to row in their mailbox's
+box (`Box.prev`). The rare parts (V1 flag, manual links) are dicts by number.
+
+A thread whose message cannot be chained (a message of another mailbox, or one already in a
+thread: a history no rule writes today) keeps its message ids as a list instead, so the fold
+still answers what it answered before.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from domain.message_table import MessageTable
+from domain.packing import Records, read_varint, varint
+
+if TYPE_CHECKING:
+    from domain.tenant import EventRef
+
+_THREAD, _CRM = 1, 2
+
+
+class Thread:
+    """One thread, read from and written to its table."""
+
+    __slots__ = ("id", "number", "table")
+
+    def __init__(self, table: ThreadTable, number: int, thread_id: str) -> None:
+        self.table, self.number, self.id = table, number, thread_id
+
+    @property
+    def mailbox(self) -> str:
+        return self.table.codec.names.values[self.table.mailbox[self.number]]
+
+    @property
+    def created_seq(self) -> int:
+        return self.table.created[self.number]
+
+    @property
+    def crm_initiated(self) -> bool:
+        return bool(self.table.kind[self.number] & _CRM)
+
+    @property
+    def flag(self) -> tuple[bool, EventRef] | None:
+        """V1: (shared?, event)."""
+        return self.table.flags.get(self.number)
+
+    @flag.setter
+    def flag(self, value: tuple[bool, EventRef] | None) -> None:
+        if value is None:
+            self.table.flags.pop(self.number, None)
+        else:
+            self.table.flags[self.number] = value
+
+    @property
+    def manual(self) -> dict[str, tuple[bool, EventRef]] | None:
+        """record -> linked? (None: none); the dict is the table's (changed in place)."""
+        return self.table.manual.get(self.number)
+
+    @manual.setter
+    def manual(self, value: dict[str, tuple[bool, EventRef]] | None) -> None:
+        if value is None:
+            self.table.manual.pop(self.number, None)
+        else:
+            self.table.manual[self.number] = value
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """The distinct addresses of its live messages, in order of arrival."""
+        people = self.table.people
+        if self.number >= len(people.at) or people.at[self.number] < 0:
+            return ()
+        data, (at, end) = people.data, people.body(self.number)
+        names, out = self.table.codec.names.values, []
+        while at < end:
+            n, at = read_varint(data, at)
+            out.append(names[n])
+        return tuple(out)
+
+    @participants.setter
+    def participants(self, value: tuple[str, ...]) -> None:
+        number = self.table.codec.names.number
+        self.table.people.put(self.number, b"".join(varint(number(a)) for a in value))
+
+    @property
+    def messages(self) -> list[str]:
+        """Provider message ids in arrival order."""
+        table = self.table
+        listed = table.listed.get(self.number)
+        if listed is not None:
+            return list(listed)
+        last = table.last[self.number]
+        box = table.messages.box(self.mailbox)
+        return [] if last < 0 or box is None else box.chain(last)
+
+    def add_message(self, message_id: str) -> None:
+        """Append a message (stored already in the table's messages)."""
+        table, n = self.table, self.number
+        box = table.messages.box(self.mailbox)
+        row = -1 if box is None else table.messages.row(self.mailbox, message_id)
+        if n not in table.listed and row >= 0 and box is not None and box.prev[row] == -2:
+            box.prev[row] = table.last[n]
+            table.last[n] = row
+        else:
+            table.listed[n] = [*self.messages, message_id]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Thread) and other.table is self.table \
+            and other.number == self.number
+
+    def __hash__(self) -> int:
+        return hash(self.number)
+
+    def __repr__(self) -> str:
+        return f"Thread({self.id!r}, {self.mailbox!r}, {self.created_seq})"
+
+
+class ThreadTable(Mapping[str, Thread]):
+    """`thread id -> Thread` over columns indexed by thread number."""
+
+    __slots__ = ("by_mailbox", "codec", "count", "created", "flags", "kind", "last", "listed",
+                 "mailbox", "manual", "messages", "people")
+
+    def __init__(self, messages: MessageTable) -> None:
+        self.messages = messages
+        self.codec = messages.codec
+        self.kind = bytearray()  # 0: a number of no thread (yet); _THREAD, | _CRM
+        self.mailbox = array("I")
+        self.created = array("q")
+        self.last = array("i")  # the row of its last chained message (-1: none)
+        self.people = Records()
+        self.flags: dict[int, tuple[bool, EventRef]] = {}
+        self.manual: dict[int, dict[str, tuple[bool, EventRef]]] = {}
+        self.listed: dict[int, list[str]] = {}
+        self.by_mailbox: dict[str, array[int]] = {}  # mailbox -> its threads in creation order
+        self.count = 0
+
+    def create(self, thread_id: str, mailbox: str, seq: int, crm_initiated: bool) -> Thread:
+        n = self.codec.thread_ids.number(thread_id)
+        while len(self.kind) <= n:
+            self.kind.append(0)
+            self.mailbox.append(0)
+            self.created.append(0)
+            self.last.append(-1)
+        if self.kind[n]:
+            raise ValueError(f"thread {thread_id!r} exists")
+        self.kind[n] = _THREAD | (_CRM if crm_initiated else 0)
+        self.mailbox[n] = self.codec.names.number(mailbox)
+        self.created[n] = seq
+        self.by_mailbox.setdefault(mailbox, array("I")).append(n)
+        self.count += 1
+        return Thread(self, n, thread_id)
+
+    def _number(self, thread_id: object) -> int:
+        if not isinstance(thread_id, str):
+            return -1
+        n = self.codec.thread_ids.find(thread_id)
+        return n if 0 <= n < len(self.kind) and self.kind[n] else -1
+
+    def get(self, thread_id: str, default: Thread | None = None  # type: ignore[override]
+            ) -> Thread | None:
+        n = self._number(thread_id)
+        return default if n < 0 else Thread(self, n, thread_id)
+
+    def __getitem__(self, thread_id: str) -> Thread:
+        n = self._number(thread_id)
+        if n < 0:
+            raise KeyError(thread_id)
+        return Thread(self, n, thread_id)
+
+    def __contains__(self, thread_id: object) -> bool:
+        return self._number(thread_id) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        text, kind = self.codec.thread_ids.text, self.kind
+        for n in range(len(kind)):
+            if kind[n]:
+                yield text(n)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def of_mailbox(self, mailbox: str) -> list[str]:
+        text = self.codec.thread_ids.text
+        return [text(n) for n in self.by_mailbox.get(mailbox, ())]
+
+    def __repr__(self) -> str:
+        return f"ThreadTable({self.count} threads)"
+
+
+class MailboxThreads:
+    """`mailbox -> [thread id]` in creation order, read as the dict it replaced."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: ThreadTable) -> None:
+        self.table = table
+
+    def get(self, mailbox: str, default: Any = None) -> Any:
+        return self.table.of_mailbox(mailbox) if mailbox in self.table.by_mailbox else default
+
+    def __getitem__(self, mailbox: str) -> list[str]:
+        if mailbox not in self.table.by_mailbox:
+            raise KeyError(mailbox)
+        return self.table.of_mailbox(mailbox)
+
+    def __contains__(self, mailbox: object) -> bool:
+        return mailbox in self.table.by_mailbox
