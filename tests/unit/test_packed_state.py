@@ -125,7 +125,8 @@ def histories(draw: st.DrawFn) -> list[ev.DomainEvent]:
 
 def _fold(history: list[ev.DomainEvent]) -> tuple[TenantState, Reference]:
     state, ref = TenantState("t"), Reference()
-    for seq, e in enumerate(history, 1):
+    for seq, event in enumerate(history, 1):
+        e = event
         if isinstance(e, ev.MessageUpdated | ev.MessageDeletedAtProvider) \
                 and (e.mailbox, e.id) not in ref.messages:
             continue  # the rules never emit these for an unknown message
