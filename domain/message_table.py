@@ -84,7 +84,7 @@ class Codec:
 
     def pack(self, m: Message) -> bytes:
         """The message without its id (the table keeps the id in front)."""
-        number = self.names.number
+        code = self.names.code
         time = _compact_time(m.sent_at)
         flags = (_READ if m.read else 0) | (_DELETED if m.deleted else 0) | (
             0 if m.rfc_id is None else _RFC) | (0 if m.delivery_status is None else _STATUS) | (
@@ -94,10 +94,10 @@ class Codec:
         if m.rfc_id is not None:
             cut = m.rfc_id.rfind("@")
             local = text_bytes(m.rfc_id[:cut] if cut >= 0 else m.rfc_id)
-            out += varint(len(local)) + local + varint(number(m.rfc_id[cut:] if cut >= 0 else ""))
+            out += varint(len(local)) + local + code(m.rfc_id[cut:] if cut >= 0 else "")
         out += varint(len(m.participants))
         for a in m.participants:
-            out += varint(number(a))
+            out += code(a)
         subject = text_bytes(m.subject)
         out += varint(len(subject)) + subject
         if time is None:
@@ -107,9 +107,9 @@ class Codec:
             out += time[0].to_bytes(6, "little")
             if time[1]:
                 out += varint(len(time[1])) + time[1].encode()
-        out += varint(self.label_sets.number(m.labels))
+        out += self.label_sets.code(m.labels)
         if m.delivery_status is not None:
-            out += varint(number(m.delivery_status))
+            out += code(m.delivery_status)
         return bytes(out)
 
     def unpack(self, message_id: str, data: bytes | bytearray, at: int = 0) -> Message:
@@ -126,7 +126,11 @@ class Codec:
         count, at = read_varint(data, at)
         people = []
         for _ in range(count):
-            a, at = read_varint(data, at)
+            a = data[at]
+            if a < 0x80:  # most tenants' addresses: inline, not a call each
+                at += 1
+            else:
+                a, at = read_varint(data, at)
             people.append(names[a])
         n, at = read_varint(data, at)
         subject = text_of(data[at:at + n])

@@ -62,17 +62,27 @@ class Names(Generic[T]):
     """Values numbered in order of first use; the numbers are never reused (a fold gives the same
     numbers on replay, so a snapshot and a refold agree)."""
 
-    __slots__ = ("numbers", "values")
+    __slots__ = ("codes", "numbers", "values")
 
     def __init__(self) -> None:
         self.values: list[T] = []
         self.numbers: dict[T, int] = {}
+        self.codes: dict[T, bytes] = {}  # the number as a varint (packing reads this)
 
     def number(self, value: T) -> int:
         found = self.numbers.get(value)
         if found is None:
             found = self.numbers[value] = len(self.values)
+            self.codes[value] = varint(found)
             self.values.append(value)
+        return found
+
+    def code(self, value: T) -> bytes:
+        """The value's number as a varint."""
+        found = self.codes.get(value)
+        if found is None:
+            self.number(value)
+            found = self.codes[value]
         return found
 
     def __len__(self) -> int:
@@ -207,16 +217,25 @@ class Records:
 class TextRows:
     """Texts numbered in order of arrival, never removed (a tenant's thread ids)."""
 
-    __slots__ = ("index", "records")
+    __slots__ = ("index", "last", "records")
 
     def __init__(self) -> None:
         self.records = Records()
         self.index = SlotIndex()
+        # the text found last and its number: a fold asks for one thread's number several
+        # times in a row (numbers never change, so this is never stale)
+        self.last: tuple[str, int] = ("", -1)
 
     def find(self, text: str) -> int:
         """The number of `text`; -1 if it has none."""
+        last = self.last
+        if last[0] == text and last[1] >= 0:
+            return last[1]
         key = text_bytes(text)
-        return self.index.find(crc(key), lambda row: self.records.get(row) == key)
+        found = self.index.find(crc(key), lambda row: self.records.get(row) == key)
+        if found >= 0:
+            self.last = (text, found)
+        return found
 
     def number(self, text: str) -> int:
         """The number of `text`, given one if it has none yet."""
@@ -227,6 +246,7 @@ class TextRows:
             self.index = self.index.grown(self.index.rows(), self.records.get)
         row = self.records.append(text_bytes(text))
         self.index.add(crc(text_bytes(text)), row)
+        self.last = (text, row)
         return row
 
     def text(self, number: int) -> str:

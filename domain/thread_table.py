@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from domain.message_table import MessageTable
-from domain.packing import Records, read_varint, varint
+from domain.packing import Records, read_varint
 
 if TYPE_CHECKING:
     from domain.tenant import EventRef
@@ -87,8 +87,8 @@ class Thread:
 
     @participants.setter
     def participants(self, value: tuple[str, ...]) -> None:
-        number = self.table.codec.names.number
-        self.table.people.put(self.number, b"".join(varint(number(a)) for a in value))
+        code = self.table.codec.names.code
+        self.table.people.put(self.number, b"".join(code(a) for a in value))
 
     @property
     def messages(self) -> list[str]:

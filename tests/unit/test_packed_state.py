@@ -56,11 +56,15 @@ class Reference:
         new = tuple(a for a in message.participants if a not in thread.participants)
         thread.participants += new
 
-    def delete(self, mailbox: str, mid: str) -> None:
-        msg = self.messages[(mailbox, mid)]
-        if not msg.deleted:
-            self.messages[(mailbox, mid)] = replace(msg, deleted=True)
-            thread = self.threads[msg.thread]
+    def delete(self, mailbox: str, mids: list[str]) -> None:
+        """Mark deleted, then recount the threads that lost a live message."""
+        threads = set()
+        for mid in mids:
+            msg = self.messages[(mailbox, mid)]
+            if not msg.deleted:
+                self.messages[(mailbox, mid)] = replace(msg, deleted=True)
+                threads.add(msg.thread)
+        for thread in (self.threads[t] for t in sorted(threads)):
             seen: dict[str, None] = {}
             for i in thread.messages:
                 if not (live := self.messages[(thread.mailbox, i)]).deleted:
@@ -152,10 +156,9 @@ def _apply(ref: Reference, e: ev.DomainEvent, seq: int) -> None:
             delivery_status=msg.delivery_status if e.delivery_status is None
             else e.delivery_status)
     elif isinstance(e, ev.MessageDeletedAtProvider):
-        ref.delete(e.mailbox, e.id)
+        ref.delete(e.mailbox, [e.id])
     elif isinstance(e, ev.MailboxDeletionsConfirmed):
-        for mid in e.ids:
-            ref.delete(e.mailbox, mid)
+        ref.delete(e.mailbox, e.ids)
     elif isinstance(e, ev.ThreadMarked):
         ref.threads[e.threads[0]].flag = e.shared
     elif isinstance(e, ev.ThreadLinked):
