@@ -113,26 +113,38 @@ class Codec:
         return bytes(out)
 
     def unpack(self, message_id: str, data: bytes | bytearray, at: int = 0) -> Message:
-        """The message packed at `at` in `data`."""
+        """The message packed at `at` in `data`. (Numbers below 128 are read inline, not by a
+        call each: projections unpack every message several times.)"""
         names = self.names.values
         flags = data[at]
         thread, at = read_varint(data, at + 1)
         rfc = None
         if flags & _RFC:
-            n, at = read_varint(data, at)
+            n = data[at]
+            if n < 0x80:
+                at += 1
+            else:
+                n, at = read_varint(data, at)
             local = text_of(data[at:at + n])
             domain, at = read_varint(data, at + n)
             rfc = local + names[domain]
-        count, at = read_varint(data, at)
+        count = data[at]  # at most a few dozen participants: one byte
+        at += 1
+        if count >= 0x80:
+            count, at = read_varint(data, at - 1)
         people = []
         for _ in range(count):
             a = data[at]
-            if a < 0x80:  # most tenants' addresses: inline, not a call each
+            if a < 0x80:
                 at += 1
             else:
                 a, at = read_varint(data, at)
             people.append(names[a])
-        n, at = read_varint(data, at)
+        n = data[at]
+        if n < 0x80:
+            at += 1
+        else:
+            n, at = read_varint(data, at)
         subject = text_of(data[at:at + n])
         at += n
         if flags & _TIME:
@@ -148,7 +160,11 @@ class Codec:
             n, at = read_varint(data, at)
             sent = text_of(data[at:at + n])
             at += n
-        labels, at = read_varint(data, at)
+        labels = data[at]
+        if labels < 0x80:
+            at += 1
+        else:
+            labels, at = read_varint(data, at)
         status = names[read_varint(data, at)[0]] if flags & _STATUS else None
         return Message(message_id, self.thread_ids.text(thread), rfc, tuple(people), subject,
                        sent, self.label_sets.values[labels], bool(flags & _READ), status,

@@ -75,20 +75,25 @@ class Thread:
     @property
     def participants(self) -> tuple[str, ...]:
         """The distinct addresses of its live messages, in order of arrival."""
-        people = self.table.people
+        table = self.table
+        if table.read_last[0] == self.number:  # the rules ask for one thread's several times
+            return table.read_last[1]
+        people = table.people
         if self.number >= len(people.at) or people.at[self.number] < 0:
             return ()
         data, (at, end) = people.data, people.body(self.number)
-        names, out = self.table.codec.names.values, []
+        names, out = table.codec.names.values, []
         while at < end:
             n, at = read_varint(data, at)
             out.append(names[n])
-        return tuple(out)
+        table.read_last = (self.number, tuple(out))
+        return table.read_last[1]
 
     @participants.setter
     def participants(self, value: tuple[str, ...]) -> None:
         code = self.table.codec.names.code
         self.table.people.put(self.number, b"".join(code(a) for a in value))
+        self.table.read_last = (self.number, tuple(value))
 
     @property
     def messages(self) -> list[str]:
@@ -127,7 +132,7 @@ class ThreadTable(Mapping[str, Thread]):
     """`thread id -> Thread` over columns indexed by thread number."""
 
     __slots__ = ("by_mailbox", "codec", "count", "created", "flags", "kind", "last", "listed",
-                 "mailbox", "manual", "messages", "people")
+                 "mailbox", "manual", "messages", "people", "read_last")
 
     def __init__(self, messages: MessageTable) -> None:
         self.messages = messages
@@ -142,6 +147,9 @@ class ThreadTable(Mapping[str, Thread]):
         self.listed: dict[int, list[str]] = {}
         self.by_mailbox: dict[str, array[int]] = {}  # mailbox -> its threads in creation order
         self.count = 0
+        # the participants read or written last: (thread number, them); only `participants`
+        # writes a thread's participants, so this is never stale
+        self.read_last: tuple[int, tuple[str, ...]] = (-1, ())
 
     def create(self, thread_id: str, mailbox: str, seq: int, crm_initiated: bool) -> Thread:
         n = self.codec.thread_ids.number(thread_id)
