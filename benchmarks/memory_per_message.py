@@ -21,6 +21,12 @@ what is allocated and still held, by file:line, when the log is folded (the peak
 states, the versions remembered, the rows waiting to be written) and after the rebuild (what a
 process keeps between batches: memos).
 
+    python -m benchmarks.memory_per_message --fold-time [--small 40000]
+
+instead prints what the packed state costs in CPU: the small history's events decoded once,
+then folded into a fresh state and every thread's live messages and participants read, best of
+3 in a fresh interpreter (alternate it with another checkout's run: the machine is shared).
+
     python -m benchmarks.memory_per_message --first-command URL [--tenant bench]
 
 instead times the first command after a start on a (large) PostgreSQL history: a fresh process
@@ -80,6 +86,26 @@ PROFILE = (
     "        folded.append(show('log folded'))\n"
     "engine.rebuild(None, progress)\n"
     "show('rebuilt')\n")
+
+FOLD_TIME = (
+    "import sys, time\nfrom runners.bootstrap.config import open_engine\n"
+    "from domain.state import TenantState, evolve\n"
+    "events = list(open_engine(sys.argv[1], None).stores()[0].tenant_events('bench'))\n"
+    "fold = read = 1e9\n"
+    "for _ in range(3):\n"
+    "    started = time.perf_counter()\n"
+    "    state = TenantState('bench')\n"
+    "    for seq, e in events:\n"
+    "        evolve(state, e, seq)\n"
+    "    fold = min(fold, time.perf_counter() - started)\n"
+    "    started = time.perf_counter()\n"
+    "    for tid in state.threads:\n"
+    "        thread = state.threads[tid]\n"
+    "        state.live_messages(thread), thread.participants\n"
+    "    read = min(read, time.perf_counter() - started)\n"
+    "n = len(state.messages)\n"
+    "print(f'{len(events):,} events, {n:,} messages: fold {fold / n * 1e6:.1f} us/message, '\n"
+    "      f'reading every thread\\'s live messages {read / n * 1e6:.1f} us/message')\n")
 
 FIRST_COMMAND = _PEAK + (
     "import sys, time\nfrom datetime import UTC, datetime\n"
@@ -162,6 +188,7 @@ def main() -> None:
     p.add_argument("--first-command", metavar="URL", help="PostgreSQL URL of a large history")
     p.add_argument("--tenant", default="bench")
     p.add_argument("--profile", action="store_true", help="tracemalloc the small rebuild")
+    p.add_argument("--fold-time", action="store_true", help="CPU of the fold and of reads")
     p.add_argument("--top", type=int, default=25, help="with --profile: lines shown")
     args = p.parse_args()
     if args.first_command:
@@ -173,6 +200,11 @@ def main() -> None:
     generate(small, args.small)
     if args.profile:
         profile(small, args.top)
+        return
+    if args.fold_time:
+        done = subprocess.run([sys.executable, "-c", FOLD_TIME, str(small)], check=True,
+                              env=_env(), capture_output=True, text=True)
+        sys.stdout.write(done.stdout)
         return
     generate(large, args.large)
     for program in PROGRAMS:

@@ -320,6 +320,7 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
             raise ValueError(f"message {key!r} belongs to a thread")
         box.records.remove(row)
         self._count -= 1
+        self._last = ("", "", -1)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[1], str):
