@@ -117,12 +117,16 @@ class Thread:
         else:
             table.listed[n] = [*self.messages, message_id]
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Thread) and other.table is self.table \
-            and other.number == self.number
+    def _value(self) -> tuple[object, ...]:
+        return (self.id, self.mailbox, self.created_seq, self.messages, self.flag, self.manual,
+                self.crm_initiated, self.participants)
 
-    def __hash__(self) -> int:
-        return hash(self.number)
+    def __eq__(self, other: object) -> bool:
+        """Equal content, whichever table holds it (as the dataclass it replaced: a state
+        restored from a snapshot equals the one folded from the log)."""
+        return isinstance(other, Thread) and self._value() == other._value()
+
+    __hash__ = None  # type: ignore[assignment]  # changes in place: not a key
 
     def __repr__(self) -> str:
         return f"Thread({self.id!r}, {self.mailbox!r}, {self.created_seq})"
