@@ -207,10 +207,6 @@ class Box:
         n, at = read_varint(data, 0)
         return data, at + n
 
-    def message(self, row: int) -> Message:
-        data, at = self.message_at(row)
-        return self.codec.unpack(self.id(row), data, at)
-
     def id(self, row: int) -> str:
         return text_of(self._id(row))
 
@@ -258,14 +254,21 @@ class Box:
     def _live(self, index: SlotIndex) -> list[int]:
         return [r for r in index.rows() if self.records.at[r] >= 0]
 
-    def chain(self, last: int) -> list[str]:
-        """The ids of a thread's rows, first to last, from its last row."""
-        ids: list[str] = []
+    def chain(self, last: int) -> list[int]:
+        """A thread's rows, first to last, from its last row."""
+        rows: list[int] = []
         while last >= 0:
-            ids.append(self.id(last))
+            rows.append(last)
             last = self.prev[last]
-        ids.reverse()
-        return ids
+        rows.reverse()
+        return rows
+
+    def message(self, row: int) -> Message:
+        """The message of a row (its id read from the record: no lookup by id)."""
+        start, end = self.records.body(row)
+        data = self.records.data[start:end]
+        n, at = read_varint(data, 0)
+        return self.codec.unpack(text_of(data[at:at + n]), data, at + n)
 
 
 class MessageTable(MutableMapping[tuple[str, str], Message]):

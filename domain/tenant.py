@@ -187,8 +187,7 @@ class TenantState:
         return self.mailboxes[thread.mailbox].user
 
     def live_messages(self, thread: Thread) -> list[Message]:
-        msgs = (self.messages[(thread.mailbox, m)] for m in thread.messages)
-        return [m for m in msgs if not m.deleted]
+        return [m for m in thread.stored() if not m.deleted]
 
     def threads_with(self, address: str) -> set[str]:
         """Threads that have (or had) `address` among their participants. The index is built

@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from domain.message_table import MessageTable
+from domain.message_table import Message, MessageTable
 from domain.packing import Records, read_varint
 
 if TYPE_CHECKING:
@@ -104,7 +104,18 @@ class Thread:
             return list(listed)
         last = table.last[self.number]
         box = table.messages.box(self.mailbox)
-        return [] if last < 0 or box is None else box.chain(last)
+        return [] if last < 0 or box is None else [box.id(r) for r in box.chain(last)]
+
+    def stored(self) -> list[Message]:
+        """Its messages in arrival order, as `messages` lists them (read row by row when they
+        are chained: no lookup by id)."""
+        table = self.table
+        listed = table.listed.get(self.number)
+        if listed is not None:
+            return [table.messages[(self.mailbox, m)] for m in listed]
+        last = table.last[self.number]
+        box = table.messages.box(self.mailbox)
+        return [] if last < 0 or box is None else [box.message(r) for r in box.chain(last)]
 
     def add_message(self, message_id: str) -> None:
         """Append a message (stored already in the table's messages)."""
