@@ -371,7 +371,8 @@ def main() -> None:
         reader.close()
         raw = raw_insert_rate(args.postgres, total, args.batch)
         print(f"messages: {total} in {len(boxes)} mailboxes of {args.tenants} tenants, "
-              f"{pushes} webhook pushes of {args.round} messages (posted in {posted:.1f} s: "
+              f"{pushes} webhook pushes of up to {min(args.round, per_box)} messages "
+              f"(posted in {posted:.1f} s: "
               f"{pushes / posted:.0f}/s{', paced at ' + str(args.rate) if args.rate else ''}), "
               f"batch {args.batch}, {args.workers} sync workers")
         print(f"webhook -> events durable:  {total / durable:8.0f} msg/s ({durable:.1f} s)")
