@@ -17,6 +17,9 @@ messages 0..head-1 exist, `head` is a row per mailbox in `bench_heads` that this
 before each push. So the figure is the engine's (webhooks, queue, locks, decide, append,
 projection), not a provider's. Fresh schemas and streams are made and dropped.
 
+The workers count the SQL statements they send (`benchmarks.sql_count`, a dump on SIGUSR1): the
+run prints them per delivery, over the pushes only, by their first words.
+
 The cursors only say when to stop waiting. What counts is what was stored: the MessageSynced
 events in the log, the `message` view's rows and each mailbox's sync status (synced, rejected).
 Any shortfall, any rejected command, is printed loudly and the run exits 1 (a run that lost
