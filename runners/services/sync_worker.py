@@ -220,7 +220,7 @@ class SyncWorker(PushChannels):
                 if mbx.cursor is None:
                     self._resync(ref, mbx, source, "first_sync", delivery_id, out)
                 else:
-                    self._follow(ref, mbx, source, mbx.cursor, delivery_id, out)
+                    self._follow(ref, state, source, mbx.cursor, delivery_id, out)
             except MailboxGone as exc:
                 log.warning("mailbox_gone", tenant=ref.tenant, mailbox=ref.mailbox,
                             reason=exc.reason)
@@ -232,8 +232,15 @@ class SyncWorker(PushChannels):
                 source.close()
             return out
 
-    def _follow(self, ref: MailboxRef, mbx: Mailbox, source: MailSource, cursor: str,
+    def _follow(self, ref: MailboxRef, state: TenantState, source: MailSource, cursor: str,
                 delivery_id: str | None, out: Outcome) -> None:
+        """Page after page from `cursor`. The first page is compared with `state`, read under
+        the mailbox's lock: only this worker adds this mailbox's messages meanwhile, and the
+        batch is decided on the tenant's latest state anyway (S14 makes a message synced twice
+        one), so reading the log again between the provider's answer and the batch was a round
+        trip per delivery for nothing (issue #15). Later pages compare with the state the
+        batches left."""
+        mbx = state.mailboxes[ref.mailbox]
         while True:
             try:
                 changes = source.changes(mbx.address, cursor)
@@ -242,7 +249,6 @@ class SyncWorker(PushChannels):
                          reason=exc.reason)
                 self._resync(ref, mbx, source, "cursor_expired", delivery_id, out)
                 return
-            state = self.engine.state(ref.tenant)
             commands = self._change_commands(state, ref, changes)
             out.synced += sum(isinstance(x, c.SyncMessage) for x in commands)
             commands.append(c.AdvanceMailboxCursor(
@@ -252,6 +258,7 @@ class SyncWorker(PushChannels):
             cursor = changes.new_cursor
             if not changes.more:
                 return
+            state = self.engine.state(ref.tenant)
 
     def _change_commands(self, state: TenantState, ref: MailboxRef, changes: Changes
                          ) -> list[c.Command]:
