@@ -108,8 +108,6 @@ def main() -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600) as client:
             wait_http(client)
 
-            batch = Batch([*crmsync, "--postgres", args.postgres, "query", "batch", "-"], env)
-
             def timed(name: str, path: str, viewer: str, argv: list[str], at: str | None
                       ) -> tuple[float, float, float]:
                 """Medians of --repeats: over HTTP, as a `crmsync query` process, and as a line
@@ -133,6 +131,7 @@ def main() -> None:
             client.get(queries[0][1], headers={
                 "Authorization": f"Bearer {issue(secret, t, queries[0][2])}"})
             started = time.perf_counter()
+            batch = Batch([*crmsync, "--postgres", args.postgres, "query", "batch", "-"], env)
             batch.ask(f"status --tenant {t} --viewer u11")  # the batch process's start
             sys.stdout.write(f"`query batch` process: start and first answer "
                              f"{time.perf_counter() - started:.2f} s\n")
