@@ -312,6 +312,9 @@ class FakePartitionedWork:
             f"{tenant}:{delivery.delivery_id}",
             _Queued(delivery.provider, delivery.delivery_id, delivery.payload, tenant))
 
+    async def forwarded(self, delivery: Delivery) -> None:
+        await self.ack(delivery)
+
     def own(self, partitions: set[int]) -> None:
         self.owned = set(partitions)
 

@@ -46,6 +46,11 @@ class PartitionedWork(WorkQueue, Protocol):
         delivery for the same tenant again within the duplicate window stores nothing new."""
         ...
 
+    async def forwarded(self, delivery: Delivery) -> None:
+        """Acknowledge an incoming delivery once `forward`ed: as `ack`, but it may be sent
+        without waiting for a confirmation (a lost one only makes one more `forward`)."""
+        ...
+
     def own(self, partitions: set[int]) -> None:
         """`fetch` reads these partitions from now on."""
         ...

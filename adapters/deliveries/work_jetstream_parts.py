@@ -11,9 +11,12 @@ delivery is deleted), one durable consumer per partition, `<durable>-p<partition
 incoming delivery forwards nothing twice within the duplicate window (twice the ack wait, at
 least 120 s; after it a second copy only syncs from the stored cursor again: E5).
 
-`fetch` reads the owned partitions together, a share of `limit` each. Retries, dead letters
-and replays are the base class's: a NAK goes back to the partition's consumer, a replay back to
-the incoming subjects (and is forwarded again).
+`fetch` asks the stream which owned partitions hold deliveries (one request: an idle worker does
+not pull from each of its partitions every poll) and reads those together, a share of `limit`
+each. Incoming deliveries, once forwarded, are acked without waiting for the confirmation
+(`forwarded`): a lost ack only makes one more forward, which the duplicate window drops.
+Retries, dead letters and replays are the base class's: a NAK goes back to the partition's
+consumer, a replay back to the incoming subjects (and is forwarded again).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 from urllib.parse import quote
 
 import nats
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -72,14 +76,28 @@ class JetStreamPartitioned(JetStreamWork):
         return await super().fetch(limit, timeout)
 
     async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
-        owned = sorted(self.owned)
-        if not owned:
+        waiting = await self._waiting()
+        if not waiting:  # one request instead of a pull per owned partition
             await asyncio.sleep(timeout)
             return []
-        share = max(1, math.ceil(limit / len(owned)))
-        subs = [await self._part(p) for p in owned]
+        share = max(1, math.ceil(limit / len(waiting)))
+        subs = [await self._part(p) for p in waiting]
         found = await asyncio.gather(*(self._pull(sub, share, timeout) for sub in subs))
         return [d for batch in found for d in batch]
+
+    async def _waiting(self) -> list[int]:
+        """The owned partitions holding deliveries (work-queue retention: acked ones are gone,
+        so this counts the waiting, the in-flight and the retried ones)."""
+        if not self.owned:
+            return []
+        js = await self._jetstream()
+        try:
+            info = await js.stream_info(self.part_stream, subjects_filter=f"{self.part_prefix}.>")
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise DeliveryStoreError(f"JetStream {self.part_stream}: {_describe(exc)}") from exc
+        found = {int(subject[len(self.part_prefix) + 1:].split(".", 1)[0])
+                 for subject, count in (info.state.subjects or {}).items() if count}
+        return sorted(found & self.owned)
 
     async def _part(self, partition: int) -> JetStreamContext.PullSubscription:
         if partition not in self._parts:
@@ -101,6 +119,13 @@ class JetStreamPartitioned(JetStreamWork):
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise DeliveryStoreError(f"JetStream forward to {subject}: "
                                      f"{_describe(exc)}") from exc
+
+    async def forwarded(self, delivery: Delivery) -> None:
+        msg: Msg = delivery.handle
+        try:
+            await msg.ack()  # unconfirmed: a lost ack only forwards it again, deduplicated
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise DeliveryStoreError(f"JetStream ack: {_describe(exc)}") from exc
 
     async def close(self) -> None:
         self._parts = {}

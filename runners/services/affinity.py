@@ -91,7 +91,7 @@ class Affinity:
                     await self.queue.forward(
                         delivery, partition_of(delivery.delivery_id, self.queue.partitions),
                         None)
-                await self.queue.ack(delivery)
+                await self.queue.forwarded(delivery)
                 done += 1
         except Exception:
             for delivery in batch[done:]:  # back now, not after the ack wait

@@ -102,7 +102,7 @@ def test_forwarded_deliveries_reach_only_their_partitions_owner(make: Callable[[
         await a.forward(d2, 3, "globex")  # forwarded again (a crash before the ack): deduped
         await a.forward(d1, 2, None)  # no tenant known: a copy without one
         for d in incoming:
-            await a.ack(d)
+            await a.forwarded(d)
         assert await a.fetch_incoming(10, 0.3) == []
         assert await fetch_all(a, 2) == [("gmail:0", "acme"), ("gmail:2", "acme")]
         assert await fetch_all(b, 3) == [("gmail:1", None), ("gmail:1", "globex"),
