@@ -111,7 +111,7 @@ def worker_main(url: str, batch: int) -> None:
     from runners.bootstrap.logs import configure_logging
     from runners.bootstrap.settings import load_settings
     from runners.entrypoints.sync_loop import LoopOptions, run_process
-    from runners.entrypoints.sync_runner import open_queue
+    from runners.entrypoints.sync_runner import open_work
     from runners.services.sync_worker import SyncWorker
 
     configure_logging("WARNING", json=True)
@@ -127,8 +127,9 @@ def worker_main(url: str, batch: int) -> None:
     engine = open_engine("unused.db", url)
     engine.follow = False
     worker = SyncWorker(engine, BenchSources(url, batch), PostgresLocks(url), batch_size=batch)
-    run_process(worker, open_queue("unused.db", load_settings()),
-                LoopOptions(poll=0.2, imap_interval=1e9))
+    # as `crmsync run sync` composes it: partitioned by tenant unless CRMSYNC_NATS_PARTITIONS=0
+    queue, affinity = open_work("unused.db", url, load_settings(), worker)
+    run_process(worker, queue, LoopOptions(poll=0.2, imap_interval=1e9), affinity)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -466,7 +467,7 @@ def _drop_streams(url: str, stream: str) -> None:
     async def drop() -> None:
         nc = await nats.connect(url)
         js = nc.jetstream()
-        for name in (stream, f"{stream}_DEAD"):
+        for name in (stream, f"{stream}_DEAD", f"{stream}_PART"):
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await nc.close()
