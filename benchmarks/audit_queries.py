@@ -5,8 +5,10 @@
     python -m benchmarks.audit_queries --postgres URL [--full-replay] [--export]
 
 Starts `crmsync serve` on loopback (PostgreSQL: it reads the views the rebuild left), then times
-each query once over HTTP and once as `crmsync --postgres URL query ...` (wall time of the
-process, start-up included), live and `at` a past time, side by side: timeline (the hot
+each query (median of `--repeats`) over HTTP, as a `crmsync --postgres URL query ...` process
+(wall time of the process, start-up included) and as a line of one `crmsync query batch -`
+process kept open (from the question written to its answer read), live and `at` a past time,
+side by side: timeline (the hot
 record), mailbox, records, sync status, contact merge, thread and explain (a hot thread, as its
 owner u11), access (asked by the admin u0), and access history. `--full-replay` also times, in
 this process, the full replay of the tenant's views that `at` answers cost before the views
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +45,31 @@ def cli(crmsync: list[str], url: str, *args: str) -> tuple[float, int]:
     return elapsed, len(done.stdout)
 
 
+class Batch:
+    """One `crmsync query batch -` process: a question written, its answer line read."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
+
+    def ask(self, line: str) -> float:
+        """Seconds from the question written to its whole answer read."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        started = time.perf_counter()
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline()
+        took = time.perf_counter() - started
+        if not reply.startswith(b'{"line":') or b'"answer":' not in reply[:30]:
+            raise SystemExit(f"batch {line!r}: {reply[:300]!r}")
+        return took
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--postgres", required=True)
@@ -53,6 +81,7 @@ def main() -> None:
     p.add_argument("--at", default=AT, help="the past domain time asked")
     p.add_argument("--only", default="", help="comma-separated query names to time (default: "
                    "all), e.g. access,access-history")
+    p.add_argument("--repeats", type=int, default=3, help="times each query is asked (medians)")
     p.add_argument("--full-replay", action="store_true")
     p.add_argument("--export", action="store_true")
     args = p.parse_args()
@@ -80,37 +109,54 @@ def main() -> None:
             wait_http(client)
 
             def timed(name: str, path: str, viewer: str, argv: list[str], at: str | None
-                      ) -> tuple[float, float]:
+                      ) -> tuple[float, float, float]:
+                """Medians of --repeats: over HTTP, as a `crmsync query` process, and as a line
+                of the one `crmsync query batch` process."""
                 headers = {"Authorization": f"Bearer {issue(secret, t, viewer)}"}
-                started = time.perf_counter()
-                answer = client.get(path, params={"at": at} if at else {}, headers=headers)
-                http = time.perf_counter() - started
-                if answer.status_code != 200:
-                    raise SystemExit(f"{name}: HTTP {answer.status_code} {answer.text[:200]}")
-                took, _ = cli(crmsync, args.postgres, "query", argv[0], "--tenant", t,
-                              "--viewer", viewer, *argv[1:], *(["--at", at] if at else []),
-                              "--json")
-                return http, took
+                words = [argv[0], "--tenant", t, "--viewer", viewer, *argv[1:],
+                         *(["--at", at] if at else [])]
+                https, clis, lines = [], [], []
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    answer = client.get(path, params={"at": at} if at else {}, headers=headers)
+                    https.append(time.perf_counter() - started)
+                    if answer.status_code != 200:
+                        raise SystemExit(f"{name}: HTTP {answer.status_code} {answer.text[:200]}")
+                    clis.append(cli(crmsync, args.postgres, "query", *words, "--json")[0])
+                    lines.append(batch.ask(" ".join(words)))
+                return statistics.median(https), statistics.median(clis), \
+                    statistics.median(lines)
 
             # untimed: the server's follower folds the log once at its first live request
             client.get(queries[0][1], headers={
                 "Authorization": f"Bearer {issue(secret, t, queries[0][2])}"})
-            sys.stdout.write(f"{'query':16} {'live HTTP':>9} {'live CLI':>9} {'at HTTP':>9} "
-                             f"{'at CLI':>9} {'at CLI/HTTP':>11}\n")
+            started = time.perf_counter()
+            batch = Batch([*crmsync, "--postgres", args.postgres, "query", "batch", "-"], env)
+            batch.ask(f"status --tenant {t} --viewer u11")  # the batch process's start
+            sys.stdout.write(f"`query batch` process: start and first answer "
+                             f"{time.perf_counter() - started:.2f} s\n")
+            sys.stdout.write(f"seconds, medians of {args.repeats}; batch: one line of the one "
+                             "`crmsync query batch` process\n")
+            sys.stdout.write(f"{'query':16} {'live HTTP':>9} {'live CLI':>9} {'live batch':>10} "
+                             f"{'at HTTP':>9} {'at CLI':>9} {'at batch':>9} {'at CLI/HTTP':>11} "
+                             f"{'at batch/HTTP':>13}\n")
             only = set(filter(None, args.only.split(",")))
             for name, path, viewer, argv in queries:
                 if only and name not in only:
                     continue
                 live = timed(name, path, viewer, argv, None)
                 past = timed(name, path, viewer, argv, args.at)
-                sys.stdout.write(f"{name:16} {live[0]:9.3f} {live[1]:9.2f} {past[0]:9.3f} "
-                                 f"{past[1]:9.2f} {past[1] / past[0]:11.1f}\n")
+                sys.stdout.write(f"{name:16} {live[0]:9.3f} {live[1]:9.2f} {live[2]:10.3f} "
+                                 f"{past[0]:9.3f} {past[1]:9.2f} {past[2]:9.3f} "
+                                 f"{past[1] / past[0]:11.1f} {past[2] / past[0]:13.1f}\n")
                 sys.stdout.flush()
             if not only or "access-history" in only:
-                http, took = timed("access-history", f"/v1/threads/{th}/access-history", "u0",
-                                   ["access-history", "--thread", th], None)
-                sys.stdout.write(f"{'access-history':16} {'':>9} {'':>9} {http:9.3f} {took:9.2f} "
-                                 f"{took / http:11.1f}\n")
+                http, took, line = timed("access-history", f"/v1/threads/{th}/access-history",
+                                         "u0", ["access-history", "--thread", th], None)
+                sys.stdout.write(f"{'access-history':16} {'':>9} {'':>9} {'':>10} {http:9.3f} "
+                                 f"{took:9.2f} {line:9.3f} {took / http:11.1f} "
+                                 f"{line / http:13.1f}\n")
+            batch.close()
     finally:
         if args.full_replay:  # the baseline: what an `at` answer cost before the histories
             from runners.bootstrap.config import open_engine

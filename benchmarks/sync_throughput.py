@@ -17,6 +17,9 @@ messages 0..head-1 exist, `head` is a row per mailbox in `bench_heads` that this
 before each push. So the figure is the engine's (webhooks, queue, locks, decide, append,
 projection), not a provider's. Fresh schemas and streams are made and dropped.
 
+The workers count the SQL statements they send (`benchmarks.sql_count`, a dump on SIGUSR1): the
+run prints them per delivery, over the pushes only, by their first words.
+
 The cursors only say when to stop waiting. What counts is what was stored: the MessageSynced
 events in the log, the `message` view's rows and each mailbox's sync status (synced, rejected).
 Any shortfall, any rejected command, is printed loudly and the run exits 1 (a run that lost
@@ -30,14 +33,18 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,6 +56,7 @@ from eventsourcing.utils import get_topic
 from adapters.eventstore.mailbox_locks_postgres import PostgresLocks
 from adapters.eventstore.store import EventStore, stream_id
 from adapters.providers.sources import Changes, PushChannel, ResyncPage
+from benchmarks import sql_count
 from benchmarks.delivery_latency import DeliveryClock, summary
 from domain import events as ev
 from domain.state import Mailbox
@@ -103,15 +111,25 @@ def worker_main(url: str, batch: int) -> None:
     from runners.bootstrap.logs import configure_logging
     from runners.bootstrap.settings import load_settings
     from runners.entrypoints.sync_loop import LoopOptions, run_process
-    from runners.entrypoints.sync_runner import open_queue
+    from runners.entrypoints.sync_runner import open_work
     from runners.services.sync_worker import SyncWorker
 
     configure_logging("WARNING", json=True)
+    if os.environ.get("BENCH_SQL_DIR"):  # counted from the start: the driver takes differences
+        sql_count.install()
+        path = os.path.join(os.environ["BENCH_SQL_DIR"], f"{os.getpid()}.json")
+
+        def dump(signum: int, frame: object) -> None:
+            sql_count.dump(path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+        signal.signal(signal.SIGUSR1, dump)
     engine = open_engine("unused.db", url)
     engine.follow = False
     worker = SyncWorker(engine, BenchSources(url, batch), PostgresLocks(url), batch_size=batch)
-    run_process(worker, open_queue("unused.db", load_settings()),
-                LoopOptions(poll=0.2, imap_interval=1e9))
+    # as `crmsync run sync` composes it: partitioned by tenant unless CRMSYNC_NATS_PARTITIONS=0
+    queue, affinity = open_work("unused.db", url, load_settings(), worker)
+    run_process(worker, queue, LoopOptions(poll=0.2, imap_interval=1e9), affinity)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -259,7 +277,8 @@ def main() -> None:
     env = {**os.environ, "CRMSYNC_NATS_URL": args.nats, "CRMSYNC_NATS_STREAM": f"B{suffix}",
            "CRMSYNC_NATS_SUBJECT_PREFIX": f"b{suffix}.hooks", "CRMSYNC_NATS_DURABLE": "bench",
            "CRMSYNC_LOG_LEVEL": "WARNING", "PYTHONPATH": os.getcwd(),
-           "CRMSYNC_GMAIL_PUSH_AUTH": "off"}  # its Gmail pushes are unsigned
+           "CRMSYNC_GMAIL_PUSH_AUTH": "off",  # its Gmail pushes are unsigned
+           "BENCH_SQL_DIR": tempfile.mkdtemp(prefix="bench-sql-")}
     procs = CHILDREN
     lost: list[str] = []
     engine = open_engine("unused.db", url)
@@ -318,6 +337,8 @@ def main() -> None:
         per_box = args.messages // len(boxes)
         pushes = 0
         clock = DeliveryClock(url, {address: m for _, m, address in boxes})
+        workers = procs[1:1 + args.workers]
+        sql_before = worker_statements(workers, env["BENCH_SQL_DIR"])
         cpu_before = cpu_snapshot(procs)
         started = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn, httpx.Client() as http:
@@ -341,6 +362,8 @@ def main() -> None:
         wait(lambda: all(c == str(per_box) for c in cursors()), 3600, 0.2)
         durable = time.perf_counter() - started
         cpu_used = cpu_since(cpu_before, cpu_snapshot(procs))
+        sql_used = worker_statements(workers, env["BENCH_SQL_DIR"])
+        sql_used.subtract(sql_before)
         log_head = engine.head()
         wait(lambda: min(engine.positions().values()) >= log_head, 3600, 0.5)
         projected = time.perf_counter() - started
@@ -352,7 +375,8 @@ def main() -> None:
         reader.close()
         raw = raw_insert_rate(args.postgres, total, args.batch)
         print(f"messages: {total} in {len(boxes)} mailboxes of {args.tenants} tenants, "
-              f"{pushes} webhook pushes of {args.round} messages (posted in {posted:.1f} s: "
+              f"{pushes} webhook pushes of up to {min(args.round, per_box)} messages "
+              f"(posted in {posted:.1f} s: "
               f"{pushes / posted:.0f}/s{', paced at ' + str(args.rate) if args.rate else ''}), "
               f"batch {args.batch}, {args.workers} sync workers")
         print(f"webhook -> events durable:  {total / durable:8.0f} msg/s ({durable:.1f} s)")
@@ -367,6 +391,7 @@ def main() -> None:
         print(f"CPU seconds until durable ({durable:.1f} s wall x {os.cpu_count()} CPUs): "
               + ", ".join(f"{n} {c:.1f}" for n, c in zip(names, cpu_used, strict=True)))
         print("stored: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        print_statements(sql_used, pushes)
         if lost:
             print(f"SHORTFALL: {total} messages pushed, not all stored as synced messages; the "
                   "figures above do not count:\n  " + "\n  ".join(lost), file=sys.stderr)
@@ -382,8 +407,32 @@ def main() -> None:
         with psycopg.connect(args.postgres, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
         _drop_streams(args.nats, f"B{suffix}")
+        shutil.rmtree(env["BENCH_SQL_DIR"], ignore_errors=True)
     if lost:
         sys.exit(1)
+
+
+def worker_statements(workers: list[subprocess.Popen[bytes]], directory: str
+                      ) -> Counter[str]:
+    """The SQL statements the workers sent so far, by their first words (each worker writes
+    its counts on SIGUSR1: benchmarks.sql_count)."""
+    paths = [Path(directory) / f"{w.pid}.json" for w in workers]
+    for worker, path in zip(workers, paths, strict=True):
+        path.unlink(missing_ok=True)
+        worker.send_signal(signal.SIGUSR1)
+    wait(lambda: all(p.exists() for p in paths), 30)
+    return sql_count.statements(paths)
+
+
+def print_statements(used: Counter[str], deliveries: int) -> None:
+    """Statements per delivery, the engine's apart from the synthetic provider's own read."""
+    provider = sum(n for label, n in used.items() if "bench_heads" in label)
+    engine = sum(n for label, n in used.items() if "bench_heads" not in label)
+    print(f"SQL statements of the workers: {engine / deliveries:.1f} per delivery ({engine} for "
+          f"{deliveries} deliveries; the synthetic provider's head reads apart: {provider})")
+    for label, n in used.most_common(14):
+        if n and "bench_heads" not in label:
+            print(f"  {n / deliveries:6.2f}  {label}")
 
 
 # the receiver, workers and runner of the run: a wait fails at once when one of them died (a
@@ -418,7 +467,7 @@ def _drop_streams(url: str, stream: str) -> None:
     async def drop() -> None:
         nc = await nats.connect(url)
         js = nc.jetstream()
-        for name in (stream, f"{stream}_DEAD"):
+        for name in (stream, f"{stream}_DEAD", f"{stream}_PART"):
             with contextlib.suppress(Exception):
                 await js.delete_stream(name)
         await nc.close()

@@ -250,3 +250,135 @@ class FakeWorkQueue:
 
     async def close(self) -> None:
         pass
+
+
+@dataclass
+class _Queued:
+    provider: str
+    delivery_id: str
+    payload: bytes
+    tenant: str | None = None
+    attempts: int = 0
+    due: float = 0.0  # monotonic; in flight: an hour ahead
+
+
+class FakeBroker:
+    """The server side of the fake partitioned queues: shared by the workers' queues."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.incoming: dict[str, _Queued] = {}
+        self.parts: dict[int, dict[str, _Queued]] = {p: {} for p in range(partitions)}
+        self.dead = FakeWorkQueue()
+
+
+class FakePartitionedWork:
+    """A worker's partitioned queue (adapters.deliveries.partitions.PartitionedWork) in memory,
+    on a `FakeBroker` shared with the other workers' queues."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker, self.partitions = broker, broker.partitions
+        self.owned: set[int] = set()
+
+    async def publish(self, provider: str, delivery_id: str, payload: bytes) -> None:
+        self.broker.incoming.setdefault(delivery_id, _Queued(provider, delivery_id, payload))
+
+    async def fetch_incoming(self, limit: int, timeout: float) -> list[Delivery]:
+        return await self._take(lambda: [self.broker.incoming], limit, timeout)
+
+    async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
+        return await self._take(lambda: [self.broker.parts[p] for p in sorted(self.owned)],
+                                limit, timeout)
+
+    async def _take(self, tables: Any, limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            due = [(table, key, item) for table in tables() for key, item in table.items()
+                   if item.due <= now][:limit]
+            if due or now >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        out = []
+        for table, key, item in due:
+            item.attempts += 1
+            item.due = now + 3600
+            out.append(Delivery(item.provider, item.delivery_id, item.payload, item.attempts,
+                                (table, key), tenant=item.tenant))
+        return out
+
+    async def forward(self, delivery: Delivery, partition: int, tenant: str | None) -> None:
+        self.broker.parts[partition].setdefault(
+            f"{tenant}:{delivery.delivery_id}",
+            _Queued(delivery.provider, delivery.delivery_id, delivery.payload, tenant))
+
+    async def forwarded(self, delivery: Delivery) -> None:
+        await self.ack(delivery)
+
+    def own(self, partitions: set[int]) -> None:
+        self.owned = set(partitions)
+
+    async def ack(self, delivery: Delivery) -> None:
+        table, key = delivery.handle
+        table.pop(key, None)
+
+    async def retry(self, delivery: Delivery, delay: float) -> None:
+        table, key = delivery.handle
+        table[key].due = time.monotonic() + delay
+
+    async def put_dead_letter(self, delivery: Delivery, *, tenant: str | None,
+                              mailbox: str | None, error: str) -> str:
+        return await self.broker.dead.put_dead_letter(delivery, tenant=tenant, mailbox=mailbox,
+                                                      error=error)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return await self.broker.dead.dead_letters()
+
+    async def replay(self, dead_letter_id: str) -> DeadLetter:
+        dead, payload = self.broker.dead.dead.pop(dead_letter_id)
+        await self.publish(dead.provider, dead.delivery_id, payload)
+        return dead
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeLeaseTable:
+    """Who holds what, shared by the workers' fake leases (PostgreSQL's lock table)."""
+
+    def __init__(self) -> None:
+        self.members: dict[int, object] = {}
+        self.holders: dict[int, object] = {}
+
+
+class FakeLeases:
+    def __init__(self, table: FakeLeaseTable) -> None:
+        self.table = table
+        self.slot: int | None = None
+        self.held: set[int] = set()
+
+    def members(self) -> tuple[int, int]:
+        if self.slot is None:
+            self.slot = next(s for s in range(64) if s not in self.table.members)
+            self.table.members[self.slot] = self
+        live = sorted(self.table.members)
+        return live.index(self.slot), len(live)
+
+    def take(self, partition: int) -> bool:
+        if self.table.holders.setdefault(partition, self) is not self:
+            return False
+        self.held.add(partition)
+        return True
+
+    def release(self, partition: int) -> None:
+        if self.table.holders.get(partition) is self:
+            del self.table.holders[partition]
+        self.held.discard(partition)
+
+    def close(self) -> None:
+        """Leaving, or dying: everything this worker held is free."""
+        if self.slot is not None:
+            self.table.members.pop(self.slot, None)
+        for partition in list(self.held):
+            self.release(partition)
+        self.slot = None

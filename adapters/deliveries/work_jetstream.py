@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import nats
 from nats.aio.client import Client
@@ -36,6 +37,7 @@ from adapters.errors import DeliveryStoreError
 
 DEFAULT_DURABLE = "crmsync-sync"
 DELIVERY_HEADER = "Crmsync-Delivery-Id"
+TENANT_HEADER = "Crmsync-Tenant"  # of a delivery forwarded to its tenant's partition
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -61,13 +63,16 @@ class JetStreamWork:
             self._nc = await nats.connect(self.url, connect_timeout=self.timeout,
                                           max_reconnect_attempts=-1, reconnect_time_wait=1)
             js = self._nc.jetstream(timeout=self.timeout)
-            await self._ensure(js, self.stream, f"{self.prefix}.>", "crmsync webhook deliveries")
-            await self._ensure(js, self.dead_stream, f"{self.dead_prefix}.>",
-                               "crmsync dead-lettered deliveries")
+            await self._ensure_streams(js)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise DeliveryStoreError(f"JetStream at {self.url}: {_describe(exc)}") from exc
         self._js = js
         return js
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        await self._ensure(js, self.stream, f"{self.prefix}.>", "crmsync webhook deliveries")
+        await self._ensure(js, self.dead_stream, f"{self.dead_prefix}.>",
+                           "crmsync dead-lettered deliveries")
 
     async def _ensure(self, js: JetStreamContext, name: str, subject: str, what: str) -> None:
         try:
@@ -79,19 +84,26 @@ class JetStreamWork:
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
         if self._sub is None:
-            js = await self._jetstream()
-            try:
-                self._sub = await js.pull_subscribe(
-                    f"{self.prefix}.>", durable=self.durable, stream=self.stream,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-                                          max_deliver=-1, deliver_policy=DeliverPolicy.ALL))
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
-                raise DeliveryStoreError(f"JetStream consumer {self.durable}: "
-                                         f"{_describe(exc)}") from exc
+            self._sub = await self._consumer(f"{self.prefix}.>", self.durable, self.stream)
         return self._sub
 
+    async def _consumer(self, subject: str, durable: str, stream: str
+                        ) -> JetStreamContext.PullSubscription:
+        js = await self._jetstream()
+        try:
+            return await js.pull_subscribe(
+                subject, durable=durable, stream=stream,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                                      max_deliver=-1, deliver_policy=DeliverPolicy.ALL))
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise DeliveryStoreError(f"JetStream consumer {durable}: "
+                                     f"{_describe(exc)}") from exc
+
     async def fetch(self, limit: int, timeout: float) -> list[Delivery]:
-        sub = await self._subscription()
+        return await self._pull(await self._subscription(), limit, timeout)
+
+    async def _pull(self, sub: JetStreamContext.PullSubscription, limit: int,
+                    timeout: float) -> list[Delivery]:
         try:
             msgs = await sub.fetch(limit, timeout=max(0.05, timeout))
         except (TimeoutError, nats.errors.TimeoutError):
@@ -105,7 +117,9 @@ class JetStreamWork:
                 f"seq:{msg.metadata.sequence.stream}"
             provider = msg.subject.rsplit(".", 1)[-1]
             out.append(Delivery(provider, delivery_id, msg.data,
-                                int(msg.metadata.num_delivered or 1), msg))
+                                int(msg.metadata.num_delivered or 1), msg,
+                                tenant=unquote(headers[TENANT_HEADER])
+                                if headers.get(TENANT_HEADER) else None))
         return out
 
     async def ack(self, delivery: Delivery) -> None:
@@ -136,7 +150,7 @@ class JetStreamWork:
         js = await self._jetstream()
         headers = {"Nats-Msg-Id": _header(f"dead:{delivery.delivery_id}", 512),
                    DELIVERY_HEADER: delivery.delivery_id,
-                   "Crmsync-Tenant": _header(tenant or ""),
+                   TENANT_HEADER: _header(tenant or ""),
                    "Crmsync-Mailbox": _header(mailbox or ""),
                    "Crmsync-Attempts": str(delivery.attempts),
                    "Crmsync-Error": _header(error), "Crmsync-At": datetime.now(UTC).isoformat()}

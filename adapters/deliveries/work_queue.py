@@ -29,6 +29,7 @@ class Delivery:
     payload: bytes
     attempts: int  # this is attempt number `attempts` (1 = first delivery)
     handle: Any = None  # the adapter's own reference (a NATS message, a row id)
+    tenant: str | None = None  # forwarded to a tenant's partition: only its mailboxes are synced
     notice: WebhookDelivery | Undecodable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

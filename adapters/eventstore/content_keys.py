@@ -12,8 +12,12 @@ The master key is `$CRMSYNC_CONTENT_KEY` (32 bytes, base64), handed in by the co
 (runners.bootstrap; adapters do not read the environment). Without it the embedded SQLite store
 uses a 0600 key file beside the database (`<db>.content-key`), created on first use; PostgreSQL
 refuses to seal content (StoreError naming the variable). Keys are cached unwrapped in memory;
-`refresh()` (called once per page read) drops the cache when any key was destroyed since, so
-another process's DeleteUser takes effect here at the next read.
+`refresh()` drops the cache when any key was destroyed since, so another process's DeleteUser
+takes effect here. Each page read and each append calls `expire()` (no statement): the next use
+of a key — opening content read, sealing content appended — refreshes first. So every append
+asks once before it seals (L2: a key destroyed by another process is never used to seal after
+that), and a read or an append that opens and seals nothing (a cursor event, a page of another
+tenant's events the caller skips) asks nothing (issue #15: round trips per delivery).
 
 Views seal their content with a second key per user, derived from the data key (HKDF-SHA256),
 used with AES-SIV: deterministic, so a rebuilt view equals the incremental one byte for byte
@@ -99,6 +103,7 @@ class ContentKeys(ABC):
         # (data key, view key) per user; None: destroyed
         self._cache: dict[tuple[str, str], tuple[AESGCM, AESSIV] | None] = {}
         self._destroyed = -1
+        self._due = True  # refresh before the next use of a key (`expire`)
         self._lock = threading.Lock()
 
     # -- storage --------------------------------------------------------------------------------
@@ -159,15 +164,31 @@ class ContentKeys(ABC):
                 self._cache.clear()
                 self._destroyed = count
 
+    def expire(self) -> None:
+        """Refresh before the next use of a key (no statement now): called for each page read
+        and each append."""
+        self._due = True
+
+    def _refresh_if_due(self) -> None:
+        if self._due:
+            self._due = False  # before: an `expire` during the refresh is not lost
+            try:
+                self.refresh()
+            except BaseException:
+                self._due = True
+                raise
+
     def key(self, tenant: str, user: str, create: bool) -> AESGCM | None:
         """The user's data key; None when destroyed (or absent and not `create`). Creating a
         key for a user whose key was destroyed raises StoreError (L2: never again)."""
+        self._refresh_if_due()
         keys = self._keys(tenant, user, create)
         return keys[0] if keys is not None else None
 
     def view_key(self, tenant: str, user: str, create: bool) -> AESSIV | None:
         """The user's view key (AES-SIV, derived from the data key); None when the data key is
         destroyed (erased) or absent and not `create` — never an error for a deleted user."""
+        self._refresh_if_due()
         keys = self._keys(tenant, user, False)
         if keys is None and create and (tenant, user) not in self._cache \
                 and self._read(tenant, user) is None:
@@ -176,6 +197,7 @@ class ContentKeys(ABC):
 
     def destroyed(self, tenant: str, user: str) -> bool:
         """The user's key was destroyed (L2: their content is erased)."""
+        self._refresh_if_due()
         if (tenant, user) in self._cache:
             return self._cache[(tenant, user)] is None
         row = self._read(tenant, user)
@@ -224,6 +246,7 @@ class ContentKeys(ABC):
 
     def open(self, tenant: str, user: str, sealed: str | bytes) -> list[str] | None:
         """The values sealed for the user; None when the key is destroyed (erased)."""
+        self._refresh_if_due()
         cached = self._cache.get((tenant, user))  # the common case without a call: a rebuild
         aes = cached[0] if cached is not None else self.key(tenant, user, create=False)
         if aes is None:

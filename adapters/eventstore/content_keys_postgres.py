@@ -47,14 +47,21 @@ class PostgresContentKeys(ContentKeys):
         return self._conn
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Every statement here may run twice (reads, insert-if-absent, marks): one that met a
+        connection the server had ended (a restart since the last one) runs again on a new
+        connection instead of failing the delivery it serves."""
         with self._conn_lock:
-            try:
-                cur = self._connect().execute(sql.replace("?", "%s"), params)
-                return cur.fetchall() if cur.description else []
-            except psycopg.Error as exc:
-                if self._conn is not None:
-                    self._conn.close()
-                raise StoreError(f"content keys: {exc}") from exc
+            for again in (True, False):
+                try:
+                    cur = self._connect().execute(sql.replace("?", "%s"), params)
+                    return cur.fetchall() if cur.description else []
+                except psycopg.Error as exc:
+                    broken = self._conn is not None and self._conn.broken
+                    if self._conn is not None:
+                        self._conn.close()
+                    if not (again and broken):
+                        raise StoreError(f"content keys: {exc}") from exc
+            raise AssertionError("unreachable")
 
     def _insert(self, tenant: str, user: str, wrapped: bytes) -> None:
         self._run("INSERT INTO content_keys VALUES (?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING",

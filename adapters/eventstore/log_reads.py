@@ -76,7 +76,7 @@ def read_log_kept(app: Application[UUID], keys: ContentKeys, after: int, limit: 
     mapper = app.mapper
     filtering = keep is not None and not (mapper.cipher or mapper.compressor)
     try:
-        keys.refresh()
+        keys.expire()  # refreshed before the first sealed event of the page is opened
         notifications = app.recorder.select_notifications(
             start=after, limit=limit, inclusive_of_start=False)
         out = []

@@ -28,12 +28,7 @@ class PostgresLocks:
     def hold(self, tenant: str, mailbox: str) -> Iterator[None]:
         key = f"crmsync.sync:{len(tenant)}:{tenant}:{mailbox}"
         with self._guard:
-            try:
-                conn = self._connection()
-                conn.execute("SELECT pg_advisory_lock(hashtextextended("
-                             "%s || current_setting('search_path'), 0))", (key,))
-            except psycopg.Error as exc:
-                raise StoreError(f"mailbox lock {mailbox!r}: {exc}") from exc
+            conn = self._lock(key, mailbox)
             try:
                 yield
             finally:
@@ -42,6 +37,20 @@ class PostgresLocks:
                                  "%s || current_setting('search_path'), 0))", (key,))
                 except psycopg.Error:
                     conn.close()  # closing the session releases the lock
+
+    def _lock(self, key: str, mailbox: str) -> psycopg.Connection[TupleRow]:
+        """The session holding the lock `key`; a session the server had ended (a restart since
+        the last delivery) held no lock any more: the lock is taken again on a new one."""
+        for again in (True, False):
+            try:
+                conn = self._connection()
+                conn.execute("SELECT pg_advisory_lock(hashtextextended("
+                             "%s || current_setting('search_path'), 0))", (key,))
+                return conn
+            except psycopg.Error as exc:
+                if not (again and self._conn is not None and self._conn.broken):
+                    raise StoreError(f"mailbox lock {mailbox!r}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._conn is not None:

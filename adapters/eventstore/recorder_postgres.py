@@ -12,7 +12,10 @@ took 14 s or more before failing, and the API held every request behind it. Here
 - the pool gives up a reconnection after `RECONNECT_TIMEOUT` (the next call starts afresh);
 - `create_table` also makes the indexes the auditor queries read (scan_postgres);
 - `EventStore` sets the pool's pre-ping (a stale connection after a restart is replaced before
-  use, not failed on) and a short pool timeout, unless the environment says otherwise.
+  use, not failed on) and a short pool timeout, unless the environment says otherwise. The ping
+  is a round trip, so it is made only for a connection that sat idle `IDLE_PING` seconds or
+  whose socket has something to read (`SuspectCheck`); a call that still meets a broken
+  connection has the pool check its idle ones before it is tried again.
 
 Selected by `APPLICATION_RECORDER_TOPIC`, see `adapters.eventstore.store.postgres_defaults`.
 """
@@ -20,15 +23,18 @@ Selected by `APPLICATION_RECORDER_TOPIC`, see `adapters.eventstore.store.postgre
 from __future__ import annotations
 
 import functools
+import select
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, OperationalError, Recorder
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Connection
 from psycopg.sql import SQL, Identifier
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 ATTEMPTS = 2
 RETRY_WAIT = 0.2
@@ -44,7 +50,49 @@ FAIL_FAST = 1.0
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 
+# A pooled connection is pinged at checkout only after it sat idle this long (seconds). At every
+# checkout the ping was 5 of the ~22 statements of a sync delivery (issue #15).
+IDLE_PING = 5.0
+
 F = TypeVar("F", bound=Callable[..., Any])
+_checked_at: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+class SuspectCheck:
+    """The pool's check at checkout: psycopg_pool's ping, but only when the connection sat idle
+    `IDLE_PING` seconds or more, or has input waiting. An idle session is sent nothing unless
+    the server ends it (shutdown, restart, pg_terminate_backend: an error message, then EOF),
+    so a restart is noticed here without a round trip; a peer that vanished silently is caught
+    by the ping after `IDLE_PING`, or by the retry of the call (`bounded`).
+
+    A connection that fails its ping has the pool check all its idle ones at once: a restart
+    ends them all, and psycopg_pool, finding them broken one checkout at a time, backs off
+    1 s, then 2 s, and gave up (pool timeout) before it reached a working one."""
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self._pool = weakref.ref(pool)  # the pool holds this check: no reference cycle
+
+    def __call__(self, conn: Connection[Any]) -> None:
+        now = time.monotonic()
+        last = _checked_at.get(conn)
+        _checked_at[conn] = now
+        if last is not None and now - last < IDLE_PING and not _has_input(conn):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            pool = self._pool()
+            if pool is not None:
+                pool.check()  # the others: pinged, the broken ones replaced
+            raise
+
+
+def _has_input(conn: Connection[Any]) -> bool:
+    if conn.closed or conn.broken:
+        return True  # the ping raises: the pool discards it
+    poller = select.poll()  # not select(): no limit on the descriptor's number
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def bounded(method: F) -> F:
@@ -75,6 +123,8 @@ class BoundedPostgresRecorder(PostgresApplicationRecorder):
         # Before the first connection: the factory calls create_table (which opens the pool)
         # after constructing the recorder.
         datastore.pool.reconnect_timeout = RECONNECT_TIMEOUT
+        if datastore.pre_ping:  # the library's check pings at every checkout
+            datastore.pool._check = SuspectCheck(datastore.pool)
         kwargs = datastore.pool.kwargs
         if isinstance(kwargs, dict):
             kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)

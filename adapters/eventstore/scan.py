@@ -89,6 +89,7 @@ def read_selected(store: EventStore, tenant: str, keep: Keep, selection: Selecti
 
         if indexable(selection.thread):
             stream = stream_id(tenant)
+            store.keys.expire()  # the first content opened asks for destroyed keys (L2)
             try:
                 for seq, topic, state in select_by_index(store.app.recorder, stream, selection,
                                                          PAGE):
@@ -130,6 +131,7 @@ def scan_tenant(store: EventStore, tenant: str, keep: Keep | None = None, *, aft
     pre = prefilter if filtering else None
     stream = stream_id(tenant)
     while True:
+        store.keys.expire()  # the first content opened asks for destroyed keys (L2)
         try:
             stored = _select(store, stream, after, page, pre)
         except PersistenceError as exc:

@@ -140,7 +140,7 @@ class EventStore:
         stream = stream_id(tenant)
         while True:
             try:
-                self.keys.refresh()
+                self.keys.expire()
                 found = [cast(EventEnvelope, item)
                          for item in self.app.events.get(stream, gt=after or None, limit=page)]
             except PersistenceError as exc:
@@ -215,6 +215,8 @@ class EventStore:
         erasing = [e for e in events if isinstance(e, ev.UserContentErased)]
         for erased in erasing:  # the intent first: a crash after the append leaves a trace
             self.keys.mark_erasing(tenant, erased.user, erased.occurred_at.isoformat())
+        # L2: the first seal of this append asks whether another process destroyed a key
+        self.keys.expire()
         try:
             prev = self._head(tenant, after)
             stored = []

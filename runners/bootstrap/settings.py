@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     NATS_DURABLE: str = Field("crmsync-sync", description="the sync workers' durable consumer")
     NATS_ACK_WAIT: float = Field(120, description="seconds before an unacked delivery is "
                                  "redelivered")
+    NATS_PARTITIONS: int = Field(16, ge=0, description="tenant partitions of the sync workers' "
+                                 "deliveries (issue #15; with PostgreSQL; 0: off). Change it "
+                                 "only with the <stream>_PART stream empty")
     # -- providers and sync --------------------------------------------------------------------
     GMAIL_API_URL: str = Field("https://gmail.googleapis.com", description="Gmail API base URL")
     GRAPH_API_URL: str = Field("https://graph.microsoft.com/v1.0",

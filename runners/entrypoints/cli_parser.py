@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
+from typing import Any, NoReturn, TypeVar
 
 from projections.rows import PROJECTIONS
 from runners.bootstrap.settings import Settings, load_settings
@@ -58,42 +59,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     kinds = query.add_subparsers(dest="kind", required=True)
     query.set_defaults(func=do.query)  # every kind: cli_handlers.answer picks the query
 
-    def q(name: str, help_: str) -> argparse.ArgumentParser:
-        p = kinds.add_parser(name, help=help_)
-        p.add_argument("--tenant", required=True)
-        p.add_argument("--viewer", required=True)
-        p.add_argument("--at", type=_at, help="answer as of this domain time (ISO-8601)")
-        p.add_argument("--json", action="store_true", help="print JSON")
-        return p
-
-    q("timeline", "threads the viewer sees on a record").add_argument("--record", required=True)
-    q("mailbox", "the viewer's own threads").add_argument("--label")
-    q("thread", "one thread's messages").add_argument("--thread", required=True)
-    explain = q("explain", "why a thread is visible or not")
-    explain.add_argument("--thread", required=True)
-    explain.add_argument("--record")
-    q("records", "records the viewer may access").add_argument("--email")
-    q("status", "mailbox sync status").add_argument("--mailbox")
-    q("contact", "a contact's merge state (C8-C10)").add_argument("--record", required=True)
-    q("access", "admins: every user with whether they could see a thread at --at, and why"
-      ).add_argument("--thread", required=True)
-    history = kinds.add_parser("access-history", help="admins: per user the intervals during "
-                               "which they could see a thread")
-    history.add_argument("--tenant", required=True)
-    history.add_argument("--viewer", required=True)
-    history.add_argument("--thread", required=True)
-    history.add_argument("--json", action="store_true", help="print JSON")
-    for name, help_ in (("problems", "admins: the attention list (gone, suspect, disconnected, "
-                         "refused, dead letters, stale sync), each with since when and the fix"),
-                        ("settings", "admins: tenant configuration, users, levels and shares")):
-        admin_q = kinds.add_parser(name, help=help_)
-        admin_q.add_argument("--tenant", required=True)
-        admin_q.add_argument("--viewer", required=True)
-        admin_q.add_argument("--json", action="store_true", help="print JSON")
-        if name == "problems":
-            admin_q.add_argument("--stale-after", type=_seconds, metavar="SECONDS",
-                                 help="no successful sync for longer than this is a problem "
-                                 "(default $CRMSYNC_STALE_SYNC_SECONDS, else 86400)")
+    add_query_kinds(kinds)
+    batch = kinds.add_parser("batch", help="many queries in one process: one per line of FILE "
+                             "(or - for stdin) in these words, e.g. `timeline --tenant acme "
+                             "--viewer max --record r1`; a JSON line answers each")
+    batch.add_argument("file")
     export = sub.add_parser("export", help="a tenant's events in order as JSON Lines")
     export.add_argument("--tenant", required=True)
     export.add_argument("--since", type=_at, help="from this domain time (ISO-8601)")
@@ -196,3 +166,71 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+
+
+class LineError(Exception):
+    """A line of `query batch` that does not parse (its argparse message)."""
+
+
+class _LineParser(argparse.ArgumentParser):
+    """Never writes or exits: the batch's stdout carries only its JSON lines."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LineError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise LineError(message or "not a query (help is for the command line)")
+
+    def print_help(self, file: Any = None) -> None:
+        return None
+
+
+def query_line_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The parser of one line of `query batch`: the query kinds, raising LineError instead of
+    exiting on a line that does not parse."""
+    parser = _LineParser(prog="query", add_help=False)
+    parser.set_defaults(settings=settings)
+    add_query_kinds(parser.add_subparsers(dest="kind", required=True))
+    return parser
+
+
+def add_query_kinds(kinds: argparse._SubParsersAction[_P]) -> None:
+    """Every `crmsync query KIND` with its arguments (`kinds`: the subparsers action)."""
+
+    def q(name: str, help_: str) -> _P:
+        p = kinds.add_parser(name, help=help_)
+        p.add_argument("--tenant", required=True)
+        p.add_argument("--viewer", required=True)
+        p.add_argument("--at", type=_at, help="answer as of this domain time (ISO-8601)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    q("timeline", "threads the viewer sees on a record").add_argument("--record", required=True)
+    q("mailbox", "the viewer's own threads").add_argument("--label")
+    q("thread", "one thread's messages").add_argument("--thread", required=True)
+    explain = q("explain", "why a thread is visible or not")
+    explain.add_argument("--thread", required=True)
+    explain.add_argument("--record")
+    q("records", "records the viewer may access").add_argument("--email")
+    q("status", "mailbox sync status").add_argument("--mailbox")
+    q("contact", "a contact's merge state (C8-C10)").add_argument("--record", required=True)
+    q("access", "admins: every user with whether they could see a thread at --at, and why"
+      ).add_argument("--thread", required=True)
+    history = kinds.add_parser("access-history", help="admins: per user the intervals during "
+                               "which they could see a thread")
+    history.add_argument("--tenant", required=True)
+    history.add_argument("--viewer", required=True)
+    history.add_argument("--thread", required=True)
+    history.add_argument("--json", action="store_true", help="print JSON")
+    for name, help_ in (("problems", "admins: the attention list (gone, suspect, disconnected, "
+                         "refused, dead letters, stale sync), each with since when and the fix"),
+                        ("settings", "admins: tenant configuration, users, levels and shares")):
+        admin_q = kinds.add_parser(name, help=help_)
+        admin_q.add_argument("--tenant", required=True)
+        admin_q.add_argument("--viewer", required=True)
+        admin_q.add_argument("--json", action="store_true", help="print JSON")
+        if name == "problems":
+            admin_q.add_argument("--stale-after", type=_seconds, metavar="SECONDS",
+                                 help="no successful sync for longer than this is a problem "
+                                 "(default $CRMSYNC_STALE_SYNC_SECONDS, else 86400)")

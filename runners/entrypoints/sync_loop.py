@@ -26,6 +26,7 @@ from adapters.errors import (
     StoreError,
 )
 from adapters.metrics import prometheus as metrics
+from runners.services.affinity import Affinity
 from runners.services.backoff import Backoff
 from runners.services.follower import run_until_signalled
 from runners.services.sync_common import describe
@@ -174,7 +175,10 @@ async def _settle(queue: WorkQueue, owed: Owed | None, delivery: Delivery, how: 
 
 
 async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
-              options: LoopOptions | None = None, backoff: Backoff | None = None) -> None:
+              options: LoopOptions | None = None, backoff: Backoff | None = None,
+              affinity: Affinity | None = None) -> None:
+    """With `affinity` (tenant partitions, issue #15) `queue` is its partitioned queue: the
+    loop forwards incoming deliveries to their tenant's partition and handles its own."""
     options = options or LoopOptions()
     backoff = backoff or Backoff(base=options.poll)
     owed = Owed()
@@ -187,6 +191,13 @@ async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
         done = 0
         try:
             await owed.pay(queue)
+            wait = options.poll
+            if affinity is not None:
+                affinity.rebalance()
+                # half the poll each for incoming and own deliveries: idle, a pass still
+                # takes one poll; busy, neither waits
+                wait = 0.0 if await affinity.route(options.fetch, options.poll / 2) \
+                    else options.poll / 2
             worker.catch_up()
             if time.monotonic() - last_poll >= options.imap_interval:
                 worker.poll("imap")
@@ -195,7 +206,7 @@ async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
                     time.monotonic() - last_push >= options.push_interval:
                 worker.maintain_push()
                 last_push = time.monotonic()
-            batch = await queue.fetch(options.fetch, options.poll)
+            batch = await queue.fetch(options.fetch, wait)
             for delivery in batch:
                 if stop.is_set():
                     break
@@ -218,6 +229,8 @@ async def run(worker: SyncWorker, queue: WorkQueue, stop: threading.Event,
         await owed.pay(queue)
     except DeliveryStoreError as exc:
         log.warning("sync_worker_stopped_owing", owed=len(owed.items), error=describe(exc))
+    if affinity is not None:
+        affinity.leave()
     log.info("sync_worker_stopped")
 
 
@@ -228,15 +241,15 @@ async def pause(seconds: float, stop: threading.Event) -> None:
         await asyncio.sleep(min(0.2, left))
 
 
-def run_process(worker: SyncWorker, queue: WorkQueue,
-                options: LoopOptions | None = None) -> None:
+def run_process(worker: SyncWorker, queue: WorkQueue, options: LoopOptions | None = None,
+                affinity: Affinity | None = None) -> None:
     """`run` until SIGTERM or SIGINT (the delivery in hand finishes first), then close the
     queue."""
     stop = threading.Event()
 
     async def main() -> None:
         try:
-            await run(worker, queue, stop, options)
+            await run(worker, queue, stop, options, affinity=affinity)
         finally:
             await queue.close()
 

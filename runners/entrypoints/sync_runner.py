@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from adapters.providers.sources import MailSource
     from domain.state import Mailbox
     from runners.entrypoints.sync_loop import LoopOptions
+    from runners.services.affinity import Affinity
     from runners.services.engine import Engine
     from runners.services.push_channels import PushSettings
     from runners.services.sync_common import MailboxLocks
@@ -171,6 +172,28 @@ def open_queue(db: str, settings: Settings) -> WorkQueue:
     return SqliteWork(inbox_path(db, settings))
 
 
+def open_work(db: str, postgres: str | None, settings: Settings, worker: SyncWorker
+              ) -> tuple[WorkQueue, Affinity | None]:
+    """The sync workers' queue; partitioned by tenant (issue #15) with JetStream, PostgreSQL
+    (the partition leases) and `CRMSYNC_NATS_PARTITIONS` > 0. The embedded inbox is read by
+    one process and needs none."""
+    from runners.bootstrap.config import postgres_url
+
+    url = postgres_url(postgres, settings)
+    if not (settings.NATS_URL and url and settings.NATS_PARTITIONS > 0):
+        return open_queue(db, settings), None
+    from adapters.deliveries.partition_leases_postgres import PostgresLeases
+    from adapters.deliveries.work_jetstream_parts import JetStreamPartitioned
+    from runners.services.affinity import Affinity
+
+    queue = JetStreamPartitioned(settings.NATS_URL, partitions=settings.NATS_PARTITIONS,
+                                 stream=settings.NATS_STREAM,
+                                 subject_prefix=settings.NATS_SUBJECT_PREFIX,
+                                 durable=settings.NATS_DURABLE, ack_wait=settings.NATS_ACK_WAIT)
+    leases = PostgresLeases(url, f"{settings.NATS_STREAM}:{settings.NATS_DURABLE}")
+    return queue, Affinity(queue, leases, worker)
+
+
 def open_locks(db: str, postgres: str | None, settings: Settings) -> MailboxLocks:
     from adapters.eventstore.mailbox_locks import FileLocks
     from runners.bootstrap.config import postgres_url
@@ -257,8 +280,9 @@ def run_sync(args: argparse.Namespace) -> int:
     assert engine is not None  # never stopped
     worker = build_worker(engine, args.db, args.postgres, args.batch_size, settings,
                           push_settings(settings, args.public_url, args.gmail_topic))
+    queue, affinity = open_work(args.db, args.postgres, settings, worker)
     try:
-        run_process(worker, open_queue(args.db, settings), options_of(args))
+        run_process(worker, queue, options_of(args), affinity)
     finally:
         worker.locks.close()
         engine.close()

@@ -12,7 +12,7 @@ until their cursor next moves), and every Graph subscription id ever recorded.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -118,9 +118,13 @@ class Directory:
         return sorted((r for r, k in self.mailboxes.items() if k.provider == provider),
                       key=lambda r: (r.tenant, r.mailbox))
 
-    def take_pending(self) -> list[MailboxRef]:
-        out = sorted(self.pending, key=lambda r: (r.tenant, r.mailbox))
-        self.pending.clear()
+    def take_pending(self, owns: Callable[[str], bool] = lambda tenant: True
+                     ) -> list[MailboxRef]:
+        """The pending mailboxes of the tenants `owns` says; the others stay pending (another
+        worker syncs them, or this one once their partition is its own)."""
+        out = sorted((r for r in self.pending if owns(r.tenant)),
+                     key=lambda r: (r.tenant, r.mailbox))
+        self.pending.difference_update(out)
         return out
 
 

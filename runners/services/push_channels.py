@@ -107,6 +107,7 @@ class PushChannels:
     clock: Callable[[], datetime]
     push: PushSettings | None
     directory: Directory
+    owns: Callable[[str], bool]
 
     if TYPE_CHECKING:  # the worker's own
         def _source(self, ref: MailboxRef, mbx: Mailbox, out: Outcome) -> MailSource | None: ...
@@ -127,7 +128,7 @@ class PushChannels:
         out = []
         for ref, known in sorted(self.directory.mailboxes.items(),
                                  key=lambda item: (item[0].tenant, item[0].mailbox)):
-            if not self.push.enabled(known.provider):
+            if not self.push.enabled(known.provider) or not self.owns(ref.tenant):
                 continue
             if ref.tenant not in states:
                 states[ref.tenant] = self.engine.state(ref.tenant)

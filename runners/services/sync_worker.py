@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import structlog
 from pydantic import ValidationError
 
-from adapters.deliveries.model import GraphLifecycle, Undecodable
+from adapters.deliveries.model import GmailPush, GraphChange, GraphLifecycle, Undecodable
 from adapters.deliveries.work_queue import Delivery
 from adapters.errors import (
     CredentialsRejected,
@@ -92,6 +92,9 @@ class SyncWorker(PushChannels):
         self.push = push
         self.directory = Directory()
         self.retry_pending: dict[MailboxRef, float] = {}
+        # the tenants this worker syncs without a delivery (catch-up, IMAP, push channels):
+        # all of them, unless tenant affinity (runners.services.affinity) says otherwise
+        self.owns: Callable[[str], bool] = lambda tenant: True
 
     def _source(self, ref: MailboxRef, mbx: Mailbox, out: Outcome) -> MailSource | None:
         """The mailbox's provider source; None (noted, logged) when its credentials are missing."""
@@ -111,7 +114,7 @@ class SyncWorker(PushChannels):
         if isinstance(notice, GraphLifecycle):
             return self.lifecycle(delivery, notice.subscription_id, notice.lifecycle_event)
         try:
-            refs = self.directory.named_by(notice)
+            refs = self._named_by(delivery, notice)
         except Unroutable as exc:
             log.warning("delivery_unroutable", delivery_id=delivery.delivery_id,
                         reason=str(exc))
@@ -147,6 +150,15 @@ class SyncWorker(PushChannels):
         return self.push_mailbox(ref, trigger, subscription=subscription,
                                  delivery_id=delivery.delivery_id)
 
+    def _named_by(self, delivery: Delivery, notice: GmailPush | GraphChange
+                  ) -> list[MailboxRef]:
+        """The mailboxes a delivery names; of its tenant only when it was forwarded to the
+        tenant's partition (an address in two tenants makes one copy per tenant)."""
+        refs = self.directory.named_by(notice)
+        if delivery.tenant is None:
+            return refs
+        return [r for r in refs if r.tenant == delivery.tenant]
+
     def route_of(self, delivery: Delivery) -> MailboxRef | None:
         """The first mailbox a delivery names, if any (for dead-letter records)."""
         notice = delivery.notice
@@ -155,10 +167,24 @@ class SyncWorker(PushChannels):
         if isinstance(notice, GraphLifecycle):
             return self.directory.subscriptions.get(notice.subscription_id)
         try:
-            refs = self.directory.named_by(notice)
+            refs = self._named_by(delivery, notice)
         except Unroutable:
             return None
         return refs[0] if refs else None
+
+    def tenants_of(self, delivery: Delivery) -> list[str]:
+        """The tenants of the mailboxes a delivery names, as the directory knows them now
+        (the caller follows the log first); [] when it names none or cannot be read."""
+        notice = delivery.notice
+        if isinstance(notice, Undecodable):
+            return []
+        if isinstance(notice, GraphLifecycle):
+            ref = self.directory.subscriptions.get(notice.subscription_id)
+            return [ref.tenant] if ref else []
+        try:
+            return sorted({r.tenant for r in self.directory.named_by(notice)})
+        except Unroutable:
+            return []
 
     # -- catch-up and polling ---------------------------------------------------------------------
     def catch_up(self) -> list[Outcome]:
@@ -166,11 +192,11 @@ class SyncWorker(PushChannels):
         a failed one is tried again 30 s later."""
         self.directory.follow(self.engine)
         now = time.monotonic()
-        due = [r for r, t in self.retry_pending.items() if t <= now]
+        due = [r for r, t in self.retry_pending.items() if t <= now and self.owns(r.tenant)]
         for ref in due:
             del self.retry_pending[ref]
         out = []
-        for ref in dict.fromkeys([*self.directory.take_pending(), *due]):
+        for ref in dict.fromkeys([*self.directory.take_pending(self.owns), *due]):
             try:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
@@ -188,6 +214,8 @@ class SyncWorker(PushChannels):
         self.directory.follow(self.engine)
         out = []
         for ref in self.directory.of_provider(provider):
+            if not self.owns(ref.tenant):
+                continue
             try:
                 out.append(self.sync_mailbox(ref, None))
             except Exception as exc:
@@ -220,7 +248,7 @@ class SyncWorker(PushChannels):
                 if mbx.cursor is None:
                     self._resync(ref, mbx, source, "first_sync", delivery_id, out)
                 else:
-                    self._follow(ref, mbx, source, mbx.cursor, delivery_id, out)
+                    self._follow(ref, state, source, mbx.cursor, delivery_id, out)
             except MailboxGone as exc:
                 log.warning("mailbox_gone", tenant=ref.tenant, mailbox=ref.mailbox,
                             reason=exc.reason)
@@ -232,8 +260,15 @@ class SyncWorker(PushChannels):
                 source.close()
             return out
 
-    def _follow(self, ref: MailboxRef, mbx: Mailbox, source: MailSource, cursor: str,
+    def _follow(self, ref: MailboxRef, state: TenantState, source: MailSource, cursor: str,
                 delivery_id: str | None, out: Outcome) -> None:
+        """Page after page from `cursor`. The first page is compared with `state`, read under
+        the mailbox's lock: only this worker adds this mailbox's messages meanwhile, and the
+        batch is decided on the tenant's latest state anyway (S14 makes a message synced twice
+        one), so reading the log again between the provider's answer and the batch was a round
+        trip per delivery for nothing (issue #15). Later pages compare with the state the
+        batches left."""
+        mbx = state.mailboxes[ref.mailbox]
         while True:
             try:
                 changes = source.changes(mbx.address, cursor)
@@ -242,7 +277,6 @@ class SyncWorker(PushChannels):
                          reason=exc.reason)
                 self._resync(ref, mbx, source, "cursor_expired", delivery_id, out)
                 return
-            state = self.engine.state(ref.tenant)
             commands = self._change_commands(state, ref, changes)
             out.synced += sum(isinstance(x, c.SyncMessage) for x in commands)
             commands.append(c.AdvanceMailboxCursor(
@@ -252,6 +286,7 @@ class SyncWorker(PushChannels):
             cursor = changes.new_cursor
             if not changes.more:
                 return
+            state = self.engine.state(ref.tenant)
 
     def _change_commands(self, state: TenantState, ref: MailboxRef, changes: Changes
                          ) -> list[c.Command]:
