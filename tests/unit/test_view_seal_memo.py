@@ -1,9 +1,11 @@
-"""The view sealer's memos (adapters.views.seal, issue #15): bounded by bytes, keyed by a digest
-(no content kept alive by a key), reusing boxes without changing a byte of what is stored (E3),
+"""The view sealer's memos (adapters.views.seal, issue #15): bounded by bytes (the content a
+box's key keeps alive counted), reusing boxes without changing a byte of what is stored (E3),
 and never opening an altered box because its row was opened before (L2)."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -61,13 +63,26 @@ def test_l2_view_memos_stay_within_their_byte_budget_whatever_the_bodies() -> No
     assert 0 < sealer.memo_bytes() <= 2 * BUDGET
 
 
-def test_l2_memo_keys_are_digests_not_the_content() -> None:
+def test_l2_what_the_box_memo_keeps_alive_stays_within_its_budget() -> None:
+    """Boxes are reused by their place and content themselves (a dict compares them exactly):
+    the content a key keeps alive counts in the budget, measured here by the allocator rather
+    than by the memo's own account."""
     keys = MemoryContentKeys()
     sealer = ViewSealer(lambda: keys, memo_budget=BUDGET)
-    stored = sealer.seal("message", "acme", "t\x1fm1", "m", message_row(1))
-    held = sealer._boxes._new  # what the memo keeps is the point here
-    assert [len(k) for k in held] == [16]  # a digest: no body kept alive by a key
-    assert list(held.values()) == [stored["sealed"][1]]
+    sealer.seal("message", "acme", "t\x1fm0", "m", message_row(0))  # the key made first
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(1, 2000):  # ~4 MB of bodies, each row dropped once sealed
+            sealer.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n))
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 2000 < held <= sealer.memo_bytes() <= BUDGET  # the account is not below the truth
+    kept = next(iter(sealer._boxes._new))  # what the memo keys a box by is the point here
+    assert kept[:4] == ("message", "acme", "leo", kept[3]) and kept[5].startswith("0000")
 
 
 def test_e3_reused_and_evicted_boxes_are_the_bytes_a_fresh_sealer_writes() -> None:
@@ -115,7 +130,7 @@ def test_l2_an_altered_box_does_not_open_though_its_row_was_opened_before() -> N
 
 
 def test_view_memo_keeps_what_was_used_recently_and_counts_its_bytes() -> None:
-    memo: _Memo[bytes] = _Memo(10 * (100 + _ENTRY))  # five entries of 100 bytes a generation
+    memo: _Memo[bytes, bytes] = _Memo(10 * (100 + _ENTRY))  # five entries of 100 bytes a generation
     for n in range(5):
         memo.put(b"%d" % n, b"v" * 100)
     assert memo.get(b"0") is not None  # used: moved forward...
