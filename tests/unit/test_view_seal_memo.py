@@ -141,3 +141,94 @@ def test_view_memo_keeps_what_was_used_recently_and_counts_its_bytes() -> None:
     assert memo.held() <= 10 * (100 + _ENTRY)
     memo.put(b"large", b"v" * 2000)  # more than a generation holds: not kept
     assert memo.get(b"large") is None and memo.held() <= 10 * (100 + _ENTRY)
+
+
+def thread_row(thread: str, subject: str) -> Doc:
+    return {"thread": thread, "mailbox": "mb", "owner": "leo", "subject": subject,
+            "messages": []}
+
+
+def test_l2_boxes_reused_within_a_batch_open_only_in_their_own_place() -> None:
+    keys = CountingKeys()
+    sealer = ViewSealer(lambda: keys)
+    same = message_row(1, 40)
+    batch = sealer.encoded({
+        "message": {("acme", "t1\x1fm1"): {"m": same}, ("acme", "t2\x1fm1"): {"m": same}},
+        "message_history": {("acme", "t1\x1fm1"): {"001": {"m": same}}},
+        "timeline": {("acme", "r1\x1ft1"): {"t": thread_row("t1", "Otter")},
+                     ("acme", "r1\x1ft2"): {"t": thread_row("t2", "Otter")}},
+        "mailbox": {("acme", "leo\x1ft1"): {"t": thread_row("t1", "Otter")}}})
+    stored = {(p, k): orjson.loads(doc) for p, rows in batch.items() for _, k, _, doc in rows}
+    box = {pk: doc["sealed"][1] for pk, doc in stored.items() if "sealed" in doc}
+    box[("message_history", "t1\x1fm1")] = stored[("message_history", "t1\x1fm1")]["m"][
+        "sealed"][1]
+    # a message's live row and its version share a box; a thread's timeline and mailbox rows
+    # too; equal content in another place has a box of its own
+    assert box[("message", "t1\x1fm1")] == box[("message_history", "t1\x1fm1")]
+    assert box[("message", "t1\x1fm1")] != box[("message", "t2\x1fm1")]
+    assert box[("timeline", "r1\x1ft1")] == box[("mailbox", "leo\x1ft1")]
+    assert box[("timeline", "r1\x1ft1")] != box[("timeline", "r1\x1ft2")]
+    assert keys.counters[("acme", "leo")].sealed == 4  # two messages, two threads
+    moved = dict(stored[("message", "t2\x1fm1")])
+    moved["sealed"] = ["leo", box[("message", "t1\x1fm1")]]  # t1's box put in t2's row
+    with pytest.raises(StoreError, match="does not open"):
+        sealer.open("message", "acme", "t2\x1fm1", "m", moved)
+    with pytest.raises(StoreError, match="does not open"):  # t1's subject in t2's thread
+        sealer.open("timeline", "acme", "r1\x1ft2", "t", {**stored[("timeline", "r1\x1ft2")],
+                                                          "sealed": ["leo", box[(
+                                                              "timeline", "r1\x1ft1")]]})
+    altered = dict(stored[("message", "t1\x1fm1")])
+    reused = box[("message", "t1\x1fm1")]
+    altered["sealed"] = ["leo", reused[:-6] + ("A" if reused[-6] != "A" else "B") + reused[-5:]]
+    with pytest.raises(StoreError, match="does not open"):
+        sealer.open("message", "acme", "t1\x1fm1", "m", altered)
+
+
+def test_l2_a_memoised_box_is_not_used_once_its_owner_key_is_destroyed() -> None:
+    keys = MemoryContentKeys()
+    sealer = ViewSealer(lambda: keys)
+    row = message_row(1, 40)
+    before = sealer.encoded({"message": {("acme", "t1\x1fm1"): {"m": row}},
+                             "timeline": {("acme", "r1\x1ft1"): {"t": thread_row("t1", "O")}}})
+    keys.destroy("acme", "leo", "2026-03-02T00:00:00Z")
+    after = sealer.encoded({"message": {("acme", "t1\x1fm1"): {"m": row}},
+                            "timeline": {("acme", "r1\x1ft1"): {"t": thread_row("t1", "O")}}})
+    message = orjson.loads(after["message"][0][3])
+    assert (message["subject"], message["body"], message["erased"], "sealed" in message) == (
+        None, None, True, False)
+    thread = orjson.loads(after["timeline"][0][3])
+    assert (thread["subject"], thread["erased"], "sealed" in thread) == (None, True, False)
+    opened = sealer.open("message", "acme", "t1\x1fm1", "m",
+                         orjson.loads(before["message"][0][3]))
+    assert (opened["subject"], opened["body"], opened["erased"]) == (None, None, True)
+
+
+class Sneaky(str):
+    """Text that claims to equal any text."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("Otter")
+
+
+def test_l2_content_equal_only_across_types_gets_its_own_box() -> None:
+    keys = MemoryContentKeys()
+    sealer = ViewSealer(lambda: keys)
+
+    def sealed(doc: Doc) -> Doc:
+        return sealer.open("message", "acme", "t1\x1fm1", "m", orjson.loads(encode_doc(
+            sealer.seal("message", "acme", "t1\x1fm1", "m", doc))))
+
+    def named(name: object) -> Doc:
+        return {**message_row(1, 10), "attachments": [
+            {"name": name, "size": 1, "content_type": "x"}]}
+
+    # 1 == 1.0 == True in Python, not in the sealed JSON: each opens to what it sealed
+    assert [sealed(named(v))["attachments"][0]["name"] for v in (1, True, 1.0, 1)] == [
+        1, True, 1.0, 1]
+    sealer.seal("timeline", "acme", "r1\x1ft1", "t", thread_row("t1", "Otter"))
+    sneaky = sealer.seal("timeline", "acme", "r1\x1ft1", "t", thread_row("t1", Sneaky("Eel")))
+    opened = sealer.open("timeline", "acme", "r1\x1ft1", "t", orjson.loads(encode_doc(sneaky)))
+    assert opened["subject"] == "Eel" and str.__eq__(opened["subject"], "Eel")
