@@ -28,7 +28,7 @@ import base64
 from binascii import b2a_base64
 from collections.abc import Callable, Hashable, Iterable
 from hashlib import blake2b
-from sys import getsizeof
+from sys import getsizeof, intern
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import orjson
@@ -55,6 +55,7 @@ _TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
 
 # a batch's view keys by (tenant, owner, create): a key, None (destroyed) or _PLAIN
 _BatchKeys = dict[tuple[str, str, bool], object]
+_UNSEEN, _PLAIN = object(), object()
 
 
 class _Batch:
@@ -69,8 +70,6 @@ class _Batch:
     def __init__(self) -> None:
         self.keys: _BatchKeys = {}
         self.boxes: dict[tuple[Any, ...], str] = {}
-_UNSEEN, _PLAIN = object(), object()
-_THREAD_SUBJECT = frozenset({"timeline", "mailbox"})
 
 
 def _encrypt(siv: AESSIV, plain: bytes, place: bytes) -> str:
@@ -139,13 +138,20 @@ def _digest(data: bytes) -> bytes:
 
 
 def _held(key: tuple[Any, ...]) -> int:
-    """What a box memo's key holds beyond `_ENTRY`: the tuple and each of its parts, the
-    attachment names and reasons of a message's key (its parts from the seventh on) too;
-    counted whole even when shared with rows, so the budget is never under-counted."""
-    size = getsizeof(key) + sum(map(getsizeof, key))
+    """What a box memo's key holds beyond `_ENTRY`: the tuple and its parts from the fourth on
+    (the first three, kind, tenant and owner, are interned by `_lasting`: one string each for
+    all keys), a message's attachment names and reasons (its seventh and eighth) too; counted
+    whole even when shared with rows, so the budget is not under-counted."""
+    size = getsizeof(key) + sum(map(getsizeof, key[3:]))
     for part in key[6:]:
         size += sum(map(getsizeof, part))
     return size
+
+
+def _lasting(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key as the memo keeps it: kind, tenant and owner interned (the rows' copies are
+    new strings per event), which `_held` counts once for all keys."""
+    return (intern(key[0]), intern(key[1]), intern(key[2]), *key[3:])
 
 
 def _digest_size(key: object) -> int:
@@ -359,7 +365,12 @@ class ViewSealer:
             return sealed
         box = batch.boxes.get(memo)
         if box is None:
-            box = batch.boxes[memo] = self._boxes.get(memo) or self._box(found, memo, True)
+            # a message's rows never change (flags live in its thread's rows): its live row and
+            # history version are written in one batch, so only the batch reuses its box and
+            # the memo keeps its budget for what is rewritten across batches (threads' subjects)
+            lasting = projection != "message"
+            box = batch.boxes[memo] = (lasting and self._boxes.get(memo)) \
+                or self._box(found, memo, lasting)
         sealed[SEALED_FIELD] = [owner, box]
         return sealed
 
@@ -382,7 +393,7 @@ class ViewSealer:
             content["reasons"] = list(memo[7]) if attached else []
         box = _encrypt(cast(AESSIV, siv), orjson.dumps(content), orjson.dumps(memo[:4]))
         if keep:
-            self._boxes.put(memo, box)
+            self._boxes.put(_lasting(memo), box)
         return box
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes

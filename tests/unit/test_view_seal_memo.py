@@ -69,33 +69,36 @@ def test_l2_what_the_box_memo_keeps_alive_stays_within_its_budget() -> None:
     than by the memo's own account."""
     keys = MemoryContentKeys()
     sealer = ViewSealer(lambda: keys, memo_budget=BUDGET)
-    sealer.seal("message", "acme", "t\x1fm0", "m", message_row(0))  # the key made first
+    sealer.seal("timeline", "acme", "r\x1ft0", "t", thread_row("t0", "made first"))  # the key
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for n in range(1, 2000):  # ~4 MB of bodies, each row dropped once sealed
-            sealer.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n))
+        for n in range(1, 2000):  # ~4 MB of subjects, each row dropped once sealed
+            sealer.seal("timeline", "acme", f"r\x1ft{n}", "t",
+                        thread_row(f"t{n}", f"{n:08d}" + "s" * 2000))
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert 2000 < held <= sealer.memo_bytes() <= BUDGET  # the account is not below the truth
     kept = next(iter(sealer._boxes._new))  # what the memo keys a box by is the point here
-    assert kept[:4] == ("message", "acme", "leo", kept[3]) and kept[5].startswith("0000")
+    assert kept[:3] == ("thread", "acme", "leo") and kept[4].endswith("s" * 2000)
 
 
 def test_e3_reused_and_evicted_boxes_are_the_bytes_a_fresh_sealer_writes() -> None:
     keys = CountingKeys()
     tight = ViewSealer(lambda: keys, memo_budget=8 * 1024)  # evicts after a few rows
-    first = [encode_doc(tight.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
-             for n in range(40)]
-    again = [encode_doc(tight.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
-             for n in range(40)]
-    fresh = ViewSealer(lambda: keys)
-    assert first == again == [
-        encode_doc(fresh.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)))
-        for n in range(40)]
+
+    def rows(sealer: ViewSealer) -> list[bytes]:
+        return [encode_doc(doc) for n in range(40) for doc in (
+            sealer.seal("message", "acme", f"t\x1fm{n}", "m", message_row(n)),
+            sealer.seal("timeline", "acme", f"r\x1ft{n}", "t",
+                        thread_row(f"t{n}", f"{n}" + "s" * 500)))]
+
+    first, again = rows(tight), rows(tight)
+    assert keys.counters[("acme", "leo")].sealed > 80 + 40  # threads evicted: sealed again
+    assert first == again == rows(ViewSealer(lambda: keys))
 
 
 def test_view_memo_reuses_a_box_for_the_same_place_and_content() -> None:
