@@ -13,7 +13,9 @@ content in plaintext (the baseline, chain still on); "on" seals it with the owne
 `--what all`: off = plaintext log and views, on = both sealed; `--what views`: the log is sealed
 in both, only the view rows differ (the cost of sealing the views alone).
 Both also per CPU second of this process (both threads; PostgreSQL's server not included), which
-the load of other processes on a shared machine does not skew.
+the load of other processes on a shared machine does not skew. The rebuild's cost is also the
+median of each round's own cost (its off and on rebuilds ran back to back), which a load that
+changes between rounds skews less than the ratio of the two medians.
 Queries: `--queries` timelines (admin, a contact with ~1/50 of the threads) and thread answers
 (its owner, a random thread) per mode, alternating, in process (the CLI's path): p50 and p95 in ms.
 SQLite in a temporary directory, or fresh PostgreSQL schemas (dropped afterwards).
@@ -192,6 +194,16 @@ def main() -> None:
     coff, con = statistics.median(cpu_rates[False]), statistics.median(cpu_rates[True])
     print(f"rebuild ev/s  off {off:8.0f}  on {on:8.0f}  cost {100 * (1 - on / off):5.1f} %   "
           f"per CPU s: off {coff:.0f} on {con:.0f} cost {100 * (1 - con / coff):.1f} %")
+    # each round's two rebuilds ran back to back, so they saw about the same load: the median
+    # of the rounds' own costs is steadier on a shared machine than the ratio of the medians,
+    # whose off and on medians may come from rounds under different loads
+    paired = [100 * (1 - a / b) for a, b in zip(rates[True], rates[False], strict=True)]
+    cpu_paired = [100 * (1 - a / b) for a, b in zip(cpu_rates[True], cpu_rates[False],
+                                                     strict=True)]
+    print("rebuild cost per round: " + ", ".join(f"{x:.1f}" for x in paired)
+          + "   per CPU s: " + ", ".join(f"{x:.1f}" for x in cpu_paired))
+    print(f"rebuild cost, median of the rounds: {statistics.median(paired):5.1f} %   "
+          f"per CPU s: {statistics.median(cpu_paired):.1f} %")
     for i, name in enumerate(("timeline", "thread")):
         cells = {seal: [x[i] for x in latency[seal]] for seal in latency}
         print(f"{name:8} ms   off p50 {pct(cells[False], 50):6.2f} p95 {pct(cells[False], 95):6.2f}"

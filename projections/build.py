@@ -204,26 +204,33 @@ def build(log: EventLog, views: ViewStore, projector: Projector, *, batch_size: 
                                     without_tenants(changes, dropped), advanced, {},
                                     projector.first_seen, fresh)
 
+        # `message` rows written for the first time, held until the versions of their time
+        # are written, in the same batch: a message's live row and its version are the same
+        # row, so the store seals it once (adapters.views.seal). The versions' group holds
+        # these rows until then anyway.
+        held: dict[tuple[str, str], Rows] = {}
         while projector.position < target:
             batch, last = _read(log, projector, min(batch_size, target - projector.position))
             if last <= projector.position:
                 break
             created, changed = fold(projector, batch)
             projector.position = last
-            if created:
-                write({"message": created}, {}, fresh=True)
+            held.update(created)
+            for tk in [tk for tk in changed if tk in held]:  # not written yet: still fresh
+                held[tk] = changed.pop(tk)
             if changed:
                 write({"message": changed}, {})
             versions = projector.versions.take_out()
             if versions:
-                write(versions, {}, fresh=True)
+                write({"message": held, **versions} if held else versions, {}, fresh=True)
+                held = {}
             read += len(batch)
             if progress is not None:
                 progress(projector.position, target)
         flush_all(projector)
         versions = projector.versions.take_out()
-        if versions:
-            write(versions, {}, fresh=True)
+        if versions or held:
+            write({"message": held, **versions} if held else versions, {}, fresh=True)
         for changes in final_changes(projector):  # each key once, into empty tables
             write(changes, {}, fresh=True)
         settle()

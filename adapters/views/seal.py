@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import base64
 from binascii import b2a_base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from hashlib import blake2b
+from sys import getsizeof, intern
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import orjson
@@ -55,7 +56,20 @@ _TEXT = {"timeline": "subject", "mailbox": "subject", "message": "subject",
 # a batch's view keys by (tenant, owner, create): a key, None (destroyed) or _PLAIN
 _BatchKeys = dict[tuple[str, str, bool], object]
 _UNSEEN, _PLAIN = object(), object()
-_THREAD_SUBJECT = frozenset({"timeline", "mailbox"})
+
+
+class _Batch:
+    """What the rows of one `encoded` call share: their owners' keys (most rows of a batch
+    share a few owners) and the boxes sealed for them, by place and content (a history version
+    repeats the rows of its key, a build writes a message's live row beside its version).
+    Held only while the batch is encoded: no larger than the batch's own stored bytes, which
+    hold a copy of each box."""
+
+    __slots__ = ("boxes", "keys")
+
+    def __init__(self) -> None:
+        self.keys: _BatchKeys = {}
+        self.boxes: dict[tuple[Any, ...], str] = {}
 
 
 def _encrypt(siv: AESSIV, plain: bytes, place: bytes) -> str:
@@ -76,6 +90,18 @@ def _unmarked(doc: Doc) -> Doc:
     doc = doc.copy()
     doc.pop(OWNER_FIELD, None)
     return doc
+
+
+def _stripped(doc: Doc) -> Doc:
+    """The row without its owner mark (a copy only when it has one)."""
+    return _unmarked(doc) if OWNER_FIELD in doc else doc
+
+
+def _texts(parts: tuple[Any, ...]) -> bool:
+    """Whether each part is text or None: then equal memo keys mean equal sealed bytes
+    (equality of other values may hold across types, 1 == 1.0 == True, which JSON tells apart;
+    rows hold text there, anything else is sealed without the memo)."""
+    return all(part is None or part.__class__ is str for part in parts)
 
 
 def _copy(doc: Doc) -> Doc:
@@ -102,6 +128,7 @@ def _erased(projection: str, doc: Doc) -> Doc:
     return doc
 
 
+_K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V", str, bytes)
 
 
@@ -110,33 +137,55 @@ def _digest(data: bytes) -> bytes:
     return blake2b(data, digest_size=16).digest()
 
 
-class _Memo(Generic[_V]):
-    """Values by digest, within `budget` bytes (values plus `_ENTRY` each): two generations of
-    half the budget each; when the newer one is full it becomes the older and the former older
-    one is dropped, and a value found in the older one moves to the newer one. So what was used
-    recently stays (a thread's rows are rewritten at each of its events), without the order
-    bookkeeping of an LRU on every hit."""
+def _held(key: tuple[Any, ...]) -> int:
+    """What a box memo's key holds beyond `_ENTRY`: the tuple and its parts from the fourth on
+    (the first three, kind, tenant and owner, are interned by `_lasting`: one string each for
+    all keys), a message's attachment names and reasons (its seventh and eighth) too; counted
+    whole even when shared with rows, so the budget is not under-counted."""
+    size = getsizeof(key) + sum(map(getsizeof, key[3:]))
+    for part in key[6:]:
+        size += sum(map(getsizeof, part))
+    return size
 
-    __slots__ = ("_half", "_new", "_old", "_size")
 
-    def __init__(self, budget: int) -> None:
+def _lasting(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key as the memo keeps it: kind, tenant and owner interned (the rows' copies are
+    new strings per event), which `_held` counts once for all keys."""
+    return (intern(key[0]), intern(key[1]), intern(key[2]), *key[3:])
+
+
+def _digest_size(key: object) -> int:
+    return 0  # a digest key is part of `_ENTRY`
+
+
+class _Memo(Generic[_K, _V]):
+    """Values by key, within `budget` bytes (values, what `key_bytes` says a key holds, plus
+    `_ENTRY` each): two generations of half the budget each; when the newer one is full it
+    becomes the older and the former older one is dropped, and a value found in the older one
+    moves to the newer one. So what was used recently stays (a thread's rows are rewritten at
+    each of its events), without the order bookkeeping of an LRU on every hit."""
+
+    __slots__ = ("_half", "_key_bytes", "_new", "_old", "_size")
+
+    def __init__(self, budget: int, key_bytes: Callable[[_K], int] = _digest_size) -> None:
         self._half = budget // 2
-        self._new: dict[bytes, _V] = {}
-        self._old: dict[bytes, _V] = {}
+        self._key_bytes = key_bytes
+        self._new: dict[_K, _V] = {}
+        self._old: dict[_K, _V] = {}
         self._size = 0  # of `_new`
 
-    def get(self, key: bytes) -> _V | None:
+    def get(self, key: _K) -> _V | None:
         return self._new.get(key) or self.older(key)  # values are never empty
 
-    def older(self, key: bytes) -> _V | None:
+    def older(self, key: _K) -> _V | None:
         """A value of the older generation, moved to the newer one."""
         value = self._old.pop(key, None)
         if value is not None:
             self.put(key, value)
         return value
 
-    def put(self, key: bytes, value: _V) -> None:
-        size = len(value) + _ENTRY
+    def put(self, key: _K, value: _V) -> None:
+        size = len(value) + _ENTRY + self._key_bytes(key)
         if size > self._half:  # larger than a generation: not kept (the budget holds)
             return
         if self._size + size > self._half:
@@ -149,7 +198,8 @@ class _Memo(Generic[_V]):
 
     def held(self) -> int:
         """The bytes held, as the budget counts them."""
-        return sum(len(v) + _ENTRY for d in (self._new, self._old) for v in d.values())
+        return sum(len(v) + _ENTRY + self._key_bytes(k)
+                   for d in (self._new, self._old) for k, v in d.items())
 
 
 class ViewSealer:
@@ -167,14 +217,16 @@ class ViewSealer:
         # deleted user's content from its history when reading it (L2), as destroyed keys do
         self._deleted = deleted
         self._keys: ContentKeys | None = None
-        # digest of (place, content) -> box: a thread's rows are rewritten at each of its events
-        # with the same subject, a message's at each flag or label change with the same content;
-        # sealing is deterministic, so the box is reused. Keyed by a digest, not the content:
-        # a key holding the content would keep every body it saw alive (issue #15)
-        self._boxes: _Memo[str] = _Memo(memo_budget)
+        # (place, content) -> box: a thread's rows are rewritten at each of its events with the
+        # same subject, a message's at each flag or label change with the same content, and
+        # each history version repeats them; sealing is deterministic, so the box is reused.
+        # Keyed by the place and content themselves: a dict finds them by Python's hash and
+        # compares them exactly, so no digest is computed per row and no collision can hand a
+        # box to other content. The content a key holds counts in the budget (issue #15)
+        self._boxes: _Memo[tuple[Any, ...], str] = _Memo(memo_budget, _held)
         # digest of (place, box) -> content, for reads (in this process's memory only, never
         # stored; used only after the owner's key was found not destroyed)
-        self._opened: _Memo[bytes] = _Memo(memo_budget)
+        self._opened: _Memo[bytes, bytes] = _Memo(memo_budget)
 
     @property
     def sealing(self) -> bool:
@@ -200,29 +252,41 @@ class ViewSealer:
         before the store's write transaction: no key work while it holds its locks (a key
         created on the way takes another connection to the same database). The batch's keys
         are looked up once per owner (most rows of a batch share a few owners)."""
-        keys: _BatchKeys = {}
-        return {projection: [(tenant, key, rk, self._sealed(projection, tenant, key, doc, keys))
-                             for (tenant, key), rows in keyed.items()
-                             for rk, doc in rows.items()]
+        batch = _Batch()
+        return {projection: self._encoded(projection, keyed, batch)
                 for projection, keyed in changes.items()}
+
+    def _encoded(self, projection: str, keyed: dict[tuple[str, str], Rows], batch: _Batch
+                 ) -> list[tuple[str, str, str, bytes]]:
+        """One projection's rows, what it needs decided once for all of them (hot: a rebuild
+        writes every row and version through here). `dumps` with sorted keys is `encode_doc`,
+        called directly."""
+        dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
+        base = BASES.get(projection)
+        kind = base if base is not None else projection  # how its rows are sealed
+        if kind not in SEALED_PROJECTIONS or (base is not None and self._factory is None):
+            # nothing to seal (plaintext history: owners kept, for erasure when read)
+            return [(t, k, rk, dumps(doc, option=sort))
+                    for (t, k), rows in keyed.items() for rk, doc in rows.items()]
+        if not self.sealing:  # rows only stripped of their owner mark
+            strip = _stripped
+            if base is None:
+                return [(t, k, rk, dumps(strip(doc), option=sort))
+                        for (t, k), rows in keyed.items() for rk, doc in rows.items()]
+            return [(t, k, rk, dumps({r: strip(d) for r, d in doc.items()}, option=sort))
+                    for (t, k), rows in keyed.items() for rk, doc in rows.items()]
+        seal = self._seal
+        if base is None:
+            return [(t, k, rk, dumps(seal(kind, t, k, doc, batch), option=sort))
+                    for (t, k), rows in keyed.items() for rk, doc in rows.items()]
+        return [(t, k, rk, dumps({r: seal(kind, t, k, d, batch) for r, d in doc.items()},
+                                 option=sort))
+                for (t, k), rows in keyed.items() for rk, doc in rows.items()]
 
     def sealed(self, projection: str, tenant: str, key: str, row_key: str, doc: Doc) -> bytes:
         """The stored bytes of one row; a history's row (a version: the key's rows at a time)
         has each of its rows sealed as its projection seals them."""
-        return self._sealed(projection, tenant, key, doc, {})
-
-    def _sealed(self, projection: str, tenant: str, key: str, doc: Doc, keys: _BatchKeys
-                ) -> bytes:
-        base = BASES.get(projection)
-        if base is None:
-            if projection not in SEALED_PROJECTIONS:
-                return encode_doc(doc)
-            return encode_doc(self._seal(projection, tenant, key, doc, keys))
-        if self._factory is None:  # plaintext: owners kept, for erasure when read
-            return encode_doc(doc)
-        if base not in SEALED_PROJECTIONS:
-            return encode_doc(doc)
-        return encode_doc({rk: self._seal(base, tenant, key, d, keys) for rk, d in doc.items()})
+        return self._encoded(projection, {(tenant, key): {row_key: doc}}, _Batch())[0][3]
 
     def opened(self, projection: str, tenant: str, key: str, raw: bytes) -> Rows:
         """A history version's rows, opened (`projection` is the history's projection)."""
@@ -242,50 +306,72 @@ class ViewSealer:
         """The row as stored: content sealed (a copy; rows are shared), `_owner` gone."""
         if projection not in SEALED_PROJECTIONS:
             return doc
-        return self._seal(projection, tenant, key, doc, {})
+        if not self.sealing:
+            return _stripped(doc)
+        return self._seal(projection, tenant, key, doc, _Batch())
 
-    def _seal(self, projection: str, tenant: str, key: str, doc: Doc, keys: _BatchKeys
-              ) -> Doc:
+    def _seal(self, projection: str, tenant: str, key: str, doc: Doc, batch: _Batch) -> Doc:
+        """`seal` of a sealing store, within `batch`."""
         marked = OWNER_FIELD in doc
-        owner = doc[OWNER_FIELD] if marked else doc.get(
-            "user" if projection == "sync_status" else "owner")
+        status = projection == "sync_status"
+        owner = doc[OWNER_FIELD] if marked else doc.get("user" if status else "owner")
         text = _TEXT[projection]
         value = doc.get(text)
-        if not isinstance(value, str) or not isinstance(owner, str) or not self.sealing:
+        if not isinstance(value, str) or not isinstance(owner, str):
             return _unmarked(doc) if marked else doc  # erased already, or not a content row
         # a sync status's error is content only for a user whose content the log holds (sealed
         # there under a key created then); one without a key (PostgreSQL without a master key
         # refuses content) is kept as it is rather than fail the projection
-        create = projection != "sync_status"
-        found = keys.get((tenant, owner, create), _UNSEEN)
+        keys = batch.keys
+        found = keys.get((tenant, owner, not status), _UNSEEN)
         if found is _UNSEEN:
-            found = keys[(tenant, owner, create)] = self._view_key(tenant, owner, create)
+            found = keys[(tenant, owner, not status)] = self._view_key(tenant, owner, not status)
         if found is _PLAIN:
             return _unmarked(doc) if marked else doc
         if found is None:  # the owner's key is destroyed: the content is erased (L2)
             return _erased(projection, _copy(doc))
-        siv = cast(AESSIV, found)
-        sealed = _unmarked(doc)  # a copy (rows are shared); attachments copied below
+        sealed = doc.copy()  # rows are shared; attachments copied below
+        if marked:
+            del sealed[OWNER_FIELD]
         del sealed[text]
-        content: dict[str, Any] = {text: value}
-        # what the box is reused for: its place (the first four: what `_place` binds) and content
+        # what the box is reused for: its place (the first four: what `_place` binds) and
+        # content, as the memo's key
         memo: tuple[Any, ...]
-        if projection in _THREAD_SUBJECT:  # one box for the thread's timeline and mailbox rows
-            memo = ("thread", tenant, owner, doc.get("thread"), value)
-        elif projection == "message":
-            content["body"] = body = sealed.pop("body", None)
-            atts = doc.get("attachments", [])
+        if projection == "message":
+            body = sealed.pop("body", None)
+            atts = doc.get("attachments")
             if atts:
-                content["names"] = names = [a.get("name") for a in atts]
-                content["reasons"] = reasons = [a.get("reason") for a in atts]
+                names = tuple([a.get("name") for a in atts])
+                reasons = tuple([a.get("reason") for a in atts])
                 sealed["attachments"] = [_nameless(a) for a in atts]
-                memo = (projection, tenant, owner, key, value, body, tuple(names), tuple(reasons))
+                memo = (projection, tenant, owner, key, value, body, names, reasons)
+                exact = _texts((body, *names, *reasons))
             else:
-                content["names"], content["reasons"] = [], []
                 memo = (projection, tenant, owner, key, value, body)
-        else:
+                exact = body is None or body.__class__ is str
+        elif status:
             memo = (projection, tenant, owner, key, value)
-        sealed[SEALED_FIELD] = [owner, self._box(siv, memo, content)]
+            exact = True
+        else:  # one box for the thread's timeline and mailbox rows
+            thread = doc.get("thread")
+            memo = ("thread", tenant, owner, thread, value)
+            exact = thread is None or thread.__class__ is str
+        # tenant, key and owner are text (the store's keys, checked above); a subclass of str
+        # could compare equal to other text, so `exact` asks for str itself
+        exact = exact and value.__class__ is str and owner.__class__ is str \
+            and tenant.__class__ is str and key.__class__ is str
+        if not exact:
+            sealed[SEALED_FIELD] = [owner, self._box(found, memo, False)]
+            return sealed
+        box = batch.boxes.get(memo)
+        if box is None:
+            # a message's rows never change (flags live in its thread's rows): its live row and
+            # history version are written in one batch, so only the batch reuses its box and
+            # the memo keeps its budget for what is rewritten across batches (threads' subjects)
+            lasting = projection != "message"
+            box = batch.boxes[memo] = (lasting and self._boxes.get(memo)) \
+                or self._box(found, memo, lasting)
+        sealed[SEALED_FIELD] = [owner, box]
         return sealed
 
     def _view_key(self, tenant: str, owner: str, create: bool) -> object:
@@ -296,14 +382,18 @@ class ViewSealer:
             return _PLAIN
         return siv
 
-    def _box(self, siv: AESSIV, memo: tuple[Any, ...], content: dict[str, Any]) -> str:
-        """The box of `content` at the place `memo[:4]`, reused when `memo` (place and content
-        as one JSON array: distinct ones encode differently) was sealed before."""
-        digest = blake2b(orjson.dumps(memo), digest_size=16).digest()  # as _digest, inlined
-        box = self._boxes.get(digest)
-        if box is None:
-            box = _encrypt(siv, orjson.dumps(content), orjson.dumps(memo[:4]))
-            self._boxes.put(digest, box)
+    def _box(self, siv: object, memo: tuple[Any, ...], keep: bool) -> str:
+        """The box of the content `memo[4:]` at the place `memo[:4]`, kept for reuse when
+        `keep` (the memo compares exactly)."""
+        content: dict[str, Any] = {_TEXT.get(memo[0], "subject"): memo[4]}
+        if memo[0] == "message":
+            content["body"] = memo[5]
+            attached = len(memo) > 6
+            content["names"] = list(memo[6]) if attached else []
+            content["reasons"] = list(memo[7]) if attached else []
+        box = _encrypt(cast(AESSIV, siv), orjson.dumps(content), orjson.dumps(memo[:4]))
+        if keep:
+            self._boxes.put(_lasting(memo), box)
         return box
 
     def canonical(self, projection: str, tenant: str, key: str, row_key: str, raw: bytes
