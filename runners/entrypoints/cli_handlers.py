@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -215,6 +216,10 @@ def query(engine: Engine, args: argparse.Namespace) -> int:
 MAX_QUERY_LINE = 8192
 
 
+class LineError(Exception):
+    """A line of `query batch` that does not parse (its argparse message)."""
+
+
 def query_batch(engine: Engine, args: argparse.Namespace) -> int:
     """`crmsync query batch FILE`: each line a query in the CLI's words, answered in this one
     process (an auditor's many questions pay the process start once, not per question): a JSON
@@ -257,10 +262,6 @@ def _bounded_lines(stream: Any) -> Iterator[str | None]:
 def _answer_line(engine: Engine, parser: argparse.ArgumentParser, text: str | None
                  ) -> dict[str, Any]:
     """`{"answer": ...}` or `{"error": ...}` for one line of `query batch` (None: too long)."""
-    import shlex
-
-    from runners.entrypoints.cli_parser import LineError
-
     if text is None:  # refused before shlex, which is quadratic in a token's length
         return {"error": f"invalid query: longer than {MAX_QUERY_LINE} bytes"}
     try:

@@ -169,18 +169,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 
-class LineError(Exception):
-    """A line of `query batch` that does not parse (its argparse message)."""
-
-
 class _LineParser(argparse.ArgumentParser):
     """Never writes or exits: the batch's stdout carries only its JSON lines."""
 
     def error(self, message: str) -> NoReturn:
-        raise LineError(message)
+        raise do.LineError(message)
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise LineError(message or "not a query (help is for the command line)")
+        raise do.LineError(message or "not a query (help is for the command line)")
 
     def print_help(self, file: Any = None) -> None:
         return None

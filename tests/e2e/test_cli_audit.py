@@ -33,12 +33,17 @@ def at(minute: int) -> str:
     return f"2026-01-02T00:{minute:02d}:00+00:00"
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
+def office_db(tmp_path: Path) -> Path:
+    """A SQLite file holding HISTORY (also for other CLI tests of the same office)."""
     path = tmp_path / "crmsync.db"
     result = run(path, "apply", "-", stdin=HISTORY)
     assert result.returncode == 0, result.stderr
     return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return office_db(tmp_path)
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:

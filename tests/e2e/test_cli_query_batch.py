@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from processes import CRMSYNC
 from test_cli import run
-from test_cli_audit import HISTORY, at
+from test_cli_audit import HISTORY, at, office_db
 from test_cli_postgres import run as run_pg
 
 pytestmark = pytest.mark.e2e
@@ -36,10 +36,7 @@ QUERIES = [
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    path = tmp_path / "crmsync.db"
-    result = run(path, "apply", "-", stdin=HISTORY)
-    assert result.returncode == 0, result.stderr
-    return path
+    return office_db(tmp_path)
 
 
 def _replies(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
