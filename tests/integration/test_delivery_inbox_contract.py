@@ -8,12 +8,13 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import pytest
+from nats_streams import drop_streams
 
 from adapters.deliveries.inbox import DeliveryInbox
 from adapters.deliveries.inbox_jetstream import JetStreamInbox
@@ -56,15 +57,6 @@ async def read_stream(url: str, stream: str) -> Stored:
         await nc.close()
 
 
-async def delete_stream(url: str, stream: str) -> None:
-    nc = await nats.connect(url)
-    try:
-        with suppress(nats.js.errors.NotFoundError):
-            await nc.jetstream().delete_stream(stream)
-    finally:
-        await nc.close()
-
-
 def jetstream_backend(url: str) -> Backend:
     @asynccontextmanager
     async def open_() -> AsyncIterator[tuple[DeliveryInbox, ReadBack]]:
@@ -76,7 +68,7 @@ def jetstream_backend(url: str) -> Backend:
             yield inbox, lambda: read_stream(url, stream)
         finally:
             await inbox.close()
-            await delete_stream(url, stream)
+            await drop_streams(url, stream)
 
     return Backend("jetstream", open_, lambda: JetStreamInbox(
         f"nats://127.0.0.1:{free_port()}", stream="T_unreachable", timeout=1))
@@ -256,7 +248,7 @@ def test_jetstream_refuses_an_existing_stream_without_our_subjects(nats_url: str
                 await inbox.store("gmail", "gmail:1", b"x")
         finally:
             await inbox.close()
-            await delete_stream(nats_url, stream)
+            await drop_streams(nats_url, stream)
 
     asyncio.run(main())
 
@@ -278,6 +270,6 @@ def test_jetstream_creates_its_stream_with_the_duplicate_window(nats_url: str) -
             assert getattr(info.config.storage, "value", info.config.storage) == "file"
         finally:
             await inbox.close()
-            await delete_stream(nats_url, stream)
+            await drop_streams(nats_url, stream)
 
     asyncio.run(main())

@@ -6,11 +6,11 @@ names per test (other runs share the NATS server)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from nats_streams import drop_streams
 from sync_fakes import FakeBroker, FakePartitionedWork
 
 from adapters.deliveries.inbox_jetstream import JetStreamInbox
@@ -47,17 +47,7 @@ def make(request: pytest.FixtureRequest) -> Iterator[Callable[[], Made]]:
 
     yield made
     if kind == "jetstream":
-        import nats
-
-        async def cleanup() -> None:
-            nc = await nats.connect(nats_url)
-            js = nc.jetstream()
-            for stream in (name, f"{name}_DEAD", f"{name}_PART"):
-                with contextlib.suppress(Exception):
-                    await js.delete_stream(stream)
-            await nc.close()
-
-        asyncio.run(cleanup())
+        asyncio.run(drop_streams(nats_url, name, f"{name}_DEAD", f"{name}_PART"))
 
 
 def drive(make: Callable[[], Made], scenario: Scenario) -> None:

@@ -6,7 +6,6 @@ the other takes its partitions and drains them; every message is synced once (E6
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from nats_streams import drop_streams
 from sync_fakes import FakeSources, message
 
 from adapters.deliveries.inbox_jetstream import JetStreamInbox
@@ -167,7 +167,7 @@ def test_each_tenant_is_synced_by_its_partitions_owner_and_a_stopped_workers_are
         assert expected("t0") == 2 * 12 and pushed["n"] == 4 * len(addresses)
     finally:
         setup.close()
-        asyncio.run(drop_streams(nats_url, stream))
+        asyncio.run(drop_streams(nats_url, stream, f"{stream}_DEAD", f"{stream}_PART"))
 
 
 async def drained(nats_url: str, stream: str) -> None:
@@ -189,14 +189,3 @@ async def drained(nats_url: str, stream: str) -> None:
         raise AssertionError(f"not drained: {left}")
     finally:
         await nc.close()
-
-
-async def drop_streams(nats_url: str, stream: str) -> None:
-    import nats
-
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for name in (stream, f"{stream}_DEAD", f"{stream}_PART"):
-        with contextlib.suppress(Exception):
-            await js.delete_stream(name)
-    await nc.close()
