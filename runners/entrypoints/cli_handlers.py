@@ -16,7 +16,7 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -230,7 +230,7 @@ def query_batch(engine: Engine, args: argparse.Namespace) -> int:
     from runners.entrypoints.cli_parser import query_line_parser
 
     try:
-        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+        stream: BinaryIO = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     except OSError as exc:
         sys.stderr.write(f"crmsync: cannot read {args.file}: {exc.strerror}\n")
         return EXIT_USAGE
@@ -247,7 +247,7 @@ def query_batch(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_REJECTED if failed else 0
 
 
-def _bounded_lines(stream: Any) -> Iterator[str | None]:
+def _bounded_lines(stream: BinaryIO) -> Iterator[str | None]:
     """The stripped lines of a binary stream, None for one longer than MAX_QUERY_LINE (read
     past, never held: a hostile line costs no memory)."""
     while line := stream.readline(MAX_QUERY_LINE + 1):
