@@ -102,7 +102,7 @@ class ContentKeys(ABC):
         self._missing_reason = missing_reason
         # (data key, view key) per user; None: destroyed
         self._cache: dict[tuple[str, str], tuple[AESGCM, AESSIV] | None] = {}
-        self._destroyed = -1
+        self._destroyed: object = None  # fingerprint of the destroyed keys' set last seen
         self._due = True  # refresh before the next use of a key (`expire`)
         self._lock = threading.Lock()
 
@@ -123,7 +123,10 @@ class ContentKeys(ABC):
         True when a key was destroyed now."""
 
     @abstractmethod
-    def _destroyed_count(self) -> int: ...
+    def _destroyed_fingerprint(self) -> object:
+        """What identifies the *set* of destroyed keys (not just their number: a shard move
+        deletes a moved tenant's tombstones, and as many keys destroyed meanwhile must still be
+        seen)."""
 
     @abstractmethod
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -158,11 +161,11 @@ class ContentKeys(ABC):
 
     def refresh(self) -> None:
         """Forget cached keys if any key was destroyed since the last look (other processes)."""
-        count = self._destroyed_count()
-        if count != self._destroyed:
+        seen = self._destroyed_fingerprint()
+        if seen != self._destroyed:
             with self._lock:
                 self._cache.clear()
-                self._destroyed = count
+                self._destroyed = seen
 
     def expire(self) -> None:
         """Refresh before the next use of a key (no statement now): called for each page read
@@ -278,8 +281,8 @@ class MemoryContentKeys(ContentKeys):
         self._rows[(tenant, user)] = (None, True)
         return before is not None and not before[1]
 
-    def _destroyed_count(self) -> int:
-        return sum(1 for _, destroyed in self._rows.values() if destroyed)
+    def _destroyed_fingerprint(self) -> object:
+        return frozenset(key for key, (_, destroyed) in self._rows.items() if destroyed)
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return []  # in memory nothing survives a crash: no intents to keep

@@ -7,6 +7,7 @@ and after a destruction checkpoints the WAL with TRUNCATE, so no copy of the pag
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from typing import Any
@@ -24,6 +25,7 @@ class SqliteContentKeys(ContentKeys):
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=10)
             self._db.execute("PRAGMA secure_delete=ON")
+            self._db.create_function("crmsync_key_hash", 2, _key_hash, deterministic=True)
             self._db.execute(TABLE.format(blob="BLOB"))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the content keys in {path}: {exc}") from exc
@@ -58,9 +60,17 @@ class SqliteContentKeys(ContentKeys):
             raise StoreError(f"cannot destroy the content key of {tenant}/{user}: {exc}") from exc
         return gone > 0
 
-    def _destroyed_count(self) -> int:
-        return int(self._run("SELECT count(*) FROM content_keys WHERE destroyed_at IS NOT NULL"
-                             )[0][0])
+    def _destroyed_fingerprint(self) -> object:
+        # the number and a sum of hashes (as on PostgreSQL): a change of the set, not only of
+        # its size, drops the cached keys
+        return tuple(self._run("SELECT count(*), coalesce(sum(crmsync_key_hash(tenant, user_id)),"
+                               " 0) FROM content_keys WHERE destroyed_at IS NOT NULL")[0])
 
     def close(self) -> None:
         self._db.close()
+
+
+def _key_hash(tenant: str, user: str) -> int:
+    # 40 bits: SQLite's integer sum cannot overflow below 2**23 destroyed keys
+    digest = hashlib.blake2b(f"{tenant}\x1f{user}".encode(), digest_size=5).digest()
+    return int.from_bytes(digest, "big")

@@ -187,6 +187,30 @@ def test_l2_no_new_key_for_a_deleted_user(where: tuple[str, str | None]) -> None
         engine.close()
 
 
+def test_l2_a_key_destroyed_while_a_moved_tenants_tombstone_is_deleted_is_still_dropped(
+        where: tuple[str, str | None]) -> None:
+    """Processes drop cached keys when the *set* of destroyed keys changed, not its size: a
+    shard move deletes the moved tenant's tombstones from the source, and a key destroyed there
+    meanwhile must not stay usable in another process's cache (L2)."""
+    db, url = where
+    writer, other = open_engine(db, url), open_engine(db, url)  # two processes
+    try:
+        apply(writer, SETUP, 0)
+        apply(writer, MAIL, 10)
+        other.stores().events.keys.destroy("moved", "ann", T0.isoformat())  # a tombstone
+        keys = writer.stores().events.keys
+        keys.expire()
+        assert keys.key("acme", "leo", create=False) is not None  # cached, one tombstone seen
+        other.stores().events.keys._run("DELETE FROM content_keys WHERE tenant = ?", ("moved",))
+        apply(other, [{"cmd": "DeleteUser", "user": "leo"}], 20)  # still one tombstone
+        keys.expire()  # as the next append does
+        with pytest.raises(StoreError, match="destroyed"):
+            keys.seal("acme", "leo", ["late content"])
+    finally:
+        writer.close()
+        other.close()
+
+
 def test_l2_postgres_without_a_content_key_refuses_content(
         postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CRMSYNC_CONTENT_KEY")

@@ -39,16 +39,16 @@ SETUP = [event(ev.UserAdded, user="leo", email="leo@acme.test", role="member"),
 
 
 class CountingKeys(MemoryContentKeys):
-    """In-memory keys that count how often the destroyed-key count is asked (a statement each
-    on PostgreSQL and SQLite)."""
+    """In-memory keys that count how often the destroyed keys' fingerprint is asked (a
+    statement each on PostgreSQL and SQLite)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.asked = 0
 
-    def _destroyed_count(self) -> int:
+    def _destroyed_fingerprint(self) -> object:
         self.asked += 1
-        return super()._destroyed_count()
+        return super()._destroyed_fingerprint()
 
 
 def test_l2_a_key_destroyed_by_another_process_is_never_used_to_seal_the_next_append(
