@@ -16,7 +16,7 @@ from uuid import UUID, uuid5
 
 import structlog
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.utils import get_topic
 
 from adapters.errors import ConcurrencyConflict, StoreError
@@ -44,7 +44,7 @@ from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
 from domain import events as ev
 from domain.events import DomainEvent
-from domain.state import TenantState, evolve
+from domain.state import SyncedMessage, TenantState, evolve, evolve_synced
 
 # What callers import from here; some of it lives in the modules split off this one (issue #12)
 __all__ = ["CONTENT_KEY", "TENANT_PAGE", "EventEnvelope", "EventStore", "LogCheck", "LoggedEvent",
@@ -137,19 +137,37 @@ class EventStore:
         """The tenant's events after `after`, in order, read `page` at a time: the library's
         reader holds every stored event it selects, so one unpaged read of a million-event
         stream took 3 GB that the process kept."""
+        to_event = self.mapper.to_domain_event
+        for stored in self._stored(tenant, after, page):
+            yield stored.originator_version, cast(EventEnvelope, to_event(stored)).event
+
+    def _stored(self, tenant: str, after: int, page: int) -> Iterator[StoredEvent]:
+        """The tenant's stored events after `after`, read `page` at a time."""
         stream = stream_id(tenant)
         while True:
             try:
                 self.keys.expire()
-                found = [cast(EventEnvelope, item)
-                         for item in self.app.events.get(stream, gt=after or None, limit=page)]
+                found = self.app.recorder.select_events(stream, gt=after or None, limit=page)
             except PersistenceError as exc:
                 raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc
-            for envelope in found:
-                yield envelope.originator_version, envelope.event
+            yield from found
             if len(found) < page:
                 return
             after = found[-1].originator_version
+
+    def _fold(self, state: TenantState) -> int:
+        """Fold the tenant's events after `state.seq` into it; how many there were. Synced
+        messages are decoded straight into what the fold reads (`PydanticMapper.to_fold`)."""
+        to_fold, folded = self.mapper.to_fold, 0
+        with paused_gc():
+            for stored in self._stored(state.tenant, state.seq, TENANT_PAGE):
+                item = to_fold(stored)
+                if type(item) is SyncedMessage:
+                    evolve_synced(state, item, stored.originator_version)
+                else:
+                    evolve(state, cast(DomainEvent, item), stored.originator_version)
+                folded += 1
+        return folded
 
     def state(self, tenant: str) -> TenantState:
         """The tenant's current state (cached, fast-forwarded from the store). Not cached yet:
@@ -158,11 +176,7 @@ class EventStore:
         state = self._states.get(tenant)
         if state is None:
             state = self._restore(tenant) or TenantState(tenant)
-        folded = 0
-        with paused_gc():
-            for seq, event in self.tenant_events(tenant, after=state.seq):
-                evolve(state, event, seq)
-                folded += 1
+        folded = self._fold(state)
         self._states[tenant] = state
         if self.snapshots is not None and folded >= self.snapshots.every:
             try:
