@@ -27,7 +27,9 @@ class PostgresSnapshotRows:
 
     def read(self, tenant: str) -> tuple[str, int, bytes, bytes] | None:
         with self._conn("read") as conn:
-            row = conn.execute(SELECT.format(p="%s"), (tenant,)).fetchone()
+            # binary: the state's bytes as they are (as text they came hex-encoded, twice the
+            # bytes to send and to decode)
+            row = conn.execute(SELECT.format(p="%s"), (tenant,), binary=True).fetchone()
         if row is None:
             return None
         return str(row[0]), int(str(row[1])), bytes(row[2]), bytes(row[3])  # type: ignore[call-overload]

@@ -46,6 +46,14 @@ def _time(text: object) -> datetime | None:
         return None
 
 
+def _utc_text(text: str, moment: datetime) -> str:
+    """`utc_iso(moment)` of a time `_time` read from `text`: the text itself when it is in
+    UTC already (and has no fraction of zeros, which the isoformat leaves out)."""
+    if text.endswith("+00:00") and (len(text) == 25 or text[20:26] != "000000"):
+        return text
+    return moment.astimezone(UTC).isoformat()
+
+
 def _texts(value: object) -> bool:
     return type(value) is list and all(type(v) is str for v in value)
 
@@ -108,5 +116,5 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None) -> SyncedM
         doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
         tuple(msg["references"] or ()), addresses([msg["from"], *msg["to"], *msg["cc"],
                                                    *msg["bcc"]]),
-        subject, sent.astimezone(UTC).isoformat(), tuple(msg["labels"]), msg["read"],
+        subject, _utc_text(msg["sent_at"], sent), tuple(msg["labels"]), msg["read"],
         msg["delivery_status"])
