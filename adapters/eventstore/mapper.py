@@ -87,17 +87,19 @@ class PydanticMapper(Mapper[UUID]):
         cannot chain; the EventStore appends through `encode`."""
         raise StoreError("append through EventStore: events are sealed and chained there")
 
-    def to_fold(self, stored_event: StoredEvent) -> DomainEvent | SyncedMessage:
+    def to_fold(self, stream: UUID, version: int, topic: str, state: bytes
+                ) -> DomainEvent | SyncedMessage:
         """What the fold reads of a stored event: a MessageSynced in the form this mapper
         writes decoded straight into the fold's record (adapters.eventstore.synced_decode),
         anything else into its event."""
-        if stored_event.topic == SYNCED_TOPIC and not (self.cipher or self.compressor):
-            state = stored_event.state
+        if topic == SYNCED_TOPIC and not (self.cipher or self.compressor):
             start = CHAIN_END + 2 if state.startswith(CHAIN_HEAD) else 1
             found = decode_synced(state, start, self.keys)
             if found is not None:
                 return found
-        return cast(EventEnvelope, self.to_domain_event(stored_event)).event
+        stored = StoredEvent(originator_id=stream, originator_version=version, topic=topic,
+                             state=state)
+        return cast(EventEnvelope, self.to_domain_event(stored)).event
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         state = stored_event.state

@@ -9,7 +9,8 @@ is its events folded, cached per process and restored from snapshots. Reads of t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import ClassVar, cast
 from uuid import UUID, uuid5
@@ -54,6 +55,7 @@ _event_class = event_class  # adapters.eventstore.scan's name for it
 
 log = structlog.get_logger("crmsync.store")
 TENANT_PAGE = 5000  # events per read of a tenant's stream
+StoredRow = tuple[int, str, bytes]  # a stored event as a fold reads it: version, topic, bytes
 TENANT_NAMESPACE = UUID("5c1f3a52-8a53-4a8e-9f5e-3c9b2f0e6d11")
 # the store env's entry for base64 of the content master key ($CRMSYNC_CONTENT_KEY, L2); it
 # travels with the env to the processes that open the store again (rebuild parts)
@@ -155,18 +157,43 @@ class EventStore:
                 return
             after = found[-1].originator_version
 
+    def _rows(self, tenant: str, after: int, page: int) -> Iterator[list[StoredRow]]:
+        """Pages of the tenant's (version, topic, stored bytes) after `after`. On PostgreSQL
+        the next page is read while the caller folds this one (the server's work and ours
+        overlap: reading was a third of the 1M tenant's load)."""
+        stream = stream_id(tenant)
+        select = getattr(self.app.recorder, "select_stream", None)
+        if select is None:
+            for stored in _pages(self._stored(tenant, after, page), page):
+                yield [(s.originator_version, s.topic, s.state) for s in stored]
+            return
+        read = cast(Callable[[UUID, int, int], list[StoredRow]], select)
+        with ThreadPoolExecutor(1, thread_name_prefix="tenant-read") as ahead:
+            pending: Future[list[StoredRow]] | None = ahead.submit(read, stream, after, page)
+            while pending is not None:
+                try:
+                    found = pending.result()
+                except PersistenceError as exc:
+                    raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc
+                pending = ahead.submit(read, stream, found[-1][0], page) \
+                    if len(found) == page else None
+                self.keys.expire()  # as for each page read (L2: a key destroyed elsewhere)
+                yield found
+
     def _fold(self, state: TenantState) -> int:
         """Fold the tenant's events after `state.seq` into it; how many there were. Synced
         messages are decoded straight into what the fold reads (`PydanticMapper.to_fold`)."""
         to_fold, folded = self.mapper.to_fold, 0
+        stream = stream_id(state.tenant)
         with paused_gc():
-            for stored in self._stored(state.tenant, state.seq, TENANT_PAGE):
-                item = to_fold(stored)
-                if type(item) is SyncedMessage:
-                    evolve_synced(state, item, stored.originator_version)
-                else:
-                    evolve(state, cast(DomainEvent, item), stored.originator_version)
-                folded += 1
+            for found in self._rows(state.tenant, state.seq, TENANT_PAGE):
+                for seq, topic, stored in found:
+                    item = to_fold(stream, seq, topic, stored)
+                    if type(item) is SyncedMessage:
+                        evolve_synced(state, item, seq)
+                    else:
+                        evolve(state, cast(DomainEvent, item), seq)
+                folded += len(found)
         return folded
 
     def state(self, tenant: str) -> TenantState:
@@ -339,6 +366,17 @@ class EventStore:
         stops at the first event that fails: a changed byte, a missing or reordered seq."""
         stream = None if tenant is None else stream_id(tenant)
         return verify_chain(stored_events(self.app.recorder, stream, page), self.app.mapper)
+
+
+def _pages(stored: Iterator[StoredEvent], page: int) -> Iterator[list[StoredEvent]]:
+    batch: list[StoredEvent] = []
+    for item in stored:
+        batch.append(item)
+        if len(batch) == page:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _content_keys(env: dict[str, str]) -> ContentKeys:
