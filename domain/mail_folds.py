@@ -150,7 +150,7 @@ def _index_rfc(s: TenantState, m: SyncedMessage) -> None:
         s.messages.index_rfc(mailbox, m.rfc_id, m.id)
         s.missing_parents.pop((mailbox, m.rfc_id), None)  # no longer missing
     for rfc in (m.in_reply_to, *m.references):
-        if rfc and rfc != m.rfc_id and (mailbox, rfc) not in s.rfc_index:
+        if rfc and rfc != m.rfc_id and not s.messages.has_rfc(mailbox, rfc):
             s.missing_parents.setdefault((mailbox, rfc), m.thread)
 
 

@@ -33,6 +33,7 @@ from domain.packing import (
 )
 
 _READ, _DELETED, _RFC, _STATUS, _TIME, _FRACTION = 1, 2, 4, 8, 16, 32
+_SHORT = [bytes((n,)) for n in range(0x80)]  # one-byte varints, without a call each
 
 
 def _compact_time(iso: str) -> tuple[int, str] | None:
@@ -91,7 +92,7 @@ class Codec:
                     subject: str, sent_at: str, labels: tuple[str, ...], read: bool,
                     delivery_status: str | None, deleted: bool) -> bytes:
         """`pack` of a message given by its fields (the fold packs without making one)."""
-        code = self.names.code
+        code, short = self.names.code, _SHORT
         time = _compact_time(sent_at)
         flags = (_READ if read else 0) | (_DELETED if deleted else 0) | (
             0 if rfc_id is None else _RFC) | (0 if delivery_status is None else _STATUS) | (
@@ -101,12 +102,18 @@ class Codec:
         if rfc_id is not None:
             cut = rfc_id.rfind("@")
             local = text_bytes(rfc_id[:cut] if cut >= 0 else rfc_id)
-            out += varint(len(local)) + local + code(rfc_id[cut:] if cut >= 0 else "")
-        out += varint(len(participants))
+            n = len(local)
+            out += short[n] if n < 0x80 else varint(n)
+            out += local
+            out += code(rfc_id[cut:] if cut >= 0 else "")
+        n = len(participants)
+        out += short[n] if n < 0x80 else varint(n)
         for a in participants:
             out += code(a)
         subject_bytes = text_bytes(subject)
-        out += varint(len(subject_bytes)) + subject_bytes
+        n = len(subject_bytes)
+        out += short[n] if n < 0x80 else varint(n)
+        out += subject_bytes
         if time is None:
             sent = text_bytes(sent_at)
             out += varint(len(sent)) + sent
@@ -222,14 +229,15 @@ class Box:
         n, at = read_varint(data, self.records.body(row)[0])
         return bytes(data[at:at + n])
 
-    def find(self, key: bytes) -> int:
+    def find(self, key: bytes, key_crc: int | None = None) -> int:
         """The row of the message with this (UTF-8) id; -1 if none."""
-        return self.ids.find(crc(key), lambda row: self.records.at[row] >= 0
-                             and self._id(row) == key)
+        return self.ids.find(crc(key) if key_crc is None else key_crc,
+                             lambda row: self.records.at[row] >= 0 and self._id(row) == key)
 
     def put(self, key: bytes, packed: bytes) -> tuple[int, bool]:
         """Store; the message's row, and True when the message is new."""
-        row = self.find(key)
+        key_crc = crc(key)
+        row = self.find(key, key_crc)
         blob = varint(len(key)) + key + packed
         if row >= 0:
             self.records.put(row, blob)
@@ -238,7 +246,7 @@ class Box:
             self.ids = self.ids.grown(self._live(self.ids), self._id)
         row = self.records.append(blob)
         self.prev.append(-2)
-        self.ids.add(crc(key), row)
+        self.ids.add(key_crc, row)
         return row, True
 
     def rfc_row(self, rfc: str) -> int:
@@ -371,6 +379,11 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         """Index the stored message `message_id` under its RFC Message-ID `rfc` (S13), unless
         another message of the mailbox is indexed under it already."""
         self._boxes[mailbox].index_rfc(rfc, self.row(mailbox, message_id))
+
+    def has_rfc(self, mailbox: str, rfc: str) -> bool:
+        """Whether a message of the mailbox is indexed under `rfc` (`rfc_thread` is not None)."""
+        box = self._boxes.get(mailbox)
+        return box is not None and box.rfc_row(rfc) >= 0
 
     def rfc_thread(self, mailbox: str, rfc: str) -> str | None:
         """The thread of the first message indexed under `rfc` in the mailbox, if any."""
