@@ -34,7 +34,8 @@ class PostgresSnapshotRows:
             return None
         return str(row[0]), int(str(row[1])), bytes(row[2]), bytes(row[3])  # type: ignore[call-overload]
 
-    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
+    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes | bytearray
+              ) -> None:
         with self._conn("write") as conn:
             conn.execute(UPSERT.format(p="%s"), (tenant, version, seq, mac, blob))
 
