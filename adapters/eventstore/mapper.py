@@ -28,7 +28,7 @@ from adapters.errors import StoreError
 from adapters.eventstore.chain import CHAIN_END, CHAIN_HEAD, chain_link
 from adapters.eventstore.content_keys import ContentKeys
 from adapters.eventstore.seal import SEALED_KEY, SEALED_KINDS, opened, seal_values, with_sealed
-from adapters.eventstore.synced_decode import decode_synced
+from adapters.eventstore.synced_decode import decode_plain, decode_synced
 from domain import events as ev
 from domain.events import DomainEvent
 from domain.state import SyncedMessage
@@ -93,6 +93,9 @@ class PydanticMapper(Mapper[UUID]):
         writes decoded straight into the fold's record (adapters.eventstore.synced_decode),
         anything else into its event."""
         if topic == SYNCED_TOPIC and not (self.cipher or self.compressor):
+            found = decode_plain(state, self.keys)
+            if found is not None:
+                return found
             start = CHAIN_END + 2 if state.startswith(CHAIN_HEAD) else 1
             found = decode_synced(state, start, self.keys)
             if found is not None:

@@ -12,7 +12,9 @@ from eventsourcing.persistence import StoredEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.eventstore.chain import CHAIN_END
 from adapters.eventstore.store import EventStore, stream_id
+from adapters.eventstore.synced_decode import decode_plain, decode_synced
 from domain import events as ev
 from domain.mail_folds import SyncedMessage, synced_message
 from domain.state import TenantState, evolve
@@ -79,6 +81,8 @@ def test_a_synced_message_decoded_straight_folds_as_the_model_decodes_it(
         assert isinstance(fast, SyncedMessage)  # the mapper's own form: always decoded straight
         event = store.mapper.to_domain_event(item).event
         assert fast == synced_message(event, event.crm_initiated)
+        plain = decode_plain(item.state, store.keys)  # texts without escapes: the regex's
+        assert plain is None or plain == decode_synced(item.state, CHAIN_END + 2, store.keys)
     plain = TenantState("t")
     for seq, event in store.tenant_events("t"):
         evolve(plain, event, seq)
@@ -169,7 +173,9 @@ def test_a_payload_not_in_the_mappers_form_is_left_to_the_model(old: bytes, new:
 
 def test_the_canonical_form_is_decoded_straight_with_its_content_opened() -> None:
     store = opened_store()
-    found = fold_of(store, canonical(store))
+    item = canonical(store)
+    assert decode_plain(item.state, store.keys) == fold_of(store, item)  # by the regex
+    found = fold_of(store, item)
     assert isinstance(found, SyncedMessage)
     assert (found.subject, found.participants, found.rfc_id) == ("hello", ("a@x.test",
                                                                            "b@x.test"), "<r@x>")
