@@ -187,8 +187,10 @@ class EventStore:
         stream = stream_id(state.tenant)
         with paused_gc():
             for found in self._rows(state.tenant, state.seq, TENANT_PAGE):
-                for seq, topic, stored in found:
-                    item = to_fold(stream, seq, topic, stored)
+                # a page decoded, then folded: alternating the two per event was slower
+                items = [(seq, to_fold(stream, seq, topic, stored))
+                         for seq, topic, stored in found]
+                for seq, item in items:
                     if type(item) is SyncedMessage:
                         evolve_synced(state, item, seq)
                     else:
