@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from domain import events as ev
-from domain.message_table import Message
 from domain.tenant import Mailbox, OutboundRequest, Push, TenantState, addresses, utc_iso
 from domain.thread_table import Thread
 
@@ -88,37 +88,70 @@ def _credentials_removed(s: TenantState, e: ev.CredentialsRemoved, seq: int) -> 
     s.mailboxes[e.mailbox].credentials_set = False
 
 
-def _add_message(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessage, seq: int,
-                 crm_initiated: bool) -> None:
+class SyncedMessage(NamedTuple):
+    """A synced (or CRM-sent) message as the fold reads it: a MessageSynced's fields, or one
+    decoded straight from its stored form (the event store's fast path, issue #15), so both
+    fold alike. `participants` as `addresses` gives them, `sent_at` as `utc_iso` does. (A
+    tuple: a frozen dataclass of this many fields took microseconds to make.)"""
+
+    mailbox: str
+    thread: str
+    crm_initiated: bool
+    occurred_at: datetime
+    actor: str
+    command_id: str | None
+    id: str
+    rfc_id: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    participants: tuple[str, ...]
+    subject: str
+    sent_at: str
+    labels: tuple[str, ...]
+    read: bool
+    delivery_status: str | None
+
+
+def synced_message(e: ev.MessageSynced | ev.EmailSent, crm_initiated: bool) -> SyncedMessage:
+    msg = e.message
+    return SyncedMessage(
+        e.mailbox, e.thread, crm_initiated, e.occurred_at, e.actor, e.command_id, msg.id,
+        msg.message_id, msg.in_reply_to, tuple(msg.references or ()),
+        addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]), msg.subject, utc_iso(msg.sent_at),
+        tuple(msg.labels), msg.read, msg.delivery_status)
+
+
+def _add_message(s: TenantState, m: SyncedMessage, seq: int) -> None:
+    mailbox, thread_id = m.mailbox, m.thread
     thread = s.threads.get(thread_id)
     if thread is None:
-        thread = s.threads.create(thread_id, mailbox, seq, crm_initiated)
+        thread = s.threads.create(thread_id, mailbox, seq, m.crm_initiated)
     s.mailboxes[mailbox].stored += 1
-    message = s.messages[(mailbox, msg.id)] = Message(
-        msg.id, thread_id, msg.message_id, addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]),
-        msg.subject, utc_iso(msg.sent_at), tuple(msg.labels), msg.read, msg.delivery_status)
-    thread.add_message(msg.id)  # after storing it: the thread chains the message's row
+    s.messages.put(mailbox, m.id, thread_id, m.rfc_id, m.participants, m.subject, m.sent_at,
+                   m.labels, m.read, m.delivery_status)
+    thread.add_message(m.id)  # after storing it: the thread chains the message's row
     if s.index_rfc:
-        _index_rfc(s, mailbox, thread_id, msg)
+        _index_rfc(s, m)
     have = thread.participants
-    new = tuple(a for a in message.participants if a not in have)
+    new = tuple(a for a in m.participants if a not in have)
     if new:
         thread.participants = have + new
     if s.address_threads is not None:
-        for a in message.participants:
+        for a in m.participants:
             s.address_threads.setdefault(a, set()).add(thread_id)
 
 
-def _index_rfc(s: TenantState, mailbox: str, thread_id: str, msg: ev.MailMessage) -> None:
+def _index_rfc(s: TenantState, m: SyncedMessage) -> None:
     """S13: this message's id, and every ancestor it names that was never synced, lead to its
     thread. First come wins (`setdefault`): the fold gives the same index on replay and
     whatever the batch boundaries, and a reference loop cannot move anything."""
-    if msg.message_id:
-        s.messages.index_rfc(mailbox, msg.message_id, msg.id)
-        s.missing_parents.pop((mailbox, msg.message_id), None)  # no longer missing
-    for rfc in (msg.in_reply_to, *(msg.references or ())):
-        if rfc and rfc != msg.message_id and (mailbox, rfc) not in s.rfc_index:
-            s.missing_parents.setdefault((mailbox, rfc), thread_id)
+    mailbox = m.mailbox
+    if m.rfc_id:
+        s.messages.index_rfc(mailbox, m.rfc_id, m.id)
+        s.missing_parents.pop((mailbox, m.rfc_id), None)  # no longer missing
+    for rfc in (m.in_reply_to, *m.references):
+        if rfc and rfc != m.rfc_id and not s.messages.has_rfc(mailbox, rfc):
+            s.missing_parents.setdefault((mailbox, rfc), m.thread)
 
 
 def _delete_message(s: TenantState, mailbox: str, message_id: str, recount: bool = True
@@ -143,15 +176,20 @@ def _recount(s: TenantState, thread: Thread) -> None:
 
 
 def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
-    _add_message(s, e.mailbox, e.thread, e.message, seq, e.crm_initiated)
-    mbx = s.mailboxes[e.mailbox]
+    fold_synced(s, synced_message(e, e.crm_initiated), seq)
+
+
+def fold_synced(s: TenantState, m: SyncedMessage, seq: int) -> None:
+    """MessageSynced's fold (`domain.state.evolve_synced` adds the envelope's part)."""
+    _add_message(s, m, seq)
+    mbx = s.mailboxes[m.mailbox]
     mbx.synced += 1
-    mbx.last_sync_at = e.occurred_at
+    mbx.last_sync_at = m.occurred_at
     _recovered(mbx)
 
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
-    _add_message(s, e.mailbox, e.thread, e.message, seq, crm_initiated=True)
+    _add_message(s, synced_message(e, crm_initiated=True), seq)
     s.outbound[e.message.id] = OutboundRequest(e.mailbox, e.message.id, "send", seq)
     s.sent_provider_ids[(e.mailbox, e.message.id)] = None
 

@@ -33,6 +33,7 @@ from domain.packing import (
 )
 
 _READ, _DELETED, _RFC, _STATUS, _TIME, _FRACTION = 1, 2, 4, 8, 16, 32
+_SHORT = [bytes((n,)) for n in range(0x80)]  # one-byte varints, without a call each
 
 
 def _compact_time(iso: str) -> tuple[int, str] | None:
@@ -84,32 +85,45 @@ class Codec:
 
     def pack(self, m: Message) -> bytes:
         """The message without its id (the table keeps the id in front)."""
-        code = self.names.code
-        time = _compact_time(m.sent_at)
-        flags = (_READ if m.read else 0) | (_DELETED if m.deleted else 0) | (
-            0 if m.rfc_id is None else _RFC) | (0 if m.delivery_status is None else _STATUS) | (
+        return self.pack_fields(m.thread, m.rfc_id, m.participants, m.subject, m.sent_at,
+                                m.labels, m.read, m.delivery_status, m.deleted)
+
+    def pack_fields(self, thread: str, rfc_id: str | None, participants: tuple[str, ...],
+                    subject: str, sent_at: str, labels: tuple[str, ...], read: bool,
+                    delivery_status: str | None, deleted: bool) -> bytes:
+        """`pack` of a message given by its fields (the fold packs without making one)."""
+        code, short = self.names.code, _SHORT
+        time = _compact_time(sent_at)
+        flags = (_READ if read else 0) | (_DELETED if deleted else 0) | (
+            0 if rfc_id is None else _RFC) | (0 if delivery_status is None else _STATUS) | (
             0 if time is None else _TIME | (_FRACTION if time[1] else 0))
         out = bytearray((flags,))
-        out += varint(self.thread_ids.number(m.thread))
-        if m.rfc_id is not None:
-            cut = m.rfc_id.rfind("@")
-            local = text_bytes(m.rfc_id[:cut] if cut >= 0 else m.rfc_id)
-            out += varint(len(local)) + local + code(m.rfc_id[cut:] if cut >= 0 else "")
-        out += varint(len(m.participants))
-        for a in m.participants:
+        out += varint(self.thread_ids.number(thread))
+        if rfc_id is not None:
+            cut = rfc_id.rfind("@")
+            local = text_bytes(rfc_id[:cut] if cut >= 0 else rfc_id)
+            n = len(local)
+            out += short[n] if n < 0x80 else varint(n)
+            out += local
+            out += code(rfc_id[cut:] if cut >= 0 else "")
+        n = len(participants)
+        out += short[n] if n < 0x80 else varint(n)
+        for a in participants:
             out += code(a)
-        subject = text_bytes(m.subject)
-        out += varint(len(subject)) + subject
+        subject_bytes = text_bytes(subject)
+        n = len(subject_bytes)
+        out += short[n] if n < 0x80 else varint(n)
+        out += subject_bytes
         if time is None:
-            sent = text_bytes(m.sent_at)
+            sent = text_bytes(sent_at)
             out += varint(len(sent)) + sent
         else:
             out += time[0].to_bytes(6, "little")
             if time[1]:
                 out += varint(len(time[1])) + time[1].encode()
-        out += self.label_sets.code(m.labels)
-        if m.delivery_status is not None:
-            out += code(m.delivery_status)
+        out += self.label_sets.code(labels)
+        if delivery_status is not None:
+            out += code(delivery_status)
         return bytes(out)
 
     def unpack(self, message_id: str, data: bytes | bytearray, at: int = 0) -> Message:
@@ -215,14 +229,15 @@ class Box:
         n, at = read_varint(data, self.records.body(row)[0])
         return bytes(data[at:at + n])
 
-    def find(self, key: bytes) -> int:
+    def find(self, key: bytes, key_crc: int | None = None) -> int:
         """The row of the message with this (UTF-8) id; -1 if none."""
-        return self.ids.find(crc(key), lambda row: self.records.at[row] >= 0
-                             and self._id(row) == key)
+        return self.ids.find(crc(key) if key_crc is None else key_crc,
+                             lambda row: self.records.at[row] >= 0 and self._id(row) == key)
 
     def put(self, key: bytes, packed: bytes) -> tuple[int, bool]:
         """Store; the message's row, and True when the message is new."""
-        row = self.find(key)
+        key_crc = crc(key)
+        row = self.find(key, key_crc)
         blob = varint(len(key)) + key + packed
         if row >= 0:
             self.records.put(row, blob)
@@ -231,7 +246,7 @@ class Box:
             self.ids = self.ids.grown(self._live(self.ids), self._id)
         row = self.records.append(blob)
         self.prev.append(-2)
-        self.ids.add(crc(key), row)
+        self.ids.add(key_crc, row)
         return row, True
 
     def rfc_row(self, rfc: str) -> int:
@@ -305,10 +320,22 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         mailbox, message_id = key
         if message.id != message_id:
             raise ValueError(f"message {message.id!r} stored under id {message_id!r}")
+        self._store(mailbox, message_id, self.codec.pack(message))
+
+    def put(self, mailbox: str, message_id: str, thread: str, rfc_id: str | None,
+            participants: tuple[str, ...], subject: str, sent_at: str,
+            labels: tuple[str, ...], read: bool, delivery_status: str | None) -> None:
+        """`self[mailbox, message_id] = Message(message_id, thread, ...)` (not deleted),
+        without making the Message (the fold of a synced message)."""
+        self._store(mailbox, message_id, self.codec.pack_fields(
+            thread, rfc_id, participants, subject, sent_at, labels, read, delivery_status,
+            False))
+
+    def _store(self, mailbox: str, message_id: str, packed: bytes) -> None:
         box = self._boxes.get(mailbox)
         if box is None:
             box = self._boxes[sys.intern(mailbox)] = Box(self.codec)
-        row, new = box.put(text_bytes(message_id), self.codec.pack(message))
+        row, new = box.put(text_bytes(message_id), packed)
         self._last = (mailbox, message_id, row)
         if new:
             self._count += 1
@@ -352,6 +379,11 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
         """Index the stored message `message_id` under its RFC Message-ID `rfc` (S13), unless
         another message of the mailbox is indexed under it already."""
         self._boxes[mailbox].index_rfc(rfc, self.row(mailbox, message_id))
+
+    def has_rfc(self, mailbox: str, rfc: str) -> bool:
+        """Whether a message of the mailbox is indexed under `rfc` (`rfc_thread` is not None)."""
+        box = self._boxes.get(mailbox)
+        return box is not None and box.rfc_row(rfc) >= 0
 
     def rfc_thread(self, mailbox: str, rfc: str) -> str | None:
         """The thread of the first message indexed under `rfc` in the mailbox, if any."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from domain import contact_state, mail_folds, record_folds
 from domain import events as ev
+from domain.mail_folds import SyncedMessage, fold_synced
 from domain.tenant import (
     EventRef,
     Mailbox,
@@ -26,8 +27,9 @@ from domain.tenant import (
 )
 from domain.thread_table import Thread
 
-__all__ = ["FOLDS", "EventRef", "Mailbox", "OutboundRequest", "Push", "Record", "TenantSettings",
-           "TenantState", "Thread", "User", "evolve", "utc_iso"]
+__all__ = ["FOLDS", "EventRef", "Mailbox", "OutboundRequest", "Push", "Record", "SyncedMessage",
+           "TenantSettings", "TenantState", "Thread", "User", "evolve", "evolve_synced",
+           "utc_iso"]
 
 
 def _no_state(s: TenantState, e: Any, seq: int) -> None:
@@ -60,6 +62,17 @@ FOLDS.update(contact_state.FOLDS)
 for _kind, _after in contact_state.AFTER.items():
     FOLDS[_kind] = _then(FOLDS[_kind], _after)
 assert set(FOLDS) == set(ev.EVENT_TYPES), "every event type needs a fold"
+
+
+def evolve_synced(state: TenantState, synced: SyncedMessage, seq: int) -> TenantState:
+    """`evolve` of a MessageSynced given as the fold reads it (decoded from its stored form
+    without the event model: a tenant's stream is mostly these)."""
+    fold_synced(state, synced, seq)
+    state.seq = seq
+    state.last_at = synced.occurred_at
+    if synced.command_id is not None:
+        state.applied_commands.add((synced.actor, synced.command_id))
+    return state
 
 
 def evolve(state: TenantState, event: ev.DomainEvent, seq: int) -> TenantState:

@@ -5,19 +5,38 @@ rules read. Its fold (`evolve`) is `domain.state`, by area in `domain.record_fol
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from domain import contact_state
 from domain import events as ev
 from domain.message_table import Message, MessageTable, RfcIndex
 from domain.thread_table import MailboxThreads, Thread, ThreadTable
 
+C = TypeVar("C", bound=type)
+
+
+def pickled_by_fields(cls: C) -> C:
+    """Pickle instances as a call of the class with their fields: a slots dataclass unpickles
+    through a `__setstate__` in Python that looks its fields up for every object (the 1M
+    tenant's 50,000 records took a snapshot a quarter of a second to restore)."""
+    values: Callable[[Any], tuple[Any, ...]] = attrgetter(*(f.name for f in fields(cls)))
+
+    def reduce(self: Any) -> tuple[C, tuple[Any, ...]]:
+        return cls, values(self)
+
+    setattr(cls, "__reduce__", reduce)  # noqa: B010  (a method set on the made class)
+    return cls
+
+
 DEFAULT_ALLOWED_TYPES = ("jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx",
                          "txt")
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class EventRef:
     """Names the event that set a piece of state, for explanations (V11)."""
@@ -42,6 +61,7 @@ class TenantSettings:
     mass_delete_threshold: float = 0.5
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class User:
     id: str
@@ -57,6 +77,7 @@ class User:
         return self.status == "active"
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class Record:
     id: str
@@ -75,6 +96,7 @@ class Record:
     owner_ref: EventRef | None = None
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Push:
     """The mailbox's push channel at the provider (Graph subscription / Gmail watch), as the sync
@@ -94,6 +116,7 @@ class Push:
         return self.renewed_at or self.created_at
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class Mailbox:
     id: str
@@ -123,6 +146,7 @@ class Mailbox:
         return bool(self.pending_deletions)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class OutboundRequest:
     """A CRM-side change the outbox has not yet had acknowledged (S7, S12)."""

@@ -28,7 +28,12 @@ from adapters.errors import StoreError
 from adapters.eventstore.chain import CHAIN_END, CHAIN_HEAD, chain_link
 from adapters.eventstore.content_keys import ContentKeys
 from adapters.eventstore.seal import SEALED_KEY, SEALED_KINDS, opened, seal_values, with_sealed
+from adapters.eventstore.synced_decode import decode_plain, decode_synced
+from domain import events as ev
 from domain.events import DomainEvent
+from domain.state import SyncedMessage
+
+SYNCED_TOPIC = get_topic(ev.MessageSynced)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,23 @@ class PydanticMapper(Mapper[UUID]):
         """The library's path (Application.save): only for events without content, and it
         cannot chain; the EventStore appends through `encode`."""
         raise StoreError("append through EventStore: events are sealed and chained there")
+
+    def to_fold(self, stream: UUID, version: int, topic: str, state: bytes
+                ) -> DomainEvent | SyncedMessage:
+        """What the fold reads of a stored event: a MessageSynced in the form this mapper
+        writes decoded straight into the fold's record (adapters.eventstore.synced_decode),
+        anything else into its event."""
+        if topic == SYNCED_TOPIC and not (self.cipher or self.compressor):
+            found = decode_plain(state, self.keys)
+            if found is not None:
+                return found
+            start = CHAIN_END + 2 if state.startswith(CHAIN_HEAD) else 1
+            found = decode_synced(state, start, self.keys)
+            if found is not None:
+                return found
+        stored = StoredEvent(originator_id=stream, originator_version=version, topic=topic,
+                             state=state)
+        return cast(EventEnvelope, self.to_domain_event(stored)).event
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         state = stored_event.state

@@ -27,12 +27,15 @@ class PostgresSnapshotRows:
 
     def read(self, tenant: str) -> tuple[str, int, bytes, bytes] | None:
         with self._conn("read") as conn:
-            row = conn.execute(SELECT.format(p="%s"), (tenant,)).fetchone()
+            # binary: the state's bytes as they are (as text they came hex-encoded, twice the
+            # bytes to send and to decode)
+            row = conn.execute(SELECT.format(p="%s"), (tenant,), binary=True).fetchone()
         if row is None:
             return None
         return str(row[0]), int(str(row[1])), bytes(row[2]), bytes(row[3])  # type: ignore[call-overload]
 
-    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
+    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes | bytearray
+              ) -> None:
         with self._conn("write") as conn:
             conn.execute(UPSERT.format(p="%s"), (tenant, version, seq, mac, blob))
 

@@ -32,7 +32,8 @@ class SqliteSnapshotRows:
             raise StoreError(f"cannot read a snapshot: {exc}") from exc
         return None if row is None else (str(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]))
 
-    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes) -> None:
+    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes | bytearray
+              ) -> None:
         try:
             self.conn.execute(UPSERT.format(p="?"), (tenant, version, seq, mac, blob))
         except sqlite3.Error as exc:

@@ -101,6 +101,28 @@ def test_a_snapshot_that_does_not_verify_or_comes_from_other_code_is_ignored(
     engine.close()
 
 
+def test_a_snapshot_moved_to_another_row_or_seq_does_not_verify(tmp_path: Path) -> None:
+    # the blob is no longer hashed whole (issue #15): the GCM tag authenticates it, with the
+    # row's tenant, version and seq as associated data, so a row edited around it is refused
+    db = str(tmp_path / "crm.db")
+    engine = Engine.open_sqlite(db)
+    apply(engine, history(3, length=40))
+    state = engine.state(TENANT)
+    rows = SqliteSnapshotRows(db)
+    snapshots = Snapshots(rows, SECRET.encode())
+    snapshots.take(state)
+    version, seq, mac, blob = rows.read(TENANT) or ("", 0, b"", b"")
+    rows.write("other", version, seq, mac, blob)
+    assert snapshots.restore("other") is None  # another tenant's row
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE tenant_snapshots SET seq = seq + 1 WHERE tenant = ?", (TENANT,))
+    assert snapshots.restore(TENANT) is None  # another position
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE tenant_snapshots SET seq = ? WHERE tenant = ?", (seq, TENANT))
+    assert snapshots.restore(TENANT) == state
+    engine.close()
+
+
 def test_snapshots_need_a_key_and_can_be_switched_off() -> None:
     assert snapshot_key({}) is None
     assert snapshot_key({"CRMSYNC_SECRET": "short"}) is None
