@@ -29,7 +29,7 @@ from domain.thread_table import Thread
 from projections.rows import ordered_messages, sent_at
 from projections.touched import Keys
 
-_BUDGET = 20_000  # messages held (~10 MB of `Message` objects)
+_BUDGET = 10_000  # messages held (~9 MB of `Message` objects)
 
 
 class _Tenant:
