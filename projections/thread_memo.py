@@ -4,12 +4,13 @@ At the end of each time group the projector computes the rows of every thread th
 from the thread's ordered live messages (`rows.thread_facts`), and before a thread's first event
 of a group it takes the thread's keys (`touched.thread_keys`, from its links). Unpacking every
 message of the thread for each of its messages made a thread's cost grow with the square of its
-length (docs/decisions/audit-and-erasure.md, "Rebuild rate: the thread memo"). This memo keeps,
-per thread, the messages and keys computed at its last group's end, and trusts them only while
-the tenant's state has changed since by nothing but *new messages*: a `MessageSynced` or
-`EmailSent` of a message id its mailbox does not hold yet, into a thread of that mailbox. Such an
-event only appends one message to its own thread (and changes its participants, so its links and
-bases are computed again; other threads' links do not depend on it: `visibility.links`). Any
+length (docs/decisions/audit-and-erasure.md, "Rebuild rate: a thread's messages carried between
+time groups"). This memo keeps, per thread, the messages and keys computed at its last group's
+end, and trusts them only while the tenant's state has changed since by nothing but *new
+messages*: a `MessageSynced` or `EmailSent` of a message id its mailbox does not hold yet, into a
+thread of that mailbox. Such an event only appends one message to its own thread (and changes
+its participants, so its links and bases are computed again; other threads' links do not depend
+on it: `visibility.links`). Any
 other event folded, an event folded outside `collect` (the state's `seq` moved) or another state
 object for the tenant (refolded after a failure) makes every entry of the tenant stale (an epoch:
 O(1), stale entries leave by age). The messages of a thread are then the kept ones plus the new
