@@ -52,6 +52,42 @@ def children(pid: int) -> list[int]:
     return found
 
 
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving one database (from /proc, sampled: a
+    backend's last sample before it exits counts; the server's shared WAL writer and
+    checkpointer are not in it, so it is a lower bound of PostgreSQL's share)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.database = (url or "").rsplit("/", 1)[-1].split("?", 1)[0]
+        self.seen: dict[int, float] = {}
+        self.others: set[int] = set()  # pids that are not such backends (not read again)
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        if not self.database:
+            return
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in self.others:
+                continue
+            try:
+                if int(entry) not in self.seen:
+                    with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                        cmdline = fh.read()
+                    if not cmdline.startswith(b"postgres: ") or \
+                            f" {self.database} ".encode() not in cmdline:
+                        if b"postgres" not in cmdline:  # a new backend's title comes later
+                            self.others.add(int(entry))
+                        continue
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            self.seen[int(entry)] = (int(fields[11]) + int(fields[12])) / self.tick
+
+    def total(self) -> float:
+        return sum(self.seen.values())
+
+
 def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     """`crmsync rebuild` as its own process, as an operator runs it: its wall time and the peak
     resident memory of each of its processes (the coordinator and its part processes) and of
@@ -63,8 +99,12 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     started = time.perf_counter()
     cpu_before = _children_cpu()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    backends = BackendCpu(args.postgres)
+    backends.sample()
+    before = dict(backends.seen)  # backends already open (this process's own)
     peak, peak_total, seen = 0.0, 0.0, 1
     while proc.poll() is None:
+        backends.sample()
         tree = [proc.pid, *children(proc.pid)]
         seen = max(seen, len(tree))
         sizes = [rss_mb(pid) for pid in tree]
@@ -79,6 +119,12 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
                      f"included; {100 * total / elapsed / raw:.0f}% of raw)\n")
     sys.stdout.write(f"  CPU of its processes: {cpu:.1f} s = {total / cpu:,.0f} events per CPU "
                      f"second ({cpu / elapsed:.2f} cores busy on average)\n")
+    if args.postgres:
+        pg = backends.total() - sum(before.values())
+        sys.stdout.write(f"  CPU of its PostgreSQL backends (sampled): {pg:.1f} s "
+                         f"({pg / elapsed:.2f} cores busy on average); both: "
+                         f"{total / (cpu + pg):,.0f} events per CPU second; load average "
+                         f"{os.getloadavg()[0]:.1f} at the end\n")
     sys.stdout.write(f"peak RSS of one rebuild process: {peak:.0f} MB; of all {seen} together: "
                      f"{peak_total:.0f} MB (sampled every 0.1 s)\n")
 

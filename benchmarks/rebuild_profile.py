@@ -35,7 +35,8 @@ PHASES: list[tuple[str, tuple[str, str]]] = [
 WRITER: list[tuple[str, tuple[str, str]]] = [
     ("writer: views.write (whole)", ("postgres.py", "write")),
     ("  sealing + encoding rows", ("", "encoded")),
-    ("  COPY rows", ("", "write_row")),
+    ("  COPY rows: the binary stream built", ("postgres.py", "copy_binary")),
+    ("  COPY rows: sent (Copy.write)", ("_copy.py", "write")),
     ("  commit", ("", "commit")),
 ]
 

@@ -31,24 +31,28 @@ SEP = "\x1f"  # joins the parts of a compound key
 OWNER_FIELD = "_owner"
 
 
-def _iso(m: Message) -> str:
+def sent_at(m: Message) -> str:
     return m.sent_at
 
 
 def ordered_messages(state: TenantState, thread: Thread) -> list[Message]:
     """The thread's live messages by send time (ties: in the thread's order: the sort is
     stable and `live_messages` keeps that order)."""
-    return sorted(state.live_messages(thread), key=_iso)
+    return sorted(state.live_messages(thread), key=sent_at)
 
 
-def _live_thread(state: TenantState, thread_id: str) -> tuple[Thread, list[Message]] | None:
+Ordering = Callable[[TenantState, Thread], list[Message]]  # a thread's live messages, ordered
+
+
+def _live_thread(state: TenantState, thread_id: str, ordered: Ordering
+                 ) -> tuple[Thread, list[Message]] | None:
     """The thread and its ordered live messages if it shows anywhere: threads of deleted users
     leave every view (L2), empty threads show nowhere. (Each message is unpacked once: the
     message table packs them, and this runs for every thread a time group touches.)"""
     thread = state.threads.get(thread_id)
     if thread is None or state.users[state.thread_owner(thread)].status == "deleted":
         return None
-    messages = ordered_messages(state, thread)
+    messages = ordered(state, thread)
     return (thread, messages) if messages else None
 
 
@@ -96,9 +100,11 @@ class ThreadFacts:
 Cache = dict[str, "ThreadFacts | None"]
 
 
-def thread_facts(state: TenantState, thread_id: str, cache: Cache) -> ThreadFacts | None:
+def thread_facts(state: TenantState, thread_id: str, cache: Cache,
+                 ordered: Ordering = ordered_messages) -> ThreadFacts | None:
+    """`ordered`: where the thread's ordered live messages come from (`thread_memo`)."""
     if thread_id not in cache:
-        found = _live_thread(state, thread_id)
+        found = _live_thread(state, thread_id, ordered)
         if found is None:
             cache[thread_id] = None
         else:
@@ -118,7 +124,7 @@ def timeline_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     msgs = facts.messages
     return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": facts.owner,
                   **_subject(msgs[0].subject), "basis": facts.bases[record_id],
-                  "messages": [[m.rfc_id, _iso(m)] for m in msgs]}}
+                  "messages": [[m.rfc_id, sent_at(m)] for m in msgs]}}
 
 
 def mailbox_rows(state: TenantState, key: str, cache: Cache) -> Rows:
@@ -130,7 +136,7 @@ def mailbox_rows(state: TenantState, key: str, cache: Cache) -> Rows:
     msgs = facts.messages
     return {"t": {"thread": thread_id, "mailbox": facts.thread.mailbox, "owner": user_id,
                   **_subject(msgs[0].subject), "messages": len(msgs),
-                  "last_activity": max(_iso(m) for m in msgs),
+                  "last_activity": max(sent_at(m) for m in msgs),
                   "labels": sorted({label for m in msgs for label in m.labels}),
                   "records": facts.bases}}
 

@@ -21,6 +21,7 @@ from projections.history import HISTORIES, moment
 from projections.partition import Partition
 from projections.ports import Changes, encode_doc, unstorable_keys
 from projections.rows import STATE_ROWS, Cache, Rows, event_rows, thread_facts
+from projections.thread_memo import ThreadMemo
 from projections.touched import Keys, keys_of_thread, thread_keys, touched
 
 First = tuple[int, int]  # (log position, tenant seq) of an event
@@ -60,12 +61,15 @@ class Versions:
         self.out: Changes = {}  # rows and versions computed, not yet handed to the store
         # (projection, tenant, key) -> digest of its last version
         self.memo: dict[tuple[str, str, str], bytes] = {}
+        self.threads = ThreadMemo()  # each thread's messages and keys at its last time's end
 
     def reset(self) -> None:
         self.groups, self.out, self.memo = {}, {}, {}
+        self.threads.reset()
 
     def forget(self, tenant: str) -> None:
         """Forget the tenant's last versions: rows computed for it may not have been stored."""
+        self.threads.forget(tenant)
         for mark in [m for m in self.memo if m[1] == tenant]:
             del self.memo[mark]
 
@@ -85,11 +89,15 @@ class Versions:
             group = self.groups[event.tenant] = Group(event.occurred_at,
                                                       (item.position, item.seq))
         seen = group.threads
+        carried = self.threads
+        mine = carried.start(state)
+        new = carried.new_message(state, event)
         keys, touched_threads = touched(state, event)
         for tid in touched_threads:
             if tid not in seen:
-                seen[tid] = thread_keys(state, tid)
+                seen[tid] = carried.keys_before(mine, tid) or thread_keys(state, tid)
         evolve(state, event, item.seq)
+        carried.folded(mine, state, event, new)
         after, touched_threads = touched(state, event)
         for tid in touched_threads:
             if tid not in seen:
@@ -114,10 +122,14 @@ class Versions:
         names, part = self.names, self.partition
         dirty = group.dirty  # the group is done with: its sets are extended in place
         cache: Cache = {}
+        carried = self.threads
         for tid, first in group.threads.items():
-            facts = thread_facts(state, tid, cache)  # its keys now, from the facts' links
-            now = (thread_keys(state, tid) if facts is None
-                   else keys_of_thread(tid, facts.owner, facts.links))
+            facts = thread_facts(state, tid, cache, carried.ordered)  # keys now: from its links
+            if facts is None:
+                now = thread_keys(state, tid)
+            else:
+                now = keys_of_thread(tid, facts.owner, facts.links)
+                carried.keep(state, tid, facts.messages, now)
             for found in (first, now):
                 for p, ks in found.items():
                     if ks and p in names:

@@ -311,6 +311,13 @@ class SqliteViews:
             self.conn.execute("DELETE FROM view_stuck WHERE projection=?", (p + self.suffix,))
         self.conn.execute("COMMIT")
 
+    def bulk_start(self, projections: Iterable[str]) -> None:
+        """Nothing to prepare: a SQLite build has the file to itself, in one process (the
+        PostgreSQL store loads its scratch tables unlogged and unindexed)."""
+
+    def bulk_done(self, projections: Iterable[str]) -> None:
+        """See `bulk_start`."""
+
     def swap_into_live(self, projection: str) -> None:
         """Replace the live table of `projection` by this scratch store's, atomically."""
         if not self.suffix:

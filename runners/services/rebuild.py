@@ -21,7 +21,7 @@ import contextlib
 import multiprocessing
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -79,6 +79,12 @@ class ScratchViews(ViewStore, Protocol):
 
     def close(self) -> None: ...
 
+    def bulk_start(self, projections: Iterable[str]) -> None:
+        """Before a build's load into these (reset) tables: cheaper tables to load."""
+
+    def bulk_done(self, projections: Iterable[str]) -> None:
+        """After the load, before catch-up writes and the swap: tables as the live ones."""
+
 
 ScratchFactory = Callable[[str], ScratchViews]  # table suffix -> scratch store
 
@@ -124,8 +130,10 @@ class Rebuilding(ABC):
                 with scratch.exclusive():  # one rebuild at a time uses the scratch tables
                     for name in names:
                         scratch.reset(name)
+                    scratch.bulk_start(names)
                     builder = Projector(names)
                     build(self._store, scratch, builder, progress=progress)
+                    scratch.bulk_done(names)  # outside the live lock: it takes a while
                     with self._views.exclusive():  # no live writer between last batch and swap
                         catch_up(self._store, scratch, builder)
                         for name in names:
@@ -273,6 +281,7 @@ def rebuild_in_parts(store: EventStore, views: ViewStore, scratch_tables: Scratc
         with scratch.exclusive():  # one rebuild at a time uses the scratch tables
             for name in names:
                 scratch.reset(name)
+            scratch.bulk_start(names)
             target = store.max_position()
             sizes = getattr(views, "mailbox_sizes", None)
             assigned = balanced(sizes(), count) if sizes is not None else {}
@@ -287,6 +296,7 @@ def rebuild_in_parts(store: EventStore, views: ViewStore, scratch_tables: Scratc
                                         batch_size, assigned))
             try:
                 parts.wait_all("built", moved)
+                scratch.bulk_done(names)  # outside the live lock: it takes a while
                 with views.exclusive():  # no live writer between catch-up and swap
                     end = store.max_position()
                     parts.send(("extend", end, ""))
