@@ -163,11 +163,11 @@ class LastVersions:
     Numbers in an open-addressing table per tenant, not a dict of (projection, tenant, key)
     tuples to digest bytes: a key costs at most 32 bytes (16 a slot, at most half the slots
     used) instead of ~165 bytes of tuple, key string, bytes object and dict entry (16 MB at
-    100,000 keys; docs/decisions/operations-and-scale.md, "The version memo as a table of
-    numbers"). A slot holds a 64-bit hash of (projection, key) and a 64-bit blake2b of the
-    rows' canonical bytes: two keys of a tenant share a slot only if their hashes are equal
-    (odds ~2^-64 a pair), a changed version is taken for the last one only if its digest is
-    (~2^-64 a change)."""
+    100,000 keys; docs/decisions/operations-and-scale.md, "Rebuild and runner memory"). A
+    slot holds a 64-bit hash of (projection, key) and a 64-bit blake2b of the rows' canonical
+    bytes: two keys of a tenant share a slot only if their hashes are equal (odds ~2^-64 a
+    pair), a changed version is taken for the last one only if its digest is (~2^-64 a
+    change)."""
 
     def __init__(self, bound: int = _MEMO) -> None:
         self.bound = bound
