@@ -14,12 +14,14 @@ is (peak at large - peak at small) / (large - small messages), in bytes per mess
 
 Target: at most 100 bytes per message for the command side and the rebuild.
 
-    python -m benchmarks.memory_per_message --profile [--small 40000] [--top 25]
+    python -m benchmarks.memory_per_message --profile [--at large] [--small 40000] [--top 25]
 
-instead rebuilds the small history once under tracemalloc (several times slower) and prints
-what is allocated and still held, by file:line, when the log is folded (the peak's side: the
-states, the versions remembered, the rows waiting to be written) and after the rebuild (what a
-process keeps between batches: memos).
+instead rebuilds the small (or large) history once under tracemalloc (several times slower) and
+prints what is allocated and still held, by file:line, when the log is folded (the peak's side:
+the states, the versions remembered, the rows waiting to be written) and after the rebuild (what
+a process keeps between batches: memos), and the most memory a batch allocated and freed again
+(rows, sealed bytes: on top of what is held, at every batch). Compare the two sizes' figures:
+their difference is the traced part of the slope, the rest is the allocator's.
 
     python -m benchmarks.memory_per_message --fold-time [--small 40000]
 
@@ -74,19 +76,24 @@ PROFILE = (
     "top = int(sys.argv[2])\n"
     "def show(label):\n"
     "    stats = tracemalloc.take_snapshot().statistics('lineno')\n"
-    "    print(f'{label}: {sum(s.size for s in stats) / 1e6:.1f} MB held, peak '\n"
-    "          f'{tracemalloc.get_traced_memory()[1] / 1e6:.1f} MB')\n"
+    "    print(f'{label}: {sum(s.size for s in stats) / 1e6:.1f} MB held, peak since the '\n"
+    "          f'last batch {tracemalloc.get_traced_memory()[1] / 1e6:.1f} MB')\n"
     "    for s in stats[:top]:\n"
     "        where = s.traceback[0]\n"
     "        print(f'{s.size / 1e6:8.2f} MB {s.count:9,} {where.filename}:{where.lineno}')\n"
     "engine = open_engine(sys.argv[1], None)\n"
     "tracemalloc.start(1)\n"
-    "folded = []\n"
+    "folded, transient = [], [0, 0]\n"
     "def progress(done, total):\n"
+    "    held, peak = tracemalloc.get_traced_memory()\n"
+    "    transient[:] = max(transient, [peak - held, done])\n"
+    "    tracemalloc.reset_peak()\n"
     "    if done >= total and not folded:\n"
     "        folded.append(show('log folded'))\n"
     "engine.rebuild(None, progress)\n"
-    "show('rebuilt')\n")
+    "show('rebuilt')\n"
+    "print(f'most allocated and freed within a batch: {transient[0] / 1e6:.1f} MB '\n"
+    "      f'(the batch ending at {transient[1]:,})')\n")
 
 FOLD_TIME = (
     "import sys, time\nfrom runners.bootstrap.config import open_engine\n"
@@ -192,6 +199,8 @@ def main() -> None:
     p.add_argument("--first-command", metavar="URL", help="PostgreSQL URL of a large history")
     p.add_argument("--tenant", default="bench")
     p.add_argument("--profile", action="store_true", help="tracemalloc the small rebuild")
+    p.add_argument("--at", choices=("small", "large"), default="small",
+                   help="with --profile: which history")
     p.add_argument("--fold-time", action="store_true", help="CPU of the fold and of reads")
     p.add_argument("--top", type=int, default=25, help="with --profile: lines shown")
     args = p.parse_args()
@@ -203,7 +212,9 @@ def main() -> None:
     small, large = folder / f"m{args.small}.db", folder / f"m{args.large}.db"
     generate(small, args.small)
     if args.profile:
-        profile(small, args.top)
+        if args.at == "large":
+            generate(large, args.large)
+        profile(large if args.at == "large" else small, args.top)
         return
     if args.fold_time:
         done = subprocess.run([sys.executable, "-c", FOLD_TIME, str(small)], check=True,

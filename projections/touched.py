@@ -27,6 +27,8 @@ USER_ONLY = (ev.UserDeactivated, ev.UserReactivated, ev.GlobalVisibilitySet)
 
 
 def _threads_with(state: TenantState, addresses: Iterable[str]) -> set[str]:
+    if not state.threads:  # none yet: the participant index (built on first use) can wait
+        return set()
     out: set[str] = set()
     for address in addresses:
         out |= state.threads_with(address)

@@ -11,6 +11,7 @@ messages and bases computed once), which also names the thread's keys after the 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -26,6 +27,7 @@ from projections.touched import Keys, keys_of_thread, thread_keys, touched
 
 First = tuple[int, int]  # (log position, tenant seq) of an event
 _MEMO = 100_000  # keys whose last version is remembered (to skip versions that change nothing)
+_WORD = (1 << 64) - 1
 
 
 class Logged(Protocol):
@@ -59,19 +61,17 @@ class Versions:
         self.partition = partition
         self.groups: dict[str, Group] = {}  # tenant -> its events of one time not yet computed
         self.out: Changes = {}  # rows and versions computed, not yet handed to the store
-        # (projection, tenant, key) -> digest of its last version
-        self.memo: dict[tuple[str, str, str], bytes] = {}
+        self.memo = LastVersions()
         self.threads = ThreadMemo()  # each thread's messages and keys at its last time's end
 
     def reset(self) -> None:
-        self.groups, self.out, self.memo = {}, {}, {}
+        self.groups, self.out, self.memo = {}, {}, LastVersions()
         self.threads.reset()
 
     def forget(self, tenant: str) -> None:
         """Forget the tenant's last versions: rows computed for it may not have been stored."""
         self.threads.forget(tenant)
-        for mark in [m for m in self.memo if m[1] == tenant]:
-            del self.memo[mark]
+        self.memo.forget(tenant)
 
     def take_out(self) -> Changes:
         out, self.out = self.out, {}
@@ -163,12 +163,85 @@ class Versions:
                     history.setdefault(tk, {})[at] = rows
                 continue
             for (t, key), rows in keyed.items():
-                mark = (p, t, key)
-                # a digest, not the rows: the memo would otherwise keep 100k keys' rows alive
-                digest = hashlib.blake2b(encode_doc(rows), digest_size=16).digest()
-                if memo.get(mark) == digest:
+                if memo.same(t, p, key, rows):
                     continue  # the key's last version already says so
-                if len(memo) >= _MEMO:
-                    memo.clear()
-                memo[mark] = digest
                 history.setdefault((t, key), {})[at] = rows
+
+
+class LastVersions:
+    """A digest of each key's last history version, for up to `bound` keys (then all are
+    forgotten: a version equal to a forgotten one is written again, which changes no answer).
+
+    Numbers in an open-addressing table per tenant, not a dict of (projection, tenant, key)
+    tuples to digest bytes: a key costs at most 32 bytes (16 a slot, at most half the slots
+    used) instead of ~165 bytes of tuple, key string, bytes object and dict entry (16 MB at
+    100,000 keys; docs/decisions/operations-and-scale.md, "Rebuild and runner memory"). A
+    slot holds a 64-bit hash of (projection, key) and a 64-bit blake2b of the rows' canonical
+    bytes: two keys of a tenant share a slot only if their hashes are equal (odds ~2^-64 a
+    pair), a changed version is taken for the last one only if its digest is (~2^-64 a
+    change)."""
+
+    def __init__(self, bound: int = _MEMO) -> None:
+        self.bound = bound
+        self.count = 0  # keys remembered, over all tenants
+        self.tables: dict[str, _Table] = {}  # tenant -> its keys' last versions
+
+    def __len__(self) -> int:
+        return self.count
+
+    def same(self, tenant: str, projection: str, key: str, rows: Rows) -> bool:
+        """Whether `rows` are the key's last version; if not, they become it."""
+        table = self.tables.get(tenant)
+        if table is None:
+            table = self.tables[tenant] = _Table()
+        tag = hash((projection, key)) & _WORD or 1  # 0 marks an empty slot
+        digest = int.from_bytes(hashlib.blake2b(encode_doc(rows), digest_size=8).digest())
+        before = table.swap(tag, digest)
+        if before is not None:
+            return before == digest
+        self.count += 1
+        if self.count > self.bound:  # full: start again from this key
+            self.tables, self.count = {tenant: _Table()}, 1
+            self.tables[tenant].swap(tag, digest)
+        return False
+
+    def forget(self, tenant: str) -> None:
+        table = self.tables.pop(tenant, None)
+        if table is not None:
+            self.count -= table.used
+
+
+class _Table:
+    """Open addressing with linear probing in one array of numbers: slot i is (tag, digest) at
+    2i and 2i + 1, tag 0 an empty slot; doubled when half full."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.slots = array("Q", bytes(16 * size))
+        self.mask = size - 1
+        self.used = 0
+
+    def swap(self, tag: int, digest: int) -> int | None:
+        """Set the tag's digest; returns its previous one (None: the tag was not there)."""
+        slots, mask = self.slots, self.mask
+        i = tag & mask
+        while True:
+            found = slots[2 * i]
+            if found == tag:
+                before = slots[2 * i + 1]
+                slots[2 * i + 1] = digest
+                return before
+            if not found:
+                slots[2 * i], slots[2 * i + 1] = tag, digest
+                self.used += 1
+                if 2 * self.used > mask:
+                    self._grow()
+                return None
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        old = self.slots
+        self.slots = array("Q", bytes(32 * (self.mask + 1)))
+        self.mask, self.used = 2 * self.mask + 1, 0
+        for i in range(0, len(old), 2):
+            if old[i]:
+                self.swap(old[i], old[i + 1])

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from adapters.heap import map_large_blocks
 from domain.errors import NotFound
 from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 from runners.bootstrap.logs import configure_logging
@@ -140,6 +141,7 @@ def run_projections(engine: Engine, args: argparse.Namespace) -> int:
     from runners.entrypoints import projection_runner
 
     configure_logging("INFO", json=True)
+    map_large_blocks()  # the folded state's growing arrays leave no holes in the heap
     projection_runner.run(engine, open_waiter(engine, args.postgres, args.settings),
                           args.projection, batch_size=args.batch_size, poll=args.poll,
                           signals=True, snapshots=args.settings.RUNNER_SNAPSHOTS
@@ -326,6 +328,7 @@ def rebuild(engine: Engine, args: argparse.Namespace) -> int:
         sys.stderr.write(f"crmsync: {exc}\n")
         return EXIT_USAGE
     progress, done = progress_bar(args.command)
+    map_large_blocks()  # the folded state's growing arrays leave no holes in the heap
     try:
         engine.rebuild(args.projection, progress, parts=parts)
     finally:
