@@ -30,6 +30,7 @@ import structlog
 from adapters.errors import StoreError
 from adapters.eventstore.store import CONTENT_KEY, EventStore
 from adapters.gc_pause import paused_gc
+from adapters.heap import release_freed
 from adapters.views.memory import MemoryViews
 from projections.build import build
 from projections.partition import balanced
@@ -39,31 +40,16 @@ from projections.rows import PROJECTIONS
 
 Progress = Callable[[int, int], None]
 
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim, where there is one: hands freed heap pages back to the system."""
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-
-    def call() -> None:
-        trim(0)
-
-    return call
-
 
 def trimming(progress: Progress | None, every: int = 50) -> Progress:
     """`progress`, also returning freed memory to the system every `every` batches: a rebuild's
     reader and writer threads churn through buffers that glibc would otherwise keep."""
-    trim = _malloc_trim()
     calls = [0]
 
     def report(done: int, total: int) -> None:
         calls[0] += 1
         if calls[0] % every == 0:
-            trim()
+            release_freed()
         if progress is not None:
             progress(done, total)
 
