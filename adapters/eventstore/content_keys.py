@@ -89,7 +89,6 @@ def key_file_master_key(db_path: str) -> bytes:
     return key
 
 
-@functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=4096)  # one per user: opening a tenant's mail asks it per event
 def _aad(kind: str, tenant: str, user: str) -> bytes:
     return orjson.dumps([kind, tenant, user])
