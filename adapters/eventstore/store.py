@@ -140,11 +140,13 @@ class EventStore:
         reader holds every stored event it selects, so one unpaged read of a million-event
         stream took 3 GB that the process kept."""
         to_event = self.mapper.to_domain_event
-        for stored in self._stored(tenant, after, page):
-            yield stored.originator_version, cast(EventEnvelope, to_event(stored)).event
+        for found in self._stored_pages(tenant, after, page):
+            for stored in found:
+                yield stored.originator_version, cast(EventEnvelope, to_event(stored)).event
 
-    def _stored(self, tenant: str, after: int, page: int) -> Iterator[StoredEvent]:
-        """The tenant's stored events after `after`, read `page` at a time."""
+    def _stored_pages(self, tenant: str, after: int, page: int
+                      ) -> Iterator[Sequence[StoredEvent]]:
+        """The tenant's stored events after `after`, a page of at most `page` at a time."""
         stream = stream_id(tenant)
         while True:
             try:
@@ -152,7 +154,8 @@ class EventStore:
                 found = self.app.recorder.select_events(stream, gt=after or None, limit=page)
             except PersistenceError as exc:
                 raise StoreError(f"cannot read tenant {tenant!r}: {exc}") from exc
-            yield from found
+            if found:
+                yield found
             if len(found) < page:
                 return
             after = found[-1].originator_version
@@ -164,7 +167,7 @@ class EventStore:
         stream = stream_id(tenant)
         select = getattr(self.app.recorder, "select_stream", None)
         if select is None:
-            for stored in _pages(self._stored(tenant, after, page), page):
+            for stored in self._stored_pages(tenant, after, page):
                 yield [(s.originator_version, s.topic, s.state) for s in stored]
             return
         read = cast(Callable[[UUID, int, int], list[StoredRow]], select)
@@ -368,17 +371,6 @@ class EventStore:
         stops at the first event that fails: a changed byte, a missing or reordered seq."""
         stream = None if tenant is None else stream_id(tenant)
         return verify_chain(stored_events(self.app.recorder, stream, page), self.app.mapper)
-
-
-def _pages(stored: Iterator[StoredEvent], page: int) -> Iterator[list[StoredEvent]]:
-    batch: list[StoredEvent] = []
-    for item in stored:
-        batch.append(item)
-        if len(batch) == page:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _content_keys(env: dict[str, str]) -> ContentKeys:
