@@ -21,7 +21,10 @@ import sys
 import threading
 import time
 
+from domain.state import evolve
+from domain.tenant import TenantState
 from runners.bootstrap.config import open_engine
+from runners.services.engine import Engine
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -129,6 +132,34 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
                      f"{peak_total:.0f} MB (sampled every 0.1 s)\n")
 
 
+def fold_ceiling(engine: Engine, batch_size: int) -> None:
+    """Read the log as the rebuild does and fold every event into its tenant's state as the
+    projector does (`TenantState(index_rfc=False)`), computing and writing no row. A tenant's
+    events are folded in order into one state, so one process folds a tenant: this rate is the
+    ceiling of a rebuild of a one-tenant history, whatever its rows cost, on this machine."""
+    states: dict[str, TenantState] = {}
+    started, cpu = time.perf_counter(), time.process_time()
+    position = folded = 0
+    while True:
+        batch = engine.read_log(position, batch_size)
+        if not batch:
+            break
+        for item in batch:
+            tenant = item.event.tenant
+            state = states.get(tenant)
+            if state is None:
+                state = states[tenant] = TenantState(tenant, index_rfc=False)
+            evolve(state, item.event, item.seq)
+        folded += len(batch)
+        position = batch[-1].position
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    sys.stdout.write(f"read+decode+fold:        {folded / elapsed:,.0f} events/s, "
+                     f"{folded / cpu:,.0f} per CPU second (EventStore.read_log and `evolve` into "
+                     f"{len(states)} tenant state(s), no rows: a one-tenant rebuild's ceiling); "
+                     f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+                     "\n")
+
+
 def _children_cpu() -> float:
     """User + system CPU of the waited-for children (and theirs) of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -146,6 +177,9 @@ def main() -> None:
                    help="rebuild in this process (RSS per phase) instead of `crmsync rebuild`")
     p.add_argument("--no-read-log", action="store_true",
                    help="skip the second pass through EventStore.read_log (long logs)")
+    p.add_argument("--fold-ceiling", action="store_true",
+                   help="also read and fold every event into its tenant's state, writing no "
+                        "row: the most a one-process rebuild of one tenant can reach here")
     p.add_argument("--profile", metavar="FILE",
                    help="with --in-process: cProfile the rebuild, print time per phase")
     args = p.parse_args()
@@ -185,6 +219,8 @@ def main() -> None:
     if not args.no_read_log:  # skipped: no rate to print (it printed "0 events/s")
         sys.stdout.write(f"read_log read+decode:    {log_rate:,.0f} events/s "
                          "(EventStore.read_log, what the projector reads through)\n")
+    if args.fold_ceiling:
+        fold_ceiling(engine, args.batch)
 
     if not args.in_process:
         fresh_process(args, total, raw)
