@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from adapters.gc_pause import paused_gc
 from domain.state import evolve
 from domain.tenant import TenantState
 from runners.bootstrap.config import open_engine
@@ -134,11 +135,24 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
 
 def fold_ceiling(engine: Engine, batch_size: int) -> None:
     """Read the log as the rebuild does and fold every event into its tenant's state as the
-    projector does (`TenantState(index_rfc=False)`), computing and writing no row. A tenant's
-    events are folded in order into one state, so one process folds a tenant: this rate is the
-    ceiling of a rebuild of a one-tenant history, whatever its rows cost, on this machine."""
-    states: dict[str, TenantState] = {}
+    projector does (`TenantState(index_rfc=False)`, the cyclic collector paused as
+    `crmsync rebuild` pauses it), computing and writing no row. Every part of a rebuild reads
+    the log and folds the tenant-wide events and its share of the mail, so N parts on N cores
+    cannot go faster than N times this rate per CPU second, whatever the rows cost."""
     started, cpu = time.perf_counter(), time.process_time()
+    with paused_gc():
+        folded = _fold_all(engine, batch_size)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    cores = os.cpu_count() or 1
+    sys.stdout.write(f"read+decode+fold:        {folded / elapsed:,.0f} events/s, "
+                     f"{folded / cpu:,.0f} per CPU second (EventStore.read_log and `evolve`, "
+                     f"no rows); a rebuild on {cores} cores cannot exceed "
+                     f"{cores * folded / cpu:,.0f} events/s; peak RSS "
+                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB\n")
+
+
+def _fold_all(engine: Engine, batch_size: int) -> int:
+    states: dict[str, TenantState] = {}
     position = folded = 0
     while True:
         batch = engine.read_log(position, batch_size)
@@ -152,12 +166,7 @@ def fold_ceiling(engine: Engine, batch_size: int) -> None:
             evolve(state, item.event, item.seq)
         folded += len(batch)
         position = batch[-1].position
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    sys.stdout.write(f"read+decode+fold:        {folded / elapsed:,.0f} events/s, "
-                     f"{folded / cpu:,.0f} per CPU second (EventStore.read_log and `evolve` into "
-                     f"{len(states)} tenant state(s), no rows: a one-tenant rebuild's ceiling); "
-                     f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
-                     "\n")
+    return folded
 
 
 def _children_cpu() -> float:
