@@ -261,3 +261,53 @@ def test_the_runners_snapshot_tampered_in_any_field_is_refused(tamper: str) -> N
     assert snapshots.restore_projector() == (77, states)
     rows.rows[PROJECTOR] = TAMPERS[tamper](rows.rows[PROJECTOR])
     assert snapshots.restore_projector() is None
+
+
+class RacingRows(MemoryRows):
+    """Snapshot rows whose first write lets another process act first (`before_write`): the
+    moment between a state folded and its snapshot stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_write: Callable[[], None] | None = None
+
+    def write(self, tenant: str, version: str, seq: int, mac: bytes, blob: bytes | bytearray
+              ) -> None:
+        hook, self.before_write = self.before_write, None
+        if hook is not None:
+            hook()
+        super().write(tenant, version, seq, mac, blob)
+
+
+def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects(
+        tmp_path: object) -> None:
+    db = f"{tmp_path}/crm.db"
+    rows = RacingRows()
+    one, other = EventStore.sqlite(db), EventStore.sqlite(db)  # two processes, one store
+    try:
+        one.snapshots = Snapshots(rows, KEY, every=1)
+        one.append_raw(TENANT, 0, [
+            _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
+            _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
+                  address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
+            _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
+                id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
+                sent_at=T0))])
+        one._states = {}
+
+        def erase_meanwhile() -> None:  # DeleteUser in the other process: appended, key
+            state = other.state(TENANT)  # destroyed, snapshots discarded
+            other.snapshots = Snapshots(rows, KEY, every=1)
+            other.append(state, [_head(ev.UserDeleted, user="u"),
+                                 _head(ev.UserContentErased, user="u")])
+
+        rows.before_write = erase_meanwhile
+        one.state(TENANT)  # folds the 3 events, then stores their snapshot
+        assert other.keys.destroyed(TENANT, "u")
+        kept = Snapshots(rows, KEY).restore(TENANT)
+        assert kept is None or b"secret-subject" not in pickle.dumps(kept)
+        one._states = {}
+        assert one.state(TENANT) == folded_from_the_log(one)
+    finally:
+        one.close()
+        other.close()
