@@ -223,6 +223,19 @@ class EventStore:
                 log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
         return state
 
+    def erased_in_log_after(self, position: int) -> bool:
+        """Whether a user's content was erased after log `position` (the projection runners'
+        snapshot at `position`, as `_erased_after` for a tenant's)."""
+        after = position
+        while True:
+            found, last = self.read_log_kept(after, TENANT_PAGE,
+                                             lambda kind, _: kind is ev.UserContentErased)
+            if any(type(e.event) is ev.UserContentErased for e in found):
+                return True
+            if last == after:
+                return False
+            after = last
+
     def _erased_after(self, tenant: str, seq: int) -> bool:
         """Whether a user's content was erased after `seq`, read after a snapshot of the state
         at `seq` was written (L2): the erasing process appends, destroys the key, then discards

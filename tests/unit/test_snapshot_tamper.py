@@ -21,12 +21,15 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from histories import history
+from test_thread_memo import Recorded
 
 import domain.tenant
 from adapters.eventstore.snapshots import PROJECTOR, Snapshots, code_version
 from adapters.eventstore.store import EventStore
 from domain import events as ev
 from domain.state import TenantState, evolve
+from projections.projector import Projector, catch_up
+from runners.entrypoints.projection_runner import keep
 from runners.services.engine import Engine
 
 KEY = b"snapshot-test-secret-0123456789"
@@ -311,3 +314,29 @@ def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects
     finally:
         one.close()
         other.close()
+
+
+def test_l2_a_runners_snapshot_taken_while_a_user_is_erased_never_keeps_their_subjects() -> None:
+    engine = Engine.open_in_memory()
+    store = engine.stores().events
+    rows = RacingRows()
+    store.snapshots = Snapshots(rows, KEY, every=1)
+    store.append_raw(TENANT, 0, [
+        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
+        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
+              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
+        _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
+            id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
+            sent_at=T0))])
+    projector = Projector()
+    read = catch_up(store, Recorded(), projector)  # type: ignore[arg-type]
+
+    def erase_meanwhile() -> None:  # DeleteUser elsewhere: appended, key destroyed, discarded
+        store.append(store.state(TENANT), [_head(ev.UserDeleted, user="u"),
+                                           _head(ev.UserContentErased, user="u")])
+
+    rows.before_write = erase_meanwhile
+    keep(engine, projector, read)  # the runner's states folded before the erasure
+    assert store.keys.destroyed(TENANT, "u")
+    kept = Snapshots(rows, KEY).restore_projector()
+    assert kept is None or b"secret-subject" not in pickle.dumps(kept)
