@@ -99,17 +99,18 @@ def test_a_read_stopped_early_leaves_no_reader_and_no_connection_held(
     assert versions(store._rows("t", 0, 5)) == list(range(1, 13))  # the store reads on
 
 
-def test_a_fold_that_fails_on_a_page_leaves_no_reader_and_folds_on_after_repair(
+def test_a_fold_that_fails_on_a_page_leaves_no_reader_no_connection_and_no_half_state(
         store: EventStore) -> None:
     opened(store, 4)  # seq 1..6
-    good = store.app.recorder.select_events(stream_id("t"), gt=6)
-    assert good == []
+    assert store.app.recorder.select_events(stream_id("t"), gt=6) == []
     broken = StoredEvent(stream_id("t"), 7, "domain.events:MessageSynced", b'{"tenant":"t"}')
     store.app.recorder.insert_events([broken])
-    store.append_raw("t", 7, [synced(99)])
+    store.append_raw("t", 7, [synced(100 + n) for n in range(TENANT_PAGE)])  # a 2nd page
+    before = idle_connections(store)
     with pytest.raises(Exception, match="cannot decode event"):
-        store.state("t")
+        store.state("t")  # on the first page, while the second is read ahead
     assert not readers()
+    assert idle_connections(store) == before
     assert "t" not in store._states  # nothing half-folded is kept
 
 
