@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from adapters.eventstore.store import EventStore, stream_id
 from domain import events as ev
 from domain.mail_folds import SyncedMessage, synced_message
+from domain.state import TenantState, evolve
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOSTILE_BITS = ["\x00", "\x00erased", '"', "\\", '","', '"subject":"\\u0000erased"',
@@ -116,6 +117,10 @@ def test_e3_fast_decode_equals_model_on_hostile_text(
         found = assert_read_alike(store, item)
         # the mapper's own form is always taken straight (the fast path is not dead code)
         assert found[0] == "read"  # type: ignore[index]
+    by_model = TenantState("t")  # and the tenant's whole state folds alike
+    for seq, event in store.tenant_events("t"):
+        evolve(by_model, event, seq)
+    assert store.state("t") == by_model
 
 
 def _respelled_body(how: Callable[[dict[str, Any]], bytes]) -> Callable[[bytes], bytes]:
