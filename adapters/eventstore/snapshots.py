@@ -100,6 +100,10 @@ class Snapshots:
         """L2: forget the snapshots that may hold an erased user's subjects."""
         self.rows.delete(tenant)
 
+    def discard_projector(self) -> None:
+        """Forget the projection runners' snapshot (an erasure raced it: L2)."""
+        self.rows.delete(PROJECTOR)
+
     def restore(self, tenant: str) -> TenantState | None:
         """The newest snapshot of `tenant` that verifies and was taken by this code, else None."""
         found = self._thaw(tenant)

@@ -52,6 +52,7 @@ __all__ = ["CONTENT_KEY", "TENANT_PAGE", "EventEnvelope", "EventStore", "LogChec
            "PydanticMapper", "_event_class", "chain_link", "postgres_defaults", "split_chain",
            "stream_id"]
 _event_class = event_class  # adapters.eventstore.scan's name for it
+_ERASED_TOPIC = get_topic(ev.UserContentErased)
 
 log = structlog.get_logger("crmsync.store")
 TENANT_PAGE = 5000  # events per read of a tenant's stream
@@ -213,10 +214,35 @@ class EventStore:
         if self.snapshots is not None and folded >= self.snapshots.every:
             try:
                 size = self.snapshots.take(state)
-                log.info("snapshot_taken", tenant=tenant, seq=state.seq, bytes=size)
+                if self._erased_after(tenant, state.seq):
+                    self.snapshots.discard(tenant)
+                    log.info("snapshot_discarded", tenant=tenant, seq=state.seq)
+                else:
+                    log.info("snapshot_taken", tenant=tenant, seq=state.seq, bytes=size)
             except StoreError as exc:  # a cache: the log stays the truth
                 log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
         return state
+
+    def erased_in_log_after(self, position: int) -> bool:
+        """Whether a user's content was erased after log `position` (the projection runners'
+        snapshot at `position`, as `_erased_after` for a tenant's)."""
+        after = position
+        while True:
+            found, last = self.read_log_kept(after, TENANT_PAGE,
+                                             lambda kind, _: kind is ev.UserContentErased)
+            if any(type(e.event) is ev.UserContentErased for e in found):
+                return True
+            if last == after:
+                return False
+            after = last
+
+    def _erased_after(self, tenant: str, seq: int) -> bool:
+        """Whether a user's content was erased after `seq`, read after a snapshot of the state
+        at `seq` was written (L2): the erasing process appends, destroys the key, then discards
+        the snapshots, so its discard may have come before this snapshot (holding the erased
+        user's subjects) was stored; an erasure not in the log yet discards it afterwards."""
+        return any(topic == _ERASED_TOPIC for found in self._rows(tenant, seq, TENANT_PAGE)
+                   for _, topic, _ in found)
 
     def _restore(self, tenant: str) -> TenantState | None:
         if self.snapshots is None:

@@ -101,13 +101,14 @@ def decode_plain(state: bytes, keys: ContentKeys | None) -> SyncedMessage | None
 
 def _time(text: object) -> datetime | None:
     """The moment of a time in the encoder's form (`2025-01-01T00:00:01.25+00:00` with six
-    fraction digits or none); None for any other value."""
+    fraction digits or none); None for any other value. (An offset's minutes must be under 60:
+    `fromisoformat` reads `+05:99` as 6 h 39 min, which the model refuses.)"""
     if type(text) is not str:
         return None
     n = len(text)
     if not (n == 25 or (n == 32 and text[19] == ".")) or text[10] != "T" or text[4] != "-" \
             or text[7] != "-" or text[13] != ":" or text[16] != ":" or text[n - 3] != ":" \
-            or text[n - 6] not in "+-" or not text.isascii():
+            or text[n - 6] not in "+-" or text[n - 2] > "5" or not text.isascii():
         return None
     try:
         return datetime.fromisoformat(text)

@@ -66,6 +66,11 @@ def keep(engine: Engine, projector: Projector, read: int) -> None:
         return
     try:
         size = snapshots.take_projector(projector.position, projector.states)
+        # L2: an erasure after the position may have discarded the snapshots before this one
+        # (holding the erased user's subjects) was written
+        if engine.stores().events.erased_in_log_after(projector.position):
+            snapshots.discard_projector()
+            return
     except StoreError as exc:
         structlog.get_logger("crmsync.projections").warning("snapshot_not_taken",
                                                             error=str(exc))

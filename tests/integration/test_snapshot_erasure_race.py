@@ -1,0 +1,90 @@
+"""L2 against snapshots, on the real stores: a DeleteUser in another process that lands between
+a load's fold and the write of its snapshot (its discard before that write) never leaves a
+snapshot holding the erased user's subjects; the state is then folded from the log. SQLite and
+PostgreSQL (the tenant's stream read ahead there)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from adapters.eventstore.snapshots import Snapshots
+from adapters.eventstore.snapshots_postgres import PostgresSnapshotRows
+from adapters.eventstore.snapshots_sqlite import SqliteSnapshotRows
+from adapters.eventstore.store import EventStore
+from domain import events as ev
+from domain.state import TenantState, evolve
+
+pytestmark = pytest.mark.integration
+KEY = b"snapshot-test-secret-0123456789"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TENANT = "acme"
+
+
+def racing(rows_class: type) -> type:
+    class Racing(rows_class):  # type: ignore[misc, valid-type]
+        """The rows, whose first write lets another process act first."""
+
+        before_write: Callable[[], None] | None = None
+
+        def write(self, *args: object) -> None:
+            hook, self.before_write = self.before_write, None
+            if hook is not None:
+                hook()
+            super().write(*args)
+
+    return Racing
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path
+           ) -> Iterator[tuple[EventStore, EventStore, object]]:
+    if request.param == "sqlite":
+        db = str(tmp_path / "crm.db")
+        one, other = EventStore.sqlite(db), EventStore.sqlite(db)
+        rows = racing(SqliteSnapshotRows)(db)
+    else:
+        env = request.getfixturevalue("postgres_env")
+        one, other = EventStore(env), EventStore(env)
+        rows = racing(PostgresSnapshotRows)(request.getfixturevalue("postgres_url"))
+    yield one, other, rows
+    one.close()
+    other.close()
+
+
+def head(kind: type[ev.DomainEvent], **fields: object) -> ev.DomainEvent:
+    return kind(tenant=TENANT, actor="system:test", occurred_at=T0, correlation_id="c", **fields)
+
+
+def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects(
+        stores: tuple[EventStore, EventStore, object]) -> None:
+    one, other, rows = stores
+    one.snapshots = Snapshots(rows, KEY, every=1)  # type: ignore[arg-type]
+    one.append_raw(TENANT, 0, [
+        head(ev.UserAdded, user="u", email="u@x.test", role="member"),
+        head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail", address="u@x.test",
+             scope={}, backfill_days=30, credentials_set=False),
+        *(head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
+            id=f"m{n}", from_="a@x.test", to=["u@x.test"], subject=f"secret-subject-{n}",
+            sent_at=T0)) for n in range(3))])
+    one._states = {}
+
+    def erase_meanwhile() -> None:  # DeleteUser elsewhere: appended, key destroyed, discarded
+        state = other.state(TENANT)
+        other.snapshots = Snapshots(rows, KEY, every=1)  # type: ignore[arg-type]
+        other.append(state, [head(ev.UserDeleted, user="u"), head(ev.UserContentErased, user="u")])
+
+    rows.before_write = erase_meanwhile  # type: ignore[attr-defined]
+    one.state(TENANT)
+    assert other.keys.destroyed(TENANT, "u")
+    kept = Snapshots(rows, KEY).restore(TENANT)  # type: ignore[arg-type]
+    assert kept is None or b"secret-subject" not in pickle.dumps(kept)
+    one._states = {}
+    folded = TenantState(TENANT)
+    for seq, event in one.tenant_events(TENANT):
+        evolve(folded, event, seq)
+    assert one.state(TENANT) == folded
