@@ -282,6 +282,17 @@ class RacingRows(MemoryRows):
         super().write(tenant, version, seq, mac, blob)
 
 
+def _secret_mail() -> list[ev.DomainEvent]:
+    """A user, their mailbox and one message whose subject must not outlive their erasure."""
+    return [
+        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
+        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
+              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
+        _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
+            id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
+            sent_at=T0))]
+
+
 def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects(
         tmp_path: object) -> None:
     db = f"{tmp_path}/crm.db"
@@ -289,13 +300,7 @@ def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects
     one, other = EventStore.sqlite(db), EventStore.sqlite(db)  # two processes, one store
     try:
         one.snapshots = Snapshots(rows, KEY, every=1)
-        one.append_raw(TENANT, 0, [
-            _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-            _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
-                  address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-            _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-                id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
-                sent_at=T0))])
+        one.append_raw(TENANT, 0, _secret_mail())
         one._states = {}
 
         def erase_meanwhile() -> None:  # DeleteUser in the other process: appended, key
@@ -321,13 +326,7 @@ def test_l2_a_runners_snapshot_taken_while_a_user_is_erased_never_keeps_their_su
     store = engine.stores().events
     rows = RacingRows()
     store.snapshots = Snapshots(rows, KEY, every=1)
-    store.append_raw(TENANT, 0, [
-        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
-              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-        _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-            id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
-            sent_at=T0))])
+    store.append_raw(TENANT, 0, _secret_mail())
     projector = Projector()
     read = catch_up(store, Recorded(), projector)  # type: ignore[arg-type]
 
