@@ -12,13 +12,18 @@ Run it on copies of a history (`createdb -T bench1m facts_x`): every part writes
 - `check`: compare the facts with each tenant's folded state (`--tenants`; folds the whole tenant).
 - `start [--current URL2] [--rounds 3]`: the first command after a start without folding
   messages (the stream read without MessageSynced/EmailSent, the rest folded, the mailboxes'
-  counters from one aggregate over the facts), beside today's first command without a snapshot
-  (`benchmarks.memory_per_message`'s program) on URL2, alternated, each in a fresh process.
+  counters from their facts row; one aggregate over the facts timed beside), beside today's
+  first command without a snapshot (`benchmarks.memory_per_message`'s program) on URL2,
+  alternated, each in a fresh process.
 - `ingest [--pairs 3] [--messages 10000]`: new tenants' MessageSynced appended in batches of 500
   as the sync runners do, without and with their facts rows in the same transaction, alternated.
 - `prefetch [--batches 300] [--decide]`: the facts one SyncMessage batch of 500 needs (dedup by
   id, S13 by Message-ID / In-Reply-To / References, the threads found), one pipelined round trip,
-  p50/p99; `--decide` also folds the tenant and times today's decide+fold of the same batches.
+  p50/p99; `--decide` also folds the tenant and times today's decide+fold of the same batches,
+  then decides them again on the state without messages plus each batch's facts (compared).
+
+Every part prints CPU beside wall time; "server CPU" is that of the PostgreSQL backends connected
+to the measured database (so: a database only this benchmark uses).
 """
 
 from __future__ import annotations
@@ -132,8 +137,8 @@ def backends_cpu(conn: psycopg.Connection[Any]) -> dict[int, float]:
                                "current_database()").fetchall():
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+                stat = f.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(stat[11]) + int(stat[12])) / tick
         except OSError:
             continue
     return out
