@@ -49,7 +49,7 @@ def cumulative(stats: pstats.Stats, where: str, name: str) -> float:
 
 def profiled(rebuild: Callable[[], None], out: str) -> str:
     writer = cProfile.Profile()
-    original = build_module.write_batch
+    original = build_module.write_batch  # type: ignore[attr-defined]
 
     def profiled_write(*args: Any, **kwargs: Any) -> Any:
         writer.enable()
@@ -58,7 +58,7 @@ def profiled(rebuild: Callable[[], None], out: str) -> str:
         finally:
             writer.disable()
 
-    build_module.write_batch = profiled_write
+    build_module.write_batch = profiled_write  # type: ignore[attr-defined]
     main = cProfile.Profile()
     started = time.perf_counter()
     try:
@@ -66,7 +66,7 @@ def profiled(rebuild: Callable[[], None], out: str) -> str:
         rebuild()
         main.disable()
     finally:
-        build_module.write_batch = original
+        build_module.write_batch = original  # type: ignore[attr-defined]
     wall = time.perf_counter() - started
     main.dump_stats(out)
     writer.dump_stats(out + ".writer")

@@ -23,7 +23,7 @@ import pickle
 import pstats
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from domain.events import DomainEvent
@@ -31,6 +31,7 @@ from projections.build import build
 from projections.history import BASES
 from projections.ports import Changes, Stuck, StuckChanges, encode_doc
 from projections.projector import Projector
+from projections.rows import Rows
 from runners.bootstrap.config import open_engine
 
 
@@ -59,7 +60,7 @@ class Discard:
 
     def __init__(self, keep: bool) -> None:
         self.keep = keep
-        self.rows = 0
+        self.written = 0
         self.kept: dict[tuple[str, ...], bytes] = {}
 
     def positions(self) -> dict[str, int]:
@@ -69,7 +70,7 @@ class Discard:
               stuck: StuckChanges | None = None) -> None:
         for p, keyed in changes.items():
             for (tenant, key), rows in keyed.items():
-                self.rows += len(rows)
+                self.written += len(rows)
                 if not self.keep:
                     continue
                 if p in BASES:  # a version per row key (its time)
@@ -80,6 +81,29 @@ class Discard:
 
     def stuck(self) -> dict[tuple[str, str], Stuck]:
         return {}
+
+    # the rest of the port: a store that keeps nothing reads nothing back
+    def rows(self, projection: str, tenant: str, key: str) -> Rows:
+        return {}
+
+    def scan(self, projection: str, tenant: str, prefix: str = "") -> dict[str, Rows]:
+        return {}
+
+    def rows_as_of(self, projection: str, tenant: str, key: str, moment: str) -> Rows:
+        return {}
+
+    def scan_as_of(self, projection: str, tenant: str, prefix: str, moment: str
+                   ) -> dict[str, Rows]:
+        return {}
+
+    def forget_tenant(self, tenant: str, projections: Iterable[str]) -> None:
+        pass
+
+    def reset(self, projection: str) -> None:
+        pass
+
+    def checksum(self, projection: str) -> str:
+        return self.digest()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -130,7 +154,7 @@ def main() -> None:
         profile.disable()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     gc.enable()
-    sys.stdout.write(f"{len(items)} events, {store.rows} rows and versions handed over: "
+    sys.stdout.write(f"{len(items)} events, {store.written} rows and versions handed over: "
                      f"{wall:.1f} s wall, {cpu:.1f} s CPU = {len(items) / cpu:,.0f} events per "
                      f"CPU second (load average {os.getloadavg()[0]:.1f})\n")
     if args.digest:

@@ -36,7 +36,7 @@ SETTLE = 0.5  # seconds between the writers' ready and their common start
 def _db_url(base: str, dbname: str) -> str:
     params = {k: v for k, v in conninfo_to_dict(base).items() if k != "options"}
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _admin(base: str, statement: str) -> None:

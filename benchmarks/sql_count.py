@@ -72,9 +72,9 @@ def install() -> None:
 
     def exec_command(self: Any, query: object, *args: Any, **kwargs: Any) -> Any:
         _count(_label(query, self))
-        return (yield from command(self, query, *args, **kwargs))
+        return (yield from command(self, query, *args, **kwargs))  # type: ignore[arg-type]
 
-    BaseConnection._exec_command = exec_command  # type: ignore[method-assign]
+    BaseConnection._exec_command = exec_command  # type: ignore[method-assign, assignment]
 
 
 def dump(path: str) -> None:
