@@ -73,15 +73,22 @@ def test_a_restarted_process_restores_the_snapshot_and_folds_only_what_came_afte
     third.close()
 
 
-def test_a_snapshot_that_does_not_verify_or_comes_from_other_code_is_ignored(
-        tmp_path: Path) -> None:
-    db = str(tmp_path / "crm.db")
+def _snapshot_taken(db: str, length: int) -> tuple[Engine, TenantState, SqliteSnapshotRows,
+                                                    Snapshots]:
+    """An engine on `db` with a tenant's history folded and its snapshot taken."""
     engine = Engine.open_sqlite(db)
-    apply(engine, history(3, length=80))
+    apply(engine, history(3, length=length))
     state = engine.state(TENANT)
     rows = SqliteSnapshotRows(db)
     snapshots = Snapshots(rows, SECRET.encode())
     snapshots.take(state)
+    return engine, state, rows, snapshots
+
+
+def test_a_snapshot_that_does_not_verify_or_comes_from_other_code_is_ignored(
+        tmp_path: Path) -> None:
+    db = str(tmp_path / "crm.db")
+    engine, state, rows, snapshots = _snapshot_taken(db, length=80)
     assert snapshots.restore(TENANT) == state
     assert Snapshots(rows, b"another-key-of-16-bytes").restore(TENANT) is None
     with sqlite3.connect(db) as conn:
@@ -105,12 +112,7 @@ def test_a_snapshot_moved_to_another_row_or_seq_does_not_verify(tmp_path: Path) 
     # the blob is no longer hashed whole (issue #15): the GCM tag authenticates it, with the
     # row's tenant, version and seq as associated data, so a row edited around it is refused
     db = str(tmp_path / "crm.db")
-    engine = Engine.open_sqlite(db)
-    apply(engine, history(3, length=40))
-    state = engine.state(TENANT)
-    rows = SqliteSnapshotRows(db)
-    snapshots = Snapshots(rows, SECRET.encode())
-    snapshots.take(state)
+    engine, state, rows, snapshots = _snapshot_taken(db, length=40)
     version, seq, mac, blob = rows.read(TENANT) or ("", 0, b"", b"")
     rows.write("other", version, seq, mac, blob)
     assert snapshots.restore("other") is None  # another tenant's row
