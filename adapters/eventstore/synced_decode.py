@@ -81,13 +81,10 @@ def decode_plain(state: bytes, keys: ContentKeys | None) -> SyncedMessage | None
     if owner is not None:
         if subject != _ERASED_TEXT or body != "" or keys is None:
             return None
-        values = keys.open(tenant, _owner(owner.encode()), box)
-        if values is None:
-            subject = ERASED
-        elif len(values) != 2 or type(values[0]) is not str or type(values[1]) is not str:
+        opened = _sealed_subject(keys, tenant, owner.encode(), box)
+        if opened is None:
             return None
-        else:
-            subject = values[0]
+        subject = opened
     elif subject == _ERASED_TEXT:
         subject = ERASED
     return SyncedMessage(
@@ -97,6 +94,18 @@ def decode_plain(state: bytes, keys: ContentKeys | None) -> SyncedMessage | None
         addresses([sender, *_texts_of(to), *_texts_of(cc), *_texts_of(bcc)]), subject,
         _utc_text(sent_at, sent), tuple(_texts_of(labels)), read == "true",
         _text_or_null(status))
+
+
+def _sealed_subject(keys: ContentKeys, tenant: str, owner: bytes, box: str | bytes
+                    ) -> str | None:
+    """The subject sealed for `owner` (ERASED when their key is destroyed); None when the box
+    does not hold the (subject, body) the mapper seals for a message."""
+    values = keys.open(tenant, _owner(owner), box)
+    if values is None:
+        return ERASED
+    if len(values) != 2 or type(values[0]) is not str or type(values[1]) is not str:
+        return None
+    return values[0]
 
 
 def _time(text: object) -> datetime | None:
@@ -176,11 +185,10 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None) -> SyncedM
         assert keys is not None
         # the tenant the mapper opens with (`seal._tenant`: the first field, which canonical
         # bytes hold once)
-        values = keys.open(doc["tenant"], _owner(state[begin:dot]), state[dot + 1:end])
-        if values is not None:
-            if len(values) != 2 or type(values[0]) is not str or type(values[1]) is not str:
-                return None
-            subject = values[0]
+        opened = _sealed_subject(keys, doc["tenant"], state[begin:dot], state[dot + 1:end])
+        if opened is None:
+            return None
+        subject = opened
     return SyncedMessage(
         doc["mailbox"], doc["thread"], doc["crm_initiated"], occurred, doc["actor"],
         doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
