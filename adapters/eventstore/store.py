@@ -184,10 +184,11 @@ class EventStore:
                 self.keys.expire()  # as for each page read (L2: a key destroyed elsewhere)
                 yield found
 
-    def _fold(self, state: TenantState) -> int:
-        """Fold the tenant's events after `state.seq` into it; how many there were. Synced
-        messages are decoded straight into what the fold reads (`PydanticMapper.to_fold`)."""
-        to_fold, folded = self.mapper.to_fold, 0
+    def _fold(self, state: TenantState) -> tuple[int, bool]:
+        """Fold the tenant's events after `state.seq` into it; how many there were, and whether
+        a user's content was erased among them. Synced messages are decoded straight into what
+        the fold reads (`PydanticMapper.to_fold`)."""
+        to_fold, folded, erased = self.mapper.to_fold, 0, False
         stream = stream_id(state.tenant)
         with paused_gc():
             for found in self._rows(state.tenant, state.seq, TENANT_PAGE):
@@ -198,30 +199,47 @@ class EventStore:
                     if type(item) is SyncedMessage:
                         evolve_synced(state, item, seq)
                     else:
+                        erased = erased or type(item) is ev.UserContentErased
                         evolve(state, cast(DomainEvent, item), seq)
                 folded += len(found)
-        return folded
+        return folded, erased
 
     def state(self, tenant: str) -> TenantState:
         """The tenant's current state (cached, fast-forwarded from the store). Not cached yet:
         from its snapshot when there is a good one (`self.snapshots`), and a load that folded
         many events leaves a new snapshot for the next process."""
         state = self._states.get(tenant)
+        restored = False
         if state is None:
-            state = self._restore(tenant) or TenantState(tenant)
-        folded = self._fold(state)
+            found = self._restore(tenant)
+            restored = found is not None
+            state = found or TenantState(tenant)
+        folded, erased = self._fold(state)
         self._states[tenant] = state
+        if restored and erased:
+            # L2: a snapshot older than an erasure holds the erased user's subjects (a process
+            # killed between writing it and `_erased_after` left it): gone once it is read
+            self._discard_snapshot(tenant)
         if self.snapshots is not None and folded >= self.snapshots.every:
             try:
                 size = self.snapshots.take(state)
                 if self._erased_after(tenant, state.seq):
-                    self.snapshots.discard(tenant)
-                    log.info("snapshot_discarded", tenant=tenant, seq=state.seq)
+                    self._discard_snapshot(tenant)
                 else:
                     log.info("snapshot_taken", tenant=tenant, seq=state.seq, bytes=size)
             except StoreError as exc:  # a cache: the log stays the truth
                 log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
         return state
+
+    def _discard_snapshot(self, tenant: str) -> None:
+        """Delete the tenant's snapshot: it was taken before a user's content was erased."""
+        assert self.snapshots is not None
+        try:
+            self.snapshots.discard(tenant)
+        except StoreError as exc:  # the erasing process discards too; the next load again
+            log.warning("snapshot_not_discarded", tenant=tenant, error=str(exc))
+            return
+        log.info("snapshot_discarded", tenant=tenant, reason="erased after it")
 
     def erased_in_log_after(self, position: int) -> bool:
         """Whether a user's content was erased after log `position` (the projection runners'

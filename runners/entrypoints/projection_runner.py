@@ -56,6 +56,25 @@ def restore(engine: Engine, projector: Projector) -> None:
         projector.position, projector.states = found
         structlog.get_logger("crmsync.projections").info("snapshot_restored",
                                                          position=projector.position)
+        try:
+            _discard_if_erased(engine, projector.position)
+        except StoreError as exc:  # the next restore looks again
+            structlog.get_logger("crmsync.projections").warning("snapshot_not_discarded",
+                                                                error=str(exc))
+
+
+def _discard_if_erased(engine: Engine, position: int) -> bool:
+    """L2: the runners' snapshot at `position` is deleted when a user's content was erased
+    after it (it holds their subjects): read after writing one (an erasure may have discarded
+    the snapshots just before) and after restoring one (a runner killed between the two left
+    it). Whether it was deleted."""
+    snapshots = engine.stores().events.snapshots
+    if snapshots is None or not engine.stores().events.erased_in_log_after(position):
+        return False
+    snapshots.discard_projector()
+    structlog.get_logger("crmsync.projections").info("snapshot_discarded", position=position,
+                                                     reason="erased after it")
+    return True
 
 
 def keep(engine: Engine, projector: Projector, read: int) -> None:
@@ -66,10 +85,7 @@ def keep(engine: Engine, projector: Projector, read: int) -> None:
         return
     try:
         size = snapshots.take_projector(projector.position, projector.states)
-        # L2: an erasure after the position may have discarded the snapshots before this one
-        # (holding the erased user's subjects) was written
-        if engine.stores().events.erased_in_log_after(projector.position):
-            snapshots.discard_projector()
+        if _discard_if_erased(engine, projector.position):
             return
     except StoreError as exc:
         structlog.get_logger("crmsync.projections").warning("snapshot_not_taken",

@@ -29,7 +29,7 @@ from adapters.eventstore.store import EventStore
 from domain import events as ev
 from domain.state import TenantState, evolve
 from projections.projector import Projector, catch_up
-from runners.entrypoints.projection_runner import keep
+from runners.entrypoints.projection_runner import keep, restore
 from runners.services.engine import Engine
 
 KEY = b"snapshot-test-secret-0123456789"
@@ -339,3 +339,44 @@ def test_l2_a_runners_snapshot_taken_while_a_user_is_erased_never_keeps_their_su
     assert store.keys.destroyed(TENANT, "u")
     kept = Snapshots(rows, KEY).restore_projector()
     assert kept is None or b"secret-subject" not in pickle.dumps(kept)
+
+
+def test_l2_a_snapshot_left_by_a_process_killed_before_its_erasure_check_is_discarded_on_restore(
+) -> None:
+    # the erasing process appended, destroyed the key and discarded the snapshots; then a load
+    # that had folded before the erasure wrote its snapshot and was killed before looking
+    store = EventStore.in_memory()
+    rows = MemoryRows()
+    store.snapshots = Snapshots(rows, KEY, every=10)  # too few events to take one here
+    store.append_raw(TENANT, 0, _secret_mail())
+    before = store.state(TENANT)
+    folded_before = pickle.loads(pickle.dumps(before))
+    store.append(before, [_head(ev.UserDeleted, user="u"),
+                          _head(ev.UserContentErased, user="u")])  # discards
+    store.snapshots.take(folded_before)  # seq 3, the secret subject in it; then killed
+    assert TENANT in rows.rows
+    store._states = {}
+    state = store.state(TENANT)  # restored from it, the erasure folded on
+    assert state == folded_from_the_log(store)
+    assert TENANT not in rows.rows
+    store._states = {}
+    assert store.state(TENANT) == state  # folded from the log now
+
+
+def test_l2_a_runners_snapshot_left_by_a_runner_killed_before_its_erasure_check_is_discarded(
+) -> None:
+    engine = Engine.open_in_memory()
+    store = engine.stores().events
+    store.append_raw(TENANT, 0, _secret_mail())
+    projector = Projector()
+    catch_up(store, Recorded(), projector)  # type: ignore[arg-type]
+    rows = MemoryRows()
+    store.snapshots = Snapshots(rows, KEY)
+    store.append(store.state(TENANT), [_head(ev.UserDeleted, user="u"),
+                                       _head(ev.UserContentErased, user="u")])  # discards
+    # the runner's states, folded before the erasure, written after its discard; then killed
+    store.snapshots.take_projector(projector.position, projector.states)
+    restarted = Projector()
+    restore(engine, restarted)  # the states before the erasure, to fold on from
+    assert restarted.position == projector.position
+    assert PROJECTOR not in rows.rows
