@@ -112,12 +112,16 @@ class SyncedMessage(NamedTuple):
     delivery_status: str | None
 
 
-def synced_message(e: ev.MessageSynced | ev.EmailSent, crm_initiated: bool) -> SyncedMessage:
+def synced_message(e: ev.MessageSynced | ev.EmailSent, crm_initiated: bool,
+                   content: bool = True) -> SyncedMessage:
+    """The fold's record of a message event; without its participants, subject and time when
+    the state keeps no message content (`TenantState.message_content`)."""
     msg = e.message
     return SyncedMessage(
         e.mailbox, e.thread, crm_initiated, e.occurred_at, e.actor, e.command_id, msg.id,
         msg.message_id, msg.in_reply_to, tuple(msg.references or ()),
-        addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]), msg.subject, utc_iso(msg.sent_at),
+        addresses([msg.from_, *msg.to, *msg.cc, *msg.bcc]) if content else (),
+        msg.subject if content else "", utc_iso(msg.sent_at) if content else "",
         tuple(msg.labels), msg.read, msg.delivery_status)
 
 
@@ -132,6 +136,8 @@ def _add_message(s: TenantState, m: SyncedMessage, seq: int) -> None:
     thread.add_message(m.id)  # after storing it: the thread chains the message's row
     if s.index_rfc:
         _index_rfc(s, m)
+    if not m.participants:  # none, or a state without message content
+        return
     have = thread.participants
     new = tuple(a for a in m.participants if a not in have)
     if new:
@@ -169,6 +175,8 @@ def _delete_message(s: TenantState, mailbox: str, message_id: str, recount: bool
 
 
 def _recount(s: TenantState, thread: Thread) -> None:
+    if not s.message_content:
+        return
     seen: dict[str, None] = {}
     for msg in s.live_messages(thread):
         seen.update(dict.fromkeys(msg.participants))
@@ -176,7 +184,7 @@ def _recount(s: TenantState, thread: Thread) -> None:
 
 
 def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
-    fold_synced(s, synced_message(e, e.crm_initiated), seq)
+    fold_synced(s, synced_message(e, e.crm_initiated, s.message_content), seq)
 
 
 def fold_synced(s: TenantState, m: SyncedMessage, seq: int) -> None:
@@ -189,7 +197,7 @@ def fold_synced(s: TenantState, m: SyncedMessage, seq: int) -> None:
 
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:
-    _add_message(s, synced_message(e, crm_initiated=True), seq)
+    _add_message(s, synced_message(e, True, s.message_content), seq)
     s.outbound[e.message.id] = OutboundRequest(e.mailbox, e.message.id, "send", seq)
     s.sent_provider_ids[(e.mailbox, e.message.id)] = None
 
@@ -299,6 +307,8 @@ def _copy_matched(s: TenantState, e: ev.OutboundCopyMatched, seq: int) -> None:
 
 def _content_erased(s: TenantState, e: ev.UserContentErased, seq: int) -> None:
     """L2: the state forgets the erased user's subjects too, so no later snapshot holds them."""
+    if not s.message_content:
+        return  # it holds none
     for mbx in [m for m in s.mailboxes.values() if m.user == e.user]:
         for thread_id in s.mailbox_threads.get(mbx.id, []):
             for message_id in s.threads[thread_id].messages:

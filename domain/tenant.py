@@ -194,6 +194,10 @@ class TenantState:
     contacts: contact_state.ContactSync = field(default_factory=contact_state.ContactSync)
     # the command side threads replies by Message-ID; projections never need that index
     index_rfc: bool = True
+    # messages' participants, subjects and times, and threads' participants: what projections
+    # read (visibility, rows); no rule reads them, so the command side keeps none (issue #15:
+    # its fold and memory; L2: no subject in a command process or its snapshot)
+    message_content: bool = True
 
     def __post_init__(self) -> None:
         self.threads = ThreadTable(self.messages)
@@ -213,11 +217,15 @@ class TenantState:
         return self.mailboxes[thread.mailbox].user
 
     def live_messages(self, thread: Thread) -> list[Message]:
+        if not self.message_content:
+            raise ValueError("live_messages: this state keeps no message content")
         return [m for m in thread.stored() if not m.deleted]
 
     def threads_with(self, address: str) -> set[str]:
         """Threads that have (or had) `address` among their participants. The index is built
         from the threads on first use: the command side and a rebuild never need it."""
+        if not self.message_content:
+            raise ValueError("threads_with: this state keeps no participants")
         if self.address_threads is None:
             index: dict[str, set[str]] = {}
             for thread in self.threads.values():

@@ -82,6 +82,8 @@ def access_reason_of(viewer: str, role: str, status: str, owner: str,
 
 def participants(s: TenantState, thread: Thread) -> set[str]:
     """Addresses taking part in any live message of the thread."""
+    if not s.message_content:
+        raise ValueError("participants: this state keeps no message content")
     return set(thread.participants)
 
 

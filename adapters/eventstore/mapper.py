@@ -87,17 +87,18 @@ class PydanticMapper(Mapper[UUID]):
         cannot chain; the EventStore appends through `encode`."""
         raise StoreError("append through EventStore: events are sealed and chained there")
 
-    def to_fold(self, stream: UUID, version: int, topic: str, state: bytes
-                ) -> DomainEvent | SyncedMessage:
+    def to_fold(self, stream: UUID, version: int, topic: str, state: bytes,
+                content: bool = True) -> DomainEvent | SyncedMessage:
         """What the fold reads of a stored event: a MessageSynced in the form this mapper
         writes decoded straight into the fold's record (adapters.eventstore.synced_decode),
-        anything else into its event."""
+        without its content unless `content` (`TenantState.message_content`: its sealed
+        subject is then not opened), anything else into its event."""
         if topic == SYNCED_TOPIC and not (self.cipher or self.compressor):
             try:
-                found = decode_plain(state, self.keys)
+                found = decode_plain(state, self.keys, content)
                 if found is None:
                     start = CHAIN_END + 2 if state.startswith(CHAIN_HEAD) else 1
-                    found = decode_synced(state, start, self.keys)
+                    found = decode_synced(state, start, self.keys, content)
             except Exception:  # a broken seal: the model refuses it below, with its error
                 found = None
             if found is not None:

@@ -189,11 +189,11 @@ class EventStore:
         a user's content was erased among them. Synced messages are decoded straight into what
         the fold reads (`PydanticMapper.to_fold`)."""
         to_fold, folded, erased = self.mapper.to_fold, 0, False
-        stream = stream_id(state.tenant)
+        stream, content = stream_id(state.tenant), state.message_content
         with paused_gc():
             for found in self._rows(state.tenant, state.seq, TENANT_PAGE):
                 # a page decoded, then folded: alternating the two per event was slower
-                items = [(seq, to_fold(stream, seq, topic, stored))
+                items = [(seq, to_fold(stream, seq, topic, stored, content))
                          for seq, topic, stored in found]
                 for seq, item in items:
                     if type(item) is SyncedMessage:
@@ -213,7 +213,8 @@ class EventStore:
         if state is None:
             found = self._restore(tenant)
             restored = found is not None
-            state = found or TenantState(tenant)
+            # no rule reads a message's content: the command side keeps none
+            state = found or TenantState(tenant, message_content=False)
         folded, erased = self._fold(state)
         self._states[tenant] = state
         if restored and erased:

@@ -63,7 +63,8 @@ def _text_or_null(found: str) -> str | None:
     return None if found == "null" else found[1:-1]
 
 
-def decode_plain(state: bytes, keys: ContentKeys | None) -> SyncedMessage | None:
+def decode_plain(state: bytes, keys: ContentKeys | None, content: bool = True
+                 ) -> SyncedMessage | None:
     """`decode_synced` of a chained event whose texts have nothing escaped (most); None for
     any other (which `decode_synced` then reads)."""
     try:
@@ -78,22 +79,29 @@ def decode_plain(state: bytes, keys: ContentKeys | None) -> SyncedMessage | None
     occurred, sent = _time(occurred_at), _time(sent_at)
     if occurred is None or sent is None:
         return None
-    if owner is not None:
-        if subject != _ERASED_TEXT or body != "" or keys is None:
-            return None
-        opened = _sealed_subject(keys, tenant, owner.encode(), box)
-        if opened is None:
-            return None
-        subject = opened
-    elif subject == _ERASED_TEXT:
-        subject = ERASED
+    people: tuple[str, ...] = ()
+    sent_text = ""
+    if owner is not None and (subject != _ERASED_TEXT or body != ""):
+        return None
+    if not content:
+        subject = ""  # a state without message content: not opened, nothing read
+    else:
+        if owner is not None:
+            if keys is None:
+                return None
+            opened = _sealed_subject(keys, tenant, owner.encode(), box)
+            if opened is None:
+                return None
+            subject = opened
+        elif subject == _ERASED_TEXT:
+            subject = ERASED
+        people = addresses([sender, *_texts_of(to), *_texts_of(cc), *_texts_of(bcc)])
+        sent_text = _utc_text(sent_at, sent)
     return SyncedMessage(
         mailbox, thread, crm == "true", occurred, actor, _text_or_null(command_id), message_id,
         _text_or_null(rfc_id), _text_or_null(in_reply_to),
-        () if references == "null" else tuple(_texts_of(references[1:-1])),
-        addresses([sender, *_texts_of(to), *_texts_of(cc), *_texts_of(bcc)]), subject,
-        _utc_text(sent_at, sent), tuple(_texts_of(labels)), read == "true",
-        _text_or_null(status))
+        () if references == "null" else tuple(_texts_of(references[1:-1])), people, subject,
+        sent_text, tuple(_texts_of(labels)), read == "true", _text_or_null(status))
 
 
 def _sealed_subject(keys: ContentKeys, tenant: str, owner: bytes, box: str | bytes
@@ -141,7 +149,8 @@ def _text_or_none(value: object) -> bool:
     return value is None or type(value) is str
 
 
-def decode_synced(state: bytes, start: int, keys: ContentKeys | None) -> SyncedMessage | None:
+def decode_synced(state: bytes, start: int, keys: ContentKeys | None, content: bool = True
+                  ) -> SyncedMessage | None:
     """The MessageSynced stored as `state` (its own JSON from `start`, past the chain link, as
     the mapper reads it), or None when it is not in the canonical form."""
     sealed = state.startswith(SEALED_KEY, start)
@@ -149,7 +158,7 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None) -> SyncedM
         begin = start + len(SEALED_KEY)
         end = state.find(b'"', begin)
         dot = state.find(b".", begin, end)
-        if end < 0 or dot < 0 or keys is None:
+        if end < 0 or dot < 0 or (keys is None and content):
             return None
         body = b"{" + state[end + 2:]
     else:
@@ -179,9 +188,29 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None) -> SyncedM
     occurred, sent = _time(doc["occurred_at"]), _time(msg["sent_at"])
     if occurred is None or sent is None:
         return None
+    if sealed and (subject != ERASED or text != ""):  # the placeholders the content goes into
+        return None
+    people: tuple[str, ...] = ()
+    sent_text = ""
+    if not content:
+        subject = ""  # a state without message content: not opened, nothing read
+    else:
+        if sealed:
+            assert keys is not None
+            # the tenant the mapper opens with (`seal._tenant`: the first field, which
+            # canonical bytes hold once)
+            opened = _sealed_subject(keys, doc["tenant"], state[begin:dot], state[dot + 1:end])
+            if opened is None:
+                return None
+            subject = opened
+        people = addresses([msg["from"], *msg["to"], *msg["cc"], *msg["bcc"]])
+        sent_text = _utc_text(msg["sent_at"], sent)
+    return SyncedMessage(
+        doc["mailbox"], doc["thread"], doc["crm_initiated"], occurred, doc["actor"],
+        doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
+        tuple(msg["references"] or ()), people, subject, sent_text, tuple(msg["labels"]),
+        msg["read"], msg["delivery_status"])
     if sealed:
-        if subject != ERASED or text != "":  # the placeholders the content goes back into
-            return None
         assert keys is not None
         # the tenant the mapper opens with (`seal._tenant`: the first field, which canonical
         # bytes hold once)

@@ -78,11 +78,13 @@ def test_l2_keys_are_asked_once_per_append_that_seals_and_never_for_what_opens_n
     store.keys = store.mapper.keys = keys
     store.append_raw("acme", 0, [*SETUP, synced("m1"), synced("m2")])
     assert keys.asked == 1  # one append: asked once, before its first seal
-    state = store.state("acme")  # a page with sealed content: asked before opening it
+    state = store.state("acme")  # the command side opens nothing: its state keeps no content
+    assert keys.asked == 1
+    assert len(list(store.tenant_events("acme"))) == 4  # sealed content: asked before opening
     assert keys.asked == 2
-    store.state("acme")  # nothing new to read
     store.append(state, [cursor("5")])  # seals nothing
-    store.state("acme")  # a page of one cursor event: opens nothing
+    assert len(list(store.tenant_events("acme", after=4))) == 1  # one cursor event: opens none
+    store.state("acme")
     assert keys.asked == 2
     store.append(state, [synced("m3")])
     assert keys.asked == 3

@@ -67,7 +67,7 @@ def engine_with_history(seed: int = 3, length: int = 120) -> Engine:
 
 
 def folded_from_the_log(store: EventStore, tenant: str = TENANT) -> TenantState:
-    state = TenantState(tenant)
+    state = TenantState(tenant, message_content=False)  # as the command side keeps it
     for seq, event in store.tenant_events(tenant):
         evolve(state, event, seq)
     return state

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from histories import history
 
+from domain.state import TenantState, evolve
 from projections.rows import thread_facts
 from projections.touched import keys_of_thread, thread_keys
 from runners.services.engine import Engine
@@ -19,7 +20,9 @@ TENANT = "acme"
 def test_e3_a_threads_keys_from_its_facts_are_its_keys(seed: int) -> None:
     engine = Engine.open_in_memory()
     engine.apply_lines([orjson.dumps(c) for c in history(seed, length=200)])
-    state = engine.state(TENANT)
+    state = TenantState(TENANT, index_rfc=False)  # as projections fold it, with content
+    for seq, event in engine.events(TENANT):
+        evolve(state, event, seq)
     linked = 0
     for tid, thread in state.threads.items():
         facts = thread_facts(state, tid, {})
