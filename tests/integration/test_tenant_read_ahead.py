@@ -58,7 +58,7 @@ def readers() -> list[threading.Thread]:
 
 
 def folded_by_the_model(store: EventStore) -> TenantState:
-    state = TenantState("t")
+    state = TenantState("t", message_content=False)  # as the command side keeps it
     for seq, event in store.tenant_events("t"):
         evolve(state, event, seq)
     return state
