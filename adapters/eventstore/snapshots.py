@@ -14,9 +14,11 @@ Restoring works at memory speed (issue #15: the 1M tenant's first command from a
 the packed state is mostly arrays and bytes, so the pickle is not compressed (zlib took longer to
 undo than PostgreSQL takes to send the bytes), and nothing is hashed a second time (the GCM tag
 authenticates the bytes; `mac` is an HMAC of the row's fields and that tag only, checked before
-decrypting). The state holds mail subjects, hence the encryption (SPEC L2). A user's erasure
-(UserContentErased) discards the tenant's snapshot and the projection runners' one, which may
-hold that user's subjects; the states folded after it hold none.
+decrypting). The projection runners' states hold mail subjects, hence the encryption (SPEC
+L2); a tenant's command-side state holds none (`TenantState.message_content` is off there) but
+names users, records and addresses. A user's erasure (UserContentErased) discards the tenant's
+snapshot and the projection runners' one: no snapshot older than an erasure is kept, whatever
+it holds.
 
 Stored one row per tenant (the newest wins), in the event store's database: SQLite beside the
 events, PostgreSQL in the URL's schema (`snapshots_sqlite`, `snapshots_postgres`: each imports

@@ -218,8 +218,9 @@ class EventStore:
         folded, erased = self._fold(state)
         self._states[tenant] = state
         if restored and erased:
-            # L2: a snapshot older than an erasure holds the erased user's subjects (a process
-            # killed between writing it and `_erased_after` left it): gone once it is read
+            # L2: a snapshot older than an erasure (a process killed between writing it and
+            # `_erased_after` left it) is gone once it is read. The command side's state keeps
+            # no subject, so it holds none; no snapshot outlives an erasure all the same
             self._discard_snapshot(tenant)
         if self.snapshots is not None and folded >= self.snapshots.every:
             try:
