@@ -14,6 +14,11 @@ Most events are read by one regular expression over the stored text (`_PLAIN`): 
 layout, field by field in the model's order, every text without an escape (checking types in
 Python after parsing cost as much as pydantic's validation). One that has escapes or odd texts
 is parsed (`orjson`) and checked field by field instead.
+
+With `content=False` (the command side's state keeps no message content) both readers leave
+participants, subject and time out: the sealed subject is not opened, so a seal that does not
+open is not noticed here (the projections decode through the model, which refuses it); every
+other field is checked as above.
 """
 
 from __future__ import annotations
