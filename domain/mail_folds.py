@@ -125,36 +125,36 @@ def synced_message(e: ev.MessageSynced | ev.EmailSent, crm_initiated: bool,
         tuple(msg.labels), msg.read, msg.delivery_status)
 
 
-def _add_message(s: TenantState, m: SyncedMessage, seq: int) -> None:
-    mailbox, thread_id = m.mailbox, m.thread
-    thread = s.threads.get(thread_id)
-    if thread is None:
-        thread = s.threads.create(thread_id, mailbox, seq, m.crm_initiated)
-    s.mailboxes[mailbox].stored += 1
-    s.messages.put(mailbox, m.id, thread_id, m.rfc_id, m.participants, m.subject, m.sent_at,
-                   m.labels, m.read, m.delivery_status)
-    thread.add_message(m.id)  # after storing it: the thread chains the message's row
+def _add_message(s: TenantState, m: SyncedMessage, seq: int) -> Mailbox:
+    """Store a new message in its thread (`ThreadTable.add_synced`); its mailbox."""
+    mailbox, thread_id, participants = m.mailbox, m.thread, m.participants
+    mbx = s.mailboxes[mailbox]
+    threads = s.threads
+    n = threads.add_synced(mailbox, m.id, thread_id, seq, m.crm_initiated, m.rfc_id,
+                           participants, m.subject, m.sent_at, m.labels, m.read,
+                           m.delivery_status, s.index_rfc)
+    mbx.stored += 1
     if s.index_rfc:
         _index_rfc(s, m)
-    if not m.participants:  # none, or a state without message content
-        return
-    have = thread.participants
-    new = tuple(a for a in m.participants if a not in have)
-    if new:
-        thread.participants = have + new
+    if not participants:  # none, or a state without message content
+        return mbx
+    threads.join(n, participants)
     if s.address_threads is not None:
-        for a in m.participants:
+        for a in participants:
             s.address_threads.setdefault(a, set()).add(thread_id)
+    return mbx
 
 
 def _index_rfc(s: TenantState, m: SyncedMessage) -> None:
-    """S13: this message's id, and every ancestor it names that was never synced, lead to its
-    thread. First come wins (`setdefault`): the fold gives the same index on replay and
-    whatever the batch boundaries, and a reference loop cannot move anything."""
+    """S13: this message's id (indexed by `ThreadTable.add_synced`), and every ancestor it
+    names that was never synced, lead to its thread. First come wins (`setdefault`): the fold
+    gives the same index on replay and whatever the batch boundaries, and a reference loop
+    cannot move anything."""
     mailbox = m.mailbox
-    if m.rfc_id:
-        s.messages.index_rfc(mailbox, m.rfc_id, m.id)
+    if m.rfc_id and s.missing_parents:
         s.missing_parents.pop((mailbox, m.rfc_id), None)  # no longer missing
+    if m.in_reply_to is None and not m.references:
+        return  # most messages: no ancestor to look up
     for rfc in (m.in_reply_to, *m.references):
         if rfc and rfc != m.rfc_id and not s.messages.has_rfc(mailbox, rfc):
             s.missing_parents.setdefault((mailbox, rfc), m.thread)
@@ -189,8 +189,7 @@ def _message_synced(s: TenantState, e: ev.MessageSynced, seq: int) -> None:
 
 def fold_synced(s: TenantState, m: SyncedMessage, seq: int) -> None:
     """MessageSynced's fold (`domain.state.evolve_synced` adds the envelope's part)."""
-    _add_message(s, m, seq)
-    mbx = s.mailboxes[m.mailbox]
+    mbx = _add_message(s, m, seq)
     mbx.synced += 1
     mbx.last_sync_at = m.occurred_at
     _recovered(mbx)

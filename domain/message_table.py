@@ -85,32 +85,38 @@ class Codec:
 
     def pack(self, m: Message) -> bytes:
         """The message without its id (the table keeps the id in front)."""
-        return self.pack_fields(m.thread, m.rfc_id, m.participants, m.subject, m.sent_at,
-                                m.labels, m.read, m.delivery_status, m.deleted)
+        out = bytearray()
+        self.pack_into(out, self.thread_ids.number(m.thread), m.rfc_id, m.participants,
+                       m.subject, m.sent_at, m.labels, m.read, m.delivery_status, m.deleted)
+        return bytes(out)
 
-    def pack_fields(self, thread: str, rfc_id: str | None, participants: tuple[str, ...],
-                    subject: str, sent_at: str, labels: tuple[str, ...], read: bool,
-                    delivery_status: str | None, deleted: bool) -> bytes:
-        """`pack` of a message given by its fields (the fold packs without making one)."""
-        code, short = self.names.code, _SHORT
+    def pack_into(self, out: bytearray, thread: int, rfc_id: str | None,
+                  participants: tuple[str, ...], subject: str, sent_at: str,
+                  labels: tuple[str, ...], read: bool, delivery_status: str | None,
+                  deleted: bool) -> None:
+        """Append `pack` of a message given by its fields and its thread's number to `out`
+        (the fold packs straight into the record it stores, without making a Message). A
+        name's code is read from `Names.codes` first: a call of `Names.code` only for a new
+        one (this runs for every message folded)."""
+        codes, code, short = self.names.codes, self.names.code, _SHORT
         time = _compact_time(sent_at)
-        flags = (_READ if read else 0) | (_DELETED if deleted else 0) | (
+        out.append((_READ if read else 0) | (_DELETED if deleted else 0) | (
             0 if rfc_id is None else _RFC) | (0 if delivery_status is None else _STATUS) | (
-            0 if time is None else _TIME | (_FRACTION if time[1] else 0))
-        out = bytearray((flags,))
-        out += varint(self.thread_ids.number(thread))
+            0 if time is None else _TIME | (_FRACTION if time[1] else 0)))
+        out += short[thread] if thread < 0x80 else varint(thread)
         if rfc_id is not None:
             cut = rfc_id.rfind("@")
-            local = text_bytes(rfc_id[:cut] if cut >= 0 else rfc_id)
+            local = (rfc_id[:cut] if cut >= 0 else rfc_id).encode("utf-8", "surrogatepass")
             n = len(local)
             out += short[n] if n < 0x80 else varint(n)
             out += local
-            out += code(rfc_id[cut:] if cut >= 0 else "")
+            domain = rfc_id[cut:] if cut >= 0 else ""
+            out += codes.get(domain) or code(domain)
         n = len(participants)
         out += short[n] if n < 0x80 else varint(n)
         for a in participants:
-            out += code(a)
-        subject_bytes = text_bytes(subject)
+            out += codes.get(a) or code(a)
+        subject_bytes = subject.encode("utf-8", "surrogatepass")  # text_bytes, without a call
         n = len(subject_bytes)
         out += short[n] if n < 0x80 else varint(n)
         out += subject_bytes
@@ -121,10 +127,9 @@ class Codec:
             out += time[0].to_bytes(6, "little")
             if time[1]:
                 out += varint(len(time[1])) + time[1].encode()
-        out += self.label_sets.code(labels)
+        out += self.label_sets.codes.get(labels) or self.label_sets.code(labels)
         if delivery_status is not None:
-            out += code(delivery_status)
-        return bytes(out)
+            out += codes.get(delivery_status) or code(delivery_status)
 
     def unpack(self, message_id: str, data: bytes | bytearray, at: int = 0) -> Message:
         """The message packed at `at` in `data`. (Numbers below 128 are read inline, not by a
@@ -234,19 +239,26 @@ class Box:
         return self.ids.find(crc(key) if key_crc is None else key_crc,
                              lambda row: self.records.at[row] >= 0 and self._id(row) == key)
 
-    def put(self, key: bytes, packed: bytes) -> tuple[int, bool]:
-        """Store; the message's row, and True when the message is new."""
+    def put(self, key: bytes, record: bytes | bytearray, prev: int = -2) -> tuple[int, bool]:
+        """Store the record (`key`'s length and `key`, then the packed message) of the message
+        with this (UTF-8) id: its row, and True when the message is new; a new row is chained
+        after `prev` (-2: in no chain). One probe finds the id or the slot it takes."""
         key_crc = crc(key)
-        row = self.find(key, key_crc)
-        blob = varint(len(key)) + key + packed
+        records = self.records
+        row = self.ids.probe(key_crc, lambda r: records.at[r] >= 0 and self._id(r) == key)
         if row >= 0:
-            self.records.put(row, blob)
+            records.put(row, record)
             return row, False
+        slot = ~row
         if self.ids.full():
             self.ids = self.ids.grown(self._live(self.ids), self._id)
-        row = self.records.append(blob)
-        self.prev.append(-2)
-        self.ids.add(key_crc, row)
+            slot = -1  # the probe was of the smaller index
+        row = records.append(record)
+        self.prev.append(prev)
+        if slot < 0:
+            self.ids.add(key_crc, row)
+        else:
+            self.ids.put(slot, key_crc, row)
         return row, True
 
     def rfc_row(self, rfc: str) -> int:
@@ -326,16 +338,42 @@ class MessageTable(MutableMapping[tuple[str, str], Message]):
             participants: tuple[str, ...], subject: str, sent_at: str,
             labels: tuple[str, ...], read: bool, delivery_status: str | None) -> None:
         """`self[mailbox, message_id] = Message(message_id, thread, ...)` (not deleted),
-        without making the Message (the fold of a synced message)."""
-        self._store(mailbox, message_id, self.codec.pack_fields(
-            thread, rfc_id, participants, subject, sent_at, labels, read, delivery_status,
-            False))
+        without making the Message."""
+        self.add(mailbox, message_id, self.codec.thread_ids.number(thread), rfc_id,
+                 participants, subject, sent_at, labels, read, delivery_status)
+
+    def add(self, mailbox: str, message_id: str, thread: int, rfc_id: str | None,
+            participants: tuple[str, ...], subject: str, sent_at: str,
+            labels: tuple[str, ...], read: bool, delivery_status: str | None,
+            prev: int = -2, index_rfc: bool = False) -> int:
+        """`put` of a message given its thread's number (the fold of a synced message): packed
+        straight into its record. A new message's row is chained after `prev` (-2: in no
+        chain); with `index_rfc`, the message is indexed under its RFC Message-ID as
+        `index_rfc` does. Its row if the message is new; -1 if it was stored already (its
+        record is rewritten; it stays chained as it was)."""
+        box = self._boxes.get(mailbox)
+        if box is None:
+            box = self._boxes[sys.intern(mailbox)] = Box(self.codec)
+        key = message_id.encode("utf-8", "surrogatepass")  # text_bytes, without a call
+        n = len(key)
+        record = bytearray(_SHORT[n] if n < 0x80 else varint(n))
+        record += key
+        self.codec.pack_into(record, thread, rfc_id, participants, subject, sent_at, labels,
+                             read, delivery_status, False)
+        row, new = box.put(key, record, prev)
+        self._last = (mailbox, message_id, row)
+        if new:
+            self._count += 1
+        if index_rfc and rfc_id:
+            box.index_rfc(rfc_id, row)
+        return row if new else -1
 
     def _store(self, mailbox: str, message_id: str, packed: bytes) -> None:
         box = self._boxes.get(mailbox)
         if box is None:
             box = self._boxes[sys.intern(mailbox)] = Box(self.codec)
-        row, new = box.put(text_bytes(message_id), packed)
+        key = text_bytes(message_id)
+        row, new = box.put(key, varint(len(key)) + key + packed)
         self._last = (mailbox, message_id, row)
         if new:
             self._count += 1

@@ -26,6 +26,10 @@ T = TypeVar("T", bound=Hashable)
 def varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x200000:  # two or three bytes (a tenant's thread numbers, records' lengths): no loop
+        if n < 0x4000:
+            return bytes((n & 0x7F | 0x80, n >> 7))
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
@@ -118,12 +122,31 @@ class SlotIndex:
             at = (at + 1) & mask
         return -1
 
+    def probe(self, key_crc: int, match: Callable[[int], bool]) -> int:
+        """The matching row (>= 0); else `~slot`, the empty slot the probe stopped at, where
+        `put` adds the key (one probe where `find` then `add` took two)."""
+        slots, mask, tag = self.slots, len(self.slots) - 1, key_crc >> ROW_BITS
+        at = key_crc & mask
+        while (taken := slots[at]) != 0:
+            if taken >> ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
+                return (taken & _ROW_MASK) - 1
+            at = (at + 1) & mask
+        return ~at
+
+    def put(self, slot: int, key_crc: int, row: int) -> None:
+        """Add `row` at the empty slot `probe` stopped at (the slot `add` would take)."""
+        if row >= MAX_ROWS:
+            raise ValueError(f"more than {MAX_ROWS} rows in one table")
+        self.slots[slot] = (key_crc >> ROW_BITS) << ROW_BITS | (row + 1)
+        self.used += 1
+
     def find_or_add(self, key_crc: int, match: Callable[[int], bool], row: int) -> int:
         """The matching row if there is one; else `row` is added (-1 is returned)."""
-        found = self.find(key_crc, match)
-        if found < 0:
-            self.add(key_crc, row)
-        return found
+        found = self.probe(key_crc, match)
+        if found >= 0:
+            return found
+        self.put(~found, key_crc, row)
+        return -1
 
     def add(self, key_crc: int, row: int) -> None:
         if row >= MAX_ROWS:
@@ -173,13 +196,17 @@ class Records:
         start, end = self.body(row)
         return bytes(self.data[start:end])
 
-    def append(self, blob: bytes) -> int:
-        """A new row holding `blob`."""
-        self.at.append(0)
-        self._write(len(self.at) - 1, blob)
-        return len(self.at) - 1
+    def append(self, blob: bytes | bytearray) -> int:
+        """A new row holding `blob` (`_write` inlined: the fold appends a record a message)."""
+        row, offset = len(self.at), len(self.data)
+        if offset > 0x7FFFFFFF and self.at.typecode == "i":
+            self.at = array("q", self.at)
+        self.at.append(offset)
+        self.data += varint(len(blob))
+        self.data += blob
+        return row
 
-    def put(self, row: int, blob: bytes) -> None:
+    def put(self, row: int, blob: bytes | bytearray) -> None:
         """Replace the row's bytes (rows up to `row` are made, empty, if need be)."""
         while len(self.at) <= row:
             self.at.append(-1)
@@ -193,7 +220,7 @@ class Records:
         self.dead += self._size(row)
         self.at[row] = -1
 
-    def _write(self, row: int, blob: bytes) -> None:
+    def _write(self, row: int, blob: bytes | bytearray) -> None:
         offset = len(self.data)
         if offset > 0x7FFFFFFF and self.at.typecode == "i":
             self.at = array("q", self.at)

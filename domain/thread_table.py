@@ -75,25 +75,11 @@ class Thread:
     @property
     def participants(self) -> tuple[str, ...]:
         """The distinct addresses of its live messages, in order of arrival."""
-        table = self.table
-        if table.read_last[0] == self.number:  # the rules ask for one thread's several times
-            return table.read_last[1]
-        people = table.people
-        if self.number >= len(people.at) or people.at[self.number] < 0:
-            return ()
-        data, (at, end) = people.data, people.body(self.number)
-        names, out = table.codec.names.values, []
-        while at < end:
-            n, at = read_varint(data, at)
-            out.append(names[n])
-        table.read_last = (self.number, tuple(out))
-        return table.read_last[1]
+        return self.table.participants(self.number)
 
     @participants.setter
     def participants(self, value: tuple[str, ...]) -> None:
-        code = self.table.codec.names.code
-        self.table.people.put(self.number, b"".join(code(a) for a in value))
-        self.table.read_last = (self.number, tuple(value))
+        self.table.set_participants(self.number, value)
 
     @property
     def messages(self) -> list[str]:
@@ -181,6 +167,60 @@ class ThreadTable(Mapping[str, Thread]):
         self.by_mailbox.setdefault(mailbox, array("I")).append(n)
         self.count += 1
         return Thread(self, n, thread_id)
+
+    def add_synced(self, mailbox: str, message_id: str, thread_id: str, seq: int,
+                   crm_initiated: bool, rfc_id: str | None, participants: tuple[str, ...],
+                   subject: str, sent_at: str, labels: tuple[str, ...], read: bool,
+                   delivery_status: str | None, index_rfc: bool) -> int:
+        """The fold of a synced message in one go: its thread found (created if need be), the
+        message stored, chained after the thread's last row and indexed under its RFC
+        Message-ID (S13) when `index_rfc`; the thread's number. (It runs for every message
+        of a tenant's history: this is `get`/`create`, `MessageTable.put`, `index_rfc` and
+        `Thread.add_message` with the thread's columns read once.)"""
+        thread_ids = self.codec.thread_ids
+        last = thread_ids.last  # a thread's messages mostly come in a row
+        n = last[1] if last[0] == thread_id and last[1] >= 0 else thread_ids.find(thread_id)
+        if n < 0 or n >= len(self.kind) or not self.kind[n]:
+            n = self.create(thread_id, mailbox, seq, crm_initiated).number
+        # chained if the thread is of this mailbox and lists no ids (as `Thread.add_message`)
+        chains = self.mailbox[n] == self.codec.names.numbers.get(mailbox) \
+            and n not in self.listed
+        row = self.messages.add(mailbox, message_id, n, rfc_id, participants, subject,
+                                sent_at, labels, read, delivery_status,
+                                self.last[n] if chains else -2, index_rfc)
+        if chains and row >= 0:
+            self.last[n] = row
+        else:  # stored already, or not chained: as it was
+            Thread(self, n, thread_id).add_message(message_id)
+        return n
+
+    def participants(self, n: int) -> tuple[str, ...]:
+        """`Thread.participants` of the thread numbered `n`."""
+        if self.read_last[0] == n:  # the rules ask for one thread's several times
+            return self.read_last[1]
+        people = self.people
+        if n >= len(people.at) or people.at[n] < 0:
+            return ()
+        data, (at, end) = people.data, people.body(n)
+        names, out = self.codec.names.values, []
+        while at < end:
+            k, at = read_varint(data, at)
+            out.append(names[k])
+        self.read_last = (n, tuple(out))
+        return self.read_last[1]
+
+    def set_participants(self, n: int, value: tuple[str, ...]) -> None:
+        names = self.codec.names
+        codes, code = names.codes, names.code
+        self.people.put(n, b"".join([codes.get(a) or code(a) for a in value]))
+        self.read_last = (n, tuple(value))
+
+    def join(self, n: int, participants: tuple[str, ...]) -> None:
+        """Add the addresses of a new message not among the thread's participants yet."""
+        have = self.participants(n)
+        new = tuple(a for a in participants if a not in have)
+        if new:
+            self.set_participants(n, have + new)
 
     def _number(self, thread_id: object) -> int:
         if not isinstance(thread_id, str):
