@@ -134,8 +134,8 @@ def _add_message(s: TenantState, m: SyncedMessage, seq: int) -> Mailbox:
                            participants, m.subject, m.sent_at, m.labels, m.read,
                            m.delivery_status, s.index_rfc)
     mbx.stored += 1
-    if s.index_rfc:
-        _index_rfc(s, m)
+    if s.index_rfc and (s.missing_parents or m.in_reply_to is not None or m.references):
+        _index_rfc(s, m)  # (most messages: nothing missing, no ancestor named)
     if not participants:  # none, or a state without message content
         return mbx
     threads.join(n, participants)
@@ -151,10 +151,8 @@ def _index_rfc(s: TenantState, m: SyncedMessage) -> None:
     gives the same index on replay and whatever the batch boundaries, and a reference loop
     cannot move anything."""
     mailbox = m.mailbox
-    if m.rfc_id and s.missing_parents:
+    if m.rfc_id:
         s.missing_parents.pop((mailbox, m.rfc_id), None)  # no longer missing
-    if m.in_reply_to is None and not m.references:
-        return  # most messages: no ancestor to look up
     for rfc in (m.in_reply_to, *m.references):
         if rfc and rfc != m.rfc_id and not s.messages.has_rfc(mailbox, rfc):
             s.missing_parents.setdefault((mailbox, rfc), m.thread)
@@ -192,7 +190,8 @@ def fold_synced(s: TenantState, m: SyncedMessage, seq: int) -> None:
     mbx = _add_message(s, m, seq)
     mbx.synced += 1
     mbx.last_sync_at = m.occurred_at
-    _recovered(mbx)
+    if mbx.last_error is not None:
+        _recovered(mbx)
 
 
 def _email_sent(s: TenantState, e: ev.EmailSent, seq: int) -> None:

@@ -19,6 +19,7 @@ import sys
 from array import array
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from zlib import crc32
 
 from domain.packing import (
     Names,
@@ -120,13 +121,17 @@ class Codec:
         n = len(subject_bytes)
         out += short[n] if n < 0x80 else varint(n)
         out += subject_bytes
-        if time is None:
-            sent = text_bytes(sent_at)
-            out += varint(len(sent)) + sent
+        if time is None:  # not UTC ISO text, or none (a state without message content)
+            sent = sent_at.encode("utf-8", "surrogatepass")
+            n = len(sent)
+            out += short[n] if n < 0x80 else varint(n)
+            out += sent
         else:
             out += time[0].to_bytes(6, "little")
             if time[1]:
-                out += varint(len(time[1])) + time[1].encode()
+                n = len(time[1])
+                out += short[n] if n < 0x80 else varint(n)
+                out += time[1].encode()
         out += self.label_sets.codes.get(labels) or self.label_sets.code(labels)
         if delivery_status is not None:
             out += codes.get(delivery_status) or code(delivery_status)
@@ -243,15 +248,15 @@ class Box:
         """Store the record (`key`'s length and `key`, then the packed message) of the message
         with this (UTF-8) id: its row, and True when the message is new; a new row is chained
         after `prev` (-2: in no chain). One probe finds the id or the slot it takes."""
-        key_crc = crc(key)
-        records = self.records
-        row = self.ids.probe(key_crc, lambda r: records.at[r] >= 0 and self._id(r) == key)
+        key_crc = crc32(key)  # `crc`, without a call (the fold stores every message here)
+        records, ids = self.records, self.ids
+        row = ids.probe(key_crc, lambda r: records.at[r] >= 0 and self._id(r) == key)
         if row >= 0:
             records.put(row, record)
             return row, False
         slot = ~row
-        if self.ids.full():
-            self.ids = self.ids.grown(self._live(self.ids), self._id)
+        if (ids.used + 1) * 3 > len(ids.slots) * 2:  # `ids.full()`
+            self.ids = ids.grown(self._live(ids), self._id)
             slot = -1  # the probe was of the smaller index
         row = records.append(record)
         self.prev.append(prev)
@@ -269,11 +274,14 @@ class Box:
 
     def index_rfc(self, rfc: str, row: int) -> None:
         """Index `row` under `rfc` unless a row is indexed under it already (first come wins)."""
-        if self.rfcs.full():
-            self.rfcs = self.rfcs.grown(self._live(self.rfcs), self._rfc)
-        key = text_bytes(rfc)
-        self.rfcs.find_or_add(crc(key), lambda r: self.records.at[r] >= 0
-                              and self._rfc(r) == key, row)
+        rfcs = self.rfcs
+        if (rfcs.used + 1) * 3 > len(rfcs.slots) * 2:  # `rfcs.full()`, without a call
+            rfcs = self.rfcs = rfcs.grown(self._live(rfcs), self._rfc)
+        key = rfc.encode("utf-8", "surrogatepass")
+        key_crc = crc32(key)
+        found = rfcs.probe(key_crc, lambda r: self.records.at[r] >= 0 and self._rfc(r) == key)
+        if found < 0:
+            rfcs.put(~found, key_crc, row)
 
     def _rfc(self, row: int) -> bytes:
         return self.codec.rfc(*self.message_at(row))

@@ -198,12 +198,13 @@ class Records:
 
     def append(self, blob: bytes | bytearray) -> int:
         """A new row holding `blob` (`_write` inlined: the fold appends a record a message)."""
-        row, offset = len(self.at), len(self.data)
-        if offset > 0x7FFFFFFF and self.at.typecode == "i":
-            self.at = array("q", self.at)
-        self.at.append(offset)
-        self.data += varint(len(blob))
-        self.data += blob
+        at, data, n = self.at, self.data, len(blob)
+        row, offset = len(at), len(data)
+        if offset > 0x7FFFFFFF and at.typecode == "i":
+            at = self.at = array("q", at)
+        at.append(offset)
+        data += bytes((n,)) if n < 0x80 else varint(n)
+        data += blob
         return row
 
     def put(self, row: int, blob: bytes | bytearray) -> None:
@@ -265,14 +266,26 @@ class TextRows:
         return found
 
     def number(self, text: str) -> int:
-        """The number of `text`, given one if it has none yet."""
-        found = self.find(text)
+        """The number of `text`, given one if it has none yet (one probe finds the text or the
+        slot it takes: the fold asks this for every new thread)."""
+        last = self.last
+        if last[0] == text and last[1] >= 0:
+            return last[1]
+        key = text_bytes(text)
+        key_crc = crc(key)
+        found = self.index.probe(key_crc, lambda row: self.records.get(row) == key)
         if found >= 0:
+            self.last = (text, found)
             return found
+        slot = ~found
         if self.index.full():
             self.index = self.index.grown(self.index.rows(), self.records.get)
-        row = self.records.append(text_bytes(text))
-        self.index.add(crc(text_bytes(text)), row)
+            slot = -1  # the probe was of the smaller index
+        row = self.records.append(key)
+        if slot < 0:
+            self.index.add(key_crc, row)
+        else:
+            self.index.put(slot, key_crc, row)
         self.last = (text, row)
         return row
 

@@ -154,6 +154,12 @@ class ThreadTable(Mapping[str, Thread]):
 
     def create(self, thread_id: str, mailbox: str, seq: int, crm_initiated: bool) -> Thread:
         n = self.codec.thread_ids.number(thread_id)
+        self._create(n, thread_id, mailbox, seq, crm_initiated)
+        return Thread(self, n, thread_id)
+
+    def _create(self, n: int, thread_id: str, mailbox: str, seq: int, crm_initiated: bool
+                ) -> None:
+        """`create` of the thread whose id is numbered `n`."""
         while len(self.kind) <= n:
             self.kind.append(0)
             self.mailbox.append(0)
@@ -164,9 +170,11 @@ class ThreadTable(Mapping[str, Thread]):
         self.kind[n] = _THREAD | (_CRM if crm_initiated else 0)
         self.mailbox[n] = self.codec.names.number(mailbox)
         self.created[n] = seq
-        self.by_mailbox.setdefault(mailbox, array("I")).append(n)
+        threads = self.by_mailbox.get(mailbox)
+        if threads is None:  # (not `setdefault`: it made an array for every thread)
+            threads = self.by_mailbox[mailbox] = array("I")
+        threads.append(n)
         self.count += 1
-        return Thread(self, n, thread_id)
 
     def add_synced(self, mailbox: str, message_id: str, thread_id: str, seq: int,
                    crm_initiated: bool, rfc_id: str | None, participants: tuple[str, ...],
@@ -177,11 +185,13 @@ class ThreadTable(Mapping[str, Thread]):
         Message-ID (S13) when `index_rfc`; the thread's number. (It runs for every message
         of a tenant's history: this is `get`/`create`, `MessageTable.put`, `index_rfc` and
         `Thread.add_message` with the thread's columns read once.)"""
+        # the thread's number: `get` then `create` would look a new thread's id up twice (a
+        # thread's messages mostly come in a row: `TextRows.last`, checked without a call)
         thread_ids = self.codec.thread_ids
-        last = thread_ids.last  # a thread's messages mostly come in a row
-        n = last[1] if last[0] == thread_id and last[1] >= 0 else thread_ids.find(thread_id)
-        if n < 0 or n >= len(self.kind) or not self.kind[n]:
-            n = self.create(thread_id, mailbox, seq, crm_initiated).number
+        last = thread_ids.last
+        n = last[1] if last[0] == thread_id and last[1] >= 0 else thread_ids.number(thread_id)
+        if n >= len(self.kind) or not self.kind[n]:
+            self._create(n, thread_id, mailbox, seq, crm_initiated)
         # chained if the thread is of this mailbox and lists no ids (as `Thread.add_message`)
         chains = self.mailbox[n] == self.codec.names.numbers.get(mailbox) \
             and n not in self.listed
@@ -217,10 +227,11 @@ class ThreadTable(Mapping[str, Thread]):
 
     def join(self, n: int, participants: tuple[str, ...]) -> None:
         """Add the addresses of a new message not among the thread's participants yet."""
-        have = self.participants(n)
-        new = tuple(a for a in participants if a not in have)
+        read_last = self.read_last  # (most often this thread's: checked without a call)
+        have = read_last[1] if read_last[0] == n else self.participants(n)
+        new = [a for a in participants if a not in have]
         if new:
-            self.set_participants(n, have + new)
+            self.set_participants(n, have + tuple(new))
 
     def _number(self, thread_id: object) -> int:
         if not isinstance(thread_id, str):
