@@ -114,13 +114,9 @@ class SlotIndex:
         self.used = 0
 
     def find(self, key_crc: int, match: Callable[[int], bool]) -> int:
-        slots, mask, tag = self.slots, len(self.slots) - 1, key_crc >> ROW_BITS
-        at = key_crc & mask
-        while (taken := slots[at]) != 0:
-            if taken >> ROW_BITS == tag and match((taken & _ROW_MASK) - 1):
-                return (taken & _ROW_MASK) - 1
-            at = (at + 1) & mask
-        return -1
+        """The matching row; -1 if none."""
+        found = self.probe(key_crc, match)
+        return found if found >= 0 else -1
 
     def probe(self, key_crc: int, match: Callable[[int], bool]) -> int:
         """The matching row (>= 0); else `~slot`, the empty slot the probe stopped at, where

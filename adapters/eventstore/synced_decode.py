@@ -215,18 +215,3 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None, content: b
         doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
         tuple(msg["references"] or ()), people, subject, sent_text, tuple(msg["labels"]),
         msg["read"], msg["delivery_status"])
-    if sealed:
-        assert keys is not None
-        # the tenant the mapper opens with (`seal._tenant`: the first field, which canonical
-        # bytes hold once)
-        opened = _sealed_subject(keys, doc["tenant"], state[begin:dot], state[dot + 1:end])
-        if opened is None:
-            return None
-        subject = opened
-    return SyncedMessage(
-        doc["mailbox"], doc["thread"], doc["crm_initiated"], occurred, doc["actor"],
-        doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
-        tuple(msg["references"] or ()), addresses([msg["from"], *msg["to"], *msg["cc"],
-                                                   *msg["bcc"]]),
-        subject, _utc_text(msg["sent_at"], sent), tuple(msg["labels"]), msg["read"],
-        msg["delivery_status"])
