@@ -84,24 +84,12 @@ def decode_plain(state: bytes, keys: ContentKeys | None, content: bool = True
     occurred, sent = _shaped_time(occurred_at), _shaped_time(sent_at)
     if occurred is None or sent is None:
         return None
-    people: tuple[str, ...] = ()
-    sent_text = ""
-    if owner is not None and (subject != _ERASED_TEXT or body != ""):
+    subject = _subject(keys, content, tenant, None if owner is None else owner.encode(), box,
+                       ERASED if subject == _ERASED_TEXT else subject, body)
+    if subject is None:
         return None
-    if not content:
-        subject = ""  # a state without message content: not opened, nothing read
-    else:
-        if owner is not None:
-            if keys is None:
-                return None
-            opened = _sealed_subject(keys, tenant, owner.encode(), box)
-            if opened is None:
-                return None
-            subject = opened
-        elif subject == _ERASED_TEXT:
-            subject = ERASED
-        people = addresses([sender, *_texts_of(to), *_texts_of(cc), *_texts_of(bcc)])
-        sent_text = _utc_text(sent_at, sent)
+    people, sent_text = (addresses([sender, *_texts_of(to), *_texts_of(cc), *_texts_of(bcc)]),
+                         _utc_text(sent_at, sent)) if content else ((), "")
     return SyncedMessage(
         mailbox, thread, crm == "true", occurred, actor, _text_or_null(command_id), message_id,
         _text_or_null(rfc_id), _text_or_null(in_reply_to),
@@ -109,10 +97,20 @@ def decode_plain(state: bytes, keys: ContentKeys | None, content: bool = True
         sent_text, tuple(_texts_of(labels)), read == "true", _text_or_null(status))
 
 
-def _sealed_subject(keys: ContentKeys, tenant: str, owner: bytes, box: str | bytes
-                    ) -> str | None:
-    """The subject sealed for `owner` (ERASED when their key is destroyed); None when the box
-    does not hold the (subject, body) the mapper seals for a message."""
+def _subject(keys: ContentKeys | None, content: bool, tenant: str, owner: bytes | None,
+             box: str | bytes, subject: str, body: str) -> str | None:
+    """The subject as the fold reads it: "" for a state without message content (nothing is
+    opened), the one sealed for `owner` (ERASED when their key is destroyed), or the event's
+    own; None when a sealed event's placeholders are not the mapper's or its box does not hold
+    the (subject, body) the mapper seals for a message."""
+    if owner is not None and (subject != ERASED or body != ""):
+        return None  # the placeholders the content goes back into
+    if not content:
+        return ""
+    if owner is None:
+        return subject
+    if keys is None:
+        return None
     values = keys.open(tenant, _owner(owner), box)
     if values is None:
         return ERASED
@@ -175,10 +173,13 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None, content: b
         begin = start + len(SEALED_KEY)
         end = state.find(b'"', begin)
         dot = state.find(b".", begin, end)
-        if end < 0 or dot < 0 or (keys is None and content):
+        if end < 0 or dot < 0:
             return None
+        owner: bytes | None = state[begin:dot]
+        box = state[dot + 1:end]
         body = b"{" + state[end + 2:]
     else:
+        owner, box = None, b""
         body = b"{" + state[start:]
     try:
         doc = orjson.loads(body)
@@ -205,23 +206,13 @@ def decode_synced(state: bytes, start: int, keys: ContentKeys | None, content: b
     occurred, sent = _time(doc["occurred_at"]), _time(msg["sent_at"])
     if occurred is None or sent is None:
         return None
-    if sealed and (subject != ERASED or text != ""):  # the placeholders the content goes into
+    # the tenant the mapper opens with (`seal._tenant`: the first field, which canonical bytes
+    # hold once)
+    subject = _subject(keys, content, doc["tenant"], owner, box, subject, text)
+    if subject is None:
         return None
-    people: tuple[str, ...] = ()
-    sent_text = ""
-    if not content:
-        subject = ""  # a state without message content: not opened, nothing read
-    else:
-        if sealed:
-            assert keys is not None
-            # the tenant the mapper opens with (`seal._tenant`: the first field, which
-            # canonical bytes hold once)
-            opened = _sealed_subject(keys, doc["tenant"], state[begin:dot], state[dot + 1:end])
-            if opened is None:
-                return None
-            subject = opened
-        people = addresses([msg["from"], *msg["to"], *msg["cc"], *msg["bcc"]])
-        sent_text = _utc_text(msg["sent_at"], sent)
+    people, sent_text = (addresses([msg["from"], *msg["to"], *msg["cc"], *msg["bcc"]]),
+                         _utc_text(msg["sent_at"], sent)) if content else ((), "")
     return SyncedMessage(
         doc["mailbox"], doc["thread"], doc["crm_initiated"], occurred, doc["actor"],
         doc["command_id"], msg["id"], msg["message_id"], msg["in_reply_to"],
