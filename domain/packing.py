@@ -136,14 +136,6 @@ class SlotIndex:
         self.slots[slot] = (key_crc >> ROW_BITS) << ROW_BITS | (row + 1)
         self.used += 1
 
-    def find_or_add(self, key_crc: int, match: Callable[[int], bool], row: int) -> int:
-        """The matching row if there is one; else `row` is added (-1 is returned)."""
-        found = self.probe(key_crc, match)
-        if found >= 0:
-            return found
-        self.put(~found, key_crc, row)
-        return -1
-
     def add(self, key_crc: int, row: int) -> None:
         if row >= MAX_ROWS:
             raise ValueError(f"more than {MAX_ROWS} rows in one table")
