@@ -6,33 +6,16 @@ the event as before, and the chain check finds the changed bytes."""
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from secret_mail import T0, TENANT, secret_mail
 
 from adapters.errors import StoreError
 from adapters.eventstore.store import EventStore
 from domain import events as ev
 from domain.commands import parse_command
 from domain.decide import decide
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-TENANT = "acme"
-
-
-def _head(kind: type[ev.DomainEvent], **fields: object) -> ev.DomainEvent:
-    return kind(tenant=TENANT, actor="system:test", occurred_at=T0, correlation_id="c", **fields)
-
-
-def _mail() -> list[ev.DomainEvent]:
-    return [
-        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
-              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-        _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-            id="m1", message_id="<m1@x.test>", from_="a@x.test", to=["u@x.test"],
-            subject="secret-subject", body="secret-body", sent_at=T0))]
 
 
 def _change_the_box(db: Path, table: str) -> None:
@@ -51,8 +34,8 @@ def test_l2_a_seal_that_does_not_open_stops_no_command_and_every_content_reader_
         tmp_path: Path) -> None:
     db = tmp_path / "crm.db"
     store = EventStore.sqlite(str(db))
-    store.append_raw(TENANT, 0, _mail())
-    assert list(store.tenant_events(TENANT))[2][1].message.subject == "secret-subject"
+    store.append_raw(TENANT, 0, secret_mail())
+    assert list(store.tenant_events(TENANT))[2][1].message.subject == "secret-subject-1"
     table = store.app.recorder.events_table_name  # type: ignore[attr-defined]
     store.close()
     _change_the_box(db, table)

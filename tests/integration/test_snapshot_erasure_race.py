@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from secret_mail import TENANT, erasure, secret_mail
 
 from adapters.eventstore.snapshots import Snapshots
 from adapters.eventstore.snapshots_postgres import PostgresSnapshotRows
 from adapters.eventstore.snapshots_sqlite import SqliteSnapshotRows
 from adapters.eventstore.store import EventStore
-from domain import events as ev
 from domain.state import TenantState, evolve
 
 pytestmark = pytest.mark.integration
 KEY = b"snapshot-test-secret-0123456789"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-TENANT = "acme"
 
 
 def racing(rows_class: type) -> type:
@@ -56,27 +53,17 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path
     other.close()
 
 
-def head(kind: type[ev.DomainEvent], **fields: object) -> ev.DomainEvent:
-    return kind(tenant=TENANT, actor="system:test", occurred_at=T0, correlation_id="c", **fields)
-
-
 def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects(
         stores: tuple[EventStore, EventStore, object]) -> None:
     one, other, rows = stores
     one.snapshots = Snapshots(rows, KEY, every=1)  # type: ignore[arg-type]
-    one.append_raw(TENANT, 0, [
-        head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-        head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail", address="u@x.test",
-             scope={}, backfill_days=30, credentials_set=False),
-        *(head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-            id=f"m{n}", from_="a@x.test", to=["u@x.test"], subject=f"secret-subject-{n}",
-            sent_at=T0)) for n in range(3))])
+    one.append_raw(TENANT, 0, secret_mail(3))
     one._states = {}
 
     def erase_meanwhile() -> None:  # DeleteUser elsewhere: appended, key destroyed, discarded
         state = other.state(TENANT)
         other.snapshots = Snapshots(rows, KEY, every=1)  # type: ignore[arg-type]
-        other.append(state, [head(ev.UserDeleted, user="u"), head(ev.UserContentErased, user="u")])
+        other.append(state, erasure())
 
     rows.before_write = erase_meanwhile  # type: ignore[attr-defined]
     one.state(TENANT)

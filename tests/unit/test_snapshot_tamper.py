@@ -15,12 +15,12 @@ import os
 import pickle
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from histories import history
+from secret_mail import T0, erasure, head, secret_mail
 from test_thread_memo import Recorded
 
 import domain.tenant
@@ -192,27 +192,14 @@ def test_e3_a_restored_state_equals_the_fold_of_the_log(seed: int) -> None:
     assert store.state(TENANT) == folded_from_the_log(store)
 
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _head(kind: type[ev.DomainEvent], **fields: object) -> ev.DomainEvent:
-    return kind(tenant=TENANT, actor="system:test", occurred_at=T0, correlation_id="c", **fields)
-
-
 def test_l2_erasure_discards_the_snapshot_and_a_later_one_holds_no_erased_subject() -> None:
     store = EventStore.in_memory()
     rows = MemoryRows()
     store.snapshots = Snapshots(rows, KEY, every=1)
-    store.append_raw(TENANT, 0, [
-        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
-              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-        *(_head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-            id=f"m{n}", from_="a@x.test", to=["u@x.test"], subject=f"secret-subject-{n}",
-            sent_at=T0)) for n in range(3))])
+    store.append_raw(TENANT, 0, secret_mail(3))
     state = store.state(TENANT)  # folded 5 events: a snapshot is taken
     assert TENANT in rows.rows
-    store.append(state, [_head(ev.UserContentErased, user="u")])
+    store.append(state, [head(ev.UserContentErased, user="u")])
     assert TENANT not in rows.rows  # discarded with the key
     store._states = {}
     erased = store.state(TENANT)  # folded from the log: a new snapshot, after the erasure
@@ -282,17 +269,6 @@ class RacingRows(MemoryRows):
         super().write(tenant, version, seq, mac, blob)
 
 
-def _secret_mail() -> list[ev.DomainEvent]:
-    """A user, their mailbox and one message whose subject must not outlive their erasure."""
-    return [
-        _head(ev.UserAdded, user="u", email="u@x.test", role="member"),
-        _head(ev.MailboxConnected, mailbox="mb", user="u", provider="gmail",
-              address="u@x.test", scope={}, backfill_days=30, credentials_set=False),
-        _head(ev.MessageSynced, mailbox="mb", thread="mb:a", message=ev.MailMessage(
-            id="m1", from_="a@x.test", to=["u@x.test"], subject="secret-subject",
-            sent_at=T0))]
-
-
 def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects(
         tmp_path: object) -> None:
     db = f"{tmp_path}/crm.db"
@@ -300,14 +276,13 @@ def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects
     one, other = EventStore.sqlite(db), EventStore.sqlite(db)  # two processes, one store
     try:
         one.snapshots = Snapshots(rows, KEY, every=1)
-        one.append_raw(TENANT, 0, _secret_mail())
+        one.append_raw(TENANT, 0, secret_mail())
         one._states = {}
 
         def erase_meanwhile() -> None:  # DeleteUser in the other process: appended, key
             state = other.state(TENANT)  # destroyed, snapshots discarded
             other.snapshots = Snapshots(rows, KEY, every=1)
-            other.append(state, [_head(ev.UserDeleted, user="u"),
-                                 _head(ev.UserContentErased, user="u")])
+            other.append(state, erasure())
 
         rows.before_write = erase_meanwhile
         one.state(TENANT)  # folds the 3 events, then stores their snapshot
@@ -326,13 +301,12 @@ def test_l2_a_runners_snapshot_taken_while_a_user_is_erased_never_keeps_their_su
     store = engine.stores().events
     rows = RacingRows()
     store.snapshots = Snapshots(rows, KEY, every=1)
-    store.append_raw(TENANT, 0, _secret_mail())
+    store.append_raw(TENANT, 0, secret_mail())
     projector = Projector()
     read = catch_up(store, Recorded(), projector)  # type: ignore[arg-type]
 
     def erase_meanwhile() -> None:  # DeleteUser elsewhere: appended, key destroyed, discarded
-        store.append(store.state(TENANT), [_head(ev.UserDeleted, user="u"),
-                                           _head(ev.UserContentErased, user="u")])
+        store.append(store.state(TENANT), erasure())
 
     rows.before_write = erase_meanwhile
     keep(engine, projector, read)  # the runner's states folded before the erasure
@@ -348,11 +322,10 @@ def test_l2_a_snapshot_left_by_a_process_killed_before_its_erasure_check_is_disc
     store = EventStore.in_memory()
     rows = MemoryRows()
     store.snapshots = Snapshots(rows, KEY, every=10)  # too few events to take one here
-    store.append_raw(TENANT, 0, _secret_mail())
+    store.append_raw(TENANT, 0, secret_mail())
     before = store.state(TENANT)
     folded_before = pickle.loads(pickle.dumps(before))
-    store.append(before, [_head(ev.UserDeleted, user="u"),
-                          _head(ev.UserContentErased, user="u")])  # discards
+    store.append(before, erasure())  # discards
     store.snapshots.take(folded_before)  # seq 3, the secret subject in it; then killed
     assert TENANT in rows.rows
     store._states = {}
@@ -367,13 +340,12 @@ def test_l2_a_runners_snapshot_left_by_a_runner_killed_before_its_erasure_check_
 ) -> None:
     engine = Engine.open_in_memory()
     store = engine.stores().events
-    store.append_raw(TENANT, 0, _secret_mail())
+    store.append_raw(TENANT, 0, secret_mail())
     projector = Projector()
     catch_up(store, Recorded(), projector)  # type: ignore[arg-type]
     rows = MemoryRows()
     store.snapshots = Snapshots(rows, KEY)
-    store.append(store.state(TENANT), [_head(ev.UserDeleted, user="u"),
-                                       _head(ev.UserContentErased, user="u")])  # discards
+    store.append(store.state(TENANT), erasure())  # discards
     # the runner's states, folded before the erasure, written after its discard; then killed
     store.snapshots.take_projector(projector.position, projector.states)
     restarted = Projector()
