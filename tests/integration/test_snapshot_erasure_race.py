@@ -5,7 +5,6 @@ PostgreSQL (the tenant's stream read ahead there)."""
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,7 +68,9 @@ def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects
     one.state(TENANT)
     assert other.keys.destroyed(TENANT, "u")
     kept = Snapshots(rows, KEY).restore(TENANT)  # type: ignore[arg-type]
-    assert kept is None or b"secret-subject" not in pickle.dumps(kept)
+    # discarded: the erasure is after it (a command-side state holds no subject at all,
+    # so a check of its bytes for one could not fail)
+    assert kept is None
     one._states = {}
     folded = TenantState(TENANT, message_content=False)  # as the command side keeps it
     for seq, event in one.tenant_events(TENANT):

@@ -288,7 +288,9 @@ def test_l2_a_snapshot_taken_while_its_user_is_erased_never_keeps_their_subjects
         one.state(TENANT)  # folds the 3 events, then stores their snapshot
         assert other.keys.destroyed(TENANT, "u")
         kept = Snapshots(rows, KEY).restore(TENANT)
-        assert kept is None or b"secret-subject" not in pickle.dumps(kept)
+        # discarded: the erasure is after it (a command-side state holds no subject at all,
+        # so a check of its bytes for one could not fail)
+        assert kept is None
         one._states = {}
         assert one.state(TENANT) == folded_from_the_log(one)
     finally:
