@@ -4,11 +4,14 @@ stream before its first command (the 1M tenant: under a second from a snapshot, 
 A snapshot is the pickled `TenantState` at a stream position (`seq`), encrypted and
 authenticated with AES-256-GCM under a key derived from the deployment's secret, the row's tenant,
 code version and seq as its associated data. It is only a cache of the log: one that does not
-verify (other key, tampered, moved to another row), that was taken by different domain code (the
-version is a hash of the `domain` package's source, so any change to state or folds retires every
-snapshot), or that cannot be read is ignored and the state is folded from the log as without
-snapshots. Unpickling only what our own key authenticated is what makes pickle acceptable here:
-whoever can forge a snapshot holds the secret already.
+verify (other key, tampered, moved to another row), that was taken by a different fold (the
+version is a hash of the source of `domain.state` and of every domain module it imports: the
+events, the state's classes and the folds; `fold_modules`), or that cannot be read is ignored and
+the state is folded from the log as without snapshots. A deploy that changes only rules (decide,
+commands, permissions, visibility...) keeps the snapshots: they are folds, and no rule runs in a
+fold (issue #15: such a deploy's first command stays under a second). Unpickling only what our
+own key authenticated is what makes pickle acceptable here: whoever can forge a snapshot holds
+the secret already.
 
 Restoring works at memory speed (issue #15: the 1M tenant's first command from a snapshot):
 the packed state is mostly arrays and bytes, so the pickle is not compressed (zlib took longer to
@@ -27,6 +30,7 @@ only its driver). Errors are `StoreError`.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import hmac
@@ -55,14 +59,58 @@ SELECT = "SELECT version, seq, mac, state FROM tenant_snapshots WHERE tenant = {
 DELETE = "DELETE FROM tenant_snapshots WHERE tenant IN ({p}, {p})"
 
 
+FOLD = "domain.state"  # the fold and the state's classes: what made a snapshot's bytes
+
+
+def fold_modules(package: Path, root: str = FOLD) -> list[Path]:
+    """The source files of `root` and of every module of the domain package (`package`, its
+    directory) that it imports, directly or not: what a fold runs and what a snapshot's pickle
+    names. Read from the import statements (those inside functions too), not from what this
+    process happened to import."""
+    name = package.name
+    seen: set[str] = set()
+    todo = [name, root]
+    while todo:
+        module = todo.pop()
+        path = _source(package, module)
+        if module in seen or path is None:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                todo.extend(a.name for a in node.names if a.name.split(".")[0] == name)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the importing module's package
+                    package_of = module if path.name == "__init__.py" else module.rpartition(".")[0]
+                    parent = package_of.split(".")[:len(package_of.split(".")) - node.level + 1]
+                    base = ".".join([*parent, base]) if base else ".".join(parent)
+                if base.split(".")[0] == name:
+                    todo.append(base)  # and a name imported from it may be a module itself
+                    todo.extend(f"{base}.{a.name}" for a in node.names)
+    found = (_source(package, m) for m in seen)
+    return sorted(p for p in found if p is not None)
+
+
+def _source(package: Path, module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    path = package.joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def fold_version(package: Path) -> str:
+    """A hash of the fold's source (`fold_modules`), the Python version and the row format."""
+    digest = hashlib.sha256(f"{sys.version_info[:2]} {FORMAT}".encode())
+    for path in fold_modules(package):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
 @functools.cache
 def code_version() -> str:
-    """A hash of the domain package's source and the Python version: snapshots taken by other
-    code are never read."""
-    digest = hashlib.sha256(f"{sys.version_info[:2]} {FORMAT}".encode())
-    for path in sorted(Path(domain.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:32]
+    """The version of this process's fold: snapshots taken by another fold are never read."""
+    return fold_version(Path(domain.__file__).parent)
 
 
 def _head(tenant: str, version: str, seq: int) -> bytes:
