@@ -149,8 +149,9 @@ def in_scope(state: TenantState, mbx: Mailbox, msg: ev.MailMessage, thread_id: s
         return True
     if set(msg.labels) & set(mbx.scope.get("labels", [])):
         return True
-    own = {state.users[mbx.user].email} | {m.address for m in state.mailboxes.values()
-                                            if m.user == mbx.user}
+    own = {state.users[mbx.user].email} | {address for user, address
+                                            in state.mailbox_addresses.values()
+                                            if user == mbx.user}
     return msg.from_.lower() in own and thread_id in state.threads
 
 

@@ -17,14 +17,23 @@ def _mailbox_connected(s: TenantState, e: ev.MailboxConnected, seq: int) -> None
     s.mailboxes[e.mailbox] = Mailbox(e.mailbox, e.user, e.provider, e.address.lower(), e.scope,
                                      e.backfill_days, credentials_set=e.credentials_set,
                                      address_since=seq)
-    s.user_addresses.add(e.address.lower())
+    note_address(s, e)
 
 
 def _mailbox_address_changed(s: TenantState, e: ev.MailboxAddressChanged, seq: int) -> None:
     mbx = s.mailboxes[e.mailbox]
     mbx.address = e.address.lower()
     mbx.address_since = seq
-    s.user_addresses.add(mbx.address)
+    note_address(s, e)
+
+
+def note_address(s: TenantState, e: ev.MailboxConnected | ev.MailboxAddressChanged) -> None:
+    """The tenant-wide part of a mailbox's (new) address: the users' addresses, and the
+    mailbox's owner and address (folded at start by a state whose mailboxes wait)."""
+    address = e.address.lower()
+    s.user_addresses.add(address)
+    user = e.user if isinstance(e, ev.MailboxConnected) else s.mailbox_addresses[e.mailbox][0]
+    s.mailbox_addresses[e.mailbox] = (user, address)
 
 
 def _mailbox_scope_changed(s: TenantState, e: ev.MailboxScopeChanged, seq: int) -> None:

@@ -181,6 +181,9 @@ class TenantState:
     deals_of_contact: dict[str, set[str]] = field(default_factory=dict)
     manual_threads: dict[str, set[str]] = field(default_factory=dict)  # record -> threads
     user_addresses: set[str] = field(default_factory=set)
+    # mailbox -> (its user, its address): S1's own addresses of a user without reading every
+    # mailbox (a state whose mailboxes are folded when first touched holds them all)
+    mailbox_addresses: dict[str, tuple[str, str]] = field(default_factory=dict)
     # E5: (actor, command_id) of every command applied; a key belongs to the principal (actor)
     # that sent it, so one principal's key never turns another's command into a no-op
     applied_commands: set[tuple[str, str]] = field(default_factory=set)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 from uuid import UUID, uuid5
 
 import structlog
@@ -45,7 +45,11 @@ from adapters.gc_pause import paused_gc
 from adapters.metrics import prometheus as metrics
 from domain import events as ev
 from domain.events import DomainEvent
-from domain.state import SyncedMessage, TenantState, evolve, evolve_synced
+from domain.lazy_mailboxes import unloaded
+from domain.state import Mailbox, SyncedMessage, TenantState, evolve, evolve_synced
+
+if TYPE_CHECKING:
+    from adapters.eventstore.lazy_store import LazyTenants
 
 # What callers import from here; some of it lives in the modules split off this one (issue #12)
 __all__ = ["CONTENT_KEY", "TENANT_PAGE", "EventEnvelope", "EventStore", "LogCheck", "LoggedEvent",
@@ -101,6 +105,9 @@ class EventStore:
             raise StoreError(f"cannot open the event store: {exc}") from exc
         self._states: dict[str, TenantState] = {}
         self.snapshots: Snapshots | None = None  # set by the composition root (runners)
+        # mailboxes folded when first touched (PostgreSQL, CRMSYNC_LAZY_MAILBOXES): `lazy_on`
+        self.lazy: LazyTenants | None = None
+        self._whole: set[str] = set()  # tenants folded whole in this process after all
         self._heads: dict[str, tuple[int, str]] = {}  # tenant -> (seq, chain link) last written
         self._owners: dict[tuple[str, str], str] = {}  # (tenant, mailbox) -> user
         try:
@@ -204,17 +211,49 @@ class EventStore:
                 folded += len(found)
         return folded, erased
 
-    def state(self, tenant: str) -> TenantState:
+    def lazy_on(self) -> None:
+        """Fold each tenant's mailboxes when a command first touches them (PostgreSQL only:
+        the mailbox reads are by its index; `adapters.eventstore.lazy_store`)."""
+        if getattr(self.app.recorder, "select_stream", None) is not None:
+            from adapters.eventstore.lazy_store import LazyTenants
+
+            self.lazy = LazyTenants(self)
+
+    def state(self, tenant: str, lazy: bool = False) -> TenantState:
         """The tenant's current state (cached, fast-forwarded from the store). Not cached yet:
         from its snapshot when there is a good one (`self.snapshots`), and a load that folded
-        many events leaves a new snapshot for the next process."""
+        many events leaves a new snapshot for the next process.
+
+        `lazy` (the engine's commands, with `lazy_on`): without a snapshot, a state whose
+        mailboxes are folded when first touched (`domain.lazy_mailboxes`: asked about one not
+        folded yet, it raises MailboxNotLoaded, and `load_mailboxes` folds it). Every other
+        caller gets a whole state: a lazy one cached is completed first."""
         state = self._states.get(tenant)
+        waiting = None if state is None else unloaded(state)
+        if waiting is not None and not lazy:
+            assert state is not None and self.lazy is not None
+            self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
+                                   for r in rows))
+            if len(waiting) > 8 or not self.lazy.load(state, set(waiting)):
+                self._forget(tenant)  # many mailboxes: the whole fold is faster than each
+                self._whole.add(tenant)
+                state, waiting = None, None
         restored = False
         if state is None:
             found = self._restore(tenant)
             restored = found is not None
-            # no rule reads a message's content: the command side keeps none
-            state = found or TenantState(tenant, message_content=False)
+            if found is None and lazy and self.lazy is not None and tenant not in self._whole:
+                state = self._states[tenant] = self.lazy.start(tenant)
+                waiting = unloaded(state)
+            else:
+                # no rule reads a message's content: the command side keeps none
+                state = found or TenantState(tenant, message_content=False)
+        if waiting is not None:  # lazy: fast-forwarded, never a snapshot (it is partial)
+            assert self.lazy is not None
+            self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
+                                   for r in rows))
+            self._states[tenant] = state
+            return state
         folded, erased = self._fold(state)
         self._states[tenant] = state
         if restored and erased:
@@ -232,6 +271,30 @@ class EventStore:
             except StoreError as exc:  # a cache: the log stays the truth
                 log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
         return state
+
+    def load_mailboxes(self, state: TenantState, mailboxes: frozenset[str]) -> bool:
+        """Fold `mailboxes` into the lazy `state` (MailboxNotLoaded named them; none: every
+        one). False when that is not done in place: the tenant is then folded whole by the
+        next `state()` (every mailbox asked for, one not readable by index, or none of them
+        waiting: each call makes progress, so a caller's retries end)."""
+        waiting = unloaded(state)
+        if not waiting:
+            return True
+        todo = set(mailboxes) & waiting
+        assert self.lazy is not None
+        if not mailboxes or not todo or not self.lazy.load(state, todo):
+            self._forget(state.tenant)
+            self._whole.add(state.tenant)
+            return False
+        return True
+
+    def mailbox(self, state: TenantState, mailbox: str) -> Mailbox | None:
+        """`state.mailboxes.get(mailbox)`, the mailbox folded first if `state` is lazy."""
+        waiting = unloaded(state)
+        if waiting and mailbox in waiting and not self.load_mailboxes(state,
+                                                                      frozenset((mailbox,))):
+            state = self.state(state.tenant)
+        return state.mailboxes.get(mailbox)
 
     def _discard_snapshot(self, tenant: str) -> None:
         """Delete the tenant's snapshot: it was taken before a user's content was erased."""
@@ -281,6 +344,10 @@ class EventStore:
         if not events:
             return
         after = state.seq
+        if self.lazy is not None and not self.lazy.ready_for(state, events):
+            self._forget(state.tenant)  # a mailbox not readable by index: decide on a whole
+            self._whole.add(state.tenant)  # state (the caller retries a conflict)
+            raise ConcurrencyConflict(f"tenant {state.tenant!r}: folded whole, decide again")
         # `state` is untouched (folded only after a save), so a conflict keeps it cached: the next
         # state() fast-forwards it instead of folding the whole tenant again, which made a loser
         # of a race lose again
@@ -358,6 +425,8 @@ class EventStore:
     def _forget(self, tenant: str) -> None:
         self._states.pop(tenant, None)
         self._heads.pop(tenant, None)
+        if self.lazy is not None:
+            self.lazy.forget(tenant)
 
     def _head(self, tenant: str, after: int) -> str:
         """The chain link of the tenant's event `after` (what the next event chains to)."""
@@ -389,6 +458,8 @@ class EventStore:
     def forget(self, tenant: str) -> None:
         """Drop the cached state of `tenant` (it was changed in place and not saved)."""
         self._states.pop(tenant, None)
+        if self.lazy is not None:
+            self.lazy.forget(tenant)
 
     # -- the application log (all tenants, in recording order: adapters.eventstore.log_reads) --
     def max_position(self) -> int:

@@ -24,7 +24,7 @@ from adapters.eventstore.store import EventStore
 from adapters.metrics import prometheus as metrics
 from domain.commands import Command, parse_command
 from domain.decide import MAX_AHEAD, decide, rejection_event
-from domain.errors import Rejection
+from domain.errors import MailboxNotLoaded, Rejection
 from domain.events import CommandHadNoEffect, DomainEvent
 from domain.state import TenantState, evolve
 from runners.services.credentials import after_append, check_ready
@@ -102,6 +102,10 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
 
 
+class _FoldedWhole(Exception):
+    """A batch's lazy state could not fold a mailbox in place: decided again on a whole one."""
+
+
 class CommandApplication(ABC):
     """The Engine's commands: what it needs from the rest of the Engine is declared here."""
 
@@ -129,10 +133,15 @@ class CommandApplication(ABC):
         for attempt in retries(self.retry_for):
             if attempt:
                 time.sleep(backoff(attempt))
-            state = self._store.state(command.tenant)
-            if gate is not None:
-                gate.authorise(state, command)
-            events = decide(state, command, now=now, correlation_id=correlation_id)
+            while True:  # a lazy state's mailboxes folded as the rules ask for them (#15)
+                state = self._store.state(command.tenant, lazy=True)
+                try:
+                    if gate is not None:
+                        gate.authorise(state, command)
+                    events = decide(state, command, now=now, correlation_id=correlation_id)
+                    break
+                except MailboxNotLoaded as missing:
+                    self._store.load_mailboxes(state, missing.mailboxes)
             try:
                 self._store.append(state, events)
             except ConcurrencyConflict:
@@ -159,22 +168,17 @@ class CommandApplication(ABC):
         for attempt in retries(self.retry_for):
             if attempt:
                 time.sleep(backoff(attempt))
-            state = self._store.state(tenant)
+            state = self._store.state(tenant, lazy=True)
             base = state.seq
             results: list[list[DomainEvent]] = []
             try:
                 for cmd in commands:
-                    try:
-                        events = decide(state, cmd, now=now, correlation_id=correlation_id)
-                    except Rejection as rejection:
-                        events = [rejection_event(state, cmd, rejection, now=now,
-                                                  correlation_id=correlation_id,
-                                                  actor=cmd.actor or "system:sync")]
+                    events = self._decided(state, cmd, now, correlation_id)
                     for event in events:
                         evolve(state, event, state.seq + 1)
                     results.append(events)
                 self._store.append_folded(state, base, [e for r in results for e in r])
-            except ConcurrencyConflict:
+            except (ConcurrencyConflict, _FoldedWhole):
                 continue
             except BaseException:
                 self._store.forget(tenant)
@@ -183,12 +187,33 @@ class CommandApplication(ABC):
             return results
         raise ConcurrencyConflict(f"tenant {tenant!r}: too many concurrent writers")
 
+    def _decided(self, state: TenantState, cmd: Command, now: datetime, correlation_id: str
+                 ) -> list[DomainEvent]:
+        """A batch's command decided on `state` (a rejection as its CommandRejected), the
+        mailboxes it asks for or folds into folded first when `state` is lazy; _FoldedWhole
+        when they cannot be folded into it (the batch is decided again on a whole state)."""
+        while True:
+            try:
+                try:
+                    events = decide(state, cmd, now=now, correlation_id=correlation_id)
+                except Rejection as rejection:
+                    events = [rejection_event(state, cmd, rejection, now=now,
+                                              correlation_id=correlation_id,
+                                              actor=cmd.actor or "system:sync")]
+                if self._store.lazy is not None and not self._store.lazy.ready_for(state,
+                                                                                    events):
+                    raise MailboxNotLoaded(frozenset())
+                return events
+            except MailboxNotLoaded as missing:
+                if not self._store.load_mailboxes(state, missing.mailboxes):
+                    raise _FoldedWhole from None
+
     def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str,
                           gate: Gate | None = None) -> None:
         tenant = raw.get("tenant") if isinstance(raw, dict) else None
         if not isinstance(tenant, str) or (gate is not None and tenant != gate.tenant):
             return
-        state = self._store.state(tenant)
+        state = self._store.state(tenant, lazy=True)  # (a rejection reads no mailbox)
         if state.seq == 0:
             return  # no such tenant: nothing to attach the record to
         if gate is not None and not gate.recordable(state):
@@ -254,5 +279,6 @@ class CommandApplication(ABC):
         if self.follow:
             self.catch_up()
         report.position = self._store.max_position()
-        report.tenant_positions = {t: self._store.state(t).seq for t in sorted(touched)}
+        report.tenant_positions = {t: self._store.state(t, lazy=True).seq
+                                   for t in sorted(touched)}
         return report

@@ -49,7 +49,7 @@ def after_append(store: CredentialStore | None, log: EventStore, command: Comman
     if not isinstance(command, ConnectMailbox) or command.credentials is None:
         return
     connected = any(isinstance(e, MailboxConnected) and e.credentials_set for e in events)
-    mailbox = state.mailboxes.get(command.mailbox)
+    mailbox = log.mailbox(state, command.mailbox)  # (folded first if `state` is lazy)
     retried = (not events and mailbox is not None and mailbox.credentials_set
                and store.get(command.tenant, command.mailbox) is None)
     if not (connected or retried):
@@ -63,7 +63,7 @@ def after_append(store: CredentialStore | None, log: EventStore, command: Comman
             "the credentials missing") from None
     # A DisconnectMailbox/DeleteUser appended by another writer between our append and our put
     # erased nothing; look again now that the row exists (the log is read after the put).
-    latest = log.state(command.tenant).mailboxes.get(command.mailbox)
+    latest = log.mailbox(log.state(command.tenant, lazy=True), command.mailbox)
     if latest is None or not latest.credentials_set:
         store.erase(command.tenant, command.mailbox)
 

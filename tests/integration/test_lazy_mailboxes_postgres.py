@@ -1,0 +1,120 @@
+"""Mailboxes folded when a command first touches them (issue #15, `CRMSYNC_LAZY_MAILBOXES=on`,
+PostgreSQL): after a restart, the same commands decide the same events as on a whole state,
+the start folds no synced mail, a command folds only the mailboxes it reads, the state asked for
+whole equals the fold of the log, and an event appended by another process after the start is
+in the state when its mailbox is folded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from histories import history
+
+from domain.errors import MailboxNotLoaded
+from domain.lazy_mailboxes import unloaded
+from domain.state import TenantState, evolve
+from runners.bootstrap.config import open_engine
+from runners.bootstrap.settings import load_settings
+from runners.services.engine import Engine
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 2, 20, tzinfo=UTC)
+
+
+def engine(url: str, lazy: bool) -> Engine:
+    env = {k: v for k, v in os.environ.items() if k.startswith("CRMSYNC_")}
+    env.update({"CRMSYNC_SNAPSHOTS": "off", "CRMSYNC_LAZY_MAILBOXES": "on" if lazy else "off"})
+    return open_engine("unused.db", url, load_settings(env))
+
+
+@pytest.fixture
+def engines(postgres_url: str) -> Iterator[list[Engine]]:
+    opened: list[Engine] = []
+    yield opened
+    for e in opened:
+        e.close()
+
+
+def lines(seed: int, tenant: str, start: int, end: int) -> list[bytes]:
+    return [orjson.dumps({**c, "tenant": tenant})
+            for c in history(seed, length=160)[start:end]]
+
+
+def logged(e: Engine, tenant: str, after: int) -> list[dict[str, object]]:
+    return [{k: v for k, v in event.model_dump(mode="json").items()
+             if k not in ("tenant", "correlation_id")}
+            for _, event in e.events(tenant, after)]
+
+
+def whole_fold(e: Engine, tenant: str) -> TenantState:
+    state = TenantState(tenant, message_content=False)
+    for seq, event in e.events(tenant):
+        evolve(state, event, seq)
+    return state
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_e3_after_a_restart_lazy_commands_decide_what_whole_ones_do(
+        postgres_url: str, engines: list[Engine], seed: int) -> None:
+    first = engine(postgres_url, lazy=False)
+    engines.append(first)
+    cut = 60
+    for tenant in ("lazy", "whole"):
+        first.apply_lines(lines(seed, tenant, 0, cut), now=NOW)
+    base = {t: first.state(t).seq for t in ("lazy", "whole")}
+    assert logged(first, "lazy", 0) == logged(first, "whole", 0)
+    lazy, whole = engine(postgres_url, lazy=True), engine(postgres_url, lazy=False)
+    engines += [lazy, whole]
+    state = lazy.stores().events.state("lazy", lazy=True)
+    waiting = unloaded(state)
+    assert waiting == {"mb0", "mb1", "mb2"}  # the start folded no mailbox
+    with pytest.raises(MailboxNotLoaded):
+        state.mailboxes.get("mb0")
+    for n, line in enumerate(lines(seed, "lazy", cut, 160)):
+        lazy.apply_lines([line], now=NOW + timedelta(minutes=n))
+        whole.apply_lines([line.replace(b'"lazy"', b'"whole"')], now=NOW + timedelta(minutes=n))
+    assert logged(lazy, "lazy", base["lazy"]) == logged(whole, "whole", base["whole"])
+    assert len(logged(lazy, "lazy", base["lazy"])) > 50
+    # asked for whole, the lazy state is completed, and equals the fold of the log
+    assert lazy.stores().events.state("lazy") == whole_fold(lazy, "lazy")
+
+
+def mail(mailbox: str, message_id: str) -> bytes:
+    return orjson.dumps({"cmd": "SyncMessage", "tenant": "acme", "mailbox": mailbox,
+                         "message": {"id": message_id, "from": "x0@ext.test",
+                                     "to": ["u2@acme.test"], "subject": message_id, "body": "b",
+                                     "sent_at": NOW.isoformat(), "labels": ["INBOX"]}})
+
+
+def test_a_command_folds_only_the_mailboxes_it_reads_and_sees_later_appends(
+        postgres_url: str, engines: list[Engine]) -> None:
+    first = engine(postgres_url, lazy=False)
+    engines.append(first)
+    first.apply_lines(lines(2, "acme", 0, 100), now=NOW)
+    live = sorted(m for m, b in first.state("acme").mailboxes.items()
+                  if b.status == "connected" and first.state("acme").users[b.user].active)
+    assert len(live) >= 2, "the history leaves two mailboxes that sync"
+    here, there = live[:2]
+    lazy = engine(postgres_url, lazy=True)
+    engines.append(lazy)
+    store = lazy.stores().events
+    state = store.state("acme", lazy=True)
+    assert unloaded(state) == {"mb0", "mb1", "mb2"}
+    # another process appends mail to `there` after this one's start
+    first.apply_lines([mail(there, "late")], now=NOW + timedelta(hours=1))
+    assert [type(e).__name__ for _, e in first.events("acme", state.seq)] == ["MessageSynced"]
+    report = lazy.apply_lines([mail(here, "new")], now=NOW + timedelta(hours=2))
+    assert report.applied == 1
+    state = store.state("acme", lazy=True)
+    assert unloaded(state) == {"mb0", "mb1", "mb2"} - {here}  # the mailbox the command read
+    assert (here, "new") in state.messages
+    store.load_mailboxes(state, frozenset({there}))
+    assert (there, "late") in state.messages  # appended after the start, folded at the load
+    # re-delivered: a no-op on the lazy state as on the whole one (S14)
+    again = lazy.apply_lines([mail(there, "late")], now=NOW + timedelta(hours=3))
+    assert (again.applied, again.unchanged) == (0, 1)
+    assert store.state("acme") == whole_fold(lazy, "acme")
