@@ -49,6 +49,9 @@ class Unloaded(set[str]):
         super().__init__()
         self.known: set[str] = set()
         self.colon: set[str] = set()  # known ids holding ':' (rare)
+        # no mailbox waits any more (a whole state was asked for): one connected later is
+        # folded at once, so a holder of this state never meets MailboxNotLoaded
+        self.closed = False
 
     def know(self, mailbox: str) -> None:
         if mailbox not in self.known:
@@ -276,10 +279,12 @@ class LazyThreads(ThreadTable):
         self.by_mailbox = ByMailbox(unloaded, "mailbox")
 
     def _number(self, thread_id: object) -> int:
-        found = self.unloaded.of_thread(thread_id)
-        if found:
-            raise MailboxNotLoaded(found)
-        return super()._number(thread_id)
+        n = super()._number(thread_id)
+        if n < 0:  # found, it is its (loaded) mailbox's: thread ids are unique in a state
+            found = self.unloaded.of_thread(thread_id)
+            if found:
+                raise MailboxNotLoaded(found)
+        return n
 
     def __iter__(self) -> Iterator[str]:
         self.unloaded.check_all()
@@ -370,8 +375,8 @@ def fold_lazily(s: TenantState, event: Folded, seq: int) -> frozenset[str]:
     waiting = unloaded(s)
     assert waiting is not None, "a lazy state"
     names = scope(s, event)
-    if isinstance(event, ev.MailboxConnected) and not dict.__contains__(s.mailboxes,
-                                                                         event.mailbox):
+    if isinstance(event, ev.MailboxConnected) and not waiting.closed \
+            and not dict.__contains__(s.mailboxes, event.mailbox):
         waiting.add(event.mailbox)  # connected while lazy: it waits like the others
     away = frozenset() if names is None else names & waiting
     if not away:

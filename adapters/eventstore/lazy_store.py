@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("crmsync.store")
 WRITERS = frozenset(reads.WRITERS)
+# events kept aside for one unloaded mailbox, at most: past it the mailbox is folded (a process
+# that never touches a mailbox would otherwise keep its cursor advances forever)
+KEEP = 1000
 
 
 class LazyTenants:
@@ -49,8 +52,9 @@ class LazyTenants:
         if top is None:
             self.kept[tenant] = kept
             return state
-        for seq, topic, body in reads.without_mail(recorder, stream, top[0]):
-            store.keys.expire()  # L2, as for every page read
+        for n, (seq, topic, body) in enumerate(reads.without_mail(recorder, stream, top[0])):
+            if n % 5000 == 0:
+                store.keys.expire()  # L2, as for every page read
             away = fold_lazily(state, to_fold(stream, seq, topic, body, False), seq)
             if away and topic not in WRITERS:
                 for mailbox in away:
@@ -69,18 +73,29 @@ class LazyTenants:
 
         stream, to_fold = stream_id(state.tenant), self.store.mapper.to_fold
         kept = self.kept.setdefault(state.tenant, {})
-        folded = 0
+        folded, full = 0, set()
         for seq, topic, body in rows:
             away = fold_lazily(state, to_fold(stream, seq, topic, body, False), seq)
             if away and topic not in WRITERS:  # synced mail is read again by index at load
                 for mailbox in away:
-                    kept.setdefault(mailbox, []).append((seq, topic, body))
+                    events = kept.setdefault(mailbox, [])
+                    events.append((seq, topic, body))
+                    if len(events) >= KEEP:
+                        full.add(mailbox)
             folded += 1
+        if full:  # bounded: a busy mailbox is folded instead (or the tenant whole)
+            self.load(state, full)
         return folded
+
+    def _give_up(self, tenant: str) -> bool:
+        """This tenant is folded whole in this process from now on (its cached lazy state,
+        perhaps half loaded, is dropped); False."""
+        self.store.give_up_lazy(tenant)
+        return False
 
     def load(self, state: TenantState, mailboxes: Iterable[str]) -> bool:
         """Fold `mailboxes` (those not loaded) into `state`; False when one cannot be read by
-        index (the caller folds the whole tenant instead)."""
+        index or folded in place: the state is then dropped and the tenant folded whole."""
         from adapters.eventstore.store import stream_id
 
         waiting = unloaded(state)
@@ -92,7 +107,7 @@ class LazyTenants:
         for mailbox in sorted(set(mailboxes) & waiting):
             mail = reads.mailbox_mail(store.app.recorder, stream, mailbox, state.seq)
             if mail is None:
-                return False
+                return self._give_up(state.tenant)
             store.keys.expire()
             rows = sorted({*mail, *kept.get(mailbox, ())})
             items: list[tuple[int, Folded]] = [
@@ -101,7 +116,7 @@ class LazyTenants:
                 load(state, mailbox, items)
             except MailboxNotLoaded:  # a fold that reached another mailbox: fold whole
                 log.error("mailbox_not_loaded_in_place", tenant=state.tenant, mailbox=mailbox)
-                return False
+                return self._give_up(state.tenant)
             except BaseException:
                 self.store.forget(state.tenant)  # half folded: never used again
                 raise

@@ -214,7 +214,10 @@ class EventStore:
     def lazy_on(self) -> None:
         """Fold each tenant's mailboxes when a command first touches them (PostgreSQL only:
         the mailbox reads are by its index; `adapters.eventstore.lazy_store`)."""
-        if getattr(self.app.recorder, "select_stream", None) is not None:
+        # the mailbox reads find their rows in the stored JSON (the thread index, E5's search):
+        # not in a compressed or encrypted event (then every tenant is folded whole, as before)
+        if getattr(self.app.recorder, "select_stream", None) is not None \
+                and not (self.mapper.cipher or self.mapper.compressor):
             from adapters.eventstore.lazy_store import LazyTenants
 
             self.lazy = LazyTenants(self)
@@ -234,10 +237,13 @@ class EventStore:
             assert state is not None and self.lazy is not None
             self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
                                    for r in rows))
-            if len(waiting) > 8 or not self.lazy.load(state, set(waiting)):
-                self._forget(tenant)  # many mailboxes: the whole fold is faster than each
-                self._whole.add(tenant)
+            if self._states.get(tenant) is not state or len(waiting) > 8 \
+                    or not self.lazy.load(state, set(waiting)):
+                self.give_up_lazy(tenant)  # many: the whole fold is faster than each mailbox
                 state, waiting = None, None
+            else:  # whole now, and kept whole: a holder of it never meets MailboxNotLoaded
+                waiting.closed = True
+                self._whole.add(tenant)
         restored = False
         if state is None:
             found = self._restore(tenant)
@@ -250,9 +256,11 @@ class EventStore:
                 state = found or TenantState(tenant, message_content=False)
         if waiting is not None:  # lazy: fast-forwarded, never a snapshot (it is partial)
             assert self.lazy is not None
+            self._states[tenant] = state
             self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
                                    for r in rows))
-            self._states[tenant] = state
+            if self._states.get(tenant) is not state:  # given up while folding: whole now
+                return self.state(tenant, lazy)
             return state
         folded, erased = self._fold(state)
         self._states[tenant] = state
@@ -282,11 +290,15 @@ class EventStore:
             return True
         todo = set(mailboxes) & waiting
         assert self.lazy is not None
-        if not mailboxes or not todo or not self.lazy.load(state, todo):
-            self._forget(state.tenant)
-            self._whole.add(state.tenant)
+        if not mailboxes or not todo:
+            self.give_up_lazy(state.tenant)
             return False
-        return True
+        return self.lazy.load(state, todo)
+
+    def give_up_lazy(self, tenant: str) -> None:
+        """Fold `tenant` whole in this process from now on (its lazy state dropped)."""
+        self._forget(tenant)
+        self._whole.add(tenant)
 
     def mailbox(self, state: TenantState, mailbox: str) -> Mailbox | None:
         """`state.mailboxes.get(mailbox)`, the mailbox folded first if `state` is lazy."""
@@ -345,8 +357,8 @@ class EventStore:
             return
         after = state.seq
         if self.lazy is not None and not self.lazy.ready_for(state, events):
-            self._forget(state.tenant)  # a mailbox not readable by index: decide on a whole
-            self._whole.add(state.tenant)  # state (the caller retries a conflict)
+            # a mailbox not readable by index: decided again on a whole state (a conflict is
+            # retried by the caller)
             raise ConcurrencyConflict(f"tenant {state.tenant!r}: folded whole, decide again")
         # `state` is untouched (folded only after a save), so a conflict keeps it cached: the next
         # state() fast-forwards it instead of folding the whole tenant again, which made a loser

@@ -30,7 +30,7 @@ class Lanes:
 
     def look_up(self, tenant: str, user: str) -> tuple[bool, float | None]:
         """Under the writer lane: the user's status from the tenant's fresh state."""
-        found = self.engine.state(tenant).users.get(user)
+        found = self.engine.state(tenant, lazy=True).users.get(user)  # (users: tenant-wide)
         seen = (False, None) if found is None else (
             found.active,
             None if found.tokens_revoked_at is None else found.tokens_revoked_at.timestamp())

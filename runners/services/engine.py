@@ -127,9 +127,11 @@ class Engine(CommandApplication, Rebuilding):
         return Stores(self._store, self._views)
 
     # -- the log --------------------------------------------------------------------------------
-    def state(self, tenant: str) -> TenantState:
-        """The tenant's folded state as of its latest event (cached; do not change it)."""
-        return self._store.state(tenant)
+    def state(self, tenant: str, lazy: bool = False) -> TenantState:
+        """The tenant's folded state as of its latest event (cached; do not change it).
+        `lazy`: its mailboxes perhaps not folded yet (`EventStore.state`), for a caller that
+        reads no mailbox (users, records) or handles MailboxNotLoaded."""
+        return self._store.state(tenant, lazy)
 
     def events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
         """(seq, event) of the tenant's stream after `after`, in order."""

@@ -9,13 +9,13 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
 import pytest
 from histories import T0, history
-from rulekit import CUSTOMER, msg, office, run
+from rulekit import CUSTOMER, msg, office, run, user
 from rulekit import mailbox as connect
 from test_command_state_without_content import DECIDED, TENANT, extra, label, outcome
 
@@ -23,7 +23,7 @@ from domain.commands import Command, parse_command
 from domain.decide import decide, rejection_event
 from domain.errors import MailboxNotLoaded, Rejection
 from domain.events import DomainEvent, MailboxConnected
-from domain.lazy_mailboxes import fold_lazily, lazy_state, load, unloaded
+from domain.lazy_mailboxes import fold_lazily, lazy_state, load, scope, unloaded
 from domain.state import TenantState, evolve
 
 T = TypeVar("T")
@@ -406,3 +406,51 @@ def test_a_thread_event_of_a_mailbox_whose_id_holds_a_colon_folds_with_its_mailb
     load(later, "a", log)  # the link is kept for "a", its thread is of "a:b"
     load_all(later, log)
     assert later == full
+
+
+T_REDTEAM = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def _log(cmds: list[dict[str, Any]]) -> tuple[TenantState, list[tuple[int, DomainEvent]]]:
+    whole = TenantState(TENANT, message_content=False)
+    log: list[tuple[int, DomainEvent]] = []
+    for n, raw in enumerate(cmds, 1):
+        cmd = parse_command({"tenant": TENANT, "at": (T_REDTEAM + timedelta(minutes=n)).isoformat(),
+                             **raw})
+        for event in decide(whole, cmd, now=cmd.at, correlation_id=f"c{n}"):
+            evolve(whole, event, whole.seq + 1)
+            log.append((whole.seq, event))
+    return whole, log
+
+
+def test_a_deletion_folds_when_another_waiting_mailbox_could_own_its_thread_id() -> None:
+    """Mailboxes `mb` and `mb:t`; a message of `mb` whose provider thread id is `t:1` (thread
+    `mb:t:1`). After a restart a DeleteMessage of it loads `mb` only; its MessageDeletionRequested
+    folds (`_delete_message` looks the thread up: found, it is `mb`'s) without asking for `mb:t`
+    (red-team review: it raised MailboxNotLoaded after the append)."""
+    whole, log = _log([user("ann"), user("bob"), connect("mb", "ann"),
+                       connect("mb:t", "bob", "bob@acme.test"),
+                       msg("mb", "m1", "x@ext.test", ["ann@acme.test"], thread_id="t:1")])
+    assert "mb:t:1" in whole.threads and whole.threads["mb:t:1"].mailbox == "mb"
+    lazy = lazy_state(TENANT)
+    for seq, event in log:
+        fold_lazily(lazy, event, seq)
+    delete = parse_command({"tenant": TENANT, "cmd": "DeleteMessage", "user": "ann",
+                            "mailbox": "mb", "id": "m1",
+                            "at": (T_REDTEAM + timedelta(hours=1)).isoformat()})
+    for _ in range(3):  # the engine's loop: load what a rule asks for, decide again
+        try:
+            events = decide(lazy, delete, now=delete.at, correlation_id="del")
+            break
+        except MailboxNotLoaded as missing:
+            for name in missing.mailboxes:
+                load(lazy, name, log)
+    assert unloaded(lazy) == {"mb:t"}
+    # EventStore.append / _decided: ready_for loads what scope() names: `mb`, loaded already
+    assert all(scope(lazy, e) == {"mb"} for e in events)
+    # the whole state folds it; the lazy one must too (the events are already in the store)
+    evolve(whole, events[0], whole.seq + 1)
+    evolve(lazy, events[0], lazy.seq + 1)  # (raised MailboxNotLoaded({'mb:t'}) before)
+    assert unloaded(lazy) == {"mb:t"}
+    load(lazy, "mb:t", log)
+    assert lazy == whole
