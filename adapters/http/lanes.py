@@ -65,7 +65,7 @@ class Lanes:
         if min_position is None or min_position == 0:
             return min_position
         with self.writer:
-            latest = self.engine.state(who.tenant).seq
+            latest = self.engine.state(who.tenant, lazy=True).seq
             if min_position > latest:
                 raise invalid("min_position", f"{min_position} is beyond your tenant's latest "
                               f"position ({latest})")

@@ -335,7 +335,7 @@ def deadletters(args: argparse.Namespace) -> int:
         from datetime import UTC, datetime
 
         for dead in done:
-            if dead.tenant and engine.state(dead.tenant).seq:
+            if dead.tenant and engine.state(dead.tenant, lazy=True).seq:
                 engine.execute_batch([RecordDeadLetterReplay(
                     cmd="RecordDeadLetterReplay", tenant=dead.tenant, actor="system:cli",
                     dead_letter_id=dead.id, delivery_id=dead.delivery_id)],

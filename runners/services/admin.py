@@ -50,4 +50,4 @@ def problems(engine: Engine, tenant: str, viewer: str, *, now: datetime | None =
 
 def settings(engine: Engine, tenant: str, viewer: str) -> dict[str, Any]:
     require_admin(engine, tenant, viewer)
-    return admin.settings(engine.state(tenant))
+    return admin.settings(engine.state(tenant, lazy=True))  # (users, records: tenant-wide)
