@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import Recorder
+from eventsourcing.persistence import PersistenceError, Recorder
 from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.utils import get_topic
 from psycopg.rows import tuple_row
@@ -41,7 +41,7 @@ def _rows(recorder: Recorder, statement: Composed, params: list[Any]) -> Iterato
                 curs.execute(statement, params)
                 for version, topic, state in curs:
                     yield version, topic, bytes(state)
-    except psycopg.Error as exc:
+    except (psycopg.Error, PersistenceError) as exc:  # (the datastore translates some first)
         raise StoreError(f"cannot read the event store: {exc}") from exc
 
 

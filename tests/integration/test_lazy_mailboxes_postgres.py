@@ -158,3 +158,40 @@ def test_with_a_compressor_commands_fold_every_mailbox_as_before(
         assert (again.applied, again.unchanged, repeated.applied, kinds) == (0, 1, 0, []), kinds
     finally:
         lazy.close()
+
+
+def test_a_load_the_store_fails_appends_nothing_and_the_next_command_decides_right(
+        postgres_url: str, engines: list[Engine]) -> None:
+    """The mailbox's read fails during a command (here: the index's function is not found under
+    its name, a real server error, which the datastore translates into its own before ours):
+    the command fails with StoreError, nothing is appended, the cached state still waits for
+    the mailbox, and once the store answers again the same command is applied once, on a state
+    equal to the fold of the log."""
+    import psycopg
+
+    from adapters.errors import StoreError
+
+    first = engine(postgres_url, lazy=False)
+    engines.append(first)
+    first.apply_lines(lines(2, "acme", 0, 100), now=NOW)
+    live = sorted(m for m, b in first.state("acme").mailboxes.items()
+                  if b.status == "connected" and first.state("acme").users[b.user].active)
+    lazy = engine(postgres_url, lazy=True)
+    engines.append(lazy)
+    store = lazy.stores().events
+    head = store.state("acme", lazy=True).seq
+    schema = postgres_url.rsplit("%3D", 1)[1]
+    with psycopg.connect(postgres_url.split("?", maxsplit=1)[0], autocommit=True) as conn:
+        conn.execute(f"ALTER FUNCTION {schema}.crmsync_event_thread(bytea) RENAME TO away")
+        try:
+            with pytest.raises(StoreError):
+                lazy.apply_lines([mail(live[0], "new")], now=NOW + timedelta(hours=1))
+            assert list(lazy.events("acme", head)) == []  # nothing appended
+            kept = store._states.get("acme")  # the read failed before any fold: intact
+            assert kept is None or live[0] in (unloaded(kept) or ())
+        finally:
+            conn.execute(f"ALTER FUNCTION {schema}.away(bytea) RENAME TO crmsync_event_thread")
+    report = lazy.apply_lines([mail(live[0], "new")], now=NOW + timedelta(hours=2))
+    assert report.applied == 1
+    assert [type(e).__name__ for _, e in lazy.events("acme", head)] == ["MessageSynced"]
+    assert store.state("acme") == whole_fold(lazy, "acme")
