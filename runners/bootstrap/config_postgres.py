@@ -90,7 +90,7 @@ def open_postgres(url: str, settings: Settings | None = None) -> Engine:
         return PostgresViews(url, suffix=suffix, content_key=content_key)
 
     engine = Engine(store, views, scratch=scratch, credentials=credentials)
-    if settings.LAZY_MAILBOXES.lower() in ("on", "1", "true", "yes"):
+    if settings.LAZY_MAILBOXES.lower() not in ("off", "0", "false", "no"):
         store.lazy_on()
     store_env = postgres_env(url, schema=views.schema, settings=settings)
 

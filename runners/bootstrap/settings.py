@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     SNAPSHOT_KEY: SecretStr | None = Field(None, description="signs tenant snapshots (at "
                                            "least 16 bytes; else CRMSYNC_SECRET)")
     SNAPSHOT_EVERY: int = Field(10_000, description="events between two tenant snapshots")
-    LAZY_MAILBOXES: str = Field("", description="on/1/true/yes: commands fold a mailbox's "
-                                "mail when they first touch it, not at the tenant's first load "
-                                "(PostgreSQL; issue #15)")
+    LAZY_MAILBOXES: str = Field("on", description="off/0/false/no: commands fold every "
+                                "mailbox's mail at a tenant's first load, not when they first "
+                                "touch it (PostgreSQL; issue #15)")
     RUNNER_SNAPSHOTS: str = Field("", description="on/1/true/yes: `run projections` keeps "
                                   "projection-runner snapshots")
     REBUILD_PARTS: str | None = Field(None, description="processes of `rebuild` when --parts is "

@@ -99,6 +99,14 @@ def _unseen(current: ExternalContact, seen: Mapping[str, Any]) -> bool:
         _iso(current.modified_at) != seen.get("modified"))
 
 
+def _edited_meanwhile(read: ExternalContact, written: ExternalContact,
+                      ours: Mapping[str, Any]) -> bool:
+    """The contact our write answered differs from the one read just before it in a field the
+    write did not set: someone else's edit came in between (it is not our own version)."""
+    keys = (set(read.fields) | set(written.fields)) - set(ours)
+    return any(read.fields.get(k) != written.fields.get(k) for k in keys)
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
@@ -227,10 +235,12 @@ class ContactSyncRunner:
             written = None if current is None else client.update_contact(
                 current.id, change.fields, _merge_categories(current.categories,
                                                              change.categories))
-            if written is not None and current is not None and _unseen(current, previous):
-                # An external edit the runner has not pulled yet is in the contact we wrote:
-                # keep the last seen version, so the next pull brings the contact in (C4 must
-                # not swallow it).
+            if written is not None and current is not None and (
+                    _unseen(current, previous) or _edited_meanwhile(current, written,
+                                                                     change.fields)):
+                # An external edit the runner has not pulled yet is in the contact we wrote
+                # (before our read, or between our read and our write): keep the last seen
+                # version, so the next pull brings the contact in (C4 must not swallow it).
                 return {"ok": True, "external_id": written.id}, None
         if written is None:
             return {"ok": False, "error": f"external contact {change.external_id} no longer "

@@ -6,7 +6,7 @@ queued change → provider call → acknowledgement, echo suppression (C4), rena
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -82,6 +82,7 @@ class Counting:
         self.inner = inner
         self.writes: list[str] = []
         self.failures: list[ProviderError] = []
+        self.before_update: list[Callable[[], None]] = []  # run once each, before a PATCH
 
     def _fail(self) -> None:
         if self.failures:
@@ -108,6 +109,8 @@ class Counting:
                        categories: list[str]) -> ExternalContact | None:
         self._fail()
         self.writes.append(f"update {contact_id}")
+        while self.before_update:
+            self.before_update.pop(0)()
         return self.inner.update_contact(contact_id, fields, categories)
 
     def delete_contact(self, contact_id: str) -> None:
@@ -430,3 +433,23 @@ def test_c4_an_external_edit_not_yet_pulled_survives_the_runners_write(world: Wo
     assert len(synced) == 2  # the write did not swallow the external edit
     assert synced[1]["fields"]["company"] == "Acme"
     assert synced[1]["categories"] == ["Clients", "Base Person"]
+
+
+def test_c4_an_external_edit_made_between_the_runners_read_and_write_survives(
+        world: World) -> None:
+    """The runner reads the contact (nothing unseen), the user edits it, then the runner's
+    PATCH answers a contact holding both: that version is not the runner's own, and the next
+    pull brings the edit in (it was swallowed as an echo: found when an end-to-end test of the
+    contacts runner timed out under load)."""
+    ann = world.book.put(contact("Ann", "Clients"))
+    world.runner.run_once()
+    world.client.before_update.append(
+        lambda: world.book.put({"companyName": "Acme"}, contact_id=ann["id"]))
+    world.queue(user="mia", operation="upsert", record="c-1", external_id=ann["id"],
+                fields={"name": "Ann"}, categories=["Base Person"])
+    world.runner.follow_log()
+    assert not world.client.before_update  # the edit came between the read and the write
+    world.runner.pull_all()
+    synced = world.issued("SyncExternalContact")
+    assert len(synced) == 2  # the write did not swallow the external edit
+    assert synced[1]["fields"]["company"] == "Acme"
