@@ -88,55 +88,6 @@ class Unloaded(set[str]):
             self.refuse()
 
 
-class LazyMailboxes(dict[str, Mailbox]):
-    """`state.mailboxes`: an unloaded mailbox is neither there nor missing."""
-
-    def __init__(self, unloaded: Unloaded) -> None:
-        super().__init__()
-        self.unloaded = unloaded
-
-    def __setitem__(self, mailbox: str, value: Mailbox) -> None:
-        self.unloaded.know(mailbox)
-        dict.__setitem__(self, mailbox, value)
-
-    def __missing__(self, mailbox: str) -> Mailbox:
-        self.unloaded.check(mailbox)
-        raise KeyError(mailbox)
-
-    def get(self, mailbox: str, default: Any = None) -> Any:
-        found = dict.get(self, mailbox)
-        if found is None:
-            self.unloaded.check(mailbox)
-            return default
-        return found
-
-    def __contains__(self, mailbox: object) -> bool:
-        if dict.__contains__(self, mailbox):
-            return True
-        self.unloaded.check(mailbox)
-        return False
-
-    def __iter__(self) -> Iterator[str]:
-        self.unloaded.check_all()
-        return dict.__iter__(self)
-
-    def __len__(self) -> int:
-        self.unloaded.check_all()
-        return dict.__len__(self)
-
-    def keys(self) -> Any:
-        self.unloaded.check_all()
-        return dict.keys(self)
-
-    def values(self) -> Any:
-        self.unloaded.check_all()
-        return dict.values(self)
-
-    def items(self) -> Any:
-        self.unloaded.check_all()
-        return dict.items(self)
-
-
 class ByMailbox(dict[K, V]):
     """A dict keyed by (mailbox, ...) (`missing_parents`, `local_ids`, `sent_provider_ids`),
     by `{mailbox}:...` (`thread_aliases`), by mailbox (a thread table's `by_mailbox`), or by
@@ -202,6 +153,21 @@ class ByMailbox(dict[K, V]):
     def items(self) -> Any:
         self.unloaded.check_all()
         return dict.items(self)
+
+
+class LazyMailboxes(ByMailbox[str, Mailbox]):
+    """`state.mailboxes`: an unloaded mailbox is neither there nor missing."""
+
+    def __init__(self, unloaded: Unloaded) -> None:
+        super().__init__(unloaded, "mailbox")
+
+    def __setitem__(self, mailbox: str, value: Mailbox) -> None:
+        self.unloaded.know(mailbox)
+        dict.__setitem__(self, mailbox, value)
+
+    def __bool__(self) -> bool:  # (no fold asks: whether there is any is about every one)
+        self.unloaded.check_all()
+        return dict.__len__(self) > 0
 
 
 class PairSet(set[tuple[str, str]]):

@@ -288,12 +288,18 @@ def decided(s: TenantState, raw: dict[str, Any], minute: int) -> list[DomainEven
     return decide(s, cmd, now=at, correlation_id=f"c{s.seq}")
 
 
-def test_e5_a_repeated_command_id_is_a_no_op_before_its_mailbox_is_loaded() -> None:
+def whole_of_story() -> tuple[TenantState, Log]:
+    """The story's log (a copy) and its whole fold."""
     _, log_story = story()
     full = TenantState(TENANT, message_content=False)
     log = list(log_story)
     for seq, event in log:
         evolve(full, event, seq)
+    return full, log
+
+
+def test_e5_a_repeated_command_id_is_a_no_op_before_its_mailbox_is_loaded() -> None:
+    full, log = whole_of_story()
     keyed: dict[str, Any] = {"cmd": "SyncMessage", "mailbox": "mb2", "command_id": "sync-e5-1",
              "message": {"id": "e5-1", "from": "x0@ext.test", "to": ["u3@acme.test"],
                          "subject": "again", "sent_at": T0.isoformat(), "labels": ["INBOX"]}}
@@ -320,11 +326,7 @@ def test_e5_a_repeated_command_id_is_a_no_op_before_its_mailbox_is_loaded() -> N
 
 
 def test_a_mailbox_connected_after_the_start_waits_like_the_others() -> None:
-    _, log_story = story()
-    full = TenantState(TENANT, message_content=False)
-    log = list(log_story)
-    for seq, event in log:
-        evolve(full, event, seq)
+    full, log = whole_of_story()
     lazy = restart(log)
     load(lazy, "mb1", log)  # one loaded, two waiting
     connect = {"cmd": "ConnectMailbox", "mailbox": "mb-new", "user": "u2", "provider": "gmail",
