@@ -32,7 +32,7 @@ from domain import events as ev
 from domain.errors import MailboxNotLoaded
 from domain.mail_folds import note_address
 from domain.message_table import Message, MessageTable
-from domain.state import SyncedMessage, TenantState, evolve, evolve_synced
+from domain.state import SyncedMessage, TenantState, evolve, evolve_synced, stamp
 from domain.tenant import Mailbox, OutboundRequest
 from domain.thread_table import ThreadTable
 
@@ -130,9 +130,6 @@ class ByMailbox(dict[K, V]):
             return True
         self._check(k)
         return False
-
-    def setdefault(self, k: K, default: Any = None) -> Any:  # (folds only: loaded mailboxes)
-        return dict.setdefault(self, k, default)
 
     def __iter__(self) -> Iterator[K]:
         self.unloaded.check_all()
@@ -352,9 +349,7 @@ def fold_lazily(s: TenantState, event: Folded, seq: int) -> frozenset[str]:
         note_address(s, event)  # the tenant-wide part, now (S1, user addresses)
     assert names is not None
     if not (names - away and _fold_for(s, event, seq, names - away)):
-        s.seq, s.last_at = seq, event.occurred_at
-        if event.command_id is not None:  # E5: a repeated key stays a no-op before the load
-            s.applied_commands.add((event.actor, event.command_id))
+        stamp(s, event, seq)  # (E5: a repeated key stays a no-op before the load)
     return away
 
 

@@ -29,7 +29,7 @@ from domain.thread_table import Thread
 
 __all__ = ["FOLDS", "EventRef", "Mailbox", "OutboundRequest", "Push", "Record", "SyncedMessage",
            "TenantSettings", "TenantState", "Thread", "User", "evolve", "evolve_synced",
-           "utc_iso"]
+           "stamp", "utc_iso"]
 
 
 def _no_state(s: TenantState, e: Any, seq: int) -> None:
@@ -78,8 +78,14 @@ def evolve_synced(state: TenantState, synced: SyncedMessage, seq: int) -> Tenant
 def evolve(state: TenantState, event: ev.DomainEvent, seq: int) -> TenantState:
     """Apply one event in place and return the state. `seq` must be state.seq + 1."""
     FOLDS[type(event)](state, event, seq)
+    stamp(state, event, seq)
+    return state
+
+
+def stamp(state: TenantState, event: ev.DomainEvent | SyncedMessage, seq: int) -> None:
+    """The envelope's part of a fold: the stream position and time, and E5's command id
+    (`evolve_synced` does the same inline: it runs for every message of a tenant)."""
     state.seq = seq
     state.last_at = event.occurred_at
     if event.command_id is not None:
         state.applied_commands.add((event.actor, event.command_id))
-    return state

@@ -55,7 +55,8 @@ def head(recorder: Recorder, stream: UUID) -> Row | None:
     schema, table = _table(recorder)
     statement = SQL("SELECT originator_version, topic, state FROM {}.{} WHERE originator_id = "
                     "%s ORDER BY originator_version DESC LIMIT 1").format(schema, table)
-    return next(iter(_rows(recorder, statement, [stream])), None)
+    found = list(_rows(recorder, statement, [stream]))
+    return found[0] if found else None
 
 
 def without_mail(recorder: Recorder, stream: UUID, upto: int) -> Iterator[Row]:

@@ -232,36 +232,16 @@ class EventStore:
         folded yet, it raises MailboxNotLoaded, and `load_mailboxes` folds it). Every other
         caller gets a whole state: a lazy one cached is completed first."""
         state = self._states.get(tenant)
-        waiting = None if state is None else unloaded(state)
-        if waiting is not None and not lazy:
-            assert state is not None and self.lazy is not None
-            self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
-                                   for r in rows))
-            if self._states.get(tenant) is not state or len(waiting) > 8 \
-                    or not self.lazy.load(state, set(waiting)):
-                self.give_up_lazy(tenant)  # many: the whole fold is faster than each mailbox
-                state, waiting = None, None
-            else:  # whole now, and kept whole: a holder of it never meets MailboxNotLoaded
-                waiting.closed = True
-                self._whole.add(tenant)
+        if state is not None and unloaded(state) is not None:
+            return self._lazy_state(state, lazy)
         restored = False
         if state is None:
             found = self._restore(tenant)
             restored = found is not None
             if found is None and lazy and self.lazy is not None and tenant not in self._whole:
-                state = self._states[tenant] = self.lazy.start(tenant)
-                waiting = unloaded(state)
-            else:
-                # no rule reads a message's content: the command side keeps none
-                state = found or TenantState(tenant, message_content=False)
-        if waiting is not None:  # lazy: fast-forwarded, never a snapshot (it is partial)
-            assert self.lazy is not None
-            self._states[tenant] = state
-            self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
-                                   for r in rows))
-            if self._states.get(tenant) is not state:  # given up while folding: whole now
-                return self.state(tenant, lazy)
-            return state
+                return self._lazy_state(self.lazy.start(tenant), lazy)
+            # no rule reads a message's content: the command side keeps none
+            state = found or TenantState(tenant, message_content=False)
         folded, erased = self._fold(state)
         self._states[tenant] = state
         if restored and erased:
@@ -278,6 +258,28 @@ class EventStore:
                     log.info("snapshot_taken", tenant=tenant, seq=state.seq, bytes=size)
             except StoreError as exc:  # a cache: the log stays the truth
                 log.warning("snapshot_not_taken", tenant=tenant, error=str(exc))
+        return state
+
+    def _lazy_state(self, state: TenantState, lazy: bool) -> TenantState:
+        """A lazy state cached and fast-forwarded (never a snapshot: it is partial). For a
+        caller that wants it whole, completed first (at most 8 mailboxes: past that the whole
+        fold is faster than each mailbox's) and kept whole, so its holder never meets
+        MailboxNotLoaded; else the tenant is folded whole from now on."""
+        assert self.lazy is not None
+        tenant = state.tenant
+        self._states[tenant] = state
+        self.lazy.fold(state, (r for rows in self._rows(tenant, state.seq, TENANT_PAGE)
+                               for r in rows))
+        waiting = unloaded(state)
+        assert waiting is not None
+        if self._states.get(tenant) is not state:  # given up while folding
+            return self.state(tenant, lazy)
+        if not lazy:
+            if len(waiting) > 8 or not self.lazy.load(state, set(waiting)):
+                self.give_up_lazy(tenant)
+                return self.state(tenant)
+            waiting.closed = True
+            self._whole.add(tenant)
         return state
 
     def load_mailboxes(self, state: TenantState, mailboxes: frozenset[str]) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from adapters.eventstore.snapshots import SnapshotRows, Snapshots
-from runners.bootstrap.settings import Settings, load_settings
+from runners.bootstrap.settings import Settings, load_settings, switched
 from runners.services.credentials import erase_removed
 from runners.services.engine import Engine
 from runners.services.follower import PollingWaiter, Waiter
@@ -25,7 +25,7 @@ def snapshot_key(env: Settings | Mapping[str, str] | None = None) -> bytes | Non
     """The key that signs tenant snapshots: $CRMSYNC_SNAPSHOT_KEY, else $CRMSYNC_SECRET (the
     token secret); None (no snapshots) without one or with $CRMSYNC_SNAPSHOTS=off."""
     settings = env if isinstance(env, Settings) else load_settings(env)
-    if settings.SNAPSHOTS.lower() in ("off", "0", "false", "no"):
+    if not switched(settings.SNAPSHOTS, default=True):
         return None
     text = settings.secret("SNAPSHOT_KEY") or settings.secret("SECRET")
     return text.encode() if text and len(text.encode()) >= 16 else None

@@ -17,7 +17,7 @@ from adapters.eventstore.snapshots_postgres import PostgresSnapshotRows
 from adapters.eventstore.store import CONTENT_KEY, EventStore
 from adapters.eventstore.waiter_postgres import PostgresWaiter
 from adapters.views.postgres import PostgresViews, startup_lock
-from runners.bootstrap.settings import Settings, load_settings
+from runners.bootstrap.settings import Settings, load_settings, switched
 from runners.services.engine import Engine
 from runners.services.rebuild import Progress, rebuild_in_parts
 
@@ -90,7 +90,7 @@ def open_postgres(url: str, settings: Settings | None = None) -> Engine:
         return PostgresViews(url, suffix=suffix, content_key=content_key)
 
     engine = Engine(store, views, scratch=scratch, credentials=credentials)
-    if settings.LAZY_MAILBOXES.lower() not in ("off", "0", "false", "no"):
+    if switched(settings.LAZY_MAILBOXES, default=True):
         store.lazy_on()
     store_env = postgres_env(url, schema=views.schema, settings=settings)
 

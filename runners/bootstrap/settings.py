@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         return out
 
 
+def switched(value: str, default: bool) -> bool:
+    """A switch setting: on/1/true/yes or off/0/false/no (any case); anything else, `default`."""
+    word = value.strip().lower()
+    return True if word in ("on", "1", "true", "yes") else False \
+        if word in ("off", "0", "false", "no") else default
+
+
 class SettingsError(ValueError):
     """A variable that does not parse, named as it is set: `CRMSYNC_SMTP_PORT: ...`."""
 

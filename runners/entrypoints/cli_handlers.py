@@ -24,6 +24,7 @@ from adapters.heap import map_large_blocks
 from domain.errors import NotFound
 from runners.bootstrap.config import open_engine, open_waiter, postgres_url
 from runners.bootstrap.logs import configure_logging
+from runners.bootstrap.settings import switched
 from runners.services.apply import ApplyReport
 from runners.services.engine import Engine
 
@@ -144,8 +145,8 @@ def run_projections(engine: Engine, args: argparse.Namespace) -> int:
     map_large_blocks()  # the folded state's growing arrays leave no holes in the heap
     projection_runner.run(engine, open_waiter(engine, args.postgres, args.settings),
                           args.projection, batch_size=args.batch_size, poll=args.poll,
-                          signals=True, snapshots=args.settings.RUNNER_SNAPSHOTS
-                          .lower() in ("on", "1", "true", "yes"))
+                          signals=True,
+                          snapshots=switched(args.settings.RUNNER_SNAPSHOTS, default=False))
     return 0
 
 

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -102,6 +102,9 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7)))
 
 
+T = TypeVar("T")
+
+
 class _FoldedWhole(Exception):
     """A batch's lazy state could not fold a mailbox in place: decided again on a whole one."""
 
@@ -133,18 +136,17 @@ class CommandApplication(ABC):
         for attempt in retries(self.retry_for):
             if attempt:
                 time.sleep(backoff(attempt))
-            while True:  # a lazy state's mailboxes folded as the rules ask for them (#15)
-                state = self._store.state(command.tenant, lazy=True)
-                try:
-                    if gate is not None:
-                        gate.authorise(state, command)
-                    events = decide(state, command, now=now, correlation_id=correlation_id)
-                    break
-                except MailboxNotLoaded as missing:
-                    self._store.load_mailboxes(state, missing.mailboxes)
+            state = self._store.state(command.tenant, lazy=True)
+
+            def decided(s: TenantState) -> list[DomainEvent]:
+                if gate is not None:
+                    gate.authorise(s, command)
+                return decide(s, command, now=now, correlation_id=correlation_id)
+
             try:
+                events = self._lazily(state, decided)
                 self._store.append(state, events)
-            except ConcurrencyConflict:
+            except (ConcurrencyConflict, _FoldedWhole):
                 continue
             after_append(self.credentials, self._store, command, state, events)
             return events
@@ -187,26 +189,33 @@ class CommandApplication(ABC):
             return results
         raise ConcurrencyConflict(f"tenant {tenant!r}: too many concurrent writers")
 
-    def _decided(self, state: TenantState, cmd: Command, now: datetime, correlation_id: str
-                 ) -> list[DomainEvent]:
-        """A batch's command decided on `state` (a rejection as its CommandRejected), the
-        mailboxes it asks for or folds into folded first when `state` is lazy; _FoldedWhole
-        when they cannot be folded into it (the batch is decided again on a whole state)."""
+    def _lazily(self, state: TenantState, run: Callable[[TenantState], T]) -> T:
+        """`run(state)`; when `state` is lazy (#15), the mailboxes it asks for folded first and
+        `run` called again (each time one more mailbox: it ends). _FoldedWhole when one cannot
+        be folded in place: the tenant is folded whole, and the caller decides again."""
         while True:
             try:
-                try:
-                    events = decide(state, cmd, now=now, correlation_id=correlation_id)
-                except Rejection as rejection:
-                    events = [rejection_event(state, cmd, rejection, now=now,
-                                              correlation_id=correlation_id,
-                                              actor=cmd.actor or "system:sync")]
-                if self._store.lazy is not None and not self._store.lazy.ready_for(state,
-                                                                                    events):
-                    raise MailboxNotLoaded(frozenset())
-                return events
+                return run(state)
             except MailboxNotLoaded as missing:
                 if not self._store.load_mailboxes(state, missing.mailboxes):
                     raise _FoldedWhole from None
+
+    def _decided(self, state: TenantState, cmd: Command, now: datetime, correlation_id: str
+                 ) -> list[DomainEvent]:
+        """A batch's command decided on `state` (a rejection as its CommandRejected), the
+        mailboxes its events fold into folded first when `state` is lazy."""
+        def decided(s: TenantState) -> list[DomainEvent]:
+            try:
+                events = decide(s, cmd, now=now, correlation_id=correlation_id)
+            except Rejection as rejection:
+                events = [rejection_event(s, cmd, rejection, now=now,
+                                          correlation_id=correlation_id,
+                                          actor=cmd.actor or "system:sync")]
+            if self._store.lazy is not None and not self._store.lazy.ready_for(s, events):
+                raise _FoldedWhole
+            return events
+
+        return self._lazily(state, decided)
 
     def _record_rejection(self, raw: Any, rejection: Rejection, now: datetime, corr: str,
                           gate: Gate | None = None) -> None:
