@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 import random
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -164,32 +165,40 @@ def label(s: TenantState, cmd: Command, events: list[DomainEvent]) -> list[str]:
     return names
 
 
+def commands(seed: int, full: TenantState
+             ) -> Iterator[tuple[int, dict[str, Any], Command]]:
+    """history(seed) and extra(...) commands with the history's index of each (extra() reads
+    `full`, the whole state the caller folds in place): the commands every differential test
+    of the command side decides (test_lazy_mailboxes too)."""
+    rng = random.Random(seed)
+    minutes = 0
+    for n, raw in enumerate(history(seed, 80 + 20 * seed)):
+        for made in [extra(rng, full, n), raw] if n >= 13 and rng.random() < 0.6 else [raw]:
+            minutes += 1
+            at = T0 + timedelta(minutes=minutes)
+            try:
+                cmd = parse_command({**made, "tenant": TENANT, "at": at.isoformat()})
+            except Rejection:
+                continue  # refused before any rule reads a state
+            yield n, made, cmd
+
+
 def test_every_decision_on_the_command_state_equals_the_full_state() -> None:
     decided: Counter[str] = Counter()
-    minutes = 0
     for seed in range(12):
         full, lean = TenantState(TENANT), TenantState(TENANT, message_content=False)
-        rng = random.Random(seed)
-        for n, raw in enumerate(history(seed, 80 + 20 * seed)):
-            for made in ([extra(rng, full, n), raw] if n >= 13 and rng.random() < 0.6
-                         else [raw]):
-                minutes += 1
-                at = T0 + timedelta(minutes=minutes)
-                try:
-                    cmd = parse_command({**made, "tenant": TENANT, "at": at.isoformat()})
-                except Rejection:
-                    continue  # refused before any rule reads a state
-                full_events, full_refusal = outcome(full, cmd)
-                lean_events, lean_refusal = outcome(lean, cmd)
-                assert lean_refusal == full_refusal, made
-                assert [e.model_dump() for e in lean_events] == \
-                    [e.model_dump() for e in full_events], made
-                decided.update(label(full, cmd, full_events))
-                decided["(commands)"] += 1
-                for event in full_events:
-                    evolve(full, event, full.seq + 1)
-                for event in lean_events:
-                    evolve(lean, event, lean.seq + 1)
+        for n, made, cmd in commands(seed, full):
+            full_events, full_refusal = outcome(full, cmd)
+            lean_events, lean_refusal = outcome(lean, cmd)
+            assert lean_refusal == full_refusal, made
+            assert [e.model_dump() for e in lean_events] == \
+                [e.model_dump() for e in full_events], made
+            decided.update(label(full, cmd, full_events))
+            decided["(commands)"] += 1
+            for event in full_events:
+                evolve(full, event, full.seq + 1)
+            for event in lean_events:
+                evolve(lean, event, lean.seq + 1)
             if n % 25 == 0:
                 assert_same_for_the_command_side(full, lean)
         assert_same_for_the_command_side(full, lean)

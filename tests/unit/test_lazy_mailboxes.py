@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
 import pytest
-from histories import T0, history
+from histories import T0
 from rulekit import CUSTOMER, msg, office, run, user
 from rulekit import mailbox as connect
-from test_command_state_without_content import DECIDED, TENANT, extra, label, outcome
+from test_command_state_without_content import DECIDED, TENANT, commands, label, outcome
 
 from domain.commands import Command, parse_command
 from domain.decide import decide, rejection_event
@@ -88,22 +88,6 @@ def lazy_outcome(s: TenantState, cmd: Command, log: Log, loads: Counter[str]
                       rejection.reason)
 
 
-def commands(seed: int, full: TenantState) -> Iterator[tuple[dict[str, Any], Command]]:
-    """history(seed) and extra(...) commands, as the differential test of the command state
-    makes them (extra() reads `full`, the whole state the caller folds in place)."""
-    rng = random.Random(seed)
-    minutes = 0
-    for n, raw in enumerate(history(seed, 80 + 20 * seed)):
-        for made in [extra(rng, full, n), raw] if n >= 13 and rng.random() < 0.6 else [raw]:
-            minutes += 1
-            at = T0 + timedelta(minutes=minutes)
-            try:
-                cmd = parse_command({**made, "tenant": TENANT, "at": at.isoformat()})
-            except Rejection:
-                continue  # refused before any rule reads a state
-            yield made, cmd
-
-
 def test_every_decision_on_a_lazy_state_equals_the_whole_state() -> None:
     decided: Counter[str] = Counter()
     loads: Counter[str] = Counter()
@@ -114,7 +98,7 @@ def test_every_decision_on_a_lazy_state_equals_the_whole_state() -> None:
         lazy = lazy_state(TENANT)
         when = random.Random(1000 + seed)
         next_restart = when.randint(3, 12)
-        for count, (made, cmd) in enumerate(commands(seed, full), 1):
+        for count, (_, made, cmd) in enumerate(commands(seed, full), 1):
             if count == next_restart:  # a new process: every mailbox waits again
                 load_all(lazy, log)
                 assert lazy == full, (seed, count)
@@ -159,7 +143,7 @@ def story() -> tuple[TenantState, tuple[tuple[int, DomainEvent], ...]]:
     deletions: mb0's and mb2's part of every structure holds entries)."""
     full = TenantState(TENANT, message_content=False)
     log: Log = []
-    for _, cmd in commands(9, full):
+    for _, _, cmd in commands(9, full):
         for event in outcome(full, cmd)[0]:
             evolve(full, event, full.seq + 1)
             log.append((full.seq, event))
