@@ -195,3 +195,28 @@ def test_a_load_the_store_fails_appends_nothing_and_the_next_command_decides_rig
     assert report.applied == 1
     assert [type(e).__name__ for _, e in lazy.events("acme", head)] == ["MessageSynced"]
     assert store.state("acme") == whole_fold(lazy, "acme")
+
+
+def test_a_mailbox_id_the_index_cannot_hold_folds_the_tenant_whole_and_decides_right(
+        postgres_url: str, engines: list[Engine]) -> None:
+    """A mailbox id whose JSON form holds an escape (a quote, a backslash) is not readable by
+    the thread index (`scan_postgres.indexable`): its first touch folds the tenant whole in
+    that process, and the command decides as on a whole state (a re-delivery stays a no-op)."""
+    odd = 'mb\\q"x'
+    first = engine(postgres_url, lazy=False)
+    engines.append(first)
+    setup = [{"cmd": "AddUser", "tenant": "acme", "user": "u2", "email": "u2@acme.test",
+              "role": "member"},
+             {"cmd": "ConnectMailbox", "tenant": "acme", "mailbox": odd, "user": "u2",
+              "provider": "gmail", "address": "u2@acme.test"}]
+    assert not first.apply_lines([orjson.dumps(c) for c in setup], now=NOW).rejected
+    assert first.apply_lines([mail(odd, "m1")], now=NOW).applied == 1
+    lazy = engine(postgres_url, lazy=True)
+    engines.append(lazy)
+    store = lazy.stores().events
+    assert unloaded(store.state("acme", lazy=True)) == {odd}
+    again = lazy.apply_lines([mail(odd, "m1")], now=NOW + timedelta(hours=1))
+    assert (again.applied, again.unchanged) == (0, 1)  # S14 on the whole state
+    assert unloaded(store.state("acme", lazy=True)) is None  # folded whole from now on
+    assert lazy.apply_lines([mail(odd, "m2")], now=NOW + timedelta(hours=2)).applied == 1
+    assert store.state("acme") == whole_fold(lazy, "acme")
