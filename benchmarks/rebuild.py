@@ -9,6 +9,9 @@ Prints: events, raw read+decode events/s (select_notifications + our mapper), th
 events/s (every projection into new tables, swapped in) and its peak resident memory.
 `--in-process --profile FILE`: the same under cProfile, with the time per phase (read, decode,
 evolve, rows, writes; `benchmarks.rebuild_profile`).
+`--without-histories`: the same rebuild with no history version computed or written (a
+counterfactual, `benchmarks.without_histories`): what the histories cost, and what the rest of
+a rebuild reaches without them.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     """`crmsync rebuild` as its own process, as an operator runs it: its wall time and the peak
     resident memory of each of its processes (the coordinator and its part processes) and of
     all of them together, sampled every 0.1 s from /proc."""
-    command = [sys.executable, "-m", "runners.entrypoints.cli"]
+    command = [sys.executable, "-m", "benchmarks.without_histories" if args.without_histories
+               else "runners.entrypoints.cli"]
     command += ["--postgres", args.postgres] if args.postgres else ["--db", args.db]
     command += ["rebuild"] + (["--projection", args.projection] if args.projection else [])
     command += ["--parts", str(args.parts)] if args.parts else []
@@ -118,7 +122,9 @@ def fresh_process(args: argparse.Namespace, total: int, raw: float) -> None:
     cpu = _children_cpu() - cpu_before
     if proc.returncode != 0:
         raise SystemExit(f"crmsync rebuild failed with exit code {proc.returncode}")
-    sys.stdout.write(f"rebuild (`crmsync rebuild`, {args.projection or 'all projections'}): "
+    what = args.projection or "all projections"
+    what += ", without histories" if args.without_histories else ""
+    sys.stdout.write(f"rebuild (`crmsync rebuild`, {what}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, process start "
                      f"included; {100 * total / elapsed / raw:.0f}% of raw)\n")
     sys.stdout.write(f"  CPU of its processes: {cpu:.1f} s = {total / cpu:,.0f} events per CPU "
@@ -191,7 +197,12 @@ def main() -> None:
                         "row: the most a one-process rebuild of one tenant can reach here")
     p.add_argument("--profile", metavar="FILE",
                    help="with --in-process: cProfile the rebuild, print time per phase")
+    p.add_argument("--without-histories", action="store_true",
+                   help="no history version computed or written (a counterfactual, not a "
+                        "product mode: benchmarks.without_histories)")
     args = p.parse_args()
+    if args.without_histories and args.in_process:
+        import benchmarks.without_histories  # noqa: F401  (replaces Versions.flush at import)
     engine = open_engine(args.db, args.postgres)
     total = engine.head()
 
@@ -260,7 +271,9 @@ def main() -> None:
     cpu = time.process_time() - cpu
     done.set()
     sampler.join()
-    sys.stdout.write(f"rebuild in this process ({args.projection or 'all projections'}): "
+    what = args.projection or "all projections"
+    what += ", without histories" if args.without_histories else ""
+    sys.stdout.write(f"rebuild in this process ({what}): "
                      f"{total / elapsed:,.0f} events/s ({elapsed:.1f} s, "
                      f"{100 * total / elapsed / raw:.0f}% of raw); {total / cpu:,.0f} events per "
                      f"CPU second ({100 * total / cpu / raw_cpu:.0f}% of raw per CPU second)\n")

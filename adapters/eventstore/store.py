@@ -302,6 +302,17 @@ class EventStore:
         self._forget(tenant)
         self._whole.add(tenant)
 
+    def state_with(self, tenant: str, mailbox: str) -> TenantState:
+        """The tenant's state with `mailbox` folded, its other mailboxes perhaps not (lazy:
+        `state`), for a caller that reads that one mailbox only (a sync delivery). Whole when
+        it could not be folded in place."""
+        state = self.state(tenant, lazy=True)
+        waiting = unloaded(state)
+        if waiting and mailbox in waiting and not self.load_mailboxes(state,
+                                                                      frozenset((mailbox,))):
+            state = self.state(tenant, lazy=True)  # folded whole now
+        return state
+
     def mailbox(self, state: TenantState, mailbox: str) -> Mailbox | None:
         """`state.mailboxes.get(mailbox)`, the mailbox folded first if `state` is lazy."""
         waiting = unloaded(state)

@@ -133,6 +133,12 @@ class Engine(CommandApplication, Rebuilding):
         reads no mailbox (users, records) or handles MailboxNotLoaded."""
         return self._store.state(tenant, lazy)
 
+    def state_with(self, tenant: str, mailbox: str) -> TenantState:
+        """The tenant's state with `mailbox` folded, its other mailboxes perhaps not (#15:
+        reading another one raises MailboxNotLoaded), for a caller that reads that mailbox
+        only: a sync worker's delivery folds the mailbox it syncs, not the tenant's mail."""
+        return self._store.state_with(tenant, mailbox)
+
     def events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
         """(seq, event) of the tenant's stream after `after`, in order."""
         return self._store.tenant_events(tenant, after)

@@ -53,6 +53,7 @@ from adapters.metrics import prometheus as metrics
 from adapters.providers.sources import Changes, MailSource
 from domain import commands as c
 from domain import events as ev
+from domain.errors import MailboxNotLoaded
 from domain.input_rules import safe_name
 from domain.mail import skip_reason
 from domain.state import Mailbox, TenantState
@@ -226,8 +227,23 @@ class SyncWorker(PushChannels):
 
     # -- one mailbox ------------------------------------------------------------------------------
     def sync_mailbox(self, ref: MailboxRef, delivery_id: str | None) -> Outcome:
+        """The mailbox's changes since its cursor, applied. Reads the tenant's state with this
+        mailbox folded and the others perhaps not (#15: a worker's first delivery after a start
+        folds one mailbox, not the tenant's mail). Should a read ever reach another mailbox,
+        the delivery runs again on the whole state, as a redelivery would (nothing twice: S14,
+        E5)."""
+        try:
+            return self._sync_mailbox(ref, delivery_id,
+                                      lambda: self.engine.state_with(ref.tenant, ref.mailbox))
+        except MailboxNotLoaded as missing:
+            log.warning("sync_read_another_mailbox", tenant=ref.tenant, mailbox=ref.mailbox,
+                        wanted=sorted(missing.mailboxes))
+            return self._sync_mailbox(ref, delivery_id, lambda: self.engine.state(ref.tenant))
+
+    def _sync_mailbox(self, ref: MailboxRef, delivery_id: str | None,
+                      read: Callable[[], TenantState]) -> Outcome:
         with self.locks.hold(ref.tenant, ref.mailbox):
-            state = self.engine.state(ref.tenant)
+            state = read()
             mbx = state.mailboxes.get(ref.mailbox)
             out = Outcome(mailboxes=[ref])
             if mbx is None:
@@ -246,9 +262,9 @@ class SyncWorker(PushChannels):
                 return out
             try:
                 if mbx.cursor is None:
-                    self._resync(ref, mbx, source, "first_sync", delivery_id, out)
+                    self._resync(ref, mbx, source, "first_sync", delivery_id, out, read)
                 else:
-                    self._follow(ref, state, source, mbx.cursor, delivery_id, out)
+                    self._follow(ref, state, source, mbx.cursor, delivery_id, out, read)
             except MailboxGone as exc:
                 log.warning("mailbox_gone", tenant=ref.tenant, mailbox=ref.mailbox,
                             reason=exc.reason)
@@ -261,7 +277,8 @@ class SyncWorker(PushChannels):
             return out
 
     def _follow(self, ref: MailboxRef, state: TenantState, source: MailSource, cursor: str,
-                delivery_id: str | None, out: Outcome) -> None:
+                delivery_id: str | None, out: Outcome, read: Callable[[], TenantState]
+                ) -> None:
         """Page after page from `cursor`. The first page is compared with `state`, read under
         the mailbox's lock: only this worker adds this mailbox's messages meanwhile, and the
         batch is decided on the tenant's latest state anyway (S14 makes a message synced twice
@@ -275,7 +292,7 @@ class SyncWorker(PushChannels):
             except CursorExpired as exc:
                 log.info("cursor_expired", tenant=ref.tenant, mailbox=ref.mailbox,
                          reason=exc.reason)
-                self._resync(ref, mbx, source, "cursor_expired", delivery_id, out)
+                self._resync(ref, mbx, source, "cursor_expired", delivery_id, out, read)
                 return
             commands = self._change_commands(state, ref, changes)
             out.synced += sum(isinstance(x, c.SyncMessage) for x in commands)
@@ -286,7 +303,7 @@ class SyncWorker(PushChannels):
             cursor = changes.new_cursor
             if not changes.more:
                 return
-            state = self.engine.state(ref.tenant)
+            state = read()
 
     def _change_commands(self, state: TenantState, ref: MailboxRef, changes: Changes
                          ) -> list[c.Command]:
@@ -316,7 +333,8 @@ class SyncWorker(PushChannels):
         return out
 
     def _resync(self, ref: MailboxRef, mbx: Mailbox, source: MailSource, reason: str,
-                delivery_id: str | None, out: Outcome) -> None:
+                delivery_id: str | None, out: Outcome, read: Callable[[], TenantState]
+                ) -> None:
         started = self._apply_events(ref.tenant, [c.ResyncMailbox(
             cmd="ResyncMailbox", tenant=ref.tenant, actor=ACTOR, mailbox=ref.mailbox,
             reason=reason)])  # type: ignore[arg-type]
@@ -326,7 +344,7 @@ class SyncWorker(PushChannels):
             return  # rejected (recorded): the mailbox cannot resync now
         out.resynced = True
         for page in source.resync(mbx.address, since):
-            state = self.engine.state(ref.tenant)
+            state = read()
             fresh = [m for m in page.messages if (ref.mailbox, m.id) not in state.messages]
             # Newest batches first (S2, L3); inside a batch oldest first, so replies find their
             # parents (S13).
