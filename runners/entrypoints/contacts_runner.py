@@ -52,12 +52,9 @@ def graph_clients(engine: Engine, base_url: str, tokens: dict[str, TokenEndpoint
                 raise CredentialsRejected("graph", "the access token was refused and the "
                                           "mailbox's credentials were removed")
 
-            def still_set() -> bool:
-                found = engine.state(tenant).mailboxes.get(mailbox)
-                return found is not None and found.credentials_set
-
             StoredOAuthToken(store, tenant, mailbox, stored, endpoint, provider="graph",
-                             still_set=still_set).refresh()
+                             still_set=lambda: engine.credentials_still_set(tenant, mailbox)
+                             ).refresh()
 
         return refresh
 

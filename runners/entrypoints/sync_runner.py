@@ -210,12 +210,8 @@ def build_worker(engine: Engine, db: str, postgres: str | None, batch_size: int,
                  settings: Settings, push: PushSettings | None = None) -> SyncWorker:
     from runners.services.sync_worker import SyncWorker
 
-    def still_set(tenant: str, mailbox: str) -> bool:
-        """Does the log still say the mailbox has credentials (no DisconnectMailbox since)?"""
-        found = engine.state(tenant).mailboxes.get(mailbox)
-        return found is not None and found.credentials_set
-
-    return SyncWorker(engine, ConfiguredSources(engine.credentials, still_set=still_set,
+    return SyncWorker(engine, ConfiguredSources(engine.credentials,
+                                                still_set=engine.credentials_still_set,
                                                 settings=settings),
                       open_locks(db, postgres, settings), batch_size=batch_size, push=push)
 

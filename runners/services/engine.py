@@ -139,6 +139,12 @@ class Engine(CommandApplication, Rebuilding):
         only: a sync worker's delivery folds the mailbox it syncs, not the tenant's mail."""
         return self._store.state_with(tenant, mailbox)
 
+    def credentials_still_set(self, tenant: str, mailbox: str) -> bool:
+        """Does the log still say the mailbox has credentials (no DisconnectMailbox since)? A
+        token refresh asks before it stores a new token; it folds only that mailbox (#15)."""
+        found = self.state_with(tenant, mailbox).mailboxes.get(mailbox)
+        return found is not None and found.credentials_set
+
     def events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
         """(seq, event) of the tenant's stream after `after`, in order."""
         return self._store.tenant_events(tenant, after)

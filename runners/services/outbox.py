@@ -345,11 +345,7 @@ def configured_clients(engine: Engine, settings: Settings) -> ClientFactory:
     endpoints of the settings, and the log's word on whether credentials are still set."""
     from runners.entrypoints.sync_runner import token_endpoints
 
-    def still_set(tenant: str, mailbox: str) -> bool:
-        found = engine.state(tenant).mailboxes.get(mailbox)
-        return found is not None and found.credentials_set
-
-    return provider_clients(settings, engine.credentials, still_set,
+    return provider_clients(settings, engine.credentials, engine.credentials_still_set,
                             token_endpoints(settings))
 
 

@@ -5,6 +5,7 @@ another mailbox runs the delivery again on the whole state instead of failing it
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from sync_fakes import FakeSources, message
 
+from adapters.credentials.store import KEY_ENV
 from adapters.deliveries.work_queue import Delivery
 from adapters.providers.sources import Changes
 from domain import commands as c
@@ -26,11 +28,13 @@ from runners.services.sync_worker import MailboxRef, SyncWorker
 
 pytestmark = pytest.mark.integration
 MIA, LEO = "mia@acme.test", "leo@acme.test"
+KEY = base64.b64encode(b"k" * 32).decode()  # the credential store's (mia's mailbox has some)
 
 
 def engine(url: str, lazy: bool) -> Engine:
     env = {k: v for k, v in os.environ.items() if k.startswith("CRMSYNC_")}
-    env.update({"CRMSYNC_SNAPSHOTS": "off", "CRMSYNC_LAZY_MAILBOXES": "on" if lazy else "off"})
+    env.update({"CRMSYNC_SNAPSHOTS": "off", "CRMSYNC_LAZY_MAILBOXES": "on" if lazy else "off",
+                KEY_ENV: KEY})
     opened = open_engine("unused.db", url, load_settings(env))
     opened.follow = False
     return opened
@@ -52,7 +56,7 @@ def synced(postgres_url: str) -> Iterator[tuple[FakeSources, list[Engine]]]:
         {"cmd": "AddUser", "user": "mia", "email": MIA, "role": "member"},
         {"cmd": "AddUser", "user": "leo", "email": LEO, "role": "member"},
         {"cmd": "ConnectMailbox", "mailbox": "mbx-mia", "user": "mia", "provider": "gmail",
-         "address": MIA},
+         "address": MIA, "credentials": {"access_token": "ya29.t", "refresh_token": "1//r"}},
         {"cmd": "ConnectMailbox", "mailbox": "mbx-leo", "user": "leo", "provider": "gmail",
          "address": LEO}]])
     assert not report.rejected
@@ -119,3 +123,20 @@ def test_a_delivery_reading_another_mailbox_runs_again_on_the_whole_state(
     assert not unloaded(lazy.stores().events.state("acme", lazy=True))  # every one folded
     assert synced_ids(lazy).count(("mbx-mia", "m3")) == 1
     assert len(synced_ids(lazy)) == 9
+
+
+def test_a_token_refresh_asks_the_log_about_its_mailbox_only(
+        postgres_url: str, synced: tuple[FakeSources, list[Engine]]) -> None:
+    """A refreshed token is stored only while the log says the mailbox still has credentials;
+    that check (every runner's, `Engine.credentials_still_set`) folds the one mailbox."""
+    _, opened = synced
+    lazy = engine(postgres_url, lazy=True)
+    opened.append(lazy)
+    assert lazy.credentials_still_set("acme", "mbx-mia")
+    assert unloaded(lazy.stores().events.state("acme", lazy=True)) == {"mbx-leo"}
+    assert not lazy.credentials_still_set("acme", "mbx-leo")  # connected without any
+    assert not lazy.credentials_still_set("acme", "mbx-nobody")
+    report = opened[0].apply_lines([json.dumps({"tenant": "acme", "cmd": "DisconnectMailbox",
+                                                "mailbox": "mbx-mia"})])
+    assert not report.rejected
+    assert not lazy.credentials_still_set("acme", "mbx-mia")  # disconnected since
