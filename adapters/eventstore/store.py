@@ -304,22 +304,21 @@ class EventStore:
 
     def state_with(self, tenant: str, mailbox: str) -> TenantState:
         """The tenant's state with `mailbox` folded, its other mailboxes perhaps not (lazy:
-        `state`), for a caller that reads that one mailbox only (a sync delivery). Whole when
-        it could not be folded in place."""
-        state = self.state(tenant, lazy=True)
-        waiting = unloaded(state)
-        if waiting and mailbox in waiting and not self.load_mailboxes(state,
-                                                                      frozenset((mailbox,))):
-            state = self.state(tenant, lazy=True)  # folded whole now
-        return state
+        `state`), for a caller that reads that one mailbox only (a sync delivery)."""
+        return self._with(self.state(tenant, lazy=True), mailbox)
 
     def mailbox(self, state: TenantState, mailbox: str) -> Mailbox | None:
         """`state.mailboxes.get(mailbox)`, the mailbox folded first if `state` is lazy."""
+        return self._with(state, mailbox).mailboxes.get(mailbox)
+
+    def _with(self, state: TenantState, mailbox: str) -> TenantState:
+        """`state` with `mailbox` folded; the tenant's whole state when that could not be
+        done in place."""
         waiting = unloaded(state)
         if waiting and mailbox in waiting and not self.load_mailboxes(state,
                                                                       frozenset((mailbox,))):
-            state = self.state(state.tenant)
-        return state.mailboxes.get(mailbox)
+            return self.state(state.tenant)  # folded whole now
+        return state
 
     def _discard_snapshot(self, tenant: str) -> None:
         """Delete the tenant's snapshot: it was taken before a user's content was erased."""

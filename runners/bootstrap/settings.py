@@ -147,8 +147,11 @@ class Settings(BaseSettings):
 def switched(value: str, default: bool) -> bool:
     """A switch setting: on/1/true/yes or off/0/false/no (any case); anything else, `default`."""
     word = value.strip().lower()
-    return True if word in ("on", "1", "true", "yes") else False \
-        if word in ("off", "0", "false", "no") else default
+    if word in ("on", "1", "true", "yes"):
+        return True
+    if word in ("off", "0", "false", "no"):
+        return False
+    return default
 
 
 class SettingsError(ValueError):

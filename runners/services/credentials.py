@@ -63,9 +63,16 @@ def after_append(store: CredentialStore | None, log: EventStore, command: Comman
             "the credentials missing") from None
     # A DisconnectMailbox/DeleteUser appended by another writer between our append and our put
     # erased nothing; look again now that the row exists (the log is read after the put).
-    latest = log.mailbox(log.state(command.tenant, lazy=True), command.mailbox)
-    if latest is None or not latest.credentials_set:
+    if not still_set(log, command.tenant, command.mailbox):
         store.erase(command.tenant, command.mailbox)
+
+
+def still_set(log: EventStore, tenant: str, mailbox: str) -> bool:
+    """Does the log still say the mailbox has credentials (no DisconnectMailbox or DeleteUser
+    since)? Asked before a stored secret is kept: after a ConnectMailbox's put, and by a token
+    refresh before it stores the new token. Folds that mailbox only (#15)."""
+    latest = log.mailbox(log.state(tenant, lazy=True), mailbox)
+    return latest is not None and latest.credentials_set
 
 
 def _credential_events(kind: type[DomainEvent], data: bytes) -> bool:

@@ -30,6 +30,7 @@ from projections.ports import Stuck, ViewReader, ViewStore
 from projections.projector import Projector, ReplayLog, catch_up
 from projections.rows import PROJECTIONS
 from runners.services.apply import CommandApplication, Progress
+from runners.services.credentials import still_set
 from runners.services.rebuild import Rebuilding, ScratchFactory
 
 if TYPE_CHECKING:
@@ -140,10 +141,8 @@ class Engine(CommandApplication, Rebuilding):
         return self._store.state_with(tenant, mailbox)
 
     def credentials_still_set(self, tenant: str, mailbox: str) -> bool:
-        """Does the log still say the mailbox has credentials (no DisconnectMailbox since)? A
-        token refresh asks before it stores a new token; it folds only that mailbox (#15)."""
-        found = self.state_with(tenant, mailbox).mailboxes.get(mailbox)
-        return found is not None and found.credentials_set
+        """`credentials.still_set`: asked by a token refresh before it stores a new token."""
+        return still_set(self._store, tenant, mailbox)
 
     def events(self, tenant: str, after: int = 0) -> Iterator[tuple[int, DomainEvent]]:
         """(seq, event) of the tenant's stream after `after`, in order."""
